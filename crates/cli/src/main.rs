@@ -1,17 +1,41 @@
+//! The `kiln` command: argument parsing and printing only; the work happens in the library crates.
+
+mod complete;
+mod model_arg;
+mod tools;
+
 use clap::{Parser, Subcommand};
 
-/// kiln: run Llama-family language models anywhere.
+/// kiln: run Llama-family language models anywhere (GGUF, Hugging Face and Meta checkpoints).
 #[derive(Parser)]
-#[command(name = "kiln", version, about)]
+#[command(name = "kiln", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Complete one or more prompts (several prompts form one batch).
+    Complete(complete::CompleteArgs),
+    /// Show a model's architecture, sizes, tensor types, tokenizer and memory estimate.
+    Inspect(tools::InspectArgs),
+    /// Print the token ids of a text.
+    Tokenize(tools::TokenizeArgs),
+    /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
+    Perplexity(tools::PerplexityArgs),
+}
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Complete(a) => complete::run(a),
+        Command::Inspect(a) => tools::inspect(a),
+        Command::Tokenize(a) => tools::tokenize(a),
+        Command::Perplexity(a) => tools::perplexity(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

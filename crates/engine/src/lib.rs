@@ -1,1 +1,137 @@
-//! Generation engine.
+//! kiln's generation engine: load a model, tokenize, generate, score.
+//!
+//! Invariant: a request's result does not depend on its batch-mates (own cache, own sampler,
+//! own random stream; kernels compute rows independently).
+//!
+//! ```no_run
+//! use kiln_engine::{Engine, EngineOptions, GenerateParams};
+//! let engine = Engine::load("model.gguf".as_ref(), &EngineOptions::default())?;
+//! let prompts = vec![engine.tokenize("Q: What is the largest animal?\nA:")?];
+//! let out = engine.generate(&prompts, &GenerateParams::default(), &mut |_, text| print!("{text}"))?;
+//! println!("\n{:?}", out[0].finish_reason);
+//! # Ok::<(), kiln_engine::EngineError>(())
+//! ```
+
+pub mod generate;
+pub mod openai;
+pub mod perplexity;
+pub mod sampler;
+pub mod text;
+
+use std::path::Path;
+
+use kiln_models::CausalLM;
+use kiln_tokenizer::Tokenizer;
+
+pub use generate::{Completion, FinishReason, GenerateParams, Limits, TokenLogprob};
+pub use sampler::SamplingParams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Format(#[from] kiln_formats::FormatError),
+    #[error(transparent)]
+    Tokenizer(#[from] kiln_tokenizer::TokenizerError),
+    #[error(transparent)]
+    Model(#[from] kiln_models::ModelError),
+    #[error("prompt is {tokens} tokens long, but the context is {context} tokens")]
+    ContextLength { tokens: usize, context: usize },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Kernel threads (0 = one per core).
+    pub threads: usize,
+    /// Positions per sequence; `None` = the model's trained context.
+    pub context: Option<usize>,
+    pub max_batch: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: 0,
+            context: None,
+            max_batch: 64,
+        }
+    }
+}
+
+/// A model with its tokenizer, ready to generate.
+pub struct Engine {
+    pub model: Box<dyn CausalLM>,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<String>,
+    pub limits: Limits,
+    /// What the model was loaded from, for display.
+    pub name: String,
+}
+
+impl Engine {
+    /// Loads a GGUF file, a Hugging Face directory or a Meta checkpoint directory.
+    pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine, EngineError> {
+        let loaded = kiln_formats::load(path)?;
+        let tokenizer = Tokenizer::from_source(&loaded.tokenizer)?;
+        let chat_template = loaded.chat_template.clone();
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.threads
+        };
+        let model = kiln_models::build(loaded, threads)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Engine::new(model, tokenizer, chat_template, opts, name))
+    }
+
+    pub fn new(
+        model: Box<dyn CausalLM>,
+        tokenizer: Tokenizer,
+        chat_template: Option<String>,
+        opts: &EngineOptions,
+        name: String,
+    ) -> Engine {
+        let trained = model.config().max_position_embeddings;
+        let limits = Limits {
+            context: opts.context.unwrap_or(trained).min(trained).max(1),
+            max_batch: opts.max_batch.max(1),
+            prefill_chunk: 512,
+        };
+        Engine {
+            model,
+            tokenizer,
+            chat_template,
+            limits,
+            name,
+        }
+    }
+
+    /// Tokenizes a prompt the way the model expects it (BOS added when the model uses one).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        Ok(self.tokenizer.encode(text, true)?)
+    }
+
+    /// Generates for a batch of tokenized prompts; see [`generate::generate`].
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> Result<Vec<Completion>, EngineError> {
+        generate::generate(
+            self.model.as_ref(),
+            &self.tokenizer,
+            self.limits,
+            prompts,
+            params,
+            on_text,
+        )
+    }
+}

@@ -77,5 +77,8 @@ pub struct LoadedModel {
 
 /// Reads a model from a GGUF file or a Hugging Face directory, detected from `path`.
 pub fn load(path: &Path) -> Result<LoadedModel> {
-    Err(FormatError::Unsupported(format!("{}: no loader yet", path.display())))
+    Err(FormatError::Unsupported(format!(
+        "{}: no loader yet",
+        path.display()
+    )))
 }

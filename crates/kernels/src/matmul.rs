@@ -7,7 +7,11 @@ use crate::Tensor;
 /// `out` is row-major `n × rows`. This is `x · wᵀ`, the shape of every linear layer.
 pub fn matmul(pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows(), w.cols());
-    assert_eq!(x.len(), n * cols, "matmul: activations are not {n} × {cols}");
+    assert_eq!(
+        x.len(),
+        n * cols,
+        "matmul: activations are not {n} × {cols}"
+    );
     assert_eq!(out.len(), n * rows, "matmul: output is not {n} × {rows}");
     let out_ptr = SendPtr(out.as_mut_ptr());
     pool.run(&|i, nt| {

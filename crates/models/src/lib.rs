@@ -1,1 +1,140 @@
-//! Architectures.
+//! Forward passes of the Llama-family architectures.
+//!
+//! Invariant: an architecture's forward pass reads top to bottom in one file (`llama.rs` for
+//! Llama, Mistral and Qwen2; `gemma3.rs` for Gemma 3); what they share lives in `layers.rs`.
+//! The KV cache belongs to the caller's sequence; a forward pass only appends to it.
+
+pub mod gemma3;
+pub mod kv_cache;
+pub mod layers;
+pub mod llama;
+
+use std::collections::BTreeMap;
+
+use kiln_formats::{Arch, LoadedModel, ModelConfig, Tensor};
+use kiln_kernels::DType;
+
+pub use kv_cache::KvCache;
+pub use layers::{Logits, SeqInput};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file: {0}")]
+    Weights(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// A causal language model: tokens in, logits out, keys and values kept in the caller's cache.
+pub trait CausalLM: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+
+    /// An empty cache able to hold `capacity` positions (it grows if needed).
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = self.config();
+        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, capacity)
+    }
+
+    /// Runs every sequence's new tokens through the model (one batched pass) and appends the
+    /// logits each sequence asked for to `logits`, in batch order (`vocab_size` per row).
+    fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
+
+    /// Threads the kernels use.
+    fn n_threads(&self) -> usize;
+}
+
+/// Builds the forward pass for a loaded model, with `n_threads` kernel threads.
+pub fn build(model: LoadedModel, n_threads: usize) -> Result<Box<dyn CausalLM>, ModelError> {
+    let cfg = model.config.clone();
+    let mut weights = Weights::new(model.tensors);
+    let m: Box<dyn CausalLM> = match cfg.arch {
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
+            Box::new(llama::Llama::new(cfg, &mut weights, n_threads)?)
+        }
+        Arch::Gemma3 => Box::new(gemma3::Gemma3::new(cfg, &mut weights, n_threads)?),
+    };
+    Ok(m)
+}
+
+/// The tensors of a model, taken out by name as the architecture needs them, with their
+/// shapes checked against the configuration.
+pub struct Weights {
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl Weights {
+    pub fn new(tensors: BTreeMap<String, Tensor>) -> Weights {
+        Weights { tensors }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// A 2-D weight whose rows have `cols` elements.
+    pub fn matrix(&mut self, name: &str, cols: usize) -> Result<Tensor, ModelError> {
+        let t = self.get(name)?;
+        if t.shape.len() != 2 || t.cols() != cols {
+            return Err(ModelError::Weights(format!(
+                "tensor {name} has shape {:?}, expected [_, {cols}]",
+                t.shape
+            )));
+        }
+        Ok(t)
+    }
+
+    /// A 2-D weight of exactly `[rows, cols]`.
+    pub fn matrix_exact(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, ModelError> {
+        let t = self.matrix(name, cols)?;
+        if t.rows() != rows {
+            return Err(ModelError::Weights(format!(
+                "tensor {name} has shape {:?}, expected [{rows}, {cols}]",
+                t.shape
+            )));
+        }
+        Ok(t)
+    }
+
+    /// A 1-D tensor of length `len`, expanded to f32.
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self.get(name)?;
+        if t.n_elements() != len {
+            return Err(ModelError::Weights(format!(
+                "tensor {name} has shape {:?}, expected [{len}]",
+                t.shape
+            )));
+        }
+        Ok(t.to_f32_vec())
+    }
+
+    pub fn optional_vector(
+        &mut self,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.contains(name) {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn get(&mut self, name: &str) -> Result<Tensor, ModelError> {
+        let t = self
+            .tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ModelError::Weights(format!("missing tensor {name}")))?;
+        if t.dtype == DType::Q8_K {
+            return Err(ModelError::Weights(format!(
+                "tensor {name}: Q8_K is not a weight type"
+            )));
+        }
+        Ok(t)
+    }
+}

@@ -1,0 +1,143 @@
+//! `kiln complete`: one batch of prompts, streamed to the terminal or printed as JSON.
+
+use std::io::{Read, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
+
+use crate::model_arg::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct CompleteArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A prompt (repeatable; all prompts run as one batch).
+    #[arg(long = "prompt", value_name = "TEXT")]
+    pub prompts: Vec<String>,
+    /// A prompt given without --prompt. With no prompt at all, stdin is read.
+    #[arg(value_name = "PROMPT")]
+    pub positional: Vec<String>,
+    /// New tokens at most (Meta: max_gen_len).
+    #[arg(short = 'n', long, default_value_t = 128, alias = "max-gen-len")]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// llama.cpp-style repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub frequency_penalty: f32,
+    /// Report logprobs of each token and this many alternatives.
+    #[arg(long, value_name = "N")]
+    pub logprobs: Option<usize>,
+    /// Include the prompt (and its logprobs) in the output.
+    #[arg(long)]
+    pub echo: bool,
+    /// Keep going past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print one OpenAI `text_completion` JSON object instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Positions per sequence (prompt + generated); Meta: max_seq_len. Default: the model's.
+    #[arg(long, alias = "max-seq-len", value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Prompts per batch at most (Meta: max_batch_size).
+    #[arg(long, default_value_t = 64)]
+    pub max_batch_size: usize,
+}
+
+pub fn run(a: CompleteArgs) -> Result<()> {
+    let mut texts: Vec<String> = a.prompts.iter().chain(&a.positional).cloned().collect();
+    if texts.is_empty() {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the prompt from stdin")?;
+        texts.push(s);
+    }
+    let engine = a.model.load(EngineOptions {
+        threads: 0,
+        context: a.ctx_size,
+        max_batch: a.max_batch_size,
+    })?;
+    let prompts = texts
+        .iter()
+        .map(|t| engine.tokenize(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+            logit_bias: Vec::new(),
+            seed: a.seed,
+        },
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+        logprobs: a.logprobs,
+        echo: a.echo,
+    };
+
+    let stream = !a.json && prompts.len() == 1;
+    let mut out = std::io::stdout().lock();
+    if stream && a.echo {
+        write!(out, "{}", texts[0])?;
+    }
+    let results = engine.generate(&prompts, &params, &mut |_, text| {
+        if stream {
+            let _ = write!(out, "{text}");
+            let _ = out.flush();
+        }
+    })?;
+    if a.json {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let obj = openai::text_completion(
+            &engine.name,
+            &results,
+            a.echo,
+            format!("cmpl-{created}"),
+            created,
+        );
+        writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?;
+    } else if stream {
+        writeln!(out)?;
+    } else {
+        for (i, r) in results.iter().enumerate() {
+            let echo = if a.echo { r.prompt_text.as_str() } else { "" };
+            writeln!(
+                out,
+                "--- prompt {i} ({}) ---\n{echo}{}",
+                r.finish_reason.as_str(),
+                r.text
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! `kiln inspect`, `kiln tokenize`, `kiln perplexity`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use kiln_engine::EngineOptions;
+
+use crate::model_arg::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The model to describe (file, directory or known name).
+    #[arg(value_name = "MODEL")]
+    pub model: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    pub text: String,
+    /// Print JSON: ids and the text of each token.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not add BOS.
+    #[arg(long)]
+    pub no_bos: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text file to score.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Tokens per chunk.
+    #[arg(short = 'c', long = "ctx", default_value_t = 512)]
+    pub ctx: usize,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    let m = ModelArgs {
+        model: a.model,
+        threads: 1,
+    };
+    let path = m.resolve()?;
+    let loaded =
+        kiln_formats::load(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let c = &loaded.config;
+    println!("model:        {}", path.display());
+    println!("format:       {}", loaded.format);
+    println!("architecture: {:?}", c.arch);
+    println!(
+        "sizes:        {} layers, hidden {}, ffn {}, {} q heads / {} kv heads, head dim {}, vocab {}",
+        c.n_layers, c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size
+    );
+    println!(
+        "context:      {} (rope base {}{})",
+        c.max_position_embeddings,
+        c.rope_theta,
+        c.rope_local_theta
+            .map(|t| format!(", local {t}"))
+            .unwrap_or_default()
+    );
+    if let Some(w) = c.sliding_window {
+        println!("sliding win:  {w}");
+    }
+    let mut hist = std::collections::BTreeMap::<String, (usize, usize, usize)>::new();
+    for t in loaded.tensors.values() {
+        let e = hist.entry(t.dtype.to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.n_elements();
+        e.2 += t.data.len();
+    }
+    let params: usize = hist.values().map(|v| v.1).sum();
+    let bytes: usize = hist.values().map(|v| v.2).sum();
+    println!(
+        "parameters:   {:.1} M in {} tensors",
+        params as f64 / 1e6,
+        loaded.tensors.len()
+    );
+    for (ty, (n, p, b)) in &hist {
+        println!(
+            "  {ty:>5}: {n:>4} tensors, {:>8.1} M params, {:>8.1} MiB",
+            *p as f64 / 1e6,
+            *b as f64 / 1048576.0
+        );
+    }
+    let tokenizer = kiln_tokenizer::Tokenizer::from_source(&loaded.tokenizer)?;
+    println!(
+        "tokenizer:    {} tokens, bos {:?}, eos {:?}, adds bos: {}",
+        tokenizer.vocab_size(),
+        tokenizer.bos_id(),
+        tokenizer.eos_ids(),
+        tokenizer.adds_bos()
+    );
+    println!(
+        "chat template: {}",
+        if loaded.chat_template.is_some() {
+            "yes"
+        } else {
+            "none"
+        }
+    );
+    let kv_per_pos = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4;
+    println!(
+        "memory:       weights {:.1} MiB (memory-mapped) + KV cache {:.1} KiB per position ({:.1} MiB at 4096)",
+        bytes as f64 / 1048576.0,
+        kv_per_pos as f64 / 1024.0,
+        (kv_per_pos * 4096) as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let path = a.model.resolve()?;
+    let loaded =
+        kiln_formats::load(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tokenizer = kiln_tokenizer::Tokenizer::from_source(&loaded.tokenizer)?;
+    let ids = tokenizer.encode(&a.text, !a.no_bos)?;
+    if a.json {
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&t| String::from_utf8_lossy(&tokenizer.token_bytes(t)).into_owned())
+            .collect();
+        println!("{}", serde_json::json!({ "ids": ids, "tokens": pieces }));
+    } else {
+        println!("{ids:?}");
+    }
+    Ok(())
+}
+
+pub fn perplexity(a: PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("cannot read {}", a.file.display()))?;
+    let engine = a.model.load(EngineOptions::default())?;
+    let tokens = engine.tokenize(&text)?;
+    let bos = if engine.tokenizer.adds_bos() {
+        engine.tokenizer.bos_id()
+    } else {
+        None
+    };
+    eprintln!(
+        "{} tokens, {} chunks of {}",
+        tokens.len(),
+        tokens.len() / a.ctx,
+        a.ctx
+    );
+    let r = kiln_engine::perplexity::perplexity(
+        engine.model.as_ref(),
+        &tokens,
+        a.ctx,
+        bos,
+        |i, _, ppl| {
+            eprint!("[{}]{:.4},", i + 1, ppl);
+        },
+    )?;
+    eprintln!();
+    println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.stderr);
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Gemma 3: a decoder block with RMS-normed queries and keys, norms before *and* after both
+//! the attention and the MLP, a GELU-tanh gated MLP, embeddings scaled by √hidden, and
+//! sliding-window ("local") layers interleaved with global ones, each kind with its own rope base.
+//!
+//! ```text
+//! x = embed(tokens) · √d
+//! for each block (local or global):
+//!     a = post_attn_norm(Wo · attention(rope(q_norm(Wq·n)), rope(k_norm(Wk·n)), Wv·n))   n = attn_norm(x)
+//!     x = x + a
+//!     f = post_ffw_norm(Wdown · (gelu_tanh(Wgate·m) ⊙ Wup·m))                          m = ffn_norm(x)
+//!     x = x + f
+//! logits = Wembedᵀ · rmsnorm(x)        (output tied to the embedding)
+//! ```
+//! Norm weights arrive already as "multiply by this" (formats folds Gemma's `1 + w`).
+
+use std::sync::Mutex;
+
+use kiln_formats::{ModelConfig, Tensor};
+use kiln_kernels::{matmul, ops, ThreadPool};
+
+use crate::layers::{
+    advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, store_kv, AttentionShape,
+    BatchLayout, Linear, Rope,
+};
+use crate::llama::check_rows;
+use crate::{CausalLM, ModelError, SeqInput, Weights};
+
+/// Gemma 3's local layers use this rope base when the file does not say (as llama.cpp does).
+const DEFAULT_LOCAL_ROPE_THETA: f32 = 10_000.0;
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    wo: Linear,
+    post_attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    post_ffw_norm: Vec<f32>,
+    attn: AttentionShape,
+    local: bool,
+}
+
+pub struct Gemma3 {
+    cfg: ModelConfig,
+    embed: Tensor,
+    embed_scale: f32,
+    blocks: Vec<Block>,
+    final_norm: Vec<f32>,
+    output: Tensor,
+    rope_global: Rope,
+    rope_local: Rope,
+    pool: ThreadPool,
+    scratch: Mutex<Scratch>,
+}
+
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    n: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    o2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    last: Vec<f32>,
+}
+
+impl Gemma3 {
+    pub fn new(cfg: ModelConfig, w: &mut Weights, n_threads: usize) -> Result<Gemma3, ModelError> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f32).sqrt();
+        let embed = w.matrix_exact("token_embd.weight", cfg.vocab_size, d)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let p = format!("blk.{l}");
+            let block = Block {
+                attn_norm: w.vector(&format!("{p}.attn_norm.weight"), d)?,
+                wq: Linear::load(w, &format!("{p}.attn_q"), d)?,
+                wk: Linear::load(w, &format!("{p}.attn_k"), d)?,
+                wv: Linear::load(w, &format!("{p}.attn_v"), d)?,
+                q_norm: w.vector(&format!("{p}.attn_q_norm.weight"), hd)?,
+                k_norm: w.vector(&format!("{p}.attn_k_norm.weight"), hd)?,
+                wo: Linear::load(w, &format!("{p}.attn_output"), qd)?,
+                post_attn_norm: w.vector(&format!("{p}.post_attention_norm.weight"), d)?,
+                ffn_norm: w.vector(&format!("{p}.ffn_norm.weight"), d)?,
+                gate: Linear::load(w, &format!("{p}.ffn_gate"), d)?,
+                up: Linear::load(w, &format!("{p}.ffn_up"), d)?,
+                down: Linear::load(w, &format!("{p}.ffn_down"), cfg.intermediate_size)?,
+                post_ffw_norm: w.vector(&format!("{p}.post_ffw_norm.weight"), d)?,
+                attn: AttentionShape::from_config(&cfg, l, scale),
+                local: cfg.is_sliding(l),
+            };
+            check_rows(&block.wq, qd, &p)?;
+            check_rows(&block.wk, kvd, &p)?;
+            check_rows(&block.wv, kvd, &p)?;
+            check_rows(&block.gate, cfg.intermediate_size, &p)?;
+            blocks.push(block);
+        }
+        let final_norm = w.vector("output_norm.weight", d)?;
+        let output = if w.contains("output.weight") {
+            w.matrix_exact("output.weight", cfg.vocab_size, d)?
+        } else {
+            embed.clone()
+        };
+        let local_theta = cfg.rope_local_theta.unwrap_or(DEFAULT_LOCAL_ROPE_THETA);
+        Ok(Gemma3 {
+            embed_scale: (d as f32).sqrt(),
+            rope_global: Rope::new(
+                hd,
+                cfg.rope_theta,
+                cfg.rope_scaling.as_ref(),
+                cfg.rope_style,
+            ),
+            rope_local: Rope::new(hd, local_theta, None, cfg.rope_style),
+            cfg,
+            embed,
+            blocks,
+            final_norm,
+            output,
+            pool: ThreadPool::new(n_threads),
+            scratch: Mutex::new(Scratch::default()),
+        })
+    }
+}
+
+impl CausalLM for Gemma3 {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        let cfg = &self.cfg;
+        prepare_batch(batch, cfg.vocab_size, cfg.max_position_embeddings)?;
+        let layout = BatchLayout::new(batch);
+        let (d, hd, n, eps) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            layout.total,
+            cfg.rms_norm_eps,
+        );
+        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let pool = &self.pool;
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut *guard;
+
+        s.x.resize(n * d, 0.0);
+        let tokens = batch.iter().flat_map(|b| b.tokens.iter());
+        for (row, &tok) in s.x.chunks_exact_mut(d).zip(tokens) {
+            self.embed.dequantize_row(tok as usize, row);
+            row.iter_mut().for_each(|v| *v *= self.embed_scale);
+        }
+
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let rope = if blk.local {
+                &self.rope_local
+            } else {
+                &self.rope_global
+            };
+
+            // Attention, with per-head q/k norms and a norm on its output.
+            rms_norm_rows(&s.x, &blk.attn_norm, eps, &mut s.n);
+            blk.wq.forward(pool, &s.n, n, &mut s.q);
+            blk.wk.forward(pool, &s.n, n, &mut s.k);
+            blk.wv.forward(pool, &s.n, n, &mut s.v);
+            s.q.chunks_exact_mut(hd)
+                .for_each(|h| ops::rms_norm_inplace(h, &blk.q_norm, eps));
+            s.k.chunks_exact_mut(hd)
+                .for_each(|h| ops::rms_norm_inplace(h, &blk.k_norm, eps));
+            for (seq, &first) in layout.first_row.iter().enumerate() {
+                for i in 0..layout.n_tokens[seq] {
+                    let (row, pos) = (first + i, layout.start_pos[seq] + i);
+                    rope.apply(&mut s.q[row * qd..(row + 1) * qd], hd, pos);
+                    rope.apply(&mut s.k[row * kvd..(row + 1) * kvd], hd, pos);
+                }
+            }
+            store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
+            s.att.resize(n * qd, 0.0);
+            attention(pool, batch, &layout, l, &blk.attn, &s.q, &mut s.att);
+            blk.wo.forward(pool, &s.att, n, &mut s.o);
+            rms_norm_rows(&s.o, &blk.post_attn_norm, eps, &mut s.o2);
+            s.x.iter_mut().zip(&s.o2).for_each(|(x, o)| *x += o);
+
+            // GELU-tanh gated MLP, also normed on both sides.
+            rms_norm_rows(&s.x, &blk.ffn_norm, eps, &mut s.n);
+            blk.gate.forward(pool, &s.n, n, &mut s.gate);
+            blk.up.forward(pool, &s.n, n, &mut s.up);
+            s.gate
+                .iter_mut()
+                .zip(&s.up)
+                .for_each(|(g, u)| *g = ops::gelu_tanh(*g) * u);
+            blk.down.forward(pool, &s.gate, n, &mut s.o);
+            rms_norm_rows(&s.o, &blk.post_ffw_norm, eps, &mut s.o2);
+            s.x.iter_mut().zip(&s.o2).for_each(|(x, o)| *x += o);
+        }
+        advance_caches(batch);
+
+        gather_rows(&s.x, d, &layout.logit_rows, &mut s.last);
+        rms_norm_rows(&s.last, &self.final_norm, eps, &mut s.n);
+        let m = layout.logit_rows.len();
+        let start = logits.len();
+        logits.resize(start + m * cfg.vocab_size, 0.0);
+        matmul(pool, &self.output, &s.n, m, &mut logits[start..]);
+        if let Some(cap) = cfg.final_logit_softcapping {
+            logits[start..]
+                .iter_mut()
+                .for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
+        Ok(())
+    }
+}

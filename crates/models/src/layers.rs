@@ -1,0 +1,326 @@
+//! Building blocks shared by the architectures: linear layers, rotary tables, attention over
+//! the KV cache, and the batch bookkeeping of a forward pass.
+
+use std::cell::RefCell;
+
+use kiln_formats::{ModelConfig, RopeScaling, Tensor};
+use kiln_kernels::ops::{self, RopeStyle};
+use kiln_kernels::pool::split_range;
+use kiln_kernels::{matmul, ThreadPool};
+
+use crate::{KvCache, ModelError, Weights};
+
+/// `y = x·Wᵀ (+ b)` with `W` kept in its stored block type.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// Loads `{name}.weight` (required, `[out, in_features]`) and `{name}.bias` (optional).
+    pub fn load(w: &mut Weights, name: &str, in_features: usize) -> Result<Linear, ModelError> {
+        let weight = w.matrix(&format!("{name}.weight"), in_features)?;
+        let bias = w.optional_vector(&format!("{name}.bias"), weight.rows())?;
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.rows()
+    }
+
+    /// `x` holds `n` rows; `out` receives `n × out_features`.
+    pub fn forward(&self, pool: &ThreadPool, x: &[f32], n: usize, out: &mut Vec<f32>) {
+        let rows = self.out_features();
+        out.resize(n * rows, 0.0);
+        matmul(pool, &self.weight, x, n, out);
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(rows) {
+                for (o, bb) in row.iter_mut().zip(b) {
+                    *o += bb;
+                }
+            }
+        }
+    }
+}
+
+/// Rotary embedding frequencies for one rope base.
+pub struct Rope {
+    inv_freq: Vec<f32>,
+    style: RopeStyle,
+}
+
+impl Rope {
+    pub fn new(
+        head_dim: usize,
+        theta: f32,
+        scaling: Option<&RopeScaling>,
+        style: RopeStyle,
+    ) -> Rope {
+        let half = head_dim / 2;
+        let mut inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        match scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            Some(&RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                // Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and the band
+                // between them interpolated smoothly.
+                let old = original_max_position_embeddings as f32;
+                let low_wavelen = old / low_freq_factor;
+                let high_wavelen = old / high_freq_factor;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        Rope { inv_freq, style }
+    }
+
+    /// Rotates every head of `x` (`n_heads × head_dim` values) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        for head in x.chunks_exact_mut(head_dim) {
+            ops::rope(head, pos, &self.inv_freq, self.style);
+        }
+    }
+}
+
+/// Which logits a sequence wants back from a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// One sequence's part of a batched forward pass: its new tokens (placed at positions
+/// `cache.len()..`) and its cache.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub logits: Logits,
+}
+
+/// Where each sequence's tokens sit in the flattened batch.
+pub struct BatchLayout {
+    /// Row of the first token of each sequence in the flattened batch.
+    pub first_row: Vec<usize>,
+    /// Position of the first new token of each sequence (the cache length before the pass).
+    pub start_pos: Vec<usize>,
+    pub n_tokens: Vec<usize>,
+    /// Rows whose logits are wanted, in output order.
+    pub logit_rows: Vec<usize>,
+    pub total: usize,
+}
+
+impl BatchLayout {
+    pub fn new(batch: &[SeqInput<'_>]) -> BatchLayout {
+        let mut l = BatchLayout {
+            first_row: Vec::with_capacity(batch.len()),
+            start_pos: Vec::with_capacity(batch.len()),
+            n_tokens: Vec::with_capacity(batch.len()),
+            logit_rows: Vec::new(),
+            total: 0,
+        };
+        for s in batch {
+            let n = s.tokens.len();
+            l.first_row.push(l.total);
+            l.start_pos.push(s.cache.len());
+            l.n_tokens.push(n);
+            match s.logits {
+                Logits::None => {}
+                Logits::Last if n > 0 => l.logit_rows.push(l.total + n - 1),
+                Logits::Last => {}
+                Logits::All => l.logit_rows.extend(l.total..l.total + n),
+            }
+            l.total += n;
+        }
+        l
+    }
+}
+
+/// Checks token ids and grows caches so the pass fits.
+pub fn prepare_batch(
+    batch: &mut [SeqInput<'_>],
+    vocab: usize,
+    max_pos: usize,
+) -> Result<(), ModelError> {
+    for s in batch.iter_mut() {
+        if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab})"
+            )));
+        }
+        let end = s.cache.len() + s.tokens.len();
+        if end > max_pos {
+            return Err(ModelError::Input(format!(
+                "sequence would reach {end} positions; the model's context is {max_pos}"
+            )));
+        }
+        if end > s.cache.capacity() {
+            s.cache
+                .reserve(end.max(s.cache.capacity() * 2).min(max_pos));
+        }
+    }
+    Ok(())
+}
+
+/// Hyper-parameters of one attention layer.
+pub struct AttentionShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    /// A query at position p sees keys at positions > p - window.
+    pub window: Option<usize>,
+    pub softcap: Option<f32>,
+}
+
+impl AttentionShape {
+    pub fn from_config(cfg: &ModelConfig, layer: usize, scale: f32) -> AttentionShape {
+        AttentionShape {
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            scale,
+            window: if cfg.is_sliding(layer) {
+                cfg.sliding_window
+            } else {
+                None
+            },
+            softcap: cfg.attn_logit_softcapping,
+        }
+    }
+}
+
+/// Writes this layer's new keys/values (`k`, `v`: one row per batch token) into each
+/// sequence's cache.
+pub fn store_kv(
+    batch: &mut [SeqInput<'_>],
+    layout: &BatchLayout,
+    layer: usize,
+    shape: &AttentionShape,
+    k: &[f32],
+    v: &[f32],
+) {
+    let (hd, kvd) = (shape.head_dim, shape.n_kv_heads * shape.head_dim);
+    for (s, seq) in batch.iter_mut().enumerate() {
+        for i in 0..layout.n_tokens[s] {
+            let row = layout.first_row[s] + i;
+            let pos = layout.start_pos[s] + i;
+            for h in 0..shape.n_kv_heads {
+                let o = row * kvd + h * hd;
+                seq.cache.store(layer, h, pos, &k[o..o + hd], &v[o..o + hd]);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Causal (optionally sliding-window) attention of every batch token over its own
+/// sequence's cache. `q` has one row of `n_heads × head_dim` per token; so has `out`.
+pub fn attention(
+    pool: &ThreadPool,
+    batch: &[SeqInput<'_>],
+    layout: &BatchLayout,
+    layer: usize,
+    shape: &AttentionShape,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let (nh, hd) = (shape.n_heads, shape.head_dim);
+    let group = nh / shape.n_kv_heads;
+    let qd = nh * hd;
+    // Work items are (token row, head); the owning sequence is found from the layout.
+    let mut row_seq = Vec::with_capacity(layout.total);
+    for (s, &n) in layout.n_tokens.iter().enumerate() {
+        row_seq.extend(std::iter::repeat_n(s, n));
+    }
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    pool.run(&|ti, nt| {
+        let items = split_range(layout.total * nh, ti, nt);
+        SCORES.with(|scores| {
+            let mut scores = scores.borrow_mut();
+            for item in items {
+                let (row, h) = (item / nh, item % nh);
+                let s = row_seq[row];
+                let pos = layout.start_pos[s] + (row - layout.first_row[s]);
+                let lo = match shape.window {
+                    Some(w) => (pos + 1).saturating_sub(w),
+                    None => 0,
+                };
+                let (keys, values) = batch[s].cache.head(layer, h / group, pos + 1);
+                let qh = &q[row * qd + h * hd..row * qd + (h + 1) * hd];
+                scores.clear();
+                for j in lo..=pos {
+                    let mut sc = kiln_kernels::matmul::dot_f32(qh, &keys[j * hd..(j + 1) * hd])
+                        * shape.scale;
+                    if let Some(cap) = shape.softcap {
+                        sc = (sc / cap).tanh() * cap;
+                    }
+                    scores.push(sc);
+                }
+                ops::softmax(&mut scores);
+                // SAFETY: each (row, head) slice of `out` is written by exactly one work item.
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.get().add(row * qd + h * hd), hd)
+                };
+                o.fill(0.0);
+                for (w, j) in scores.iter().zip(lo..=pos) {
+                    for (acc, &vv) in o.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                        *acc += w * vv;
+                    }
+                }
+            }
+        });
+    });
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Applies RMSNorm with weight `w` to every row of `x` (row length `w.len()`), into `out`.
+pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        ops::rms_norm(xr, w, eps, or);
+    }
+}
+
+/// Copies the wanted rows of `x` (row length `d`) into `out`.
+pub fn gather_rows(x: &[f32], d: usize, rows: &[usize], out: &mut Vec<f32>) {
+    out.clear();
+    for &r in rows {
+        out.extend_from_slice(&x[r * d..(r + 1) * d]);
+    }
+}
+
+/// Commits the new positions of every sequence after all layers have stored them.
+pub fn advance_caches(batch: &mut [SeqInput<'_>]) {
+    for s in batch.iter_mut() {
+        let n = s.tokens.len();
+        s.cache.advance(n);
+    }
+}

@@ -50,6 +50,9 @@ pub struct EngineOptions {
     /// Positions per sequence; `None` = the model's trained context.
     pub context: Option<usize>,
     pub max_batch: usize,
+    /// A tokenizer to use instead of the model's own (`tokenizer.json` or `tokenizer.model`),
+    /// like the `--tokenizer-path` of Meta's reference scripts.
+    pub tokenizer_path: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +61,7 @@ impl Default for EngineOptions {
             threads: 0,
             context: None,
             max_batch: 64,
+            tokenizer_path: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `kiln` command: argument parsing and printing only; the work happens in the library crates.
 
+mod bench;
 mod complete;
 mod model_arg;
 mod tools;
@@ -22,6 +23,8 @@ enum Command {
     Inspect(tools::InspectArgs),
     /// Print the token ids of a text.
     Tokenize(tools::TokenizeArgs),
+    /// Prompt-processing and generation speed, in llama-bench's shape.
+    Bench(bench::BenchArgs),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
     Perplexity(tools::PerplexityArgs),
 }
@@ -33,6 +36,7 @@ fn main() {
         Command::Inspect(a) => tools::inspect(a),
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Perplexity(a) => tools::perplexity(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

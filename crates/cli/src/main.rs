@@ -25,6 +25,8 @@ enum Command {
     Tokenize(tools::TokenizeArgs),
     /// Prompt-processing and generation speed, in llama-bench's shape.
     Bench(bench::BenchArgs),
+    /// Download a known model (default: gemma3-270m) into ~/.cache/kiln/models.
+    Pull(tools::PullArgs),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
     Perplexity(tools::PerplexityArgs),
 }
@@ -37,6 +39,7 @@ fn main() {
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Perplexity(a) => tools::perplexity(a),
         Command::Bench(a) => bench::run(a),
+        Command::Pull(a) => tools::pull(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

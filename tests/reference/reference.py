@@ -280,7 +280,8 @@ def forward(sd, cfg, tokens, overrides=None):
     """Logits [T, vocab] (float32) for token ids `tokens` at positions 0..T-1.
 
     overrides (for sensitivity checks only): {"no_window": True} ignores sliding windows,
-    {"inv_freq": {type: array}} replaces RoPE frequencies, {"scale": float} replaces the score scale."""
+    {"inv_freq": {type: array}} replaces RoPE frequencies, {"scale": float} replaces the score scale,
+    {"kv_interleaved": True} maps query head h to kv head h % n_kv (a wrong GQA grouping)."""
     ov = overrides or {}
     tokens = np.asarray(tokens, dtype=np.int64)
     T = tokens.shape[0]
@@ -318,6 +319,8 @@ def forward(sd, cfg, tokens, overrides=None):
         out = np.empty((T, nh, hd), dtype=np.float32)
         for hh in range(nh):
             kv = hh // rep  # query head hh uses kv head hh // (n_heads / n_kv_heads)
+            if ov.get("kv_interleaved"):
+                kv = hh % nkv
             s = (q[:, hh, :] @ k[:, kv, :].T).astype(np.float32) * scale
             if cfg.attn_softcap is not None:
                 c = F32(cfg.attn_softcap)

@@ -47,7 +47,9 @@ fn legacy_config_form_gives_the_same_results() {
 /// Configurations the shared fixtures do not cover, with goldens from the independent numpy
 /// reference in tests/reference (itself checked against transformers' goldens).
 fn check_synthetic(name: &str) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/synthetic").join(name);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/synthetic")
+        .join(name);
     let golden = load_json(&dir.join("golden.json"));
     let engine = engine(&dir);
     check_against_golden(&engine, &golden, true);
@@ -58,7 +60,11 @@ fn check_synthetic(name: &str) {
             let entry = entry.unwrap();
             std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
         }
-        std::fs::copy(dir.join("config.legacy.json"), tmp.path().join("config.json")).unwrap();
+        std::fs::copy(
+            dir.join("config.legacy.json"),
+            tmp.path().join("config.json"),
+        )
+        .unwrap();
         check_against_golden(&common::engine(tmp.path()), &golden, true);
     }
 }

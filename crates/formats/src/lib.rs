@@ -9,6 +9,8 @@
 //! post_ffw_norm}.{weight,bias}`. Shapes are outermost-first (a linear layer is `[out, in]`).
 
 pub mod config;
+pub mod meta;
+pub mod pytorch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,5 +79,8 @@ pub struct LoadedModel {
 
 /// Reads a model from a GGUF file or a Hugging Face directory, detected from `path`.
 pub fn load(path: &Path) -> Result<LoadedModel> {
-    Err(FormatError::Unsupported(format!("{}: no loader yet", path.display())))
+    Err(FormatError::Unsupported(format!(
+        "{}: no loader yet",
+        path.display()
+    )))
 }

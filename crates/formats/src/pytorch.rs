@@ -98,7 +98,7 @@ fn check_view(t: &TensorRef, member_size: u64) -> std::result::Result<(usize, us
         expect = expect.saturating_mul(size);
     }
     let end = t.storage_offset.checked_add(numel);
-    if end.map_or(true, |e| e > t.storage.numel) {
+    if end.is_none_or(|e| e > t.storage.numel) {
         return Err(format!(
             "tensor of shape {:?} at element offset {} does not fit in its storage of {} elements",
             t.shape, t.storage_offset, t.storage.numel

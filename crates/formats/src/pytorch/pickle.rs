@@ -25,8 +25,9 @@ use kiln_kernels::DType;
 
 /// Deepest nesting of containers (and of `MARK`s) accepted.
 pub const MAX_DEPTH: u32 = 64;
-/// Most values (counting every copy made from the memo) one pickle may create.
-pub const MAX_NODES: usize = 8_000_000;
+/// Most values (counting every copy made from the memo) one pickle may create. A state dict
+/// needs about 60 per tensor (a 405B-parameter Meta shard has ~1 100 tensors).
+pub const MAX_NODES: usize = 2_000_000;
 
 /// The element type a typed storage class (`torch.FloatStorage`, ...) stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -161,13 +162,24 @@ impl Value {
         }
     }
 
-    /// How many nodes this value counts for against [`MAX_NODES`].
-    fn size(&self) -> usize {
+    /// How many nodes this value counts for against [`MAX_NODES`], counting stopped once it
+    /// passes `cap` (so a huge value is not walked in full just to be refused).
+    fn size(&self, cap: usize) -> usize {
+        let seq = |items: &mut dyn Iterator<Item = &Value>| {
+            let mut n = 1;
+            for v in items {
+                if n > cap {
+                    break;
+                }
+                n += v.size(cap - n);
+            }
+            n
+        };
         match self {
             Value::Str(s) => 1 + s.len() / 64,
             Value::Bytes(b) => 1 + b.len() / 64,
-            Value::Tuple(v) | Value::List(v) => 1 + v.iter().map(Value::size).sum::<usize>(),
-            Value::Dict(v) => 1 + v.iter().map(|(k, v)| k.size() + v.size()).sum::<usize>(),
+            Value::Tuple(v) | Value::List(v) => seq(&mut v.iter()),
+            Value::Dict(v) => seq(&mut v.iter().flat_map(|(k, v)| [k, v])),
             Value::Storage(s) => 2 + s.key.len() / 64 + s.location.len() / 64,
             Value::Tensor(t) => 4 + t.shape.len() * 2,
             _ => 1,
@@ -320,6 +332,10 @@ impl<'a> Unpickler<'a> {
         Ok(s)
     }
 
+    fn budget_left(&self) -> usize {
+        MAX_NODES.saturating_sub(self.nodes)
+    }
+
     fn count(&mut self, n: usize) -> Res<()> {
         self.nodes += n;
         if self.nodes > MAX_NODES {
@@ -334,7 +350,7 @@ impl<'a> Unpickler<'a> {
         if depth > MAX_DEPTH {
             return invalid(format!("values nest deeper than {MAX_DEPTH} levels"));
         }
-        self.count(v.size().min(16))?;
+        self.count(v.size(16).min(16))?;
         self.stack.push((v, depth));
         Ok(())
     }
@@ -382,24 +398,33 @@ impl<'a> Unpickler<'a> {
         if self.memo.len() >= 1_000_000 && !self.memo.contains_key(&idx) {
             return invalid("memo holds more than 1000000 values");
         }
+        let left = self.budget_left();
+        let n = self.top()?.0.size(left);
+        self.count(n)?;
         let (v, d) = self.top()?.clone();
-        self.count(v.size())?;
         self.memo.insert(idx, (v, d));
         Ok(())
     }
 
     fn memo_get(&mut self, idx: u32) -> Res<()> {
+        let left = self.budget_left();
         let Some((v, d)) = self.memo.get(&idx) else {
             return invalid(format!("memo index {idx} read before it was written"));
         };
+        let n = v.size(left);
+        if n > left {
+            return invalid(format!(
+                "more than {MAX_NODES} values (a decompression bomb?)"
+            ));
+        }
         let (v, d) = (v.clone(), *d);
-        self.count(v.size())?;
+        self.count(n)?;
         self.stack.push((v, d));
         Ok(())
     }
 
     fn add_items(&mut self, items: Vec<(Value, u32)>) -> Res<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return invalid("SETITEMS with an odd number of values");
         }
         let (target, depth) = self.top()?;
@@ -459,8 +484,10 @@ impl<'a> Unpickler<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
+                    let left = self.budget_left();
+                    let n = self.top()?.0.size(left);
+                    self.count(n)?;
                     let (v, d) = self.top()?.clone();
-                    self.count(v.size())?;
                     self.stack.push((v, d));
                 }
                 b'N' => self.push(Value::None, 0)?,

@@ -94,7 +94,7 @@ pub fn read_directory(file: &[u8]) -> Result<HashMap<String, Entry>, String> {
             .ok_or("zip64 archive without a zip64 end-of-central-directory locator")?;
         let rec = u64_at(file, loc + 8).ok_or("truncated zip64 locator")?;
         let rec = to_usize(rec, "zip64 record offset")?;
-        if rec.checked_add(56).map_or(true, |end| end > loc)
+        if rec.checked_add(56).is_none_or(|end| end > loc)
             || u32_at(file, rec) != Some(ZIP64_EOCD_SIG)
         {
             return Err("bad zip64 end-of-central-directory record offset".into());
@@ -198,7 +198,7 @@ pub fn read_directory(file: &[u8]) -> Result<HashMap<String, Entry>, String> {
         let lextra = u16_at(file, lh + 28).ok_or_else(bad)? as u64;
         let data_start = local + 30 + lname + lextra;
         let data_end = data_start.checked_add(csize);
-        if data_end.map_or(true, |end| end > len as u64) {
+        if data_end.is_none_or(|end| end > len as u64) {
             return Err(format!(
                 "zip member `{name}` ({csize} bytes at offset {data_start}) extends past the end of the {len}-byte file (truncated?)"
             ));

@@ -47,7 +47,12 @@ fn open_err(path: &Path) -> String {
 #[test]
 fn reads_dtypes_views_parameters_in_every_variant() {
     let exp = expected();
-    for file in ["dtypes.pth", "dtypes_proto4.pth", "dtypes_deflated.pth"] {
+    for file in [
+        "dtypes.pth",
+        "dtypes_proto4.pth",
+        "dtypes_deflated.pth",
+        "dtypes_zip64.pth",
+    ] {
         let f = PthFile::open(&data(file)).unwrap();
         assert_eq!(f.other_keys(), ["step"], "{file}");
         for (name, e) in exp["tensors"]["dtypes"].as_object().unwrap() {

@@ -113,14 +113,18 @@ def save(path, obj, storages, top=None, protocol=2, compression=zipfile.ZIP_STOR
     top = top or os.path.splitext(os.path.basename(path))[0]
     buf = io.BytesIO()
     TorchPickler(buf, protocol=protocol).dump(obj)
+    def put(z, name, data):  # fixed timestamps: the output does not depend on the clock
+        z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data,
+                   compress_type=compression)
+
     with zipfile.ZipFile(path, "w", compression=compression) as z:
-        z.writestr(f"{top}/data.pkl", buf.getvalue())
-        z.writestr(f"{top}/byteorder", "little")
+        put(z, f"{top}/data.pkl", buf.getvalue())
+        put(z, f"{top}/byteorder", "little")
         for s in storages:
-            z.writestr(f"{top}/data/{s.key}", s.data)
-        z.writestr(f"{top}/version", "3\n")
+            put(z, f"{top}/data/{s.key}", s.data)
+        put(z, f"{top}/version", "3\n")
         for name, data in extra_members:
-            z.writestr(f"{top}/{name}", data)
+            put(z, f"{top}/{name}", data)
 
 
 def save_state_dict(path, sd, **kw):
@@ -210,6 +214,20 @@ def pytorch_fixtures():
     save(os.path.join(d, "dtypes_proto4.pth"), sd, storages, top="archive", protocol=4)
     save(os.path.join(d, "dtypes_deflated.pth"), sd, storages, top="archive",
          compression=zipfile.ZIP_DEFLATED)
+    # Zip64 form (as torch writes checkpoints over 4 GiB): with the limits lowered to 0,
+    # zipfile gives every member zip64 extra fields (local and central, 0xFFFFFFFF in the
+    # 32-bit fields) and writes the zip64 end record and locator.
+    limits = (zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT)
+    zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = 0, 0
+    try:
+        save(os.path.join(d, "dtypes_zip64.pth"), sd, storages, top="archive")
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = limits
+    with open(os.path.join(d, "dtypes_zip64.pth"), "rb") as f:
+        raw = f.read()
+    assert b"PK\x06\x06" in raw and b"PK\x06\x07" in raw, "zip64 records missing"
+    with zipfile.ZipFile(os.path.join(d, "dtypes_zip64.pth")) as z:
+        assert z.testzip() is None
 
     # A transposed (non-contiguous) view.
     s, _ = storage_of(np.arange(6, dtype=np.float32), "0")

@@ -22,7 +22,7 @@ use kiln_kernels::ops::RopeStyle;
 use kiln_kernels::{Storage, Tensor};
 use serde::Deserialize;
 
-use crate::pytorch::{PthFile, StorageKind, TensorInfo};
+use crate::pytorch::{PthFile, TensorInfo};
 use crate::{
     Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result, RopeScaling, TokenizerSource,
 };
@@ -700,12 +700,7 @@ pub fn load_meta_with_tokenizer(dir: &Path, tokenizer_path: Option<&Path>) -> Re
         "meta.tokenizer_kind".into(),
         MetaValue::String(tok_desc.into()),
     );
-    let dtype = shards[0]
-        .tensors()
-        .values()
-        .next()
-        .map(|i| i.kind)
-        .unwrap_or(StorageKind::F32);
+    let dtype = tensors["token_embd.weight"].dtype;
 
     Ok(LoadedModel {
         config,
@@ -714,9 +709,8 @@ pub fn load_meta_with_tokenizer(dir: &Path, tokenizer_path: Option<&Path>) -> Re
         chat_template: None,
         metadata,
         format: format!(
-            "Meta checkpoint ({n} shard{}, {})",
-            if n == 1 { "" } else { "s" },
-            dtype.class_name()
+            "Meta checkpoint ({n} shard{}, {dtype})",
+            if n == 1 { "" } else { "s" }
         ),
     })
 }

@@ -105,7 +105,9 @@ fn config_matches_the_hf_copy_of_the_model() {
         other => panic!("{other:?}"),
     }
     assert_eq!(m.tensors.len(), 2 + 1 + 2 * 9);
-    assert!(m.format.contains("Meta"), "{}", m.format);
+    assert_eq!(m.format, "Meta checkpoint (1 shard, F32)");
+    assert!(kiln_formats::meta::is_meta_dir(&fixture("meta/mp2")));
+    assert!(!kiln_formats::meta::is_meta_dir(&fixture("")));
 }
 
 #[test]

@@ -348,3 +348,23 @@ fn corrupted_checkpoints_never_panic() {
         21
     );
 }
+
+#[test]
+fn parameters_with_state_and_complex_storages_are_plain_data() {
+    // _rebuild_parameter_with_state(_rebuild_tensor_v2(pid, 0, (2,), (1,), False, OrderedDict()),
+    //                               True, OrderedDict(), {}) with a ComplexFloatStorage pid.
+    let mut p = b"\x80\x02ctorch._utils\n_rebuild_parameter_with_state\n(".to_vec();
+    p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    p.extend(b"(X\x07\x00\x00\x00storagectorch\nComplexFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x02tQ");
+    p.extend(b"K\x00K\x02\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR");
+    p.extend(b"\x88ccollections\nOrderedDict\n)R}tR.");
+    let Value::Tensor(t) = unpickle(&p).unwrap() else {
+        panic!()
+    };
+    assert_eq!(t.storage.kind, kiln_formats::pytorch::StorageKind::C64);
+    assert_eq!(t.storage.kind.element_size(), 8);
+    assert_eq!(
+        (t.shape.as_slice(), t.stride.as_slice(), t.storage.numel),
+        (&[2u64][..], &[1u64][..], 2)
+    );
+}

@@ -4,10 +4,11 @@
 //! booleans, integers, floats, strings, bytes, tuples, lists, dicts, the memo) plus exactly
 //! these references to Python objects:
 //!
-//! * `torch._utils._rebuild_tensor_v2` and `torch._utils._rebuild_parameter`, which become
-//!   [`Value::Tensor`] descriptors;
+//! * `torch._utils._rebuild_tensor_v2` and `torch._utils._rebuild_parameter` (and
+//!   `_rebuild_parameter_with_state`), which become [`Value::Tensor`] descriptors;
 //! * `torch.FloatStorage`, `torch.HalfStorage`, `torch.BFloat16Storage` (and the other typed
-//!   storage classes, which only name an element type), inside persistent ids;
+//!   storage classes, which only name an element type), inside persistent ids; calling one is
+//!   refused;
 //! * `collections.OrderedDict`, which becomes an ordinary [`Value::Dict`].
 //!
 //! Any other global (`os.system`, `builtins.eval`, `subprocess.Popen`, `torch.storage.
@@ -42,10 +43,13 @@ pub enum StorageKind {
     I8,
     U8,
     Bool,
+    /// Complex float32 (pairs of f32), e.g. the `rope.freqs` of some checkpoints.
+    C64,
+    C128,
 }
 
 impl StorageKind {
-    const ALL: [(StorageKind, &'static str); 10] = [
+    const ALL: [(StorageKind, &'static str); 12] = [
         (StorageKind::F32, "FloatStorage"),
         (StorageKind::F16, "HalfStorage"),
         (StorageKind::BF16, "BFloat16Storage"),
@@ -56,6 +60,8 @@ impl StorageKind {
         (StorageKind::I8, "CharStorage"),
         (StorageKind::U8, "ByteStorage"),
         (StorageKind::Bool, "BoolStorage"),
+        (StorageKind::C64, "ComplexFloatStorage"),
+        (StorageKind::C128, "ComplexDoubleStorage"),
     ];
 
     fn from_class(name: &str) -> Option<StorageKind> {
@@ -76,7 +82,8 @@ impl StorageKind {
 
     pub fn element_size(self) -> usize {
         match self {
-            StorageKind::F64 | StorageKind::I64 => 8,
+            StorageKind::C128 => 16,
+            StorageKind::F64 | StorageKind::I64 | StorageKind::C64 => 8,
             StorageKind::F32 | StorageKind::I32 => 4,
             StorageKind::F16 | StorageKind::BF16 | StorageKind::I16 => 2,
             StorageKind::I8 | StorageKind::U8 | StorageKind::Bool => 1,
@@ -219,7 +226,9 @@ fn invalid<T>(msg: impl Into<String>) -> Res<T> {
 fn resolve_global(module: &str, name: &str) -> Res<Global> {
     match (module, name) {
         ("torch._utils", "_rebuild_tensor_v2") => Ok(Global::RebuildTensorV2),
-        ("torch._utils", "_rebuild_parameter") => Ok(Global::RebuildParameter),
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+            Ok(Global::RebuildParameter)
+        }
         ("collections", "OrderedDict") => Ok(Global::OrderedDict),
         ("torch", class) => StorageKind::from_class(class)
             .map(Global::Storage)
@@ -737,8 +746,11 @@ fn reduce(func: Value, args: Value) -> Res<(Value, u32)> {
             Ok((Value::Tensor(t), 0))
         }
         Global::RebuildParameter => match args.first() {
-            Some(Value::Tensor(t)) if args.len() == 3 => Ok((Value::Tensor(t.clone()), 0)),
-            _ => invalid("_rebuild_parameter needs (tensor, requires_grad, hooks)"),
+            // (data, requires_grad, hooks[, state]); the state only holds Python attributes.
+            Some(Value::Tensor(t)) if (3..=4).contains(&args.len()) => {
+                Ok((Value::Tensor(t.clone()), 0))
+            }
+            _ => invalid("_rebuild_parameter needs (tensor, requires_grad, hooks[, state])"),
         },
         Global::Storage(k) => invalid(format!("{} may not be called", k.class_name())),
     }

@@ -216,3 +216,32 @@ fn inconsistent_shards_are_clear_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn a_hostile_shard_refuses_the_whole_directory() {
+    let d = tempfile::tempdir().unwrap();
+    for f in ["params.json", "tokenizer.model", "consolidated.00.pth"] {
+        std::fs::copy(dir("llama2-mp2").join(f), d.path().join(f)).unwrap();
+    }
+    let pth = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pth");
+    std::fs::copy(
+        pth.join("hostile_os_system.pth"),
+        d.path().join("consolidated.01.pth"),
+    )
+    .unwrap();
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pth.join("expected.json")).unwrap()).unwrap();
+    let h = &exp["hostile"]["hostile_os_system.pth"];
+    let marker = Path::new(h["marker"].as_str().unwrap());
+    let _ = std::fs::remove_file(marker);
+    let e = load_err(d.path());
+    assert!(e.contains("consolidated.01.pth"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "refusing to load: pickle references forbidden global `{}`",
+            h["global"].as_str().unwrap()
+        )),
+        "{e}"
+    );
+    assert!(!marker.exists());
+}

@@ -9,6 +9,8 @@
 //! post_ffw_norm}.{weight,bias}`. Shapes are outermost-first (a linear layer is `[out, in]`).
 
 pub mod config;
+pub mod meta;
+pub mod pytorch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -207,12 +207,16 @@ impl<'a> Cfg<'a> {
 // transformers' class defaults, used for keys a config omits (save_pretrained leaves out the
 // values of a nested text_config that equal its class defaults).
 const LLAMA_DEFAULTS: &[(&str, f64)] = &[
+    ("bos_token_id", 1.0),
+    ("eos_token_id", 2.0),
     ("max_position_embeddings", 2048.0),
     ("rms_norm_eps", 1e-6),
     ("rope_theta", 10_000.0),
     ("tie_word_embeddings", 0.0),
 ];
 const MISTRAL_DEFAULTS: &[(&str, f64)] = &[
+    ("bos_token_id", 1.0),
+    ("eos_token_id", 2.0),
     ("max_position_embeddings", 131_072.0),
     ("rms_norm_eps", 1e-6),
     ("rope_theta", 10_000.0),
@@ -226,6 +230,8 @@ const QWEN2_DEFAULTS: &[(&str, f64)] = &[
     ("max_window_layers", 28.0),
 ];
 const GEMMA3_DEFAULTS: &[(&str, f64)] = &[
+    ("bos_token_id", 2.0),
+    ("eos_token_id", 1.0),
     ("vocab_size", 262_208.0),
     ("hidden_size", 2304.0),
     ("intermediate_size", 9216.0),
@@ -446,11 +452,20 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
             }
         }
         Arch::Gemma3 => {
+            if c.opt_bool("use_bidirectional_attention")?.unwrap_or(false) {
+                return Err(FormatError::Unsupported(
+                    "use_bidirectional_attention (an encoder, not a causal model)".into(),
+                ));
+            }
             let window = c.usize("sliding_window")?;
             let layers = match layer_types {
                 Some(l) => l,
                 None => {
-                    let pattern = c.usize("sliding_window_pattern")?;
+                    // transformers 5 writes `_sliding_window_pattern` beside `layer_types`.
+                    let pattern = match c.opt_usize("_sliding_window_pattern")? {
+                        Some(p) if c.get("sliding_window_pattern").is_none() => p,
+                        _ => c.usize("sliding_window_pattern")?,
+                    };
                     if pattern == 0 {
                         return Err(invalid("sliding_window_pattern is 0"));
                     }
@@ -472,9 +487,9 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     let softcap = |k: &str| -> Result<Option<f32>> { Ok(c.opt_f32(k)?.filter(|&v| v > 0.0)) };
     let ids = |k: &str| -> Result<Vec<u32>> {
         let g = generation.and_then(|g| g.get(k)).filter(|v| !v.is_null());
-        match g {
+        match g.or_else(|| c.get(k)) {
             Some(v) => token_ids(Some(v), k),
-            None => token_ids(c.get(k), k),
+            None => Ok(c.default(k).map(|d| d as u32).into_iter().collect()),
         }
     };
     let bos_token_id = ids("bos_token_id")?.first().copied();
@@ -804,9 +819,11 @@ where
                 DType::F32 => Dtype::F32,
                 DType::F16 => Dtype::F16,
                 DType::BF16 => Dtype::BF16,
-                other => return Err(FormatError::Unsupported(format!(
+                other => {
+                    return Err(FormatError::Unsupported(format!(
                     "tensor {name}: {other} cannot be stored in safetensors (F32, F16, BF16 only)"
-                ))),
+                )))
+                }
             };
             Tensor::new(t.dtype, t.shape.clone(), t.data.clone())
                 .map_err(|e| invalid(format!("tensor {name}: {e}")))?;

@@ -139,7 +139,7 @@ pub fn summary(model: &LoadedModel) -> String {
         .sum();
     let _ = writeln!(
         s,
-        "memory:        weights {} ({:.2} bits/weight; {} not F32), KV cache (f32) {} per 1024 tokens, {} at full context",
+        "memory:        weights {} ({:.2} bits/weight; {} in non-F32 tensors), KV cache (f32) {} per 1024 tokens, {} at full context",
         mib(bytes),
         if n_params == 0 { 0.0 } else { bytes as f64 * 8.0 / n_params as f64 },
         mib(quant_bytes),

@@ -20,7 +20,8 @@ fn small_bytes() -> Vec<u8> {
 }
 
 fn expected() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(data_dir().join("small.expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(data_dir().join("small.expected.json")).unwrap())
+        .unwrap()
 }
 
 fn parse(bytes: &[u8]) -> kiln_formats::Result<GgufFile> {
@@ -78,11 +79,18 @@ fn reads_every_metadata_type_as_gguf_py_wrote_it() {
         Some(&MetaValue::Array(vec![
             MetaValue::Array(vec![MetaValue::I32(1), MetaValue::I32(2)]),
             MetaValue::Array(vec![MetaValue::I32(3)]),
-            MetaValue::Array(vec![MetaValue::I32(4), MetaValue::I32(5), MetaValue::I32(6)]),
+            MetaValue::Array(vec![
+                MetaValue::I32(4),
+                MetaValue::I32(5),
+                MetaValue::I32(6)
+            ]),
         ]))
     );
     assert_eq!(f.get("test.u64"), Some(&MetaValue::U64((1 << 63) + 5)));
-    assert_eq!(f.get("general.name").and_then(MetaValue::as_str), Some("kiln small test ✓"));
+    assert_eq!(
+        f.get("general.name").and_then(MetaValue::as_str),
+        Some("kiln small test ✓")
+    );
 }
 
 #[test]
@@ -96,12 +104,27 @@ fn tensor_infos_and_data_match_gguf_py() {
     for (t, e) in f.tensors.iter().zip(tens) {
         assert_eq!(t.name, e["name"].as_str().unwrap());
         assert_eq!(t.dtype.name(), e["type"].as_str().unwrap());
-        let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let shape: Vec<usize> = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         assert_eq!(t.shape, shape, "{}", t.name);
         assert_eq!(t.n_bytes as u64, e["nbytes"].as_u64().unwrap());
-        assert_eq!(f.data_offset as u64 + t.offset, e["data_offset"].as_u64().unwrap(), "{}", t.name);
+        assert_eq!(
+            f.data_offset as u64 + t.offset,
+            e["data_offset"].as_u64().unwrap(),
+            "{}",
+            t.name
+        );
         let tensor = f.tensor(t).unwrap();
-        assert_eq!(hex(&Sha256::digest(tensor.data.bytes())), e["sha256"].as_str().unwrap(), "{}", t.name);
+        assert_eq!(
+            hex(&Sha256::digest(tensor.data.bytes())),
+            e["sha256"].as_str().unwrap(),
+            "{}",
+            t.name
+        );
     }
     // Values read back through the kernels' F32 path.
     let map = f.tensor_map().unwrap();
@@ -116,7 +139,9 @@ fn writer_reproduces_gguf_py_byte_for_byte() {
     let tensors = f.tensor_map().unwrap();
     let out = gguf::to_bytes(
         f.metadata.iter().map(|(k, v)| (k.as_str(), v)),
-        f.tensors.iter().map(|t| (t.name.as_str(), &tensors[&t.name])),
+        f.tensors
+            .iter()
+            .map(|t| (t.name.as_str(), &tensors[&t.name])),
     )
     .unwrap();
     assert_eq!(out.len(), bytes.len());
@@ -128,19 +153,29 @@ fn writer_reproduces_gguf_py_byte_for_byte() {
     gguf::write(
         &p,
         f.metadata.iter().map(|(k, v)| (k.as_str(), v)),
-        f.tensors.iter().map(|t| (t.name.as_str(), &tensors[&t.name])),
+        f.tensors
+            .iter()
+            .map(|t| (t.name.as_str(), &tensors[&t.name])),
     )
     .unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), bytes);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "temporary file left behind"
+    );
 }
 
 #[test]
 fn writer_honours_custom_alignment_and_rejects_bad_input() {
-    let meta = [("general.alignment", MetaValue::U32(64)), ("x", MetaValue::Array(vec![]))];
+    let meta = [
+        ("general.alignment", MetaValue::U32(64)),
+        ("x", MetaValue::Array(vec![])),
+    ];
     let t1 = Tensor::from_f32(vec![3], &[1.0, 2.0, 3.0]).unwrap();
     let t2 = Tensor::from_f32(vec![2, 2], &[4.0, 5.0, 6.0, 7.0]).unwrap();
-    let bytes = gguf::to_bytes(meta.iter().map(|(k, v)| (*k, v)), [("a", &t1), ("b", &t2)]).unwrap();
+    let bytes =
+        gguf::to_bytes(meta.iter().map(|(k, v)| (*k, v)), [("a", &t1), ("b", &t2)]).unwrap();
     let f = parse(&bytes).unwrap();
     assert_eq!(f.alignment, 64);
     assert_eq!(f.data_offset % 64, 0);
@@ -180,7 +215,9 @@ fn config_from_small_file() {
     assert!(c.tie_word_embeddings);
     assert_eq!(c.sliding_window, None);
     // The file lacks most block tensors: validation must say which.
-    let err = kiln_formats::validate_tensors(&c, &tensors).unwrap_err().to_string();
+    let err = kiln_formats::validate_tensors(&c, &tensors)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing tensor blk.0.attn_v.weight"), "{err}");
 }
 
@@ -218,7 +255,7 @@ impl Raw {
         self.u32(ty).u64(offset)
     }
     fn pad(&mut self, to: usize) -> &mut Raw {
-        while self.0.len() % to != 0 {
+        while !self.0.len().is_multiple_of(to) {
             self.0.push(0);
         }
         self
@@ -244,7 +281,12 @@ fn err_of(bytes: &[u8]) -> String {
 fn a_valid_raw_file_parses() {
     // The builder itself makes valid files, so the hostile variants below differ in one thing.
     let mut r = Raw::header(3, 1, 1);
-    r.str("k").u32(4).u32(7).tensor("t", &[4, 2], 0, 0).pad(32).zeros(32);
+    r.str("k")
+        .u32(4)
+        .u32(7)
+        .tensor("t", &[4, 2], 0, 0)
+        .pad(32)
+        .zeros(32);
     let f = parse(&r.0).unwrap();
     assert_eq!(f.tensors[0].shape, vec![2, 4]);
     assert_eq!(f.get("k"), Some(&MetaValue::U32(7)));
@@ -258,11 +300,18 @@ fn a_valid_raw_file_parses() {
 fn every_prefix_of_a_valid_file_is_rejected_cleanly() {
     let bytes = small_bytes();
     let f = parse(&bytes).unwrap();
-    let end = f.tensors.iter().map(|t| f.data_offset + t.offset as usize + t.n_bytes).max().unwrap();
+    let end = f
+        .tensors
+        .iter()
+        .map(|t| f.data_offset + t.offset as usize + t.n_bytes)
+        .max()
+        .unwrap();
     for len in 0..bytes.len() {
         let r = parse(&bytes[..len]);
         if len < end {
-            let e = r.err().unwrap_or_else(|| panic!("prefix of {len} bytes accepted"));
+            let e = r
+                .err()
+                .unwrap_or_else(|| panic!("prefix of {len} bytes accepted"));
             assert!(matches!(e, FormatError::Invalid(_)), "{len}: {e}");
         } else {
             // Only the padding after the last tensor is missing: all data is there.
@@ -297,13 +346,36 @@ fn absurd_counts_are_rejected_before_allocating() {
     let e = err_of(&Raw::header(3, 0, 1).u64(1 << 62).zeros(64).0);
     assert!(e.contains("string length 4611686018427387904"), "{e}");
     // String value of length u64::MAX.
-    let e = err_of(&Raw::header(3, 0, 1).str("k").u32(8).u64(u64::MAX).zeros(16).0);
+    let e = err_of(
+        &Raw::header(3, 0, 1)
+            .str("k")
+            .u32(8)
+            .u64(u64::MAX)
+            .zeros(16)
+            .0,
+    );
     assert!(e.contains("string length"), "{e}");
     // Array of 2^61 u32.
-    let e = err_of(&Raw::header(3, 0, 1).str("k").u32(9).u32(4).u64(1 << 61).zeros(64).0);
+    let e = err_of(
+        &Raw::header(3, 0, 1)
+            .str("k")
+            .u32(9)
+            .u32(4)
+            .u64(1 << 61)
+            .zeros(64)
+            .0,
+    );
     assert!(e.contains("claims 2305843009213693952 elements"), "{e}");
     // Array of 2^40 strings (minimum 8 bytes each).
-    let e = err_of(&Raw::header(3, 0, 1).str("k").u32(9).u32(8).u64(1 << 40).zeros(64).0);
+    let e = err_of(
+        &Raw::header(3, 0, 1)
+            .str("k")
+            .u32(9)
+            .u32(8)
+            .u64(1 << 40)
+            .zeros(64)
+            .0,
+    );
     assert!(e.contains("elements"), "{e}");
     // Arrays nested past the limit.
     let mut r = Raw::header(3, 0, 1);
@@ -319,7 +391,15 @@ fn absurd_counts_are_rejected_before_allocating() {
 fn bad_metadata_values() {
     let e = err_of(&Raw::header(3, 0, 1).str("k").u32(13).zeros(8).0);
     assert!(e.contains("unknown value type 13"), "{e}");
-    let e = err_of(&Raw::header(3, 0, 1).str("k").u32(9).u32(99).u64(1).zeros(8).0);
+    let e = err_of(
+        &Raw::header(3, 0, 1)
+            .str("k")
+            .u32(9)
+            .u32(99)
+            .u64(1)
+            .zeros(8)
+            .0,
+    );
     assert!(e.contains("unknown array element type 99"), "{e}");
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(7).0.push(2);
@@ -327,13 +407,34 @@ fn bad_metadata_values() {
     let mut r = Raw::header(3, 0, 1);
     r.str("k").u32(8).u64(2).0.extend_from_slice(&[0xff, 0xfe]);
     assert!(err_of(&r.0).contains("UTF-8"));
-    let e = err_of(&Raw::header(3, 0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).0);
+    let e = err_of(
+        &Raw::header(3, 0, 2)
+            .str("k")
+            .u32(4)
+            .u32(1)
+            .str("k")
+            .u32(4)
+            .u32(2)
+            .0,
+    );
     assert!(e.contains("duplicate metadata key"), "{e}");
     for bad in [0u32, 3, 48] {
-        let e = err_of(&Raw::header(3, 0, 1).str("general.alignment").u32(4).u32(bad).0);
+        let e = err_of(
+            &Raw::header(3, 0, 1)
+                .str("general.alignment")
+                .u32(4)
+                .u32(bad)
+                .0,
+        );
         assert!(e.contains("general.alignment"), "{e}");
     }
-    let e = err_of(&Raw::header(3, 0, 1).str("general.alignment").u32(8).str("32").0);
+    let e = err_of(
+        &Raw::header(3, 0, 1)
+            .str("general.alignment")
+            .u32(8)
+            .str("32")
+            .0,
+    );
     assert!(e.contains("general.alignment"), "{e}");
 }
 
@@ -373,14 +474,23 @@ fn bad_tensor_infos() {
     assert!(e.contains("unknown ggml type 1234"), "{e}");
     // Row length not a multiple of the block.
     let e = err_of(&one(&[100, 2], DType::Q4_K.ggml_id(), 0, 1024));
-    assert!(e.contains("row length 100 is not a multiple of the Q4_K block size 256"), "{e}");
+    assert!(
+        e.contains("row length 100 is not a multiple of the Q4_K block size 256"),
+        "{e}"
+    );
     // Duplicate names.
     let mut r = Raw::header(3, 2, 0);
-    r.tensor("w", &[8], 0, 0).tensor("w", &[8], 0, 32).pad(32).zeros(64);
+    r.tensor("w", &[8], 0, 0)
+        .tensor("w", &[8], 0, 32)
+        .pad(32)
+        .zeros(64);
     assert!(err_of(&r.0).contains("duplicate tensor name"));
     // Overlapping tensors are allowed.
     let mut r = Raw::header(3, 2, 0);
-    r.tensor("a", &[8], 0, 0).tensor("b", &[8], 0, 0).pad(32).zeros(32);
+    r.tensor("a", &[8], 0, 0)
+        .tensor("b", &[8], 0, 0)
+        .pad(32)
+        .zeros(32);
     assert_eq!(parse(&r.0).unwrap().tensors.len(), 2);
 }
 
@@ -409,7 +519,7 @@ fn random_byte_flips_never_panic() {
             let span = if i % 4 == 0 { b.len() } else { header_len };
             let pos = (rng.next() % span as u64) as usize;
             b[pos] ^= 1 << (rng.next() % 8);
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 b[pos] = rng.next() as u8;
             }
         }
@@ -420,7 +530,10 @@ fn random_byte_flips_never_panic() {
                 if let Ok(t) = f.tensor_map() {
                     let _ = gguf::config_from_gguf(&f, &t);
                     for tensor in t.values() {
-                        assert_eq!(Some(tensor.data.len()), tensor.dtype.bytes_for(tensor.n_elements()));
+                        assert_eq!(
+                            Some(tensor.data.len()),
+                            tensor.dtype.bytes_for(tensor.n_elements())
+                        );
                     }
                 }
             }
@@ -438,7 +551,10 @@ fn load_errors_name_the_path() {
     b.truncate(100);
     std::fs::write(&p, &b).unwrap();
     let e = kiln_formats::load(&p).err().unwrap().to_string();
-    assert!(e.starts_with(&p.display().to_string()) && e.contains("metadata entries"), "{e}");
+    assert!(
+        e.starts_with(&p.display().to_string()) && e.contains("metadata entries"),
+        "{e}"
+    );
     let q = dir.path().join("not.gguf");
     std::fs::write(&q, b"hello world").unwrap();
     let e = kiln_formats::load(&q).err().unwrap().to_string();
@@ -450,7 +566,10 @@ fn load_errors_name_the_path() {
     let s = dir.path().join("small.gguf");
     std::fs::write(&s, small_bytes()).unwrap();
     let e = kiln_formats::load(&s).err().unwrap().to_string();
-    assert!(e.contains("small.gguf") && e.contains("missing tensor"), "{e}");
+    assert!(
+        e.contains("small.gguf") && e.contains("missing tensor"),
+        "{e}"
+    );
 }
 
 #[test]

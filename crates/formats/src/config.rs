@@ -15,6 +15,23 @@ pub enum Arch {
     Gemma3,
 }
 
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Llama 3 style frequency scaling (`rope_type: "llama3"`), or linear position scaling.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
@@ -27,6 +44,9 @@ pub enum RopeScaling {
     Linear {
         factor: f32,
     },
+    /// Per-frequency divisors: `inv_freq[i] /= factors[i]` (`head_dim / 2` values). This is how
+    /// GGUF stores Llama 3.1 style scaling (llama.cpp's `rope_freqs.weight` tensor).
+    FreqFactors(Vec<f32>),
 }
 
 /// Everything the forward pass needs to know about a model's shape.
@@ -64,6 +84,33 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The number of weights the tensors of this configuration hold (embedding, blocks, norms,
+    /// biases, and the output matrix unless tied), computed from the shapes alone.
+    pub fn n_params(&self) -> usize {
+        let (d, hd) = (self.hidden_size, self.head_dim);
+        let q = self.n_heads * hd;
+        let kv = self.n_kv_heads * hd;
+        let attn = d * q + 2 * d * kv + q * d;
+        let ffn = 3 * d * self.intermediate_size;
+        let norms = match self.arch {
+            Arch::Gemma3 => 4 * d + 2 * hd,
+            _ => 2 * d,
+        };
+        let bias = match self.arch {
+            Arch::Qwen2 => q + 2 * kv,
+            _ => 0,
+        };
+        let per_layer = attn + ffn + norms + bias;
+        let embd = self.vocab_size * d;
+        let output = if self.tie_word_embeddings { 0 } else { embd };
+        embd + self.n_layers * per_layer + d + output
+    }
+
+    /// Bytes of an f32 key/value cache for `tokens` positions (all layers, keys and values).
+    pub fn kv_cache_bytes_f32(&self, tokens: usize) -> usize {
+        2 * self.n_layers * self.n_kv_heads * self.head_dim * 4 * tokens
+    }
+
     pub fn is_sliding(&self, layer: usize) -> bool {
         match self.sliding_window {
             None => false,

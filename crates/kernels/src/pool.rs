@@ -8,12 +8,18 @@ pub struct ThreadPool {
 
 impl ThreadPool {
     pub fn new(n_threads: usize) -> ThreadPool {
-        ThreadPool { n_threads: n_threads.max(1) }
+        ThreadPool {
+            n_threads: n_threads.max(1),
+        }
     }
 
     /// One thread per available core.
     pub fn with_available_parallelism() -> ThreadPool {
-        ThreadPool::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        ThreadPool::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        )
     }
 
     pub fn n_threads(&self) -> usize {

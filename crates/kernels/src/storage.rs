@@ -15,7 +15,11 @@ impl Storage {
     /// The whole of `owner` (for example a `memmap2::Mmap` or a `Vec<u8>`).
     pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Storage {
         let len = (*owner).as_ref().len();
-        Storage { owner, start: 0, len }
+        Storage {
+            owner,
+            start: 0,
+            len,
+        }
     }
 
     pub fn from_vec(bytes: Vec<u8>) -> Storage {
@@ -32,7 +36,11 @@ impl Storage {
         if end > self.len {
             return None;
         }
-        Some(Storage { owner: self.owner.clone(), start: self.start + offset, len })
+        Some(Storage {
+            owner: self.owner.clone(),
+            start: self.start + offset,
+            len,
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {

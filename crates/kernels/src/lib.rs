@@ -10,6 +10,8 @@ pub mod dot;
 pub mod dtype;
 pub mod matmul;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+mod ops_avx2;
 pub mod pool;
 pub mod quant;
 pub mod storage;

@@ -44,7 +44,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
     match act_kind(dtype) {
         ActKind::F32 => {
             let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
-            drive(
+            drive::<_, 4>(
                 pool,
                 w,
                 &acts,
@@ -56,19 +56,19 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         ActKind::Q8_32 => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 32, &mut s.0, quantize_q8_32);
             let acts: Vec<&[BlockQ8_32]> = q.chunks_exact(cols / 32).collect();
-            drive(
+            drive::<_, 8>(
                 pool,
                 w,
                 &acts,
                 out,
                 &|wr, a| dot::dot_q8_32_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_q8_32_n(isa, dtype, wr, a),
+                &|wr, a| dot::dot_q8_32_x8(isa, dtype, wr, a),
             );
         }),
         ActKind::Q8K => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
             let acts: Vec<&[BlockQ8K]> = q.chunks_exact(cols / 256).collect();
-            drive(
+            drive::<_, 4>(
                 pool,
                 w,
                 &acts,
@@ -126,14 +126,14 @@ fn quantize_acts<'a, B: Copy + Default + Send + Sync>(
 
 type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N]) -> [f32; N] + Sync);
 
-/// Hands out chunks of rows to the pool; within a chunk, tokens go 4 at a time.
-fn drive<T: Sync>(
+/// Hands out chunks of rows to the pool; within a chunk, tokens go `G` at a time.
+fn drive<T: Sync, const G: usize>(
     pool: &ThreadPool,
     w: &Tensor,
     acts: &[&[T]],
     out: SendPtr<f32>,
     k1: Kernel<T, 1>,
-    k4: Kernel<T, 4>,
+    kg: Kernel<T, G>,
 ) {
     let rows = w.rows();
     let n = acts.len();
@@ -155,16 +155,16 @@ fn drive<T: Sync>(
         }
         let r_range = c * chunk..((c + 1) * chunk).min(rows);
         let mut t = 0;
-        while t + 4 <= n {
-            let a = [acts[t], acts[t + 1], acts[t + 2], acts[t + 3]];
+        while t + G <= n {
+            let a: [&[T]; G] = std::array::from_fn(|k| acts[t + k]);
             for r in r_range.clone() {
-                let v = k4(&bytes[r * row_bytes..(r + 1) * row_bytes], a);
+                let v = kg(&bytes[r * row_bytes..(r + 1) * row_bytes], a);
                 for (k, &v) in v.iter().enumerate() {
                     // SAFETY: every (token, row) pair is computed by exactly one chunk.
                     unsafe { *out.get().add((t + k) * rows + r) = v };
                 }
             }
-            t += 4;
+            t += G;
         }
         for t in t..n {
             for r in r_range.clone() {

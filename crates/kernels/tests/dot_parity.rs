@@ -4,7 +4,9 @@
 mod common;
 
 use common::{random_weights, Rng, QUANT_TYPES};
-use kiln_kernels::dot::{act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8k_n, ActKind, Isa};
+use kiln_kernels::dot::{
+    act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8_32_x8, dot_q8k_n, ActKind, Isa,
+};
 use kiln_kernels::quant::{dequantize, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
 use kiln_kernels::DType;
 
@@ -146,6 +148,51 @@ fn simd_levels_agree_with_scalar_reference() {
                     got[t],
                     reference[t]
                 );
+            }
+        }
+    }
+}
+
+#[test]
+fn eight_row_tile_matches_exact_dot() {
+    let mut rng = Rng::new(13);
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q8_1,
+    ] {
+        for cols in [32usize, 896, 4864] {
+            let w = random_weights(&mut rng, dtype, cols);
+            let xs: Vec<Vec<f32>> = (0..8).map(|_| rng.vec(cols)).collect();
+            let Acts::Q32(q) = make_acts(dtype, &xs) else {
+                unreachable!()
+            };
+            let a: [&[BlockQ8_32]; 8] = std::array::from_fn(|t| &q[t][..]);
+            let mut wf = vec![0.0; cols];
+            dequantize(dtype, &w, &mut wf);
+            for isa in Isa::available() {
+                let got = dot_q8_32_x8(isa, dtype, &w, a);
+                for t in 0..8 {
+                    let xf: Vec<f32> = q[t]
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+                        .collect();
+                    let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let mag: f64 = wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
+                    assert!(
+                        (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
+                        "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
+                        isa.name(),
+                        got[t]
+                    );
+                }
             }
         }
     }

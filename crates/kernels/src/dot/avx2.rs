@@ -147,6 +147,93 @@ unsafe fn legacy_impl<const K: usize, const N: usize>(w: &[u8], a: [&[BlockQ8_32
     out
 }
 
+/// Eight vectors of 8 i32 -> one vector of their 8 horizontal sums (lane t = Σ p[t]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn reduce8(p: &[__m256i; 8]) -> __m256i {
+    let s01 = _mm256_hadd_epi32(p[0], p[1]);
+    let s23 = _mm256_hadd_epi32(p[2], p[3]);
+    let s45 = _mm256_hadd_epi32(p[4], p[5]);
+    let s67 = _mm256_hadd_epi32(p[6], p[7]);
+    let s0123 = _mm256_hadd_epi32(s01, s23);
+    let s4567 = _mm256_hadd_epi32(s45, s67);
+    let lo = _mm256_permute2x128_si256(s0123, s4567, 0x20);
+    let hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Legacy types × 8 activation rows (the prefill tile): per block, the 8 integer dot products
+/// are reduced to one vector (lane = token) so the block scales cost one FMA for all 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_legacy_x8(kind: LegacyKind, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+    match kind {
+        LegacyKind::Q4_0 => legacy_x8::<0>(w, a),
+        LegacyKind::Q4_1 => legacy_x8::<1>(w, a),
+        LegacyKind::Q5_0 => legacy_x8::<2>(w, a),
+        LegacyKind::Q5_1 => legacy_x8::<3>(w, a),
+        LegacyKind::Q8_0 => legacy_x8::<4>(w, a),
+        LegacyKind::Q8_1 => legacy_x8::<5>(w, a),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy_x8<const K: usize>(w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+    let kind = LEGACY[K];
+    let bb = kind.block_bytes();
+    let nb = w.len() / bb;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut macc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    let ap: [*const BlockQ8_32; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    for i in 0..nb {
+        let b = wp.add(i * bb);
+        let q = unpack_legacy(kind, b);
+        let mut p = [_mm256_setzero_si256(); 8];
+        if kind.has_min() {
+            for t in 0..8 {
+                let y = load((*ap[t].add(i)).qs.as_ptr() as *const u8);
+                p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            }
+        } else {
+            let ax = _mm256_sign_epi8(q, q);
+            for t in 0..8 {
+                let y = load((*ap[t].add(i)).qs.as_ptr() as *const u8);
+                p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, q)), ones);
+            }
+        }
+        let sums = _mm256_cvtepi32_ps(reduce8(&p));
+        let blk = |t: usize| &*ap[t].add(i);
+        let da = _mm256_setr_ps(
+            blk(0).d,
+            blk(1).d,
+            blk(2).d,
+            blk(3).d,
+            blk(4).d,
+            blk(5).d,
+            blk(6).d,
+            blk(7).d,
+        );
+        acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(_mm256_set1_ps(f16(b)), da), acc);
+        if kind.has_min() {
+            let sa = _mm256_setr_ps(
+                blk(0).s,
+                blk(1).s,
+                blk(2).s,
+                blk(3).s,
+                blk(4).s,
+                blk(5).s,
+                blk(6).s,
+                blk(7).s,
+            );
+            macc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, macc);
+        }
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, macc));
+    out
+}
+
 /// The 8 mins of a Q4_K/Q5_K block as 16 i16, each repeated for the two Q8_K bsums (16
 /// elements each) of its 32-element sub-block.
 #[inline]

@@ -192,6 +192,19 @@ pub fn dot_q8_32_n<const N: usize>(
     }
 }
 
+/// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile
+/// (on AVX2 the 8 per-block integer sums are scaled with one vector FMA).
+pub fn dot_q8_32_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+    let kind = legacy_kind(dtype)
+        .unwrap_or_else(|| panic!("dot_q8_32_x8: {dtype} is not a 32-element quant type"));
+    check(dtype, w, a.iter().map(|r| r.len()), 32);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_x8(kind, w, a) },
+        _ => dot_q8_32_n(isa, dtype, w, a),
+    }
+}
+
 /// `out[t] = w · a[t]` for a row of a k-quant type (`Q2_K … Q8_K`).
 pub fn dot_q8k_n<const N: usize>(
     isa: Isa,

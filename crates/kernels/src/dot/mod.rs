@@ -201,7 +201,10 @@ pub fn dot_q8_32_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8_32]; 8]) -> 
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_x8(kind, w, a) },
-        _ => dot_q8_32_n(isa, dtype, w, a),
+        _ => {
+            let _ = kind;
+            dot_q8_32_n(isa, dtype, w, a)
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! applies the block scales. Signed × signed uses the `sign` trick: |w| · (a · sign(w)).
 
 use super::scalar::LegacyKind;
-use crate::quant::{kscale_min, BlockQ8K, BlockQ8_32};
+use crate::quant::{kscale_min, q3k_scales, BlockQ8K, BlockQ8_32};
 use crate::DType;
 use std::arch::x86_64::*;
 
@@ -368,6 +368,146 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, load(y)), scv);
                     isum[t] = _mm256_add_epi32(isum[t], p);
                 }
+            }
+        }
+        for t in 0..N {
+            let da = a[t].get_unchecked(i).d;
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * da), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]);
+    }
+    out
+}
+
+/// Scale vector for one 32-element chunk whose halves (16 elements each) use `s0` and `s1`:
+/// the i16 lanes 0..8 of a `maddubs` result cover elements 0..16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_scale(s0: i16, s1: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0))
+}
+
+/// Q3_K: q = low2 + 4·hbit - 4, so Σ sc·q·a = Σ sc·(low2 + 4·hbit)·a - 4 Σ sc·bsum.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q3_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 110;
+    let m3 = _mm256_set1_epi8(3);
+    let m1 = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 110);
+        let d = f16(b.add(108));
+        let sc = q3k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); N];
+        for t in 0..N {
+            let bs = load(a[t].get_unchecked(i).bsums.as_ptr() as *const u8);
+            isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 2));
+        }
+        let hm = load(b);
+        for h in 0..2 {
+            let qv = load(b.add(32 + 32 * h));
+            for s in 0..4 {
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                let hb = _mm256_and_si256(
+                    _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + s) as i32)),
+                    m1,
+                );
+                let q = _mm256_or_si256(low, _mm256_slli_epi16(hb, 2));
+                let g = 8 * h + 2 * s;
+                let scv = pair_scale(sc[g] as i16, sc[g + 1] as i16);
+                for t in 0..N {
+                    let y = a[t].get_unchecked(i).qs.as_ptr().add(128 * h + 32 * s) as *const u8;
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q, load(y)), scv),
+                    );
+                }
+            }
+        }
+        for t in 0..N {
+            let da = a[t].get_unchecked(i).d;
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * da), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]);
+    }
+    out
+}
+
+/// Q2_K: Σ = d·Σ sc·q·a - dmin·Σ m·bsum, scales and mins 4 bits per 16 elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q2_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 84;
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut accm = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 84);
+        let d = f16(b.add(80));
+        let dmin = f16(b.add(82));
+        let raw = _mm_loadu_si128(b as *const __m128i);
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0xF)));
+        let mut isum = [_mm256_setzero_si256(); N];
+        for h in 0..2 {
+            let qv = load(b.add(16 + 32 * h));
+            for s in 0..4 {
+                let q = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                let g = 8 * h + 2 * s;
+                let scv = pair_scale((*b.add(g) & 0xF) as i16, (*b.add(g + 1) & 0xF) as i16);
+                for t in 0..N {
+                    let y = a[t].get_unchecked(i).qs.as_ptr().add(128 * h + 32 * s) as *const u8;
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q, load(y)), scv),
+                    );
+                }
+            }
+        }
+        for t in 0..N {
+            let ab = a[t].get_unchecked(i);
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(isum[t]),
+                _mm256_set1_ps(d * ab.d),
+                acc[t],
+            );
+            let mp = _mm256_madd_epi16(mins, load(ab.bsums.as_ptr() as *const u8));
+            accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mp), _mm256_set1_ps(dmin * ab.d), accm[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]) - hsum(accm[t]);
+    }
+    out
+}
+
+/// Q8_K weights (rarely used as weights): signed × signed with the sign trick.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q8_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 292;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 292);
+        let d = (b as *const f32).read_unaligned();
+        let mut isum = [_mm256_setzero_si256(); N];
+        for k in 0..8 {
+            let q = load(b.add(4 + 32 * k));
+            let ax = _mm256_sign_epi8(q, q);
+            for t in 0..N {
+                let y = load(a[t].get_unchecked(i).qs.as_ptr().add(32 * k) as *const u8);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, q)), ones);
+                isum[t] = _mm256_add_epi32(isum[t], p);
             }
         }
         for t in 0..N {

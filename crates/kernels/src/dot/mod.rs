@@ -223,6 +223,12 @@ pub fn dot_q8k_n<const N: usize>(
     check(dtype, w, a.iter().map(|r| r.len()), 256);
     match (isa, dtype) {
         #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q2_K) if isa.is_available() => return unsafe { avx2::dot_q2_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q3_K) if isa.is_available() => return unsafe { avx2::dot_q3_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q8_K) if isa.is_available() => return unsafe { avx2::dot_q8_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q4_K) if isa.is_available() => return unsafe { avx2::dot_q4_k_n(w, a) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q5_K) if isa.is_available() => return unsafe { avx2::dot_q5_k_n(w, a) },

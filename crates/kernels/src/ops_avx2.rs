@@ -216,3 +216,112 @@ pub(crate) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         y[i] += a * x[i];
     }
 }
+
+/// round-half-away-from-zero of 8 lanes (exactly like `act::round_away`), as i32.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn round_away8(p: __m256) -> __m256i {
+    let t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    let frac = _mm256_sub_ps(p, t);
+    let up = _mm256_and_ps(
+        _mm256_cmp_ps(frac, _mm256_set1_ps(0.5), _CMP_GE_OQ),
+        _mm256_set1_ps(1.0),
+    );
+    let down = _mm256_and_ps(
+        _mm256_cmp_ps(frac, _mm256_set1_ps(-0.5), _CMP_LE_OQ),
+        _mm256_set1_ps(1.0),
+    );
+    _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(t, up), down))
+}
+
+/// Packs 4 × 8 i32 (each in -128..=127) into 32 i8 in order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack32(q: [__m256i; 4]) -> __m256i {
+    let a = _mm256_packs_epi32(q[0], q[1]); // lanes: q0lo q1lo | q0hi q1hi (i16)
+    let b = _mm256_packs_epi32(q[2], q[3]);
+    let c = _mm256_packs_epi16(a, b); // q0lo q1lo q2lo q3lo | q0hi q1hi q2hi q3hi (i8, 4 each)
+    _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// `quantize_q8_32` with AVX2; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_q8_32(x: &[f32], out: &mut [crate::quant::BlockQ8_32]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (xb, o) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let p = xb.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
+        let m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
+        let amax = hmax(_mm256_max_ps(m01, m23));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let q = [0, 1, 2, 3].map(|k| round_away8(_mm256_mul_ps(v[k], idv)));
+        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let sum = _mm_cvtsi128_si32(s);
+        _mm256_storeu_si256(o.qs.as_mut_ptr() as *mut __m256i, pack32(q));
+        o.d = d;
+        o.s = d * sum as f32;
+    }
+}
+
+/// `quantize_q8_k` with AVX2; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_q8_k(x: &[f32], out: &mut [crate::quant::BlockQ8K]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (xb, o) in x.chunks_exact(256).zip(out.iter_mut()) {
+        let p = xb.as_ptr();
+        let mut m = _mm256_setzero_ps();
+        for k in 0..32 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * k))));
+        }
+        let amax = hmax(m);
+        if amax == 0.0 {
+            *o = crate::quant::BlockQ8K::default();
+            continue;
+        }
+        // the first element of largest magnitude, with its sign (as the scalar loop finds it)
+        let av = _mm256_set1_ps(amax);
+        let mut max = amax;
+        for k in 0..32 {
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps(
+                _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * k))),
+                av,
+                _CMP_EQ_OQ,
+            ));
+            if hit != 0 {
+                max = xb[8 * k + hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let iv = _mm256_set1_ps(iscale);
+        let lim = _mm256_set1_epi32(127);
+        for c in 0..8 {
+            let q = [0, 1, 2, 3].map(|k| {
+                _mm256_min_epi32(
+                    round_away8(_mm256_mul_ps(iv, _mm256_loadu_ps(p.add(32 * c + 8 * k)))),
+                    lim,
+                )
+            });
+            for g in 0..2 {
+                let s = _mm256_add_epi32(q[2 * g], q[2 * g + 1]);
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+                o.bsums[2 * c + g] = _mm_cvtsi128_si32(s) as i16;
+            }
+            _mm256_storeu_si256(o.qs.as_mut_ptr().add(32 * c) as *mut __m256i, pack32(q));
+        }
+        o.d = 1.0 / iscale;
+    }
+}

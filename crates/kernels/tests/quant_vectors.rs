@@ -75,3 +75,53 @@ fn dequantize_rejects_mismatched_lengths() {
     });
     assert!(r.is_err());
 }
+
+mod common;
+
+#[test]
+fn simd_activation_quantisation_is_bit_identical_to_scalar() {
+    use kiln_kernels::quant::act::{quantize_q8_32_scalar, quantize_q8_k_scalar};
+    use kiln_kernels::quant::{quantize_q8_k, BlockQ8K};
+    let mut rng = common::Rng::new(77);
+    for n in [256usize, 4864, 8192] {
+        let mut x = rng.vec(n);
+        // ties, zeros, a zero block, equal magnitudes of opposite sign
+        x[0] = 0.5;
+        x[1] = -0.5;
+        x[3] = 2.5;
+        for v in &mut x[256 - 32..256] {
+            *v = 0.0;
+        }
+        if n > 512 {
+            x[300] = -7.0;
+            x[301] = 7.0;
+            for v in &mut x[512..768] {
+                *v = 0.0;
+            }
+        }
+        let mut a = vec![BlockQ8_32::default(); n / 32];
+        let mut b = vec![BlockQ8_32::default(); n / 32];
+        quantize_q8_32(&x, &mut a);
+        quantize_q8_32_scalar(&x, &mut b);
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(
+                (p.d.to_bits(), p.s.to_bits(), p.qs),
+                (q.d.to_bits(), q.s.to_bits(), q.qs)
+            );
+        }
+        let mut a = vec![BlockQ8K::default(); n / 256];
+        let mut b = vec![BlockQ8K::default(); n / 256];
+        quantize_q8_k(&x, &mut a);
+        quantize_q8_k_scalar(&x, &mut b);
+        for (p, q) in a.iter().zip(&b) {
+            assert_eq!(
+                (p.d.to_bits(), p.qs, p.bsums),
+                (q.d.to_bits(), q.qs, q.bsums)
+            );
+        }
+    }
+    let zeros = vec![0.0f32; 256];
+    let mut a = vec![BlockQ8K::default(); 1];
+    quantize_q8_k(&zeros, &mut a);
+    assert_eq!(a[0].d, 0.0);
+}

@@ -52,6 +52,16 @@ pub(crate) fn round_away(v: f32) -> i32 {
 /// `d = max|x| / 127`, `q = round(x / d)` (half away from zero).
 pub fn quantize_q8_32(x: &[f32], out: &mut [BlockQ8_32]) {
     assert_eq!(x.len(), out.len() * 32, "quantize_q8_32: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if crate::dot::Isa::best() == crate::dot::Isa::Avx2 {
+        return unsafe { crate::ops_avx2::quantize_q8_32(x, out) };
+    }
+    quantize_q8_32_scalar(x, out)
+}
+
+/// The scalar reference of [`quantize_q8_32`].
+pub fn quantize_q8_32_scalar(x: &[f32], out: &mut [BlockQ8_32]) {
+    assert_eq!(x.len(), out.len() * 32, "quantize_q8_32: length mismatch");
     for (xb, o) in x.chunks_exact(32).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -70,6 +80,16 @@ pub fn quantize_q8_32(x: &[f32], out: &mut [BlockQ8_32]) {
 /// Quantises `x` (a multiple of 256 long) like ggml's `quantize_row_q8_K_ref`: the value of
 /// largest magnitude maps to -127 (so d may be negative), `q = round(x * -127 / max)`.
 pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+    assert_eq!(x.len(), out.len() * 256, "quantize_q8_k: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if crate::dot::Isa::best() == crate::dot::Isa::Avx2 {
+        return unsafe { crate::ops_avx2::quantize_q8_k(x, out) };
+    }
+    quantize_q8_k_scalar(x, out)
+}
+
+/// The scalar reference of [`quantize_q8_k`].
+pub fn quantize_q8_k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
     assert_eq!(x.len(), out.len() * 256, "quantize_q8_k: length mismatch");
     for (xb, o) in x.chunks_exact(256).zip(out.iter_mut()) {
         let mut max = 0.0f32;

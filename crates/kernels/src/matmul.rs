@@ -43,11 +43,11 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
     let out = SendPtr(out.as_mut_ptr());
     match act_kind(dtype) {
         ActKind::F32 => {
-            let acts: Vec<&[f32]> = x.chunks_exact(cols).collect();
             drive::<_, 4>(
                 pool,
                 w,
-                &acts,
+                x,
+                cols,
                 out,
                 &|wr, a| dot::dot_float_n(isa, dtype, wr, a),
                 &|wr, a| dot::dot_float_n(isa, dtype, wr, a),
@@ -55,11 +55,11 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         }
         ActKind::Q8_32 => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 32, &mut s.0, quantize_q8_32);
-            let acts: Vec<&[BlockQ8_32]> = q.chunks_exact(cols / 32).collect();
             drive::<_, 8>(
                 pool,
                 w,
-                &acts,
+                q,
+                cols / 32,
                 out,
                 &|wr, a| dot::dot_q8_32_n(isa, dtype, wr, a),
                 &|wr, a| dot::dot_q8_32_x8(isa, dtype, wr, a),
@@ -67,11 +67,11 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         }),
         ActKind::Q8K => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
-            let acts: Vec<&[BlockQ8K]> = q.chunks_exact(cols / 256).collect();
             drive::<_, 4>(
                 pool,
                 w,
-                &acts,
+                q,
+                cols / 256,
                 out,
                 &|wr, a| dot::dot_q8k_n(isa, dtype, wr, a),
                 &|wr, a| dot::dot_q8k_n(isa, dtype, wr, a),
@@ -126,17 +126,20 @@ fn quantize_acts<'a, B: Copy + Default + Send + Sync>(
 
 type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N]) -> [f32; N] + Sync);
 
-/// Hands out chunks of rows to the pool; within a chunk, tokens go `G` at a time.
+/// Hands out chunks of rows to the pool; within a chunk, tokens go `G` at a time. `acts`
+/// holds the activation rows back to back, `per_row` items each.
 fn drive<T: Sync, const G: usize>(
     pool: &ThreadPool,
     w: &Tensor,
-    acts: &[&[T]],
+    acts: &[T],
+    per_row: usize,
     out: SendPtr<f32>,
     k1: Kernel<T, 1>,
     kg: Kernel<T, G>,
 ) {
     let rows = w.rows();
-    let n = acts.len();
+    let n = acts.len() / per_row;
+    let act = |t: usize| &acts[t * per_row..(t + 1) * per_row];
     let row_bytes = w.row_bytes().max(1);
     // Decode: small chunks for balance. Prefill: a chunk of rows whose weights stay in L2
     // (~128 KiB) while every token passes over it.
@@ -156,7 +159,7 @@ fn drive<T: Sync, const G: usize>(
         let r_range = c * chunk..((c + 1) * chunk).min(rows);
         let mut t = 0;
         while t + G <= n {
-            let a: [&[T]; G] = std::array::from_fn(|k| acts[t + k]);
+            let a: [&[T]; G] = std::array::from_fn(|k| act(t + k));
             for r in r_range.clone() {
                 let v = kg(&bytes[r * row_bytes..(r + 1) * row_bytes], a);
                 for (k, &v) in v.iter().enumerate() {
@@ -168,7 +171,7 @@ fn drive<T: Sync, const G: usize>(
         }
         for t in t..n {
             for r in r_range.clone() {
-                let [v] = k1(&bytes[r * row_bytes..(r + 1) * row_bytes], [acts[t]]);
+                let [v] = k1(&bytes[r * row_bytes..(r + 1) * row_bytes], [act(t)]);
                 // SAFETY: as above.
                 unsafe { *out.get().add(t * rows + r) = v };
             }

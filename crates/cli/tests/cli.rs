@@ -21,6 +21,15 @@ fn golden(model: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+fn prompt<'a>(g: &'a Value, name: &str) -> &'a Value {
+    g["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+}
+
 fn ids(v: &Value) -> Vec<u64> {
     v.as_array()
         .unwrap()
@@ -34,8 +43,8 @@ fn complete_json_batch_with_echo_and_logprobs_matches_transformers() {
     let dir = shared().join("fixtures/llama-mha");
     let g = golden("llama-mha");
     let (hello, qa) = (
-        g["prompts"]["hello"]["text"].as_str().unwrap(),
-        g["prompts"]["qa"]["text"].as_str().unwrap(),
+        prompt(&g, "hello")["text"].as_str().unwrap(),
+        prompt(&g, "qa")["text"].as_str().unwrap(),
     );
     let out = kiln(&[
         "complete",
@@ -67,7 +76,7 @@ fn complete_json_batch_with_echo_and_logprobs_matches_transformers() {
     let mut completion_tokens = 0;
     for (i, name) in ["hello", "qa"].iter().enumerate() {
         let c = &choices[i];
-        let p = &g["prompts"][*name];
+        let p = prompt(&g, name);
         assert_eq!(c["index"], i);
         let prompt_ids = ids(&p["input_ids"]);
         assert_eq!(ids(&c["prompt_token_ids"]), prompt_ids);
@@ -111,7 +120,7 @@ fn complete_json_batch_with_echo_and_logprobs_matches_transformers() {
 fn ignore_eos_and_tokenize() {
     let dir = shared().join("fixtures/llama-mha");
     let g = golden("llama-mha");
-    let qa = &g["prompts"]["qa"];
+    let qa = prompt(&g, "qa");
     let out = kiln(&[
         "complete",
         "-m",

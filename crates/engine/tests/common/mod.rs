@@ -67,8 +67,8 @@ const TOL: f32 = 1e-4;
 /// Checks every prompt of a golden file: ids, last logits, top-5 at each position, echoed
 /// prompt logprobs, greedy continuations (with and without EOS), and the batch.
 pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bool) {
-    let prompts = golden["prompts"].as_object().unwrap();
-    for (name, p) in prompts {
+    for p in golden["prompts"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
         let input_ids = ids(&p["input_ids"]);
         if check_tokenizer {
             let got = engine.tokenize(p["text"].as_str().unwrap()).unwrap();
@@ -196,10 +196,12 @@ pub fn check_batch_independence(engine: &Engine, golden: &Value) {
     }
     if let Some(batched) = golden.get("batched") {
         // transformers' left-padded batch gives the same new ids as the unbatched runs.
-        let two = vec![
-            ids(&golden["prompts"]["hello"]["input_ids"]),
-            ids(&golden["prompts"]["qa"]["input_ids"]),
-        ];
+        let two: Vec<Vec<u32>> = batched["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| ids(&prompt(golden, row["name"].as_str().unwrap())["input_ids"]))
+            .collect();
         let params = GenerateParams {
             max_tokens: 20,
             ..Default::default()
@@ -214,4 +216,14 @@ pub fn check_batch_independence(engine: &Engine, golden: &Value) {
             );
         }
     }
+}
+
+/// The golden prompt called `name`.
+pub fn prompt<'a>(golden: &'a Value, name: &str) -> &'a Value {
+    golden["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no prompt {name}"))
 }

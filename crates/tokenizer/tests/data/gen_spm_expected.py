@@ -62,6 +62,25 @@ out = {
     "decode": [sp.decode(sp.encode(t)) for t in corpus],
     "chat": [{"dialog": d, "ids": chat(d)} for d in dialogs],
 }
+# The vocabulary as a GGUF converter would store it (tokenizer.ggml.tokens / scores /
+# token_type: 1 normal, 2 unknown, 3 control, 5 unused, 6 byte).
+def ttype(i):
+    if sp.is_unknown(i):
+        return 2
+    if sp.is_control(i):
+        return 3
+    if sp.is_unused(i):
+        return 5
+    if sp.is_byte(i):
+        return 6
+    return 1
+
+
+out["vocab"] = {
+    "tokens": [sp.id_to_piece(i) for i in range(sp.get_piece_size())],
+    "scores": [sp.get_score(i) for i in range(sp.get_piece_size())],
+    "token_type": [ttype(i) for i in range(sp.get_piece_size())],
+}
 with open(os.path.join(here, "spm_expected.json"), "w") as f:
     json.dump(out, f, ensure_ascii=True, separators=(",", ":"))
     f.write("\n")

@@ -15,6 +15,7 @@ use kiln_kernels::ops::RopeStyle;
 use kiln_kernels::{DType, Storage, Tensor};
 
 use crate::{
+    config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
     eog_token_ids, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result,
     RopeScaling, TokenizerSource,
 };
@@ -599,11 +600,19 @@ pub fn config_from_gguf(
         file,
         arch: arch_name,
     };
-    let hidden_size = m.usize("embedding_length")?;
-    let n_layers = m.usize("block_count")?;
-    let n_heads = m.usize("attention.head_count")?;
-    let n_kv_heads = m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
-    let intermediate_size = m.usize("feed_forward_length")?;
+    let dim = |k: &str, v: usize| bounded(&format!("{arch_name}.{k}"), v, MAX_DIM);
+    let hidden_size = dim("embedding_length", m.usize("embedding_length")?)?;
+    let n_layers = bounded(
+        &format!("{arch_name}.block_count"),
+        m.usize("block_count")?,
+        MAX_LAYERS,
+    )?;
+    let n_heads = dim("attention.head_count", m.usize("attention.head_count")?)?;
+    let n_kv_heads = dim(
+        "attention.head_count_kv",
+        m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads),
+    )?;
+    let intermediate_size = dim("feed_forward_length", m.usize("feed_forward_length")?)?;
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(invalid(format!(
             "{arch_name}: {n_heads} attention heads cannot share {n_kv_heads} kv heads"
@@ -618,6 +627,7 @@ pub fn config_from_gguf(
             )))
         }
     };
+    let head_dim = dim("attention.key_length", head_dim)?;
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(invalid(format!(
             "{arch_name}: head dimension {head_dim} must be even and nonzero"
@@ -698,6 +708,7 @@ pub fn config_from_gguf(
             _ => return Err(invalid("no token_embd.weight and no tokenizer.ggml.tokens")),
         },
     };
+    let vocab_size = bounded("vocabulary size", vocab_size, MAX_VOCAB)?;
 
     let tok_id = |k: &str| -> Result<Option<u32>> {
         match m.opt_uint(k)? {

@@ -12,8 +12,10 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
 use crate::{
-    gguf::map_file, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result,
-    RopeScaling, TokenizerSource,
+    config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
+    gguf::map_file,
+    io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result, RopeScaling,
+    TokenizerSource,
 };
 
 fn invalid(msg: impl Into<String>) -> FormatError {
@@ -362,12 +364,34 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     layers.push(top);
     let c = Cfg { layers, defaults };
 
-    let hidden_size = c.usize("hidden_size")?;
-    let n_layers = c.usize("num_hidden_layers")?;
-    let n_heads = c.usize("num_attention_heads")?;
-    let n_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-    let intermediate_size = c.usize("intermediate_size")?;
-    let vocab_size = c.usize("vocab_size")?;
+    let dim = |k: &str, v: usize| bounded(k, v, MAX_DIM);
+    let hidden_size = dim("hidden_size", c.usize("hidden_size")?)?;
+    let n_layers = bounded(
+        "num_hidden_layers",
+        c.usize("num_hidden_layers")?,
+        MAX_LAYERS,
+    )?;
+    let n_heads = dim("num_attention_heads", c.usize("num_attention_heads")?)?;
+    let n_kv_heads = dim(
+        "num_key_value_heads",
+        c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+    )?;
+    let intermediate_size = dim("intermediate_size", c.usize("intermediate_size")?)?;
+    let vocab_size = bounded("vocab_size", c.usize("vocab_size")?, MAX_VOCAB)?;
+    let want_act = if arch == Arch::Gemma3 {
+        "gelu_pytorch_tanh"
+    } else {
+        "silu"
+    };
+    let act = c
+        .get("hidden_activation")
+        .or_else(|| c.get("hidden_act"))
+        .and_then(Value::as_str);
+    if let Some(a) = act.filter(|&a| a != want_act) {
+        return Err(FormatError::Unsupported(format!(
+            "{model_type} with activation {a:?} (expected {want_act:?})"
+        )));
+    }
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(invalid(format!(
             "{n_heads} attention heads cannot share {n_kv_heads} kv heads"
@@ -382,6 +406,7 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
             )))
         }
     };
+    let head_dim = dim("head_dim", head_dim)?;
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(invalid(format!(
             "head dimension {head_dim} must be even and nonzero"

@@ -579,3 +579,48 @@ fn metadata_map_is_sorted_copy() {
     assert_eq!(m.len(), f.metadata.len());
     assert_eq!(f.architecture(), Some("llama"));
 }
+
+#[test]
+fn absurd_config_sizes_are_rejected() {
+    use MetaValue as M;
+    for (key, value, want) in [
+        (
+            "gemma3.block_count",
+            u32::MAX,
+            "gemma3.block_count = 4294967295 is absurdly large",
+        ),
+        (
+            "gemma3.embedding_length",
+            1 << 30,
+            "gemma3.embedding_length = 1073741824 is absurdly large",
+        ),
+        (
+            "gemma3.attention.key_length",
+            1 << 30,
+            "key_length = 1073741824 is absurdly large",
+        ),
+    ] {
+        let mut meta = vec![
+            ("general.architecture", M::String("gemma3".into())),
+            ("gemma3.embedding_length", M::U32(64)),
+            ("gemma3.block_count", M::U32(2)),
+            ("gemma3.feed_forward_length", M::U32(128)),
+            ("gemma3.attention.head_count", M::U32(4)),
+            ("gemma3.attention.layer_norm_rms_epsilon", M::F32(1e-6)),
+            ("gemma3.attention.sliding_window", M::U32(16)),
+        ];
+        meta.retain(|(k, _)| *k != key);
+        meta.push((key, M::U32(value)));
+        let embd = Tensor::from_f32(vec![4, 64], &[0.0; 256]).unwrap();
+        let bytes = gguf::to_bytes(
+            meta.iter().map(|(k, v)| (*k, v)),
+            [("token_embd.weight", &embd)],
+        )
+        .unwrap();
+        let f = parse(&bytes).unwrap();
+        let e = gguf::config_from_gguf(&f, &f.tensor_map().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}

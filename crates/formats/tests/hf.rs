@@ -739,6 +739,14 @@ fn config_variants_and_errors() {
     assert!(e.to_string().contains("kv heads"), "{e}");
     let e = with(&|v| v["hidden_size"] = json!(-4)).unwrap_err();
     assert!(e.to_string().contains("hidden_size"), "{e}");
+    let e = with(&|v| v["num_hidden_layers"] = json!(4_000_000_000u64)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("num_hidden_layers = 4000000000 is absurdly large"),
+        "{e}"
+    );
+    let e = with(&|v| v["hidden_act"] = json!("relu")).unwrap_err();
+    assert!(e.to_string().contains("relu"), "{e}");
     // Mistral: a window on every layer.
     let c = with(&|v| {
         v["model_type"] = json!("mistral");

@@ -773,6 +773,12 @@ pub fn config_from_gguf(
             }
         };
     let softcap = |k: &str| -> Result<Option<f32>> { Ok(m.opt_f32(k)?.filter(|&v| v > 0.0)) };
+    // GGUF Mistral files say `llama`; a sliding window is what makes the difference.
+    let arch = if arch == Arch::Llama && sliding_window.is_some() {
+        Arch::Mistral
+    } else {
+        arch
+    };
 
     Ok(ModelConfig {
         arch,
@@ -969,4 +975,173 @@ where
     let mut v = Vec::new();
     write_to(&mut v, metadata, tensors)?;
     Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModelConfig → metadata (for writing GGUF files)
+
+/// The rope layout GGUF files of an architecture use (llama.cpp's convention).
+pub fn gguf_rope_style(arch: Arch) -> RopeStyle {
+    match arch {
+        Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
+        Arch::Qwen2 | Arch::Gemma3 => RopeStyle::Half,
+    }
+}
+
+/// GGUF model metadata (`general.architecture` and the `{arch}.*` keys, plus the bos/eos token
+/// ids) that [`config_from_gguf`] reads back as `cfg`. Tokenizer vocabulary keys are not included.
+/// Errors when `cfg` holds something GGUF cannot say (Gemma 3 with other than llama.cpp's fixed
+/// layer pattern, local rope base or attention scale).
+pub fn metadata_from_config(cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)>> {
+    let arch = match cfg.arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Gemma3 => "gemma3",
+    };
+    let u = |v: usize| MetaValue::U32(v as u32);
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut m = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String(arch.into()),
+        ),
+        (k("context_length"), u(cfg.max_position_embeddings)),
+        (k("embedding_length"), u(cfg.hidden_size)),
+        (k("block_count"), u(cfg.n_layers)),
+        (k("feed_forward_length"), u(cfg.intermediate_size)),
+        (k("attention.head_count"), u(cfg.n_heads)),
+        (k("attention.head_count_kv"), u(cfg.n_kv_heads)),
+        (k("attention.key_length"), u(cfg.head_dim)),
+        (k("attention.value_length"), u(cfg.head_dim)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(cfg.rms_norm_eps),
+        ),
+        (k("rope.freq_base"), MetaValue::F32(cfg.rope_theta)),
+    ];
+    let unsupported = |what: String| {
+        Err(FormatError::Unsupported(format!(
+            "GGUF {arch} cannot express {what}"
+        )))
+    };
+    match cfg.arch {
+        Arch::Llama | Arch::Qwen2 => {
+            if cfg.sliding_window.is_some() {
+                return unsupported("a sliding window".into());
+            }
+        }
+        Arch::Mistral => {
+            if let Some(w) = cfg.sliding_window {
+                if !cfg.sliding_layers.is_empty() && cfg.sliding_layers.iter().any(|&s| !s) {
+                    return unsupported("sliding windows on only some layers".into());
+                }
+                m.push((k("attention.sliding_window"), u(w)));
+            }
+        }
+        Arch::Gemma3 => {
+            let Some(w) = cfg.sliding_window else {
+                return unsupported("Gemma 3 without a sliding window".into());
+            };
+            let pattern: Vec<bool> = (0..cfg.n_layers).map(|il| il % 6 != 5).collect();
+            if cfg.sliding_layers != pattern {
+                return unsupported(format!(
+                    "the sliding layer pattern {:?}",
+                    cfg.sliding_layers
+                ));
+            }
+            if cfg.rope_local_theta != Some(10_000.0) {
+                return unsupported(format!("a local rope base of {:?}", cfg.rope_local_theta));
+            }
+            let scalar = if cfg.n_layers == 62 {
+                cfg.hidden_size / cfg.n_heads
+            } else {
+                cfg.head_dim
+            };
+            if cfg.query_pre_attn_scalar != Some(scalar as f32) {
+                return unsupported(format!(
+                    "query_pre_attn_scalar {:?}",
+                    cfg.query_pre_attn_scalar
+                ));
+            }
+            m.push((k("attention.sliding_window"), u(w)));
+        }
+    }
+    if cfg.arch != Arch::Gemma3
+        && (cfg.rope_local_theta.is_some() || cfg.query_pre_attn_scalar.is_some())
+    {
+        return unsupported("a local rope base or query_pre_attn_scalar".into());
+    }
+    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
+        m.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
+        m.push((k("rope.scaling.factor"), MetaValue::F32(factor)));
+    }
+    if let Some(c) = cfg.final_logit_softcapping {
+        m.push((k("final_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(c) = cfg.attn_logit_softcapping {
+        m.push((k("attn_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(b) = cfg.bos_token_id {
+        m.push(("tokenizer.ggml.bos_token_id".into(), MetaValue::U32(b)));
+    }
+    if let Some(&e) = cfg.eos_token_ids.first() {
+        m.push(("tokenizer.ggml.eos_token_id".into(), MetaValue::U32(e)));
+    }
+    Ok(m)
+}
+
+/// llama.cpp's per-frequency factors for Llama 3 scaling (its `rope_freqs.weight`).
+pub fn llama3_rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    let Some(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    }) = cfg.rope_scaling
+    else {
+        return None;
+    };
+    let old = original_max_position_embeddings as f32;
+    let low_wavelen = old / low_freq_factor;
+    let high_wavelen = old / high_freq_factor;
+    let half = cfg.head_dim / 2;
+    Some(
+        (0..half)
+            .map(|i| {
+                let freq = 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The tensors as a GGUF file of `cfg.arch` stores them: q/k rows in the architecture's rope
+/// layout, and `rope_freqs.weight` for frequency-factor scaling. Returns the config as the written
+/// file will read back (its `rope_style`, and Llama 3 scaling as frequency factors).
+pub fn gguf_tensors(
+    cfg: &ModelConfig,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<(ModelConfig, BTreeMap<String, Tensor>)> {
+    let (mut cfg, mut out) =
+        crate::layout::with_rope_style(cfg, tensors, gguf_rope_style(cfg.arch))?;
+    let factors = match &cfg.rope_scaling {
+        Some(RopeScaling::FreqFactors(f)) => Some(f.clone()),
+        Some(RopeScaling::Llama3 { .. }) => llama3_rope_factors(&cfg),
+        _ => None,
+    };
+    if let Some(f) = factors {
+        let t = Tensor::from_f32(vec![f.len()], &f).map_err(|e| invalid(e.to_string()))?;
+        out.insert("rope_freqs.weight".into(), t);
+        cfg.rope_scaling = Some(RopeScaling::FreqFactors(f));
+    }
+    Ok((cfg, out))
 }

@@ -32,6 +32,7 @@
 pub mod config;
 pub mod gguf;
 pub mod hf;
+pub mod layout;
 mod summary;
 
 use std::collections::BTreeMap;

@@ -554,6 +554,15 @@ impl Meta<'_> {
 
 /// Reads a model from a parsed GGUF file.
 pub fn load_file(file: GgufFile) -> Result<LoadedModel> {
+    if let Some(n) = file
+        .get("split.count")
+        .and_then(MetaValue::as_u64)
+        .filter(|&n| n > 1)
+    {
+        return Err(FormatError::Unsupported(format!(
+            "split GGUF (split.count = {n}); merge the parts into one file first (llama.cpp's gguf-split --merge)"
+        )));
+    }
     let tensors = file.tensor_map()?;
     let config = config_from_gguf(&file, &tensors)?;
     let metadata = file.metadata_map();

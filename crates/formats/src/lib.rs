@@ -28,6 +28,26 @@
 //!
 //! Tied output: `output.weight` is absent exactly when `config.tie_word_embeddings` is true;
 //! the output projection then uses `token_embd.weight`.
+//!
+//! Rope layout: `config.rope_style` says how the rows of `attn_q` / `attn_k` are laid out.
+//! GGUF `llama` files use Meta's interleaved pairs ([`RopeStyle::Interleaved`]); GGUF qwen2 /
+//! gemma3 and every Hugging Face checkpoint use rotate-half ([`RopeStyle::Half`]).
+//! [`layout::with_rope_style`] converts between them.
+//!
+//! Configuration details that are not in the files:
+//! * GGUF Gemma 3 (as llama.cpp reads it): layer `il` is global iff `il % 6 == 5`, the others
+//!   use `gemma3.attention.sliding_window`; the local rope base is 10 000; the attention scale is
+//!   `head_dim^-0.5` (`(hidden / heads)^-0.5` for the 62-layer 27B), exposed as
+//!   `query_pre_attn_scalar`.
+//! * GGUF end-of-generation ids: `tokenizer.ggml.eos_token_id`, then `eot_token_id` /
+//!   `eom_token_id`, then any token whose text is a common end-of-turn marker (`<end_of_turn>`,
+//!   `<|im_end|>`, `<|eot_id|>`, `<|endoftext|>`, ...), as llama.cpp does. Hugging Face ids come
+//!   from generation_config.json, else config.json, else the transformers class default.
+//! * Hugging Face keys a config omits take the transformers class defaults (multimodal Gemma 3
+//!   configs list only the text-config values that differ from them).
+//!
+//! [`RopeStyle::Interleaved`]: kiln_kernels::ops::RopeStyle::Interleaved
+//! [`RopeStyle::Half`]: kiln_kernels::ops::RopeStyle::Half
 
 pub mod config;
 pub mod gguf;

@@ -624,3 +624,17 @@ fn absurd_config_sizes_are_rejected() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+#[test]
+fn split_gguf_is_refused_clearly() {
+    let meta = [
+        ("general.architecture", MetaValue::String("llama".into())),
+        ("split.count", MetaValue::U16(3)),
+    ];
+    let bytes = gguf::to_bytes(meta.iter().map(|(k, v)| (*k, v)), []).unwrap();
+    let e = gguf::load_file(parse(&bytes).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("split GGUF (split.count = 3)"), "{e}");
+}

@@ -905,7 +905,7 @@ where
     result
 }
 
-/// [`write`] into any writer (for example a `Vec<u8>`).
+/// [`write()`] into any writer (for example a `Vec<u8>`).
 pub fn write_to<'a, W, M, T>(mut w: W, metadata: M, tensors: T) -> Result<()>
 where
     W: Write,

@@ -886,3 +886,35 @@ fn hf_model_through_gguf_writer_keeps_config_and_tensors() {
     }
     assert_eq!(g.format, "GGUF v3");
 }
+
+#[test]
+fn safetensors_byte_flips_never_panic() {
+    let good = std::fs::read(fixture("qwen2-tiny/model.safetensors")).unwrap();
+    let header_len = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let cfg = load(&fixture("qwen2-tiny")).unwrap().config;
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..2000 {
+        let mut b = good.clone();
+        for _ in 0..1 + next() % 3 {
+            let pos = (next() % header_len as u64) as usize;
+            b[pos] = next() as u8;
+        }
+        match hf::read_safetensors_bytes(Storage::from_vec(b)) {
+            Ok(t) => {
+                ok += 1;
+                if let Ok(c) = hf::canonical_tensors(&cfg, t) {
+                    let _ = kiln_formats::validate_tensors(&cfg, &c);
+                }
+            }
+            Err(_) => err += 1,
+        }
+    }
+    assert!(err > 0, "ok {ok}");
+}

@@ -565,7 +565,9 @@ pub fn load_file(file: GgufFile) -> Result<LoadedModel> {
     }
     let tensors = file.tensor_map()?;
     let config = config_from_gguf(&file, &tensors)?;
-    let metadata = file.metadata_map();
+    let version = file.version;
+    // Moved, not copied: vocabularies are large.
+    let metadata: BTreeMap<String, MetaValue> = file.metadata.into_iter().collect();
     let tok: BTreeMap<String, MetaValue> = metadata
         .iter()
         .filter(|(k, _)| k.starts_with("tokenizer."))
@@ -581,7 +583,7 @@ pub fn load_file(file: GgufFile) -> Result<LoadedModel> {
         tokenizer: TokenizerSource::Gguf(tok),
         chat_template,
         metadata,
-        format: format!("GGUF v{}", file.version),
+        format: format!("GGUF v{version}"),
     })
 }
 

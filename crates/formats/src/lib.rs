@@ -61,7 +61,7 @@ use std::path::{Path, PathBuf};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf::GgufFile;
 pub use kiln_kernels::Tensor;
-pub use summary::{summary, type_histogram};
+pub use summary::{describe_gguf, short_value, summary, type_histogram};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {

@@ -552,18 +552,98 @@ impl Meta<'_> {
     }
 }
 
-/// Reads a model from a parsed GGUF file.
-pub fn load_file(file: GgufFile) -> Result<LoadedModel> {
-    if let Some(n) = file
-        .get("split.count")
+/// `split.count` of a file, when it is one part of several.
+fn split_count(file: &GgufFile) -> Option<u64> {
+    file.get("split.count")
         .and_then(MetaValue::as_u64)
         .filter(|&n| n > 1)
+}
+
+/// The file names of all parts of a split GGUF whose first part is `first`
+/// (`NAME-00001-of-0000N.gguf`, llama.cpp's gguf-split naming).
+pub fn split_paths(first: &Path, count: u64) -> Result<Vec<std::path::PathBuf>> {
+    let name = first.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let suffix = format!("-00001-of-{count:05}.gguf");
+    let prefix = name.strip_suffix(&suffix).ok_or_else(|| {
+        invalid(format!(
+            "split GGUF with {count} parts, but the file name does not end in {suffix}"
+        ))
+    })?;
+    Ok((1..=count)
+        .map(|i| first.with_file_name(format!("{prefix}-{i:05}-of-{count:05}.gguf")))
+        .collect())
+}
+
+/// Reads a GGUF model from `path`, including every part of a split file (give the first part).
+pub fn load_path(path: &Path) -> Result<LoadedModel> {
+    let file = GgufFile::open(path)?;
+    let Some(count) = split_count(&file) else {
+        return load_file(file).map_err(|e| crate::with_path(e, path));
+    };
+    let no = file.get("split.no").and_then(MetaValue::as_u64);
+    if no != Some(0) {
+        return Err(invalid(format!(
+            "{}: split part {no:?} of {count}; give the first part (split.no = 0)",
+            path.display()
+        )));
+    }
+    let mut tensors = file.tensor_map()?;
+    for (i, p) in split_paths(path, count)
+        .map_err(|e| crate::with_path(e, path))?
+        .iter()
+        .enumerate()
+        .skip(1)
     {
+        if !p.is_file() {
+            return Err(invalid(format!(
+                "{}: missing split part {}",
+                path.display(),
+                p.display()
+            )));
+        }
+        let part = GgufFile::open(p)?;
+        let ok = part.get("split.no").and_then(MetaValue::as_u64) == Some(i as u64)
+            && split_count(&part) == Some(count);
+        if !ok {
+            return Err(invalid(format!(
+                "{}: split.no / split.count do not say part {} of {count}",
+                p.display(),
+                i + 1
+            )));
+        }
+        for (name, t) in part.tensor_map()? {
+            if tensors.insert(name.clone(), t).is_some() {
+                return Err(invalid(format!(
+                    "{}: tensor {name} also in an earlier part",
+                    p.display()
+                )));
+            }
+        }
+    }
+    if let Some(n) = file.get("split.tensors.count").and_then(MetaValue::as_u64) {
+        if n != tensors.len() as u64 {
+            return Err(invalid(format!(
+                "{}: split.tensors.count is {n}, the parts hold {}",
+                path.display(),
+                tensors.len()
+            )));
+        }
+    }
+    assemble(file, tensors).map_err(|e| crate::with_path(e, path))
+}
+
+/// Reads a model from one parsed GGUF file (not a part of a split file: see [`load_path`]).
+pub fn load_file(file: GgufFile) -> Result<LoadedModel> {
+    if let Some(n) = split_count(&file) {
         return Err(FormatError::Unsupported(format!(
-            "split GGUF (split.count = {n}); merge the parts into one file first (llama.cpp's gguf-split --merge)"
+            "split GGUF (split.count = {n}) read without its other parts (use gguf::load_path)"
         )));
     }
     let tensors = file.tensor_map()?;
+    assemble(file, tensors)
+}
+
+fn assemble(file: GgufFile, tensors: BTreeMap<String, Tensor>) -> Result<LoadedModel> {
     let config = config_from_gguf(&file, &tensors)?;
     let version = file.version;
     // Moved, not copied: vocabularies are large.

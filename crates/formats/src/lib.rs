@@ -203,7 +203,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             got
         };
         if n == 4 && gguf::has_magic(&magic) {
-            gguf::load_file(GgufFile::open(path)?).map_err(|e| with_path(e, path))?
+            gguf::load_path(path)?
         } else if path.file_name().is_some_and(|n| n == "config.json") {
             return load(path.parent().unwrap_or(Path::new(".")));
         } else {

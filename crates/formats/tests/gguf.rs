@@ -639,6 +639,51 @@ fn split_gguf_is_refused_clearly() {
     assert!(e.contains("split GGUF (split.count = 3)"), "{e}");
 }
 
+#[test]
+fn split_gguf_parts_load_as_one_model() {
+    let whole = parse(&tiny_gemma3()).unwrap();
+    let tensors = whole.tensor_map().unwrap();
+    let names: Vec<&String> = tensors.keys().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let parts: Vec<&[&String]> = names.chunks(names.len() / 3 + 1).collect();
+    assert_eq!(parts.len(), 3);
+    let path = |i: usize| dir.path().join(format!("tiny-{i:05}-of-00003.gguf"));
+    for (i, chunk) in parts.iter().enumerate() {
+        let mut meta: Vec<(String, MetaValue)> = if i == 0 {
+            whole.metadata.clone()
+        } else {
+            vec![]
+        };
+        meta.push(("split.no".into(), MetaValue::U16(i as u16)));
+        meta.push(("split.count".into(), MetaValue::U16(3)));
+        meta.push((
+            "split.tensors.count".into(),
+            MetaValue::I32(tensors.len() as i32),
+        ));
+        gguf::write(
+            &path(i + 1),
+            meta.iter().map(|(k, v)| (k.as_str(), v)),
+            chunk.iter().map(|n| (n.as_str(), &tensors[*n])),
+        )
+        .unwrap();
+    }
+    let m = kiln_formats::load(&path(1)).unwrap();
+    assert_eq!(m.tensors.len(), tensors.len());
+    for (k, t) in &tensors {
+        assert!(m.tensors[k].data.bytes() == t.data.bytes(), "{k}");
+    }
+    assert_eq!(m.config, gguf::config_from_gguf(&whole, &tensors).unwrap());
+    // The second part is not a starting point; a missing part is named.
+    let e = kiln_formats::load(&path(2)).err().unwrap().to_string();
+    assert!(e.contains("give the first part"), "{e}");
+    std::fs::remove_file(path(3)).unwrap();
+    let e = kiln_formats::load(&path(1)).err().unwrap().to_string();
+    assert!(
+        e.contains("missing split part") && e.contains("tiny-00003-of-00003.gguf"),
+        "{e}"
+    );
+}
+
 /// A complete tiny Gemma 3 GGUF (every tensor the config needs), written by kiln's writer.
 fn tiny_gemma3() -> Vec<u8> {
     use MetaValue as M;

@@ -846,7 +846,28 @@ pub fn config_from_gguf(
                 let window = sliding.ok_or_else(|| {
                     invalid("missing metadata key gemma3.attention.sliding_window")
                 })?;
-                let layers = (0..n_layers).map(|il| il % 6 != 5).collect();
+                let layers = match file.get("gemma3.attention.sliding_window_pattern") {
+                    None => (0..n_layers).map(|il| il % 6 != 5).collect(),
+                    // A period p: layer il is global iff il % p == p - 1.
+                    Some(v) if v.as_u64().is_some_and(|p| p > 0) => {
+                        let p = v.as_u64().unwrap_or(1) as usize;
+                        (0..n_layers).map(|il| il % p != p - 1).collect()
+                    }
+                    // One flag per layer, true for sliding-window layers.
+                    Some(MetaValue::Array(a)) if a.len() == n_layers => a
+                        .iter()
+                        .map(|b| match b {
+                            MetaValue::Bool(b) => Ok(*b),
+                            other => Err(invalid(format!("gemma3.attention.sliding_window_pattern holds {other:?}"))),
+                        })
+                        .collect::<Result<Vec<bool>>>()?,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "gemma3.attention.sliding_window_pattern: expected a period or {n_layers} flags, found {}",
+                            crate::short_value(other)
+                        )))
+                    }
+                };
                 // llama.cpp scales Gemma 3 27B (62 layers) by (n_embd / n_head)^-0.5, all others by
                 // head_dim^-0.5, matching each model's query_pre_attn_scalar.
                 let scalar = if n_layers == 62 {

@@ -774,3 +774,35 @@ fn tiny_gemma3_loads_and_survives_byte_flips() {
     }
     assert!(loaded > 0);
 }
+
+#[test]
+fn gemma3_sliding_window_pattern_key() {
+    let base = parse(&tiny_gemma3()).unwrap();
+    let tensors = base.tensor_map().unwrap();
+    for (value, want) in [
+        (
+            MetaValue::Array(vec![MetaValue::Bool(false), MetaValue::Bool(true)]),
+            Ok(vec![false, true]),
+        ),
+        (MetaValue::U32(2), Ok(vec![true, false])),
+        (
+            MetaValue::Array(vec![MetaValue::Bool(true)]),
+            Err("expected a period or 2 flags"),
+        ),
+        (MetaValue::U32(0), Err("expected a period")),
+    ] {
+        let mut meta = base.metadata.clone();
+        meta.push(("gemma3.attention.sliding_window_pattern".into(), value));
+        let bytes = gguf::to_bytes(
+            meta.iter().map(|(k, v)| (k.as_str(), v)),
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        )
+        .unwrap();
+        let f = parse(&bytes).unwrap();
+        match (gguf::config_from_gguf(&f, &tensors), want) {
+            (Ok(c), Ok(w)) => assert_eq!(c.sliding_layers, w),
+            (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{e}"),
+            (got, w) => panic!("{got:?} vs {w:?}"),
+        }
+    }
+}

@@ -65,6 +65,7 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Rope base of sliding-window layers, where it differs (Gemma 3: 10 000).
     pub rope_local_theta: Option<f32>,
+    /// Frequency scaling of global layers (Gemma 3's sliding layers are never scaled).
     pub rope_scaling: Option<RopeScaling>,
     /// Which dimension pairs rope rotates; depends on the file's layout as well as the arch.
     pub rope_style: RopeStyle,
@@ -81,6 +82,22 @@ pub struct ModelConfig {
     pub attn_logit_softcapping: Option<f32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+}
+
+/// Bounds on sizes read from files, so that a hostile file cannot make later arithmetic
+/// overflow or a per-layer table huge. Real models are far below them.
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_DIM: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 31;
+
+/// Checks one size against its bound; `what` names it in the error.
+pub(crate) fn bounded(what: &str, v: usize, max: usize) -> crate::Result<usize> {
+    if v > max {
+        return Err(crate::FormatError::Invalid(format!(
+            "{what} = {v} is absurdly large (at most {max})"
+        )));
+    }
+    Ok(v)
 }
 
 impl ModelConfig {
@@ -108,7 +125,7 @@ impl ModelConfig {
 
     /// Bytes of an f32 key/value cache for `tokens` positions (all layers, keys and values).
     pub fn kv_cache_bytes_f32(&self, tokens: usize) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim * 4 * tokens
+        (2 * self.n_layers * self.n_kv_heads * self.head_dim * 4).saturating_mul(tokens)
     }
 
     pub fn is_sliding(&self, layer: usize) -> bool {

@@ -15,6 +15,7 @@ use kiln_kernels::ops::RopeStyle;
 use kiln_kernels::{DType, Storage, Tensor};
 
 use crate::{
+    config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
     eog_token_ids, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result,
     RopeScaling, TokenizerSource,
 };
@@ -551,11 +552,102 @@ impl Meta<'_> {
     }
 }
 
-/// Reads a model from a parsed GGUF file.
+/// `split.count` of a file, when it is one part of several.
+fn split_count(file: &GgufFile) -> Option<u64> {
+    file.get("split.count")
+        .and_then(MetaValue::as_u64)
+        .filter(|&n| n > 1)
+}
+
+/// The file names of all parts of a split GGUF whose first part is `first`
+/// (`NAME-00001-of-0000N.gguf`, llama.cpp's gguf-split naming).
+pub fn split_paths(first: &Path, count: u64) -> Result<Vec<std::path::PathBuf>> {
+    let name = first.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let suffix = format!("-00001-of-{count:05}.gguf");
+    let prefix = name.strip_suffix(&suffix).ok_or_else(|| {
+        invalid(format!(
+            "split GGUF with {count} parts, but the file name does not end in {suffix}"
+        ))
+    })?;
+    Ok((1..=count)
+        .map(|i| first.with_file_name(format!("{prefix}-{i:05}-of-{count:05}.gguf")))
+        .collect())
+}
+
+/// Reads a GGUF model from `path`, including every part of a split file (give the first part).
+pub fn load_path(path: &Path) -> Result<LoadedModel> {
+    let file = GgufFile::open(path)?;
+    let Some(count) = split_count(&file) else {
+        return load_file(file).map_err(|e| crate::with_path(e, path));
+    };
+    let no = file.get("split.no").and_then(MetaValue::as_u64);
+    if no != Some(0) {
+        return Err(invalid(format!(
+            "{}: split part {no:?} of {count}; give the first part (split.no = 0)",
+            path.display()
+        )));
+    }
+    let mut tensors = file.tensor_map()?;
+    for (i, p) in split_paths(path, count)
+        .map_err(|e| crate::with_path(e, path))?
+        .iter()
+        .enumerate()
+        .skip(1)
+    {
+        if !p.is_file() {
+            return Err(invalid(format!(
+                "{}: missing split part {}",
+                path.display(),
+                p.display()
+            )));
+        }
+        let part = GgufFile::open(p)?;
+        let ok = part.get("split.no").and_then(MetaValue::as_u64) == Some(i as u64)
+            && split_count(&part) == Some(count);
+        if !ok {
+            return Err(invalid(format!(
+                "{}: split.no / split.count do not say part {} of {count}",
+                p.display(),
+                i + 1
+            )));
+        }
+        for (name, t) in part.tensor_map()? {
+            if tensors.insert(name.clone(), t).is_some() {
+                return Err(invalid(format!(
+                    "{}: tensor {name} also in an earlier part",
+                    p.display()
+                )));
+            }
+        }
+    }
+    if let Some(n) = file.get("split.tensors.count").and_then(MetaValue::as_u64) {
+        if n != tensors.len() as u64 {
+            return Err(invalid(format!(
+                "{}: split.tensors.count is {n}, the parts hold {}",
+                path.display(),
+                tensors.len()
+            )));
+        }
+    }
+    assemble(file, tensors).map_err(|e| crate::with_path(e, path))
+}
+
+/// Reads a model from one parsed GGUF file (not a part of a split file: see [`load_path`]).
 pub fn load_file(file: GgufFile) -> Result<LoadedModel> {
+    if let Some(n) = split_count(&file) {
+        return Err(FormatError::Unsupported(format!(
+            "split GGUF (split.count = {n}) read without its other parts (use gguf::load_path)"
+        )));
+    }
     let tensors = file.tensor_map()?;
+    assemble(file, tensors)
+}
+
+fn assemble(file: GgufFile, tensors: BTreeMap<String, Tensor>) -> Result<LoadedModel> {
     let config = config_from_gguf(&file, &tensors)?;
-    let metadata = file.metadata_map();
+    let version = file.version;
+    // Moved, not copied: vocabularies are large.
+    let metadata: BTreeMap<String, MetaValue> = file.metadata.into_iter().collect();
     let tok: BTreeMap<String, MetaValue> = metadata
         .iter()
         .filter(|(k, _)| k.starts_with("tokenizer."))
@@ -571,7 +663,7 @@ pub fn load_file(file: GgufFile) -> Result<LoadedModel> {
         tokenizer: TokenizerSource::Gguf(tok),
         chat_template,
         metadata,
-        format: format!("GGUF v{}", file.version),
+        format: format!("GGUF v{version}"),
     })
 }
 
@@ -599,11 +691,19 @@ pub fn config_from_gguf(
         file,
         arch: arch_name,
     };
-    let hidden_size = m.usize("embedding_length")?;
-    let n_layers = m.usize("block_count")?;
-    let n_heads = m.usize("attention.head_count")?;
-    let n_kv_heads = m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads);
-    let intermediate_size = m.usize("feed_forward_length")?;
+    let dim = |k: &str, v: usize| bounded(&format!("{arch_name}.{k}"), v, MAX_DIM);
+    let hidden_size = dim("embedding_length", m.usize("embedding_length")?)?;
+    let n_layers = bounded(
+        &format!("{arch_name}.block_count"),
+        m.usize("block_count")?,
+        MAX_LAYERS,
+    )?;
+    let n_heads = dim("attention.head_count", m.usize("attention.head_count")?)?;
+    let n_kv_heads = dim(
+        "attention.head_count_kv",
+        m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads),
+    )?;
+    let intermediate_size = dim("feed_forward_length", m.usize("feed_forward_length")?)?;
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(invalid(format!(
             "{arch_name}: {n_heads} attention heads cannot share {n_kv_heads} kv heads"
@@ -618,6 +718,7 @@ pub fn config_from_gguf(
             )))
         }
     };
+    let head_dim = dim("attention.key_length", head_dim)?;
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(invalid(format!(
             "{arch_name}: head dimension {head_dim} must be even and nonzero"
@@ -698,6 +799,7 @@ pub fn config_from_gguf(
             _ => return Err(invalid("no token_embd.weight and no tokenizer.ggml.tokens")),
         },
     };
+    let vocab_size = bounded("vocabulary size", vocab_size, MAX_VOCAB)?;
 
     let tok_id = |k: &str| -> Result<Option<u32>> {
         match m.opt_uint(k)? {
@@ -744,7 +846,28 @@ pub fn config_from_gguf(
                 let window = sliding.ok_or_else(|| {
                     invalid("missing metadata key gemma3.attention.sliding_window")
                 })?;
-                let layers = (0..n_layers).map(|il| il % 6 != 5).collect();
+                let layers = match file.get("gemma3.attention.sliding_window_pattern") {
+                    None => (0..n_layers).map(|il| il % 6 != 5).collect(),
+                    // A period p: layer il is global iff il % p == p - 1.
+                    Some(v) if v.as_u64().is_some_and(|p| p > 0) => {
+                        let p = v.as_u64().unwrap_or(1) as usize;
+                        (0..n_layers).map(|il| il % p != p - 1).collect()
+                    }
+                    // One flag per layer, true for sliding-window layers.
+                    Some(MetaValue::Array(a)) if a.len() == n_layers => a
+                        .iter()
+                        .map(|b| match b {
+                            MetaValue::Bool(b) => Ok(*b),
+                            other => Err(invalid(format!("gemma3.attention.sliding_window_pattern holds {other:?}"))),
+                        })
+                        .collect::<Result<Vec<bool>>>()?,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "gemma3.attention.sliding_window_pattern: expected a period or {n_layers} flags, found {}",
+                            crate::short_value(other)
+                        )))
+                    }
+                };
                 // llama.cpp scales Gemma 3 27B (62 layers) by (n_embd / n_head)^-0.5, all others by
                 // head_dim^-0.5, matching each model's query_pre_attn_scalar.
                 let scalar = if n_layers == 62 {
@@ -762,6 +885,12 @@ pub fn config_from_gguf(
             }
         };
     let softcap = |k: &str| -> Result<Option<f32>> { Ok(m.opt_f32(k)?.filter(|&v| v > 0.0)) };
+    // GGUF Mistral files say `llama`; a sliding window is what makes the difference.
+    let arch = if arch == Arch::Llama && sliding_window.is_some() {
+        Arch::Mistral
+    } else {
+        arch
+    };
 
     Ok(ModelConfig {
         arch,
@@ -879,7 +1008,7 @@ where
     result
 }
 
-/// [`write`] into any writer (for example a `Vec<u8>`).
+/// [`write()`] into any writer (for example a `Vec<u8>`).
 pub fn write_to<'a, W, M, T>(mut w: W, metadata: M, tensors: T) -> Result<()>
 where
     W: Write,
@@ -958,4 +1087,173 @@ where
     let mut v = Vec::new();
     write_to(&mut v, metadata, tensors)?;
     Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// ModelConfig → metadata (for writing GGUF files)
+
+/// The rope layout GGUF files of an architecture use (llama.cpp's convention).
+pub fn gguf_rope_style(arch: Arch) -> RopeStyle {
+    match arch {
+        Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
+        Arch::Qwen2 | Arch::Gemma3 => RopeStyle::Half,
+    }
+}
+
+/// GGUF model metadata (`general.architecture` and the `{arch}.*` keys, plus the bos/eos token
+/// ids) that [`config_from_gguf`] reads back as `cfg`. Tokenizer vocabulary keys are not included.
+/// Errors when `cfg` holds something GGUF cannot say (Gemma 3 with other than llama.cpp's fixed
+/// layer pattern, local rope base or attention scale).
+pub fn metadata_from_config(cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)>> {
+    let arch = match cfg.arch {
+        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 => "qwen2",
+        Arch::Gemma3 => "gemma3",
+    };
+    let u = |v: usize| MetaValue::U32(v as u32);
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut m = vec![
+        (
+            "general.architecture".to_string(),
+            MetaValue::String(arch.into()),
+        ),
+        (k("context_length"), u(cfg.max_position_embeddings)),
+        (k("embedding_length"), u(cfg.hidden_size)),
+        (k("block_count"), u(cfg.n_layers)),
+        (k("feed_forward_length"), u(cfg.intermediate_size)),
+        (k("attention.head_count"), u(cfg.n_heads)),
+        (k("attention.head_count_kv"), u(cfg.n_kv_heads)),
+        (k("attention.key_length"), u(cfg.head_dim)),
+        (k("attention.value_length"), u(cfg.head_dim)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(cfg.rms_norm_eps),
+        ),
+        (k("rope.freq_base"), MetaValue::F32(cfg.rope_theta)),
+    ];
+    let unsupported = |what: String| {
+        Err(FormatError::Unsupported(format!(
+            "GGUF {arch} cannot express {what}"
+        )))
+    };
+    match cfg.arch {
+        Arch::Llama | Arch::Qwen2 => {
+            if cfg.sliding_window.is_some() {
+                return unsupported("a sliding window".into());
+            }
+        }
+        Arch::Mistral => {
+            if let Some(w) = cfg.sliding_window {
+                if !cfg.sliding_layers.is_empty() && cfg.sliding_layers.iter().any(|&s| !s) {
+                    return unsupported("sliding windows on only some layers".into());
+                }
+                m.push((k("attention.sliding_window"), u(w)));
+            }
+        }
+        Arch::Gemma3 => {
+            let Some(w) = cfg.sliding_window else {
+                return unsupported("Gemma 3 without a sliding window".into());
+            };
+            let pattern: Vec<bool> = (0..cfg.n_layers).map(|il| il % 6 != 5).collect();
+            if cfg.sliding_layers != pattern {
+                return unsupported(format!(
+                    "the sliding layer pattern {:?}",
+                    cfg.sliding_layers
+                ));
+            }
+            if cfg.rope_local_theta != Some(10_000.0) {
+                return unsupported(format!("a local rope base of {:?}", cfg.rope_local_theta));
+            }
+            let scalar = if cfg.n_layers == 62 {
+                cfg.hidden_size / cfg.n_heads
+            } else {
+                cfg.head_dim
+            };
+            if cfg.query_pre_attn_scalar != Some(scalar as f32) {
+                return unsupported(format!(
+                    "query_pre_attn_scalar {:?}",
+                    cfg.query_pre_attn_scalar
+                ));
+            }
+            m.push((k("attention.sliding_window"), u(w)));
+        }
+    }
+    if cfg.arch != Arch::Gemma3
+        && (cfg.rope_local_theta.is_some() || cfg.query_pre_attn_scalar.is_some())
+    {
+        return unsupported("a local rope base or query_pre_attn_scalar".into());
+    }
+    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
+        m.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
+        m.push((k("rope.scaling.factor"), MetaValue::F32(factor)));
+    }
+    if let Some(c) = cfg.final_logit_softcapping {
+        m.push((k("final_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(c) = cfg.attn_logit_softcapping {
+        m.push((k("attn_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(b) = cfg.bos_token_id {
+        m.push(("tokenizer.ggml.bos_token_id".into(), MetaValue::U32(b)));
+    }
+    if let Some(&e) = cfg.eos_token_ids.first() {
+        m.push(("tokenizer.ggml.eos_token_id".into(), MetaValue::U32(e)));
+    }
+    Ok(m)
+}
+
+/// llama.cpp's per-frequency factors for Llama 3 scaling (its `rope_freqs.weight`).
+pub fn llama3_rope_factors(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    let Some(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    }) = cfg.rope_scaling
+    else {
+        return None;
+    };
+    let old = original_max_position_embeddings as f32;
+    let low_wavelen = old / low_freq_factor;
+    let high_wavelen = old / high_freq_factor;
+    let half = cfg.head_dim / 2;
+    Some(
+        (0..half)
+            .map(|i| {
+                let freq = 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth =
+                        (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The tensors as a GGUF file of `cfg.arch` stores them: q/k rows in the architecture's rope
+/// layout, and `rope_freqs.weight` for frequency-factor scaling. Returns the config as the written
+/// file will read back (its `rope_style`, and Llama 3 scaling as frequency factors).
+pub fn gguf_tensors(
+    cfg: &ModelConfig,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<(ModelConfig, BTreeMap<String, Tensor>)> {
+    let (mut cfg, mut out) =
+        crate::layout::with_rope_style(cfg, tensors, gguf_rope_style(cfg.arch))?;
+    let factors = match &cfg.rope_scaling {
+        Some(RopeScaling::FreqFactors(f)) => Some(f.clone()),
+        Some(RopeScaling::Llama3 { .. }) => llama3_rope_factors(&cfg),
+        _ => None,
+    };
+    if let Some(f) = factors {
+        let t = Tensor::from_f32(vec![f.len()], &f).map_err(|e| invalid(e.to_string()))?;
+        out.insert("rope_freqs.weight".into(), t);
+        cfg.rope_scaling = Some(RopeScaling::FreqFactors(f));
+    }
+    Ok((cfg, out))
 }

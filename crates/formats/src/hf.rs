@@ -12,8 +12,10 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
 use crate::{
-    gguf::map_file, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result,
-    RopeScaling, TokenizerSource,
+    config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
+    gguf::map_file,
+    io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result, RopeScaling,
+    TokenizerSource,
 };
 
 fn invalid(msg: impl Into<String>) -> FormatError {
@@ -362,12 +364,34 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     layers.push(top);
     let c = Cfg { layers, defaults };
 
-    let hidden_size = c.usize("hidden_size")?;
-    let n_layers = c.usize("num_hidden_layers")?;
-    let n_heads = c.usize("num_attention_heads")?;
-    let n_kv_heads = c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
-    let intermediate_size = c.usize("intermediate_size")?;
-    let vocab_size = c.usize("vocab_size")?;
+    let dim = |k: &str, v: usize| bounded(k, v, MAX_DIM);
+    let hidden_size = dim("hidden_size", c.usize("hidden_size")?)?;
+    let n_layers = bounded(
+        "num_hidden_layers",
+        c.usize("num_hidden_layers")?,
+        MAX_LAYERS,
+    )?;
+    let n_heads = dim("num_attention_heads", c.usize("num_attention_heads")?)?;
+    let n_kv_heads = dim(
+        "num_key_value_heads",
+        c.opt_usize("num_key_value_heads")?.unwrap_or(n_heads),
+    )?;
+    let intermediate_size = dim("intermediate_size", c.usize("intermediate_size")?)?;
+    let vocab_size = bounded("vocab_size", c.usize("vocab_size")?, MAX_VOCAB)?;
+    let want_act = if arch == Arch::Gemma3 {
+        "gelu_pytorch_tanh"
+    } else {
+        "silu"
+    };
+    let act = c
+        .get("hidden_activation")
+        .or_else(|| c.get("hidden_act"))
+        .and_then(Value::as_str);
+    if let Some(a) = act.filter(|&a| a != want_act) {
+        return Err(FormatError::Unsupported(format!(
+            "{model_type} with activation {a:?} (expected {want_act:?})"
+        )));
+    }
     if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
         return Err(invalid(format!(
             "{n_heads} attention heads cannot share {n_kv_heads} kv heads"
@@ -382,6 +406,7 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
             )))
         }
     };
+    let head_dim = dim("head_dim", head_dim)?;
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(invalid(format!(
             "head dimension {head_dim} must be even and nonzero"
@@ -429,10 +454,16 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     let mut query_pre_attn_scalar = None;
     let (sliding_window, sliding_layers) = match arch {
         Arch::Llama => (None, Vec::new()),
-        Arch::Mistral => (
-            c.opt_usize("sliding_window")?.filter(|&w| w > 0),
-            Vec::new(),
-        ),
+        Arch::Mistral => {
+            // Absent means transformers' default 4096; null means no window.
+            let absent = c.layers.iter().all(|m| !m.contains_key("sliding_window"));
+            let w = if absent {
+                Some(4096)
+            } else {
+                c.opt_usize("sliding_window")?
+            };
+            (w.filter(|&w| w > 0), Vec::new())
+        }
         Arch::Qwen2 => {
             if c.opt_bool("use_sliding_window")?.unwrap_or(false) {
                 let window = c.opt_usize("sliding_window")?.filter(|&w| w > 0);
@@ -768,13 +799,18 @@ pub fn canonical_tensors(
     Ok(out)
 }
 
-/// The inverse of [`canonical_tensors`]: Hugging Face names, and for Gemma 3 norms `w = w' - 1`.
+/// The inverse of [`canonical_tensors`]: Hugging Face names, q/k rows in rotate-half layout,
+/// and for Gemma 3 norms `w = w' - 1`. `rope_freqs.weight` is dropped (see [`config_to_json`]).
 pub fn hf_tensors(
     cfg: &ModelConfig,
     tensors: &BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>> {
+    let (_, tensors) = crate::layout::with_rope_style(cfg, tensors, RopeStyle::Half)?;
     let mut out = BTreeMap::new();
-    for (name, t) in tensors {
+    for (name, t) in &tensors {
+        if name == "rope_freqs.weight" {
+            continue;
+        }
         let hf = canonical_to_hf(name, cfg.arch).ok_or_else(|| {
             FormatError::Unsupported(format!("tensor {name} has no Hugging Face name"))
         })?;
@@ -857,4 +893,113 @@ where
 {
     let v = views(tensors)?;
     safetensors::serialize(v, metadata).map_err(|e| invalid(format!("writing safetensors: {e}")))
+}
+
+/// A transformers-5 style config.json for `cfg` (which [`config_from_json`] reads back as `cfg`,
+/// with `rope_style` rotate-half, the layout [`hf_tensors`] writes).
+pub fn config_to_json(cfg: &ModelConfig) -> Result<Value> {
+    use serde_json::json;
+    let (class, model_type) = match cfg.arch {
+        Arch::Llama => ("LlamaForCausalLM", "llama"),
+        Arch::Mistral => ("MistralForCausalLM", "mistral"),
+        Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        Arch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
+    };
+    let mut rope = match &cfg.rope_scaling {
+        None => json!({"rope_type": "default"}),
+        Some(RopeScaling::Linear { factor }) => json!({"rope_type": "linear", "factor": factor}),
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => json!({"rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                   "high_freq_factor": high_freq_factor,
+                   "original_max_position_embeddings": original_max_position_embeddings}),
+        Some(RopeScaling::FreqFactors(_)) => {
+            return Err(FormatError::Unsupported(
+                "rope frequency factors in config.json (no transformers rope_type holds them)"
+                    .into(),
+            ))
+        }
+    };
+    rope["rope_theta"] = json!(cfg.rope_theta);
+    let eos = match cfg.eos_token_ids.as_slice() {
+        [] => Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    };
+    let mut v = json!({
+        "architectures": [class],
+        "model_type": model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": eos,
+        "final_logit_softcapping": cfg.final_logit_softcapping,
+        "attn_logit_softcapping": cfg.attn_logit_softcapping,
+    });
+    let layer_types = |layers: &[bool]| -> Value {
+        json!(layers
+            .iter()
+            .map(|&s| if s {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            })
+            .collect::<Vec<_>>())
+    };
+    match cfg.arch {
+        Arch::Gemma3 => {
+            v["hidden_activation"] = json!("gelu_pytorch_tanh");
+            let local = cfg.rope_local_theta.unwrap_or(cfg.rope_theta);
+            v["rope_parameters"] = json!({
+                "full_attention": rope,
+                "sliding_attention": {"rope_type": "default", "rope_theta": local},
+            });
+            let layers = if cfg.sliding_layers.is_empty() && cfg.sliding_window.is_some() {
+                vec![true; cfg.n_layers]
+            } else {
+                cfg.sliding_layers.clone()
+            };
+            v["layer_types"] = layer_types(&layers);
+            v["sliding_window"] = json!(cfg.sliding_window);
+            v["query_pre_attn_scalar"] =
+                json!(cfg.query_pre_attn_scalar.unwrap_or(cfg.head_dim as f32));
+        }
+        _ => {
+            if cfg.rope_local_theta.is_some() || cfg.query_pre_attn_scalar.is_some() {
+                return Err(FormatError::Unsupported(format!(
+                    "{model_type} config.json with a local rope base or query_pre_attn_scalar"
+                )));
+            }
+            v["hidden_act"] = json!("silu");
+            v["rope_parameters"] = rope;
+            match (cfg.arch, cfg.sliding_window) {
+                (_, None) => {}
+                (Arch::Mistral, Some(w)) if cfg.sliding_layers.iter().all(|&s| s) => {
+                    v["sliding_window"] = json!(w)
+                }
+                (Arch::Qwen2, Some(w)) => {
+                    v["use_sliding_window"] = json!(true);
+                    v["sliding_window"] = json!(w);
+                    v["layer_types"] = layer_types(&cfg.sliding_layers);
+                }
+                _ => {
+                    return Err(FormatError::Unsupported(format!(
+                        "{model_type} config.json with this sliding window layout"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(v)
 }

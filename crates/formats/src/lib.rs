@@ -28,10 +28,31 @@
 //!
 //! Tied output: `output.weight` is absent exactly when `config.tie_word_embeddings` is true;
 //! the output projection then uses `token_embd.weight`.
+//!
+//! Rope layout: `config.rope_style` says how the rows of `attn_q` / `attn_k` are laid out.
+//! GGUF `llama` files use Meta's interleaved pairs ([`RopeStyle::Interleaved`]); GGUF qwen2 /
+//! gemma3 and every Hugging Face checkpoint use rotate-half ([`RopeStyle::Half`]).
+//! [`layout::with_rope_style`] converts between them.
+//!
+//! Configuration details that are not in the files:
+//! * GGUF Gemma 3 (as llama.cpp reads it): layer `il` is global iff `il % 6 == 5`, the others
+//!   use `gemma3.attention.sliding_window`; the local rope base is 10 000; the attention scale is
+//!   `head_dim^-0.5` (`(hidden / heads)^-0.5` for the 62-layer 27B), exposed as
+//!   `query_pre_attn_scalar`.
+//! * GGUF end-of-generation ids: `tokenizer.ggml.eos_token_id`, then `eot_token_id` /
+//!   `eom_token_id`, then any token whose text is a common end-of-turn marker (`<end_of_turn>`,
+//!   `<|im_end|>`, `<|eot_id|>`, `<|endoftext|>`, ...), as llama.cpp does. Hugging Face ids come
+//!   from generation_config.json, else config.json, else the transformers class default.
+//! * Hugging Face keys a config omits take the transformers class defaults (multimodal Gemma 3
+//!   configs list only the text-config values that differ from them).
+//!
+//! [`RopeStyle::Interleaved`]: kiln_kernels::ops::RopeStyle::Interleaved
+//! [`RopeStyle::Half`]: kiln_kernels::ops::RopeStyle::Half
 
 pub mod config;
 pub mod gguf;
 pub mod hf;
+pub mod layout;
 pub mod meta;
 pub mod pytorch;
 mod summary;
@@ -42,7 +63,7 @@ use std::path::{Path, PathBuf};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf::GgufFile;
 pub use kiln_kernels::Tensor;
-pub use summary::{summary, type_histogram};
+pub use summary::{describe_gguf, short_value, summary, type_histogram};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -180,7 +201,7 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             got
         };
         if n == 4 && gguf::has_magic(&magic) {
-            gguf::load_file(GgufFile::open(path)?).map_err(|e| with_path(e, path))?
+            gguf::load_path(path)?
         } else if path.file_name().is_some_and(|n| n == "config.json") {
             return load(path.parent().unwrap_or(Path::new(".")));
         } else {

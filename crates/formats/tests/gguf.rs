@@ -579,3 +579,230 @@ fn metadata_map_is_sorted_copy() {
     assert_eq!(m.len(), f.metadata.len());
     assert_eq!(f.architecture(), Some("llama"));
 }
+
+#[test]
+fn absurd_config_sizes_are_rejected() {
+    use MetaValue as M;
+    for (key, value, want) in [
+        (
+            "gemma3.block_count",
+            u32::MAX,
+            "gemma3.block_count = 4294967295 is absurdly large",
+        ),
+        (
+            "gemma3.embedding_length",
+            1 << 30,
+            "gemma3.embedding_length = 1073741824 is absurdly large",
+        ),
+        (
+            "gemma3.attention.key_length",
+            1 << 30,
+            "key_length = 1073741824 is absurdly large",
+        ),
+    ] {
+        let mut meta = vec![
+            ("general.architecture", M::String("gemma3".into())),
+            ("gemma3.embedding_length", M::U32(64)),
+            ("gemma3.block_count", M::U32(2)),
+            ("gemma3.feed_forward_length", M::U32(128)),
+            ("gemma3.attention.head_count", M::U32(4)),
+            ("gemma3.attention.layer_norm_rms_epsilon", M::F32(1e-6)),
+            ("gemma3.attention.sliding_window", M::U32(16)),
+        ];
+        meta.retain(|(k, _)| *k != key);
+        meta.push((key, M::U32(value)));
+        let embd = Tensor::from_f32(vec![4, 64], &[0.0; 256]).unwrap();
+        let bytes = gguf::to_bytes(
+            meta.iter().map(|(k, v)| (*k, v)),
+            [("token_embd.weight", &embd)],
+        )
+        .unwrap();
+        let f = parse(&bytes).unwrap();
+        let e = gguf::config_from_gguf(&f, &f.tensor_map().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}
+
+#[test]
+fn split_gguf_is_refused_clearly() {
+    let meta = [
+        ("general.architecture", MetaValue::String("llama".into())),
+        ("split.count", MetaValue::U16(3)),
+    ];
+    let bytes = gguf::to_bytes(meta.iter().map(|(k, v)| (*k, v)), []).unwrap();
+    let e = gguf::load_file(parse(&bytes).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("split GGUF (split.count = 3)"), "{e}");
+}
+
+#[test]
+fn split_gguf_parts_load_as_one_model() {
+    let whole = parse(&tiny_gemma3()).unwrap();
+    let tensors = whole.tensor_map().unwrap();
+    let names: Vec<&String> = tensors.keys().collect();
+    let dir = tempfile::tempdir().unwrap();
+    let parts: Vec<&[&String]> = names.chunks(names.len() / 3 + 1).collect();
+    assert_eq!(parts.len(), 3);
+    let path = |i: usize| dir.path().join(format!("tiny-{i:05}-of-00003.gguf"));
+    for (i, chunk) in parts.iter().enumerate() {
+        let mut meta: Vec<(String, MetaValue)> = if i == 0 {
+            whole.metadata.clone()
+        } else {
+            vec![]
+        };
+        meta.push(("split.no".into(), MetaValue::U16(i as u16)));
+        meta.push(("split.count".into(), MetaValue::U16(3)));
+        meta.push((
+            "split.tensors.count".into(),
+            MetaValue::I32(tensors.len() as i32),
+        ));
+        gguf::write(
+            &path(i + 1),
+            meta.iter().map(|(k, v)| (k.as_str(), v)),
+            chunk.iter().map(|n| (n.as_str(), &tensors[*n])),
+        )
+        .unwrap();
+    }
+    let m = kiln_formats::load(&path(1)).unwrap();
+    assert_eq!(m.tensors.len(), tensors.len());
+    for (k, t) in &tensors {
+        assert!(m.tensors[k].data.bytes() == t.data.bytes(), "{k}");
+    }
+    assert_eq!(m.config, gguf::config_from_gguf(&whole, &tensors).unwrap());
+    // The second part is not a starting point; a missing part is named.
+    let e = kiln_formats::load(&path(2)).err().unwrap().to_string();
+    assert!(e.contains("give the first part"), "{e}");
+    std::fs::remove_file(path(3)).unwrap();
+    let e = kiln_formats::load(&path(1)).err().unwrap().to_string();
+    assert!(
+        e.contains("missing split part") && e.contains("tiny-00003-of-00003.gguf"),
+        "{e}"
+    );
+}
+
+/// A complete tiny Gemma 3 GGUF (every tensor the config needs), written by kiln's writer.
+fn tiny_gemma3() -> Vec<u8> {
+    use MetaValue as M;
+    let (d, l, ff, h, kv, hd, vocab) = (32usize, 2usize, 64usize, 2usize, 1usize, 16usize, 8usize);
+    let meta = vec![
+        ("general.architecture", M::String("gemma3".into())),
+        ("gemma3.context_length", M::U32(128)),
+        ("gemma3.embedding_length", M::U32(d as u32)),
+        ("gemma3.block_count", M::U32(l as u32)),
+        ("gemma3.feed_forward_length", M::U32(ff as u32)),
+        ("gemma3.attention.head_count", M::U32(h as u32)),
+        ("gemma3.attention.head_count_kv", M::U32(kv as u32)),
+        ("gemma3.attention.key_length", M::U32(hd as u32)),
+        ("gemma3.attention.value_length", M::U32(hd as u32)),
+        ("gemma3.attention.layer_norm_rms_epsilon", M::F32(1e-6)),
+        ("gemma3.rope.freq_base", M::F32(1e6)),
+        ("gemma3.attention.sliding_window", M::U32(4)),
+        (
+            "tokenizer.ggml.tokens",
+            M::Array((0..vocab).map(|i| M::String(format!("<t{i}>"))).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", M::U32(2)),
+        ("tokenizer.ggml.eos_token_id", M::U32(1)),
+    ];
+    let z = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        Tensor::from_f32(shape, &vec![0.5; n]).unwrap()
+    };
+    let mut t: Vec<(String, Tensor)> = vec![
+        ("token_embd.weight".into(), z(vec![vocab, d])),
+        ("output_norm.weight".into(), z(vec![d])),
+    ];
+    for i in 0..l {
+        for (n, s) in [
+            ("attn_norm", vec![d]),
+            ("attn_q", vec![h * hd, d]),
+            ("attn_k", vec![kv * hd, d]),
+            ("attn_v", vec![kv * hd, d]),
+            ("attn_output", vec![d, h * hd]),
+            ("attn_q_norm", vec![hd]),
+            ("attn_k_norm", vec![hd]),
+            ("post_attention_norm", vec![d]),
+            ("ffn_norm", vec![d]),
+            ("ffn_gate", vec![ff, d]),
+            ("ffn_up", vec![ff, d]),
+            ("ffn_down", vec![d, ff]),
+            ("post_ffw_norm", vec![d]),
+        ] {
+            t.push((format!("blk.{i}.{n}.weight"), z(s)));
+        }
+    }
+    gguf::to_bytes(
+        meta.iter().map(|(k, v)| (*k, v)),
+        t.iter().map(|(k, v)| (k.as_str(), v)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn tiny_gemma3_loads_and_survives_byte_flips() {
+    let bytes = tiny_gemma3();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.gguf");
+    std::fs::write(&p, &bytes).unwrap();
+    let m = kiln_formats::load(&p).unwrap();
+    assert_eq!(m.config.arch, Arch::Gemma3);
+    assert_eq!(m.config.sliding_layers, vec![true, true]);
+    assert_eq!(m.config.query_pre_attn_scalar, Some(16.0));
+    assert!(m.config.tie_word_embeddings);
+    let header_len = parse(&bytes).unwrap().data_offset;
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut loaded = 0;
+    for _ in 0..3000 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + rng.next() % 3 {
+            let pos = (rng.next() % header_len as u64) as usize;
+            b[pos] = rng.next() as u8;
+        }
+        if let Ok(f) = parse(&b) {
+            // The whole load path: tensors, config, validation.
+            if let Ok(m) = gguf::load_file(f) {
+                if kiln_formats::validate_tensors(&m.config, &m.tensors).is_ok() {
+                    loaded += 1;
+                    let _ = kiln_formats::summary(&m);
+                }
+            }
+        }
+    }
+    assert!(loaded > 0);
+}
+
+#[test]
+fn gemma3_sliding_window_pattern_key() {
+    let base = parse(&tiny_gemma3()).unwrap();
+    let tensors = base.tensor_map().unwrap();
+    for (value, want) in [
+        (
+            MetaValue::Array(vec![MetaValue::Bool(false), MetaValue::Bool(true)]),
+            Ok(vec![false, true]),
+        ),
+        (MetaValue::U32(2), Ok(vec![true, false])),
+        (
+            MetaValue::Array(vec![MetaValue::Bool(true)]),
+            Err("expected a period or 2 flags"),
+        ),
+        (MetaValue::U32(0), Err("expected a period")),
+    ] {
+        let mut meta = base.metadata.clone();
+        meta.push(("gemma3.attention.sliding_window_pattern".into(), value));
+        let bytes = gguf::to_bytes(
+            meta.iter().map(|(k, v)| (k.as_str(), v)),
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        )
+        .unwrap();
+        let f = parse(&bytes).unwrap();
+        match (gguf::config_from_gguf(&f, &tensors), want) {
+            (Ok(c), Ok(w)) => assert_eq!(c.sliding_layers, w),
+            (Err(e), Err(w)) => assert!(e.to_string().contains(w), "{e}"),
+            (got, w) => panic!("{got:?} vs {w:?}"),
+        }
+    }
+}

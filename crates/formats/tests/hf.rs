@@ -739,6 +739,14 @@ fn config_variants_and_errors() {
     assert!(e.to_string().contains("kv heads"), "{e}");
     let e = with(&|v| v["hidden_size"] = json!(-4)).unwrap_err();
     assert!(e.to_string().contains("hidden_size"), "{e}");
+    let e = with(&|v| v["num_hidden_layers"] = json!(4_000_000_000u64)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("num_hidden_layers = 4000000000 is absurdly large"),
+        "{e}"
+    );
+    let e = with(&|v| v["hidden_act"] = json!("relu")).unwrap_err();
+    assert!(e.to_string().contains("relu"), "{e}");
     // Mistral: a window on every layer.
     let c = with(&|v| {
         v["model_type"] = json!("mistral");
@@ -877,4 +885,36 @@ fn hf_model_through_gguf_writer_keeps_config_and_tensors() {
         assert_eq!(g.tensors[k].shape, t.shape);
     }
     assert_eq!(g.format, "GGUF v3");
+}
+
+#[test]
+fn safetensors_byte_flips_never_panic() {
+    let good = std::fs::read(fixture("qwen2-tiny/model.safetensors")).unwrap();
+    let header_len = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let cfg = load(&fixture("qwen2-tiny")).unwrap().config;
+    let (mut ok, mut err) = (0, 0);
+    for _ in 0..2000 {
+        let mut b = good.clone();
+        for _ in 0..1 + next() % 3 {
+            let pos = (next() % header_len as u64) as usize;
+            b[pos] = next() as u8;
+        }
+        match hf::read_safetensors_bytes(Storage::from_vec(b)) {
+            Ok(t) => {
+                ok += 1;
+                if let Ok(c) = hf::canonical_tensors(&cfg, t) {
+                    let _ = kiln_formats::validate_tensors(&cfg, &c);
+                }
+            }
+            Err(_) => err += 1,
+        }
+    }
+    assert!(err > 0, "ok {ok}");
 }

@@ -199,3 +199,21 @@ fn qwen25_coder_05b() {
         assert!(text.contains(want), "summary lacks {want:?}:\n{text}");
     }
 }
+
+#[test]
+fn describe_any_gguf() {
+    let f = kiln_formats::GgufFile::open(&model_path("gemma-3-270m-q4_k_m.gguf")).unwrap();
+    let text = kiln_formats::describe_gguf(&f, true);
+    assert!(
+        text.starts_with("GGUF v3, 33 metadata keys, 236 tensors, alignment 32"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  gemma3.attention.sliding_window = 512\n"),
+        "{text}"
+    );
+    assert!(text.contains("  tokenizer.ggml.tokens = [262144 items: \"<pad>\", \"<eos>\", \"<bos>\", \"<unk>\", …]\n"), "{text}");
+    assert!(text.contains("blk.0.attn_q.weight"), "{text}");
+    assert!(text.contains("Q5_0 81 ("), "{text}");
+    assert_eq!(text.lines().count(), 1 + 33 + 1 + 236);
+}

@@ -88,3 +88,14 @@ fn mistral_sliding_window_f16() {
 fn gemma3_local_and_global_layers_bf16() {
     check_synthetic("gemma3-tiny");
 }
+
+/// Meta's original checkpoint of llama-mha (MP=1 and MP=2 shards, tokenizer.model read
+/// directly) gives the same numbers as the Hugging Face directory.
+#[test]
+fn meta_checkpoints_match_transformers() {
+    let golden = load_json(&shared().join("fixtures/golden/llama-mha.json"));
+    for sub in ["meta", "meta/mp2"] {
+        let engine = engine(&shared().join("fixtures/llama-mha").join(sub));
+        check_against_golden(&engine, &golden, true);
+    }
+}

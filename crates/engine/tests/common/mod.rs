@@ -158,9 +158,9 @@ pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bo
 /// The batched run equals each prompt run alone.
 pub fn check_batch_independence(engine: &Engine, golden: &Value) {
     let prompts: Vec<Vec<u32>> = golden["prompts"]
-        .as_object()
+        .as_array()
         .unwrap()
-        .values()
+        .iter()
         .map(|p| ids(&p["input_ids"]))
         .collect();
     let params = GenerateParams {

@@ -98,8 +98,15 @@ fn complete_json_batch_with_echo_and_logprobs_matches_transformers() {
                 "{name} prompt logprob {k}"
             );
         }
+        // Keyed by token text, as OpenAI does: byte-fallback tokens of these random models can
+        // share a text (U+FFFD), so a map may hold fewer than 5 entries, never more.
         let last = lp["top_logprobs"][n_total - 1].as_object().unwrap();
-        assert_eq!(last.len(), 5);
+        assert!((1..=5).contains(&last.len()), "{last:?}");
+        let chosen = lp["tokens"][n_total - 1].as_str().unwrap();
+        assert!(
+            last.contains_key(chosen),
+            "greedy token {chosen:?} is among the top logprobs"
+        );
         let offsets: Vec<u64> = ids(&lp["text_offset"]);
         assert!(
             offsets.windows(2).all(|w| w[0] <= w[1]),
@@ -166,7 +173,7 @@ fn bad_input_gives_one_clear_line_and_nonzero_exit() {
                 "/nonexistent/model.gguf".into(),
                 "hi".into(),
             ],
-            "no such file",
+            "neither an existing file",
         ),
         (
             vec![

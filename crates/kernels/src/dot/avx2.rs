@@ -14,8 +14,10 @@ use std::arch::x86_64::*;
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16(p: *const u8) -> f32 {
-    let h = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    // The volatile read keeps LLVM from folding the load into `vpinsrw`, which merges into
+    // whatever register it likes and so chains every block on an unrelated accumulator.
+    let h = std::ptr::read_volatile(p as *const [u8; 2]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(h) as i32)))
 }
 
 #[inline]

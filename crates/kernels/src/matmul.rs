@@ -67,14 +67,14 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         }),
         ActKind::Q8K => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
-            drive::<_, 4>(
+            drive::<_, 8>(
                 pool,
                 w,
                 q,
                 cols / 256,
                 out,
                 &|wr, a| dot::dot_q8k_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_q8k_n(isa, dtype, wr, a),
+                &|wr, a| dot::dot_q8k_x8(isa, dtype, wr, a),
             );
         }),
     }

@@ -17,7 +17,9 @@ unsafe fn f16(p: *const u8) -> f32 {
     // The volatile read keeps LLVM from folding the load into `vpinsrw`, which merges into
     // whatever register it likes and so chains every block on an unrelated accumulator.
     let h = std::ptr::read_volatile(p as *const [u8; 2]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(h) as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(
+        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
+    ))
 }
 
 #[inline]
@@ -521,6 +523,140 @@ pub(super) unsafe fn dot_q8_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
     for t in 0..N {
         out[t] = hsum(acc[t]);
     }
+    out
+}
+
+/// The activation scales of block `i` of 8 rows, one lane each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales8(ap: &[*const BlockQ8K; 8], i: usize) -> __m256 {
+    let d = |t: usize| (*ap[t].add(i)).d;
+    _mm256_setr_ps(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+}
+
+/// k-quants × 8 activation rows (the prefill tile): integer sums per row are reduced to one
+/// vector (lane = token) per super-block, so the float work is shared by all 8 tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q45_k_x8<const FIVE: bool>(w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let bb = if FIVE { 176 } else { 144 };
+    let nb = w.len() / bb;
+    let m4 = _mm256_set1_epi8(0xF);
+    let ap: [*const BlockQ8K; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * bb);
+        let d = f16(b);
+        let dmin = f16(b.add(2));
+        let (sc, mn) = kscale_min(std::slice::from_raw_parts(b.add(4), 12));
+        let mins = mins_x2(&mn);
+        let qs = b.add(if FIVE { 48 } else { 16 });
+        let qh = if FIVE {
+            load(b.add(16))
+        } else {
+            _mm256_setzero_si256()
+        };
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            let q = load(qs.add(32 * j));
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if FIVE {
+                let bit = _mm256_set1_epi8(1);
+                let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32));
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, bit), 4));
+                hi = _mm256_or_si256(
+                    hi,
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), bit), 4),
+                );
+            }
+            let s1 = _mm256_set1_epi16(sc[2 * j] as i16);
+            let s2 = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+            for t in 0..8 {
+                let y = (*ap[t].add(i)).qs.as_ptr().add(64 * j) as *const u8;
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(y)), s1);
+                let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(y.add(32))), s2);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p1, p2));
+            }
+        }
+        let mut msum = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            msum[t] = _mm256_madd_epi16(mins, load((*ap[t].add(i)).bsums.as_ptr() as *const u8));
+        }
+        let da = scales8(&ap, i);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&isum)),
+            _mm256_mul_ps(_mm256_set1_ps(d), da),
+            acc,
+        );
+        acc = _mm256_fnmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&msum)),
+            _mm256_mul_ps(_mm256_set1_ps(dmin), da),
+            acc,
+        );
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q6_k_x8(w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let nb = w.len() / 210;
+    let m4 = _mm256_set1_epi8(0xF);
+    let m3 = _mm256_set1_epi8(3);
+    let ap: [*const BlockQ8K; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 210);
+        let d = f16(b.add(208));
+        let sc = b.add(192) as *const i8;
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            let bs = load((*ap[t].add(i)).bsums.as_ptr() as *const u8);
+            isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+        }
+        for h in 0..2 {
+            let ql0 = load(b.add(64 * h));
+            let ql1 = load(b.add(64 * h + 32));
+            let qh = load(b.add(128 + 32 * h));
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), q6_high(qh, 0, m3)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), q6_high(qh, 2, m3)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    q6_high(qh, 4, m3),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    q6_high(qh, 6, m3),
+                ),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let scv = pair_scale(
+                    *sc.add(8 * h + 2 * k) as i16,
+                    *sc.add(8 * h + 2 * k + 1) as i16,
+                );
+                for t in 0..8 {
+                    let y = (*ap[t].add(i)).qs.as_ptr().add(128 * h + 32 * k) as *const u8;
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(qk, load(y)), scv),
+                    );
+                }
+            }
+        }
+        let da = scales8(&ap, i);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&isum)),
+            _mm256_mul_ps(_mm256_set1_ps(d), da),
+            acc,
+        );
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
     out
 }
 

@@ -251,6 +251,35 @@ pub fn dot_q8k_n<const N: usize>(
     std::array::from_fn(|t| f(w, a[t]))
 }
 
+/// `out[t] = w · a[t]` for 8 activation rows of a k-quant type: the prefill tile (on AVX2,
+/// Q4_K / Q5_K / Q6_K share each super-block's float work across the 8 tokens).
+pub fn dot_q8k_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    assert_eq!(
+        act_kind(dtype),
+        ActKind::Q8K,
+        "dot_q8k_x8: {dtype} is not a k-quant"
+    );
+    check(dtype, w, a.iter().map(|r| r.len()), 256);
+    match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_K) if isa.is_available() => unsafe {
+            avx2::dot_q45_k_x8::<false>(w, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_K) if isa.is_available() => unsafe {
+            avx2::dot_q45_k_x8::<true>(w, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q6_K) if isa.is_available() => unsafe { avx2::dot_q6_k_x8(w, a) },
+        _ => {
+            let [a0, a1, a2, a3, a4, a5, a6, a7] = a;
+            let lo = dot_q8k_n(isa, dtype, w, [a0, a1, a2, a3]);
+            let hi = dot_q8k_n(isa, dtype, w, [a4, a5, a6, a7]);
+            std::array::from_fn(|t| if t < 4 { lo[t] } else { hi[t - 4] })
+        }
+    }
+}
+
 /// `out[t] = w · x[t]` for a row of plain floats (`F32`, `F16`, `BF16` bytes).
 pub fn dot_float_n<const N: usize>(isa: Isa, dtype: DType, w: &[u8], x: [&[f32]; N]) -> [f32; N] {
     assert_eq!(

@@ -24,7 +24,7 @@ pub fn matmul(pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize, out: &mut [f32
 
 thread_local! {
     /// Quantised activations of the calling thread's last matmul, reused to avoid allocating.
-    static SCRATCH: RefCell<(Vec<BlockQ8_32>, Vec<BlockQ8K>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// [`matmul`] with an explicit kernel level (for tests and benchmarks).
@@ -49,20 +49,31 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 x,
                 cols,
                 out,
-                &|wr, a| dot::dot_float_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_float_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
             );
         }
         ActKind::Q8_32 => with_scratch(|s| {
-            let q = quantize_acts(pool, x, n, cols / 32, &mut s.0, quantize_q8_32);
+            let nb = cols / 32;
+            let q = quantize_acts(pool, x, n, nb, &mut s.0, quantize_q8_32);
+            // Scales of each group of 8 tokens, transposed: ds[g * nb + i][t] = q[8g + t][i].d
+            s.2.clear();
+            for g in 0..n / 8 {
+                for i in 0..nb {
+                    s.2.push(std::array::from_fn(|t| q[(8 * g + t) * nb + i].d));
+                }
+            }
+            let ds = &s.2;
             drive::<_, 8>(
                 pool,
                 w,
                 q,
                 cols / 32,
                 out,
-                &|wr, a| dot::dot_q8_32_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_q8_32_x8(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8_32_n(isa, dtype, wr, a),
+                &|wr, a, t| {
+                    dot::dot_q8_32_x8_scaled(isa, dtype, wr, a, &ds[t / 8 * nb..(t / 8 + 1) * nb])
+                },
             );
         }),
         ActKind::Q8K => with_scratch(|s| {
@@ -73,20 +84,21 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 q,
                 cols / 256,
                 out,
-                &|wr, a| dot::dot_q8k_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_q8k_x8(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8k_x8(isa, dtype, wr, a),
             );
         }),
     }
 }
 
-type Scratch = (Vec<BlockQ8_32>, Vec<BlockQ8K>);
+/// Quantised activations (32-element and k-quant blocks) and the transposed 8-token scales.
+type Scratch = (Vec<BlockQ8_32>, Vec<BlockQ8K>, Vec<[f32; 8]>);
 
 fn with_scratch(f: impl FnOnce(&mut Scratch)) {
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut s) => f(&mut s),
         // Re-entered (a matmul inside a matmul's closure): use a fresh buffer.
-        Err(_) => f(&mut (Vec::new(), Vec::new())),
+        Err(_) => f(&mut (Vec::new(), Vec::new(), Vec::new())),
     })
 }
 
@@ -124,7 +136,8 @@ fn quantize_acts<'a, B: Copy + Default + Send + Sync>(
     &buf[..total]
 }
 
-type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N]) -> [f32; N] + Sync);
+/// A dot kernel: (weight row, `N` activation rows, index of the first of those tokens).
+type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N], usize) -> [f32; N] + Sync);
 
 /// Hands out chunks of rows to the pool; within a chunk, tokens go `G` at a time. `acts`
 /// holds the activation rows back to back, `per_row` items each.
@@ -161,7 +174,7 @@ fn drive<T: Sync, const G: usize>(
         while t + G <= n {
             let a: [&[T]; G] = std::array::from_fn(|k| act(t + k));
             for r in r_range.clone() {
-                let v = kg(&bytes[r * row_bytes..(r + 1) * row_bytes], a);
+                let v = kg(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t);
                 for (k, &v) in v.iter().enumerate() {
                     // SAFETY: every (token, row) pair is computed by exactly one chunk.
                     unsafe { *out.get().add((t + k) * rows + r) = v };
@@ -171,7 +184,7 @@ fn drive<T: Sync, const G: usize>(
         }
         for t in t..n {
             for r in r_range.clone() {
-                let [v] = k1(&bytes[r * row_bytes..(r + 1) * row_bytes], [act(t)]);
+                let [v] = k1(&bytes[r * row_bytes..(r + 1) * row_bytes], [act(t)], t);
                 // SAFETY: as above.
                 unsafe { *out.get().add(t * rows + r) = v };
             }

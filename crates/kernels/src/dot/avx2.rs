@@ -169,19 +169,24 @@ unsafe fn reduce8(p: &[__m256i; 8]) -> __m256i {
 /// Legacy types × 8 activation rows (the prefill tile): per block, the 8 integer dot products
 /// are reduced to one vector (lane = token) so the block scales cost one FMA for all 8.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_legacy_x8(kind: LegacyKind, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+pub(super) unsafe fn dot_legacy_x8(
+    kind: LegacyKind,
+    w: &[u8],
+    a: [&[BlockQ8_32]; 8],
+    ds: &[[f32; 8]],
+) -> [f32; 8] {
     match kind {
-        LegacyKind::Q4_0 => legacy_x8::<0>(w, a),
-        LegacyKind::Q4_1 => legacy_x8::<1>(w, a),
-        LegacyKind::Q5_0 => legacy_x8::<2>(w, a),
-        LegacyKind::Q5_1 => legacy_x8::<3>(w, a),
-        LegacyKind::Q8_0 => legacy_x8::<4>(w, a),
-        LegacyKind::Q8_1 => legacy_x8::<5>(w, a),
+        LegacyKind::Q4_0 => legacy_x8::<0>(w, a, ds),
+        LegacyKind::Q4_1 => legacy_x8::<1>(w, a, ds),
+        LegacyKind::Q5_0 => legacy_x8::<2>(w, a, ds),
+        LegacyKind::Q5_1 => legacy_x8::<3>(w, a, ds),
+        LegacyKind::Q8_0 => legacy_x8::<4>(w, a, ds),
+        LegacyKind::Q8_1 => legacy_x8::<5>(w, a, ds),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn legacy_x8<const K: usize>(w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+unsafe fn legacy_x8<const K: usize>(w: &[u8], a: [&[BlockQ8_32]; 8], ds: &[[f32; 8]]) -> [f32; 8] {
     let kind = LEGACY[K];
     let bb = kind.block_bytes();
     let nb = w.len() / bb;
@@ -208,16 +213,7 @@ unsafe fn legacy_x8<const K: usize>(w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8]
         }
         let sums = _mm256_cvtepi32_ps(reduce8(&p));
         let blk = |t: usize| &*ap[t].add(i);
-        let da = _mm256_setr_ps(
-            blk(0).d,
-            blk(1).d,
-            blk(2).d,
-            blk(3).d,
-            blk(4).d,
-            blk(5).d,
-            blk(6).d,
-            blk(7).d,
-        );
+        let da = _mm256_loadu_ps(ds[i].as_ptr());
         acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(_mm256_set1_ps(f16(b)), da), acc);
         if kind.has_min() {
             let sa = _mm256_setr_ps(

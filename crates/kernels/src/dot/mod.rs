@@ -195,12 +195,32 @@ pub fn dot_q8_32_n<const N: usize>(
 /// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile
 /// (on AVX2 the 8 per-block integer sums are scaled with one vector FMA).
 pub fn dot_q8_32_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+    let ds: Vec<[f32; 8]> = (0..a[0].len())
+        .map(|i| std::array::from_fn(|t| a[t].get(i).map_or(0.0, |b| b.d)))
+        .collect();
+    dot_q8_32_x8_scaled(isa, dtype, w, a, &ds)
+}
+
+/// [`dot_q8_32_x8`] with the activation scales already transposed: `ds[i][t] == a[t][i].d`
+/// (what `matmul` prepares once per group of 8 tokens).
+pub fn dot_q8_32_x8_scaled(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    a: [&[BlockQ8_32]; 8],
+    ds: &[[f32; 8]],
+) -> [f32; 8] {
     let kind = legacy_kind(dtype)
         .unwrap_or_else(|| panic!("dot_q8_32_x8: {dtype} is not a 32-element quant type"));
-    check(dtype, w, a.iter().map(|r| r.len()), 32);
+    let nb = check(dtype, w, a.iter().map(|r| r.len()), 32);
+    assert!(
+        ds.len() >= nb,
+        "dot_q8_32_x8: {} scale rows for {nb} blocks",
+        ds.len()
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_x8(kind, w, a) },
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_x8(kind, w, a, ds) },
         _ => {
             let _ = kind;
             dot_q8_32_n(isa, dtype, w, a)

@@ -14,12 +14,17 @@ use std::arch::x86_64::*;
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16(p: *const u8) -> f32 {
-    // The volatile read keeps LLVM from folding the load into `vpinsrw`, which merges into
-    // whatever register it likes and so chains every block on an unrelated accumulator.
-    let h = std::ptr::read_volatile(p as *const [u8; 2]);
-    _mm_cvtss_f32(_mm_cvtph_ps(
-        _mm_cvtsi32_si128(u16::from_le_bytes(h) as i32),
-    ))
+    // A zero-extending 16-bit load into a general register. Left to itself LLVM folds the load
+    // into `vpinsrw`, which merges into whatever vector register it likes and so chains every
+    // block on an unrelated accumulator (3x slower loops).
+    let h: u32;
+    std::arch::asm!(
+        "movzx {h:e}, word ptr [{p}]",
+        h = out(reg) h,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
 #[inline]

@@ -9,7 +9,7 @@
 
 use crate::dot::{self, act_kind, ActKind, Isa};
 use crate::pool::ThreadPool;
-use crate::quant::{quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
+use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::Tensor;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,14 +56,16 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         ActKind::Q8_32 => with_scratch(|s| {
             let nb = cols / 32;
             let q = quantize_acts(pool, x, n, nb, &mut s.0, quantize_q8_32);
-            // Scales of each group of 8 tokens, transposed: ds[g * nb + i][t] = q[8g + t][i].d
+            // Each group of 8 tokens, interleaved for the prefill tile: groups[g * nb + i]
             s.2.clear();
             for g in 0..n / 8 {
                 for i in 0..nb {
-                    s.2.push(std::array::from_fn(|t| q[(8 * g + t) * nb + i].d));
+                    s.2.push(interleave8(std::array::from_fn(|t| {
+                        &q[(8 * g + t) * nb + i]
+                    })));
                 }
             }
-            let ds = &s.2;
+            let groups = &s.2;
             drive::<_, 8>(
                 pool,
                 w,
@@ -72,7 +74,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 out,
                 &|wr, a, _| dot::dot_q8_32_n(isa, dtype, wr, a),
                 &|wr, a, t| {
-                    dot::dot_q8_32_x8_scaled(isa, dtype, wr, a, &ds[t / 8 * nb..(t / 8 + 1) * nb])
+                    dot::dot_q8_32_g8(isa, dtype, wr, &groups[t / 8 * nb..(t / 8 + 1) * nb], a)
                 },
             );
         }),
@@ -91,8 +93,8 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
     }
 }
 
-/// Quantised activations (32-element and k-quant blocks) and the transposed 8-token scales.
-type Scratch = (Vec<BlockQ8_32>, Vec<BlockQ8K>, Vec<[f32; 8]>);
+/// Quantised activations (32-element and k-quant blocks) and the interleaved 8-token groups.
+type Scratch = (Vec<BlockQ8_32>, Vec<BlockQ8K>, Vec<BlockQ8x8>);
 
 fn with_scratch(f: impl FnOnce(&mut Scratch)) {
     SCRATCH.with(|s| match s.try_borrow_mut() {

@@ -7,7 +7,7 @@
 //! applies the block scales. Signed × signed uses the `sign` trick: |w| · (a · sign(w)).
 
 use super::scalar::LegacyKind;
-use crate::quant::{kscale_min, q3k_scales, BlockQ8K, BlockQ8_32};
+use crate::quant::{kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
 use std::arch::x86_64::*;
 
@@ -171,71 +171,87 @@ unsafe fn reduce8(p: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
-/// Legacy types × 8 activation rows (the prefill tile): per block, the 8 integer dot products
-/// are reduced to one vector (lane = token) so the block scales cost one FMA for all 8.
+/// Legacy types × 8 interleaved activation rows (the prefill tile). Each weight dword is
+/// broadcast and multiplied with 4 elements of all 8 tokens at once, so the integer sums land
+/// with one token per lane and need no horizontal reduction. Weights are made unsigned
+/// (Q4_0 + 8, Q5_0 + 16) and the offset removed with the token sums; Q8 weights use the sign
+/// trick instead.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_legacy_x8(
-    kind: LegacyKind,
-    w: &[u8],
-    a: [&[BlockQ8_32]; 8],
-    ds: &[[f32; 8]],
-) -> [f32; 8] {
+pub(super) unsafe fn dot_legacy_g8(kind: LegacyKind, w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
     match kind {
-        LegacyKind::Q4_0 => legacy_x8::<0>(w, a, ds),
-        LegacyKind::Q4_1 => legacy_x8::<1>(w, a, ds),
-        LegacyKind::Q5_0 => legacy_x8::<2>(w, a, ds),
-        LegacyKind::Q5_1 => legacy_x8::<3>(w, a, ds),
-        LegacyKind::Q8_0 => legacy_x8::<4>(w, a, ds),
-        LegacyKind::Q8_1 => legacy_x8::<5>(w, a, ds),
+        LegacyKind::Q4_0 => legacy_g8::<0>(w, g),
+        LegacyKind::Q4_1 => legacy_g8::<1>(w, g),
+        LegacyKind::Q5_0 => legacy_g8::<2>(w, g),
+        LegacyKind::Q5_1 => legacy_g8::<3>(w, g),
+        LegacyKind::Q8_0 => legacy_g8::<4>(w, g),
+        LegacyKind::Q8_1 => legacy_g8::<5>(w, g),
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn legacy_x8<const K: usize>(w: &[u8], a: [&[BlockQ8_32]; 8], ds: &[[f32; 8]]) -> [f32; 8] {
+unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
     let kind = LEGACY[K];
     let bb = kind.block_bytes();
     let nb = w.len() / bb;
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
-    let mut macc = _mm256_setzero_ps();
     let wp = w.as_ptr();
-    let ap: [*const BlockQ8_32; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut tmp = [0u32; 8];
     for i in 0..nb {
         let b = wp.add(i * bb);
-        let q = unpack_legacy(kind, b);
-        let mut p = [_mm256_setzero_si256(); 8];
-        if kind.has_min() {
-            for t in 0..8 {
-                let y = load((*ap[t].add(i)).qs.as_ptr() as *const u8);
-                p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+        let ab = g.get_unchecked(i);
+        let y = ab.qs.as_ptr() as *const u8;
+        // unsigned weights (offset `off` for the symmetric 4/5-bit types), or signed Q8
+        let (q, off) = match kind {
+            LegacyKind::Q4_0 => (nibbles16(b.add(2)), 8),
+            LegacyKind::Q5_0 => {
+                let qh = (b.add(2) as *const u32).read_unaligned();
+                let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+                (_mm256_or_si256(nibbles16(b.add(6)), hi), 16)
             }
+            _ => (unpack_legacy(kind, b), 0),
+        };
+        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, q);
+        let isum = if matches!(kind, LegacyKind::Q8_0 | LegacyKind::Q8_1) {
+            let mut s = _mm256_setzero_si256();
+            for j in 0..8 {
+                let wv = _mm256_set1_epi32(tmp[j] as i32);
+                let p = _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(wv, wv),
+                    _mm256_sign_epi8(load(y.add(32 * j)), wv),
+                );
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+            }
+            s
         } else {
-            let ax = _mm256_sign_epi8(q, q);
-            for t in 0..8 {
-                let y = load((*ap[t].add(i)).qs.as_ptr() as *const u8);
-                p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, q)), ones);
+            // |q| <= 31, |a| <= 127: four maddubs results fit in i16 (4 · 2 · 31 · 127 < 2^15)
+            let mut h = [_mm256_setzero_si256(); 2];
+            for j in 0..8 {
+                let wv = _mm256_set1_epi32(tmp[j] as i32);
+                h[j / 4] =
+                    _mm256_add_epi16(h[j / 4], _mm256_maddubs_epi16(wv, load(y.add(32 * j))));
             }
-        }
-        let sums = _mm256_cvtepi32_ps(reduce8(&p));
-        let blk = |t: usize| &*ap[t].add(i);
-        let da = _mm256_loadu_ps(ds[i].as_ptr());
-        acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(_mm256_set1_ps(f16(b)), da), acc);
+            let mut s =
+                _mm256_add_epi32(_mm256_madd_epi16(h[0], ones), _mm256_madd_epi16(h[1], ones));
+            if off != 0 {
+                let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+                s = _mm256_sub_epi32(s, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
+            }
+            s
+        };
+        let da = _mm256_load_ps(ab.d.as_ptr());
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(isum),
+            _mm256_mul_ps(_mm256_set1_ps(f16(b)), da),
+            acc,
+        );
         if kind.has_min() {
-            let sa = _mm256_setr_ps(
-                blk(0).s,
-                blk(1).s,
-                blk(2).s,
-                blk(3).s,
-                blk(4).s,
-                blk(5).s,
-                blk(6).s,
-                blk(7).s,
-            );
-            macc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, macc);
+            let sa = _mm256_load_ps(ab.s.as_ptr());
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, acc);
         }
     }
     let mut out = [0.0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, macc));
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
     out
 }
 

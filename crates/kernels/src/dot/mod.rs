@@ -11,7 +11,7 @@ mod avx2;
 mod neon;
 pub(crate) mod scalar;
 
-use crate::quant::{BlockQ8K, BlockQ8_32};
+use crate::quant::{interleave8, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
 use scalar::LegacyKind;
 use std::sync::OnceLock;
@@ -192,35 +192,42 @@ pub fn dot_q8_32_n<const N: usize>(
     }
 }
 
-/// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile
-/// (on AVX2 the 8 per-block integer sums are scaled with one vector FMA).
+/// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile.
+/// Convenience form that interleaves `a` itself; `matmul` interleaves once per token group and
+/// calls [`dot_q8_32_g8`].
 pub fn dot_q8_32_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
-    let ds: Vec<[f32; 8]> = (0..a[0].len())
-        .map(|i| std::array::from_fn(|t| a[t].get(i).map_or(0.0, |b| b.d)))
+    let nb = a[0].len();
+    assert!(
+        a.iter().all(|r| r.len() == nb),
+        "dot_q8_32_x8: activation rows differ in length"
+    );
+    let g: Vec<BlockQ8x8> = (0..nb)
+        .map(|i| interleave8(std::array::from_fn(|t| &a[t][i])))
         .collect();
-    dot_q8_32_x8_scaled(isa, dtype, w, a, &ds)
+    dot_q8_32_g8(isa, dtype, w, &g, a)
 }
 
-/// [`dot_q8_32_x8`] with the activation scales already transposed: `ds[i][t] == a[t][i].d`
-/// (what `matmul` prepares once per group of 8 tokens).
-pub fn dot_q8_32_x8_scaled(
+/// [`dot_q8_32_x8`] with the 8 rows already interleaved (`g[i] == interleave8(a[..][i])`);
+/// `a` (the same rows, plain) serves the levels without a group kernel.
+pub fn dot_q8_32_g8(
     isa: Isa,
     dtype: DType,
     w: &[u8],
+    g: &[BlockQ8x8],
     a: [&[BlockQ8_32]; 8],
-    ds: &[[f32; 8]],
 ) -> [f32; 8] {
     let kind = legacy_kind(dtype)
         .unwrap_or_else(|| panic!("dot_q8_32_x8: {dtype} is not a 32-element quant type"));
     let nb = check(dtype, w, a.iter().map(|r| r.len()), 32);
-    assert!(
-        ds.len() >= nb,
-        "dot_q8_32_x8: {} scale rows for {nb} blocks",
-        ds.len()
+    assert_eq!(
+        g.len(),
+        nb,
+        "dot_q8_32_g8: {} interleaved blocks for {nb} weight blocks",
+        g.len()
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_x8(kind, w, a, ds) },
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_g8(kind, w, g) },
         _ => {
             let _ = kind;
             dot_q8_32_n(isa, dtype, w, a)

@@ -188,6 +188,21 @@ pub(super) unsafe fn dot_legacy_g8(kind: LegacyKind, w: &[u8], g: &[BlockQ8x8]) 
     }
 }
 
+/// `vpbroadcastd` straight from memory (a load-port operation). Given the dword as a value,
+/// LLVM keeps the weights in a register and broadcasts with two lane-crossing shuffles each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bcast32(p: *const u32) -> __m256i {
+    let v: __m256i;
+    std::arch::asm!(
+        "vpbroadcastd {v}, dword ptr [{p}]",
+        v = out(ymm_reg) v,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    v
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
     let kind = LEGACY[K];
@@ -212,10 +227,11 @@ unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
             _ => (unpack_legacy(kind, b), 0),
         };
         _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, q);
+        let tp = tmp.as_ptr();
         let isum = if matches!(kind, LegacyKind::Q8_0 | LegacyKind::Q8_1) {
             let mut s = _mm256_setzero_si256();
             for j in 0..8 {
-                let wv = _mm256_set1_epi32(tmp[j] as i32);
+                let wv = bcast32(tp.add(j));
                 let p = _mm256_maddubs_epi16(
                     _mm256_sign_epi8(wv, wv),
                     _mm256_sign_epi8(load(y.add(32 * j)), wv),
@@ -227,7 +243,7 @@ unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
             // |q| <= 31, |a| <= 127: four maddubs results fit in i16 (4 · 2 · 31 · 127 < 2^15)
             let mut h = [_mm256_setzero_si256(); 2];
             for j in 0..8 {
-                let wv = _mm256_set1_epi32(tmp[j] as i32);
+                let wv = bcast32(tp.add(j));
                 h[j / 4] =
                     _mm256_add_epi16(h[j / 4], _mm256_maddubs_epi16(wv, load(y.add(32 * j))));
             }

@@ -1,7 +1,7 @@
 //! Dot products of one weight row (raw ggml blocks) with one or several activation rows.
 //!
 //! Activations are quantised once per matmul (see [`crate::quant::act`]); each weight type then
-//! has a portable scalar reference ([`scalar`]) and SIMD paths chosen at run time from the CPU's
+//! has a portable scalar reference (`scalar.rs`) and SIMD paths chosen at run time from the CPU's
 //! features ([`Isa`]). The `_n` entry points take `N` activation rows at once so that a weight
 //! block is loaded and unpacked once for all of them (the prefill tile).
 

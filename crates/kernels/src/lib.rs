@@ -17,6 +17,12 @@
 //! Benchmarks: `cargo run --release -p kiln-kernels --example matmul_bench -- 2 128` (per
 //! type and shape) or `-- 2 128 qwen` (every linear layer of a qwen2.5-0.5b forward pass);
 //! `--example dot_bench` (single kernels); `--example pool_bench`.
+//!
+//! The aarch64 paths run their tests under user-mode QEMU (needs `qemu-user-static` and the
+//! `aarch64-unknown-linux-musl` Rust target):
+//! `CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
+//! CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static
+//! cargo test --release -p kiln-kernels --target aarch64-unknown-linux-musl`.
 
 // Kernels index blocks by position on purpose; `is_multiple_of` is newer than the MSRV.
 #![allow(clippy::needless_range_loop, clippy::manual_is_multiple_of)]

@@ -23,8 +23,10 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// aarch64 NEON (+ dotprod when present).
+    /// aarch64 NEON (widening multiplies).
     Neon,
+    /// aarch64 NEON with the dotprod extension (`sdot`).
+    NeonDot,
 }
 
 impl Isa {
@@ -33,6 +35,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Neon => "neon",
+            Isa::NeonDot => "neon+dotprod",
         }
     }
 
@@ -48,6 +51,11 @@ impl Isa {
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -55,7 +63,7 @@ impl Isa {
 
     /// Every level this CPU can run, best last.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Neon]
+        [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::NeonDot]
             .into_iter()
             .filter(|i| i.is_available())
             .collect()
@@ -187,7 +195,9 @@ pub fn dot_q8_32_n<const N: usize>(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_n(kind, w, a) },
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon if isa.is_available() => unsafe { neon::dot_legacy_n(kind, w, a) },
+        Isa::Neon if isa.is_available() => unsafe { neon::dot_legacy_n::<false, N>(kind, w, a) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot if isa.is_available() => unsafe { neon::dot_legacy_n::<true, N>(kind, w, a) },
         _ => std::array::from_fn(|t| scalar::dot_legacy(kind, w, a[t])),
     }
 }
@@ -262,9 +272,21 @@ pub fn dot_q8k_n<const N: usize>(
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q6_K) if isa.is_available() => return unsafe { avx2::dot_q6_k_n(w, a) },
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, DType::Q4_K) if isa.is_available() => return unsafe { neon::dot_q4_k_n(w, a) },
+        (Isa::Neon, DType::Q4_K) if isa.is_available() => {
+            return unsafe { neon::dot_q4_k_n::<false, N>(w, a) }
+        }
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, DType::Q6_K) if isa.is_available() => return unsafe { neon::dot_q6_k_n(w, a) },
+        (Isa::NeonDot, DType::Q4_K) if isa.is_available() => {
+            return unsafe { neon::dot_q4_k_n::<true, N>(w, a) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, DType::Q6_K) if isa.is_available() => {
+            return unsafe { neon::dot_q6_k_n::<false, N>(w, a) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::NeonDot, DType::Q6_K) if isa.is_available() => {
+            return unsafe { neon::dot_q6_k_n::<true, N>(w, a) }
+        }
         _ => {}
     }
     let f = match dtype {

@@ -3,6 +3,10 @@
 //!
 //! cargo run --release -p kiln-kernels --example matmul_bench -- [threads] [prefill_tokens] [types]
 //! e.g. `-- 2 128 Q4_K,Q6_K`. `KILN_ISA=scalar` measures the scalar reference.
+//!
+//! `-- [threads] [prefill_tokens] qwen` instead times every linear layer of one
+//! qwen2.5-coder-0.5b Q4_K_M forward pass (same shapes and types, random weights): the
+//! matmul-only bound on decode and prefill tokens/s.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -17,18 +21,18 @@ fn thread_cpu() -> Option<f64> {
     Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
 }
 
-/// Best per-call time over batches of calls lasting >= 30 ms each; with one thread, measured as
+/// Best per-call time over batches of calls lasting >= 250 ms each (the CPU-time clock ticks
+/// coarsely); with one thread, measured as
 /// the calling thread's CPU time (robust when the machine is shared and the process gets
 /// preempted), otherwise as wall time.
 fn time_it(cpu_time: bool, mut f: impl FnMut()) -> f64 {
     f(); // warm up
     let mut best = f64::INFINITY;
-    let start = Instant::now();
     let mut batches = 0;
-    while batches < 3 || start.elapsed() < Duration::from_millis(800) {
+    while batches < 3 {
         let (t, c) = (Instant::now(), thread_cpu());
         let mut calls = 0;
-        while calls == 0 || t.elapsed() < Duration::from_millis(30) {
+        while calls == 0 || t.elapsed() < Duration::from_millis(250) {
             f();
             calls += 1;
         }
@@ -51,6 +55,9 @@ fn main() {
             .unwrap_or(1)
     });
     let n_prefill: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    if args.get(3).map(String::as_str) == Some("qwen") {
+        return qwen(threads, n_prefill);
+    }
     let types: Vec<DType> = match args.get(3) {
         Some(list) => list
             .split(',')
@@ -95,4 +102,58 @@ fn main() {
             );
         }
     }
+}
+
+/// Every linear layer of qwen2.5-coder-0.5b-instruct-q4_k_m (24 blocks), timed per token.
+fn qwen(threads: usize, n_prefill: usize) {
+    println!("{}", cpu_features());
+    let pool = ThreadPool::new(threads);
+    let mut rng = Rng::new(2);
+    // (type, rows, cols, count per forward pass)
+    let layers: [(DType, usize, usize, usize); 6] = [
+        (DType::Q5_0, 896, 896, 48),  // attn_q, attn_output
+        (DType::Q5_0, 128, 896, 24),  // attn_k
+        (DType::Q8_0, 128, 896, 24),  // attn_v
+        (DType::Q5_0, 4864, 896, 48), // ffn_gate, ffn_up
+        (DType::Q4_K, 896, 4864, 12), // ffn_down (half the blocks)
+        (DType::Q6_K, 896, 4864, 12), // ffn_down (the other half)
+    ];
+    let lm_head = (DType::Q8_0, 151936, 896);
+    let (mut decode, mut prefill, mut bytes) = (0.0, 0.0, 0usize);
+    for &(dtype, rows, cols, count) in &layers {
+        let b = random_weights(&mut rng, dtype, rows * cols);
+        bytes += b.len() * count;
+        let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
+        let x1 = rng.vec(cols);
+        let mut o1 = vec![0.0; rows];
+        let t1 = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
+        let xn = rng.vec(n_prefill * cols);
+        let mut on = vec![0.0; n_prefill * rows];
+        let tn = time_it(threads == 1, || matmul(&pool, &w, &xn, n_prefill, &mut on));
+        println!(
+            "{:5} {rows:5}x{cols:<5} x{count:2}: decode {:7.1} us, prefill {:7.2} ms",
+            dtype.name(),
+            t1 * 1e6,
+            tn * 1e3
+        );
+        decode += t1 * count as f64;
+        prefill += tn * count as f64;
+    }
+    let (dtype, rows, cols) = lm_head;
+    let b = random_weights(&mut rng, dtype, rows * cols);
+    bytes += b.len();
+    let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
+    let x1 = rng.vec(cols);
+    let mut o1 = vec![0.0; rows];
+    let t_head = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
+    println!("lm_head Q8_0 {rows}x{cols}: {:.2} ms", t_head * 1e3);
+    decode += t_head;
+    prefill += t_head; // logits of the last prompt token only
+    println!(
+        "decode: {:.2} ms/token ({:.1} tokens/s, {:.1} GB/s of weights); prefill {n_prefill}: {:.1} tokens/s",
+        decode * 1e3,
+        1.0 / decode,
+        bytes as f64 / decode / 1e9,
+        n_prefill as f64 / prefill
+    );
 }

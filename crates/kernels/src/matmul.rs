@@ -9,7 +9,7 @@
 
 use crate::dot::{self, act_kind, ActKind, Isa};
 use crate::pool::ThreadPool;
-use crate::quant::{quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
+use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::Tensor;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +24,7 @@ pub fn matmul(pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize, out: &mut [f32
 
 thread_local! {
     /// Quantised activations of the calling thread's last matmul, reused to avoid allocating.
-    static SCRATCH: RefCell<(Vec<BlockQ8_32>, Vec<BlockQ8K>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// [`matmul`] with an explicit kernel level (for tests and benchmarks).
@@ -43,50 +43,67 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
     let out = SendPtr(out.as_mut_ptr());
     match act_kind(dtype) {
         ActKind::F32 => {
-            drive::<_, 4>(
+            drive(
                 pool,
                 w,
                 x,
                 cols,
                 out,
-                &|wr, a| dot::dot_float_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_float_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
+                None,
             );
         }
         ActKind::Q8_32 => with_scratch(|s| {
-            let q = quantize_acts(pool, x, n, cols / 32, &mut s.0, quantize_q8_32);
-            drive::<_, 8>(
+            let nb = cols / 32;
+            let q = quantize_acts(pool, x, n, nb, &mut s.0, quantize_q8_32);
+            // Each group of 8 tokens, interleaved for the prefill tile: groups[g * nb + i]
+            s.2.clear();
+            for g in 0..n / 8 {
+                for i in 0..nb {
+                    s.2.push(interleave8(std::array::from_fn(|t| {
+                        &q[(8 * g + t) * nb + i]
+                    })));
+                }
+            }
+            let groups = &s.2;
+            drive(
                 pool,
                 w,
                 q,
                 cols / 32,
                 out,
-                &|wr, a| dot::dot_q8_32_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_q8_32_x8(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8_32_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8_32_n(isa, dtype, wr, a),
+                Some(&|wr, a, t| {
+                    dot::dot_q8_32_g8(isa, dtype, wr, &groups[t / 8 * nb..(t / 8 + 1) * nb], a)
+                }),
             );
         }),
         ActKind::Q8K => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
-            drive::<_, 4>(
+            drive(
                 pool,
                 w,
                 q,
                 cols / 256,
                 out,
-                &|wr, a| dot::dot_q8k_n(isa, dtype, wr, a),
-                &|wr, a| dot::dot_q8k_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
+                Some(&|wr, a, _| dot::dot_q8k_x8(isa, dtype, wr, a)),
             );
         }),
     }
 }
 
-type Scratch = (Vec<BlockQ8_32>, Vec<BlockQ8K>);
+/// Quantised activations (32-element and k-quant blocks) and the interleaved 8-token groups.
+type Scratch = (Vec<BlockQ8_32>, Vec<BlockQ8K>, Vec<BlockQ8x8>);
 
 fn with_scratch(f: impl FnOnce(&mut Scratch)) {
     SCRATCH.with(|s| match s.try_borrow_mut() {
         Ok(mut s) => f(&mut s),
         // Re-entered (a matmul inside a matmul's closure): use a fresh buffer.
-        Err(_) => f(&mut (Vec::new(), Vec::new())),
+        Err(_) => f(&mut (Vec::new(), Vec::new(), Vec::new())),
     })
 }
 
@@ -124,18 +141,22 @@ fn quantize_acts<'a, B: Copy + Default + Send + Sync>(
     &buf[..total]
 }
 
-type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N]) -> [f32; N] + Sync);
+/// A dot kernel: (weight row, `N` activation rows, index of the first of those tokens).
+type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N], usize) -> [f32; N] + Sync);
 
-/// Hands out chunks of rows to the pool; within a chunk, tokens go `G` at a time. `acts`
-/// holds the activation rows back to back, `per_row` items each.
-fn drive<T: Sync, const G: usize>(
+/// Hands out chunks of rows to the pool; within a chunk, tokens go 8 at a time (when there is
+/// an 8-token kernel), then 4, then one by one. `acts` holds the activation rows back to back,
+/// `per_row` items each.
+#[allow(clippy::too_many_arguments)]
+fn drive<T: Sync>(
     pool: &ThreadPool,
     w: &Tensor,
     acts: &[T],
     per_row: usize,
     out: SendPtr<f32>,
     k1: Kernel<T, 1>,
-    kg: Kernel<T, G>,
+    k4: Kernel<T, 4>,
+    k8: Option<Kernel<T, 8>>,
 ) {
     let rows = w.rows();
     let n = acts.len() / per_row;
@@ -157,24 +178,34 @@ fn drive<T: Sync, const G: usize>(
             break;
         }
         let r_range = c * chunk..((c + 1) * chunk).min(rows);
-        let mut t = 0;
-        while t + G <= n {
-            let a: [&[T]; G] = std::array::from_fn(|k| act(t + k));
-            for r in r_range.clone() {
-                let v = kg(&bytes[r * row_bytes..(r + 1) * row_bytes], a);
-                for (k, &v) in v.iter().enumerate() {
-                    // SAFETY: every (token, row) pair is computed by exactly one chunk.
-                    unsafe { *out.get().add((t + k) * rows + r) = v };
+        // Runs kernel `$k` on tokens `t..t + $n` for every row of the chunk.
+        macro_rules! tile {
+            ($k:expr, $n:literal, $t:expr) => {{
+                let t0 = $t;
+                let a: [&[T]; $n] = std::array::from_fn(|k| act(t0 + k));
+                for r in r_range.clone() {
+                    let v = $k(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t0);
+                    for (k, &v) in v.iter().enumerate() {
+                        // SAFETY: every (token, row) pair is computed by exactly one chunk.
+                        unsafe { *out.get().add((t0 + k) * rows + r) = v };
+                    }
                 }
-            }
-            t += G;
+            }};
         }
-        for t in t..n {
-            for r in r_range.clone() {
-                let [v] = k1(&bytes[r * row_bytes..(r + 1) * row_bytes], [act(t)]);
-                // SAFETY: as above.
-                unsafe { *out.get().add(t * rows + r) = v };
+        let mut t = 0;
+        if let Some(k8) = k8 {
+            while t + 8 <= n {
+                tile!(k8, 8, t);
+                t += 8;
             }
+        }
+        while t + 4 <= n {
+            tile!(k4, 4, t);
+            t += 4;
+        }
+        while t < n {
+            tile!(k1, 1, t);
+            t += 1;
         }
     };
     if rows * n * w.cols() < 32 * 1024 {

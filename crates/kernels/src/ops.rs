@@ -1,6 +1,6 @@
 //! Element-wise and row-wise operations of the forward pass.
 //!
-//! The slice operations use AVX2 when the CPU has it; [`reference`] holds the scalar versions
+//! The slice operations use AVX2 when the CPU has it; [`mod@reference`] holds the scalar versions
 //! they are tested against.
 
 #[cfg(target_arch = "x86_64")]

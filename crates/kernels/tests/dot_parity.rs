@@ -5,7 +5,7 @@ mod common;
 
 use common::{random_weights, Rng, QUANT_TYPES};
 use kiln_kernels::dot::{
-    act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8_32_x8, dot_q8k_n, ActKind, Isa,
+    act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8_32_x8, dot_q8k_n, dot_q8k_x8, ActKind, Isa,
 };
 use kiln_kernels::quant::{dequantize, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
 use kiln_kernels::DType;
@@ -175,6 +175,51 @@ fn eight_row_tile_matches_exact_dot() {
             dequantize(dtype, &w, &mut wf);
             for isa in Isa::available() {
                 let got = dot_q8_32_x8(isa, dtype, &w, a);
+                for t in 0..8 {
+                    let xf: Vec<f32> = q[t]
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+                        .collect();
+                    let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let mag: f64 = wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
+                    assert!(
+                        (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
+                        "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
+                        isa.name(),
+                        got[t]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn eight_row_kquant_tile_matches_exact_dot() {
+    let mut rng = Rng::new(17);
+    for dtype in [
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_K,
+    ] {
+        for cols in [256usize, 4864] {
+            let w = random_weights(&mut rng, dtype, cols);
+            let xs: Vec<Vec<f32>> = (0..8).map(|_| rng.vec(cols)).collect();
+            let Acts::QK(q) = make_acts(dtype, &xs) else {
+                unreachable!()
+            };
+            let a: [&[BlockQ8K]; 8] = std::array::from_fn(|t| &q[t][..]);
+            let mut wf = vec![0.0; cols];
+            dequantize(dtype, &w, &mut wf);
+            for isa in Isa::available() {
+                let got = dot_q8k_x8(isa, dtype, &w, a);
                 for t in 0..8 {
                     let xf: Vec<f32> = q[t]
                         .iter()

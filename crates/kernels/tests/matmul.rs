@@ -82,7 +82,15 @@ fn quantized_matmul_is_close_to_dequantized_matmul() {
     for dtype in types {
         let cols = if dtype.block_size() == 256 { 512 } else { 96 };
         for isa in Isa::available() {
-            for &(n, threads) in &[(1usize, 1usize), (1, 2), (3, 2), (4, 1), (9, 3)] {
+            for &(n, threads) in &[
+                (1usize, 1usize),
+                (1, 2),
+                (3, 2),
+                (4, 1),
+                (9, 3),
+                (14, 1),
+                (21, 2),
+            ] {
                 check(dtype, 37, cols, n, threads, isa, &mut rng);
             }
         }

@@ -125,3 +125,65 @@ fn simd_activation_quantisation_is_bit_identical_to_scalar() {
     quantize_q8_k(&zeros, &mut a);
     assert_eq!(a[0].d, 0.0);
 }
+
+/// Rows of real Qwen2.5 weights (Q4_K, Q6_K, Q5_0, Q8_0), dequantised by gguf-py: our
+/// dequantisation must match exactly, and matmul (every SIMD level, 1 and 9 tokens) must match
+/// the f64 product of gguf-py's values within the activation-quantisation bound.
+#[test]
+fn real_model_rows_match_gguf_py() {
+    use kiln_kernels::dot::Isa;
+    use kiln_kernels::matmul::matmul_with;
+    use kiln_kernels::{Storage, Tensor, ThreadPool};
+    for name in ["Q4_K", "Q6_K", "Q5_0", "Q8_0"] {
+        let dtype = DType::ALL.into_iter().find(|d| d.name() == name).unwrap();
+        let shape = String::from_utf8(read(&format!("real_{name}.shape")).unwrap()).unwrap();
+        let dims: Vec<usize> = shape
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let (rows, cols) = (dims[0], dims[1]);
+        let blocks = read(&format!("real_{name}.blocks")).unwrap();
+        let want = f32s(&read(&format!("real_{name}.f32")).unwrap());
+        let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(blocks)).unwrap();
+        let got = w.to_f32_vec();
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!(ulps(*g, *e) <= 1, "{name} element {i}: {g} vs gguf-py {e}");
+        }
+        let mut rng = common::Rng::new(5);
+        for n in [1usize, 9] {
+            let x = rng.vec(n * cols);
+            let bs = dtype.block_size().max(32);
+            for isa in Isa::available() {
+                let mut out = vec![0.0; n * rows];
+                matmul_with(isa, &ThreadPool::new(2), &w, &x, n, &mut out);
+                for t in 0..n {
+                    for r in 0..rows {
+                        let wr = &want[r * cols..(r + 1) * cols];
+                        let xr = &x[t * cols..(t + 1) * cols];
+                        let exact: f64 =
+                            wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        // half a quantisation step of x per element, times |w|
+                        let mut bound = 0.0f64;
+                        for (wb, xb) in wr.chunks(bs).zip(xr.chunks(bs)) {
+                            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64;
+                            bound += wb.iter().map(|v| v.abs() as f64).sum::<f64>() * amax / 254.0;
+                        }
+                        let mag: f64 = wr
+                            .iter()
+                            .zip(xr)
+                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                            .sum();
+                        bound = bound * 1.0001 + 1e-5 * mag;
+                        let g = out[t * rows + r] as f64;
+                        assert!(
+                            (g - exact).abs() <= bound,
+                            "{name} {} n={n} [{t}][{r}]: {g} vs {exact} (bound {bound})",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

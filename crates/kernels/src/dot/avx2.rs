@@ -7,14 +7,23 @@
 //! applies the block scales. Signed × signed uses the `sign` trick: |w| · (a · sign(w)).
 
 use super::scalar::LegacyKind;
-use crate::quant::{kscale_min, q3k_scales, BlockQ8K, BlockQ8_32};
+use crate::quant::{kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
 use std::arch::x86_64::*;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16(p: *const u8) -> f32 {
-    let h = (p as *const u16).read_unaligned();
+    // A zero-extending 16-bit load into a general register. Left to itself LLVM folds the load
+    // into `vpinsrw`, which merges into whatever vector register it likes and so chains every
+    // block on an unrelated accumulator (3x slower loops).
+    let h: u32;
+    std::arch::asm!(
+        "movzx {h:e}, word ptr [{p}]",
+        h = out(reg) h,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
 }
 
@@ -162,75 +171,103 @@ unsafe fn reduce8(p: &[__m256i; 8]) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
-/// Legacy types × 8 activation rows (the prefill tile): per block, the 8 integer dot products
-/// are reduced to one vector (lane = token) so the block scales cost one FMA for all 8.
+/// Legacy types × 8 interleaved activation rows (the prefill tile). Each weight dword is
+/// broadcast and multiplied with 4 elements of all 8 tokens at once, so the integer sums land
+/// with one token per lane and need no horizontal reduction. Weights are made unsigned
+/// (Q4_0 + 8, Q5_0 + 16) and the offset removed with the token sums; Q8 weights use the sign
+/// trick instead.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_legacy_x8(kind: LegacyKind, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+pub(super) unsafe fn dot_legacy_g8(kind: LegacyKind, w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
     match kind {
-        LegacyKind::Q4_0 => legacy_x8::<0>(w, a),
-        LegacyKind::Q4_1 => legacy_x8::<1>(w, a),
-        LegacyKind::Q5_0 => legacy_x8::<2>(w, a),
-        LegacyKind::Q5_1 => legacy_x8::<3>(w, a),
-        LegacyKind::Q8_0 => legacy_x8::<4>(w, a),
-        LegacyKind::Q8_1 => legacy_x8::<5>(w, a),
+        LegacyKind::Q4_0 => legacy_g8::<0>(w, g),
+        LegacyKind::Q4_1 => legacy_g8::<1>(w, g),
+        LegacyKind::Q5_0 => legacy_g8::<2>(w, g),
+        LegacyKind::Q5_1 => legacy_g8::<3>(w, g),
+        LegacyKind::Q8_0 => legacy_g8::<4>(w, g),
+        LegacyKind::Q8_1 => legacy_g8::<5>(w, g),
     }
 }
 
+/// `vpbroadcastd` straight from memory (a load-port operation). Given the dword as a value,
+/// LLVM keeps the weights in a register and broadcasts with two lane-crossing shuffles each.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn legacy_x8<const K: usize>(w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+unsafe fn bcast32(p: *const u32) -> __m256i {
+    let v: __m256i;
+    std::arch::asm!(
+        "vpbroadcastd {v}, dword ptr [{p}]",
+        v = out(ymm_reg) v,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    v
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
     let kind = LEGACY[K];
     let bb = kind.block_bytes();
     let nb = w.len() / bb;
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
-    let mut macc = _mm256_setzero_ps();
     let wp = w.as_ptr();
-    let ap: [*const BlockQ8_32; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut tmp = [0u32; 8];
     for i in 0..nb {
         let b = wp.add(i * bb);
-        let q = unpack_legacy(kind, b);
-        let mut p = [_mm256_setzero_si256(); 8];
-        if kind.has_min() {
-            for t in 0..8 {
-                let y = load((*ap[t].add(i)).qs.as_ptr() as *const u8);
-                p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+        let ab = g.get_unchecked(i);
+        let y = ab.qs.as_ptr() as *const u8;
+        // unsigned weights (offset `off` for the symmetric 4/5-bit types), or signed Q8
+        let (q, off) = match kind {
+            LegacyKind::Q4_0 => (nibbles16(b.add(2)), 8),
+            LegacyKind::Q5_0 => {
+                let qh = (b.add(2) as *const u32).read_unaligned();
+                let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+                (_mm256_or_si256(nibbles16(b.add(6)), hi), 16)
             }
+            _ => (unpack_legacy(kind, b), 0),
+        };
+        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, q);
+        let tp = tmp.as_ptr();
+        let isum = if matches!(kind, LegacyKind::Q8_0 | LegacyKind::Q8_1) {
+            let mut s = _mm256_setzero_si256();
+            for j in 0..8 {
+                let wv = bcast32(tp.add(j));
+                let p = _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(wv, wv),
+                    _mm256_sign_epi8(load(y.add(32 * j)), wv),
+                );
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+            }
+            s
         } else {
-            let ax = _mm256_sign_epi8(q, q);
-            for t in 0..8 {
-                let y = load((*ap[t].add(i)).qs.as_ptr() as *const u8);
-                p[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, q)), ones);
+            // |q| <= 31, |a| <= 127: four maddubs results fit in i16 (4 · 2 · 31 · 127 < 2^15)
+            let mut h = [_mm256_setzero_si256(); 2];
+            for j in 0..8 {
+                let wv = bcast32(tp.add(j));
+                h[j / 4] =
+                    _mm256_add_epi16(h[j / 4], _mm256_maddubs_epi16(wv, load(y.add(32 * j))));
             }
-        }
-        let sums = _mm256_cvtepi32_ps(reduce8(&p));
-        let blk = |t: usize| &*ap[t].add(i);
-        let da = _mm256_setr_ps(
-            blk(0).d,
-            blk(1).d,
-            blk(2).d,
-            blk(3).d,
-            blk(4).d,
-            blk(5).d,
-            blk(6).d,
-            blk(7).d,
+            let mut s =
+                _mm256_add_epi32(_mm256_madd_epi16(h[0], ones), _mm256_madd_epi16(h[1], ones));
+            if off != 0 {
+                let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+                s = _mm256_sub_epi32(s, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
+            }
+            s
+        };
+        let da = _mm256_load_ps(ab.d.as_ptr());
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(isum),
+            _mm256_mul_ps(_mm256_set1_ps(f16(b)), da),
+            acc,
         );
-        acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(_mm256_set1_ps(f16(b)), da), acc);
         if kind.has_min() {
-            let sa = _mm256_setr_ps(
-                blk(0).s,
-                blk(1).s,
-                blk(2).s,
-                blk(3).s,
-                blk(4).s,
-                blk(5).s,
-                blk(6).s,
-                blk(7).s,
-            );
-            macc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, macc);
+            let sa = _mm256_load_ps(ab.s.as_ptr());
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, acc);
         }
     }
     let mut out = [0.0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc, macc));
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
     out
 }
 
@@ -519,6 +556,140 @@ pub(super) unsafe fn dot_q8_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
     for t in 0..N {
         out[t] = hsum(acc[t]);
     }
+    out
+}
+
+/// The activation scales of block `i` of 8 rows, one lane each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales8(ap: &[*const BlockQ8K; 8], i: usize) -> __m256 {
+    let d = |t: usize| (*ap[t].add(i)).d;
+    _mm256_setr_ps(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+}
+
+/// k-quants × 8 activation rows (the prefill tile): integer sums per row are reduced to one
+/// vector (lane = token) per super-block, so the float work is shared by all 8 tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q45_k_x8<const FIVE: bool>(w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let bb = if FIVE { 176 } else { 144 };
+    let nb = w.len() / bb;
+    let m4 = _mm256_set1_epi8(0xF);
+    let ap: [*const BlockQ8K; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * bb);
+        let d = f16(b);
+        let dmin = f16(b.add(2));
+        let (sc, mn) = kscale_min(std::slice::from_raw_parts(b.add(4), 12));
+        let mins = mins_x2(&mn);
+        let qs = b.add(if FIVE { 48 } else { 16 });
+        let qh = if FIVE {
+            load(b.add(16))
+        } else {
+            _mm256_setzero_si256()
+        };
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            let q = load(qs.add(32 * j));
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if FIVE {
+                let bit = _mm256_set1_epi8(1);
+                let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32));
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, bit), 4));
+                hi = _mm256_or_si256(
+                    hi,
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), bit), 4),
+                );
+            }
+            let s1 = _mm256_set1_epi16(sc[2 * j] as i16);
+            let s2 = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+            for t in 0..8 {
+                let y = (*ap[t].add(i)).qs.as_ptr().add(64 * j) as *const u8;
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(y)), s1);
+                let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(y.add(32))), s2);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p1, p2));
+            }
+        }
+        let mut msum = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            msum[t] = _mm256_madd_epi16(mins, load((*ap[t].add(i)).bsums.as_ptr() as *const u8));
+        }
+        let da = scales8(&ap, i);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&isum)),
+            _mm256_mul_ps(_mm256_set1_ps(d), da),
+            acc,
+        );
+        acc = _mm256_fnmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&msum)),
+            _mm256_mul_ps(_mm256_set1_ps(dmin), da),
+            acc,
+        );
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q6_k_x8(w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let nb = w.len() / 210;
+    let m4 = _mm256_set1_epi8(0xF);
+    let m3 = _mm256_set1_epi8(3);
+    let ap: [*const BlockQ8K; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 210);
+        let d = f16(b.add(208));
+        let sc = b.add(192) as *const i8;
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            let bs = load((*ap[t].add(i)).bsums.as_ptr() as *const u8);
+            isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+        }
+        for h in 0..2 {
+            let ql0 = load(b.add(64 * h));
+            let ql1 = load(b.add(64 * h + 32));
+            let qh = load(b.add(128 + 32 * h));
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), q6_high(qh, 0, m3)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), q6_high(qh, 2, m3)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    q6_high(qh, 4, m3),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    q6_high(qh, 6, m3),
+                ),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let scv = pair_scale(
+                    *sc.add(8 * h + 2 * k) as i16,
+                    *sc.add(8 * h + 2 * k + 1) as i16,
+                );
+                for t in 0..8 {
+                    let y = (*ap[t].add(i)).qs.as_ptr().add(128 * h + 32 * k) as *const u8;
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(qk, load(y)), scv),
+                    );
+                }
+            }
+        }
+        let da = scales8(&ap, i);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&isum)),
+            _mm256_mul_ps(_mm256_set1_ps(d), da),
+            acc,
+        );
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
     out
 }
 

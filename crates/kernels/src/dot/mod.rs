@@ -1,7 +1,7 @@
 //! Dot products of one weight row (raw ggml blocks) with one or several activation rows.
 //!
 //! Activations are quantised once per matmul (see [`crate::quant::act`]); each weight type then
-//! has a portable scalar reference ([`scalar`]) and SIMD paths chosen at run time from the CPU's
+//! has a portable scalar reference (`scalar.rs`) and SIMD paths chosen at run time from the CPU's
 //! features ([`Isa`]). The `_n` entry points take `N` activation rows at once so that a weight
 //! block is loaded and unpacked once for all of them (the prefill tile).
 
@@ -11,7 +11,7 @@ mod avx2;
 mod neon;
 pub(crate) mod scalar;
 
-use crate::quant::{BlockQ8K, BlockQ8_32};
+use crate::quant::{interleave8, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
 use scalar::LegacyKind;
 use std::sync::OnceLock;
@@ -23,8 +23,10 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// aarch64 NEON (+ dotprod when present).
+    /// aarch64 NEON (widening multiplies).
     Neon,
+    /// aarch64 NEON with the dotprod extension (`sdot`).
+    NeonDot,
 }
 
 impl Isa {
@@ -33,6 +35,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Neon => "neon",
+            Isa::NeonDot => "neon+dotprod",
         }
     }
 
@@ -48,6 +51,11 @@ impl Isa {
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -55,7 +63,7 @@ impl Isa {
 
     /// Every level this CPU can run, best last.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Neon]
+        [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::NeonDot]
             .into_iter()
             .filter(|i| i.is_available())
             .collect()
@@ -187,20 +195,49 @@ pub fn dot_q8_32_n<const N: usize>(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_n(kind, w, a) },
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon if isa.is_available() => unsafe { neon::dot_legacy_n(kind, w, a) },
+        Isa::Neon if isa.is_available() => unsafe { neon::dot_legacy_n::<false, N>(kind, w, a) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot if isa.is_available() => unsafe { neon::dot_legacy_n::<true, N>(kind, w, a) },
         _ => std::array::from_fn(|t| scalar::dot_legacy(kind, w, a[t])),
     }
 }
 
-/// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile
-/// (on AVX2 the 8 per-block integer sums are scaled with one vector FMA).
+/// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile.
+/// Convenience form that interleaves `a` itself; `matmul` interleaves once per token group and
+/// calls [`dot_q8_32_g8`].
 pub fn dot_q8_32_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+    let nb = a[0].len();
+    assert!(
+        a.iter().all(|r| r.len() == nb),
+        "dot_q8_32_x8: activation rows differ in length"
+    );
+    let g: Vec<BlockQ8x8> = (0..nb)
+        .map(|i| interleave8(std::array::from_fn(|t| &a[t][i])))
+        .collect();
+    dot_q8_32_g8(isa, dtype, w, &g, a)
+}
+
+/// [`dot_q8_32_x8`] with the 8 rows already interleaved (`g[i] == interleave8(a[..][i])`);
+/// `a` (the same rows, plain) serves the levels without a group kernel.
+pub fn dot_q8_32_g8(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    g: &[BlockQ8x8],
+    a: [&[BlockQ8_32]; 8],
+) -> [f32; 8] {
     let kind = legacy_kind(dtype)
         .unwrap_or_else(|| panic!("dot_q8_32_x8: {dtype} is not a 32-element quant type"));
-    check(dtype, w, a.iter().map(|r| r.len()), 32);
+    let nb = check(dtype, w, a.iter().map(|r| r.len()), 32);
+    assert_eq!(
+        g.len(),
+        nb,
+        "dot_q8_32_g8: {} interleaved blocks for {nb} weight blocks",
+        g.len()
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_x8(kind, w, a) },
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_g8(kind, w, g) },
         _ => {
             let _ = kind;
             dot_q8_32_n(isa, dtype, w, a)
@@ -235,9 +272,21 @@ pub fn dot_q8k_n<const N: usize>(
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, DType::Q6_K) if isa.is_available() => return unsafe { avx2::dot_q6_k_n(w, a) },
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, DType::Q4_K) if isa.is_available() => return unsafe { neon::dot_q4_k_n(w, a) },
+        (Isa::Neon, DType::Q4_K) if isa.is_available() => {
+            return unsafe { neon::dot_q4_k_n::<false, N>(w, a) }
+        }
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, DType::Q6_K) if isa.is_available() => return unsafe { neon::dot_q6_k_n(w, a) },
+        (Isa::NeonDot, DType::Q4_K) if isa.is_available() => {
+            return unsafe { neon::dot_q4_k_n::<true, N>(w, a) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, DType::Q6_K) if isa.is_available() => {
+            return unsafe { neon::dot_q6_k_n::<false, N>(w, a) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::NeonDot, DType::Q6_K) if isa.is_available() => {
+            return unsafe { neon::dot_q6_k_n::<true, N>(w, a) }
+        }
         _ => {}
     }
     let f = match dtype {
@@ -249,6 +298,35 @@ pub fn dot_q8k_n<const N: usize>(
         _ => scalar::dot_q8_k,
     };
     std::array::from_fn(|t| f(w, a[t]))
+}
+
+/// `out[t] = w · a[t]` for 8 activation rows of a k-quant type: the prefill tile (on AVX2,
+/// Q4_K / Q5_K / Q6_K share each super-block's float work across the 8 tokens).
+pub fn dot_q8k_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    assert_eq!(
+        act_kind(dtype),
+        ActKind::Q8K,
+        "dot_q8k_x8: {dtype} is not a k-quant"
+    );
+    check(dtype, w, a.iter().map(|r| r.len()), 256);
+    match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_K) if isa.is_available() => unsafe {
+            avx2::dot_q45_k_x8::<false>(w, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_K) if isa.is_available() => unsafe {
+            avx2::dot_q45_k_x8::<true>(w, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q6_K) if isa.is_available() => unsafe { avx2::dot_q6_k_x8(w, a) },
+        _ => {
+            let [a0, a1, a2, a3, a4, a5, a6, a7] = a;
+            let lo = dot_q8k_n(isa, dtype, w, [a0, a1, a2, a3]);
+            let hi = dot_q8k_n(isa, dtype, w, [a4, a5, a6, a7]);
+            std::array::from_fn(|t| if t < 4 { lo[t] } else { hi[t - 4] })
+        }
+    }
 }
 
 /// `out[t] = w · x[t]` for a row of plain floats (`F32`, `F16`, `BF16` bytes).

@@ -1,5 +1,6 @@
-//! aarch64 NEON kernels (baseline NEON only: widening multiplies, no dotprod, so they build on
-//! stable Rust and run on every aarch64 CPU). Kept deliberately simple: weights are unpacked to
+//! aarch64 NEON kernels: widening multiplies on every aarch64 CPU, `sdot` (inline assembly,
+//! as the dotprod intrinsics are not stable Rust) where the dotprod extension is present.
+//! Tested under qemu-aarch64 (see the crate docs). Kept deliberately simple: weights are unpacked to
 //! signed bytes, multiplied 16 at a time with `vmull_s8`, and the integer sums are scaled in
 //! scalar code exactly as in the scalar reference. Callers guarantee activation lengths.
 
@@ -7,10 +8,24 @@ use super::scalar::LegacyKind;
 use crate::quant::{f16_at, kscale_min, BlockQ8K, BlockQ8_32};
 use std::arch::aarch64::*;
 
-/// Σ a_i·b_i over 16 signed bytes, as four i32 partial sums.
+/// Σ a_i·b_i over 16 signed bytes, as four i32 partial sums: one `sdot` when `DOT` (the
+/// caller checked the dotprod extension), else widening multiplies.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn dot16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+unsafe fn dot16<const DOT: bool>(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    if DOT {
+        let mut r = vdupq_n_s32(0);
+        // Inline assembly: the dotprod intrinsics are not stable Rust yet.
+        std::arch::asm!(
+            ".arch_extension dotprod",
+            "sdot {r:v}.4s, {a:v}.16b, {b:v}.16b",
+            r = inout(vreg) r,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        return r;
+    }
     let lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     let hi = vmull_high_s8(a, b);
     vaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi))
@@ -18,10 +33,10 @@ unsafe fn dot16(a: int8x16_t, b: int8x16_t) -> int32x4_t {
 
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn dot32(q: &[int8x16_t; 2], y: *const i8) -> i32 {
+unsafe fn dot32<const DOT: bool>(q: &[int8x16_t; 2], y: *const i8) -> i32 {
     vaddvq_s32(vaddq_s32(
-        dot16(q[0], vld1q_s8(y)),
-        dot16(q[1], vld1q_s8(y.add(16))),
+        dot16::<DOT>(q[0], vld1q_s8(y)),
+        dot16::<DOT>(q[1], vld1q_s8(y.add(16))),
     ))
 }
 
@@ -67,7 +82,7 @@ unsafe fn unpack_legacy(kind: LegacyKind, b: &[u8]) -> [int8x16_t; 2] {
 }
 
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn dot_legacy_n<const N: usize>(
+pub(super) unsafe fn dot_legacy_n<const DOT: bool, const N: usize>(
     kind: LegacyKind,
     w: &[u8],
     a: [&[BlockQ8_32]; N],
@@ -78,7 +93,7 @@ pub(super) unsafe fn dot_legacy_n<const N: usize>(
         let q = unpack_legacy(kind, b);
         for t in 0..N {
             let ab = a[t].get_unchecked(i);
-            let isum = dot32(&q, ab.qs.as_ptr());
+            let isum = dot32::<DOT>(&q, ab.qs.as_ptr());
             out[t] += d * ab.d * isum as f32;
             if kind.has_min() {
                 out[t] += f16_at(b, 2) * ab.s;
@@ -89,7 +104,10 @@ pub(super) unsafe fn dot_legacy_n<const N: usize>(
 }
 
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn dot_q4_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+pub(super) unsafe fn dot_q4_k_n<const DOT: bool, const N: usize>(
+    w: &[u8],
+    a: [&[BlockQ8K]; N],
+) -> [f32; N] {
     let mut out = [0.0f32; N];
     let m4 = vdupq_n_u8(0xF);
     for (i, b) in w.chunks_exact(144).enumerate() {
@@ -109,8 +127,8 @@ pub(super) unsafe fn dot_q4_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
             ];
             for t in 0..N {
                 let y = a[t].get_unchecked(i).qs.as_ptr().add(64 * j);
-                isum[t] +=
-                    sc[2 * j] as i32 * dot32(&lo, y) + sc[2 * j + 1] as i32 * dot32(&hi, y.add(32));
+                isum[t] += sc[2 * j] as i32 * dot32::<DOT>(&lo, y)
+                    + sc[2 * j + 1] as i32 * dot32::<DOT>(&hi, y.add(32));
             }
         }
         for t in 0..N {
@@ -126,7 +144,10 @@ pub(super) unsafe fn dot_q4_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
 }
 
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+pub(super) unsafe fn dot_q6_k_n<const DOT: bool, const N: usize>(
+    w: &[u8],
+    a: [&[BlockQ8K]; N],
+) -> [f32; N] {
     let mut out = [0.0f32; N];
     let m4 = vdupq_n_u8(0xF);
     let m3 = vdupq_n_u8(3);
@@ -159,8 +180,8 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
                 let s1 = b[192 + 8 * h + 2 * k + 1] as i8 as i32;
                 for t in 0..N {
                     let y = a[t].get_unchecked(i).qs.as_ptr().add(128 * h + 32 * k);
-                    isum[t] += s0 * vaddvq_s32(dot16(q[0], vld1q_s8(y)))
-                        + s1 * vaddvq_s32(dot16(q[1], vld1q_s8(y.add(16))));
+                    isum[t] += s0 * vaddvq_s32(dot16::<DOT>(q[0], vld1q_s8(y)))
+                        + s1 * vaddvq_s32(dot16::<DOT>(q[1], vld1q_s8(y.add(16))));
                 }
             }
         }

@@ -114,3 +114,43 @@ pub fn quantize_q8_k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
         o.d = 1.0 / iscale;
     }
 }
+
+/// Block `i` of 8 activation rows, interleaved for the prefill tile: `qs[32j + 4t + u]` is
+/// element `4j + u` of token `t`, so one 32-byte load holds 4 elements of all 8 tokens and a
+/// broadcast weight dword multiplies them without any horizontal reduction. `sum[t]` is
+/// `Σ qs` of token `t` (for the unsigned-weight offset correction).
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ8x8 {
+    pub qs: [i8; 256],
+    pub d: [f32; 8],
+    pub s: [f32; 8],
+    pub sum: [i32; 8],
+}
+
+impl Default for BlockQ8x8 {
+    fn default() -> Self {
+        BlockQ8x8 {
+            qs: [0; 256],
+            d: [0.0; 8],
+            s: [0.0; 8],
+            sum: [0; 8],
+        }
+    }
+}
+
+/// Interleaves block `i` of 8 quantised rows (see [`BlockQ8x8`]).
+pub fn interleave8(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
+    let mut o = BlockQ8x8::default();
+    for (t, b) in a.iter().enumerate() {
+        for j in 0..8 {
+            for u in 0..4 {
+                o.qs[32 * j + 4 * t + u] = b.qs[4 * j + u];
+            }
+        }
+        o.d[t] = b.d;
+        o.s[t] = b.s;
+        o.sum[t] = b.qs.iter().map(|&v| v as i32).sum();
+    }
+    o
+}

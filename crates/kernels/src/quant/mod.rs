@@ -8,7 +8,7 @@ mod legacy;
 
 use crate::DType;
 
-pub use act::{quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
+pub use act::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
 
 /// Expands `src`, a whole number of `dtype` blocks, into `out` (one f32 per element).
 ///

@@ -89,3 +89,25 @@ q = rng.integers(-127, 128, (N_BLOCKS, 256)).astype(np.int8)
 bs = q.astype(np.int16).reshape(N_BLOCKS, 16, 16).sum(axis=2).astype("<i2")
 b = np.concatenate([d.view(np.uint8).reshape(N_BLOCKS, 4), q.view(np.uint8), bs.view(np.uint8).reshape(N_BLOCKS, 32)], axis=1)
 write("Q8_K", b.reshape(-1), (d[:, None] * q.astype(np.float32)).reshape(-1))
+
+# Real weight rows (first 2 rows of one tensor per type the test models use), if the model is
+# present: python3 gen_quant_vectors.py [path/to/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf]
+import sys
+from gguf import GGUFReader
+
+model = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser(
+    "~/.cache/kiln/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+if os.path.exists(model):
+    reader = GGUFReader(model)
+    wanted = {"blk.0.ffn_down.weight": "Q6_K", "blk.11.ffn_down.weight": "Q4_K",
+              "blk.0.ffn_gate.weight": "Q5_0", "blk.0.attn_v.weight": "Q8_0"}
+    for t in reader.tensors:
+        if t.name in wanted:
+            assert t.tensor_type.name == wanted[t.name], (t.name, t.tensor_type.name)
+            rows = np.ascontiguousarray(t.data[:2])  # (2, row bytes)
+            y = quants.dequantize(rows, t.tensor_type)
+            with open(os.path.join(OUT, f"real_{t.tensor_type.name}.shape"), "w") as f:
+                f.write(f"{t.name} 2 {y.shape[-1]}\n")
+            write(f"real_{t.tensor_type.name}", rows.reshape(-1), y.reshape(-1))
+else:
+    print(f"{model} not found: real-row vectors not regenerated")

@@ -1,5 +1,6 @@
 //! Backpropagation against finite differences, and the batched trainer against network.py's
 //! one-example-at-a-time update.
+#![allow(clippy::needless_range_loop)]
 use kiln_nn::{Cost, Dataset, Init, Network, Rng};
 
 /// Σ over the examples of the cost, straight from `feedforward` (no backprop involved).

@@ -1,5 +1,7 @@
 use clap::{Parser, Subcommand};
 
+mod nn_cmd;
+
 /// kiln: run Llama-family language models anywhere.
 #[derive(Parser)]
 #[command(name = "kiln", version, about)]
@@ -9,9 +11,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Nielsen's MNIST network: train, eval, predict
+    Nn(nn_cmd::NnArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Nn(a) => nn_cmd::run(a),
+    }
 }

@@ -147,7 +147,7 @@ fn data_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn pick<'a, T>(d: &'a mnist::Mnist<T>, set: SetArg) -> &'a kiln_nn::Dataset<T> {
+fn pick<T>(d: &mnist::Mnist<T>, set: SetArg) -> &kiln_nn::Dataset<T> {
     match set {
         SetArg::Training => &d.training,
         SetArg::Validation => &d.validation,

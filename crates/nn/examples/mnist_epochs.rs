@@ -3,7 +3,12 @@
 use kiln_nn::{mnist, Event, Float, Network, SgdConfig};
 
 fn run<T: Float>(epochs: usize, seed: u64) -> Result<(), kiln_nn::NnError> {
-    let data = mnist::load_nielsen::<T>(&mnist::default_dir()?)?;
+    let mut data = mnist::load_nielsen::<T>(&mnist::default_dir()?)?;
+    if std::env::var_os("FLOAT_ROWS").is_some() {
+        // train from the float rows instead of the byte copy
+        let t = &data.training;
+        data.training = kiln_nn::Dataset::new(t.dim(), t.inputs().to_vec(), t.labels().to_vec())?;
+    }
     let mut net = Network::<T>::with_options(
         &[784, 30, 10],
         kiln_nn::Init::Large,
@@ -18,11 +23,12 @@ fn run<T: Float>(epochs: usize, seed: u64) -> Result<(), kiln_nn::NnError> {
         |e| {
             if let Event::Epoch(r) = e {
                 println!(
-                    "Epoch {}: {} / {}  train {:.3}s eval {:.3}s",
+                    "Epoch {}: {} / {}  train {:.3}s (cpu {:.3}s) eval {:.3}s",
                     r.epoch,
                     r.evaluation_accuracy.unwrap_or(0),
                     r.n_evaluation,
                     r.train_seconds,
+                    r.train_cpu_seconds.unwrap_or(f64::NAN),
                     r.eval_seconds
                 );
             }

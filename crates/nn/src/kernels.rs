@@ -526,6 +526,8 @@ pub trait Float:
     }
     /// The logistic function `1 / (1 + e^-z)`.
     fn sigmoid(self) -> Self;
+    /// `b / 256` (exact), the pixel scaling of Nielsen's MNIST.
+    fn from_byte(b: u8) -> Self;
 
     /// Forward product, see the module docs:
     /// `out[i*n + j] = bias[j] + Σ_t w[j*k + t] * x[offs[i] + t]`.
@@ -624,6 +626,10 @@ macro_rules! float_impl {
             #[inline(always)]
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            #[inline(always)]
+            fn from_byte(b: u8) -> Self {
+                b as $t * (1.0 / 256.0)
             }
             #[inline(always)]
             fn sigmoid(self) -> Self {

@@ -129,8 +129,7 @@ pub fn load_pair<T: Float>(images: &Path, labels: &Path) -> Result<Dataset<T>, N
         });
     }
     let dim = idims[1..].iter().product();
-    let inputs = pix.iter().map(|&b| T::from_f64(b as f64 / 256.0)).collect();
-    Dataset::new(dim, inputs, lab)
+    Dataset::from_bytes(dim, pix, lab)
 }
 
 /// Loads MNIST from `dir` with Nielsen's split.

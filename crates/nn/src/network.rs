@@ -144,6 +144,9 @@ pub struct EpochReport {
     pub epoch: usize,
     /// Seconds spent in the SGD updates of this epoch (monitoring not included).
     pub train_seconds: f64,
+    /// CPU seconds of the training thread in the SGD updates (what the epoch costs on an idle
+    /// core even when the machine is busy); `None` where the platform cannot tell.
+    pub train_cpu_seconds: Option<f64>,
     /// Seconds spent measuring accuracy and cost after the epoch.
     pub eval_seconds: f64,
     pub n_training: usize,
@@ -494,9 +497,25 @@ impl<T: Float> Network<T> {
         let m = idx.len();
         let nl = self.weights.len();
         let dim = self.sizes[0];
-        for (o, &i) in ws.offs0.iter_mut().zip(idx) {
-            *o = i * dim;
-        }
+        // Inputs stored as bytes (MNIST) are widened into a contiguous staging buffer: a quarter
+        // of the memory traffic of reading scattered float rows, and cache-friendly rows after.
+        let staged = if let Some(bytes) = data.bytes() {
+            for (i, &ex) in idx.iter().enumerate() {
+                let src = &bytes[ex * dim..(ex + 1) * dim];
+                let dst = &mut ws.stage[i * dim..(i + 1) * dim];
+                for (d, &b) in dst.iter_mut().zip(src) {
+                    *d = T::from_byte(b);
+                }
+                ws.offs0[i] = i * dim;
+            }
+            true
+        } else {
+            for (o, &i) in ws.offs0.iter_mut().zip(idx) {
+                *o = i * dim;
+            }
+            false
+        };
+        let input0: &[T] = if staged { &ws.stage } else { data.inputs() };
         let kind = self.kernel;
         // forward
         for l in 0..nl {
@@ -504,7 +523,7 @@ impl<T: Float> Network<T> {
             let (before, after) = ws.acts.split_at_mut(l);
             let out = &mut after[0][..m * n];
             let (x, offs): (&[T], &[usize]) = if l == 0 {
-                (data.inputs(), &ws.offs0[..m])
+                (input0, &ws.offs0[..m])
             } else {
                 (&before[l - 1], &ws.offs[l - 1][..m])
             };
@@ -550,7 +569,10 @@ impl<T: Float> Network<T> {
         }
         // the next mini-batch's input rows are scattered in memory: start loading them now
         for &i in next {
-            crate::kernels::prefetch_rows(data.inputs(), &[i * dim], dim);
+            match data.bytes() {
+                Some(b) => crate::kernels::prefetch_rows(b, &[i * dim], dim),
+                None => crate::kernels::prefetch_rows(data.inputs(), &[i * dim], dim),
+            }
         }
         // update: b -= (eta/m) Σ delta; w = decay w − (eta/m) Σ delta aᵀ
         let scale = -eta / T::from_f64(m as f64);
@@ -568,7 +590,7 @@ impl<T: Float> Network<T> {
                 self.biases[l][j] += s;
             }
             let (x, offs): (&[T], &[usize]) = if l == 0 {
-                (data.inputs(), &ws.offs0[..m])
+                (input0, &ws.offs0[..m])
             } else {
                 (&ws.acts[l - 1], &ws.offs[l - 1][..m])
             };
@@ -635,6 +657,7 @@ impl<T: Float> Network<T> {
         let mut since_best = 0usize;
         for epoch in 0..config.epochs {
             let t0 = Instant::now();
+            let c0 = thread_cpu_seconds();
             self.rng.shuffle(&mut order);
             for (b, batch) in order.chunks(mbs).enumerate() {
                 let next = order.get((b + 1) * mbs..).unwrap_or(&[]);
@@ -649,10 +672,15 @@ impl<T: Float> Network<T> {
                 }
             }
             let train_seconds = t0.elapsed().as_secs_f64();
+            let train_cpu_seconds = match (c0, thread_cpu_seconds()) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
             let t1 = Instant::now();
             let mut er = EpochReport {
                 epoch,
                 train_seconds,
+                train_cpu_seconds,
                 n_training: n,
                 ..Default::default()
             };
@@ -812,6 +840,24 @@ pub fn argmax<T: Float>(v: &[T]) -> usize {
     best
 }
 
+/// CPU time consumed by the calling thread, in seconds.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        (rc == 0).then(|| ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -826,6 +872,8 @@ struct Workspace<T> {
     acts: Vec<Vec<T>>,
     deltas: Vec<Vec<T>>,
     coef: Vec<T>,
+    /// The mini-batch's input rows widened from bytes (`m × sizes[0]`).
+    stage: Vec<T>,
 }
 
 impl<T: Float> Workspace<T> {
@@ -840,6 +888,7 @@ impl<T: Float> Workspace<T> {
             acts: layers.iter().map(|&n| vec![T::zero(); m * n]).collect(),
             deltas: layers.iter().map(|&n| vec![T::zero(); m * n]).collect(),
             coef: vec![T::zero(); m * layers.iter().copied().max().unwrap_or(1)],
+            stage: vec![T::zero(); m * sizes[0]],
         }
     }
 }

@@ -219,8 +219,12 @@ fn train<T: Float>(a: &TrainArgs) -> Result<()> {
         }
         Event::Epoch(r) => {
             bar.suspend(|| {
+                let cpu = r
+                    .train_cpu_seconds
+                    .map(|c| format!(", cpu {c:.3} s"))
+                    .unwrap_or_default();
                 println!(
-                    "Epoch {}: {} / {}  ({:.3} s)",
+                    "Epoch {}: {} / {}  ({:.3} s{cpu})",
                     r.epoch,
                     r.evaluation_accuracy.unwrap_or(0),
                     r.n_evaluation,
@@ -267,9 +271,22 @@ fn summarize(r: &TrainReport, n_eval: usize) {
     let secs: Vec<f64> = r.epochs.iter().map(|e| e.train_seconds).collect();
     let mean = secs.iter().sum::<f64>() / secs.len() as f64;
     let min = secs.iter().cloned().fold(f64::MAX, f64::min);
+    let cpu: Vec<f64> = r
+        .epochs
+        .iter()
+        .filter_map(|e| e.train_cpu_seconds)
+        .collect();
+    let cpu = if cpu.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", cpu {:.3} s/epoch",
+            cpu.iter().sum::<f64>() / cpu.len() as f64
+        )
+    };
     let best = r.best_accuracy().unwrap_or(0);
     println!(
-        "best {} / {} ({:.2}%), {:.3} s/epoch (fastest {:.3} s)",
+        "best {} / {} ({:.2}%), {:.3} s/epoch (fastest {:.3} s){cpu}",
         best,
         n_eval,
         100.0 * best as f64 / n_eval.max(1) as f64,

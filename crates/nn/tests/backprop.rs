@@ -240,3 +240,27 @@ fn early_stopping_stops_when_accuracy_stalls() {
     assert_eq!(r.epochs.len(), 4);
     assert!(r.stopped_early);
 }
+
+#[test]
+fn byte_inputs_train_exactly_like_float_inputs() {
+    let mut rng = Rng::new(12);
+    let (n, dim) = (95, 33);
+    let bytes: Vec<u8> = (0..n * dim).map(|_| rng.below(256) as u8).collect();
+    let labels: Vec<u8> = (0..n).map(|_| rng.below(4) as u8).collect();
+    let with_bytes = Dataset::<f32>::from_bytes(dim, bytes.clone(), labels.clone()).unwrap();
+    let floats: Vec<f32> = bytes.iter().map(|&b| b as f32 / 256.0).collect();
+    assert_eq!(with_bytes.inputs(), &floats[..]);
+    let plain = Dataset::new(dim, floats, labels).unwrap();
+    assert!(plain.bytes().is_none() && with_bytes.bytes().is_some());
+    let mut a =
+        Network::<f32>::with_options(&[dim, 7, 4], Init::Scaled, Cost::CrossEntropy, 6).unwrap();
+    let mut b = a.clone();
+    a.sgd(&with_bytes, 2, 10, 0.5, None).unwrap();
+    b.sgd(&plain, 2, 10, 0.5, None).unwrap();
+    assert_eq!(a.weights(), b.weights());
+    assert_eq!(a.biases(), b.biases());
+    assert_eq!(
+        with_bytes.slice(10, 20).bytes().unwrap(),
+        &bytes[10 * dim..20 * dim]
+    );
+}

@@ -10,7 +10,7 @@ images train, t10k tests; pixels byte/256), shaped like his load_data_wrapper.
 
 usage: network_numpy.py [--data DIR] [--epochs 30] [--batch-size 10] [--eta 3.0]
                         [--layers 784,30,10] [--seed 0] [--train-limit N]
-prints network.py's line per epoch plus the seconds of the training part.
+prints network.py's line per epoch plus the wall and CPU seconds of the training part.
 """
 import argparse
 import gzip
@@ -40,16 +40,18 @@ class Network(object):
         n = len(training_data)
         for j in range(epochs):
             t0 = time.perf_counter()
+            c0 = time.process_time()
             random.shuffle(training_data)
             mini_batches = [training_data[k:k + mini_batch_size] for k in range(0, n, mini_batch_size)]
             for mini_batch in mini_batches:
                 self.update_mini_batch(mini_batch, eta)
             secs = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             if test_data:
-                print("Epoch {0}: {1} / {2}  ({3:.3f} s)".format(j, self.evaluate(test_data), n_test, secs),
-                      flush=True)
+                print("Epoch {0}: {1} / {2}  ({3:.3f} s, cpu {4:.3f} s)".format(
+                    j, self.evaluate(test_data), n_test, secs, cpu), flush=True)
             else:
-                print("Epoch {0} complete  ({1:.3f} s)".format(j, secs), flush=True)
+                print("Epoch {0} complete  ({1:.3f} s, cpu {2:.3f} s)".format(j, secs, cpu), flush=True)
 
     def update_mini_batch(self, mini_batch, eta):
         nabla_b = [np.zeros(b.shape) for b in self.biases]

@@ -471,6 +471,93 @@ unsafe fn update_generic<S: Simd>(
     }
 }
 
+/// The fused step of a layer: the weight update of the current mini-batch
+/// (`w = decay*w + Σ_i coef[j*mu + i] * xu[offs_u[i] + t]`) followed by the forward product of
+/// the next mini-batch with the updated weights (`out[i*n + j] = bias[j] + Σ_t w[j*k + t] *
+/// xf[offs_f[i] + t]`), tile by tile so that each tile of `w` is loaded from L2 once for both.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn fused_generic<S: Simd>(
+    w: &mut [S::E],
+    n: usize,
+    k: usize,
+    decay: S::E,
+    coef: &[S::E],
+    xu: &[S::E],
+    offs_u: &[usize],
+    bias: &[S::E],
+    xf: &[S::E],
+    offs_f: &[usize],
+    out: &mut [S::E],
+) where
+    S::E: std::ops::Add<Output = S::E>,
+{
+    let mu = offs_u.len();
+    let mf = offs_f.len();
+    let xb = xu.as_ptr();
+    let mut ptrs = [xb; UPD_MAX_ROWS];
+    for (p, &o) in ptrs.iter_mut().zip(offs_u) {
+        *p = xb.add(o);
+    }
+    let xp = &ptrs[..mu];
+    let (wp, cp, fp) = (w.as_mut_ptr(), coef.as_ptr(), xf.as_ptr());
+    let kv = k - k % S::LANES;
+    let kt = tile_len::<S>();
+    let dv = S::splat(decay);
+    let need = (mf * n * S::LANES * std::mem::size_of::<S::E>()).div_ceil(8);
+    // See nt_generic: the per-thread buffer is not resized while `part` is in use.
+    let part = PARTIALS.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        buf.as_mut_ptr() as *mut S::E
+    });
+    if kv == 0 {
+        for v in 0..mf * n {
+            S::store(part.add(v * S::LANES), S::zero());
+        }
+    }
+    let mut t0 = 0;
+    while t0 < kv {
+        let t1 = (t0 + kt).min(kv);
+        let first = t0 == 0;
+        let mut j = 0;
+        while j + 3 <= n {
+            let wj = wp.add(j * k);
+            upd_rows::<S, 3>(wj, k, dv, cp.add(j * mu), mu, xp, t0, t1);
+            nt_rows::<S, 3>(wj, k, fp, offs_f, t0, t1, part.add(j * S::LANES), n, first);
+            j += 3;
+        }
+        while j < n {
+            let wj = wp.add(j * k);
+            upd_rows::<S, 1>(wj, k, dv, cp.add(j * mu), mu, xp, t0, t1);
+            nt_rows::<S, 1>(wj, k, fp, offs_f, t0, t1, part.add(j * S::LANES), n, first);
+            j += 1;
+        }
+        t0 = t1;
+    }
+    for j in 0..n {
+        for t in kv..k {
+            let p = wp.add(j * k + t);
+            let mut s = S::e_mul(decay, *p);
+            for (i, x) in xp.iter().enumerate() {
+                s = S::e_fma(*cp.add(j * mu + i), *x.add(t), s);
+            }
+            *p = s;
+        }
+    }
+    for (i, &o) in offs_f.iter().enumerate() {
+        for j in 0..n {
+            let mut s = S::hsum(S::load(part.add((i * n + j) * S::LANES)));
+            for t in kv..k {
+                s = S::e_fma(*wp.add(j * k + t), *fp.add(o + t), s);
+            }
+            *out.get_unchecked_mut(i * n + j) = s + *bias.get_unchecked(j);
+        }
+    }
+}
+
 /// Hints the CPU to bring rows `x[offs[i] .. offs[i] + k]` into the cache (the next
 /// mini-batch's inputs, which are scattered over the training set).
 pub fn prefetch_rows<T>(x: &[T], offs: &[usize], k: usize) {
@@ -557,6 +644,24 @@ pub trait Float:
         coef: &[Self],
         x: &[Self],
         offs: &[usize],
+    );
+
+    /// [`Float::update_product`] with `(xu, offs_u)`, then [`Float::forward_product`] with the
+    /// updated weights on `(xf, offs_f)`, in one pass over the weights.
+    #[allow(clippy::too_many_arguments)]
+    fn update_forward(
+        kind: KernelKind,
+        w: &mut [Self],
+        n: usize,
+        k: usize,
+        decay: Self,
+        coef: &[Self],
+        xu: &[Self],
+        offs_u: &[usize],
+        bias: &[Self],
+        xf: &[Self],
+        offs_f: &[usize],
+        out: &mut [Self],
     );
 }
 
@@ -715,6 +820,60 @@ macro_rules! float_impl {
                     }
                     // SAFETY: bounds checked above.
                     unsafe { update_generic::<$portable>(w, n, k, d, cslice, x, chunk) }
+                }
+            }
+
+            fn update_forward(
+                kind: KernelKind,
+                w: &mut [Self],
+                n: usize,
+                k: usize,
+                decay: Self,
+                coef: &[Self],
+                xu: &[Self],
+                offs_u: &[usize],
+                bias: &[Self],
+                xf: &[Self],
+                offs_f: &[usize],
+                out: &mut [Self],
+            ) {
+                if offs_u.len() > UPD_MAX_ROWS {
+                    Self::update_product(kind, w, n, k, decay, coef, xu, offs_u);
+                    Self::forward_product(kind, w, n, k, bias, xf, offs_f, out);
+                    return;
+                }
+                check_update(w, n, k, coef, xu, offs_u);
+                check_forward(n, k, bias, w, xf, offs_f, out);
+                #[cfg(target_arch = "x86_64")]
+                if kind == KernelKind::Avx2 && avx2_available() {
+                    #[allow(clippy::too_many_arguments)]
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn run(
+                        w: &mut [$t],
+                        n: usize,
+                        k: usize,
+                        decay: $t,
+                        coef: &[$t],
+                        xu: &[$t],
+                        offs_u: &[usize],
+                        bias: &[$t],
+                        xf: &[$t],
+                        offs_f: &[usize],
+                        out: &mut [$t],
+                    ) {
+                        fused_generic::<avx2::$avx>(
+                            w, n, k, decay, coef, xu, offs_u, bias, xf, offs_f, out,
+                        )
+                    }
+                    // SAFETY: the CPU features were detected; slice bounds checked above.
+                    unsafe { run(w, n, k, decay, coef, xu, offs_u, bias, xf, offs_f, out) };
+                    return;
+                }
+                // SAFETY: bounds checked above.
+                unsafe {
+                    fused_generic::<$portable>(
+                        w, n, k, decay, coef, xu, offs_u, bias, xf, offs_f, out,
+                    )
                 }
             }
         }

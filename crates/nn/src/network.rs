@@ -480,11 +480,62 @@ impl<T: Float> Network<T> {
         }
         let mut ws = Workspace::new(&self.sizes, indices.len());
         let decay = T::from_f64(1.0 - eta * lambda / n.max(1) as f64);
+        self.forward_batch(&mut ws, 0, data, indices);
         self.step(&mut ws, data, indices, &[], T::from_f64(eta), decay);
         Ok(())
     }
 
-    /// One SGD step over a mini-batch, all examples at once.
+    /// Loads the input rows of mini-batch `idx` into buffer set `slot` of the workspace (widening
+    /// byte pixels into the staging rows, or pointing at the float rows in place).
+    fn load_rows(ws: &mut Workspace<T>, slot: usize, data: &Dataset<T>, idx: &[usize], dim: usize) {
+        // Inputs stored as bytes (MNIST) are widened into a contiguous staging buffer: a quarter
+        // of the memory traffic of reading scattered float rows, and cache-friendly rows after.
+        if let Some(bytes) = data.bytes() {
+            for (i, &ex) in idx.iter().enumerate() {
+                let src = &bytes[ex * dim..(ex + 1) * dim];
+                let dst = &mut ws.stage[slot][i * dim..(i + 1) * dim];
+                for (d, &b) in dst.iter_mut().zip(src) {
+                    *d = T::from_byte(b);
+                }
+                ws.offs0[slot][i] = i * dim;
+            }
+        } else {
+            for (o, &i) in ws.offs0[slot].iter_mut().zip(idx) {
+                *o = i * dim;
+            }
+        }
+    }
+
+    /// The forward pass of mini-batch `idx` into buffer set `slot`.
+    fn forward_batch(&self, ws: &mut Workspace<T>, slot: usize, data: &Dataset<T>, idx: &[usize]) {
+        let m = idx.len();
+        let dim = self.sizes[0];
+        Self::load_rows(ws, slot, data, idx, dim);
+        let staged = data.bytes().is_some();
+        let input0: &[T] = if staged {
+            &ws.stage[slot]
+        } else {
+            data.inputs()
+        };
+        for l in 0..self.weights.len() {
+            let (n, k) = (self.sizes[l + 1], self.sizes[l]);
+            let (before, after) = ws.acts[slot].split_at_mut(l);
+            let out = &mut after[0][..m * n];
+            let (x, offs): (&[T], &[usize]) = if l == 0 {
+                (input0, &ws.offs0[slot][..m])
+            } else {
+                (&before[l - 1], &ws.offs[l - 1][..m])
+            };
+            let (w, b) = (&self.weights[l], &self.biases[l]);
+            T::forward_product(self.kernel, w, n, k, b, x, offs, out);
+            out.iter_mut().for_each(|v| *v = v.sigmoid());
+        }
+    }
+
+    /// One SGD step over mini-batch `idx`, whose forward pass is already in buffer set
+    /// `ws.cur`; when `next` is not empty, the next mini-batch's forward pass is computed with
+    /// the updated weights in the same pass over them (into the other buffer set, which then
+    /// becomes current).
     fn step(
         &mut self,
         ws: &mut Workspace<T>,
@@ -495,45 +546,15 @@ impl<T: Float> Network<T> {
         decay: T,
     ) {
         let m = idx.len();
+        let mn = next.len();
         let nl = self.weights.len();
         let dim = self.sizes[0];
-        // Inputs stored as bytes (MNIST) are widened into a contiguous staging buffer: a quarter
-        // of the memory traffic of reading scattered float rows, and cache-friendly rows after.
-        let staged = if let Some(bytes) = data.bytes() {
-            for (i, &ex) in idx.iter().enumerate() {
-                let src = &bytes[ex * dim..(ex + 1) * dim];
-                let dst = &mut ws.stage[i * dim..(i + 1) * dim];
-                for (d, &b) in dst.iter_mut().zip(src) {
-                    *d = T::from_byte(b);
-                }
-                ws.offs0[i] = i * dim;
-            }
-            true
-        } else {
-            for (o, &i) in ws.offs0.iter_mut().zip(idx) {
-                *o = i * dim;
-            }
-            false
-        };
-        let input0: &[T] = if staged { &ws.stage } else { data.inputs() };
         let kind = self.kernel;
-        // forward
-        for l in 0..nl {
-            let (n, k) = (self.sizes[l + 1], self.sizes[l]);
-            let (before, after) = ws.acts.split_at_mut(l);
-            let out = &mut after[0][..m * n];
-            let (x, offs): (&[T], &[usize]) = if l == 0 {
-                (input0, &ws.offs0[..m])
-            } else {
-                (&before[l - 1], &ws.offs[l - 1][..m])
-            };
-            T::forward_product(kind, &self.weights[l], n, k, &self.biases[l], x, offs, out);
-            out.iter_mut().for_each(|v| *v = v.sigmoid());
-        }
+        let (cur, nxt) = (ws.cur, 1 - ws.cur);
         // output error
         {
             let n = self.sizes[nl];
-            let a = &ws.acts[nl - 1][..m * n];
+            let a = &ws.acts[cur][nl - 1][..m * n];
             let d = &mut ws.deltas[nl - 1][..m * n];
             d.copy_from_slice(a);
             for (i, &ex) in idx.iter().enumerate() {
@@ -552,7 +573,7 @@ impl<T: Float> Network<T> {
             let (lo, hi) = ws.deltas.split_at_mut(l + 1);
             let (dn, d) = (&hi[0][..m * n], &mut lo[l][..m * k]);
             let w = &self.weights[l + 1];
-            let a = &ws.acts[l][..m * k];
+            let a = &ws.acts[cur][l][..m * k];
             for i in 0..m {
                 let row = &mut d[i * k..(i + 1) * k];
                 row.iter_mut().for_each(|v| *v = T::zero());
@@ -567,14 +588,12 @@ impl<T: Float> Network<T> {
                 }
             }
         }
-        // the next mini-batch's input rows are scattered in memory: start loading them now
-        for &i in next {
-            match data.bytes() {
-                Some(b) => crate::kernels::prefetch_rows(b, &[i * dim], dim),
-                None => crate::kernels::prefetch_rows(data.inputs(), &[i * dim], dim),
-            }
+        // the next mini-batch's rows: widen them now, and start loading the one after
+        if mn > 0 {
+            Self::load_rows(ws, nxt, data, next, dim);
         }
-        // update: b -= (eta/m) Σ delta; w = decay w − (eta/m) Σ delta aᵀ
+        let staged = data.bytes().is_some();
+        // update: b -= (eta/m) Σ delta; w = decay w − (eta/m) Σ delta aᵀ; then forward(next)
         let scale = -eta / T::from_f64(m as f64);
         for l in 0..nl {
             let (n, k) = (self.sizes[l + 1], self.sizes[l]);
@@ -589,12 +608,45 @@ impl<T: Float> Network<T> {
                 }
                 self.biases[l][j] += s;
             }
-            let (x, offs): (&[T], &[usize]) = if l == 0 {
-                (input0, &ws.offs0[..m])
+            let (acts_c, acts_n) = if cur == 0 {
+                let (a, b) = ws.acts.split_at_mut(1);
+                (&a[0], &mut b[0])
             } else {
-                (&ws.acts[l - 1], &ws.offs[l - 1][..m])
+                let (a, b) = ws.acts.split_at_mut(1);
+                (&b[0], &mut a[0])
             };
-            T::update_product(kind, &mut self.weights[l], n, k, decay, coef, x, offs);
+            let (xu, offs_u): (&[T], &[usize]) = if l == 0 {
+                let x = if staged {
+                    &ws.stage[cur][..]
+                } else {
+                    data.inputs()
+                };
+                (x, &ws.offs0[cur][..m])
+            } else {
+                (&acts_c[l - 1], &ws.offs[l - 1][..m])
+            };
+            if mn == 0 {
+                T::update_product(kind, &mut self.weights[l], n, k, decay, coef, xu, offs_u);
+                continue;
+            }
+            let (before, after) = acts_n.split_at_mut(l);
+            let out = &mut after[0][..mn * n];
+            let (xf, offs_f): (&[T], &[usize]) = if l == 0 {
+                let x = if staged {
+                    &ws.stage[nxt][..]
+                } else {
+                    data.inputs()
+                };
+                (x, &ws.offs0[nxt][..mn])
+            } else {
+                (&before[l - 1], &ws.offs[l - 1][..mn])
+            };
+            let (w, b) = (&mut self.weights[l], &self.biases[l]);
+            T::update_forward(kind, w, n, k, decay, coef, xu, offs_u, b, xf, offs_f, out);
+            out.iter_mut().for_each(|v| *v = v.sigmoid());
+        }
+        if mn > 0 {
+            ws.cur = nxt;
         }
     }
 
@@ -659,9 +711,22 @@ impl<T: Float> Network<T> {
             let t0 = Instant::now();
             let c0 = thread_cpu_seconds();
             self.rng.shuffle(&mut order);
+            ws.cur = 0;
+            self.forward_batch(&mut ws, 0, training_data, &order[..mbs]);
             for (b, batch) in order.chunks(mbs).enumerate() {
                 let next = order.get((b + 1) * mbs..).unwrap_or(&[]);
                 let next = &next[..next.len().min(mbs)];
+                // the mini-batch after next is scattered in memory: start loading it now
+                let after = order.get((b + 2) * mbs..).unwrap_or(&[]);
+                for &i in &after[..after.len().min(mbs)] {
+                    let dim = training_data.dim();
+                    match training_data.bytes() {
+                        Some(x) => crate::kernels::prefetch_rows(x, &[i * dim], dim),
+                        None => {
+                            crate::kernels::prefetch_rows(training_data.inputs(), &[i * dim], dim)
+                        }
+                    }
+                }
                 self.step(&mut ws, training_data, batch, next, eta, decay);
                 if (b + 1) % tick == 0 || b + 1 == n_batches {
                     observer(Event::Progress {
@@ -788,15 +853,15 @@ impl<T: Float> Network<T> {
         let mut start = lo;
         while start < hi {
             let m = BLOCK.min(hi - start);
-            for (i, o) in ws.offs0[..m].iter_mut().enumerate() {
+            for (i, o) in ws.offs0[0][..m].iter_mut().enumerate() {
                 *o = (start + i) * dim;
             }
             for l in 0..nl {
                 let (n, k) = (self.sizes[l + 1], self.sizes[l]);
-                let (before, after) = ws.acts.split_at_mut(l);
+                let (before, after) = ws.acts[0].split_at_mut(l);
                 let out = &mut after[0][..m * n];
                 let (x, offs): (&[T], &[usize]) = if l == 0 {
-                    (data.inputs(), &ws.offs0[..m])
+                    (data.inputs(), &ws.offs0[0][..m])
                 } else {
                     (&before[l - 1], &ws.offs[l - 1][..m])
                 };
@@ -812,7 +877,7 @@ impl<T: Float> Network<T> {
                 );
                 out.iter_mut().for_each(|v| *v = v.sigmoid());
             }
-            let out = &ws.acts[nl - 1];
+            let out = &ws.acts[0][nl - 1];
             for i in 0..m {
                 let a = &out[i * classes..(i + 1) * classes];
                 let label = data.labels()[start + i] as usize;
@@ -864,31 +929,35 @@ fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
-/// Buffers for one mini-batch, allocated once per run.
+/// Buffers for one mini-batch, allocated once per run. Inputs and activations come in two
+/// sets (current and next mini-batch) for the fused update-and-forward pass.
 struct Workspace<T> {
-    offs0: Vec<usize>,
+    cur: usize,
+    offs0: [Vec<usize>; 2],
     /// `offs[l][i] = i * sizes[l+1]`: rows of the contiguous activations of layer l+1.
     offs: Vec<Vec<usize>>,
-    acts: Vec<Vec<T>>,
+    acts: [Vec<Vec<T>>; 2],
     deltas: Vec<Vec<T>>,
     coef: Vec<T>,
     /// The mini-batch's input rows widened from bytes (`m × sizes[0]`).
-    stage: Vec<T>,
+    stage: [Vec<T>; 2],
 }
 
 impl<T: Float> Workspace<T> {
     fn new(sizes: &[usize], m: usize) -> Self {
         let layers = &sizes[1..];
+        let acts = || layers.iter().map(|&n| vec![T::zero(); m * n]).collect();
         Workspace {
-            offs0: vec![0; m],
+            cur: 0,
+            offs0: [vec![0; m], vec![0; m]],
             offs: layers
                 .iter()
                 .map(|&n| (0..m).map(|i| i * n).collect())
                 .collect(),
-            acts: layers.iter().map(|&n| vec![T::zero(); m * n]).collect(),
+            acts: [acts(), acts()],
             deltas: layers.iter().map(|&n| vec![T::zero(); m * n]).collect(),
             coef: vec![T::zero(); m * layers.iter().copied().max().unwrap_or(1)],
-            stage: vec![T::zero(); m * sizes[0]],
+            stage: [vec![T::zero(); m * sizes[0]], vec![T::zero(); m * sizes[0]]],
         }
     }
 }

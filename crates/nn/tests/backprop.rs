@@ -264,3 +264,39 @@ fn byte_inputs_train_exactly_like_float_inputs() {
         &bytes[10 * dim..20 * dim]
     );
 }
+
+#[test]
+fn sgd_epoch_equals_its_mini_batch_updates() {
+    // sgd (fused update + next forward, double buffers, prefetch) against update_mini_batch
+    // called on the same shuffled order: the generator is reproduced from the seed.
+    let data = toy_data(53, 21, 5, 7);
+    let sizes = [21, 8, 6, 5];
+    for cost in [Cost::Quadratic, Cost::CrossEntropy] {
+        let seed = 77;
+        let mut fast = Network::<f64>::with_options(&sizes, Init::Scaled, cost, seed).unwrap();
+        let mut slow = fast.clone();
+        let mut cfg = kiln_nn::SgdConfig::new(2, 10, 0.9);
+        cfg.lambda = 2.0;
+        fast.train(&data, &cfg, None, |_| {}).unwrap();
+        let mut rng = Rng::new(seed);
+        let draws: usize = sizes.windows(2).map(|p| p[0] * p[1] + p[1]).sum();
+        (0..draws).for_each(|_| {
+            rng.normal();
+        });
+        let mut order: Vec<usize> = (0..53).collect();
+        for _ in 0..2 {
+            rng.shuffle(&mut order);
+            for batch in order.chunks(10) {
+                slow.update_mini_batch(&data, batch, 0.9, 2.0, 53).unwrap();
+            }
+        }
+        for l in 0..3 {
+            for (a, b) in fast.weights()[l].iter().zip(&slow.weights()[l]) {
+                assert!((a - b).abs() < 1e-12, "{cost:?}: w {a} vs {b}");
+            }
+            for (a, b) in fast.biases()[l].iter().zip(&slow.biases()[l]) {
+                assert!((a - b).abs() < 1e-12, "{cost:?}: b {a} vs {b}");
+            }
+        }
+    }
+}

@@ -260,13 +260,20 @@ unsafe fn nt_rows<S: Simd, const R: usize>(
     first: bool,
 ) {
     let m = offs.len();
+    // blocks of 3 rows; a remainder of 1 becomes 2 + 2 (a 1-row block reuses each weight load
+    // only once)
+    let threes = if m % 3 == 1 && m >= 4 {
+        m / 3 - 1
+    } else {
+        m / 3
+    };
     let mut i = 0;
-    while i + 3 <= m {
+    while i < threes * 3 {
         let p = part.add(i * n * S::LANES);
         nt_block::<S, R, 3>(w, k, x, &offs[i..], t0, t1, p, n, first);
         i += 3;
     }
-    if i + 2 <= m {
+    while i + 2 <= m {
         let p = part.add(i * n * S::LANES);
         nt_block::<S, R, 2>(w, k, x, &offs[i..], t0, t1, p, n, first);
         i += 2;

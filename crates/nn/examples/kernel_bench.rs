@@ -15,7 +15,11 @@ fn main() {
     let b: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
     let rows = 20_000usize;
     let x: Vec<f32> = (0..rows * k).map(|_| rng.next_f64() as f32).collect();
-    let coef: Vec<f32> = (0..n * m).map(|_| 1e-6 * rng.normal() as f32).collect();
+    let cscale: f32 = std::env::var("CSCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1e-6);
+    let coef: Vec<f32> = (0..n * m).map(|_| cscale * rng.normal() as f32).collect();
     let mut out = vec![0f32; m * n];
     let kind = KernelKind::detect();
     for (name, stride_rows) in [("in-cache", 0usize), ("streaming", 1usize)] {

@@ -487,16 +487,21 @@ impl<T: Float> Network<T> {
 
     /// Loads the input rows of mini-batch `idx` into buffer set `slot` of the workspace (widening
     /// byte pixels into the staging rows, or pointing at the float rows in place).
-    fn load_rows(ws: &mut Workspace<T>, slot: usize, data: &Dataset<T>, idx: &[usize], dim: usize) {
+    fn load_rows(
+        kind: KernelKind,
+        ws: &mut Workspace<T>,
+        slot: usize,
+        data: &Dataset<T>,
+        idx: &[usize],
+        dim: usize,
+    ) {
         // Inputs stored as bytes (MNIST) are widened into a contiguous staging buffer: a quarter
         // of the memory traffic of reading scattered float rows, and cache-friendly rows after.
         if let Some(bytes) = data.bytes() {
             for (i, &ex) in idx.iter().enumerate() {
                 let src = &bytes[ex * dim..(ex + 1) * dim];
                 let dst = &mut ws.stage[slot][i * dim..(i + 1) * dim];
-                for (d, &b) in dst.iter_mut().zip(src) {
-                    *d = T::from_byte(b);
-                }
+                crate::kernels::widen_bytes(kind, src, dst);
                 ws.offs0[slot][i] = i * dim;
             }
         } else {
@@ -510,7 +515,7 @@ impl<T: Float> Network<T> {
     fn forward_batch(&self, ws: &mut Workspace<T>, slot: usize, data: &Dataset<T>, idx: &[usize]) {
         let m = idx.len();
         let dim = self.sizes[0];
-        Self::load_rows(ws, slot, data, idx, dim);
+        Self::load_rows(self.kernel, ws, slot, data, idx, dim);
         let staged = data.bytes().is_some();
         let input0: &[T] = if staged {
             &ws.stage[slot]
@@ -590,7 +595,7 @@ impl<T: Float> Network<T> {
         }
         // the next mini-batch's rows: widen them now, and start loading the one after
         if mn > 0 {
-            Self::load_rows(ws, nxt, data, next, dim);
+            Self::load_rows(kind, ws, nxt, data, next, dim);
         }
         let staged = data.bytes().is_some();
         // update: b -= (eta/m) Σ delta; w = decay w − (eta/m) Σ delta aᵀ; then forward(next)

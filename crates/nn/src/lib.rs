@@ -107,6 +107,17 @@ impl<T: Copy> Dataset<T> {
     pub fn bytes(&self) -> Option<&[u8]> {
         self.bytes.as_deref()
     }
+    /// Splits into rows `..at` and `at..` (clamped) without copying the first part.
+    pub fn split_at(mut self, at: usize) -> (Self, Self) {
+        let at = at.min(self.len());
+        let tail = Dataset {
+            dim: self.dim,
+            inputs: self.inputs.split_off(at * self.dim),
+            labels: self.labels.split_off(at),
+            bytes: self.bytes.as_mut().map(|b| b.split_off(at * self.dim)),
+        };
+        (self, tail)
+    }
     /// A copy of rows `lo..hi` (clamped to the data).
     pub fn slice(&self, lo: usize, hi: usize) -> Self {
         let hi = hi.min(self.len());

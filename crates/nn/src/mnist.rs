@@ -147,9 +147,10 @@ pub fn load_nielsen<T: Float>(dir: &Path) -> Result<Mnist<T>, NnError> {
             ),
         });
     }
+    let (training, validation) = train.split_at(50_000);
     Ok(Mnist {
-        validation: train.slice(50_000, 60_000),
-        training: train.slice(0, 50_000),
+        training,
+        validation,
         test,
     })
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod complete;
 mod model_arg;
+mod nn_cmd;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Download a known model (default: gemma3-270m) into ~/.cache/kiln/models.
     Pull(tools::PullArgs),
+    /// Nielsen's MNIST network: train, eval, predict.
+    Nn(nn_cmd::NnArgs),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
     Perplexity(tools::PerplexityArgs),
 }
@@ -40,6 +43,7 @@ fn main() {
         Command::Perplexity(a) => tools::perplexity(a),
         Command::Bench(a) => bench::run(a),
         Command::Pull(a) => tools::pull(a),
+        Command::Nn(a) => nn_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

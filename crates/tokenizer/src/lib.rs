@@ -324,7 +324,9 @@ impl Tokenizer {
                         _ => Err(invalid("GGUF: merges is not a string array")),
                     })
                     .collect::<Result<Vec<String>>>()?;
-                bpe_setup = Some(Bpe::new(&merges, pre, ignore_merges));
+                let clean_spaces =
+                    !matches!(pre_name, "qwen2" | "deepseek-r1-qwen" | "kormo" | "hunyuan");
+                bpe_setup = Some(Bpe::new(&merges, pre, ignore_merges, clean_spaces));
                 default_add_bos = add_bos;
             }
             other => {
@@ -561,6 +563,11 @@ impl Tokenizer {
                 for &id in ids {
                     if !(skip_special && self.is_special(id)) {
                         bytes.extend_from_slice(&self.token_bytes(id));
+                    }
+                }
+                if let Model::GgufBpe { bpe, .. } = &self.model {
+                    if bpe.clean_spaces {
+                        bytes = bpe::clean_spaces(&bytes);
                     }
                 }
             }

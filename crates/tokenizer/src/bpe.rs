@@ -3,15 +3,15 @@
 //! characters, then merge the lowest-ranked adjacent pair (ties: leftmost) until none is left.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use crate::pretok::{self, PreTok};
 use crate::unicode::byte_encode;
-use crate::vocab::Vocab;
+use crate::vocab::{FxMap, Vocab};
 
 pub(crate) struct Bpe {
     /// "left right" → rank (first occurrence wins).
-    ranks: HashMap<String, u32>,
+    ranks: FxMap<String, u32>,
     pub pre: PreTok,
     /// A pre-token that is itself in the vocabulary is emitted whole (Llama 3).
     pub ignore_merges: bool,
@@ -45,9 +45,9 @@ impl Ord for Pair {
 }
 
 impl Bpe {
-    pub fn new(merges: &[String], pre: PreTok, ignore_merges: bool, clean_spaces: bool) -> Bpe {
-        let mut ranks = HashMap::with_capacity(merges.len());
-        for (i, m) in merges.iter().enumerate() {
+    pub fn new(merges: Vec<String>, pre: PreTok, ignore_merges: bool, clean_spaces: bool) -> Bpe {
+        let mut ranks = FxMap::with_capacity_and_hasher(merges.len(), Default::default());
+        for (i, m) in merges.into_iter().enumerate() {
             // llama.cpp splits at the first space after the first byte; "left right" is then
             // the line itself (a line without such a space gives an empty pair).
             let has_split = m.as_bytes().iter().skip(1).any(|&b| b == b' ');

@@ -280,11 +280,6 @@ impl Tokenizer {
             }
             None => vec![attr::NORMAL; n],
         };
-        let mut seen = std::collections::HashSet::with_capacity(n);
-        if !texts.iter().all(|t| seen.insert(t.as_str())) {
-            return Err(invalid("GGUF: duplicate token texts"));
-        }
-        drop(seen);
 
         let (default_bos, default_eos, default_add_bos): (Option<u32>, Option<u32>, bool);
         let pre_name = meta_str(meta, "tokenizer.ggml.pre").unwrap_or("default");
@@ -326,7 +321,7 @@ impl Tokenizer {
                     .collect::<Result<Vec<String>>>()?;
                 let clean_spaces =
                     !matches!(pre_name, "qwen2" | "deepseek-r1-qwen" | "kormo" | "hunyuan");
-                bpe_setup = Some(Bpe::new(&merges, pre, ignore_merges, clean_spaces));
+                bpe_setup = Some(Bpe::new(merges, pre, ignore_merges, clean_spaces));
                 default_add_bos = add_bos;
             }
             other => {
@@ -377,7 +372,8 @@ impl Tokenizer {
                 eos_ids.push(id);
             }
         }
-        let vocab = Vocab::new(texts, scores, attrs);
+        let vocab = Vocab::new(texts, scores, attrs)
+            .map_err(|t| invalid(format!("GGUF: duplicate token text {t:?}")))?;
         let model = match bpe_setup {
             Some(bpe) => Model::GgufBpe { vocab, bpe },
             None => Model::GgufSpm {

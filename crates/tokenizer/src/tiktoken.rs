@@ -5,6 +5,8 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::vocab::FxMap;
+
 use base64::Engine;
 
 use crate::{Result, TokenizerError};
@@ -38,7 +40,7 @@ pub(crate) fn llama3_special_tokens() -> Vec<String> {
 }
 
 pub(crate) struct Tiktoken {
-    pub ranks: HashMap<Vec<u8>, u32>,
+    pub ranks: FxMap<Vec<u8>, u32>,
     /// id → bytes (ordinary tokens) or special-token text.
     pub tokens: Vec<Vec<u8>>,
     pub n_base: usize,
@@ -91,7 +93,7 @@ impl Tiktoken {
     pub fn parse(data: &[u8], specials: &[String]) -> Result<Tiktoken> {
         let text = std::str::from_utf8(data)
             .map_err(|_| TokenizerError::Invalid("tiktoken file is not UTF-8".into()))?;
-        let mut ranks = HashMap::new();
+        let mut ranks = FxMap::default();
         let mut max_rank = 0usize;
         for (i, line) in text.lines().enumerate() {
             if line.is_empty() {

@@ -13,8 +13,16 @@ const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 fn load(file: &str) -> Option<Tokenizer> {
     let p = common::model_path(file)?;
+    let t = std::time::Instant::now();
     let meta = common::gguf_tokenizer_meta(&p);
-    Some(Tokenizer::from_source(&TokenizerSource::Gguf(meta)).unwrap())
+    let t2 = std::time::Instant::now();
+    let tk = Tokenizer::from_source(&TokenizerSource::Gguf(meta)).unwrap();
+    eprintln!(
+        "{file}: metadata read {:?}, tokenizer built {:?}",
+        t2 - t,
+        t2.elapsed()
+    );
+    Some(tk)
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {

@@ -397,16 +397,21 @@ impl Tokenizer {
 
     /// Encodes `text`; with `add_special` the model's BOS is prepended when the model adds one
     /// (never twice: a text that already starts with BOS keeps just that one).
-    /// Special-token text in `text` is parsed as those tokens (for GGUF and `tokenizer.json`
-    /// vocabularies; a SentencePiece or tiktoken `tokenizer.model` encodes it as text, as
-    /// SentencePiece and Meta's code do).
+    /// Special-token text in `text` is parsed as those tokens for GGUF and `tokenizer.json`
+    /// vocabularies (as llama.cpp and transformers do); a SentencePiece or tiktoken
+    /// `tokenizer.model` encodes it as text, as SentencePiece and Meta's code do (use
+    /// [`Tokenizer::encode_with`] to parse it there too, e.g. for a rendered chat template).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        self.encode_with(text, add_special, true)
+        let parse = !matches!(self.model, Model::SentencePiece(_) | Model::Tiktoken(_));
+        self.encode_with(text, add_special, parse)
     }
 
-    /// [`Tokenizer::encode`] with control over special-token parsing (GGUF vocabularies:
-    /// `parse_special = false` leaves control tokens' text as text, as
-    /// `llama-tokenize --no-parse-special` does; user-defined tokens are always parsed).
+    /// [`Tokenizer::encode`] with control over special-token parsing. GGUF: `parse_special =
+    /// false` leaves control tokens' text as text, as `llama-tokenize --no-parse-special`
+    /// does (user-defined tokens are always split out). `tokenizer.model`: `true` splits
+    /// control-token text (`<s>`, `<|eot_id|>`, ...) out first and encodes the text between
+    /// separately (SentencePiece adds its dummy-prefix space to each such piece). A
+    /// `tokenizer.json` always parses its added tokens (as the `tokenizers` crate does).
     pub fn encode_with(
         &self,
         text: &str,
@@ -471,13 +476,35 @@ impl Tokenizer {
                 if want_bos {
                     out.extend(self.bos);
                 }
-                m.encode(text, &mut out)?;
+                if parse_special {
+                    let frags = m
+                        .vocab
+                        .partition_with(text, |a| a & (attr::CONTROL | attr::UNKNOWN) != 0);
+                    for frag in frags {
+                        match frag {
+                            Frag::Token(id) => out.push(id),
+                            Frag::Text(s, e) => m.encode(&text[s..e], &mut out)?,
+                        }
+                    }
+                } else {
+                    m.encode(text, &mut out)?;
+                }
             }
             Model::Tiktoken(t) => {
                 if want_bos {
                     out.extend(self.bos);
                 }
-                t.encode(text, &mut out)?;
+                if parse_special {
+                    let mut last = 0;
+                    for mt in t.special_regex.find_iter(text) {
+                        t.encode(&text[last..mt.start()], &mut out)?;
+                        out.extend(t.specials.get(mt.as_str()));
+                        last = mt.end();
+                    }
+                    t.encode(&text[last..], &mut out)?;
+                } else {
+                    t.encode(text, &mut out)?;
+                }
             }
         }
         // BOS at most once.

@@ -45,6 +45,8 @@ pub(crate) struct Tiktoken {
     pub tokens: Vec<Vec<u8>>,
     pub n_base: usize,
     pub specials: HashMap<String, u32>,
+    /// Matches any special-token text (longest first).
+    pub special_regex: regex::Regex,
     regex: fancy_regex::Regex,
 }
 
@@ -135,11 +137,25 @@ impl Tiktoken {
         }
         let regex = fancy_regex::Regex::new(LLAMA3_PATTERN)
             .map_err(|e| TokenizerError::Invalid(format!("regex: {e}")))?;
+        let mut sorted: Vec<&String> = specials.iter().collect();
+        sorted.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        let alternation = if sorted.is_empty() {
+            "[^\\s\\S]".to_string()
+        } else {
+            sorted
+                .iter()
+                .map(|s| regex::escape(s))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let special_regex = regex::Regex::new(&alternation)
+            .map_err(|e| TokenizerError::Invalid(format!("regex: {e}")))?;
         Ok(Tiktoken {
             ranks,
             tokens,
             n_base,
             specials: special_map,
+            special_regex,
             regex,
         })
     }

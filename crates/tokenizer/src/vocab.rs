@@ -162,6 +162,13 @@ impl Vocab {
     /// `parse_special` false only user-defined tokens are split out (control and unknown
     /// tokens stay text), as in llama.cpp.
     pub fn partition(&self, text: &str, parse_special: bool) -> Vec<Frag> {
+        self.partition_with(text, |a| {
+            parse_special || a & (attr::CONTROL | attr::UNKNOWN) == 0
+        })
+    }
+
+    /// [`Vocab::partition`] splitting out only the specials whose attributes pass `take`.
+    pub fn partition_with(&self, text: &str, take: impl Fn(u16) -> bool) -> Vec<Frag> {
         let bytes = text.as_bytes();
         let n = bytes.len();
         // (priority, start, len, id) of every occurrence.
@@ -174,9 +181,7 @@ impl Vocab {
                         continue;
                     }
                     if let Some(&(id, prio)) = self.special.map.get(&bytes[start..start + len]) {
-                        if !parse_special
-                            && self.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0
-                        {
+                        if !take(self.attrs[id as usize]) {
                             continue;
                         }
                         occ.push((prio, start, len, id));

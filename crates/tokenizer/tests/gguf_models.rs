@@ -153,3 +153,79 @@ fn long_text_is_fast_enough_and_roundtrips() {
         assert_eq!(String::from_utf8(bytes).unwrap(), text);
     }
 }
+
+/// Qwen2.5's vocabulary rebuilt as a `tokenizer.json` (byte-level BPE with the GGUF's merges,
+/// Qwen2's split regex, its control / user-defined tokens as added tokens; no normalizer, as
+/// llama.cpp has none) and run through the `tokenizers` crate: an independent reference for the
+/// whole corpus while llama-tokenize output is not available.
+#[test]
+fn qwen_corpus_matches_tokenizers_crate() {
+    use kiln_formats::MetaValue;
+    let Some(p) = common::model_path(QWEN) else {
+        return;
+    };
+    let meta = common::gguf_tokenizer_meta(&p);
+    let strs = |k: &str| -> Vec<String> {
+        match &meta[k] {
+            MetaValue::Array(a) => a
+                .iter()
+                .map(|v| match v {
+                    MetaValue::String(s) => s.clone(),
+                    _ => panic!("{k}"),
+                })
+                .collect(),
+            _ => panic!("{k}"),
+        }
+    };
+    let tokens = strs("tokenizer.ggml.tokens");
+    let merges = strs("tokenizer.ggml.merges");
+    let types: Vec<i64> = match &meta["tokenizer.ggml.token_type"] {
+        MetaValue::Array(a) => a
+            .iter()
+            .map(|v| match v {
+                MetaValue::I32(x) => *x as i64,
+                _ => panic!(),
+            })
+            .collect(),
+        _ => panic!(),
+    };
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        vocab.insert(t.clone(), serde_json::json!(i));
+        if types[i] == 3 || types[i] == 4 {
+            added.push(
+                serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": types[i] == 3}),
+            );
+        }
+    }
+    let re = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let bl = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false});
+    let j = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false}, bl]},
+        "post_processor": null, "decoder": bl,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    });
+    let reference: tokenizers::Tokenizer = j.to_string().parse().unwrap();
+    let tk = Tokenizer::from_source(&TokenizerSource::Gguf(meta)).unwrap();
+    let corpus = common::read_json(&common::data("corpus.json"));
+    let mut bad = Vec::new();
+    for text in corpus
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+    {
+        let want = reference.encode(text, false).unwrap().get_ids().to_vec();
+        let got = tk.encode(text, true).unwrap();
+        if got != want {
+            bad.push(format!("{text:?}\n   got  {got:?}\n   want {want:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{} differ:\n{}", bad.len(), bad.join("\n"));
+}

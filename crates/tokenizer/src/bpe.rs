@@ -3,18 +3,21 @@
 //! characters, then merge the lowest-ranked adjacent pair (ties: leftmost) until none is left.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use crate::pretok::{self, PreTok};
 use crate::unicode::byte_encode;
-use crate::vocab::Vocab;
+use crate::vocab::{FxMap, Vocab};
 
 pub(crate) struct Bpe {
     /// "left right" → rank (first occurrence wins).
-    ranks: HashMap<String, u32>,
+    ranks: FxMap<String, u32>,
     pub pre: PreTok,
     /// A pre-token that is itself in the vocabulary is emitted whole (Llama 3).
     pub ignore_merges: bool,
+    /// Decoding tidies spaces before punctuation and contractions (llama.cpp's
+    /// `clean_spaces`, on for most byte-level vocabularies, off for Qwen2's).
+    pub clean_spaces: bool,
 }
 
 struct Pair {
@@ -42,9 +45,9 @@ impl Ord for Pair {
 }
 
 impl Bpe {
-    pub fn new(merges: &[String], pre: PreTok, ignore_merges: bool) -> Bpe {
-        let mut ranks = HashMap::with_capacity(merges.len());
-        for (i, m) in merges.iter().enumerate() {
+    pub fn new(merges: Vec<String>, pre: PreTok, ignore_merges: bool, clean_spaces: bool) -> Bpe {
+        let mut ranks = FxMap::with_capacity_and_hasher(merges.len(), Default::default());
+        for (i, m) in merges.into_iter().enumerate() {
             // llama.cpp splits at the first space after the first byte; "left right" is then
             // the line itself (a line without such a space gives an empty pair).
             let has_split = m.as_bytes().iter().skip(1).any(|&b| b == b' ');
@@ -59,6 +62,7 @@ impl Bpe {
             ranks,
             pre,
             ignore_merges,
+            clean_spaces,
         }
     }
 
@@ -163,5 +167,70 @@ impl Bpe {
             }
             i = next[i];
         }
+    }
+}
+
+/// llama.cpp's `clean_spaces` passes over detokenized text: drop a space before `?!.,`, turn
+/// `" ' "` into `"'"`, and drop the space before `'s 'm 're 've`.
+pub(crate) fn clean_spaces(t: &[u8]) -> Vec<u8> {
+    // Pass 1.
+    let mut a: Vec<u8> = Vec::with_capacity(t.len());
+    for (i, &x) in t.iter().enumerate() {
+        if i > 0 && t[i - 1] == b' ' && matches!(x, b'?' | b'!' | b'.' | b',') {
+            a.pop();
+        }
+        a.push(x);
+    }
+    // Pass 2: a lone apostrophe between spaces loses both spaces.
+    let mut src = a;
+    let mut b: Vec<u8> = Vec::with_capacity(src.len());
+    let mut i = 0;
+    while i < src.len() {
+        let x = src[i];
+        if i > 0 && x == b'\'' && i + 1 < src.len() && src[i - 1] == b' ' && src[i + 1] == b' ' {
+            b.pop();
+            b.push(x);
+            src[i + 1] = 0; // the following space is dropped (and no longer counts as one)
+            i += 2;
+            continue;
+        }
+        b.push(x);
+        i += 1;
+    }
+    // Pass 3: contractions.
+    let n = b.len();
+    let mut c: Vec<u8> = Vec::with_capacity(n);
+    for i in 0..n {
+        let x = b[i];
+        if i > 0 && b[i - 1] == b' ' && x == b'\'' && i + 1 < n {
+            let x1 = b[i + 1];
+            let drop = match x1 {
+                b's' | b'm' => true,
+                b't' | b'd' => false,
+                _ => i + 2 < n && matches!((x1, b[i + 2]), (b'r', b'e') | (b'v', b'e')),
+            };
+            if drop {
+                c.pop();
+            }
+        }
+        c.push(x);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_spaces_passes() {
+        let f = |s: &str| String::from_utf8(clean_spaces(s.as_bytes())).unwrap();
+        assert_eq!(f("Hello , world !"), "Hello, world!");
+        assert_eq!(f("rock ' n"), "rock'n");
+        assert_eq!(
+            f("it 's I 'm we 're they 've don 't we 'll"),
+            "it's I'm we're they've don 't we 'll"
+        );
+        assert_eq!(f(" ."), ".");
     }
 }

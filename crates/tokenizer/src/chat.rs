@@ -1,7 +1,8 @@
 //! Chat prompts: Jinja chat templates (as Hugging Face renders them) and Meta's Llama 2
 //! `chat_completion` format.
 
-use minijinja::{context, Environment, Error, ErrorKind};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{context, Environment, Error, ErrorKind, Value};
 
 use crate::{Result, Tokenizer, TokenizerError};
 
@@ -89,6 +90,115 @@ fn strftime_now(fmt: String) -> String {
     out
 }
 
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)` (what transformers'
+/// `tojson` filter calls): `", "` / `": "` separators, or newlines and `indent` spaces.
+fn py_json(
+    v: &Value,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) -> std::result::Result<(), Error> {
+    let (item_sep, newline) = match indent {
+        Some(n) => (
+            ",".to_string(),
+            format!("\n{}", " ".repeat(n * (level + 1))),
+        ),
+        None => (", ".to_string(), String::new()),
+    };
+    let close = match indent {
+        Some(n) => format!("\n{}", " ".repeat(n * level)),
+        None => String::new(),
+    };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            if let Some(i) = v.as_i64() {
+                out.push_str(&i.to_string());
+            } else {
+                let f = f64::try_from(v.clone())?;
+                if f.is_finite() && f == f.trunc() && f.abs() < 1e16 {
+                    out.push_str(&format!("{f:.1}"));
+                } else if f.is_nan() {
+                    out.push_str("NaN");
+                } else if f.is_infinite() {
+                    out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
+                } else {
+                    out.push_str(&format!("{f}"));
+                }
+            }
+        }
+        ValueKind::String => json_string(v.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = v.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&item_sep);
+                }
+                out.push_str(&newline);
+                py_json(item, indent, level + 1, out)?;
+            }
+            out.push_str(&close);
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let keys: Vec<Value> = v.try_iter()?.collect();
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&item_sep);
+                }
+                out.push_str(&newline);
+                match k.as_str() {
+                    Some(s) => json_string(s, out),
+                    None => json_string(&k.to_string(), out),
+                }
+                out.push_str(": ");
+                py_json(&v.get_item(k)?, indent, level + 1, out)?;
+            }
+            out.push_str(&close);
+            out.push('}');
+        }
+        _ => json_string(&v.to_string(), out),
+    }
+    Ok(())
+}
+
+fn tojson(v: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    py_json(&v, indent, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
 /// Renders a Hugging Face chat template the way `transformers` does (Jinja with
 /// `trim_blocks` and `lstrip_blocks`, Python string methods such as `.strip()`,
 /// `raise_exception`, `strftime_now`), with `messages`, `add_generation_prompt`,
@@ -106,6 +216,7 @@ pub fn render_chat_template(
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
     env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
     let err = |e: Error| {
         let mut msg = format!("chat template: {e}");
         let mut src = std::error::Error::source(&e);

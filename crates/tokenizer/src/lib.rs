@@ -280,11 +280,6 @@ impl Tokenizer {
             }
             None => vec![attr::NORMAL; n],
         };
-        let mut seen = std::collections::HashSet::with_capacity(n);
-        if !texts.iter().all(|t| seen.insert(t.as_str())) {
-            return Err(invalid("GGUF: duplicate token texts"));
-        }
-        drop(seen);
 
         let (default_bos, default_eos, default_add_bos): (Option<u32>, Option<u32>, bool);
         let pre_name = meta_str(meta, "tokenizer.ggml.pre").unwrap_or("default");
@@ -324,7 +319,9 @@ impl Tokenizer {
                         _ => Err(invalid("GGUF: merges is not a string array")),
                     })
                     .collect::<Result<Vec<String>>>()?;
-                bpe_setup = Some(Bpe::new(&merges, pre, ignore_merges));
+                let clean_spaces =
+                    !matches!(pre_name, "qwen2" | "deepseek-r1-qwen" | "kormo" | "hunyuan");
+                bpe_setup = Some(Bpe::new(merges, pre, ignore_merges, clean_spaces));
                 default_add_bos = add_bos;
             }
             other => {
@@ -375,7 +372,8 @@ impl Tokenizer {
                 eos_ids.push(id);
             }
         }
-        let vocab = Vocab::new(texts, scores, attrs);
+        let vocab = Vocab::new(texts, scores, attrs)
+            .map_err(|t| invalid(format!("GGUF: duplicate token text {t:?}")))?;
         let model = match bpe_setup {
             Some(bpe) => Model::GgufBpe { vocab, bpe },
             None => Model::GgufSpm {
@@ -399,16 +397,21 @@ impl Tokenizer {
 
     /// Encodes `text`; with `add_special` the model's BOS is prepended when the model adds one
     /// (never twice: a text that already starts with BOS keeps just that one).
-    /// Special-token text in `text` is parsed as those tokens (for GGUF and `tokenizer.json`
-    /// vocabularies; a SentencePiece or tiktoken `tokenizer.model` encodes it as text, as
-    /// SentencePiece and Meta's code do).
+    /// Special-token text in `text` is parsed as those tokens for GGUF and `tokenizer.json`
+    /// vocabularies (as llama.cpp and transformers do); a SentencePiece or tiktoken
+    /// `tokenizer.model` encodes it as text, as SentencePiece and Meta's code do (use
+    /// [`Tokenizer::encode_with`] to parse it there too, e.g. for a rendered chat template).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        self.encode_with(text, add_special, true)
+        let parse = !matches!(self.model, Model::SentencePiece(_) | Model::Tiktoken(_));
+        self.encode_with(text, add_special, parse)
     }
 
-    /// [`Tokenizer::encode`] with control over special-token parsing (GGUF vocabularies:
-    /// `parse_special = false` leaves control tokens' text as text, as
-    /// `llama-tokenize --no-parse-special` does; user-defined tokens are always parsed).
+    /// [`Tokenizer::encode`] with control over special-token parsing. GGUF: `parse_special =
+    /// false` leaves control tokens' text as text, as `llama-tokenize --no-parse-special`
+    /// does (user-defined tokens are always split out). `tokenizer.model`: `true` splits
+    /// control-token text (`<s>`, `<|eot_id|>`, ...) out first and encodes the text between
+    /// separately (SentencePiece adds its dummy-prefix space to each such piece). A
+    /// `tokenizer.json` always parses its added tokens (as the `tokenizers` crate does).
     pub fn encode_with(
         &self,
         text: &str,
@@ -473,13 +476,35 @@ impl Tokenizer {
                 if want_bos {
                     out.extend(self.bos);
                 }
-                m.encode(text, &mut out)?;
+                if parse_special {
+                    let frags = m
+                        .vocab
+                        .partition_with(text, |a| a & (attr::CONTROL | attr::UNKNOWN) != 0);
+                    for frag in frags {
+                        match frag {
+                            Frag::Token(id) => out.push(id),
+                            Frag::Text(s, e) => m.encode(&text[s..e], &mut out)?,
+                        }
+                    }
+                } else {
+                    m.encode(text, &mut out)?;
+                }
             }
             Model::Tiktoken(t) => {
                 if want_bos {
                     out.extend(self.bos);
                 }
-                t.encode(text, &mut out)?;
+                if parse_special {
+                    let mut last = 0;
+                    for mt in t.special_regex.find_iter(text) {
+                        t.encode(&text[last..mt.start()], &mut out)?;
+                        out.extend(t.specials.get(mt.as_str()));
+                        last = mt.end();
+                    }
+                    t.encode(&text[last..], &mut out)?;
+                } else {
+                    t.encode(text, &mut out)?;
+                }
             }
         }
         // BOS at most once.
@@ -561,6 +586,11 @@ impl Tokenizer {
                 for &id in ids {
                     if !(skip_special && self.is_special(id)) {
                         bytes.extend_from_slice(&self.token_bytes(id));
+                    }
+                }
+                if let Model::GgufBpe { bpe, .. } = &self.model {
+                    if bpe.clean_spaces {
+                        bytes = bpe::clean_spaces(&bytes);
                     }
                 }
             }
@@ -743,4 +773,76 @@ fn gguf_spm_encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Turns a stream of token bytes ([`Tokenizer::token_bytes`]) into text pieces, holding back
+/// an incomplete UTF-8 sequence until its last byte arrives (invalid bytes become U+FFFD).
+#[derive(Default, Debug, Clone)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends bytes; returns the text that is now complete.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
+                    match e.error_len() {
+                        // Incomplete sequence at the end: keep it for the next push.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push('\u{FFFD}');
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever is still held back (an unfinished sequence becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::Utf8Stream;
+
+    #[test]
+    fn holds_back_partial_characters() {
+        let text = "a中🦙b";
+        let bytes = text.as_bytes();
+        let mut s = Utf8Stream::new();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&s.push(&[*b]));
+        }
+        out.push_str(&s.finish());
+        assert_eq!(out, text);
+        let mut s = Utf8Stream::new();
+        assert_eq!(s.push(&[0xE4, 0xB8]), "");
+        assert_eq!(s.push(&[0xAD, b'x', 0xFF, b'y', 0xF0]), "中x\u{FFFD}y");
+        assert_eq!(s.finish(), "\u{FFFD}");
+    }
 }

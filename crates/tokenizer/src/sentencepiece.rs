@@ -187,12 +187,9 @@ impl SpModel {
             }
         }
         user_lens.sort_unstable_by(|a, b| b.cmp(a));
-        let mut seen = std::collections::HashSet::new();
-        if !texts.iter().all(|t| seen.insert(t.as_str())) {
-            return Err(invalid("duplicate pieces"));
-        }
         Ok(SpModel {
-            vocab: Vocab::new(texts, scores, attrs),
+            vocab: Vocab::new(texts, scores, attrs)
+                .map_err(|t| invalid(format!("duplicate piece {t:?}")))?,
             model_type,
             byte_fallback,
             unk_id: id(unk),

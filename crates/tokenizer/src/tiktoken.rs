@@ -5,6 +5,8 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::vocab::FxMap;
+
 use base64::Engine;
 
 use crate::{Result, TokenizerError};
@@ -38,11 +40,13 @@ pub(crate) fn llama3_special_tokens() -> Vec<String> {
 }
 
 pub(crate) struct Tiktoken {
-    pub ranks: HashMap<Vec<u8>, u32>,
+    pub ranks: FxMap<Vec<u8>, u32>,
     /// id → bytes (ordinary tokens) or special-token text.
     pub tokens: Vec<Vec<u8>>,
     pub n_base: usize,
     pub specials: HashMap<String, u32>,
+    /// Matches any special-token text (longest first).
+    pub special_regex: regex::Regex,
     regex: fancy_regex::Regex,
 }
 
@@ -91,7 +95,7 @@ impl Tiktoken {
     pub fn parse(data: &[u8], specials: &[String]) -> Result<Tiktoken> {
         let text = std::str::from_utf8(data)
             .map_err(|_| TokenizerError::Invalid("tiktoken file is not UTF-8".into()))?;
-        let mut ranks = HashMap::new();
+        let mut ranks = FxMap::default();
         let mut max_rank = 0usize;
         for (i, line) in text.lines().enumerate() {
             if line.is_empty() {
@@ -133,11 +137,25 @@ impl Tiktoken {
         }
         let regex = fancy_regex::Regex::new(LLAMA3_PATTERN)
             .map_err(|e| TokenizerError::Invalid(format!("regex: {e}")))?;
+        let mut sorted: Vec<&String> = specials.iter().collect();
+        sorted.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        let alternation = if sorted.is_empty() {
+            "[^\\s\\S]".to_string()
+        } else {
+            sorted
+                .iter()
+                .map(|s| regex::escape(s))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let special_regex = regex::Regex::new(&alternation)
+            .map_err(|e| TokenizerError::Invalid(format!("regex: {e}")))?;
         Ok(Tiktoken {
             ranks,
             tokens,
             n_base,
             specials: special_map,
+            special_regex,
             regex,
         })
     }

@@ -2,6 +2,46 @@
 //! tokens out of a text, as llama.cpp's `tokenizer_st_partition` does it.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FxHash (rustc's hasher): much faster than SipHash for the short keys of a vocabulary; the
+/// keys come from model files, not from an adversary choosing collisions at run time.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(buf)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(i)).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(0xf135_7aea_2e62_a9c5);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Token attributes (llama.cpp's `llama_token_attr` bits; GGUF `token_type` and
 /// SentencePiece piece types map onto them).
@@ -39,7 +79,7 @@ pub(crate) struct Vocab {
     pub texts: Vec<String>,
     pub scores: Vec<f32>,
     pub attrs: Vec<u16>,
-    pub map: HashMap<String, u32>,
+    pub map: FxMap<String, u32>,
     special: SpecialMatcher,
 }
 
@@ -47,17 +87,19 @@ pub(crate) struct Vocab {
 #[derive(Default)]
 struct SpecialMatcher {
     /// text → (id, priority): priority 0 is matched first (longest text first, then lowest id).
-    map: HashMap<Vec<u8>, (u32, u32)>,
+    map: FxMap<Vec<u8>, (u32, u32)>,
     /// Distinct text lengths (descending) of the specials starting with each byte.
     lens_by_first: Vec<Vec<usize>>,
 }
 
 impl Vocab {
-    /// `texts` must be free of duplicates (a later duplicate would shadow an earlier one).
-    pub fn new(texts: Vec<String>, scores: Vec<f32>, attrs: Vec<u16>) -> Vocab {
-        let mut map = HashMap::with_capacity(texts.len());
+    /// Fails (returns the duplicate) when two tokens have the same text.
+    pub fn new(texts: Vec<String>, scores: Vec<f32>, attrs: Vec<u16>) -> Result<Vocab, String> {
+        let mut map = FxMap::with_capacity_and_hasher(texts.len(), Default::default());
         for (i, t) in texts.iter().enumerate() {
-            map.insert(t.clone(), i as u32);
+            if map.insert(t.clone(), i as u32).is_some() {
+                return Err(t.clone());
+            }
         }
         let mut v = Vocab {
             texts,
@@ -67,7 +109,7 @@ impl Vocab {
             special: SpecialMatcher::default(),
         };
         v.rebuild_specials();
-        v
+        Ok(v)
     }
 
     pub fn len(&self) -> usize {
@@ -98,7 +140,7 @@ impl Vocab {
                 .then(a.cmp(&b))
         });
         let mut m = SpecialMatcher {
-            map: HashMap::with_capacity(ids.len()),
+            map: FxMap::with_capacity_and_hasher(ids.len(), Default::default()),
             lens_by_first: vec![Vec::new(); 256],
         };
         for (prio, &id) in ids.iter().enumerate() {
@@ -120,6 +162,13 @@ impl Vocab {
     /// `parse_special` false only user-defined tokens are split out (control and unknown
     /// tokens stay text), as in llama.cpp.
     pub fn partition(&self, text: &str, parse_special: bool) -> Vec<Frag> {
+        self.partition_with(text, |a| {
+            parse_special || a & (attr::CONTROL | attr::UNKNOWN) == 0
+        })
+    }
+
+    /// [`Vocab::partition`] splitting out only the specials whose attributes pass `take`.
+    pub fn partition_with(&self, text: &str, take: impl Fn(u16) -> bool) -> Vec<Frag> {
         let bytes = text.as_bytes();
         let n = bytes.len();
         // (priority, start, len, id) of every occurrence.
@@ -132,9 +181,7 @@ impl Vocab {
                         continue;
                     }
                     if let Some(&(id, prio)) = self.special.map.get(&bytes[start..start + len]) {
-                        if !parse_special
-                            && self.attrs[id as usize] & (attr::CONTROL | attr::UNKNOWN) != 0
-                        {
+                        if !take(self.attrs[id as usize]) {
                             continue;
                         }
                         occ.push((prio, start, len, id));
@@ -186,6 +233,7 @@ mod tests {
             vec![0.0; items.len()],
             items.iter().map(|(_, a)| *a).collect(),
         )
+        .unwrap()
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn dialog(v: &serde_json::Value) -> Vec<ChatMessage> {
 fn templates_match_jinja2() {
     let exp = common::read_json(&common::data("chat_expected.json"));
     let cases = exp["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 32);
+    assert_eq!(cases.len(), 50);
     for c in cases {
         let name = c["template"].as_str().unwrap();
         let d = dialog(&exp["dialogs"][c["dialog"].as_str().unwrap()]);

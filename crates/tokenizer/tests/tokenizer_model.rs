@@ -175,3 +175,34 @@ fn format_detection_and_bad_input() {
             .unwrap();
     assert!(Tokenizer::from_tokenizer_model_bytes(&data[..data.len() / 2]).is_err());
 }
+
+#[test]
+fn parsing_special_text_on_request() {
+    let tk = spm();
+    let exp = common::read_json(&common::data("spm_expected.json"));
+    let parsed = exp["parsed"].as_array().unwrap();
+    assert!(parsed.len() >= 4);
+    for p in parsed {
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(
+            tk.encode_with(text, false, true).unwrap(),
+            ids(&p["ids"]),
+            "{text:?}"
+        );
+    }
+    // BOS stays single when the text starts with `<s>`.
+    let ids_bos = tk.encode_with("<s>[INST] hi [/INST]", true, true).unwrap();
+    assert_eq!(&ids_bos[..2], &[1, 429]);
+
+    let data = std::fs::read(common::data("tiktoken-small.model")).unwrap();
+    let tt = Tokenizer::from_tokenizer_model_bytes(&data).unwrap();
+    let exp = common::read_json(&common::data("tiktoken_expected.json"));
+    for p in exp["parsed"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(
+            tt.encode_with(text, false, true).unwrap(),
+            ids(&p["ids"]),
+            "{text:?}"
+        );
+    }
+}

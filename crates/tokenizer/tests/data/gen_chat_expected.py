@@ -7,7 +7,7 @@ Templates: qwen2.5-coder-chat-template.jinja (tokenizer.chat_template of
 qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, extracted with gguf-py), gemma3-chat-template.jinja
 (Gemma 3 instruct's template; the gemma-3-270m base GGUF has none), llama2-chat-template.jinja
 (Llama 2 chat's hub template, uses `.strip()`), pycompat-chat-template.jinja (Python string
-methods). Usage: python3 gen_chat_expected.py  (Jinja2 3.1.6)"""
+methods), tojson-chat-template.jinja (the `tojson` filter). Usage: python3 gen_chat_expected.py  (Jinja2 3.1.6)"""
 import json
 import os
 
@@ -22,7 +22,12 @@ def raise_exception(msg):
 
 
 env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False)
+def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # transformers' own tojson filter
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+env.filters["tojson"] = tojson
 env.globals["raise_exception"] = raise_exception
 
 dialogs = {
@@ -36,13 +41,16 @@ dialogs = {
         {"role": "assistant", "content": " Hi! How can I help? "},
         {"role": "user", "content": "Tell me a joke about whales!"},
     ],
+    "escapes": [
+        {"role": "user", "content": "quote \" backslash \\ newline \n tab \t ctrl \u0001 <html> & 'single' é 中 🦙"},
+    ],
     "bad_order": [
         {"role": "assistant", "content": "I speak first"},
         {"role": "user", "content": "no"},
     ],
 }
 cases = []
-for name in ["qwen2.5-coder", "gemma3", "llama2", "pycompat"]:
+for name in ["qwen2.5-coder", "gemma3", "llama2", "pycompat", "tojson"]:
     src = open(os.path.join(here, f"{name}-chat-template.jinja"), encoding="utf-8").read()
     tmpl = env.from_string(src)
     for dname, msgs in dialogs.items():

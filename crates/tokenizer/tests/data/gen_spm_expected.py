@@ -62,6 +62,32 @@ out = {
     "decode": [sp.decode(sp.encode(t)) for t in corpus],
     "chat": [{"dialog": d, "ids": chat(d)} for d in dialogs],
 }
+# Control-token text parsed (kiln's `encode_with(text, false, true)`): the text is split at
+# control / unknown pieces' texts (longest first, leftmost), each piece between them encoded
+# with `sp.encode` on its own.
+import re
+
+controls = sorted(
+    [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i) or sp.is_unknown(i)],
+    key=lambda t: (-len(t), t),
+)
+special_re = re.compile("|".join(re.escape(t) for t in controls))
+
+
+def encode_parsed(text):
+    ids, last = [], 0
+    for m in special_re.finditer(text):
+        ids += sp.encode(text[last : m.start()]) + [sp.piece_to_id(m.group())]
+        last = m.end()
+    return ids + sp.encode(text[last:])
+
+
+parsed_texts = [t for t in corpus if any(c in t for c in controls)] + [
+    "<s>[INST] hi [/INST] hello </s><s>[INST] again [/INST]",
+    "a<unk>b</s>",
+]
+out["parsed"] = [{"text": t, "ids": encode_parsed(t)} for t in parsed_texts]
+
 # The vocabulary as a GGUF converter would store it (tokenizer.ggml.tokens / scores /
 # token_type: 1 normal, 2 unknown, 3 control, 5 unused, 6 byte).
 def ttype(i):

@@ -49,6 +49,13 @@ out = {
     "eot": enc.encode_single_token("<|eot_id|>"),
     "ids": [[bos] + enc.encode(t, allowed_special=set(), disallowed_special=()) for t in corpus],
 }
+# Special-token text parsed (kiln's `encode_with(text, false, true)`): allowed_special="all".
+parsed_texts = [
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "text <|eot_id|> more <|reserved_special_token_100|>",
+    "<|begin_of_text|",
+]
+out["parsed"] = [{"text": t, "ids": enc.encode(t, allowed_special="all")} for t in parsed_texts]
 with open(os.path.join(here, "tiktoken_expected.json"), "w") as f:
     json.dump(out, f, separators=(",", ":"))
     f.write("\n")

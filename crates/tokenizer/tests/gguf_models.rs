@@ -1,7 +1,7 @@
 //! GGUF vocabularies of the real models against llama.cpp (commit 0c1e57098):
 //! the anchor prompt ids (shared/anchors) and a corpus tokenized by `llama-tokenize`
 //! (tests/data/gguf_corpus_expected.json, made by tests/data/gen_gguf_corpus.sh).
-//! Skipped (with a message) when the model files are absent.
+//! Absent model files fail the tests (CI fetches them).
 
 mod common;
 

@@ -19,15 +19,13 @@ pub fn data(name: &str) -> PathBuf {
 pub fn model_path(file: &str) -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
     let p = PathBuf::from(home).join(".cache/kiln/models").join(file);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} not present (run shared/scripts/fetch-models.sh)",
-            p.display()
-        );
-        None
-    }
+    // Absent models fail the test: CI fetches them first (.ci/run).
+    assert!(
+        p.exists(),
+        "{} is missing: run ../shared/scripts/fetch-models.sh",
+        p.display()
+    );
+    Some(p)
 }
 
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {

@@ -26,6 +26,8 @@ enum Command {
     Tokenize(tools::TokenizeArgs),
     /// Prompt-processing and generation speed, in llama-bench's shape.
     Bench(bench::BenchArgs),
+    /// Convert a model to GGUF or to a Hugging Face safetensors directory.
+    Convert(tools::ConvertArgs),
     /// Download a known model (default: gemma3-270m) into ~/.cache/kiln/models.
     Pull(tools::PullArgs),
     /// Nielsen's MNIST network: train, eval, predict.
@@ -43,6 +45,7 @@ fn main() {
         Command::Perplexity(a) => tools::perplexity(a),
         Command::Bench(a) => bench::run(a),
         Command::Pull(a) => tools::pull(a),
+        Command::Convert(a) => tools::convert(a),
         Command::Nn(a) => nn_cmd::run(a),
     };
     if let Err(e) = result {

@@ -196,3 +196,42 @@ pub fn pull(a: PullArgs) -> Result<()> {
     println!("{}", path?.display());
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The model to convert (GGUF file, Hugging Face directory or Meta checkpoint directory).
+    pub model: PathBuf,
+    /// Output format.
+    #[arg(long, value_parser = ["gguf", "safetensors"])]
+    pub to: String,
+    /// Output path (default: next to the input, `.gguf` or `-hf`).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    use kiln_engine::convert::Target;
+    let (target, suffix) = match a.to.as_str() {
+        "gguf" => (Target::Gguf, ".gguf"),
+        _ => (Target::Safetensors, "-hf"),
+    };
+    let out = a.output.unwrap_or_else(|| {
+        let name = a
+            .model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        a.model
+            .with_file_name(format!("{}{suffix}", name.trim_end_matches(".gguf")))
+    });
+    let bar = crate::model_arg::spinner(&format!(
+        "converting {} to {}",
+        a.model.display(),
+        out.display()
+    ));
+    let r = kiln_engine::convert::convert(&a.model, target, &out);
+    bar.finish_and_clear();
+    r?;
+    println!("{}", out.display());
+    Ok(())
+}

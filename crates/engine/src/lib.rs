@@ -12,6 +12,7 @@
 //! # Ok::<(), kiln_engine::EngineError>(())
 //! ```
 
+pub mod convert;
 pub mod generate;
 pub mod openai;
 pub mod perplexity;

@@ -99,3 +99,45 @@ fn meta_checkpoints_match_transformers() {
         check_against_golden(&engine, &golden, true);
     }
 }
+
+/// `kiln convert`: the MP=2 Meta checkpoint written as GGUF and as safetensors loads back to
+/// the same logits (and still matches transformers).
+#[test]
+fn converted_meta_checkpoint_gives_identical_logits() {
+    use kiln_engine::convert::{convert, Target};
+    let src = shared().join("fixtures/llama-mha/meta/mp2");
+    let golden = load_json(&shared().join("fixtures/golden/llama-mha.json"));
+    let original = engine(&src);
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("llama-mha.gguf");
+    let st = tmp.path().join("llama-mha-hf");
+    convert(&src, Target::Gguf, &gguf).unwrap();
+    convert(&src, Target::Safetensors, &st).unwrap();
+    for out in [&gguf, &st] {
+        let converted = engine(out);
+        for p in golden["prompts"].as_array().unwrap() {
+            let ids = ids(&p["input_ids"]);
+            assert_eq!(
+                converted.tokenize(p["text"].as_str().unwrap()).unwrap(),
+                ids
+            );
+            let a = all_logits(&original, &ids);
+            let b = all_logits(&converted, &ids);
+            for (ra, rb) in a.iter().zip(&b) {
+                let d = ra
+                    .iter()
+                    .zip(rb)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(d < 1e-5, "{}: logits differ by {d}", out.display());
+            }
+        }
+        check_against_golden(&converted, &golden, true);
+    }
+    // GGUF keeps Meta's rope layout, so its logits are bit-identical.
+    let ids = ids(&prompt(&golden, "paragraph")["input_ids"]);
+    assert_eq!(
+        all_logits(&original, &ids),
+        all_logits(&engine(&gguf), &ids)
+    );
+}

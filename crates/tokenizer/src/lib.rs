@@ -846,3 +846,68 @@ mod stream_tests {
         assert_eq!(s.finish(), "\u{FFFD}");
     }
 }
+
+/// GGUF `tokenizer.ggml.*` metadata (llama.cpp's `llama` tokenizer model: pieces, scores and
+/// token types) for a SentencePiece `tokenizer.model`, so a converted checkpoint carries its
+/// vocabulary. bos/eos ids are left to the model metadata.
+pub fn sentencepiece_gguf_metadata(
+    model_bytes: &[u8],
+) -> Result<Vec<(String, kiln_formats::MetaValue)>> {
+    use kiln_formats::MetaValue;
+    use vocab::attr;
+    let sp = sentencepiece::SpModel::parse(model_bytes)?;
+    let v = &sp.vocab;
+    // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+    let ty = |a: u16| -> i32 {
+        if a & attr::UNKNOWN != 0 {
+            2
+        } else if a & attr::CONTROL != 0 {
+            3
+        } else if a & attr::USER_DEFINED != 0 {
+            4
+        } else if a & attr::UNUSED != 0 {
+            5
+        } else if a & attr::BYTE != 0 {
+            6
+        } else {
+            1
+        }
+    };
+    let mut m = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            MetaValue::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            MetaValue::Array(v.texts.iter().cloned().map(MetaValue::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".to_string(),
+            MetaValue::Array(v.scores.iter().map(|&s| MetaValue::F32(s)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            MetaValue::Array(v.attrs.iter().map(|&a| MetaValue::I32(ty(a))).collect()),
+        ),
+        (
+            "tokenizer.ggml.add_bos_token".to_string(),
+            MetaValue::Bool(true),
+        ),
+        (
+            "tokenizer.ggml.add_eos_token".to_string(),
+            MetaValue::Bool(false),
+        ),
+        (
+            "tokenizer.ggml.add_space_prefix".to_string(),
+            MetaValue::Bool(sp.add_dummy_prefix),
+        ),
+    ];
+    if let Some(u) = sp.unk_id {
+        m.push((
+            "tokenizer.ggml.unknown_token_id".to_string(),
+            MetaValue::U32(u),
+        ));
+    }
+    Ok(m)
+}

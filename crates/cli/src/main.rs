@@ -2,6 +2,7 @@
 
 mod complete;
 mod model_arg;
+mod serve;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Tokenize(tools::TokenizeArgs),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
     Perplexity(tools::PerplexityArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -33,6 +36,7 @@ fn main() {
         Command::Inspect(a) => tools::inspect(a),
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Perplexity(a) => tools::perplexity(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

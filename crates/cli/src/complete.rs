@@ -23,7 +23,7 @@ pub struct CompleteArgs {
     #[arg(short = 'n', long, default_value_t = 128, alias = "max-gen-len")]
     pub max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
@@ -75,9 +75,9 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         texts.push(s);
     }
     let engine = a.model.load(EngineOptions {
-        threads: 0,
         context: a.ctx_size,
         max_batch: a.max_batch_size,
+        ..Default::default()
     })?;
     let prompts = texts
         .iter()

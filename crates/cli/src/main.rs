@@ -1,5 +1,6 @@
 //! The `kiln` command: argument parsing and printing only; the work happens in the library crates.
 
+mod bench;
 mod complete;
 mod model_arg;
 mod serve;
@@ -23,6 +24,8 @@ enum Command {
     Inspect(tools::InspectArgs),
     /// Print the token ids of a text.
     Tokenize(tools::TokenizeArgs),
+    /// Prompt-processing and generation speed, in llama-bench's shape.
+    Bench(bench::BenchArgs),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
     Perplexity(tools::PerplexityArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
@@ -37,6 +40,7 @@ fn main() {
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Perplexity(a) => tools::perplexity(a),
         Command::Serve(a) => serve::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -11,8 +11,11 @@ use kiln_engine::{Engine, EngineOptions};
 pub struct ModelArgs {
     /// A GGUF file, a Hugging Face directory (config.json + safetensors), a Meta checkpoint
     /// directory (params.json + consolidated.*.pth), or a known model name. Default: gemma3-270m.
-    #[arg(short = 'm', long = "model")]
+    #[arg(short = 'm', long = "model", alias = "ckpt-dir")]
     pub model: Option<String>,
+    /// Use this tokenizer.json or tokenizer.model instead of the model's own.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer_path: Option<PathBuf>,
     /// Kernel threads (default: one per core).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,

@@ -47,6 +47,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         threads: 0,
         context: Some(a.ctx_size.unwrap_or(4096)),
         max_batch: a.parallel.max(1),
+        ..Default::default()
     })?;
     let Engine {
         model,

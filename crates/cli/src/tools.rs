@@ -44,6 +44,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let m = ModelArgs {
         model: a.model,
         threads: 1,
+        tokenizer_path: None,
     };
     let path = m.resolve()?;
     let loaded =

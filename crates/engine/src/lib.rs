@@ -19,7 +19,9 @@ pub mod sampler;
 pub mod scheduler;
 pub mod text;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use kiln_formats::TokenizerSource;
 
 use kiln_models::CausalLM;
 use kiln_tokenizer::Tokenizer;
@@ -49,6 +51,9 @@ pub struct EngineOptions {
     /// Positions per sequence; `None` = the model's trained context.
     pub context: Option<usize>,
     pub max_batch: usize,
+    /// A tokenizer to use instead of the model's own (`tokenizer.json` or `tokenizer.model`),
+    /// like the `--tokenizer-path` of Meta's reference scripts.
+    pub tokenizer_path: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -57,6 +62,7 @@ impl Default for EngineOptions {
             threads: 0,
             context: None,
             max_batch: 64,
+            tokenizer_path: None,
         }
     }
 }
@@ -74,7 +80,20 @@ pub struct Engine {
 impl Engine {
     /// Loads a GGUF file, a Hugging Face directory or a Meta checkpoint directory.
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine, EngineError> {
-        let loaded = kiln_formats::load(path)?;
+        let mut loaded = kiln_formats::load(path)?;
+        if let Some(t) = &opts.tokenizer_path {
+            if !t.is_file() {
+                return Err(EngineError::Invalid(format!(
+                    "tokenizer {}: no such file",
+                    t.display()
+                )));
+            }
+            loaded.tokenizer = if t.extension().is_some_and(|e| e == "json") {
+                TokenizerSource::HfJson(t.clone())
+            } else {
+                TokenizerSource::TokenizerModel(t.clone())
+            };
+        }
         let tokenizer = Tokenizer::from_source(&loaded.tokenizer)?;
         let chat_template = loaded.chat_template.clone();
         let threads = if opts.threads == 0 {

@@ -225,7 +225,9 @@ impl Scheduler {
     ) -> Scheduler {
         let cfg = SchedulerConfig {
             slots: cfg.slots.max(1),
-            context: cfg.context.clamp(1, model.config().max_position_embeddings.max(1)),
+            context: cfg
+                .context
+                .clamp(1, model.config().max_position_embeddings.max(1)),
             prefill_chunk: cfg.prefill_chunk.max(1),
             ..cfg
         };
@@ -303,7 +305,9 @@ impl Scheduler {
         let p = &req.params;
         p.sampling.validate().map_err(EngineError::Invalid)?;
         if req.prompt.is_empty() {
-            return Err(EngineError::Invalid("the prompt is empty (no tokens)".into()));
+            return Err(EngineError::Invalid(
+                "the prompt is empty (no tokens)".into(),
+            ));
         }
         if req.prompt.len() > self.cfg.context {
             return Err(EngineError::ContextLength {
@@ -311,11 +315,7 @@ impl Scheduler {
                 context: self.cfg.context,
             });
         }
-        if let Some(&bad) = req
-            .prompt
-            .iter()
-            .find(|&&t| t as usize >= self.vocab_size)
-        {
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
             return Err(EngineError::Invalid(format!(
                 "token id {bad} is outside the vocabulary ({})",
                 self.vocab_size
@@ -443,7 +443,11 @@ struct EngineLoop {
 #[derive(Clone, Copy)]
 enum Part {
     Decode,
-    Prefill { start: usize, end: usize, mode: Logits },
+    Prefill {
+        start: usize,
+        end: usize,
+        mode: Logits,
+    },
 }
 
 impl EngineLoop {
@@ -501,8 +505,8 @@ impl EngineLoop {
         while i < self.running.len() {
             if self.running[i].cancelled() {
                 let s = self.running.remove(i);
-                self.counters.running.fetch_sub(1, Ordering::Relaxed);
                 self.finish_request(true);
+                self.counters.running.fetch_sub(1, Ordering::Relaxed);
                 self.retire(s);
             } else {
                 i += 1;
@@ -564,7 +568,8 @@ impl EngineLoop {
         } else {
             String::new()
         };
-        let prompt_logprobs = want_all.then(|| vec![self.token_logprob(req.prompt[0], None, &[], 0, 0)]);
+        let prompt_logprobs =
+            want_all.then(|| vec![self.token_logprob(req.prompt[0], None, &[], 0, 0)]);
         Seq {
             cache,
             fed,
@@ -663,8 +668,8 @@ impl EngineLoop {
         let mut row = 0;
         let mut lp = Vec::new();
         let mut generated_now = 0u64;
-        for i in 0..self.running.len() {
-            let Some(part) = parts[i] else { continue };
+        for (i, part) in parts.iter().enumerate() {
+            let Some(part) = *part else { continue };
             match part {
                 Part::Decode => {
                     let r = &logits[row * vocab..(row + 1) * vocab];
@@ -707,8 +712,10 @@ impl EngineLoop {
         while i < self.running.len() {
             if self.running[i].finish.is_some() || self.running[i].cancelled() {
                 let mut s = self.running.remove(i);
-                self.counters.running.fetch_sub(1, Ordering::Relaxed);
+                // Counters first, so that a client who has its answer sees them updated.
                 let cancelled = s.finish.is_none();
+                self.finish_request(cancelled);
+                self.counters.running.fetch_sub(1, Ordering::Relaxed);
                 if let Some(reason) = s.finish {
                     let completion = Completion {
                         prompt_token_ids: s.pending.req.prompt.clone(),
@@ -725,7 +732,6 @@ impl EngineLoop {
                         cached_tokens,
                     });
                 }
-                self.finish_request(cancelled);
                 self.retire(s);
             } else {
                 i += 1;
@@ -735,7 +741,8 @@ impl EngineLoop {
         // Counters.
         let c = &self.counters;
         c.steps.fetch_add(1, Ordering::Relaxed);
-        c.generated_tokens.fetch_add(generated_now, Ordering::Relaxed);
+        c.generated_tokens
+            .fetch_add(generated_now, Ordering::Relaxed);
         c.busy_micros
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.window_tokens += generated_now;
@@ -757,16 +764,23 @@ impl EngineLoop {
         let offset = s.prompt_text.chars().count() + s.stream.char_len();
         let logprob = params.logprobs.map(|n| {
             log_softmax(row, lp);
-            token_logprob(self.vocab.as_ref(), tok, Some(lp[tok as usize]), lp, n, offset)
+            token_logprob(
+                self.vocab.as_ref(),
+                tok,
+                Some(lp[tok as usize]),
+                lp,
+                n,
+                offset,
+            )
         });
         if let (Some(t), Some(out)) = (&logprob, s.logprobs.as_mut()) {
             out.push(t.clone());
         }
         s.generated.push(tok);
         s.sampler.observe(tok);
-        if !params.ignore_eos && eos.contains(&tok) {
-            s.finish = Some(FinishReason::Stop);
-        } else if s.stream.push(&self.vocab.token_bytes(tok)) {
+        // An end-of-sequence token adds no text; a stop string ends the text before it.
+        let eos_hit = !params.ignore_eos && eos.contains(&tok);
+        if eos_hit || s.stream.push(&self.vocab.token_bytes(tok)) {
             s.finish = Some(FinishReason::Stop);
         } else if s.generated.len() >= params.max_tokens || s.cache.len() + 1 > context {
             s.finish = Some(FinishReason::Length);
@@ -905,7 +919,8 @@ mod tests {
         }
         (0..VOCAB as u64)
             .map(|v| {
-                let x = (h ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                let x =
+                    (h ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
                 let logit = (x >> 40) as f32 / (1u64 << 24) as f32 * 6.0;
                 // EOS is unlikely, so sequences mostly run to their budget.
                 if v as u32 == EOS {
@@ -921,7 +936,11 @@ mod tests {
         fn config(&self) -> &ModelConfig {
             &self.cfg
         }
-        fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        fn forward(
+            &self,
+            batch: &mut [SeqInput<'_>],
+            logits: &mut Vec<f32>,
+        ) -> Result<(), ModelError> {
             {
                 let (m, cv) = &*self.gate;
                 let mut closed = m.lock().unwrap();
@@ -988,7 +1007,10 @@ mod tests {
             cfg: config(64),
             gate: gate.clone(),
         };
-        (Scheduler::start(Box::new(model), Arc::new(Letters), cfg), gate)
+        (
+            Scheduler::start(Box::new(model), Arc::new(Letters), cfg),
+            gate,
+        )
     }
 
     fn set_gate(gate: &(Mutex<bool>, Condvar), closed: bool) {
@@ -1057,7 +1079,9 @@ mod tests {
             max_tokens: 12,
             ..Default::default()
         };
-        let mut prompts: Vec<Vec<u32>> = (0..12).map(|i| prompt(i, 1 + (i as usize * 5) % 37)).collect();
+        let mut prompts: Vec<Vec<u32>> = (0..12)
+            .map(|i| prompt(i, 1 + (i as usize * 5) % 37))
+            .collect();
         // Shared prefixes, so the prefix cache is used.
         let mut shared = prompts[5].clone();
         shared.extend([1, 2, 3]);
@@ -1098,19 +1122,20 @@ mod tests {
         let (_t, rx) = submit(&s, a.clone(), params.clone());
         let (_, first, cached) = wait(&rx);
         assert_eq!(cached, 0);
-        let mut b = a[..15].to_vec();
-        b.extend([9, 9, 9]);
-        let (_t, rx) = submit(&s, b.clone(), params.clone());
-        let (_, second, cached) = wait(&rx);
-        assert_eq!(cached, 15);
-        assert_eq!(second.token_ids, reference_greedy(&b, 5, 64));
         // The whole first prompt plus what it generated (but the last token) is cached.
         let mut c = a.clone();
         c.extend(&first.token_ids);
         let (_t, rx) = submit(&s, c.clone(), params.clone());
-        let (_, third, cached) = wait(&rx);
+        let (_, second, cached) = wait(&rx);
         assert_eq!(cached, 20 + 4);
-        assert_eq!(third.token_ids, reference_greedy(&c, 5, 64));
+        assert_eq!(second.token_ids, reference_greedy(&c, 5, 64));
+        // A prompt that shares only part of it.
+        let mut b = a[..15].to_vec();
+        b.extend([9, 9, 9]);
+        let (_t, rx) = submit(&s, b.clone(), params.clone());
+        let (_, third, cached) = wait(&rx);
+        assert_eq!(cached, 15);
+        assert_eq!(third.token_ids, reference_greedy(&b, 5, 64));
         assert_eq!(s.stats().cached_prompt_tokens, 15 + 24);
     }
 
@@ -1239,13 +1264,10 @@ mod tests {
             sink: Box::new(|_| true),
         });
         assert!(matches!(refused, Err(SubmitError::QueueFull { .. })));
-        // Cancel the running one after it has started; the queued one then gets the slot.
-        set_gate(&gate, false);
-        match rx_a.recv_timeout(Duration::from_secs(60)).unwrap() {
-            Event::Token { .. } => {}
-            e => panic!("{e:?}"),
-        }
+        // Cancel the first while the engine is held (running or still queued); the other
+        // then gets the slot.
         drop(a);
+        set_gate(&gate, false);
         let (_, c, _) = wait(&rx_b);
         assert_eq!(c.token_ids.len(), 40);
         // A's sink saw no Done.
@@ -1256,8 +1278,13 @@ mod tests {
         // A sink that stops listening cancels too.
         let (_t, rx) = submit(&s, prompt(5, 3), long.clone());
         drop(rx);
+        while s.outstanding() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Shutdown drains what was submitted.
-        let pending: Vec<_> = (0..2).map(|i| submit(&s, prompt(i, 4), long.clone())).collect();
+        let pending: Vec<_> = (0..2)
+            .map(|i| submit(&s, prompt(i, 4), long.clone()))
+            .collect();
         s.shutdown();
         for (_t, rx) in &pending {
             assert_eq!(wait(rx).1.token_ids.len(), 40);
@@ -1291,7 +1318,9 @@ mod tests {
         assert!(try_submit(vec![]).unwrap().contains("empty"));
         let e = try_submit(vec![1; 17]).unwrap();
         assert!(e.contains("17") && e.contains("16"), "{e}");
-        assert!(try_submit(vec![VOCAB as u32]).unwrap().contains("vocabulary"));
+        assert!(try_submit(vec![VOCAB as u32])
+            .unwrap()
+            .contains("vocabulary"));
         // A prompt filling the context ends at once with "length".
         let (_t, rx) = submit(&s, vec![1; 16], GenerateParams::default());
         let (_, c, _) = wait(&rx);

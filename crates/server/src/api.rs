@@ -125,7 +125,9 @@ impl Common {
     pub fn n(&self) -> Result<usize, ApiError> {
         let n = non_negative(self.n, "n")?.unwrap_or(1);
         if n == 0 || n > MAX_N {
-            return Err(ApiError::invalid(format!("`n` must be in 1..={MAX_N}, got {n}")).param("n"));
+            return Err(
+                ApiError::invalid(format!("`n` must be in 1..={MAX_N}, got {n}")).param("n"),
+            );
         }
         Ok(n)
     }
@@ -180,7 +182,7 @@ impl Common {
         ] {
             if !(-2.0..=2.0).contains(&v) {
                 return Err(
-                    ApiError::invalid(format!("`{name}` must be in [-2, 2], got {v}")).param(name)
+                    ApiError::invalid(format!("`{name}` must be in [-2, 2], got {v}")).param(name),
                 );
             }
         }
@@ -202,10 +204,10 @@ impl CompletionRequest {
         p.max_tokens = non_negative(self.max_tokens, "max_tokens")?.unwrap_or(16);
         p.logprobs = non_negative(self.logprobs, "logprobs")?;
         if p.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
-            return Err(ApiError::invalid(format!(
-                "`logprobs` must be in 0..={MAX_TOP_LOGPROBS}"
-            ))
-            .param("logprobs"));
+            return Err(
+                ApiError::invalid(format!("`logprobs` must be in 0..={MAX_TOP_LOGPROBS}"))
+                    .param("logprobs"),
+            );
         }
         p.echo = self.echo.unwrap_or(false);
         Ok(p)
@@ -231,7 +233,7 @@ impl ChatRequest {
             p.logprobs = Some(top);
         } else if self.top_logprobs.is_some() {
             return Err(
-                ApiError::invalid("`top_logprobs` requires `logprobs: true`").param("top_logprobs")
+                ApiError::invalid("`top_logprobs` requires `logprobs: true`").param("top_logprobs"),
             );
         }
         Ok((p, max))

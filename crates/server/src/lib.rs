@@ -282,7 +282,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .lock()
         .map(|m| {
             m.iter()
-                .map(|((e, c), n)| (format!("{{endpoint=\"{e}\",status=\"{c}\"}}"), n.to_string()))
+                .map(|((e, c), n)| {
+                    (
+                        format!("{{endpoint=\"{e}\",status=\"{c}\"}}"),
+                        n.to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -385,7 +390,10 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         hist,
     );
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
         .into_response()
@@ -437,7 +445,10 @@ fn submit_error(e: SubmitError) -> ApiError {
     }
 }
 
-/// One submitted choice: index in the response, its prompt, and what it was asked.
+/// Events of a request's choices, tagged with the choice's index.
+type Events = mpsc::UnboundedReceiver<(usize, Event)>;
+
+/// One submitted choice: its prompt and what it was asked.
 struct Job {
     prompt: Vec<u32>,
     params: GenerateParams,
@@ -445,10 +456,7 @@ struct Job {
 
 /// Submits every job; events arrive tagged with the job's index. On any refusal the jobs
 /// already submitted are cancelled (their tickets dropped).
-fn submit_all(
-    st: &AppState,
-    jobs: Vec<Job>,
-) -> Result<(Vec<Ticket>, mpsc::UnboundedReceiver<(usize, Event)>), ApiError> {
+fn submit_all(st: &AppState, jobs: Vec<Job>) -> Result<(Vec<Ticket>, Events), ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut tickets = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.into_iter().enumerate() {
@@ -467,10 +475,7 @@ fn submit_all(
 }
 
 /// Waits for every job's completion (non-streaming responses).
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
-    n: usize,
-) -> Result<Vec<Completion>, ApiError> {
+async fn collect(mut rx: Events, n: usize) -> Result<Vec<Completion>, ApiError> {
     let mut done: Vec<Option<Completion>> = (0..n).map(|_| None).collect();
     let mut left = n;
     while left > 0 {
@@ -511,7 +516,10 @@ async fn completions(
     let n = req.common.n()?;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         PromptInput::Text(s) => vec![tokenize(&st, s)?],
-        PromptInput::Texts(v) => v.iter().map(|s| tokenize(&st, s)).collect::<Result<_, _>>()?,
+        PromptInput::Texts(v) => v
+            .iter()
+            .map(|s| tokenize(&st, s))
+            .collect::<Result<_, _>>()?,
         PromptInput::Ids(ids) => vec![ids.clone()],
         PromptInput::IdLists(v) => v.clone(),
     };
@@ -721,7 +729,9 @@ impl ChunkWriter for CompletionStream {
                 if text.is_empty() && lp.is_none() {
                     return Vec::new();
                 }
-                vec![self.chunk(json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null}))]
+                vec![self.chunk(
+                    json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null}),
+                )]
             }
             Event::Done { completion: c, .. } => vec![self.chunk(json!({
                 "index": index,
@@ -843,7 +853,7 @@ impl ChunkWriter for ChatStream {
 fn sse_response<W: ChunkWriter>(
     mut writer: W,
     tickets: Vec<Ticket>,
-    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    mut rx: Events,
     n: usize,
 ) -> Response {
     let (body_tx, body_rx) = mpsc::channel::<String>(64);

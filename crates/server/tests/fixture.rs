@@ -28,6 +28,7 @@ async fn start(slots: usize, prefill_chunk: usize) -> TestServer {
             threads: 1,
             context: None,
             max_batch: slots,
+            ..Default::default()
         },
     )
     .expect("loading the llama-mha fixture");
@@ -95,7 +96,12 @@ async fn echo_logprobs_equal_golden_prompt_logprobs() {
         for (i, w) in want.iter().enumerate() {
             let got = lp[i + 1].as_f64().unwrap();
             let w = w.as_f64().unwrap();
-            assert!((got - w).abs() < 1e-4, "{} token {}: {got} vs {w}", p["name"], i + 1);
+            assert!(
+                (got - w).abs() < 1e-4,
+                "{} token {}: {got} vs {w}",
+                p["name"],
+                i + 1
+            );
         }
     }
 }
@@ -110,10 +116,20 @@ async fn greedy_equals_golden_stream_or_not() {
         for (ignore_eos, key) in [(true, "new_ids_ignore_eos"), (false, "new_ids")] {
             let body = json!({"prompt": p["text"], "max_tokens": 20, "temperature": 0, "ignore_eos": ignore_eos});
             let v = post(&c, &s.url("/v1/completions"), &body).await;
-            assert_eq!(ids(&v["choices"][0]["token_ids"]), ids(&greedy[key]), "{}", p["name"]);
+            assert_eq!(
+                ids(&v["choices"][0]["token_ids"]),
+                ids(&greedy[key]),
+                "{}",
+                p["name"]
+            );
             let mut sb = body.clone();
             sb["stream"] = json!(true);
-            let r = c.post(s.url("/v1/completions")).json(&sb).send().await.unwrap();
+            let r = c
+                .post(s.url("/v1/completions"))
+                .json(&sb)
+                .send()
+                .await
+                .unwrap();
             let chunks = sse_payloads(&r.text().await.unwrap());
             assert_eq!(chunks.last().unwrap(), "[DONE]");
             let mut text = String::new();
@@ -164,8 +180,14 @@ async fn sixteen_concurrent_requests_equal_sequential_ones() {
         .collect();
     for (i, (h, seq)) in handles.into_iter().zip(&sequential).enumerate() {
         let got = h.await.unwrap();
-        assert_eq!(got["choices"][0]["token_ids"], seq["choices"][0]["token_ids"], "request {i}");
-        assert_eq!(got["choices"][0]["text"], seq["choices"][0]["text"], "request {i}");
+        assert_eq!(
+            got["choices"][0]["token_ids"], seq["choices"][0]["token_ids"],
+            "request {i}"
+        );
+        assert_eq!(
+            got["choices"][0]["text"], seq["choices"][0]["text"],
+            "request {i}"
+        );
     }
     // The greedy ignore-eos ones also equal the goldens (a prefix of the 20 greedy ids).
     for (i, seq) in sequential.iter().enumerate() {

@@ -128,9 +128,17 @@ async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
     assert_eq!(v["choices"].as_array().unwrap().len(), 2);
     let hello: Vec<u32> = "hello world"
         .bytes()
-        .map(|b| b"abcdefghijklmnopqrstuvwxyz0123456789 .\n".iter().position(|&a| a == b).unwrap() as u32)
+        .map(|b| {
+            b"abcdefghijklmnopqrstuvwxyz0123456789 .\n"
+                .iter()
+                .position(|&a| a == b)
+                .unwrap() as u32
+        })
         .collect();
-    assert_eq!(v["choices"][1]["token_ids"], json!(reference_greedy(&hello, 5)));
+    assert_eq!(
+        v["choices"][1]["token_ids"],
+        json!(reference_greedy(&hello, 5))
+    );
     let (_, v2) = post(
         &c,
         &url,
@@ -175,7 +183,12 @@ async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
     }
 
     // A stop string cuts the text.
-    let (_, full) = post(&c, &url, &json!({"prompt": "abc", "max_tokens": 12, "temperature": 0, "ignore_eos": true})).await;
+    let (_, full) = post(
+        &c,
+        &url,
+        &json!({"prompt": "abc", "max_tokens": 12, "temperature": 0, "ignore_eos": true}),
+    )
+    .await;
     let text = full["choices"][0]["text"].as_str().unwrap().to_string();
     let stop = &text[4..6];
     let (_, cut) = post(&c, &url, &json!({"prompt": "abc", "max_tokens": 12, "temperature": 0, "ignore_eos": true, "stop": stop})).await;
@@ -247,7 +260,10 @@ async fn sixteen_concurrent_equal_sequential() {
     let url = s.url("/v1/completions");
     let bodies: Vec<Value> = (0..16u32)
         .map(|i| {
-            let p: Vec<u32> = (0..(3 + i * 5) % 40).map(|k| (k * 7 + i) % 38).chain([i % 38]).collect();
+            let p: Vec<u32> = (0..(3 + i * 5) % 40)
+                .map(|k| (k * 7 + i) % 38)
+                .chain([i % 38])
+                .collect();
             json!({"prompt": p, "max_tokens": 10 + i % 5, "temperature": 0})
         })
         .collect();
@@ -279,7 +295,14 @@ async fn malformed_requests_get_400_never_5xx() {
     for path in ["/v1/completions", "/v1/chat/completions"] {
         let url = s.url(path);
         for raw in [
-            "", "{", "[]", "null", "42", "{\"prompt\": }", "\u{0}", "{\"messages\": 5}",
+            "",
+            "{",
+            "[]",
+            "null",
+            "42",
+            "{\"prompt\": }",
+            "\u{0}",
+            "{\"messages\": 5}",
         ] {
             let r = c
                 .post(&url)
@@ -330,7 +353,12 @@ async fn malformed_requests_get_400_never_5xx() {
         assert_error(&v, "invalid_request_error");
     }
     // Unknown model: 404; unknown endpoint: 404 in the same shape.
-    let (st, v) = post(&c, &s.url("/v1/completions"), &json!({"model": "gpt-9", "prompt": "a"})).await;
+    let (st, v) = post(
+        &c,
+        &s.url("/v1/completions"),
+        &json!({"model": "gpt-9", "prompt": "a"}),
+    )
+    .await;
     assert_eq!(st, 404);
     assert_eq!(v["error"]["code"], "model_not_found");
     assert_eq!(v["error"]["param"], "model");
@@ -358,7 +386,9 @@ async fn limits_prompt_too_long_body_too_large_queue_full() {
     // One slot, one queue place: with the engine held, a third request gets 503 + Retry-After.
     s.set_gate(true);
     let spawn = |c: reqwest::Client, url: String| {
-        tokio::spawn(async move { post(&c, &url, &json!({"prompt": [1, 2], "max_tokens": 3})).await })
+        tokio::spawn(
+            async move { post(&c, &url, &json!({"prompt": [1, 2], "max_tokens": 3})).await },
+        )
     };
     let a = spawn(c.clone(), url.clone());
     let b = spawn(c.clone(), url.clone());
@@ -386,7 +416,12 @@ async fn api_key_is_required_except_for_health() {
     let s = start_fake(cfg(1, 4), o, Duration::ZERO).await;
     let c = reqwest::Client::new();
     let body = json!({"prompt": "abc", "max_tokens": 2});
-    for auth in [None, Some("Bearer wrong"), Some("Bearer sekre"), Some("sekret")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer sekre"),
+        Some("sekret"),
+    ] {
         let mut r = c.post(s.url("/v1/completions")).json(&body);
         if let Some(a) = auth {
             r = r.header("authorization", a);
@@ -449,7 +484,12 @@ async fn disconnect_mid_stream_frees_the_slot() {
     }
     drop(r);
     // The only slot is free again: another request runs to its end.
-    let (st, v) = post(&c, &url, &json!({"prompt": "xyz", "max_tokens": 5, "ignore_eos": true})).await;
+    let (st, v) = post(
+        &c,
+        &url,
+        &json!({"prompt": "xyz", "max_tokens": 5, "ignore_eos": true}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["choices"][0]["token_ids"].as_array().unwrap().len(), 5);
     let stats = s.state.scheduler.stats();
@@ -457,12 +497,25 @@ async fn disconnect_mid_stream_frees_the_slot() {
     assert!(stats.generated_tokens < 4000);
 
     // The metrics say so too.
-    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("kiln_requests_cancelled_total 1"), "{m}");
     assert!(m.contains("# TYPE kiln_time_to_first_token_seconds histogram"));
-    assert!(m.contains("kiln_time_to_first_token_seconds_count 2"), "{m}");
+    assert!(
+        m.contains("kiln_time_to_first_token_seconds_count 2"),
+        "{m}"
+    );
     assert!(m.contains("kiln_queue_depth 0"));
-    assert!(m.contains("kiln_http_responses_total{endpoint=\"/v1/completions\",status=\"200\"} 2"), "{m}");
+    assert!(
+        m.contains("kiln_http_responses_total{endpoint=\"/v1/completions\",status=\"200\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -482,7 +535,10 @@ async fn shutdown_drains_open_streams() {
     let chunks = sse_payloads(&r.text().await.unwrap());
     assert_eq!(chunks.last().unwrap(), "[DONE]");
     let last: Value = serde_json::from_str(&chunks[chunks.len() - 2]).unwrap();
-    assert_eq!(last["choices"][0]["token_ids"].as_array().unwrap().len(), 50);
+    assert_eq!(
+        last["choices"][0]["token_ids"].as_array().unwrap().len(),
+        50
+    );
     s.task.await.unwrap().unwrap();
     assert_eq!(s.state.scheduler.stats().finished, 1);
 }

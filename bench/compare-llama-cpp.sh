@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Side-by-side speed of kiln and llama.cpp on the same GGUF files, same machine, same threads.
+# Runs `kiln bench` and `llama-bench` alternately (PASSES times each) and prints kiln/llama.cpp
+# ratios per model and test. Not a test: run it on an idle machine.
+#
+#   bench/compare-llama-cpp.sh [-t THREADS] [-p 512] [-n 128] [-r 3] [--passes 2] [MODEL_NAME ...]
+#
+# MODEL_NAME: gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b (default: all three).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=2 np=512 ng=128 reps=3 passes=2 models=()
+while (($#)); do
+  case $1 in
+    -t) threads=$2; shift 2 ;;
+    -p) np=$2; shift 2 ;;
+    -n) ng=$2; shift 2 ;;
+    -r) reps=$2; shift 2 ;;
+    --passes) passes=$2; shift 2 ;;
+    *) models+=("$1"); shift ;;
+  esac
+done
+((${#models[@]})) || models=(gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b)
+
+bin=$(bash ../shared/scripts/build-llama-cpp.sh)
+cargo build --release -q -p kiln-cli
+kiln=target/release/kiln
+out=$(mktemp -d)
+for m in "${models[@]}"; do
+  file=$(bash ../shared/scripts/fetch-models.sh "$m" | tail -1)
+  for ((pass = 1; pass <= passes; pass++)); do
+    echo "== $m pass $pass" >&2
+    /usr/bin/time -f %M -o "$out/$m.$pass.kiln.rss" \
+      "$kiln" bench -m "$file" -t "$threads" -p "$np" -n "$ng" -r "$reps" --json >"$out/$m.$pass.kiln.json"
+    /usr/bin/time -f %M -o "$out/$m.$pass.llama.rss" \
+      "$bin/llama-bench" -m "$file" -t "$threads" -p "$np" -n "$ng" -r "$reps" -o json >"$out/$m.$pass.llama.json"
+  done
+done
+
+python3 - "$out" "$threads" "${models[@]}" <<'PY'
+import json, sys, statistics, glob, os
+out, threads, models = sys.argv[1], sys.argv[2], sys.argv[3:]
+print(f"| model | test | kiln t/s | llama.cpp t/s | ratio | kiln peak RSS | llama.cpp peak RSS |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+for m in models:
+    rows = {}
+    rss = {"kiln": [], "llama": []}
+    for f in sorted(glob.glob(f"{out}/{m}.*.json")):
+        who = "kiln" if f.endswith(".kiln.json") else "llama"
+        for t in json.load(open(f)):
+            test = f"pp{t['n_prompt']}" if t["n_prompt"] else f"tg{t['n_gen']}"
+            rows.setdefault(test, {"kiln": [], "llama": []})[who].append(t["avg_ts"])
+        rss[who].append(int(open(f[:-5] + ".rss").read().split()[-1]) * 1024)
+    for test, v in rows.items():
+        k, l = statistics.mean(v["kiln"]), statistics.mean(v["llama"])
+        print(f"| {m} | {test} | {k:.1f} | {l:.1f} | {k/l:.2f}x | {max(rss['kiln'])/2**20:.0f} MiB | {max(rss['llama'])/2**20:.0f} MiB |")
+PY

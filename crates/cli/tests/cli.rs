@@ -1,0 +1,194 @@
+//! The `kiln` binary end to end on the fixture models in ../shared/fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+fn golden(model: &str) -> Value {
+    let p = shared().join(format!("fixtures/golden/{model}.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn complete_json_batch_with_echo_and_logprobs_matches_transformers() {
+    let dir = shared().join("fixtures/llama-mha");
+    let g = golden("llama-mha");
+    let (hello, qa) = (
+        g["prompts"]["hello"]["text"].as_str().unwrap(),
+        g["prompts"]["qa"]["text"].as_str().unwrap(),
+    );
+    let out = kiln(&[
+        "complete",
+        "-m",
+        dir.to_str().unwrap(),
+        "--json",
+        "--echo",
+        "--logprobs",
+        "5",
+        "--max-tokens",
+        "20",
+        "--threads",
+        "2",
+        "--prompt",
+        hello,
+        "--prompt",
+        qa,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["object"], "text_completion");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    let mut prompt_tokens = 0;
+    let mut completion_tokens = 0;
+    for (i, name) in ["hello", "qa"].iter().enumerate() {
+        let c = &choices[i];
+        let p = &g["prompts"][*name];
+        assert_eq!(c["index"], i);
+        let prompt_ids = ids(&p["input_ids"]);
+        assert_eq!(ids(&c["prompt_token_ids"]), prompt_ids);
+        assert_eq!(ids(&c["token_ids"]), ids(&p["greedy"]["new_ids"]));
+        let stopped = p["greedy"]["stopped_on_eos"].as_bool().unwrap();
+        assert_eq!(c["finish_reason"], if stopped { "stop" } else { "length" });
+        assert!(c["text"].as_str().unwrap().len() >= hello.len().min(1));
+        let lp = &c["logprobs"];
+        let n_total = prompt_ids.len() + c["token_ids"].as_array().unwrap().len();
+        for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+            assert_eq!(lp[key].as_array().unwrap().len(), n_total, "{key}");
+        }
+        assert!(lp["token_logprobs"][0].is_null());
+        assert!(lp["top_logprobs"][0].is_null());
+        for (k, want) in p["token_logprobs"].as_array().unwrap().iter().enumerate() {
+            let got = lp["token_logprobs"][k + 1].as_f64().unwrap();
+            assert!(
+                (got - want.as_f64().unwrap()).abs() < 1e-4,
+                "{name} prompt logprob {k}"
+            );
+        }
+        let last = lp["top_logprobs"][n_total - 1].as_object().unwrap();
+        assert_eq!(last.len(), 5);
+        let offsets: Vec<u64> = ids(&lp["text_offset"]);
+        assert!(
+            offsets.windows(2).all(|w| w[0] <= w[1]),
+            "text offsets never go back"
+        );
+        prompt_tokens += prompt_ids.len();
+        completion_tokens += c["token_ids"].as_array().unwrap().len();
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(v["usage"]["completion_tokens"], completion_tokens);
+    assert_eq!(
+        v["usage"]["total_tokens"],
+        prompt_tokens + completion_tokens
+    );
+}
+
+#[test]
+fn ignore_eos_and_tokenize() {
+    let dir = shared().join("fixtures/llama-mha");
+    let g = golden("llama-mha");
+    let qa = &g["prompts"]["qa"];
+    let out = kiln(&[
+        "complete",
+        "-m",
+        dir.to_str().unwrap(),
+        "--json",
+        "--ignore-eos",
+        "-n",
+        "20",
+        qa["text"].as_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        ids(&v["choices"][0]["token_ids"]),
+        ids(&qa["greedy"]["new_ids_ignore_eos"])
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+    let out = kiln(&[
+        "tokenize",
+        "-m",
+        dir.to_str().unwrap(),
+        "--json",
+        qa["text"].as_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&v["ids"]), ids(&qa["input_ids"]));
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_nonzero_exit() {
+    let dir = shared().join("fixtures/llama-mha");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "complete".into(),
+                "-m".into(),
+                "/nonexistent/model.gguf".into(),
+                "hi".into(),
+            ],
+            "no such file",
+        ),
+        (
+            vec![
+                "complete".into(),
+                "-m".into(),
+                dir.display().to_string(),
+                "--ctx-size".into(),
+                "4".into(),
+                "Hello world, this is long".into(),
+            ],
+            "context",
+        ),
+        (
+            vec![
+                "complete".into(),
+                "-m".into(),
+                dir.display().to_string(),
+                "--temperature".into(),
+                "-1".into(),
+                "hi".into(),
+            ],
+            "temperature",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let out = kiln(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

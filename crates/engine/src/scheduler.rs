@@ -474,7 +474,26 @@ impl EngineLoop {
             if self.running.is_empty() {
                 continue;
             }
-            self.step(&eos);
+            // A panic inside the model fails the sequences of that step, not the server.
+            let stepped =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&eos)));
+            if let Err(panic) = stepped {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.fail_running(&format!("internal error in the engine: {what}"));
+            }
+        }
+    }
+
+    /// Ends every running sequence with an error (their caches are not kept).
+    fn fail_running(&mut self, msg: &str) {
+        for mut s in std::mem::take(&mut self.running) {
+            self.finish_request(true);
+            self.counters.running.fetch_sub(1, Ordering::Relaxed);
+            s.send(Event::Error(msg.to_string()));
         }
     }
 
@@ -655,12 +674,7 @@ impl EngineLoop {
         };
         if let Err(e) = result {
             // Nothing sensible can continue: fail every sequence of the batch.
-            let msg = format!("model error: {e}");
-            for mut s in std::mem::take(&mut self.running) {
-                s.send(Event::Error(msg.clone()));
-                self.counters.running.fetch_sub(1, Ordering::Relaxed);
-                self.finish_request(true);
-            }
+            self.fail_running(&format!("model error: {e}"));
             return;
         }
 
@@ -949,6 +963,12 @@ mod tests {
                 }
             }
             kiln_models::layers::prepare_batch(batch, VOCAB, self.cfg.max_position_embeddings)?;
+            if batch
+                .iter()
+                .any(|s| s.cache.is_empty() && s.tokens.starts_with(&[1, 22]))
+            {
+                panic!("poisoned token");
+            }
             for s in batch.iter_mut() {
                 let start = s.cache.len();
                 for (j, &t) in s.tokens.iter().enumerate() {
@@ -1276,8 +1296,10 @@ mod tests {
         }
         assert_eq!(s.stats().cancelled, 1);
         // A sink that stops listening cancels too.
+        set_gate(&gate, true);
         let (_t, rx) = submit(&s, prompt(5, 3), long.clone());
         drop(rx);
+        set_gate(&gate, false);
         while s.outstanding() > 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1298,6 +1320,28 @@ mod tests {
             Err(SubmitError::ShuttingDown)
         ));
         assert_eq!(s.stats().cancelled, 2);
+    }
+
+    #[test]
+    fn a_panicking_model_fails_the_batch_not_the_engine() {
+        let (s, _) = start(SchedulerConfig {
+            context: 64,
+            ..Default::default()
+        });
+        // A prompt starting with [1, 22] makes the hash model panic.
+        let (_t, rx) = submit(&s, vec![1, 22, 3], GenerateParams::default());
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::Error(e) => assert!(e.contains("poisoned token"), "{e}"),
+            e => panic!("{e:?}"),
+        }
+        let params = GenerateParams {
+            max_tokens: 8,
+            ..Default::default()
+        };
+        let (_t, rx) = submit(&s, vec![1, 2, 3], params);
+        let (_, c, _) = wait(&rx);
+        assert_eq!(c.token_ids, reference_greedy(&[1, 2, 3], 8, 64));
+        assert_eq!(s.outstanding(), 0);
     }
 
     #[test]

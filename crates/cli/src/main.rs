@@ -26,6 +26,8 @@ enum Command {
     Tokenize(tools::TokenizeArgs),
     /// Prompt-processing and generation speed, in llama-bench's shape.
     Bench(bench::BenchArgs),
+    /// Download a known model (default: gemma3-270m) into ~/.cache/kiln/models.
+    Pull(tools::PullArgs),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
     Perplexity(tools::PerplexityArgs),
     /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
@@ -41,6 +43,7 @@ fn main() {
         Command::Perplexity(a) => tools::perplexity(a),
         Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Pull(a) => tools::pull(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

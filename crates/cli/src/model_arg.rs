@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use kiln_engine::{Engine, EngineOptions};
+use kiln_pull::Progress;
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -21,34 +22,10 @@ pub struct ModelArgs {
     pub threads: usize,
 }
 
-/// Where the default model lives once pulled.
-const DEFAULT_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
-
 impl ModelArgs {
+    /// A path as given, or a known model name (pulled on first use; none = the default model).
     pub fn resolve(&self) -> Result<PathBuf> {
-        match &self.model {
-            Some(m) => {
-                let p = PathBuf::from(m);
-                if !p.exists() {
-                    anyhow::bail!("model {m}: no such file or directory");
-                }
-                Ok(p)
-            }
-            None => {
-                let dir = std::env::var_os("KILN_MODELS")
-                    .map(PathBuf::from)
-                    .or_else(|| {
-                        std::env::var_os("HOME")
-                            .map(|h| PathBuf::from(h).join(".cache/kiln/models"))
-                    })
-                    .context("cannot find the model cache: set HOME or KILN_MODELS")?;
-                let p = dir.join(DEFAULT_MODEL_FILE);
-                if !p.exists() {
-                    anyhow::bail!("default model {} is not downloaded yet", p.display());
-                }
-                Ok(p)
-            }
-        }
+        resolve_model(self.model.as_deref())
     }
 
     pub fn load(&self, opts: EngineOptions) -> Result<Engine> {
@@ -72,4 +49,45 @@ pub fn spinner(msg: &str) -> indicatif::ProgressBar {
     bar.set_message(msg.to_string());
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
+}
+
+/// Resolves a model argument, pulling a known model with a progress bar when it is missing.
+pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let path = kiln_pull::resolve_model(arg, true, &mut |p| show_progress(&mut bar, p));
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(path?)
+}
+
+/// Draws pull progress: one step per downloaded part.
+pub fn show_progress(bar: &mut Option<indicatif::ProgressBar>, p: Progress) {
+    match p {
+        Progress::Downloading { part, parts, .. } => {
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::new(parts as u64);
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {pos}/{len} parts {elapsed}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            b.set_message(format!("pulling part {part}"));
+        }
+        Progress::Appended { part, .. } => {
+            if let Some(b) = bar {
+                b.set_position(part as u64);
+            }
+        }
+        Progress::Verifying { .. } => {
+            if let Some(b) = bar {
+                b.set_message("verifying sha256".to_string());
+            }
+        }
+        _ => {}
+    }
 }

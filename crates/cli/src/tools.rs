@@ -162,3 +162,37 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.stderr);
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// gemma3-270m (default), qwen2.5-coder-0.5b or qwen2.5-coder-1.5b.
+    pub name: Option<String>,
+    /// List the known models and whether each is downloaded.
+    #[arg(long)]
+    pub list: bool,
+}
+
+pub fn pull(a: PullArgs) -> Result<()> {
+    if a.list {
+        for spec in kiln_pull::known_models() {
+            let state = match kiln_pull::cached_path(spec) {
+                Some(p) => p.display().to_string(),
+                None => "not downloaded".to_string(),
+            };
+            println!("{:<20} {:<45} {state}", spec.name, spec.file);
+        }
+        return Ok(());
+    }
+    let name = a.name.as_deref().unwrap_or(kiln_pull::DEFAULT_MODEL);
+    let spec = kiln_pull::find(name).with_context(|| {
+        let names: Vec<_> = kiln_pull::known_models().iter().map(|m| m.name).collect();
+        format!("unknown model {name}; known: {}", names.join(", "))
+    })?;
+    let mut bar = None;
+    let path = kiln_pull::pull(spec, &mut |p| crate::model_arg::show_progress(&mut bar, p));
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!("{}", path?.display());
+    Ok(())
+}

@@ -43,3 +43,59 @@ fn legacy_config_form_gives_the_same_results() {
         check_against_golden(&engine(tmp.path()), &golden, true);
     }
 }
+
+/// Configurations the shared fixtures do not cover, with goldens from the independent numpy
+/// reference in tests/reference (itself checked against transformers' goldens).
+fn check_synthetic(name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/synthetic")
+        .join(name);
+    let golden = load_json(&dir.join("golden.json"));
+    let engine = engine(&dir);
+    check_against_golden(&engine, &golden, true);
+    check_batch_independence(&engine, &golden);
+    if dir.join("config.legacy.json").exists() {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+        }
+        std::fs::copy(
+            dir.join("config.legacy.json"),
+            tmp.path().join("config.json"),
+        )
+        .unwrap();
+        check_against_golden(&common::engine(tmp.path()), &golden, true);
+    }
+}
+
+#[test]
+fn gqa_with_tied_embeddings() {
+    check_synthetic("gqa-tied");
+}
+
+#[test]
+fn llama3_rope_scaling() {
+    check_synthetic("llama3-rope");
+}
+
+#[test]
+fn mistral_sliding_window_f16() {
+    check_synthetic("mistral-swa");
+}
+
+#[test]
+fn gemma3_local_and_global_layers_bf16() {
+    check_synthetic("gemma3-tiny");
+}
+
+/// Meta's original checkpoint of llama-mha (MP=1 and MP=2 shards, tokenizer.model read
+/// directly) gives the same numbers as the Hugging Face directory.
+#[test]
+fn meta_checkpoints_match_transformers() {
+    let golden = load_json(&shared().join("fixtures/golden/llama-mha.json"));
+    for sub in ["meta", "meta/mp2"] {
+        let engine = engine(&shared().join("fixtures/llama-mha").join(sub));
+        check_against_golden(&engine, &golden, true);
+    }
+}

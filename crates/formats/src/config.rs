@@ -15,6 +15,23 @@ pub enum Arch {
     Gemma3,
 }
 
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Llama 3 style frequency scaling (`rope_type: "llama3"`), or linear position scaling.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
@@ -27,6 +44,9 @@ pub enum RopeScaling {
     Linear {
         factor: f32,
     },
+    /// Per-frequency divisors: `inv_freq[i] /= factors[i]` (`head_dim / 2` values). This is how
+    /// GGUF stores Llama 3.1 style scaling (llama.cpp's `rope_freqs.weight` tensor).
+    FreqFactors(Vec<f32>),
 }
 
 /// Everything the forward pass needs to know about a model's shape.
@@ -45,6 +65,7 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     /// Rope base of sliding-window layers, where it differs (Gemma 3: 10 000).
     pub rope_local_theta: Option<f32>,
+    /// Frequency scaling of global layers (Gemma 3's sliding layers are never scaled).
     pub rope_scaling: Option<RopeScaling>,
     /// Which dimension pairs rope rotates; depends on the file's layout as well as the arch.
     pub rope_style: RopeStyle,
@@ -63,7 +84,50 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// Bounds on sizes read from files, so that a hostile file cannot make later arithmetic
+/// overflow or a per-layer table huge. Real models are far below them.
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_DIM: usize = 1 << 20;
+pub const MAX_VOCAB: usize = 1 << 31;
+
+/// Checks one size against its bound; `what` names it in the error.
+pub(crate) fn bounded(what: &str, v: usize, max: usize) -> crate::Result<usize> {
+    if v > max {
+        return Err(crate::FormatError::Invalid(format!(
+            "{what} = {v} is absurdly large (at most {max})"
+        )));
+    }
+    Ok(v)
+}
+
 impl ModelConfig {
+    /// The number of weights the tensors of this configuration hold (embedding, blocks, norms,
+    /// biases, and the output matrix unless tied), computed from the shapes alone.
+    pub fn n_params(&self) -> usize {
+        let (d, hd) = (self.hidden_size, self.head_dim);
+        let q = self.n_heads * hd;
+        let kv = self.n_kv_heads * hd;
+        let attn = d * q + 2 * d * kv + q * d;
+        let ffn = 3 * d * self.intermediate_size;
+        let norms = match self.arch {
+            Arch::Gemma3 => 4 * d + 2 * hd,
+            _ => 2 * d,
+        };
+        let bias = match self.arch {
+            Arch::Qwen2 => q + 2 * kv,
+            _ => 0,
+        };
+        let per_layer = attn + ffn + norms + bias;
+        let embd = self.vocab_size * d;
+        let output = if self.tie_word_embeddings { 0 } else { embd };
+        embd + self.n_layers * per_layer + d + output
+    }
+
+    /// Bytes of an f32 key/value cache for `tokens` positions (all layers, keys and values).
+    pub fn kv_cache_bytes_f32(&self, tokens: usize) -> usize {
+        (2 * self.n_layers * self.n_kv_heads * self.head_dim * 4).saturating_mul(tokens)
+    }
+
     pub fn is_sliding(&self, layer: usize) -> bool {
         match self.sliding_window {
             None => false,

@@ -7,14 +7,63 @@
 //! `output.weight`, and per block `blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output,
 //! attn_q_norm, attn_k_norm, post_attention_norm, ffn_norm, ffn_gate, ffn_up, ffn_down,
 //! post_ffw_norm}.{weight,bias}`. Shapes are outermost-first (a linear layer is `[out, in]`).
+//! A GGUF file may also hold `rope_freqs.weight`; its values are copied into
+//! [`RopeScaling::FreqFactors`].
+//!
+//! Tensors keep their stored type (F32/F16/BF16 or a ggml block type) and are zero-copy views
+//! into the memory-mapped file, with one exception below.
+//!
+//! Invariant on norm weights: a canonical norm tensor (`*_norm.weight`) always means
+//! "multiply the normalised vector by this", i.e. `y = w * x / rms(x)`. Gemma 3 in Hugging Face
+//! form stores `w'` with forward `x * (1 + w')`; the HF loader adds 1.0 at load time (into an
+//! owned F32 copy), which is what GGUF Gemma 3 files already hold.
+//!
+//! Names of the Hugging Face layout map as: `model.embed_tokens` → `token_embd`, `model.norm` →
+//! `output_norm`, `lm_head` → `output`, and in `model.layers.N.`: `self_attn.{q,k,v}_proj` →
+//! `attn_{q,k,v}`, `self_attn.o_proj` → `attn_output`, `self_attn.{q,k}_norm` →
+//! `attn_{q,k}_norm`, `mlp.{gate,up,down}_proj` → `ffn_{gate,up,down}`, `input_layernorm` →
+//! `attn_norm`, and `post_attention_layernorm` → `ffn_norm` (Llama, Mistral, Qwen2) or, for
+//! Gemma 3, `post_attention_layernorm` → `post_attention_norm`, `pre_feedforward_layernorm` →
+//! `ffn_norm`, `post_feedforward_layernorm` → `post_ffw_norm`.
+//!
+//! Tied output: `output.weight` is absent exactly when `config.tie_word_embeddings` is true;
+//! the output projection then uses `token_embd.weight`.
+//!
+//! Rope layout: `config.rope_style` says how the rows of `attn_q` / `attn_k` are laid out.
+//! GGUF `llama` files use Meta's interleaved pairs ([`RopeStyle::Interleaved`]); GGUF qwen2 /
+//! gemma3 and every Hugging Face checkpoint use rotate-half ([`RopeStyle::Half`]).
+//! [`layout::with_rope_style`] converts between them.
+//!
+//! Configuration details that are not in the files:
+//! * GGUF Gemma 3 (as llama.cpp reads it): layer `il` is global iff `il % 6 == 5`, the others
+//!   use `gemma3.attention.sliding_window`; the local rope base is 10 000; the attention scale is
+//!   `head_dim^-0.5` (`(hidden / heads)^-0.5` for the 62-layer 27B), exposed as
+//!   `query_pre_attn_scalar`.
+//! * GGUF end-of-generation ids: `tokenizer.ggml.eos_token_id`, then `eot_token_id` /
+//!   `eom_token_id`, then any token whose text is a common end-of-turn marker (`<end_of_turn>`,
+//!   `<|im_end|>`, `<|eot_id|>`, `<|endoftext|>`, ...), as llama.cpp does. Hugging Face ids come
+//!   from generation_config.json, else config.json, else the transformers class default.
+//! * Hugging Face keys a config omits take the transformers class defaults (multimodal Gemma 3
+//!   configs list only the text-config values that differ from them).
+//!
+//! [`RopeStyle::Interleaved`]: kiln_kernels::ops::RopeStyle::Interleaved
+//! [`RopeStyle::Half`]: kiln_kernels::ops::RopeStyle::Half
 
 pub mod config;
+pub mod gguf;
+pub mod hf;
+pub mod layout;
+pub mod meta;
+pub mod pytorch;
+mod summary;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use config::{Arch, ModelConfig, RopeScaling};
+pub use gguf::GgufFile;
 pub use kiln_kernels::Tensor;
+pub use summary::{describe_gguf, short_value, summary, type_histogram};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -50,6 +99,50 @@ pub enum MetaValue {
     Array(Vec<MetaValue>),
 }
 
+impl MetaValue {
+    /// An integer value that fits in u64 (any integer type, negative ones excluded).
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            MetaValue::U8(v) => Some(v as u64),
+            MetaValue::U16(v) => Some(v as u64),
+            MetaValue::U32(v) => Some(v as u64),
+            MetaValue::U64(v) => Some(v),
+            MetaValue::I8(v) => u64::try_from(v).ok(),
+            MetaValue::I16(v) => u64::try_from(v).ok(),
+            MetaValue::I32(v) => u64::try_from(v).ok(),
+            MetaValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// Any numeric value as f64.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            MetaValue::F32(v) => Some(v as f64),
+            MetaValue::F64(v) => Some(v),
+            MetaValue::I8(v) => Some(v as f64),
+            MetaValue::I16(v) => Some(v as f64),
+            MetaValue::I32(v) => Some(v as f64),
+            MetaValue::I64(v) => Some(v as f64),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            MetaValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[MetaValue]> {
+        match self {
+            MetaValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
 /// Where the tokenizer of a model lives.
 #[derive(Clone, Debug)]
 pub enum TokenizerSource {
@@ -75,10 +168,145 @@ pub struct LoadedModel {
     pub format: String,
 }
 
-/// Reads a model from a GGUF file or a Hugging Face directory, detected from `path`.
+/// Reads a model, detected from `path`: a file starting with the GGUF magic, a directory with
+/// `config.json` (Hugging Face) or with `params.json` (Meta). Every error names the path.
+/// The tensors are checked against the configuration (names and shapes) before returning.
 pub fn load(path: &Path) -> Result<LoadedModel> {
-    Err(FormatError::Unsupported(format!(
-        "{}: no loader yet",
-        path.display()
-    )))
+    let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+    let model = if meta.is_dir() {
+        if path.join("config.json").is_file() {
+            hf::load_dir(path)?
+        } else if path.join("params.json").is_file() {
+            meta::load_meta_dir(path)?
+        } else {
+            return Err(FormatError::Invalid(format!(
+                "{}: directory has neither config.json (Hugging Face) nor params.json (Meta)",
+                path.display()
+            )));
+        }
+    } else {
+        let mut magic = [0u8; 4];
+        let n = {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+            let mut got = 0;
+            while got < 4 {
+                match f.read(&mut magic[got..]) {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err(path, e)),
+                }
+            }
+            got
+        };
+        if n == 4 && gguf::has_magic(&magic) {
+            gguf::load_path(path)?
+        } else if path.file_name().is_some_and(|n| n == "config.json") {
+            return load(path.parent().unwrap_or(Path::new(".")));
+        } else {
+            return Err(FormatError::Invalid(format!(
+                "{}: not a GGUF file (no GGUF magic) and not a model directory",
+                path.display()
+            )));
+        }
+    };
+    validate_tensors(&model.config, &model.tensors).map_err(|e| with_path(e, path))?;
+    Ok(model)
+}
+
+/// Checks that every tensor the architecture needs is present with the shape the configuration
+/// implies (extra tensors, such as optional biases, are allowed).
+pub fn validate_tensors(cfg: &ModelConfig, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+    let (q, kv, ff) = (cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.intermediate_size);
+    let mut want: Vec<(String, Vec<usize>)> = vec![
+        ("token_embd.weight".into(), vec![cfg.vocab_size, d]),
+        ("output_norm.weight".into(), vec![d]),
+    ];
+    if !cfg.tie_word_embeddings {
+        want.push(("output.weight".into(), vec![cfg.vocab_size, d]));
+    }
+    for l in 0..cfg.n_layers {
+        let b = |n: &str| format!("blk.{l}.{n}");
+        want.extend([
+            (b("attn_norm.weight"), vec![d]),
+            (b("attn_q.weight"), vec![q, d]),
+            (b("attn_k.weight"), vec![kv, d]),
+            (b("attn_v.weight"), vec![kv, d]),
+            (b("attn_output.weight"), vec![d, q]),
+            (b("ffn_norm.weight"), vec![d]),
+            (b("ffn_gate.weight"), vec![ff, d]),
+            (b("ffn_up.weight"), vec![ff, d]),
+            (b("ffn_down.weight"), vec![d, ff]),
+        ]);
+        if cfg.arch == Arch::Qwen2 {
+            want.extend([
+                (b("attn_q.bias"), vec![q]),
+                (b("attn_k.bias"), vec![kv]),
+                (b("attn_v.bias"), vec![kv]),
+            ]);
+        }
+        if cfg.arch == Arch::Gemma3 {
+            want.extend([
+                (b("attn_q_norm.weight"), vec![hd]),
+                (b("attn_k_norm.weight"), vec![hd]),
+                (b("post_attention_norm.weight"), vec![d]),
+                (b("post_ffw_norm.weight"), vec![d]),
+            ]);
+        }
+    }
+    for (name, shape) in &want {
+        match tensors.get(name) {
+            None => return Err(FormatError::Invalid(format!("missing tensor {name}"))),
+            Some(t) if &t.shape != shape => {
+                return Err(FormatError::Invalid(format!(
+                    "tensor {name} has shape {:?}, the configuration implies {shape:?}",
+                    t.shape
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Ids of tokens whose text marks the end of a turn in common chat formats (as llama.cpp
+/// recognises them), for GGUF files that name only one end-of-sequence token.
+pub(crate) fn eog_token_ids<'a>(tokens: impl Iterator<Item = &'a str>) -> Vec<u32> {
+    const EOG: [&str; 9] = [
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<|end_of_text|>",
+        "<EOT>",
+        "_<EOT>",
+    ];
+    tokens
+        .enumerate()
+        .filter(|(_, t)| EOG.contains(t))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> FormatError {
+    FormatError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Prefixes an error's message with `path` (unless it already names it).
+pub(crate) fn with_path(e: FormatError, path: &Path) -> FormatError {
+    let p = path.display().to_string();
+    match e {
+        FormatError::Invalid(m) if !m.starts_with(&p) => FormatError::Invalid(format!("{p}: {m}")),
+        FormatError::Unsupported(m) if !m.starts_with(&p) => {
+            FormatError::Unsupported(format!("{p}: {m}"))
+        }
+        other => other,
+    }
 }

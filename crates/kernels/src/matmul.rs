@@ -1,11 +1,34 @@
 //! Matrix products of a weight tensor with a batch of activation rows.
+//!
+//! The activations are quantised once per call (8-bit blocks matching the weight type, see
+//! [`crate::dot`]); weight rows are then handed out to the pool's threads in chunks taken from
+//! an atomic counter, so threads that run slower (a busy core) simply take fewer chunks and all
+//! finish together. Decode (`n == 1`) streams every weight byte exactly once. Prefill (`n > 1`)
+//! multiplies each unpacked weight block with 4 tokens at a time and walks a cache-sized chunk of
+//! rows across all tokens, so weights are read from memory once and the loop is compute-bound.
 
-use crate::pool::{split_range, ThreadPool};
+use crate::dot::{self, act_kind, ActKind, Isa};
+use crate::pool::ThreadPool;
+use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::Tensor;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub use crate::dot::dot_f32;
 
 /// `out[t][r] = Σ_c w[r][c] · x[t][c]` for `n` activation rows `x` (row-major `n × cols`);
 /// `out` is row-major `n × rows`. This is `x · wᵀ`, the shape of every linear layer.
 pub fn matmul(pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
+    matmul_with(Isa::best(), pool, w, x, n, out)
+}
+
+thread_local! {
+    /// Quantised activations of the calling thread's last matmul, reused to avoid allocating.
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// [`matmul`] with an explicit kernel level (for tests and benchmarks).
+pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows(), w.cols());
     assert_eq!(
         x.len(),
@@ -13,24 +36,203 @@ pub fn matmul(pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize, out: &mut [f32
         "matmul: activations are not {n} × {cols}"
     );
     assert_eq!(out.len(), n * rows, "matmul: output is not {n} × {rows}");
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    pool.run(&|i, nt| {
-        let range = split_range(rows, i, nt);
-        let mut wrow = vec![0.0f32; cols];
-        for r in range {
-            w.dequantize_row(r, &mut wrow);
-            for t in 0..n {
-                let v = dot_f32(&wrow, &x[t * cols..(t + 1) * cols]);
-                // SAFETY: threads own disjoint row ranges, so each (t, r) is written once.
-                unsafe { *out_ptr.get().add(t * rows + r) = v };
-            }
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let dtype = w.dtype;
+    let out = SendPtr(out.as_mut_ptr());
+    match act_kind(dtype) {
+        ActKind::F32 => {
+            drive(
+                pool,
+                w,
+                x,
+                cols,
+                out,
+                &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
+                None,
+            );
         }
-    });
+        ActKind::Q8_32 => with_scratch(|s| {
+            let nb = cols / 32;
+            let q = quantize_acts(pool, x, n, nb, &mut s.0, quantize_q8_32);
+            // Each group of 8 tokens, interleaved for the prefill tile: groups[g * nb + i]
+            s.2.clear();
+            for g in 0..n / 8 {
+                for i in 0..nb {
+                    s.2.push(interleave8(std::array::from_fn(|t| {
+                        &q[(8 * g + t) * nb + i]
+                    })));
+                }
+            }
+            let groups = &s.2;
+            drive(
+                pool,
+                w,
+                q,
+                cols / 32,
+                out,
+                &|wr, a, _| dot::dot_q8_32_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8_32_n(isa, dtype, wr, a),
+                Some(&|wr, a, t| {
+                    dot::dot_q8_32_g8(isa, dtype, wr, &groups[t / 8 * nb..(t / 8 + 1) * nb], a)
+                }),
+            );
+        }),
+        ActKind::Q8K => with_scratch(|s| {
+            let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
+            drive(
+                pool,
+                w,
+                q,
+                cols / 256,
+                out,
+                &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
+                &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
+                Some(&|wr, a, _| dot::dot_q8k_x8(isa, dtype, wr, a)),
+            );
+        }),
+    }
 }
 
-/// Plain f32 dot product (the scalar reference).
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// Quantised activations (32-element and k-quant blocks) and the interleaved 8-token groups.
+type Scratch = (Vec<BlockQ8_32>, Vec<BlockQ8K>, Vec<BlockQ8x8>);
+
+fn with_scratch(f: impl FnOnce(&mut Scratch)) {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        // Re-entered (a matmul inside a matmul's closure): use a fresh buffer.
+        Err(_) => f(&mut (Vec::new(), Vec::new(), Vec::new())),
+    })
+}
+
+/// Quantises the `n` rows of `x` into `buf` (grown as needed), in parallel over tokens.
+fn quantize_acts<'a, B: Copy + Default + Send + Sync>(
+    pool: &ThreadPool,
+    x: &[f32],
+    n: usize,
+    blocks_per_row: usize,
+    buf: &'a mut Vec<B>,
+    quantize: fn(&[f32], &mut [B]),
+) -> &'a [B] {
+    let total = n * blocks_per_row;
+    if buf.len() < total {
+        buf.resize(total, B::default());
+    }
+    let cols = x.len() / n;
+    if n == 1 || pool.n_threads() == 1 {
+        quantize(x, &mut buf[..total]);
+    } else {
+        let ptr = SendPtr(buf.as_mut_ptr());
+        pool.run(&|i, nt| {
+            for t in crate::pool::split_range(n, i, nt) {
+                // SAFETY: each token's blocks are written by exactly one thread.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        ptr.get().add(t * blocks_per_row),
+                        blocks_per_row,
+                    )
+                };
+                quantize(&x[t * cols..(t + 1) * cols], dst);
+            }
+        });
+    }
+    &buf[..total]
+}
+
+/// A dot kernel: (weight row, `N` activation rows, index of the first of those tokens).
+type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N], usize) -> [f32; N] + Sync);
+
+/// Hands out chunks of rows to the pool; within a chunk, tokens go 8 at a time (when there is
+/// an 8-token kernel), then 4, then one by one. `acts` holds the activation rows back to back,
+/// `per_row` items each.
+#[allow(clippy::too_many_arguments)]
+fn drive<T: Sync>(
+    pool: &ThreadPool,
+    w: &Tensor,
+    acts: &[T],
+    per_row: usize,
+    out: SendPtr<f32>,
+    k1: Kernel<T, 1>,
+    k4: Kernel<T, 4>,
+    k8: Option<Kernel<T, 8>>,
+) {
+    let rows = w.rows();
+    let n = acts.len() / per_row;
+    let act = |t: usize| &acts[t * per_row..(t + 1) * per_row];
+    let row_bytes = w.row_bytes().max(1);
+    // Decode: small chunks for balance. Prefill: a chunk of rows whose weights stay in L2
+    // (~128 KiB) while every token passes over it.
+    let chunk = if n == 1 {
+        8
+    } else {
+        (128 * 1024 / row_bytes).clamp(4, 64)
+    };
+    let n_chunks = rows.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let bytes = w.data.bytes();
+    let work = |_: usize, _: usize| loop {
+        let c = next.fetch_add(1, Ordering::Relaxed);
+        if c >= n_chunks {
+            break;
+        }
+        let r_range = c * chunk..((c + 1) * chunk).min(rows);
+        // Runs kernel `$k` on tokens `t..t + $n` for every row of the chunk.
+        macro_rules! tile {
+            ($k:expr, $n:literal, $t:expr) => {{
+                let t0 = $t;
+                let a: [&[T]; $n] = std::array::from_fn(|k| act(t0 + k));
+                for r in r_range.clone() {
+                    let v = $k(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t0);
+                    for (k, &v) in v.iter().enumerate() {
+                        // SAFETY: every (token, row) pair is computed by exactly one chunk.
+                        unsafe { *out.get().add((t0 + k) * rows + r) = v };
+                    }
+                }
+            }};
+        }
+        let mut t = 0;
+        if let Some(k8) = k8 {
+            while t + 8 <= n {
+                tile!(k8, 8, t);
+                t += 8;
+            }
+        }
+        while t + 4 <= n {
+            tile!(k4, 4, t);
+            t += 4;
+        }
+        while t < n {
+            tile!(k1, 1, t);
+            t += 1;
+        }
+    };
+    if rows * n * w.cols() < 32 * 1024 {
+        work(0, 1); // too small to be worth waking the pool
+    } else {
+        pool.run(&work);
+    }
+}
+
+/// Dequantises the whole of `w` and multiplies in f32: the slow reference `matmul` is tested
+/// against.
+pub fn matmul_reference(w: &Tensor, x: &[f32], n: usize) -> Vec<f32> {
+    let (rows, cols) = (w.rows(), w.cols());
+    let wf = w.to_f32_vec();
+    let mut out = vec![0.0; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            let wr = &wf[r * cols..(r + 1) * cols];
+            let xr = &x[t * cols..(t + 1) * cols];
+            out[t * rows + r] = wr
+                .iter()
+                .zip(xr)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum::<f64>() as f32;
+        }
+    }
+    out
 }
 
 /// A raw pointer that may cross threads: used only for disjoint writes.

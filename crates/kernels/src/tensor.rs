@@ -47,12 +47,7 @@ impl Tensor {
 
     /// Number of rows: the product of every dimension but the last.
     pub fn rows(&self) -> usize {
-        let c = self.cols();
-        if c == 0 {
-            0
-        } else {
-            self.n_elements() / c
-        }
+        self.n_elements().checked_div(self.cols()).unwrap_or(0)
     }
 
     pub fn row_bytes(&self) -> usize {

@@ -63,6 +63,9 @@ impl Rope {
         match scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            Some(RopeScaling::FreqFactors(factors)) => {
+                inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d)
+            }
             Some(&RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,

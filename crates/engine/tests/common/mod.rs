@@ -67,8 +67,8 @@ const TOL: f32 = 1e-4;
 /// Checks every prompt of a golden file: ids, last logits, top-5 at each position, echoed
 /// prompt logprobs, greedy continuations (with and without EOS), and the batch.
 pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bool) {
-    let prompts = golden["prompts"].as_object().unwrap();
-    for (name, p) in prompts {
+    for p in golden["prompts"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
         let input_ids = ids(&p["input_ids"]);
         if check_tokenizer {
             let got = engine.tokenize(p["text"].as_str().unwrap()).unwrap();
@@ -158,9 +158,9 @@ pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bo
 /// The batched run equals each prompt run alone.
 pub fn check_batch_independence(engine: &Engine, golden: &Value) {
     let prompts: Vec<Vec<u32>> = golden["prompts"]
-        .as_object()
+        .as_array()
         .unwrap()
-        .values()
+        .iter()
         .map(|p| ids(&p["input_ids"]))
         .collect();
     let params = GenerateParams {
@@ -196,19 +196,19 @@ pub fn check_batch_independence(engine: &Engine, golden: &Value) {
     }
     if let Some(batched) = golden.get("batched") {
         // transformers' left-padded batch gives the same new ids as the unbatched runs.
+        let two: Vec<Vec<u32>> = batched["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| ids(&prompt(golden, row["name"].as_str().unwrap())["input_ids"]))
+            .collect();
+        let params = GenerateParams {
+            max_tokens: 20,
+            ..Default::default()
+        };
+        let out = engine.generate(&two, &params, &mut |_, _| {}).unwrap();
         for (r, row) in batched["rows"].as_array().unwrap().iter().enumerate() {
-            let name = ["hello", "qa"][r];
-            let p = ids(&golden["prompts"][name]["input_ids"]);
-            let params = GenerateParams {
-                max_tokens: 20,
-                ..Default::default()
-            };
-            let two = vec![
-                ids(&golden["prompts"]["hello"]["input_ids"]),
-                ids(&golden["prompts"]["qa"]["input_ids"]),
-            ];
-            let out = engine.generate(&two, &params, &mut |_, _| {}).unwrap();
-            assert_eq!(out[r].prompt_token_ids, p);
+            assert_eq!(out[r].prompt_token_ids, two[r]);
             assert_eq!(
                 out[r].token_ids,
                 ids(&row["new_ids_until_eos"]),
@@ -216,4 +216,14 @@ pub fn check_batch_independence(engine: &Engine, golden: &Value) {
             );
         }
     }
+}
+
+/// The golden prompt called `name`.
+pub fn prompt<'a>(golden: &'a Value, name: &str) -> &'a Value {
+    golden["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no prompt {name}"))
 }

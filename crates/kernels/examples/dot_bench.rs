@@ -1,0 +1,96 @@
+//! Cost of the dot kernels on cache-resident data (single thread, thread CPU time), in
+//! GFLOP/s (2 flops per weight × activation), for 1 activation row and for the prefill tile.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{random_weights, Rng};
+use kiln_kernels::dot::{dot_q8_32_g8, dot_q8_32_n, dot_q8k_n, dot_q8k_x8, Isa};
+use kiln_kernels::quant::{
+    interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8,
+};
+use kiln_kernels::DType;
+use std::hint::black_box;
+
+fn cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        * 1e-9
+}
+
+/// GFLOP/s over >= 0.4 s of calls (the CPU-time clock ticks coarsely).
+fn rate(cols: usize, tokens: usize, mut f: impl FnMut()) -> f64 {
+    let start = std::time::Instant::now();
+    let t = cpu();
+    let mut iters = 0u64;
+    while start.elapsed().as_secs_f64() < 0.4 {
+        for _ in 0..100 {
+            f();
+        }
+        iters += 100;
+    }
+    (2.0 * cols as f64 * tokens as f64 * iters as f64) / (cpu() - t) / 1e9
+}
+
+fn main() {
+    let mut rng = Rng::new(1);
+    let cols = 2048;
+    let isa = Isa::best();
+    for dtype in [DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q5_0] {
+        let w = random_weights(&mut rng, dtype, cols);
+        if dtype.block_size() == 256 {
+            let acts: Vec<Vec<BlockQ8K>> = (0..8)
+                .map(|_| {
+                    let mut q = vec![BlockQ8K::default(); cols / 256];
+                    quantize_q8_k(&rng.vec(cols), &mut q);
+                    q
+                })
+                .collect();
+            let r1 = rate(cols, 1, || {
+                black_box(dot_q8k_n(isa, dtype, black_box(&w), [&acts[0]]));
+            });
+            let r4 = rate(cols, 4, || {
+                black_box(dot_q8k_n(
+                    isa,
+                    dtype,
+                    black_box(&w),
+                    [&acts[0], &acts[1], &acts[2], &acts[3]],
+                ));
+            });
+            let a8: [&[BlockQ8K]; 8] = std::array::from_fn(|t| &acts[t][..]);
+            let r8 = rate(cols, 8, || {
+                black_box(dot_q8k_x8(isa, dtype, black_box(&w), a8));
+            });
+            println!("{dtype}: N=1 {r1:.1} GFLOP/s, N=4 {r4:.1} GFLOP/s, x8 {r8:.1} GFLOP/s");
+        } else {
+            let acts: Vec<Vec<BlockQ8_32>> = (0..8)
+                .map(|_| {
+                    let mut q = vec![BlockQ8_32::default(); cols / 32];
+                    quantize_q8_32(&rng.vec(cols), &mut q);
+                    q
+                })
+                .collect();
+            let a: [&[BlockQ8_32]; 8] = std::array::from_fn(|t| &acts[t][..]);
+            let r1 = rate(cols, 1, || {
+                black_box(dot_q8_32_n(isa, dtype, black_box(&w), [&acts[0]]));
+            });
+            let r4 = rate(cols, 4, || {
+                black_box(dot_q8_32_n(
+                    isa,
+                    dtype,
+                    black_box(&w),
+                    [a[0], a[1], a[2], a[3]],
+                ));
+            });
+            let g: Vec<BlockQ8x8> = (0..cols / 32)
+                .map(|i| interleave8(std::array::from_fn(|t| &a[t][i])))
+                .collect();
+            let r8 = rate(cols, 8, || {
+                black_box(dot_q8_32_g8(isa, dtype, black_box(&w), &g, a));
+            });
+            println!("{dtype}: N=1 {r1:.1} GFLOP/s, N=4 {r4:.1} GFLOP/s, x8 {r8:.1} GFLOP/s");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Throughput of the matmul kernels: matrix-vector (decode, reported as weight GB/s) and
+//! matrix-matrix (prefill, reported as GFLOP/s) for the weight types real models use.
+//!
+//! cargo run --release -p kiln-kernels --example matmul_bench -- [threads] [prefill_tokens] [types]
+//! e.g. `-- 2 128 Q4_K,Q6_K`. `KILN_ISA=scalar` measures the scalar reference.
+//!
+//! `-- [threads] [prefill_tokens] qwen` instead times every linear layer of one
+//! qwen2.5-coder-0.5b Q4_K_M forward pass (same shapes and types, random weights): the
+//! matmul-only bound on decode and prefill tokens/s.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{random_weights, Rng};
+use kiln_kernels::{cpu_features, matmul, DType, Storage, Tensor, ThreadPool};
+use std::time::{Duration, Instant};
+
+/// CPU time this thread has run, in seconds (Linux; falls back to wall time elsewhere).
+fn thread_cpu() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
+}
+
+/// Best per-call time over batches of calls lasting >= 250 ms each (the CPU-time clock ticks
+/// coarsely); with one thread, measured as
+/// the calling thread's CPU time (robust when the machine is shared and the process gets
+/// preempted), otherwise as wall time.
+fn time_it(cpu_time: bool, mut f: impl FnMut()) -> f64 {
+    f(); // warm up
+    let mut best = f64::INFINITY;
+    let mut batches = 0;
+    while batches < 3 {
+        let (t, c) = (Instant::now(), thread_cpu());
+        let mut calls = 0;
+        while calls == 0 || t.elapsed() < Duration::from_millis(250) {
+            f();
+            calls += 1;
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let el = match (cpu_time, c, thread_cpu()) {
+            (true, Some(a), Some(b)) if b > a => b - a,
+            _ => wall,
+        };
+        best = best.min(el / calls as f64);
+        batches += 1;
+    }
+    best
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let threads = args.get(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let n_prefill: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
+    if args.get(3).map(String::as_str) == Some("qwen") {
+        return qwen(threads, n_prefill);
+    }
+    let types: Vec<DType> = match args.get(3) {
+        Some(list) => list
+            .split(',')
+            .filter_map(|t| DType::ALL.into_iter().find(|d| d.name() == t))
+            .collect(),
+        None => vec![DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q5_0],
+    };
+    println!("{}", cpu_features());
+    println!(
+        "threads {threads}, prefill tokens {n_prefill} (best of repeated runs; {})",
+        if threads == 1 {
+            "thread CPU time"
+        } else {
+            "wall time"
+        }
+    );
+    let pool = ThreadPool::new(threads);
+    let mut rng = Rng::new(1);
+    for dtype in types {
+        for (rows, cols) in [(4864usize, 896usize), (896, 4864), (4096, 4096)] {
+            if cols % dtype.block_size() != 0 {
+                continue;
+            }
+            let bytes = random_weights(&mut rng, dtype, rows * cols);
+            let nbytes = bytes.len();
+            let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(bytes)).unwrap();
+            let x1 = rng.vec(cols);
+            let mut o1 = vec![0.0; rows];
+            let t1 = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
+            let xn = rng.vec(n_prefill * cols);
+            let mut on = vec![0.0; n_prefill * rows];
+            let tn = time_it(threads == 1, || matmul(&pool, &w, &xn, n_prefill, &mut on));
+            let flops = 2.0 * (rows * cols) as f64;
+            println!(
+                "{:5} {rows:6}x{cols:<5} matvec {:8.1} us {:6.1} GB/s {:6.1} GFLOP/s | matmul n={n_prefill} {:8.2} ms {:7.1} GFLOP/s",
+                dtype.name(),
+                t1 * 1e6,
+                nbytes as f64 / t1 / 1e9,
+                flops / t1 / 1e9,
+                tn * 1e3,
+                flops * n_prefill as f64 / tn / 1e9
+            );
+        }
+    }
+}
+
+/// Every linear layer of qwen2.5-coder-0.5b-instruct-q4_k_m (24 blocks), timed per token.
+fn qwen(threads: usize, n_prefill: usize) {
+    println!("{}", cpu_features());
+    let pool = ThreadPool::new(threads);
+    let mut rng = Rng::new(2);
+    // (type, rows, cols, count per forward pass)
+    let layers: [(DType, usize, usize, usize); 6] = [
+        (DType::Q5_0, 896, 896, 48),  // attn_q, attn_output
+        (DType::Q5_0, 128, 896, 24),  // attn_k
+        (DType::Q8_0, 128, 896, 24),  // attn_v
+        (DType::Q5_0, 4864, 896, 48), // ffn_gate, ffn_up
+        (DType::Q4_K, 896, 4864, 12), // ffn_down (half the blocks)
+        (DType::Q6_K, 896, 4864, 12), // ffn_down (the other half)
+    ];
+    let lm_head = (DType::Q8_0, 151936, 896);
+    let (mut decode, mut prefill, mut bytes) = (0.0, 0.0, 0usize);
+    for &(dtype, rows, cols, count) in &layers {
+        let b = random_weights(&mut rng, dtype, rows * cols);
+        bytes += b.len() * count;
+        let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
+        let x1 = rng.vec(cols);
+        let mut o1 = vec![0.0; rows];
+        let t1 = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
+        let xn = rng.vec(n_prefill * cols);
+        let mut on = vec![0.0; n_prefill * rows];
+        let tn = time_it(threads == 1, || matmul(&pool, &w, &xn, n_prefill, &mut on));
+        println!(
+            "{:5} {rows:5}x{cols:<5} x{count:2}: decode {:7.1} us, prefill {:7.2} ms",
+            dtype.name(),
+            t1 * 1e6,
+            tn * 1e3
+        );
+        decode += t1 * count as f64;
+        prefill += tn * count as f64;
+    }
+    let (dtype, rows, cols) = lm_head;
+    let b = random_weights(&mut rng, dtype, rows * cols);
+    bytes += b.len();
+    let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
+    let x1 = rng.vec(cols);
+    let mut o1 = vec![0.0; rows];
+    let t_head = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
+    println!("lm_head Q8_0 {rows}x{cols}: {:.2} ms", t_head * 1e3);
+    decode += t_head;
+    prefill += t_head; // logits of the last prompt token only
+    println!(
+        "decode: {:.2} ms/token ({:.1} tokens/s, {:.1} GB/s of weights); prefill {n_prefill}: {:.1} tokens/s",
+        decode * 1e3,
+        1.0 / decode,
+        bytes as f64 / decode / 1e9,
+        n_prefill as f64 / prefill
+    );
+}

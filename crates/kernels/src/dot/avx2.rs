@@ -1,0 +1,782 @@
+//! x86-64 AVX2 + FMA + F16C kernels. Every function here is `unsafe`: the caller must have
+//! checked `Isa::Avx2.is_available()` and that each activation row has as many blocks as `w`.
+//!
+//! Integer scheme (as in ggml): weights unpack to bytes, `maddubs` multiplies unsigned weight
+//! bytes with signed activation bytes into i16 pairs (never saturating for these ranges),
+//! `madd` with the sub-block scales widens to i32, and one float FMA per block and token
+//! applies the block scales. Signed × signed uses the `sign` trick: |w| · (a · sign(w)).
+
+use super::scalar::LegacyKind;
+use crate::quant::{kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8};
+use crate::DType;
+use std::arch::x86_64::*;
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16(p: *const u8) -> f32 {
+    // A zero-extending 16-bit load into a general register. Left to itself LLVM folds the load
+    // into `vpinsrw`, which merges into whatever vector register it likes and so chains every
+    // block on an unrelated accumulator (3x slower loops).
+    let h: u32;
+    std::arch::asm!(
+        "movzx {h:e}, word ptr [{p}]",
+        h = out(reg) h,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes of nibbles -> 32 bytes: low nibbles in the first 16, high nibbles in the last 16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles16(p: *const u8) -> __m256i {
+    let x = _mm_loadu_si128(p as *const __m128i);
+    let m = _mm_set1_epi8(0xF);
+    let lo = _mm_and_si128(x, m);
+    let hi = _mm_and_si128(_mm_srli_epi16(x, 4), m);
+    _mm256_set_m128i(hi, lo)
+}
+
+/// 0xFF in byte i where bit i of `bits` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+    let x = _mm256_set1_epi32(bits as i32);
+    #[rustfmt::skip]
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+    );
+    let b = _mm256_shuffle_epi8(x, shuf);
+    let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(b, mask), mask)
+}
+
+/// The 32 weights of a legacy block as bytes: signed for Q4_0 / Q5_0 / Q8_0 / Q8_1,
+/// unsigned for Q4_1 / Q5_1.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unpack_legacy(kind: LegacyKind, b: *const u8) -> __m256i {
+    match kind {
+        LegacyKind::Q4_0 => _mm256_sub_epi8(nibbles16(b.add(2)), _mm256_set1_epi8(8)),
+        LegacyKind::Q4_1 => nibbles16(b.add(4)),
+        LegacyKind::Q5_0 => {
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            let hi = _mm256_andnot_si256(bytes_from_bits(qh), _mm256_set1_epi8(0xF0u8 as i8));
+            _mm256_or_si256(nibbles16(b.add(6)), hi)
+        }
+        LegacyKind::Q5_1 => {
+            let qh = (b.add(4) as *const u32).read_unaligned();
+            let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+            _mm256_or_si256(nibbles16(b.add(8)), hi)
+        }
+        LegacyKind::Q8_0 => load(b.add(2)),
+        LegacyKind::Q8_1 => load(b.add(4)),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_legacy_n<const N: usize>(
+    kind: LegacyKind,
+    w: &[u8],
+    a: [&[BlockQ8_32]; N],
+) -> [f32; N] {
+    match kind {
+        LegacyKind::Q4_0 => legacy_impl::<0, N>(w, a),
+        LegacyKind::Q4_1 => legacy_impl::<1, N>(w, a),
+        LegacyKind::Q5_0 => legacy_impl::<2, N>(w, a),
+        LegacyKind::Q5_1 => legacy_impl::<3, N>(w, a),
+        LegacyKind::Q8_0 => legacy_impl::<4, N>(w, a),
+        LegacyKind::Q8_1 => legacy_impl::<5, N>(w, a),
+    }
+}
+
+const LEGACY: [LegacyKind; 6] = [
+    LegacyKind::Q4_0,
+    LegacyKind::Q4_1,
+    LegacyKind::Q5_0,
+    LegacyKind::Q5_1,
+    LegacyKind::Q8_0,
+    LegacyKind::Q8_1,
+];
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy_impl<const K: usize, const N: usize>(w: &[u8], a: [&[BlockQ8_32]; N]) -> [f32; N] {
+    let kind = LEGACY[K];
+    let bb = kind.block_bytes();
+    let nb = w.len() / bb;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut macc = [0.0f32; N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * bb);
+        let d = f16(b);
+        let q = unpack_legacy(kind, b);
+        if kind.has_min() {
+            let m = f16(b.add(2));
+            for t in 0..N {
+                let ab = a[t].get_unchecked(i);
+                let y = load(ab.qs.as_ptr() as *const u8);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t]);
+                macc[t] += m * ab.s;
+            }
+        } else {
+            let ax = _mm256_sign_epi8(q, q);
+            for t in 0..N {
+                let ab = a[t].get_unchecked(i);
+                let y = load(ab.qs.as_ptr() as *const u8);
+                let sy = _mm256_sign_epi8(y, q);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t]);
+            }
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]) + macc[t];
+    }
+    out
+}
+
+/// Eight vectors of 8 i32 -> one vector of their 8 horizontal sums (lane t = Σ p[t]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn reduce8(p: &[__m256i; 8]) -> __m256i {
+    let s01 = _mm256_hadd_epi32(p[0], p[1]);
+    let s23 = _mm256_hadd_epi32(p[2], p[3]);
+    let s45 = _mm256_hadd_epi32(p[4], p[5]);
+    let s67 = _mm256_hadd_epi32(p[6], p[7]);
+    let s0123 = _mm256_hadd_epi32(s01, s23);
+    let s4567 = _mm256_hadd_epi32(s45, s67);
+    let lo = _mm256_permute2x128_si256(s0123, s4567, 0x20);
+    let hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+    _mm256_add_epi32(lo, hi)
+}
+
+/// Legacy types × 8 interleaved activation rows (the prefill tile). Each weight dword is
+/// broadcast and multiplied with 4 elements of all 8 tokens at once, so the integer sums land
+/// with one token per lane and need no horizontal reduction. Weights are made unsigned
+/// (Q4_0 + 8, Q5_0 + 16) and the offset removed with the token sums; Q8 weights use the sign
+/// trick instead.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_legacy_g8(kind: LegacyKind, w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
+    match kind {
+        LegacyKind::Q4_0 => legacy_g8::<0>(w, g),
+        LegacyKind::Q4_1 => legacy_g8::<1>(w, g),
+        LegacyKind::Q5_0 => legacy_g8::<2>(w, g),
+        LegacyKind::Q5_1 => legacy_g8::<3>(w, g),
+        LegacyKind::Q8_0 => legacy_g8::<4>(w, g),
+        LegacyKind::Q8_1 => legacy_g8::<5>(w, g),
+    }
+}
+
+/// `vpbroadcastd` straight from memory (a load-port operation). Given the dword as a value,
+/// LLVM keeps the weights in a register and broadcasts with two lane-crossing shuffles each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bcast32(p: *const u32) -> __m256i {
+    let v: __m256i;
+    std::arch::asm!(
+        "vpbroadcastd {v}, dword ptr [{p}]",
+        v = out(ymm_reg) v,
+        p = in(reg) p,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    v
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
+    let kind = LEGACY[K];
+    let bb = kind.block_bytes();
+    let nb = w.len() / bb;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    let mut tmp = [0u32; 8];
+    for i in 0..nb {
+        let b = wp.add(i * bb);
+        let ab = g.get_unchecked(i);
+        let y = ab.qs.as_ptr() as *const u8;
+        // unsigned weights (offset `off` for the symmetric 4/5-bit types), or signed Q8
+        let (q, off) = match kind {
+            LegacyKind::Q4_0 => (nibbles16(b.add(2)), 8),
+            LegacyKind::Q5_0 => {
+                let qh = (b.add(2) as *const u32).read_unaligned();
+                let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+                (_mm256_or_si256(nibbles16(b.add(6)), hi), 16)
+            }
+            _ => (unpack_legacy(kind, b), 0),
+        };
+        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, q);
+        let tp = tmp.as_ptr();
+        let isum = if matches!(kind, LegacyKind::Q8_0 | LegacyKind::Q8_1) {
+            let mut s = _mm256_setzero_si256();
+            for j in 0..8 {
+                let wv = bcast32(tp.add(j));
+                let p = _mm256_maddubs_epi16(
+                    _mm256_sign_epi8(wv, wv),
+                    _mm256_sign_epi8(load(y.add(32 * j)), wv),
+                );
+                s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+            }
+            s
+        } else {
+            // |q| <= 31, |a| <= 127: four maddubs results fit in i16 (4 · 2 · 31 · 127 < 2^15)
+            let mut h = [_mm256_setzero_si256(); 2];
+            for j in 0..8 {
+                let wv = bcast32(tp.add(j));
+                h[j / 4] =
+                    _mm256_add_epi16(h[j / 4], _mm256_maddubs_epi16(wv, load(y.add(32 * j))));
+            }
+            let mut s =
+                _mm256_add_epi32(_mm256_madd_epi16(h[0], ones), _mm256_madd_epi16(h[1], ones));
+            if off != 0 {
+                let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+                s = _mm256_sub_epi32(s, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
+            }
+            s
+        };
+        let da = _mm256_load_ps(ab.d.as_ptr());
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(isum),
+            _mm256_mul_ps(_mm256_set1_ps(f16(b)), da),
+            acc,
+        );
+        if kind.has_min() {
+            let sa = _mm256_load_ps(ab.s.as_ptr());
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, acc);
+        }
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+/// The 8 mins of a Q4_K/Q5_K block as 16 i16, each repeated for the two Q8_K bsums (16
+/// elements each) of its 32-element sub-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mins_x2(mn: &[u8; 8]) -> __m256i {
+    let m = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
+    _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    q45_k::<false, N>(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q5_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    q45_k::<true, N>(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let bb = if FIVE { 176 } else { 144 };
+    let nb = w.len() / bb;
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut accm = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * bb);
+        let d = f16(b);
+        let dmin = f16(b.add(2));
+        let (sc, mn) = kscale_min(std::slice::from_raw_parts(b.add(4), 12));
+        let mins = mins_x2(&mn);
+        let qs = b.add(if FIVE { 48 } else { 16 });
+        let qh = if FIVE {
+            load(b.add(16))
+        } else {
+            _mm256_setzero_si256()
+        };
+        let mut isum = [_mm256_setzero_si256(); N];
+        for j in 0..4 {
+            let q = load(qs.add(32 * j));
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if FIVE {
+                let bit = _mm256_set1_epi8(1);
+                let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32));
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, bit), 4));
+                hi = _mm256_or_si256(
+                    hi,
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), bit), 4),
+                );
+            }
+            let s1 = _mm256_set1_epi16(sc[2 * j] as i16);
+            let s2 = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+            for t in 0..N {
+                let y = a[t].get_unchecked(i).qs.as_ptr().add(64 * j) as *const u8;
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(y)), s1);
+                let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(y.add(32))), s2);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p1, p2));
+            }
+        }
+        for t in 0..N {
+            let ab = a[t].get_unchecked(i);
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(isum[t]),
+                _mm256_set1_ps(d * ab.d),
+                acc[t],
+            );
+            let bs = load(ab.bsums.as_ptr() as *const u8);
+            let mp = _mm256_madd_epi16(mins, bs);
+            accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mp), _mm256_set1_ps(dmin * ab.d), accm[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]) - hsum(accm[t]);
+    }
+    out
+}
+
+/// Bits `s, s+1` of every byte of `qh`, moved to bits 4 and 5.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_high(qh: __m256i, s: i32, m3: __m256i) -> __m256i {
+    _mm256_slli_epi16(
+        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), m3),
+        4,
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 210;
+    let m4 = _mm256_set1_epi8(0xF);
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 210);
+        let d = f16(b.add(208));
+        let sc = b.add(192) as *const i8;
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+        // Σ_g sc_g · Σ (q - 32) a = Σ_g sc_g · Σ q a - 32 Σ_g sc_g · bsum_g
+        let mut isum = [_mm256_setzero_si256(); N];
+        for t in 0..N {
+            let bs = load(a[t].get_unchecked(i).bsums.as_ptr() as *const u8);
+            isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+        }
+        for h in 0..2 {
+            let ql0 = load(b.add(64 * h));
+            let ql1 = load(b.add(64 * h + 32));
+            let qh = load(b.add(128 + 32 * h));
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), q6_high(qh, 0, m3)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), q6_high(qh, 2, m3)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    q6_high(qh, 4, m3),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    q6_high(qh, 6, m3),
+                ),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let s0 = *sc.add(8 * h + 2 * k) as i16;
+                let s1 = *sc.add(8 * h + 2 * k + 1) as i16;
+                let scv = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                for t in 0..N {
+                    let y = a[t].get_unchecked(i).qs.as_ptr().add(128 * h + 32 * k) as *const u8;
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, load(y)), scv);
+                    isum[t] = _mm256_add_epi32(isum[t], p);
+                }
+            }
+        }
+        for t in 0..N {
+            let da = a[t].get_unchecked(i).d;
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * da), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]);
+    }
+    out
+}
+
+/// Scale vector for one 32-element chunk whose halves (16 elements each) use `s0` and `s1`:
+/// the i16 lanes 0..8 of a `maddubs` result cover elements 0..16.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_scale(s0: i16, s1: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0))
+}
+
+/// Q3_K: q = low2 + 4·hbit - 4, so Σ sc·q·a = Σ sc·(low2 + 4·hbit)·a - 4 Σ sc·bsum.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q3_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 110;
+    let m3 = _mm256_set1_epi8(3);
+    let m1 = _mm256_set1_epi8(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 110);
+        let d = f16(b.add(108));
+        let sc = q3k_scales(std::slice::from_raw_parts(b.add(96), 12));
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc.as_ptr() as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); N];
+        for t in 0..N {
+            let bs = load(a[t].get_unchecked(i).bsums.as_ptr() as *const u8);
+            isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 2));
+        }
+        let hm = load(b);
+        for h in 0..2 {
+            let qv = load(b.add(32 + 32 * h));
+            for s in 0..4 {
+                let low =
+                    _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                let hb = _mm256_and_si256(
+                    _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * h + s) as i32)),
+                    m1,
+                );
+                let q = _mm256_or_si256(low, _mm256_slli_epi16(hb, 2));
+                let g = 8 * h + 2 * s;
+                let scv = pair_scale(sc[g] as i16, sc[g + 1] as i16);
+                for t in 0..N {
+                    let y = a[t].get_unchecked(i).qs.as_ptr().add(128 * h + 32 * s) as *const u8;
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q, load(y)), scv),
+                    );
+                }
+            }
+        }
+        for t in 0..N {
+            let da = a[t].get_unchecked(i).d;
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * da), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]);
+    }
+    out
+}
+
+/// Q2_K: Σ = d·Σ sc·q·a - dmin·Σ m·bsum, scales and mins 4 bits per 16 elements.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q2_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 84;
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut accm = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 84);
+        let d = f16(b.add(80));
+        let dmin = f16(b.add(82));
+        let raw = _mm_loadu_si128(b as *const __m128i);
+        let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0xF)));
+        let mut isum = [_mm256_setzero_si256(); N];
+        for h in 0..2 {
+            let qv = load(b.add(16 + 32 * h));
+            for s in 0..4 {
+                let q = _mm256_and_si256(_mm256_srl_epi16(qv, _mm_cvtsi32_si128(2 * s as i32)), m3);
+                let g = 8 * h + 2 * s;
+                let scv = pair_scale((*b.add(g) & 0xF) as i16, (*b.add(g + 1) & 0xF) as i16);
+                for t in 0..N {
+                    let y = a[t].get_unchecked(i).qs.as_ptr().add(128 * h + 32 * s) as *const u8;
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(q, load(y)), scv),
+                    );
+                }
+            }
+        }
+        for t in 0..N {
+            let ab = a[t].get_unchecked(i);
+            acc[t] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(isum[t]),
+                _mm256_set1_ps(d * ab.d),
+                acc[t],
+            );
+            let mp = _mm256_madd_epi16(mins, load(ab.bsums.as_ptr() as *const u8));
+            accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mp), _mm256_set1_ps(dmin * ab.d), accm[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]) - hsum(accm[t]);
+    }
+    out
+}
+
+/// Q8_K weights (rarely used as weights): signed × signed with the sign trick.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q8_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
+    let nb = w.len() / 292;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 292);
+        let d = (b as *const f32).read_unaligned();
+        let mut isum = [_mm256_setzero_si256(); N];
+        for k in 0..8 {
+            let q = load(b.add(4 + 32 * k));
+            let ax = _mm256_sign_epi8(q, q);
+            for t in 0..N {
+                let y = load(a[t].get_unchecked(i).qs.as_ptr().add(32 * k) as *const u8);
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, q)), ones);
+                isum[t] = _mm256_add_epi32(isum[t], p);
+            }
+        }
+        for t in 0..N {
+            let da = a[t].get_unchecked(i).d;
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * da), acc[t]);
+        }
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]);
+    }
+    out
+}
+
+/// The activation scales of block `i` of 8 rows, one lane each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales8(ap: &[*const BlockQ8K; 8], i: usize) -> __m256 {
+    let d = |t: usize| (*ap[t].add(i)).d;
+    _mm256_setr_ps(d(0), d(1), d(2), d(3), d(4), d(5), d(6), d(7))
+}
+
+/// k-quants × 8 activation rows (the prefill tile): integer sums per row are reduced to one
+/// vector (lane = token) per super-block, so the float work is shared by all 8 tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q45_k_x8<const FIVE: bool>(w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let bb = if FIVE { 176 } else { 144 };
+    let nb = w.len() / bb;
+    let m4 = _mm256_set1_epi8(0xF);
+    let ap: [*const BlockQ8K; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * bb);
+        let d = f16(b);
+        let dmin = f16(b.add(2));
+        let (sc, mn) = kscale_min(std::slice::from_raw_parts(b.add(4), 12));
+        let mins = mins_x2(&mn);
+        let qs = b.add(if FIVE { 48 } else { 16 });
+        let qh = if FIVE {
+            load(b.add(16))
+        } else {
+            _mm256_setzero_si256()
+        };
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for j in 0..4 {
+            let q = load(qs.add(32 * j));
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if FIVE {
+                let bit = _mm256_set1_epi8(1);
+                let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32));
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, bit), 4));
+                hi = _mm256_or_si256(
+                    hi,
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), bit), 4),
+                );
+            }
+            let s1 = _mm256_set1_epi16(sc[2 * j] as i16);
+            let s2 = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+            for t in 0..8 {
+                let y = (*ap[t].add(i)).qs.as_ptr().add(64 * j) as *const u8;
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(y)), s1);
+                let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(y.add(32))), s2);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p1, p2));
+            }
+        }
+        let mut msum = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            msum[t] = _mm256_madd_epi16(mins, load((*ap[t].add(i)).bsums.as_ptr() as *const u8));
+        }
+        let da = scales8(&ap, i);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&isum)),
+            _mm256_mul_ps(_mm256_set1_ps(d), da),
+            acc,
+        );
+        acc = _mm256_fnmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&msum)),
+            _mm256_mul_ps(_mm256_set1_ps(dmin), da),
+            acc,
+        );
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q6_k_x8(w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    let nb = w.len() / 210;
+    let m4 = _mm256_set1_epi8(0xF);
+    let m3 = _mm256_set1_epi8(3);
+    let ap: [*const BlockQ8K; 8] = std::array::from_fn(|t| a[t].as_ptr());
+    let mut acc = _mm256_setzero_ps();
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * 210);
+        let d = f16(b.add(208));
+        let sc = b.add(192) as *const i8;
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for t in 0..8 {
+            let bs = load((*ap[t].add(i)).bsums.as_ptr() as *const u8);
+            isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5));
+        }
+        for h in 0..2 {
+            let ql0 = load(b.add(64 * h));
+            let ql1 = load(b.add(64 * h + 32));
+            let qh = load(b.add(128 + 32 * h));
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), q6_high(qh, 0, m3)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), q6_high(qh, 2, m3)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    q6_high(qh, 4, m3),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    q6_high(qh, 6, m3),
+                ),
+            ];
+            for (k, &qk) in q.iter().enumerate() {
+                let scv = pair_scale(
+                    *sc.add(8 * h + 2 * k) as i16,
+                    *sc.add(8 * h + 2 * k + 1) as i16,
+                );
+                for t in 0..8 {
+                    let y = (*ap[t].add(i)).qs.as_ptr().add(128 * h + 32 * k) as *const u8;
+                    isum[t] = _mm256_add_epi32(
+                        isum[t],
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(qk, load(y)), scv),
+                    );
+                }
+            }
+        }
+        let da = scales8(&ap, i);
+        acc = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(reduce8(&isum)),
+            _mm256_mul_ps(_mm256_set1_ps(d), da),
+            acc,
+        );
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+/// 8 weights starting at element `c` of a float row, widened to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_w8(dtype: DType, w: *const u8, c: usize) -> __m256 {
+    match dtype {
+        DType::F32 => _mm256_loadu_ps(w.add(4 * c) as *const f32),
+        DType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * c) as *const __m128i)),
+        _ => {
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(w.add(2 * c) as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_float_n<const N: usize>(
+    dtype: DType,
+    w: &[u8],
+    x: [&[f32]; N],
+) -> [f32; N] {
+    match dtype {
+        DType::F32 => float_impl::<0, N>(w, x),
+        DType::F16 => float_impl::<1, N>(w, x),
+        _ => float_impl::<2, N>(w, x),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn float_impl<const K: usize, const N: usize>(w: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    let dtype = [DType::F32, DType::F16, DType::BF16][K];
+    let n = x.first().map_or(0, |r| r.len());
+    let wp = w.as_ptr();
+    let mut acc0 = [_mm256_setzero_ps(); N];
+    let mut acc1 = [_mm256_setzero_ps(); N];
+    let mut c = 0;
+    while c + 16 <= n {
+        let w0 = load_w8(dtype, wp, c);
+        let w1 = load_w8(dtype, wp, c + 8);
+        for t in 0..N {
+            let xp = x[t].as_ptr().add(c);
+            acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp), acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xp.add(8)), acc1[t]);
+        }
+        c += 16;
+    }
+    let mut out = [0.0f32; N];
+    for t in 0..N {
+        out[t] = hsum(_mm256_add_ps(acc0[t], acc1[t]));
+        out[t] += super::scalar::dot_float(dtype, &w[c * dtype.block_bytes()..], &x[t][c..]);
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut c = 0;
+    while c + 32 <= n {
+        for (k, s) in acc.iter_mut().enumerate() {
+            *s = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(c + 8 * k)),
+                _mm256_loadu_ps(pb.add(c + 8 * k)),
+                *s,
+            );
+        }
+        c += 32;
+    }
+    while c + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pa.add(c)),
+            _mm256_loadu_ps(pb.add(c)),
+            acc[0],
+        );
+        c += 8;
+    }
+    let mut s = hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    while c < n {
+        s += a[c] * b[c];
+        c += 1;
+    }
+    s
+}

@@ -1,0 +1,355 @@
+//! Dot products of one weight row (raw ggml blocks) with one or several activation rows.
+//!
+//! Activations are quantised once per matmul (see [`crate::quant::act`]); each weight type then
+//! has a portable scalar reference (`scalar.rs`) and SIMD paths chosen at run time from the CPU's
+//! features ([`Isa`]). The `_n` entry points take `N` activation rows at once so that a weight
+//! block is loaded and unpacked once for all of them (the prefill tile).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+pub(crate) mod scalar;
+
+use crate::quant::{interleave8, BlockQ8K, BlockQ8_32, BlockQ8x8};
+use crate::DType;
+use scalar::LegacyKind;
+use std::sync::OnceLock;
+
+/// An instruction-set level with its own kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust, the reference every other path is tested against.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// aarch64 NEON (widening multiplies).
+    Neon,
+    /// aarch64 NEON with the dotprod extension (`sdot`).
+    NeonDot,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon+dotprod",
+        }
+    }
+
+    /// Whether this CPU can run the level's kernels.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// Every level this CPU can run, best last.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::NeonDot]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+
+    /// The best level this CPU can run (detected once). `KILN_ISA=scalar` forces the reference.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            if std::env::var("KILN_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
+                return Isa::Scalar;
+            }
+            *Isa::available().last().unwrap_or(&Isa::Scalar)
+        })
+    }
+}
+
+/// What was detected, e.g. `"x86_64 avx2 fma f16c avx512f=no ... -> kernels: avx2"`.
+pub fn cpu_features() -> String {
+    let mut s = String::from(std::env::consts::ARCH);
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! feat {
+            ($($f:tt),*) => {$(
+                s.push(' ');
+                s.push_str($f);
+                if !is_x86_feature_detected!($f) { s.push_str("=no"); }
+            )*};
+        }
+        feat!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avxvnni"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! feat {
+            ($($f:tt),*) => {$(
+                s.push(' ');
+                s.push_str($f);
+                if !std::arch::is_aarch64_feature_detected!($f) { s.push_str("=no"); }
+            )*};
+        }
+        feat!("neon", "dotprod", "i8mm", "fp16");
+    }
+    s.push_str(" -> kernels: ");
+    s.push_str(Isa::best().name());
+    s
+}
+
+/// Which activation form a weight type is multiplied with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActKind {
+    /// Plain f32 (F32 / F16 / BF16 weights).
+    F32,
+    /// [`BlockQ8_32`] (the 32-element quant types).
+    Q8_32,
+    /// [`BlockQ8K`] (the k-quants).
+    Q8K,
+}
+
+pub fn act_kind(dtype: DType) -> ActKind {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => ActKind::F32,
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::Q8_1 => {
+            ActKind::Q8_32
+        }
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => {
+            ActKind::Q8K
+        }
+    }
+}
+
+fn legacy_kind(dtype: DType) -> Option<LegacyKind> {
+    Some(match dtype {
+        DType::Q4_0 => LegacyKind::Q4_0,
+        DType::Q4_1 => LegacyKind::Q4_1,
+        DType::Q5_0 => LegacyKind::Q5_0,
+        DType::Q5_1 => LegacyKind::Q5_1,
+        DType::Q8_0 => LegacyKind::Q8_0,
+        DType::Q8_1 => LegacyKind::Q8_1,
+        _ => return None,
+    })
+}
+
+fn check(
+    dtype: DType,
+    w: &[u8],
+    n_act_blocks: impl Iterator<Item = usize>,
+    per_block: usize,
+) -> usize {
+    let bb = dtype.block_bytes();
+    assert!(
+        w.len() % bb == 0,
+        "dot: {} bytes are not whole {dtype} blocks",
+        w.len()
+    );
+    let nb = w.len() / bb;
+    let elems = nb * dtype.block_size();
+    for n in n_act_blocks {
+        assert_eq!(
+            n * per_block,
+            elems,
+            "dot: activation row length differs from the weight row"
+        );
+    }
+    nb
+}
+
+/// `out[t] = w · a[t]` for a row of a 32-element quant type (`Q4_0 … Q8_1`).
+pub fn dot_q8_32_n<const N: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    a: [&[BlockQ8_32]; N],
+) -> [f32; N] {
+    let kind = legacy_kind(dtype)
+        .unwrap_or_else(|| panic!("dot_q8_32_n: {dtype} is not a 32-element quant type"));
+    check(dtype, w, a.iter().map(|r| r.len()), 32);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_n(kind, w, a) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.is_available() => unsafe { neon::dot_legacy_n::<false, N>(kind, w, a) },
+        #[cfg(target_arch = "aarch64")]
+        Isa::NeonDot if isa.is_available() => unsafe { neon::dot_legacy_n::<true, N>(kind, w, a) },
+        _ => std::array::from_fn(|t| scalar::dot_legacy(kind, w, a[t])),
+    }
+}
+
+/// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile.
+/// Convenience form that interleaves `a` itself; `matmul` interleaves once per token group and
+/// calls [`dot_q8_32_g8`].
+pub fn dot_q8_32_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8_32]; 8]) -> [f32; 8] {
+    let nb = a[0].len();
+    assert!(
+        a.iter().all(|r| r.len() == nb),
+        "dot_q8_32_x8: activation rows differ in length"
+    );
+    let g: Vec<BlockQ8x8> = (0..nb)
+        .map(|i| interleave8(std::array::from_fn(|t| &a[t][i])))
+        .collect();
+    dot_q8_32_g8(isa, dtype, w, &g, a)
+}
+
+/// [`dot_q8_32_x8`] with the 8 rows already interleaved (`g[i] == interleave8(a[..][i])`);
+/// `a` (the same rows, plain) serves the levels without a group kernel.
+pub fn dot_q8_32_g8(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    g: &[BlockQ8x8],
+    a: [&[BlockQ8_32]; 8],
+) -> [f32; 8] {
+    let kind = legacy_kind(dtype)
+        .unwrap_or_else(|| panic!("dot_q8_32_x8: {dtype} is not a 32-element quant type"));
+    let nb = check(dtype, w, a.iter().map(|r| r.len()), 32);
+    assert_eq!(
+        g.len(),
+        nb,
+        "dot_q8_32_g8: {} interleaved blocks for {nb} weight blocks",
+        g.len()
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_g8(kind, w, g) },
+        _ => {
+            let _ = kind;
+            dot_q8_32_n(isa, dtype, w, a)
+        }
+    }
+}
+
+/// `out[t] = w · a[t]` for a row of a k-quant type (`Q2_K … Q8_K`).
+pub fn dot_q8k_n<const N: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    a: [&[BlockQ8K]; N],
+) -> [f32; N] {
+    assert_eq!(
+        act_kind(dtype),
+        ActKind::Q8K,
+        "dot_q8k_n: {dtype} is not a k-quant"
+    );
+    check(dtype, w, a.iter().map(|r| r.len()), 256);
+    match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q2_K) if isa.is_available() => return unsafe { avx2::dot_q2_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q3_K) if isa.is_available() => return unsafe { avx2::dot_q3_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q8_K) if isa.is_available() => return unsafe { avx2::dot_q8_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_K) if isa.is_available() => return unsafe { avx2::dot_q4_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_K) if isa.is_available() => return unsafe { avx2::dot_q5_k_n(w, a) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q6_K) if isa.is_available() => return unsafe { avx2::dot_q6_k_n(w, a) },
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, DType::Q4_K) if isa.is_available() => {
+            return unsafe { neon::dot_q4_k_n::<false, N>(w, a) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::NeonDot, DType::Q4_K) if isa.is_available() => {
+            return unsafe { neon::dot_q4_k_n::<true, N>(w, a) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::Neon, DType::Q6_K) if isa.is_available() => {
+            return unsafe { neon::dot_q6_k_n::<false, N>(w, a) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        (Isa::NeonDot, DType::Q6_K) if isa.is_available() => {
+            return unsafe { neon::dot_q6_k_n::<true, N>(w, a) }
+        }
+        _ => {}
+    }
+    let f = match dtype {
+        DType::Q2_K => scalar::dot_q2_k,
+        DType::Q3_K => scalar::dot_q3_k,
+        DType::Q4_K => scalar::dot_q4_k,
+        DType::Q5_K => scalar::dot_q5_k,
+        DType::Q6_K => scalar::dot_q6_k,
+        _ => scalar::dot_q8_k,
+    };
+    std::array::from_fn(|t| f(w, a[t]))
+}
+
+/// `out[t] = w · a[t]` for 8 activation rows of a k-quant type: the prefill tile (on AVX2,
+/// Q4_K / Q5_K / Q6_K share each super-block's float work across the 8 tokens).
+pub fn dot_q8k_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {
+    assert_eq!(
+        act_kind(dtype),
+        ActKind::Q8K,
+        "dot_q8k_x8: {dtype} is not a k-quant"
+    );
+    check(dtype, w, a.iter().map(|r| r.len()), 256);
+    match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_K) if isa.is_available() => unsafe {
+            avx2::dot_q45_k_x8::<false>(w, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_K) if isa.is_available() => unsafe {
+            avx2::dot_q45_k_x8::<true>(w, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q6_K) if isa.is_available() => unsafe { avx2::dot_q6_k_x8(w, a) },
+        _ => {
+            let [a0, a1, a2, a3, a4, a5, a6, a7] = a;
+            let lo = dot_q8k_n(isa, dtype, w, [a0, a1, a2, a3]);
+            let hi = dot_q8k_n(isa, dtype, w, [a4, a5, a6, a7]);
+            std::array::from_fn(|t| if t < 4 { lo[t] } else { hi[t - 4] })
+        }
+    }
+}
+
+/// `out[t] = w · x[t]` for a row of plain floats (`F32`, `F16`, `BF16` bytes).
+pub fn dot_float_n<const N: usize>(isa: Isa, dtype: DType, w: &[u8], x: [&[f32]; N]) -> [f32; N] {
+    assert_eq!(
+        act_kind(dtype),
+        ActKind::F32,
+        "dot_float_n: {dtype} is not a float type"
+    );
+    check(dtype, w, x.iter().map(|r| r.len()), 1);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_float_n(dtype, w, x) },
+        _ => std::array::from_fn(|t| scalar::dot_float(dtype, w, x[t])),
+    }
+}
+
+/// Σ a·b over f32 slices of equal length, with the best available SIMD.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if Isa::best() == Isa::Avx2 {
+        return unsafe { avx2::dot_f32(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

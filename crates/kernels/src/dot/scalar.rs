@@ -1,0 +1,240 @@
+//! Portable scalar reference dot products: one weight row (raw ggml blocks) × one quantised
+//! activation row. Every SIMD path is tested against these.
+
+use crate::quant::{f16_at, kscale_min, q3k_scales, BlockQ8K, BlockQ8_32};
+
+fn idot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
+    w.zip(a).map(|(x, &y)| x * y as i32).sum()
+}
+
+/// The 32 signed integer weights of one legacy block (for Q4_1/Q5_1 the unsigned ones).
+fn legacy_q(dtype: LegacyKind, b: &[u8]) -> [i32; 32] {
+    let mut q = [0i32; 32];
+    match dtype {
+        LegacyKind::Q4_0 | LegacyKind::Q4_1 => {
+            let (qs, off) = if dtype == LegacyKind::Q4_0 {
+                (&b[2..18], 8)
+            } else {
+                (&b[4..20], 0)
+            };
+            for l in 0..16 {
+                q[l] = (qs[l] & 0xF) as i32 - off;
+                q[l + 16] = (qs[l] >> 4) as i32 - off;
+            }
+        }
+        LegacyKind::Q5_0 | LegacyKind::Q5_1 => {
+            let (h, off) = if dtype == LegacyKind::Q5_0 {
+                (2, 16)
+            } else {
+                (4, 0)
+            };
+            let qh = u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]);
+            let qs = &b[h + 4..h + 20];
+            for l in 0..16 {
+                q[l] = ((qs[l] & 0xF) as u32 | (((qh >> l) & 1) << 4)) as i32 - off;
+                q[l + 16] = ((qs[l] >> 4) as u32 | (((qh >> (l + 16)) & 1) << 4)) as i32 - off;
+            }
+        }
+        LegacyKind::Q8_0 | LegacyKind::Q8_1 => {
+            let o = if dtype == LegacyKind::Q8_0 { 2 } else { 4 };
+            for l in 0..32 {
+                q[l] = b[o + l] as i8 as i32;
+            }
+        }
+    }
+    q
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum LegacyKind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q8_1,
+}
+
+impl LegacyKind {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            LegacyKind::Q4_0 => 18,
+            LegacyKind::Q4_1 => 20,
+            LegacyKind::Q5_0 => 22,
+            LegacyKind::Q5_1 => 24,
+            LegacyKind::Q8_0 => 34,
+            LegacyKind::Q8_1 => 36,
+        }
+    }
+    /// Whether the block has an f16 min after d (Q4_1, Q5_1).
+    pub fn has_min(self) -> bool {
+        matches!(self, LegacyKind::Q4_1 | LegacyKind::Q5_1)
+    }
+}
+
+/// Σ w·x for a legacy-type row against Q8_32 activations.
+pub(crate) fn dot_legacy(kind: LegacyKind, w: &[u8], a: &[BlockQ8_32]) -> f32 {
+    let bb = kind.block_bytes();
+    let mut sum = 0.0f32;
+    for (b, ab) in w.chunks_exact(bb).zip(a) {
+        let q = legacy_q(kind, b);
+        let isum = idot(q.iter().copied(), &ab.qs);
+        let d = f16_at(b, 0);
+        sum += d * ab.d * isum as f32;
+        if kind.has_min() {
+            sum += f16_at(b, 2) * ab.s;
+        }
+    }
+    sum
+}
+
+pub(crate) fn dot_q2_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, ab) in w.chunks_exact(84).zip(a) {
+        let scales = &b[0..16];
+        let qs = &b[16..80];
+        let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+        let mut isum = 0i32;
+        let mut msum = 0i32;
+        for g in 0..16 {
+            let mut s = 0i32;
+            for e in 16 * g..16 * g + 16 {
+                let (h, sh, l) = (e / 128, (e / 32) % 4, e % 32);
+                let q = ((qs[32 * h + l] >> (2 * sh)) & 3) as i32;
+                s += q * ab.qs[e] as i32;
+            }
+            isum += (scales[g] & 0xF) as i32 * s;
+            msum += (scales[g] >> 4) as i32 * ab.bsums[g] as i32;
+        }
+        sum += ab.d * (d * isum as f32 - dmin * msum as f32);
+    }
+    sum
+}
+
+pub(crate) fn dot_q3_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, ab) in w.chunks_exact(110).zip(a) {
+        let hmask = &b[0..32];
+        let qs = &b[32..96];
+        let sc = q3k_scales(&b[96..108]);
+        let d = f16_at(b, 108);
+        let mut isum = 0i32;
+        for (g, &scg) in sc.iter().enumerate() {
+            let mut s = 0i32;
+            for e in 16 * g..16 * g + 16 {
+                let (h, sh, l) = (e / 128, (e / 32) % 4, e % 32);
+                let low = ((qs[32 * h + l] >> (2 * sh)) & 3) as i32;
+                let high = (hmask[l] >> (4 * h + sh)) & 1;
+                let q = low - if high == 1 { 0 } else { 4 };
+                s += q * ab.qs[e] as i32;
+            }
+            isum += scg as i32 * s;
+        }
+        sum += d * ab.d * isum as f32;
+    }
+    sum
+}
+
+fn dot_q45_k(w: &[u8], a: &[BlockQ8K], five: bool) -> f32 {
+    let bb = if five { 176 } else { 144 };
+    let mut sum = 0.0f32;
+    for (b, ab) in w.chunks_exact(bb).zip(a) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (sc, mn) = kscale_min(&b[4..16]);
+        let (qh, qs) = if five {
+            (&b[16..48], &b[48..176])
+        } else {
+            (&b[0..0], &b[16..144])
+        };
+        let mut isum = 0i32;
+        let mut msum = 0i32;
+        for j in 0..4 {
+            let (mut s1, mut s2) = (0i32, 0i32);
+            for l in 0..32 {
+                let q = qs[32 * j + l];
+                let (mut lo, mut hi) = ((q & 0xF) as i32, (q >> 4) as i32);
+                if five {
+                    lo |= (((qh[l] >> (2 * j)) & 1) as i32) << 4;
+                    hi |= (((qh[l] >> (2 * j + 1)) & 1) as i32) << 4;
+                }
+                s1 += lo * ab.qs[64 * j + l] as i32;
+                s2 += hi * ab.qs[64 * j + 32 + l] as i32;
+            }
+            isum += sc[2 * j] as i32 * s1 + sc[2 * j + 1] as i32 * s2;
+            let bs = |g: usize| ab.bsums[g] as i32;
+            msum += mn[2 * j] as i32 * (bs(4 * j) + bs(4 * j + 1))
+                + mn[2 * j + 1] as i32 * (bs(4 * j + 2) + bs(4 * j + 3));
+        }
+        sum += ab.d * (d * isum as f32 - dmin * msum as f32);
+    }
+    sum
+}
+
+pub(crate) fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    dot_q45_k(w, a, false)
+}
+
+pub(crate) fn dot_q5_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    dot_q45_k(w, a, true)
+}
+
+pub(crate) fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, ab) in w.chunks_exact(210).zip(a) {
+        let ql = &b[0..128];
+        let qh = &b[128..192];
+        let scales = &b[192..208];
+        let d = f16_at(b, 208);
+        let mut isum = 0i32;
+        for h in 0..2 {
+            for k in 0..4 {
+                for half in 0..2 {
+                    let mut s = 0i32;
+                    for l in 16 * half..16 * half + 16 {
+                        let lbyte = ql[64 * h + 32 * (k & 1) + l];
+                        let low = if k < 2 { lbyte & 0xF } else { lbyte >> 4 };
+                        let high = (qh[32 * h + l] >> (2 * k)) & 3;
+                        let q = (low | (high << 4)) as i32 - 32;
+                        s += q * ab.qs[128 * h + 32 * k + l] as i32;
+                    }
+                    isum += scales[8 * h + 2 * k + half] as i8 as i32 * s;
+                }
+            }
+        }
+        sum += d * ab.d * isum as f32;
+    }
+    sum
+}
+
+pub(crate) fn dot_q8_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, ab) in w.chunks_exact(292).zip(a) {
+        let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let isum = idot(b[4..260].iter().map(|&q| q as i8 as i32), &ab.qs);
+        sum += d * ab.d * isum as f32;
+    }
+    sum
+}
+
+/// Σ w·x for a plain float row (F32/F16/BF16 bytes) against f32 activations.
+pub(crate) fn dot_float(dtype: crate::DType, w: &[u8], x: &[f32]) -> f32 {
+    use crate::DType;
+    match dtype {
+        DType::F32 => w
+            .chunks_exact(4)
+            .zip(x)
+            .map(|(b, &v)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * v)
+            .sum(),
+        DType::F16 => w
+            .chunks_exact(2)
+            .zip(x)
+            .map(|(b, &v)| half::f16::from_le_bytes([b[0], b[1]]).to_f32() * v)
+            .sum(),
+        DType::BF16 => w
+            .chunks_exact(2)
+            .zip(x)
+            .map(|(b, &v)| half::bf16::from_le_bytes([b[0], b[1]]).to_f32() * v)
+            .sum(),
+        other => unreachable!("dot_float on {other}"),
+    }
+}

@@ -1,0 +1,327 @@
+//! AVX2 + FMA versions of the per-token element-wise operations (see `ops`). Callers check
+//! `Isa::Avx2.is_available()`.
+
+use std::arch::x86_64::*;
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hmax(v: __m256) -> f32 {
+    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// e^x for 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n through
+/// the exponent bits. Relative error ~2e-7 for x in [-87, 88]; below that returns 0, above +inf.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+    let hi = _mm256_set1_ps(88.376_26);
+    let lo = _mm256_set1_ps(-87.336_55);
+    let xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    let n = _mm256_round_ps(
+        _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    // r = x - n ln2, with ln2 split in two for precision
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+        23,
+    );
+    let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    // exact limits outside the clamped range
+    let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
+    _mm256_blendv_ps(
+        y,
+        _mm256_set1_ps(f32::INFINITY),
+        _mm256_cmp_ps(x, hi, _CMP_GT_OQ),
+    )
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sum_squares(x: &[f32]) -> f32 {
+    let mut a = [_mm256_setzero_ps(); 2];
+    let mut c = 0;
+    let p = x.as_ptr();
+    while c + 16 <= x.len() {
+        let v0 = _mm256_loadu_ps(p.add(c));
+        let v1 = _mm256_loadu_ps(p.add(c + 8));
+        a[0] = _mm256_fmadd_ps(v0, v0, a[0]);
+        a[1] = _mm256_fmadd_ps(v1, v1, a[1]);
+        c += 16;
+    }
+    let mut s = hsum(_mm256_add_ps(a[0], a[1]));
+    for &v in &x[c..] {
+        s += v * v;
+    }
+    s
+}
+
+/// out = x * scale * w
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn scale_mul(x: &[f32], scale: f32, w: &[f32], out: &mut [f32]) {
+    let n = x.len().min(w.len()).min(out.len());
+    let s = _mm256_set1_ps(scale);
+    let mut c = 0;
+    while c + 8 <= n {
+        let v = _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(c)), s),
+            _mm256_loadu_ps(w.as_ptr().add(c)),
+        );
+        _mm256_storeu_ps(out.as_mut_ptr().add(c), v);
+        c += 8;
+    }
+    for i in c..n {
+        out[i] = x[i] * scale * w[i];
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn scale_mul_inplace(x: &mut [f32], scale: f32, w: &[f32]) {
+    let n = x.len().min(w.len());
+    let s = _mm256_set1_ps(scale);
+    let mut c = 0;
+    while c + 8 <= n {
+        let p = x.as_mut_ptr().add(c);
+        _mm256_storeu_ps(
+            p,
+            _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(p), s),
+                _mm256_loadu_ps(w.as_ptr().add(c)),
+            ),
+        );
+        c += 8;
+    }
+    for i in c..n {
+        x[i] = x[i] * scale * w[i];
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn softmax(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut c = 0;
+    while c + 8 <= n {
+        m = _mm256_max_ps(m, _mm256_loadu_ps(p.add(c)));
+        c += 8;
+    }
+    let mut max = hmax(m);
+    for &v in &x[c..] {
+        max = max.max(v);
+    }
+    let mv = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    c = 0;
+    while c + 8 <= n {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(c)), mv));
+        _mm256_storeu_ps(p.add(c), e);
+        sum = _mm256_add_ps(sum, e);
+        c += 8;
+    }
+    let mut s = hsum(sum);
+    for v in &mut x[c..] {
+        *v = (*v - max).exp();
+        s += *v;
+    }
+    let inv = _mm256_set1_ps(1.0 / s);
+    c = 0;
+    while c + 8 <= n {
+        _mm256_storeu_ps(p.add(c), _mm256_mul_ps(_mm256_loadu_ps(p.add(c)), inv));
+        c += 8;
+    }
+    for v in &mut x[c..] {
+        *v *= 1.0 / s;
+    }
+}
+
+/// gate[i] = silu(gate[i]) * up[i]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let one = _mm256_set1_ps(1.0);
+    let mut c = 0;
+    while c + 8 <= n {
+        let p = gate.as_mut_ptr().add(c);
+        let g = _mm256_loadu_ps(p);
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(p, _mm256_mul_ps(s, _mm256_loadu_ps(up.as_ptr().add(c))));
+        c += 8;
+    }
+    for i in c..n {
+        gate[i] = crate::ops::silu(gate[i]) * up[i];
+    }
+}
+
+/// gate[i] = gelu_tanh(gate[i]) * up[i], using 0.5 x (1 + tanh y) = x / (1 + e^{-2y})
+/// (no cancellation for negative x).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len().min(up.len());
+    let one = _mm256_set1_ps(1.0);
+    let k = _mm256_set1_ps(0.797_884_6);
+    let c3 = _mm256_set1_ps(0.044_715);
+    let mut c = 0;
+    while c + 8 <= n {
+        let p = gate.as_mut_ptr().add(c);
+        let x = _mm256_loadu_ps(p);
+        let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+        let y = _mm256_mul_ps(k, _mm256_fmadd_ps(c3, x3, x));
+        let e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0), y));
+        let g = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(p, _mm256_mul_ps(g, _mm256_loadu_ps(up.as_ptr().add(c))));
+        c += 8;
+    }
+    for i in c..n {
+        gate[i] = crate::ops::gelu_tanh(gate[i]) * up[i];
+    }
+}
+
+/// y += a * x
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    let av = _mm256_set1_ps(a);
+    let mut c = 0;
+    while c + 8 <= n {
+        let p = y.as_mut_ptr().add(c);
+        _mm256_storeu_ps(
+            p,
+            _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(c)), _mm256_loadu_ps(p)),
+        );
+        c += 8;
+    }
+    for i in c..n {
+        y[i] += a * x[i];
+    }
+}
+
+/// round-half-away-from-zero of 8 lanes (exactly like `act::round_away`), as i32.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn round_away8(p: __m256) -> __m256i {
+    let t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    let frac = _mm256_sub_ps(p, t);
+    let up = _mm256_and_ps(
+        _mm256_cmp_ps(frac, _mm256_set1_ps(0.5), _CMP_GE_OQ),
+        _mm256_set1_ps(1.0),
+    );
+    let down = _mm256_and_ps(
+        _mm256_cmp_ps(frac, _mm256_set1_ps(-0.5), _CMP_LE_OQ),
+        _mm256_set1_ps(1.0),
+    );
+    _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(t, up), down))
+}
+
+/// Packs 4 × 8 i32 (each in -128..=127) into 32 i8 in order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack32(q: [__m256i; 4]) -> __m256i {
+    let a = _mm256_packs_epi32(q[0], q[1]); // lanes: q0lo q1lo | q0hi q1hi (i16)
+    let b = _mm256_packs_epi32(q[2], q[3]);
+    let c = _mm256_packs_epi16(a, b); // q0lo q1lo q2lo q3lo | q0hi q1hi q2hi q3hi (i8, 4 each)
+    _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// `quantize_q8_32` with AVX2; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_q8_32(x: &[f32], out: &mut [crate::quant::BlockQ8_32]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (xb, o) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let p = xb.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let m01 = _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1]));
+        let m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
+        let amax = hmax(_mm256_max_ps(m01, m23));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let idv = _mm256_set1_ps(id);
+        let q = [0, 1, 2, 3].map(|k| round_away8(_mm256_mul_ps(v[k], idv)));
+        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let sum = _mm_cvtsi128_si32(s);
+        _mm256_storeu_si256(o.qs.as_mut_ptr() as *mut __m256i, pack32(q));
+        o.d = d;
+        o.s = d * sum as f32;
+    }
+}
+
+/// `quantize_q8_k` with AVX2; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn quantize_q8_k(x: &[f32], out: &mut [crate::quant::BlockQ8K]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (xb, o) in x.chunks_exact(256).zip(out.iter_mut()) {
+        let p = xb.as_ptr();
+        let mut m = _mm256_setzero_ps();
+        for k in 0..32 {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * k))));
+        }
+        let amax = hmax(m);
+        if amax == 0.0 {
+            *o = crate::quant::BlockQ8K::default();
+            continue;
+        }
+        // the first element of largest magnitude, with its sign (as the scalar loop finds it)
+        let av = _mm256_set1_ps(amax);
+        let mut max = amax;
+        for k in 0..32 {
+            let hit = _mm256_movemask_ps(_mm256_cmp_ps(
+                _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * k))),
+                av,
+                _CMP_EQ_OQ,
+            ));
+            if hit != 0 {
+                max = xb[8 * k + hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let iv = _mm256_set1_ps(iscale);
+        let lim = _mm256_set1_epi32(127);
+        for c in 0..8 {
+            let q = [0, 1, 2, 3].map(|k| {
+                _mm256_min_epi32(
+                    round_away8(_mm256_mul_ps(iv, _mm256_loadu_ps(p.add(32 * c + 8 * k)))),
+                    lim,
+                )
+            });
+            for g in 0..2 {
+                let s = _mm256_add_epi32(q[2 * g], q[2 * g + 1]);
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+                o.bsums[2 * c + g] = _mm_cvtsi128_si32(s) as i16;
+            }
+            _mm256_storeu_si256(o.qs.as_mut_ptr().add(32 * c) as *mut __m256i, pack32(q));
+        }
+        o.d = 1.0 / iscale;
+    }
+}

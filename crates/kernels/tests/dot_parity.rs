@@ -1,0 +1,273 @@
+//! Integer dot products: the scalar reference against dequantise-then-f32 (exact maths, so a
+//! tight tolerance), and every SIMD level this CPU has against the scalar reference.
+
+mod common;
+
+use common::{random_weights, Rng, QUANT_TYPES};
+use kiln_kernels::dot::{
+    act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8_32_x8, dot_q8k_n, dot_q8k_x8, ActKind, Isa,
+};
+use kiln_kernels::quant::{dequantize, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
+use kiln_kernels::DType;
+
+/// Relative tolerance (to Σ|w·x|) for two computations of the same integer dot product that
+/// only differ in float summation order.
+const REL_ORDER: f64 = 1e-5;
+
+enum Acts {
+    F(Vec<Vec<f32>>),
+    Q32(Vec<Vec<BlockQ8_32>>),
+    QK(Vec<Vec<BlockQ8K>>),
+}
+
+fn make_acts(dtype: DType, xs: &[Vec<f32>]) -> Acts {
+    match act_kind(dtype) {
+        ActKind::F32 => Acts::F(xs.to_vec()),
+        ActKind::Q8_32 => Acts::Q32(
+            xs.iter()
+                .map(|x| {
+                    let mut q = vec![BlockQ8_32::default(); x.len() / 32];
+                    quantize_q8_32(x, &mut q);
+                    q
+                })
+                .collect(),
+        ),
+        ActKind::Q8K => Acts::QK(
+            xs.iter()
+                .map(|x| {
+                    let mut q = vec![BlockQ8K::default(); x.len() / 256];
+                    quantize_q8_k(x, &mut q);
+                    q
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The activations as the kernels see them (after their own quantisation), in f32.
+fn dequant_acts(acts: &Acts, t: usize) -> Vec<f32> {
+    match acts {
+        Acts::F(x) => x[t].clone(),
+        Acts::Q32(q) => q[t]
+            .iter()
+            .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+            .collect(),
+        Acts::QK(q) => q[t]
+            .iter()
+            .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+            .collect(),
+    }
+}
+
+fn dot4(isa: Isa, dtype: DType, w: &[u8], acts: &Acts) -> [f32; 4] {
+    match acts {
+        Acts::F(x) => dot_float_n(isa, dtype, w, [&x[0], &x[1], &x[2], &x[3]]),
+        Acts::Q32(q) => dot_q8_32_n(isa, dtype, w, [&q[0], &q[1], &q[2], &q[3]]),
+        Acts::QK(q) => dot_q8k_n(isa, dtype, w, [&q[0], &q[1], &q[2], &q[3]]),
+    }
+}
+
+fn dot1(isa: Isa, dtype: DType, w: &[u8], acts: &Acts, t: usize) -> f32 {
+    match acts {
+        Acts::F(x) => dot_float_n(isa, dtype, w, [&x[t]])[0],
+        Acts::Q32(q) => dot_q8_32_n(isa, dtype, w, [&q[t]])[0],
+        Acts::QK(q) => dot_q8k_n(isa, dtype, w, [&q[t]])[0],
+    }
+}
+
+fn all_types() -> Vec<DType> {
+    let mut v = vec![DType::F32, DType::F16, DType::BF16];
+    v.extend(QUANT_TYPES);
+    v
+}
+
+#[test]
+fn every_isa_matches_exact_dequantised_dot() {
+    let mut rng = Rng::new(7);
+    println!("{}", kiln_kernels::cpu_features());
+    for dtype in all_types() {
+        for &cols in &[256usize, 768, 4864] {
+            let w = random_weights(&mut rng, dtype, cols);
+            let xs: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(cols)).collect();
+            let acts = make_acts(dtype, &xs);
+            let mut wf = vec![0.0; cols];
+            dequantize(dtype, &w, &mut wf);
+            for t in 0..4 {
+                let xf = dequant_acts(&acts, t);
+                let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let mag: f64 = wf
+                    .iter()
+                    .zip(&xf)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                let tol = REL_ORDER * mag + 1e-30;
+                for isa in Isa::available() {
+                    let got1 = dot1(isa, dtype, &w, &acts, t) as f64;
+                    let got4 = dot4(isa, dtype, &w, &acts)[t] as f64;
+                    assert!(
+                        (got1 - exact).abs() <= tol,
+                        "{dtype} {} cols {cols}: N=1 gives {got1}, exact {exact} (tol {tol})",
+                        isa.name()
+                    );
+                    assert!(
+                        (got4 - exact).abs() <= tol,
+                        "{dtype} {} cols {cols}: N=4 gives {got4}, exact {exact} (tol {tol})",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn simd_levels_agree_with_scalar_reference() {
+    let mut rng = Rng::new(11);
+    for dtype in all_types() {
+        let cols = 2048;
+        let w = random_weights(&mut rng, dtype, cols);
+        let xs: Vec<Vec<f32>> = (0..4).map(|_| rng.vec(cols)).collect();
+        let acts = make_acts(dtype, &xs);
+        let reference = dot4(Isa::Scalar, dtype, &w, &acts);
+        let mut wf = vec![0.0; cols];
+        dequantize(dtype, &w, &mut wf);
+        for isa in Isa::available() {
+            let got = dot4(isa, dtype, &w, &acts);
+            for t in 0..4 {
+                let xf = dequant_acts(&acts, t);
+                let mag: f64 = wf
+                    .iter()
+                    .zip(&xf)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                let diff = (got[t] as f64 - reference[t] as f64).abs();
+                assert!(
+                    diff <= REL_ORDER * mag,
+                    "{dtype} {}: {} vs scalar {}",
+                    isa.name(),
+                    got[t],
+                    reference[t]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn eight_row_tile_matches_exact_dot() {
+    let mut rng = Rng::new(13);
+    for dtype in [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q8_1,
+    ] {
+        for cols in [32usize, 896, 4864] {
+            let w = random_weights(&mut rng, dtype, cols);
+            let xs: Vec<Vec<f32>> = (0..8).map(|_| rng.vec(cols)).collect();
+            let Acts::Q32(q) = make_acts(dtype, &xs) else {
+                unreachable!()
+            };
+            let a: [&[BlockQ8_32]; 8] = std::array::from_fn(|t| &q[t][..]);
+            let mut wf = vec![0.0; cols];
+            dequantize(dtype, &w, &mut wf);
+            for isa in Isa::available() {
+                let got = dot_q8_32_x8(isa, dtype, &w, a);
+                for t in 0..8 {
+                    let xf: Vec<f32> = q[t]
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+                        .collect();
+                    let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let mag: f64 = wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
+                    assert!(
+                        (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
+                        "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
+                        isa.name(),
+                        got[t]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn eight_row_kquant_tile_matches_exact_dot() {
+    let mut rng = Rng::new(17);
+    for dtype in [
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_K,
+    ] {
+        for cols in [256usize, 4864] {
+            let w = random_weights(&mut rng, dtype, cols);
+            let xs: Vec<Vec<f32>> = (0..8).map(|_| rng.vec(cols)).collect();
+            let Acts::QK(q) = make_acts(dtype, &xs) else {
+                unreachable!()
+            };
+            let a: [&[BlockQ8K]; 8] = std::array::from_fn(|t| &q[t][..]);
+            let mut wf = vec![0.0; cols];
+            dequantize(dtype, &w, &mut wf);
+            for isa in Isa::available() {
+                let got = dot_q8k_x8(isa, dtype, &w, a);
+                for t in 0..8 {
+                    let xf: Vec<f32> = q[t]
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+                        .collect();
+                    let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let mag: f64 = wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
+                    assert!(
+                        (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
+                        "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
+                        isa.name(),
+                        got[t]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_f32_matches_f64_sum() {
+    let mut rng = Rng::new(3);
+    for n in [0usize, 1, 7, 8, 31, 32, 33, 100, 1000] {
+        let a = rng.vec(n);
+        let b = rng.vec(n);
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let mag: f64 = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (*x as f64 * *y as f64).abs())
+            .sum();
+        let got = dot_f32(&a, &b) as f64;
+        assert!(
+            (got - exact).abs() <= 1e-6 * mag + 1e-30,
+            "n={n}: {got} vs {exact}"
+        );
+    }
+}
+
+#[test]
+#[should_panic]
+fn dot_rejects_short_activation_rows() {
+    let mut rng = Rng::new(1);
+    let w = random_weights(&mut rng, DType::Q4_K, 512);
+    let q = vec![BlockQ8K::default(); 1];
+    dot_q8k_n(Isa::Scalar, DType::Q4_K, &w, [&q]);
+}

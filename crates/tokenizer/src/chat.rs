@@ -1,0 +1,211 @@
+//! Chat prompts: Jinja chat templates (as Hugging Face renders them) and Meta's Llama 2
+//! `chat_completion` format.
+
+use minijinja::{context, Environment, Error, ErrorKind};
+
+use crate::{Result, Tokenizer, TokenizerError};
+
+/// One chat turn.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+fn raise_exception(msg: String) -> std::result::Result<String, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+/// Days since 1970-01-01 → (year, month 1..=12, day 1..=31) (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `strftime_now(format)` (Llama 3.x templates): the current UTC time; supports
+/// %d %m %Y %y %b %B %H %M %S %%.
+fn strftime_now(fmt: String) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", y.rem_euclid(100))),
+            Some('b') => out.push_str(&MONTHS[(m - 1) as usize][..3]),
+            Some('B') => out.push_str(MONTHS[(m - 1) as usize]),
+            Some('H') => out.push_str(&format!("{:02}", sod / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", sod / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", sod % 60)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Renders a Hugging Face chat template the way `transformers` does (Jinja with
+/// `trim_blocks` and `lstrip_blocks`, Python string methods such as `.strip()`,
+/// `raise_exception`, `strftime_now`), with `messages`, `add_generation_prompt`,
+/// `bos_token` and `eos_token` in scope.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    let err = |e: Error| {
+        let mut msg = format!("chat template: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        TokenizerError::Invalid(msg)
+    };
+    env.add_template("chat", template).map_err(err)?;
+    let tmpl = env.get_template("chat").map_err(err)?;
+    tmpl.render(context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    })
+    .map_err(err)
+}
+
+/// Python's `str.strip()` (whitespace as `str.isspace` sees it).
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
+/// Meta's Llama 2 `chat_completion` prompt as token ids: an optional leading system message
+/// folded into the first user turn inside `<<SYS>>` tags, every completed (user, assistant)
+/// exchange encoded as `[INST] user [/INST] answer ` with BOS and EOS, then the last user
+/// turn as `[INST] user [/INST]` with BOS only.
+pub fn llama2_chat_prompt(tokenizer: &Tokenizer, dialog: &[ChatMessage]) -> Result<Vec<u32>> {
+    const B_INST: &str = "[INST]";
+    const E_INST: &str = "[/INST]";
+    const B_SYS: &str = "<<SYS>>\n";
+    const E_SYS: &str = "\n<</SYS>>\n\n";
+    let bad = |m: &str| TokenizerError::Invalid(format!("llama 2 chat: {m}"));
+    for m in dialog {
+        for tag in [B_INST, E_INST, "<<SYS>>", "<</SYS>>"] {
+            if m.content.contains(tag) {
+                return Err(bad(&format!("message contains the special tag {tag}")));
+            }
+        }
+    }
+    let mut turns: Vec<ChatMessage> = dialog.to_vec();
+    if turns.first().is_some_and(|m| m.role == "system") {
+        if turns.len() < 2 {
+            return Err(bad("a system message needs a user message after it"));
+        }
+        let sys = turns.remove(0);
+        turns[0].content = format!("{B_SYS}{}{E_SYS}{}", sys.content, turns[0].content);
+    }
+    for (i, m) in turns.iter().enumerate() {
+        let want = if i % 2 == 0 { "user" } else { "assistant" };
+        if m.role != want {
+            return Err(bad(
+                "roles must be system (optional), then user/assistant alternating",
+            ));
+        }
+    }
+    if turns.last().map(|m| m.role.as_str()) != Some("user") {
+        return Err(bad("the last message must be from the user"));
+    }
+    let eos = *tokenizer
+        .eos_ids()
+        .first()
+        .ok_or_else(|| bad("tokenizer has no EOS token"))?;
+    let mut ids = Vec::new();
+    for pair in turns.chunks(2) {
+        if let [prompt, answer] = pair {
+            let text = format!(
+                "{B_INST} {} {E_INST} {} ",
+                py_strip(&prompt.content),
+                py_strip(&answer.content)
+            );
+            ids.extend(tokenizer.encode(&text, true)?);
+            ids.push(eos);
+        }
+    }
+    let last = &turns[turns.len() - 1];
+    ids.extend(tokenizer.encode(
+        &format!("{B_INST} {} {E_INST}", py_strip(&last.content)),
+        true,
+    )?);
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = "{{ raise_exception('nope') }}";
+        let e = render_chat_template(t, &[], false, "", "").unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+}

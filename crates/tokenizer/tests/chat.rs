@@ -1,0 +1,79 @@
+//! Chat templates rendered with minijinja against Python Jinja2's renderings (as transformers
+//! sets it up; tests/data/gen_chat_expected.py), plus the documented prompt formats.
+
+mod common;
+
+use kiln_tokenizer::{render_chat_template, ChatMessage};
+
+fn template(name: &str) -> String {
+    std::fs::read_to_string(common::data(&format!("{name}-chat-template.jinja"))).unwrap()
+}
+
+fn dialog(v: &serde_json::Value) -> Vec<ChatMessage> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect()
+}
+
+#[test]
+fn templates_match_jinja2() {
+    let exp = common::read_json(&common::data("chat_expected.json"));
+    let cases = exp["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 32);
+    for c in cases {
+        let name = c["template"].as_str().unwrap();
+        let d = dialog(&exp["dialogs"][c["dialog"].as_str().unwrap()]);
+        let agp = c["add_generation_prompt"].as_bool().unwrap();
+        let got = render_chat_template(&template(name), &d, agp, "<s>", "</s>");
+        match c["output"].as_str() {
+            Some(want) => assert_eq!(got.unwrap(), want, "{name} {} {agp}", c["dialog"]),
+            None => {
+                let e = got.expect_err("Jinja2 raised");
+                assert!(
+                    e.to_string().contains("Conversation roles must alternate"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn documented_formats() {
+    let user = [ChatMessage::new("user", "Hi")];
+    assert_eq!(
+        render_chat_template(&template("qwen2.5-coder"), &user, true, "", "<|im_end|>").unwrap(),
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        render_chat_template(&template("gemma3"), &user, true, "<bos>", "<eos>").unwrap(),
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    );
+}
+
+#[test]
+fn template_embedded_in_the_qwen_gguf() {
+    let Some(p) = common::model_path("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+        return;
+    };
+    let meta = common::gguf_tokenizer_meta(&p);
+    let tk =
+        kiln_tokenizer::Tokenizer::from_source(&kiln_formats::TokenizerSource::Gguf(meta)).unwrap();
+    assert_eq!(tk.chat_template().unwrap(), template("qwen2.5-coder"));
+}
+
+#[test]
+fn syntax_errors_are_errors() {
+    assert!(render_chat_template("{% for %}", &[], false, "", "").is_err());
+    assert!(render_chat_template(
+        "{{ messages[0].content.nosuchmethod() }}",
+        &[ChatMessage::new("user", "x")],
+        false,
+        "",
+        ""
+    )
+    .is_err());
+}

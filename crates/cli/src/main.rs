@@ -4,6 +4,7 @@ mod bench;
 mod complete;
 mod model_arg;
 mod nn_cmd;
+mod serve;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,8 @@ enum Command {
     Nn(nn_cmd::NnArgs),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does.
     Perplexity(tools::PerplexityArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (continuous batching).
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -43,6 +46,7 @@ fn main() {
         Command::Inspect(a) => tools::inspect(a),
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Perplexity(a) => tools::perplexity(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Pull(a) => tools::pull(a),
         Command::Convert(a) => tools::convert(a),

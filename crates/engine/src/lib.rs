@@ -17,6 +17,7 @@ pub mod generate;
 pub mod openai;
 pub mod perplexity;
 pub mod sampler;
+pub mod scheduler;
 pub mod text;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,101 @@
+//! `kiln serve`: the OpenAI-compatible HTTP server.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
+use kiln_engine::{Engine, EngineOptions};
+use kiln_server::{AppState, ServerOptions};
+
+use crate::model_arg::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (loopback by default; use 0.0.0.0 to accept remote clients).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sequences generated at once (continuous batching slots).
+    #[arg(long, short = 'p', alias = "np", default_value_t = 4)]
+    pub parallel: usize,
+    /// Positions per slot (prompt + generated). Default: 4096, or less if the model's context is.
+    #[arg(long, short = 'c', value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Require `Authorization: Bearer KEY` (also read from KILN_API_KEY).
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests that may wait for a slot; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per engine step (longer prompts are processed in chunks).
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub max_body: usize,
+    /// The model id clients use (default: the model's file name).
+    #[arg(long)]
+    pub alias: Option<String>,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let engine = a.model.load(EngineOptions {
+        threads: 0,
+        context: Some(a.ctx_size.unwrap_or(4096)),
+        max_batch: a.parallel.max(1),
+        ..Default::default()
+    })?;
+    let Engine {
+        model,
+        tokenizer,
+        chat_template,
+        limits,
+        name,
+    } = engine;
+    let extra_eos = model.config().eos_token_ids.clone();
+    let cfg = SchedulerConfig {
+        slots: a.parallel.max(1),
+        context: limits.context,
+        max_queue: a.max_queue,
+        prefill_chunk: a.prefill_chunk.max(1),
+        prefix_cache: a.parallel.max(1),
+    };
+    let vocab = Arc::new(tokenizer);
+    let scheduler = Arc::new(Scheduler::start(model, vocab.clone(), cfg));
+    let state = AppState::new(
+        scheduler,
+        vocab,
+        chat_template,
+        &extra_eos,
+        ServerOptions {
+            model_id: a.alias.clone().unwrap_or(name),
+            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+            max_body_bytes: a.max_body,
+        },
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "kiln serve: {} on http://{local}/v1 ({} slots × {} positions)",
+            state.opts.model_id,
+            state.scheduler.config().slots,
+            state.scheduler.config().context
+        );
+        kiln_server::serve(listener, state, kiln_server::shutdown_signal()).await?;
+        eprintln!("kiln serve: stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,1374 @@
+//! Continuous batching: one engine thread owns the model and runs one batched forward pass per
+//! step; requests join and leave the running batch between steps.
+//!
+//! Each step feeds every decoding sequence its last sampled token, plus chunks of the prompts of
+//! newly admitted sequences (chunked prefill, at most `prefill_chunk` prompt tokens per step, so
+//! running streams are never stalled by a long prompt for more than one chunk). Admission is
+//! bounded by `slots` (each with up to `context` positions); beyond it requests wait in a queue,
+//! and beyond `max_queue` waiting requests [`Scheduler::submit`] refuses them.
+//!
+//! Invariant: a request's result does not depend on its batch-mates or on when it was admitted:
+//! it has its own KV cache, sampler and random stream, and the model computes rows
+//! independently, so greedy results equal [`crate::generate::generate`]'s.
+//!
+//! Finished sequences leave their caches in a small pool keyed by their tokens; a new prompt
+//! that shares a prefix with one of them (a system prompt) reuses that cache up to the common
+//! prefix instead of recomputing it.
+//!
+//! No HTTP here: results go to a per-request callback ([`Request::sink`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kiln_models::{CausalLM, KvCache, Logits, SeqInput};
+use kiln_tokenizer::Tokenizer;
+
+use crate::generate::{Completion, FinishReason, GenerateParams, TokenLogprob};
+use crate::sampler::{log_softmax, top_n, Sampler};
+use crate::text::TextStream;
+use crate::EngineError;
+
+/// What the scheduler (and the server around it) needs from a tokenizer.
+pub trait Vocab: Send + Sync {
+    /// Text to ids; with `add_special` the model's BOS is prepended when it uses one.
+    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String>;
+    /// Ids to text; with `skip_special` control tokens are left out.
+    fn decode(&self, ids: &[u32], skip_special: bool) -> String;
+    /// The raw bytes one token stands for.
+    fn token_bytes(&self, id: u32) -> Vec<u8>;
+    /// Tokens that end generation.
+    fn eos_ids(&self) -> Vec<u32>;
+    fn bos_id(&self) -> Option<u32>;
+}
+
+impl Vocab for Tokenizer {
+    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String> {
+        Tokenizer::encode(self, text, add_special).map_err(|e| e.to_string())
+    }
+    fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        Tokenizer::decode(self, ids, skip_special)
+    }
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        Tokenizer::token_bytes(self, id)
+    }
+    fn eos_ids(&self) -> Vec<u32> {
+        Tokenizer::eos_ids(self).to_vec()
+    }
+    fn bos_id(&self) -> Option<u32> {
+        Tokenizer::bos_id(self)
+    }
+}
+
+/// How the engine loop batches.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Sequences running at once (each owns a KV cache of up to `context` positions).
+    pub slots: usize,
+    /// Positions per sequence (prompt plus generated).
+    pub context: usize,
+    /// Requests allowed to wait for a slot; more are refused with [`SubmitError::QueueFull`].
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per step, over all prefilling sequences.
+    pub prefill_chunk: usize,
+    /// Finished caches kept for prefix reuse (0 = off).
+    pub prefix_cache: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            slots: 4,
+            context: 4096,
+            max_queue: 64,
+            prefill_chunk: 256,
+            prefix_cache: 4,
+        }
+    }
+}
+
+/// What happens to a request, in order: `Token`* then `Done` (or `Error`).
+#[derive(Debug)]
+pub enum Event {
+    /// A generated token. `text` is the text that became final with it (possibly empty: an
+    /// incomplete character or a possible stop string is held back; the token that ends the
+    /// sequence carries whatever was held). `logprob` is set when logprobs were asked for.
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// The finished result (same shape as [`crate::generate::generate`]'s).
+    Done {
+        completion: Completion,
+        /// Prompt tokens taken from the prefix cache instead of being computed.
+        cached_tokens: usize,
+    },
+    Error(String),
+}
+
+/// A tokenized prompt, what to generate, and where to send the events. The sink returns
+/// `false` when nobody listens any more; the sequence is then cancelled.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+    pub sink: Box<dyn FnMut(Event) -> bool + Send>,
+}
+
+/// Returned by [`Scheduler::submit`]. Dropping it (or calling `cancel`) cancels the request;
+/// its slot is freed before the next step.
+pub struct Ticket {
+    cancel: Arc<AtomicBool>,
+}
+
+impl Ticket {
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the server is busy: {queued} requests are already waiting")]
+    QueueFull { queued: usize },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Invalid(#[from] EngineError),
+}
+
+/// Buckets (seconds) of the time-to-first-token histogram.
+pub const TTFT_BUCKETS: [f64; 11] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Counters the engine loop keeps; read with [`Scheduler::stats`].
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    finished: AtomicU64,
+    cancelled: AtomicU64,
+    rejected: AtomicU64,
+    prompt_tokens: AtomicU64,
+    cached_prompt_tokens: AtomicU64,
+    generated_tokens: AtomicU64,
+    steps: AtomicU64,
+    busy_micros: AtomicU64,
+    /// Requests submitted and not yet finished (queued + running).
+    outstanding: AtomicUsize,
+    running: AtomicUsize,
+    ttft_micros_sum: AtomicU64,
+    ttft_count: AtomicU64,
+    ttft_buckets: [AtomicU64; TTFT_BUCKETS.len()],
+    /// Generated tokens per second over the last window of about a second (f64 bits).
+    recent_tps: AtomicU64,
+}
+
+/// A snapshot of the scheduler's counters.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub requests: u64,
+    pub finished: u64,
+    pub cancelled: u64,
+    pub rejected: u64,
+    pub prompt_tokens: u64,
+    pub cached_prompt_tokens: u64,
+    pub generated_tokens: u64,
+    pub steps: u64,
+    pub busy_seconds: f64,
+    pub queued: usize,
+    pub running: usize,
+    pub slots: usize,
+    pub ttft_sum_seconds: f64,
+    pub ttft_count: u64,
+    /// Cumulative counts per [`TTFT_BUCKETS`] entry.
+    pub ttft_buckets: Vec<u64>,
+    /// Generated tokens per second, recently (0 when idle).
+    pub tokens_per_second: f64,
+}
+
+enum Msg {
+    Submit(Pending),
+    Shutdown,
+}
+
+struct Pending {
+    req: Request,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+/// The handle to the engine loop. Shut it down with [`Scheduler::shutdown`], which lets every
+/// submitted request finish first.
+pub struct Scheduler {
+    tx: Mutex<mpsc::Sender<Msg>>,
+    counters: Arc<Counters>,
+    closing: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    cfg: SchedulerConfig,
+    vocab_size: usize,
+}
+
+impl Scheduler {
+    /// Starts the engine loop on its own thread; it owns `model` from now on.
+    pub fn start(
+        model: Box<dyn CausalLM>,
+        vocab: Arc<dyn Vocab>,
+        cfg: SchedulerConfig,
+    ) -> Scheduler {
+        let cfg = SchedulerConfig {
+            slots: cfg.slots.max(1),
+            context: cfg
+                .context
+                .clamp(1, model.config().max_position_embeddings.max(1)),
+            prefill_chunk: cfg.prefill_chunk.max(1),
+            ..cfg
+        };
+        let vocab_size = model.config().vocab_size;
+        let (tx, rx) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let mut engine = EngineLoop {
+            model,
+            vocab,
+            cfg: cfg.clone(),
+            counters: counters.clone(),
+            rx,
+            queue: VecDeque::new(),
+            running: Vec::new(),
+            pool: VecDeque::new(),
+            closing: false,
+            window_start: Instant::now(),
+            window_tokens: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("kiln-engine".into())
+            .spawn(move || engine.run())
+            .expect("spawning the engine thread");
+        Scheduler {
+            tx: Mutex::new(tx),
+            counters,
+            closing: AtomicBool::new(false),
+            thread: Mutex::new(Some(thread)),
+            cfg,
+            vocab_size,
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+
+    /// Checks a request and queues it. Errors: the prompt is empty, too long for the context,
+    /// has an id outside the vocabulary or bad sampling parameters (`Invalid`); the queue is
+    /// full; the scheduler is shutting down.
+    pub fn submit(&self, req: Request) -> Result<Ticket, SubmitError> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        self.validate(&req)?;
+        let limit = self.cfg.slots + self.cfg.max_queue;
+        let before = self.counters.outstanding.fetch_add(1, Ordering::SeqCst);
+        if before >= limit {
+            self.counters.outstanding.fetch_sub(1, Ordering::SeqCst);
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::QueueFull {
+                queued: before.saturating_sub(self.counters.running.load(Ordering::Relaxed)),
+            });
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let pending = Pending {
+            req,
+            cancel: cancel.clone(),
+            submitted: Instant::now(),
+        };
+        let sent = self
+            .tx
+            .lock()
+            .map_err(|_| SubmitError::ShuttingDown)?
+            .send(Msg::Submit(pending));
+        if sent.is_err() {
+            self.counters.outstanding.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(Ticket { cancel })
+    }
+
+    fn validate(&self, req: &Request) -> Result<(), EngineError> {
+        let p = &req.params;
+        p.sampling.validate().map_err(EngineError::Invalid)?;
+        if req.prompt.is_empty() {
+            return Err(EngineError::Invalid(
+                "the prompt is empty (no tokens)".into(),
+            ));
+        }
+        if req.prompt.len() > self.cfg.context {
+            return Err(EngineError::ContextLength {
+                tokens: req.prompt.len(),
+                context: self.cfg.context,
+            });
+        }
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(EngineError::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.vocab_size
+            )));
+        }
+        if let Some(&(bad, _)) = p
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|&&(t, _)| t as usize >= self.vocab_size)
+        {
+            return Err(EngineError::Invalid(format!(
+                "logit_bias token id {bad} is outside the vocabulary ({})",
+                self.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Requests queued or running.
+    pub fn outstanding(&self) -> usize {
+        self.counters.outstanding.load(Ordering::SeqCst)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let running = c.running.load(Ordering::Relaxed);
+        let outstanding = c.outstanding.load(Ordering::Relaxed);
+        let tps = f64::from_bits(c.recent_tps.load(Ordering::Relaxed));
+        Stats {
+            requests: c.requests.load(Ordering::Relaxed),
+            finished: c.finished.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
+            cached_prompt_tokens: c.cached_prompt_tokens.load(Ordering::Relaxed),
+            generated_tokens: c.generated_tokens.load(Ordering::Relaxed),
+            steps: c.steps.load(Ordering::Relaxed),
+            busy_seconds: c.busy_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            queued: outstanding.saturating_sub(running),
+            running,
+            slots: self.cfg.slots,
+            ttft_sum_seconds: c.ttft_micros_sum.load(Ordering::Relaxed) as f64 / 1e6,
+            ttft_count: c.ttft_count.load(Ordering::Relaxed),
+            ttft_buckets: c
+                .ttft_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            tokens_per_second: if running == 0 { 0.0 } else { tps },
+        }
+    }
+
+    /// Stops accepting requests, lets every submitted one finish, and waits for the engine
+    /// thread to end. Idempotent.
+    pub fn shutdown(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(Msg::Shutdown);
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One running sequence.
+struct Seq {
+    pending: Pending,
+    cache: KvCache,
+    /// Prompt tokens already in the cache.
+    fed: usize,
+    cached_tokens: usize,
+    sampler: Sampler,
+    generated: Vec<u32>,
+    stream: TextStream,
+    logprobs: Option<Vec<TokenLogprob>>,
+    prompt_logprobs: Option<Vec<TokenLogprob>>,
+    prompt_text: String,
+    first_token: bool,
+    finish: Option<FinishReason>,
+}
+
+impl Seq {
+    fn prompt(&self) -> &[u32] {
+        &self.pending.req.prompt
+    }
+    fn want_all(&self) -> bool {
+        let p = &self.pending.req.params;
+        p.echo && p.logprobs.is_some()
+    }
+    fn send(&mut self, e: Event) {
+        if !(self.pending.req.sink)(e) {
+            self.pending.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.pending.cancel.load(Ordering::Relaxed)
+    }
+}
+
+struct EngineLoop {
+    model: Box<dyn CausalLM>,
+    vocab: Arc<dyn Vocab>,
+    cfg: SchedulerConfig,
+    counters: Arc<Counters>,
+    rx: mpsc::Receiver<Msg>,
+    queue: VecDeque<Pending>,
+    running: Vec<Seq>,
+    /// Finished caches with the tokens they hold, oldest first.
+    pool: VecDeque<(Vec<u32>, KvCache)>,
+    closing: bool,
+    window_start: Instant,
+    window_tokens: u64,
+}
+
+/// What one sequence put into a step's batch.
+#[derive(Clone, Copy)]
+enum Part {
+    Decode,
+    Prefill {
+        start: usize,
+        end: usize,
+        mode: Logits,
+    },
+}
+
+impl EngineLoop {
+    fn run(&mut self) {
+        let mut eos = self.vocab.eos_ids();
+        eos.extend(self.model.config().eos_token_ids.iter().copied());
+        loop {
+            // Take new messages; block only when there is nothing to do.
+            let idle = self.running.is_empty() && self.queue.is_empty();
+            if idle && self.closing {
+                break;
+            }
+            if idle {
+                match self.rx.recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(m) = self.rx.try_recv() {
+                self.handle(m);
+            }
+            self.drop_cancelled();
+            self.admit();
+            if self.running.is_empty() {
+                continue;
+            }
+            // A panic inside the model fails the sequences of that step, not the server.
+            let stepped =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&eos)));
+            if let Err(panic) = stepped {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.fail_running(&format!("internal error in the engine: {what}"));
+            }
+        }
+    }
+
+    /// Ends every running sequence with an error (their caches are not kept).
+    fn fail_running(&mut self, msg: &str) {
+        for mut s in std::mem::take(&mut self.running) {
+            self.finish_request(true);
+            self.counters.running.fetch_sub(1, Ordering::Relaxed);
+            s.send(Event::Error(msg.to_string()));
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Submit(p) => self.queue.push_back(p),
+            Msg::Shutdown => self.closing = true,
+        }
+    }
+
+    fn finish_request(&self, cancelled: bool) {
+        self.counters.outstanding.fetch_sub(1, Ordering::SeqCst);
+        let c = if cancelled {
+            &self.counters.cancelled
+        } else {
+            &self.counters.finished
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.queue.len();
+        self.queue.retain(|p| !p.cancel.load(Ordering::Relaxed));
+        for _ in self.queue.len()..before {
+            self.finish_request(true);
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].cancelled() {
+                let s = self.running.remove(i);
+                self.finish_request(true);
+                self.counters.running.fetch_sub(1, Ordering::Relaxed);
+                self.retire(s);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.slots {
+            let Some(pending) = self.queue.pop_front() else {
+                break;
+            };
+            let seq = self.new_seq(pending);
+            self.counters.running.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .prompt_tokens
+                .fetch_add(seq.prompt().len() as u64, Ordering::Relaxed);
+            self.counters
+                .cached_prompt_tokens
+                .fetch_add(seq.cached_tokens as u64, Ordering::Relaxed);
+            self.running.push(seq);
+        }
+    }
+
+    fn new_seq(&mut self, pending: Pending) -> Seq {
+        let req = &pending.req;
+        let p = &req.params;
+        let n = req.prompt.len();
+        // Caches grow on demand; start with room for a moderate answer.
+        let capacity = (n + p.max_tokens.min(512)).min(self.cfg.context);
+        let want_all = p.echo && p.logprobs.is_some();
+        // The longest cached prefix, leaving at least one prompt token to compute the logits of.
+        let mut best: Option<(usize, usize)> = None;
+        if !want_all {
+            for (i, (tokens, _)) in self.pool.iter().enumerate() {
+                let lcp = tokens
+                    .iter()
+                    .zip(&req.prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(n - 1);
+                if lcp > 0 && !matches!(best, Some((_, l)) if l >= lcp) {
+                    best = Some((i, lcp));
+                }
+            }
+        }
+        let (cache, fed) = match best.and_then(|(i, lcp)| self.pool.remove(i).map(|e| (e, lcp))) {
+            Some(((_, mut cache), lcp)) => {
+                cache.truncate(lcp);
+                cache.reserve(capacity);
+                (cache, lcp)
+            }
+            None => (self.model.new_cache(capacity), 0),
+        };
+        let mut sampler = Sampler::new(p.sampling.clone());
+        req.prompt.iter().for_each(|&t| sampler.observe(t));
+        let prompt_text = if p.echo {
+            self.vocab.decode(&req.prompt, true)
+        } else {
+            String::new()
+        };
+        let prompt_logprobs =
+            want_all.then(|| vec![self.token_logprob(req.prompt[0], None, &[], 0, 0)]);
+        Seq {
+            cache,
+            fed,
+            cached_tokens: fed,
+            sampler,
+            generated: Vec::new(),
+            stream: TextStream::new(&p.stop),
+            logprobs: p.logprobs.map(|_| Vec::new()),
+            prompt_logprobs,
+            prompt_text,
+            first_token: false,
+            finish: None,
+            pending,
+        }
+    }
+
+    /// Keeps a finished sequence's cache, keyed by the tokens it holds, for prefix reuse.
+    fn retire(&mut self, s: Seq) {
+        let held = s.cache.len();
+        if self.cfg.prefix_cache == 0 || held == 0 {
+            return;
+        }
+        let mut tokens = s.pending.req.prompt.clone();
+        tokens.extend_from_slice(&s.generated);
+        tokens.truncate(held);
+        // An entry whose tokens are a prefix of the new one is superseded by it.
+        self.pool.retain(|(t, _)| !tokens.starts_with(t));
+        while self.pool.len() >= self.cfg.prefix_cache {
+            self.pool.pop_front();
+        }
+        self.pool.push_back((tokens, s.cache));
+    }
+
+    fn step(&mut self, eos: &[u32]) {
+        let t0 = Instant::now();
+        // Plan: decoders feed one token; prefilling sequences share the prefill budget in order.
+        let mut budget = self.cfg.prefill_chunk;
+        let mut parts: Vec<Option<Part>> = Vec::with_capacity(self.running.len());
+        for s in &self.running {
+            let n = s.prompt().len();
+            if s.fed >= n {
+                parts.push(Some(Part::Decode));
+            } else if budget > 0 {
+                let end = (s.fed + budget).min(n);
+                budget -= end - s.fed;
+                let mode = if s.want_all() {
+                    Logits::All
+                } else if end == n {
+                    Logits::Last
+                } else {
+                    Logits::None
+                };
+                parts.push(Some(Part::Prefill {
+                    start: s.fed,
+                    end,
+                    mode,
+                }));
+            } else {
+                parts.push(None);
+            }
+        }
+
+        let vocab = self.model.config().vocab_size;
+        let mut logits = Vec::new();
+        let result = {
+            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
+            for (s, part) in self.running.iter_mut().zip(&parts) {
+                match part {
+                    Some(Part::Decode) => inputs.push(SeqInput {
+                        tokens: std::slice::from_ref(s.generated.last().expect("decoding")),
+                        cache: &mut s.cache,
+                        logits: Logits::Last,
+                    }),
+                    Some(Part::Prefill { start, end, mode }) => inputs.push(SeqInput {
+                        tokens: &s.pending.req.prompt[*start..*end],
+                        cache: &mut s.cache,
+                        logits: *mode,
+                    }),
+                    None => {}
+                }
+            }
+            self.model.forward(&mut inputs, &mut logits)
+        };
+        if let Err(e) = result {
+            // Nothing sensible can continue: fail every sequence of the batch.
+            self.fail_running(&format!("model error: {e}"));
+            return;
+        }
+
+        // Hand every sequence its rows.
+        let mut row = 0;
+        let mut lp = Vec::new();
+        let mut generated_now = 0u64;
+        for (i, part) in parts.iter().enumerate() {
+            let Some(part) = *part else { continue };
+            match part {
+                Part::Decode => {
+                    let r = &logits[row * vocab..(row + 1) * vocab];
+                    row += 1;
+                    self.sample_next(i, r, eos, &mut lp);
+                    generated_now += 1;
+                }
+                Part::Prefill { start, end, mode } => {
+                    let rows = match mode {
+                        Logits::All => end - start,
+                        Logits::Last => 1,
+                        Logits::None => 0,
+                    };
+                    let block = &logits[row * vocab..(row + rows) * vocab];
+                    row += rows;
+                    if mode == Logits::All {
+                        self.prompt_logprobs(i, start, block, &mut lp);
+                    }
+                    self.running[i].fed = end;
+                    let n = self.running[i].prompt().len();
+                    if end == n {
+                        let last = &block[(rows - 1) * vocab..];
+                        let s = &mut self.running[i];
+                        let max_tokens = s.pending.req.params.max_tokens;
+                        if max_tokens == 0 || n >= self.cfg.context {
+                            s.finish = Some(FinishReason::Length);
+                            let rest = s.stream.finish().to_string();
+                            debug_assert!(rest.is_empty());
+                        } else {
+                            self.sample_next(i, last, eos, &mut lp);
+                            generated_now += 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        // Retire finished and cancelled sequences.
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].finish.is_some() || self.running[i].cancelled() {
+                let mut s = self.running.remove(i);
+                // Counters first, so that a client who has its answer sees them updated.
+                let cancelled = s.finish.is_none();
+                self.finish_request(cancelled);
+                self.counters.running.fetch_sub(1, Ordering::Relaxed);
+                if let Some(reason) = s.finish {
+                    let completion = Completion {
+                        prompt_token_ids: s.pending.req.prompt.clone(),
+                        token_ids: s.generated.clone(),
+                        prompt_text: std::mem::take(&mut s.prompt_text),
+                        text: s.stream.text().to_string(),
+                        finish_reason: reason,
+                        prompt_logprobs: s.prompt_logprobs.take(),
+                        logprobs: s.logprobs.take(),
+                    };
+                    let cached_tokens = s.cached_tokens;
+                    s.send(Event::Done {
+                        completion,
+                        cached_tokens,
+                    });
+                }
+                self.retire(s);
+            } else {
+                i += 1;
+            }
+        }
+
+        // Counters.
+        let c = &self.counters;
+        c.steps.fetch_add(1, Ordering::Relaxed);
+        c.generated_tokens
+            .fetch_add(generated_now, Ordering::Relaxed);
+        c.busy_micros
+            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.window_tokens += generated_now;
+        let w = self.window_start.elapsed();
+        if w >= Duration::from_secs(1) {
+            let tps = self.window_tokens as f64 / w.as_secs_f64();
+            c.recent_tps.store(tps.to_bits(), Ordering::Relaxed);
+            self.window_start = Instant::now();
+            self.window_tokens = 0;
+        }
+    }
+
+    /// Samples sequence `i`'s next token from `row`, reports it, and decides whether it ends.
+    fn sample_next(&mut self, i: usize, row: &[f32], eos: &[u32], lp: &mut Vec<f32>) {
+        let context = self.cfg.context;
+        let s = &mut self.running[i];
+        let tok = s.sampler.sample(row);
+        let params = &s.pending.req.params;
+        let offset = s.prompt_text.chars().count() + s.stream.char_len();
+        let logprob = params.logprobs.map(|n| {
+            log_softmax(row, lp);
+            token_logprob(
+                self.vocab.as_ref(),
+                tok,
+                Some(lp[tok as usize]),
+                lp,
+                n,
+                offset,
+            )
+        });
+        if let (Some(t), Some(out)) = (&logprob, s.logprobs.as_mut()) {
+            out.push(t.clone());
+        }
+        s.generated.push(tok);
+        s.sampler.observe(tok);
+        // An end-of-sequence token adds no text; a stop string ends the text before it.
+        let eos_hit = !params.ignore_eos && eos.contains(&tok);
+        if eos_hit || s.stream.push(&self.vocab.token_bytes(tok)) {
+            s.finish = Some(FinishReason::Stop);
+        } else if s.generated.len() >= params.max_tokens || s.cache.len() + 1 > context {
+            s.finish = Some(FinishReason::Length);
+        }
+        let text = if s.finish.is_some() {
+            s.stream.finish().to_string()
+        } else {
+            s.stream.take_ready().to_string()
+        };
+        if !s.first_token {
+            s.first_token = true;
+            let ttft = s.pending.submitted.elapsed();
+            let c = &self.counters;
+            c.ttft_micros_sum
+                .fetch_add(ttft.as_micros() as u64, Ordering::Relaxed);
+            c.ttft_count.fetch_add(1, Ordering::Relaxed);
+            let secs = ttft.as_secs_f64();
+            for (b, &le) in c.ttft_buckets.iter().zip(TTFT_BUCKETS.iter()) {
+                if secs <= le {
+                    b.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        s.send(Event::Token {
+            id: tok,
+            text,
+            logprob,
+        });
+    }
+
+    /// Logprobs of the prompt tokens predicted by rows `start..` of sequence `i`'s prompt.
+    fn prompt_logprobs(&mut self, i: usize, start: usize, block: &[f32], lp: &mut Vec<f32>) {
+        let vocab = self.model.config().vocab_size;
+        let s = &self.running[i];
+        let prompt = s.prompt();
+        let n = prompt.len();
+        let top = s.pending.req.params.logprobs.unwrap_or(0);
+        let mut out = Vec::new();
+        for (j, row) in block.chunks_exact(vocab).enumerate() {
+            let pos = start + j;
+            if pos + 1 < n {
+                let tok = prompt[pos + 1];
+                log_softmax(row, lp);
+                let offset = self.vocab.decode(&prompt[..pos + 1], true).chars().count();
+                out.push(self.token_logprob(tok, Some(lp[tok as usize]), lp, top, offset));
+            }
+        }
+        if let Some(v) = self.running[i].prompt_logprobs.as_mut() {
+            v.extend(out);
+        }
+    }
+
+    fn token_logprob(
+        &self,
+        id: u32,
+        logprob: Option<f32>,
+        lp: &[f32],
+        n: usize,
+        offset: usize,
+    ) -> TokenLogprob {
+        token_logprob(self.vocab.as_ref(), id, logprob, lp, n, offset)
+    }
+}
+
+fn token_logprob(
+    vocab: &dyn Vocab,
+    id: u32,
+    logprob: Option<f32>,
+    lp: &[f32],
+    n: usize,
+    offset: usize,
+) -> TokenLogprob {
+    let text = |t: u32| String::from_utf8_lossy(&vocab.token_bytes(t)).into_owned();
+    TokenLogprob {
+        id,
+        text: text(id),
+        logprob,
+        top: top_n(lp, n)
+            .into_iter()
+            .map(|(t, v)| (t, text(t), v))
+            .collect(),
+        text_offset: offset,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_formats::{Arch, ModelConfig};
+    use kiln_kernels::ops::RopeStyle;
+    use kiln_models::ModelError;
+    use std::sync::Condvar;
+
+    const VOCAB: usize = 24;
+    const EOS: u32 = 23;
+
+    /// A model whose logits at a position are a hash of every token up to it, read back from the
+    /// KV cache: wrong positions, a wrong reused prefix or a mixed-up batch all change them.
+    struct HashModel {
+        cfg: ModelConfig,
+        /// While true, `forward` waits (lets a test fill the queue deterministically).
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    fn config(max_pos: usize) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: VOCAB,
+            hidden_size: 1,
+            intermediate_size: 1,
+            n_layers: 1,
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 1,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_local_theta: None,
+            rope_scaling: None,
+            rope_style: RopeStyle::Half,
+            max_position_embeddings: max_pos,
+            sliding_window: None,
+            sliding_layers: Vec::new(),
+            tie_word_embeddings: false,
+            query_pre_attn_scalar: None,
+            final_logit_softcapping: None,
+            attn_logit_softcapping: None,
+            bos_token_id: None,
+            eos_token_ids: Vec::new(),
+        }
+    }
+
+    fn hash_logits(history: &[u32]) -> Vec<f32> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &t in history {
+            h = (h ^ (t as u64 + 1)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (0..VOCAB as u64)
+            .map(|v| {
+                let x =
+                    (h ^ v.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                let logit = (x >> 40) as f32 / (1u64 << 24) as f32 * 6.0;
+                // EOS is unlikely, so sequences mostly run to their budget.
+                if v as u32 == EOS {
+                    logit - 4.0
+                } else {
+                    logit
+                }
+            })
+            .collect()
+    }
+
+    impl CausalLM for HashModel {
+        fn config(&self) -> &ModelConfig {
+            &self.cfg
+        }
+        fn forward(
+            &self,
+            batch: &mut [SeqInput<'_>],
+            logits: &mut Vec<f32>,
+        ) -> Result<(), ModelError> {
+            {
+                let (m, cv) = &*self.gate;
+                let mut closed = m.lock().unwrap();
+                while *closed {
+                    closed = cv.wait(closed).unwrap();
+                }
+            }
+            kiln_models::layers::prepare_batch(batch, VOCAB, self.cfg.max_position_embeddings)?;
+            if batch
+                .iter()
+                .any(|s| s.cache.is_empty() && s.tokens.starts_with(&[1, 22]))
+            {
+                panic!("poisoned token");
+            }
+            for s in batch.iter_mut() {
+                let start = s.cache.len();
+                for (j, &t) in s.tokens.iter().enumerate() {
+                    s.cache.store(0, 0, start + j, &[t as f32], &[0.0]);
+                }
+                let n = s.tokens.len();
+                let rows: Vec<usize> = match s.logits {
+                    Logits::None => vec![],
+                    Logits::Last => vec![n - 1],
+                    Logits::All => (0..n).collect(),
+                };
+                for j in rows {
+                    let (k, _) = s.cache.head(0, 0, start + j + 1);
+                    let hist: Vec<u32> = k.iter().map(|&x| x as u32).collect();
+                    logits.extend(hash_logits(&hist));
+                }
+                s.cache.advance(n);
+            }
+            Ok(())
+        }
+        fn n_threads(&self) -> usize {
+            1
+        }
+    }
+
+    /// Token v is the letter `a + v`; EOS has no text.
+    struct Letters;
+    impl Vocab for Letters {
+        fn encode(&self, text: &str, _add_special: bool) -> Result<Vec<u32>, String> {
+            Ok(text.bytes().map(|b| (b - b'a') as u32).collect())
+        }
+        fn decode(&self, ids: &[u32], _skip: bool) -> String {
+            ids.iter()
+                .flat_map(|&t| self.token_bytes(t))
+                .map(char::from)
+                .collect()
+        }
+        fn token_bytes(&self, id: u32) -> Vec<u8> {
+            if id == EOS {
+                vec![]
+            } else {
+                vec![b'a' + id as u8]
+            }
+        }
+        fn eos_ids(&self) -> Vec<u32> {
+            vec![EOS]
+        }
+        fn bos_id(&self) -> Option<u32> {
+            None
+        }
+    }
+
+    fn start(cfg: SchedulerConfig) -> (Scheduler, Arc<(Mutex<bool>, Condvar)>) {
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let model = HashModel {
+            cfg: config(64),
+            gate: gate.clone(),
+        };
+        (
+            Scheduler::start(Box::new(model), Arc::new(Letters), cfg),
+            gate,
+        )
+    }
+
+    fn set_gate(gate: &(Mutex<bool>, Condvar), closed: bool) {
+        *gate.0.lock().unwrap() = closed;
+        gate.1.notify_all();
+    }
+
+    /// Greedy generation by full recomputation, without any cache.
+    fn reference_greedy(prompt: &[u32], max_tokens: usize, context: usize) -> Vec<u32> {
+        let mut hist = prompt.to_vec();
+        let mut out = Vec::new();
+        while out.len() < max_tokens {
+            let t = crate::sampler::argmax(&hash_logits(&hist));
+            out.push(t);
+            hist.push(t);
+            if t == EOS || hist.len() >= context {
+                break;
+            }
+        }
+        out
+    }
+
+    type Outcome = mpsc::Receiver<Event>;
+
+    fn submit(s: &Scheduler, prompt: Vec<u32>, params: GenerateParams) -> (Ticket, Outcome) {
+        let (tx, rx) = mpsc::channel();
+        let t = s
+            .submit(Request {
+                prompt,
+                params,
+                sink: Box::new(move |e| tx.send(e).is_ok()),
+            })
+            .expect("submit");
+        (t, rx)
+    }
+
+    /// Waits for the end of a request; returns its streamed text and its completion.
+    fn wait(rx: &Outcome) -> (String, Completion, usize) {
+        let mut text = String::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(60)).expect("event") {
+                Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Done {
+                    completion,
+                    cached_tokens,
+                } => return (text, completion, cached_tokens),
+                Event::Error(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn prompt(seed: u32, len: usize) -> Vec<u32> {
+        (0..len as u32).map(|i| (i * 7 + seed * 3) % 20).collect()
+    }
+
+    #[test]
+    fn concurrent_greedy_equals_full_recompute() {
+        let (s, _) = start(SchedulerConfig {
+            slots: 3,
+            context: 64,
+            max_queue: 64,
+            prefill_chunk: 5,
+            prefix_cache: 2,
+        });
+        let params = GenerateParams {
+            max_tokens: 12,
+            ..Default::default()
+        };
+        let mut prompts: Vec<Vec<u32>> = (0..12)
+            .map(|i| prompt(i, 1 + (i as usize * 5) % 37))
+            .collect();
+        // Shared prefixes, so the prefix cache is used.
+        let mut shared = prompts[5].clone();
+        shared.extend([1, 2, 3]);
+        prompts.push(shared);
+        prompts.push(prompts[5].clone());
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| submit(&s, p.clone(), params.clone()))
+            .collect();
+        for (p, (_t, rx)) in prompts.iter().zip(&handles) {
+            let (text, c, _) = wait(rx);
+            let expect = reference_greedy(p, 12, 64);
+            assert_eq!(c.token_ids, expect, "prompt {p:?}");
+            assert_eq!(c.prompt_token_ids, *p);
+            assert_eq!(text, c.text);
+        }
+        s.shutdown();
+        let st = s.stats();
+        assert_eq!(st.finished, 14);
+        assert_eq!(st.running + st.queued, 0);
+    }
+
+    #[test]
+    fn prefix_cache_reuses_and_matches() {
+        let (s, _) = start(SchedulerConfig {
+            slots: 1,
+            context: 64,
+            prefill_chunk: 4,
+            prefix_cache: 4,
+            ..Default::default()
+        });
+        let params = GenerateParams {
+            max_tokens: 5,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let a = prompt(1, 20);
+        let (_t, rx) = submit(&s, a.clone(), params.clone());
+        let (_, first, cached) = wait(&rx);
+        assert_eq!(cached, 0);
+        // The whole first prompt plus what it generated (but the last token) is cached.
+        let mut c = a.clone();
+        c.extend(&first.token_ids);
+        let (_t, rx) = submit(&s, c.clone(), params.clone());
+        let (_, second, cached) = wait(&rx);
+        assert_eq!(cached, 20 + 4);
+        assert_eq!(second.token_ids, reference_greedy(&c, 5, 64));
+        // A prompt that shares only part of it.
+        let mut b = a[..15].to_vec();
+        b.extend([9, 9, 9]);
+        let (_t, rx) = submit(&s, b.clone(), params.clone());
+        let (_, third, cached) = wait(&rx);
+        assert_eq!(cached, 15);
+        assert_eq!(third.token_ids, reference_greedy(&b, 5, 64));
+        assert_eq!(s.stats().cached_prompt_tokens, 15 + 24);
+    }
+
+    #[test]
+    fn seeded_sampling_does_not_depend_on_batch_mates() {
+        let params = GenerateParams {
+            max_tokens: 16,
+            ignore_eos: true,
+            sampling: crate::SamplingParams {
+                temperature: 1.0,
+                seed: 42,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (s, _) = start(SchedulerConfig {
+            slots: 4,
+            context: 64,
+            prefill_chunk: 3,
+            ..Default::default()
+        });
+        let (_t, rx) = submit(&s, prompt(2, 9), params.clone());
+        let alone = wait(&rx).1.token_ids;
+        let others: Vec<_> = (0..3)
+            .map(|i| {
+                let mut p = params.clone();
+                p.sampling.seed = i;
+                submit(&s, prompt(i as u32, 4 + i as usize), p)
+            })
+            .collect();
+        let (_t, rx) = submit(&s, prompt(2, 9), params.clone());
+        let together = wait(&rx).1.token_ids;
+        for (_t, rx) in &others {
+            wait(rx);
+        }
+        assert_eq!(alone, together);
+        let mut p = params.clone();
+        p.sampling.seed = 43;
+        let (_t, rx) = submit(&s, prompt(2, 9), p);
+        assert_ne!(wait(&rx).1.token_ids, alone);
+    }
+
+    #[test]
+    fn echo_logprobs_are_the_prompt_log_softmax() {
+        let (s, _) = start(SchedulerConfig {
+            slots: 2,
+            context: 64,
+            prefill_chunk: 4,
+            ..Default::default()
+        });
+        let p = prompt(3, 11);
+        let (_t, rx) = submit(
+            &s,
+            p.clone(),
+            GenerateParams {
+                max_tokens: 3,
+                echo: true,
+                logprobs: Some(2),
+                ..Default::default()
+            },
+        );
+        let (_, c, _) = wait(&rx);
+        let plp = c.prompt_logprobs.expect("prompt logprobs");
+        assert_eq!(plp.len(), p.len());
+        assert_eq!(plp[0].logprob, None);
+        assert_eq!(c.prompt_text, Letters.decode(&p, true));
+        let mut lp = Vec::new();
+        for i in 1..p.len() {
+            log_softmax(&hash_logits(&p[..i]), &mut lp);
+            assert_eq!(plp[i].id, p[i]);
+            assert!((plp[i].logprob.unwrap() - lp[p[i] as usize]).abs() < 1e-6);
+            assert_eq!(plp[i].top.len(), 2);
+            assert_eq!(plp[i].text_offset, i);
+        }
+        let gen = c.logprobs.expect("logprobs");
+        assert_eq!(gen.len(), c.token_ids.len());
+        assert_eq!(gen[0].text_offset, p.len());
+    }
+
+    #[test]
+    fn stop_string_cuts_text_and_ends() {
+        let (s, _) = start(SchedulerConfig {
+            context: 64,
+            ..Default::default()
+        });
+        let p = prompt(4, 6);
+        let full = reference_greedy(&p, 10, 64);
+        let text = Letters.decode(&full, true);
+        let stop = text[3..5].to_string();
+        let cut = &text[..text.find(&stop).unwrap()];
+        let (_t, rx) = submit(
+            &s,
+            p,
+            GenerateParams {
+                max_tokens: 10,
+                stop: vec![stop],
+                ..Default::default()
+            },
+        );
+        let (streamed, c, _) = wait(&rx);
+        assert_eq!(c.text, cut);
+        assert_eq!(streamed, cut);
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+    }
+
+    #[test]
+    fn queue_limit_cancel_and_drain() {
+        let (s, gate) = start(SchedulerConfig {
+            slots: 1,
+            context: 64,
+            max_queue: 1,
+            prefill_chunk: 8,
+            prefix_cache: 0,
+        });
+        set_gate(&gate, true);
+        let long = GenerateParams {
+            max_tokens: 40,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let (a, rx_a) = submit(&s, prompt(1, 3), long.clone());
+        let (_b, rx_b) = submit(&s, prompt(2, 3), long.clone());
+        let refused = s.submit(Request {
+            prompt: prompt(3, 3),
+            params: long.clone(),
+            sink: Box::new(|_| true),
+        });
+        assert!(matches!(refused, Err(SubmitError::QueueFull { .. })));
+        // Cancel the first while the engine is held (running or still queued); the other
+        // then gets the slot.
+        drop(a);
+        set_gate(&gate, false);
+        let (_, c, _) = wait(&rx_b);
+        assert_eq!(c.token_ids.len(), 40);
+        // A's sink saw no Done.
+        while let Ok(e) = rx_a.try_recv() {
+            assert!(matches!(e, Event::Token { .. }), "{e:?}");
+        }
+        assert_eq!(s.stats().cancelled, 1);
+        // A sink that stops listening cancels too.
+        set_gate(&gate, true);
+        let (_t, rx) = submit(&s, prompt(5, 3), long.clone());
+        drop(rx);
+        set_gate(&gate, false);
+        while s.outstanding() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Shutdown drains what was submitted.
+        let pending: Vec<_> = (0..2)
+            .map(|i| submit(&s, prompt(i, 4), long.clone()))
+            .collect();
+        s.shutdown();
+        for (_t, rx) in &pending {
+            assert_eq!(wait(rx).1.token_ids.len(), 40);
+        }
+        assert!(matches!(
+            s.submit(Request {
+                prompt: vec![1],
+                params: long,
+                sink: Box::new(|_| true)
+            }),
+            Err(SubmitError::ShuttingDown)
+        ));
+        assert_eq!(s.stats().cancelled, 2);
+    }
+
+    #[test]
+    fn a_panicking_model_fails_the_batch_not_the_engine() {
+        let (s, _) = start(SchedulerConfig {
+            context: 64,
+            ..Default::default()
+        });
+        // A prompt starting with [1, 22] makes the hash model panic.
+        let (_t, rx) = submit(&s, vec![1, 22, 3], GenerateParams::default());
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::Error(e) => assert!(e.contains("poisoned token"), "{e}"),
+            e => panic!("{e:?}"),
+        }
+        let params = GenerateParams {
+            max_tokens: 8,
+            ..Default::default()
+        };
+        let (_t, rx) = submit(&s, vec![1, 2, 3], params);
+        let (_, c, _) = wait(&rx);
+        assert_eq!(c.token_ids, reference_greedy(&[1, 2, 3], 8, 64));
+        assert_eq!(s.outstanding(), 0);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let (s, _) = start(SchedulerConfig {
+            context: 16,
+            ..Default::default()
+        });
+        let try_submit = |prompt: Vec<u32>| {
+            s.submit(Request {
+                prompt,
+                params: GenerateParams::default(),
+                sink: Box::new(|_| true),
+            })
+            .err()
+            .map(|e| e.to_string())
+        };
+        assert!(try_submit(vec![]).unwrap().contains("empty"));
+        let e = try_submit(vec![1; 17]).unwrap();
+        assert!(e.contains("17") && e.contains("16"), "{e}");
+        assert!(try_submit(vec![VOCAB as u32])
+            .unwrap()
+            .contains("vocabulary"));
+        // A prompt filling the context ends at once with "length".
+        let (_t, rx) = submit(&s, vec![1; 16], GenerateParams::default());
+        let (_, c, _) = wait(&rx);
+        assert_eq!(c.finish_reason, FinishReason::Length);
+        assert!(c.token_ids.is_empty());
+    }
+}

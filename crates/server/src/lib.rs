@@ -1,0 +1,916 @@
+//! `kiln serve`: an OpenAI-compatible HTTP server (axum + tokio) over the continuous-batching
+//! [`Scheduler`].
+//!
+//! Endpoints: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`,
+//! `GET /health`, `GET /metrics`. Streams are server-sent events as OpenAI sends them
+//! (`data: {json}` chunks, then `data: [DONE]`). Errors have OpenAI's shape. Every choice
+//! carries kiln's `prompt_token_ids` and `token_ids`, as `kiln complete --json` does.
+//!
+//! ```no_run
+//! # async fn f(state: std::sync::Arc<kiln_server::AppState>) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! kiln_server::serve(listener, state, kiln_server::shutdown_signal()).await
+//! # }
+//! ```
+
+pub mod api;
+pub mod chat;
+pub mod error;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kiln_engine::openai;
+use kiln_engine::scheduler::{self, Event, Scheduler, SubmitError, Ticket, Vocab};
+use kiln_engine::{Completion, EngineError, GenerateParams, TokenLogprob};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::api::{ChatRequest, CompletionRequest, PromptInput};
+use crate::error::ApiError;
+
+/// Server settings that are not the scheduler's.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The id clients use in `model` (and `/v1/models` lists).
+    pub model_id: String,
+    /// When set, every endpoint but `/health` wants `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            model_id: "kiln".into(),
+            api_key: None,
+            max_body_bytes: 2 << 20,
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    pub scheduler: Arc<Scheduler>,
+    pub vocab: Arc<dyn Vocab>,
+    pub chat_template: Option<String>,
+    pub opts: ServerOptions,
+    eos: Vec<u32>,
+    created: u64,
+    next_id: AtomicU64,
+    /// HTTP responses by (endpoint, status).
+    responses: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+impl AppState {
+    /// `extra_eos`: end-of-sequence ids the model's config adds to the tokenizer's.
+    pub fn new(
+        scheduler: Arc<Scheduler>,
+        vocab: Arc<dyn Vocab>,
+        chat_template: Option<String>,
+        extra_eos: &[u32],
+        opts: ServerOptions,
+    ) -> Arc<AppState> {
+        let mut eos = vocab.eos_ids();
+        eos.extend_from_slice(extra_eos);
+        Arc::new(AppState {
+            scheduler,
+            vocab,
+            chat_template,
+            opts,
+            eos,
+            created: now(),
+            next_id: AtomicU64::new(1),
+            responses: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:x}{n:06x}", self.created)
+    }
+
+    /// A seed for requests that give none: different every request.
+    fn fresh_seed(&self) -> u64 {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn check_model(&self, model: &Option<String>) -> Result<(), ApiError> {
+        match model {
+            None => Ok(()),
+            Some(m) if self.knows_model(m) => Ok(()),
+            Some(m) => Err(ApiError::unknown_model(m, &self.opts.model_id)),
+        }
+    }
+
+    fn knows_model(&self, m: &str) -> bool {
+        let id = &self.opts.model_id;
+        m == id || m.strip_suffix(".gguf") == Some(id) || id.strip_suffix(".gguf") == Some(m)
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The routes, with API-key checking and response counting.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then lets open requests finish (streams included) and
+/// drains the scheduler.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let scheduler = state.scheduler.clone();
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tokio::task::spawn_blocking(move || scheduler.shutdown())
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// API key check (constant-time) and counting of responses per endpoint and status.
+async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let endpoint = match path.as_str() {
+        "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions" => {
+            path.clone()
+        }
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}".into(),
+        _ => "other".into(),
+    };
+    let response = if path != "/health" && !authorized(&st, req.headers()) {
+        ApiError::unauthorized().into_response()
+    } else {
+        next.run(req).await
+    };
+    if let Ok(mut m) = st.responses.lock() {
+        *m.entry((endpoint, response.status().as_u16())).or_insert(0) += 1;
+    }
+    response
+}
+
+fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
+    let Some(key) = &st.opts.api_key else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .trim();
+    let (a, b) = (given.as_bytes(), key.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff)) as usize;
+    }
+    diff == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "Unknown endpoint: this server has /v1/models, /v1/completions, /v1/chat/completions, /health and /metrics.",
+    )
+}
+
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    let s = st.scheduler.stats();
+    Json(json!({
+        "status": "ok",
+        "slots_idle": s.slots.saturating_sub(s.running),
+        "slots_processing": s.running,
+        "queued": s.queued,
+    }))
+    .into_response()
+}
+
+fn model_object(st: &AppState) -> Value {
+    json!({
+        "id": st.opts.model_id,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "kiln",
+        "context_length": st.scheduler.config().context,
+    })
+}
+
+async fn models(State(st): State<Arc<AppState>>) -> Response {
+    Json(json!({"object": "list", "data": [model_object(&st)]})).into_response()
+}
+
+async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if st.knows_model(&id) {
+        Json(model_object(&st)).into_response()
+    } else {
+        ApiError::unknown_model(&id, &st.opts.model_id).into_response()
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let s = st.scheduler.stats();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    let one = |v: String| vec![(String::new(), v)];
+    let responses: Vec<(String, String)> = st
+        .responses
+        .lock()
+        .map(|m| {
+            m.iter()
+                .map(|((e, c), n)| {
+                    (
+                        format!("{{endpoint=\"{e}\",status=\"{c}\"}}"),
+                        n.to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "kiln_http_responses_total",
+        "counter",
+        "HTTP responses by endpoint and status.",
+        responses,
+    );
+    metric(
+        "kiln_requests_total",
+        "counter",
+        "Generation requests accepted by the scheduler (one per choice).",
+        one(s.requests.to_string()),
+    );
+    metric(
+        "kiln_requests_finished_total",
+        "counter",
+        "Generation requests that ran to the end.",
+        one(s.finished.to_string()),
+    );
+    metric(
+        "kiln_requests_cancelled_total",
+        "counter",
+        "Generation requests cancelled (client gone).",
+        one(s.cancelled.to_string()),
+    );
+    metric(
+        "kiln_requests_rejected_total",
+        "counter",
+        "Generation requests refused because the queue was full.",
+        one(s.rejected.to_string()),
+    );
+    metric(
+        "kiln_prompt_tokens_total",
+        "counter",
+        "Prompt tokens of admitted requests.",
+        one(s.prompt_tokens.to_string()),
+    );
+    metric(
+        "kiln_prompt_tokens_cached_total",
+        "counter",
+        "Prompt tokens reused from the prefix cache instead of computed.",
+        one(s.cached_prompt_tokens.to_string()),
+    );
+    metric(
+        "kiln_generated_tokens_total",
+        "counter",
+        "Generated tokens.",
+        one(s.generated_tokens.to_string()),
+    );
+    metric(
+        "kiln_engine_steps_total",
+        "counter",
+        "Batched forward passes.",
+        one(s.steps.to_string()),
+    );
+    metric(
+        "kiln_engine_busy_seconds_total",
+        "counter",
+        "Time the engine loop spent in steps.",
+        one(format!("{}", s.busy_seconds)),
+    );
+    metric(
+        "kiln_queue_depth",
+        "gauge",
+        "Requests waiting for a slot.",
+        one(s.queued.to_string()),
+    );
+    metric(
+        "kiln_running_sequences",
+        "gauge",
+        "Sequences in the running batch.",
+        one(s.running.to_string()),
+    );
+    metric(
+        "kiln_slots",
+        "gauge",
+        "Sequences that may run at once.",
+        one(s.slots.to_string()),
+    );
+    metric(
+        "kiln_tokens_per_second",
+        "gauge",
+        "Generated tokens per second over the last second or so (0 when idle).",
+        one(format!("{}", s.tokens_per_second)),
+    );
+    let mut hist: Vec<(String, String)> = scheduler::TTFT_BUCKETS
+        .iter()
+        .zip(&s.ttft_buckets)
+        .map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), n.to_string()))
+        .collect();
+    hist.push(("_bucket{le=\"+Inf\"}".into(), s.ttft_count.to_string()));
+    hist.push(("_sum".into(), format!("{}", s.ttft_sum_seconds)));
+    hist.push(("_count".into(), s.ttft_count.to_string()));
+    metric(
+        "kiln_time_to_first_token_seconds",
+        "histogram",
+        "Time from submission to the first generated token.",
+        hist,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// Reads and parses a JSON body: 413 over the limit, 400 for bad JSON or types.
+async fn read_json<T: DeserializeOwned>(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let limit = st.opts.max_body_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::too_large(limit));
+        }
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("The body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("The body must be a JSON object."));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("Invalid request: {e}")))
+}
+
+fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::QueueFull { .. } => ApiError::busy(e.to_string()),
+        SubmitError::ShuttingDown => {
+            let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string());
+            a.retry_after = Some(5);
+            a
+        }
+        SubmitError::Invalid(EngineError::ContextLength { tokens, context }) => ApiError::invalid(
+            format!(
+                "This model's maximum context length is {context} tokens, but the prompt is {tokens} tokens long."
+            ),
+        )
+        .param("prompt")
+        .code("context_length_exceeded"),
+        SubmitError::Invalid(inner) => ApiError::invalid(inner.to_string()),
+    }
+}
+
+/// Events of a request's choices, tagged with the choice's index.
+type Events = mpsc::UnboundedReceiver<(usize, Event)>;
+
+/// One submitted choice: its prompt and what it was asked.
+struct Job {
+    prompt: Vec<u32>,
+    params: GenerateParams,
+}
+
+/// Submits every job; events arrive tagged with the job's index. On any refusal the jobs
+/// already submitted are cancelled (their tickets dropped).
+fn submit_all(st: &AppState, jobs: Vec<Job>) -> Result<(Vec<Ticket>, Events), ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut tickets = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.into_iter().enumerate() {
+        let tx = tx.clone();
+        let t = st
+            .scheduler
+            .submit(scheduler::Request {
+                prompt: job.prompt,
+                params: job.params,
+                sink: Box::new(move |e| tx.send((i, e)).is_ok()),
+            })
+            .map_err(submit_error)?;
+        tickets.push(t);
+    }
+    Ok((tickets, rx))
+}
+
+/// Waits for every job's completion (non-streaming responses).
+async fn collect(mut rx: Events, n: usize) -> Result<Vec<Completion>, ApiError> {
+    let mut done: Vec<Option<Completion>> = (0..n).map(|_| None).collect();
+    let mut left = n;
+    while left > 0 {
+        match rx.recv().await {
+            Some((i, Event::Done { completion, .. })) => {
+                done[i] = Some(completion);
+                left -= 1;
+            }
+            Some((_, Event::Token { .. })) => {}
+            Some((_, Event::Error(e))) => return Err(ApiError::internal(e)),
+            None => return Err(ApiError::internal("the engine stopped")),
+        }
+    }
+    Ok(done.into_iter().flatten().collect())
+}
+
+/// Per-choice seeds: `seed + j` for the j-th choice of a prompt, so `n` choices differ.
+fn with_seed(p: &GenerateParams, j: usize) -> GenerateParams {
+    let mut p = p.clone();
+    p.sampling.seed = p.sampling.seed.wrapping_add(j as u64);
+    p
+}
+
+fn tokenize(st: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+    st.vocab
+        .encode(text, true)
+        .map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}")).param("prompt"))
+}
+
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = read_json(&st, &headers, body).await?;
+    st.check_model(&req.common.model)?;
+    let params = req.params(st.fresh_seed())?;
+    let n = req.common.n()?;
+    let prompts: Vec<Vec<u32>> = match &req.prompt {
+        PromptInput::Text(s) => vec![tokenize(&st, s)?],
+        PromptInput::Texts(v) => v
+            .iter()
+            .map(|s| tokenize(&st, s))
+            .collect::<Result<_, _>>()?,
+        PromptInput::Ids(ids) => vec![ids.clone()],
+        PromptInput::IdLists(v) => v.clone(),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("`prompt` is an empty list").param("prompt"));
+    }
+    if prompts.len() * n > 64 {
+        return Err(ApiError::invalid("at most 64 choices per request (prompts × n)").param("n"));
+    }
+    let jobs: Vec<Job> = prompts
+        .iter()
+        .flat_map(|p| {
+            (0..n).map(|j| Job {
+                prompt: p.clone(),
+                params: with_seed(&params, j),
+            })
+        })
+        .collect();
+    let echo = params.echo;
+    let n_jobs = jobs.len();
+    let model = st.opts.model_id.clone();
+    let id = st.new_id("cmpl");
+    let created = now();
+    if req.common.stream() {
+        let prompt_texts: Vec<String> = jobs
+            .iter()
+            .map(|j| {
+                if echo {
+                    st.vocab.decode(&j.prompt, true)
+                } else {
+                    String::new()
+                }
+            })
+            .collect();
+        let (tickets, rx) = submit_all(&st, jobs)?;
+        let stream = CompletionStream {
+            id,
+            created,
+            model,
+            include_usage: req.common.include_usage(),
+            prompt_texts,
+        };
+        return Ok(sse_response(stream, tickets, rx, n_jobs));
+    }
+    let (tickets, rx) = submit_all(&st, jobs)?;
+    let results = collect(rx, n_jobs).await?;
+    drop(tickets);
+    let obj = openai::text_completion(&model, &results, echo, id, created);
+    Ok(Json(obj).into_response())
+}
+
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = read_json(&st, &headers, body).await?;
+    st.check_model(&req.common.model)?;
+    let (mut params, max) = req.params(st.fresh_seed())?;
+    let n = req.common.n()?;
+    let messages = req.template_messages()?;
+    let special = |id: Option<u32>| id.map(|i| st.vocab.decode(&[i], false)).unwrap_or_default();
+    let bos = special(st.vocab.bos_id());
+    let eos = special(st.eos.first().copied());
+    let template = st.chat_template.as_deref().unwrap_or(chat::CHATML);
+    let text = chat::render(template, &messages, true, &bos, &eos)
+        .map_err(|e| ApiError::invalid(e).param("messages"))?;
+    // The template writes BOS itself when the model wants one.
+    let add_special = bos.is_empty() || !text.starts_with(&bos);
+    let prompt = st
+        .vocab
+        .encode(&text, add_special)
+        .map_err(|e| ApiError::invalid(format!("cannot tokenize the messages: {e}")))?;
+    let context = st.scheduler.config().context;
+    params.max_tokens = max.unwrap_or(context.saturating_sub(prompt.len()));
+    let jobs: Vec<Job> = (0..n)
+        .map(|j| Job {
+            prompt: prompt.clone(),
+            params: with_seed(&params, j),
+        })
+        .collect();
+    let model = st.opts.model_id.clone();
+    let id = st.new_id("chatcmpl");
+    let created = now();
+    if req.common.stream() {
+        let (tickets, rx) = submit_all(&st, jobs)?;
+        let stream = ChatStream {
+            id,
+            created,
+            model,
+            include_usage: req.common.include_usage(),
+            eos: st.eos.clone(),
+            started: vec![false; n],
+        };
+        return Ok(sse_response(stream, tickets, rx, n));
+    }
+    let (tickets, rx) = submit_all(&st, jobs)?;
+    let results = collect(rx, n).await?;
+    drop(tickets);
+    let mut usage = openai::Usage::default();
+    let choices: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            usage.prompt_tokens = c.prompt_token_ids.len();
+            usage.completion_tokens += c.token_ids.len();
+            let logprobs = c.logprobs.as_ref().map(|lp| {
+                json!({"content": lp.iter().filter(|t| !st.eos.contains(&t.id)).map(chat_logprob).collect::<Vec<_>>()})
+            });
+            json!({
+                "index": index,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": logprobs,
+                "finish_reason": c.finish_reason.as_str(),
+                "prompt_token_ids": c.prompt_token_ids,
+                "token_ids": c.token_ids,
+            })
+        })
+        .collect();
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+fn chat_logprob(t: &TokenLogprob) -> Value {
+    let bytes = |s: &str| s.as_bytes().to_vec();
+    json!({
+        "token": t.text,
+        "logprob": t.logprob,
+        "bytes": bytes(&t.text),
+        "top_logprobs": t.top.iter().map(|(_, s, v)| json!({"token": s, "logprob": v, "bytes": bytes(s)})).collect::<Vec<_>>(),
+    })
+}
+
+/// Turns scheduler events into the JSON chunks of one endpoint's stream.
+trait ChunkWriter: Send + 'static {
+    /// Chunks to send before any event.
+    fn start(&mut self, _n: usize) -> Vec<Value> {
+        Vec::new()
+    }
+    fn event(&mut self, index: usize, e: &Event) -> Vec<Value>;
+    fn usage(&self, u: openai::Usage) -> Value;
+    fn include_usage(&self) -> bool;
+}
+
+struct CompletionStream {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    prompt_texts: Vec<String>,
+}
+
+impl CompletionStream {
+    fn chunk(&self, choice: Value) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        });
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+}
+
+impl ChunkWriter for CompletionStream {
+    fn start(&mut self, _n: usize) -> Vec<Value> {
+        let texts = std::mem::take(&mut self.prompt_texts);
+        texts
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(i, t)| {
+                self.chunk(json!({"index": i, "text": t, "logprobs": null, "finish_reason": null}))
+            })
+            .collect()
+    }
+
+    fn event(&mut self, index: usize, e: &Event) -> Vec<Value> {
+        match e {
+            Event::Token { text, logprob, .. } => {
+                let lp = logprob.as_ref().map(|t| {
+                    let top: Option<Map<String, Value>> = Some(
+                        t.top
+                            .iter()
+                            .map(|(_, s, v)| (s.clone(), Value::from(*v as f64)))
+                            .collect(),
+                    );
+                    json!({
+                        "tokens": [t.text],
+                        "token_logprobs": [t.logprob],
+                        "top_logprobs": [top],
+                        "text_offset": [t.text_offset],
+                    })
+                });
+                if text.is_empty() && lp.is_none() {
+                    return Vec::new();
+                }
+                vec![self.chunk(
+                    json!({"index": index, "text": text, "logprobs": lp, "finish_reason": null}),
+                )]
+            }
+            Event::Done { completion: c, .. } => vec![self.chunk(json!({
+                "index": index,
+                "text": "",
+                "logprobs": null,
+                "finish_reason": c.finish_reason.as_str(),
+                "prompt_token_ids": c.prompt_token_ids,
+                "token_ids": c.token_ids,
+            }))],
+            Event::Error(_) => Vec::new(),
+        }
+    }
+
+    fn usage(&self, u: openai::Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": u,
+        })
+    }
+
+    fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+}
+
+struct ChatStream {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    eos: Vec<u32>,
+    started: Vec<bool>,
+}
+
+impl ChatStream {
+    fn chunk(&self, choice: Value) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        });
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+}
+
+impl ChunkWriter for ChatStream {
+    fn start(&mut self, n: usize) -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                self.started[i] = true;
+                self.chunk(json!({
+                    "index": i,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": null,
+                    "finish_reason": null,
+                }))
+            })
+            .collect()
+    }
+
+    fn event(&mut self, index: usize, e: &Event) -> Vec<Value> {
+        match e {
+            Event::Token {
+                id, text, logprob, ..
+            } => {
+                let lp = logprob
+                    .as_ref()
+                    .filter(|_| !self.eos.contains(id))
+                    .map(|t| json!({"content": [chat_logprob(t)]}));
+                if text.is_empty() && lp.is_none() {
+                    return Vec::new();
+                }
+                vec![self.chunk(json!({
+                    "index": index,
+                    "delta": {"content": text},
+                    "logprobs": lp,
+                    "finish_reason": null,
+                }))]
+            }
+            Event::Done { completion: c, .. } => vec![self.chunk(json!({
+                "index": index,
+                "delta": {},
+                "logprobs": null,
+                "finish_reason": c.finish_reason.as_str(),
+                "prompt_token_ids": c.prompt_token_ids,
+                "token_ids": c.token_ids,
+            }))],
+            Event::Error(_) => Vec::new(),
+        }
+    }
+
+    fn usage(&self, u: openai::Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": u,
+        })
+    }
+
+    fn include_usage(&self) -> bool {
+        self.include_usage
+    }
+}
+
+/// A `text/event-stream` response fed by a task that turns events into chunks. When the client
+/// goes away the body is dropped, the task ends, and the tickets it holds cancel the requests.
+fn sse_response<W: ChunkWriter>(
+    mut writer: W,
+    tickets: Vec<Ticket>,
+    mut rx: Events,
+    n: usize,
+) -> Response {
+    let (body_tx, body_rx) = mpsc::channel::<String>(64);
+    tokio::spawn(async move {
+        let _tickets = tickets;
+        let data = |v: &Value| format!("data: {v}\n\n");
+        for c in writer.start(n) {
+            if body_tx.send(data(&c)).await.is_err() {
+                return;
+            }
+        }
+        let mut left = n;
+        let mut usage = openai::Usage::default();
+        let mut prompt_counted = vec![false; n];
+        while left > 0 {
+            let next = tokio::select! {
+                e = rx.recv() => e,
+                _ = body_tx.closed() => return,
+            };
+            let Some((i, e)) = next else {
+                let err = ApiError::internal("the engine stopped");
+                let _ = body_tx.send(data(&err.body())).await;
+                return;
+            };
+            if let Event::Error(msg) = &e {
+                let err = ApiError::internal(msg.clone());
+                let _ = body_tx.send(data(&err.body())).await;
+                return;
+            }
+            if let Event::Done { completion, .. } = &e {
+                left -= 1;
+                if !prompt_counted[i] {
+                    prompt_counted[i] = true;
+                    usage.prompt_tokens += completion.prompt_token_ids.len();
+                }
+                usage.completion_tokens += completion.token_ids.len();
+            }
+            for c in writer.event(i, &e) {
+                if body_tx.send(data(&c)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if writer.include_usage() {
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+            if body_tx.send(data(&writer.usage(usage))).await.is_err() {
+                return;
+            }
+        }
+        let _ = body_tx.send("data: [DONE]\n\n".to_string()).await;
+    });
+    let stream = futures_util::stream::unfold(body_rx, |mut rx| async move {
+        rx.recv().await.map(|s| (Ok::<_, Infallible>(s), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| ApiError::internal("response").into_response())
+}

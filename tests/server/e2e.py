@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""End-to-end check of `kiln serve` with the official `openai` client.
+
+Usage: e2e.py BASE_URL API_KEY KILN_BINARY MODEL_PATH
+The server must already run at BASE_URL (see run_e2e.sh). Expected values come from
+independent sources: llama.cpp's prompt token ids (shared/anchors) and `kiln complete`, whose
+greedy output the server must reproduce exactly.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import openai
+from openai import OpenAI
+
+BASE, KEY, KILN, MODEL_PATH = sys.argv[1:5]
+ANCHORS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "anchors",
+                       "llama-cpp-0c1e57098.json")
+
+client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=300)
+failures = []
+passed = 0
+
+
+def check(name, cond, detail=""):
+    global passed
+    if cond:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failures.append(name)
+        print(f"FAIL {name} {detail}")
+
+
+def kiln_complete(prompt, n):
+    out = subprocess.run([KILN, "complete", "-m", MODEL_PATH, "--json", "--temperature", "0",
+                          "-n", str(n), "--prompt", prompt],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["choices"][0]
+
+
+models = client.models.list()
+model = models.data[0].id
+check("models lists one model", len(models.data) == 1, models)
+
+# Prompt token ids equal llama.cpp's for the same text.
+with open(ANCHORS) as f:
+    anchor = json.load(f)["models"]["qwen2.5-coder-0.5b"]
+PROMPT = anchor["prompt"]
+r = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0)
+c = r.choices[0]
+prompt_ids = c.model_extra["prompt_token_ids"]
+check("prompt ids equal llama.cpp's", prompt_ids == anchor["prompt_token_ids"],
+      f"{prompt_ids} vs {anchor['prompt_token_ids']}")
+check("usage counts", r.usage.prompt_tokens == len(prompt_ids)
+      and r.usage.completion_tokens == len(c.model_extra["token_ids"]), r.usage)
+
+# Greedy equals `kiln complete`.
+ref = kiln_complete(PROMPT, 24)
+check("greedy equals kiln complete", c.model_extra["token_ids"] == ref["token_ids"],
+      f"{c.model_extra['token_ids']} vs {ref['token_ids']}")
+check("greedy text equals kiln complete", c.text == ref["text"], f"{c.text!r} vs {ref['text']!r}")
+llama_ids = anchor["greedy_32"]["token_ids"]
+same = 0
+for a, b in zip(c.model_extra["token_ids"], llama_ids):
+    if a != b:
+        break
+    same += 1
+print(f"info greedy agrees with llama.cpp on the first {same} of 24 tokens")
+
+# Streaming gives the same text.
+text = ""
+finish = None
+for chunk in client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0,
+                                       stream=True):
+    text += chunk.choices[0].text
+    finish = chunk.choices[0].finish_reason or finish
+check("stream text equals non-stream", text == c.text, f"{text!r} vs {c.text!r}")
+check("stream finish reason", finish == c.finish_reason, finish)
+
+# Usage in streams.
+chunks = list(client.completions.create(model=model, prompt=PROMPT, max_tokens=5, temperature=0,
+                                        stream=True, stream_options={"include_usage": True}))
+check("stream usage chunk", chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+      and chunks[-1].choices == [], chunks[-1])
+
+# Logprobs: the chosen greedy token is the top alternative, logprobs are <= 0.
+r = client.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=3)
+lp = r.choices[0].logprobs
+check("logprobs per token", len(lp.tokens) == 8 and len(lp.token_logprobs) == 8
+      and all(len(t) == 3 for t in lp.top_logprobs), lp)
+check("greedy token is top-1", all(abs(max(t.values()) - l) < 1e-5
+                                   for t, l in zip(lp.top_logprobs, lp.token_logprobs)), lp)
+check("logprobs are log-probabilities", all(l <= 1e-6 for l in lp.token_logprobs), lp)
+
+# Echo with logprobs covers the prompt.
+r = client.completions.create(model=model, prompt=PROMPT, max_tokens=2, temperature=0, logprobs=1,
+                              echo=True)
+ch = r.choices[0]
+check("echo text starts with the prompt", ch.text.startswith(PROMPT), ch.text)
+check("echo logprobs cover prompt + generated",
+      len(ch.logprobs.tokens) == len(prompt_ids) + 2 and ch.logprobs.token_logprobs[0] is None, ch.logprobs)
+
+# Stop strings cut the text.
+full = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0).choices[0].text
+stop = full[6:10]
+r = client.completions.create(model=model, prompt=PROMPT, max_tokens=24, temperature=0, stop=[stop, "zzzz"])
+check("stop string", r.choices[0].text == full[:full.index(stop)] and r.choices[0].finish_reason == "stop",
+      f"{r.choices[0].text!r} / {full!r} / {stop!r}")
+
+# Seeds reproduce; different seeds differ.
+def sampled(seed):
+    return client.completions.create(model=model, prompt="def quicksort(arr):", max_tokens=32,
+                                     temperature=1.0, seed=seed).choices[0].text
+a, b, d = sampled(1234), sampled(1234), sampled(999)
+check("same seed same text", a == b, f"{a!r} vs {b!r}")
+check("other seed other text", a != d, a)
+
+# Several prompts and n choices.
+r = client.completions.create(model=model, prompt=["1, 2, 3,", "a, b, c,"], max_tokens=4, temperature=0.7,
+                              n=2, seed=5)
+check("prompts x n choices", [x.index for x in r.choices] == [0, 1, 2, 3], r.choices)
+
+# Chat.
+messages = [{"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Write a Python function that adds two numbers."}]
+r = client.chat.completions.create(model=model, messages=messages, max_tokens=48, temperature=0)
+m = r.choices[0].message
+check("chat answers", m.role == "assistant" and len(m.content) > 0, r)
+check("chat prompt uses the template", r.choices[0].model_extra["prompt_token_ids"][:1] != [], r)
+text = ""
+for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=48, temperature=0,
+                                            stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+check("chat stream equals non-stream", text == m.content, f"{text!r} vs {m.content!r}")
+r = client.chat.completions.create(model=model, messages=messages, max_completion_tokens=6, temperature=0,
+                                   logprobs=True, top_logprobs=2)
+content = r.choices[0].logprobs.content
+check("chat logprobs", len(content) == r.usage.completion_tokens and r.usage.completion_tokens <= 6
+      and all(len(t.top_logprobs) == 2 for t in content), r)
+r = client.chat.completions.create(model=model, messages=messages, max_tokens=64, temperature=0.8, seed=7)
+r2 = client.chat.completions.create(model=model, messages=messages, max_tokens=64, temperature=0.8, seed=7)
+check("chat seed reproducible", r.choices[0].message.content == r2.choices[0].message.content)
+stop_at = m.content[5:9]
+r = client.chat.completions.create(model=model, messages=messages, max_tokens=48, temperature=0, stop=stop_at)
+check("chat stop", r.choices[0].message.content == m.content[:m.content.index(stop_at)], r)
+
+# Errors.
+try:
+    OpenAI(base_url=BASE, api_key="wrong", max_retries=0).models.list()
+    check("wrong key rejected", False)
+except openai.AuthenticationError:
+    check("wrong key rejected", True)
+try:
+    client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
+    check("unknown model 404", False)
+except openai.NotFoundError:
+    check("unknown model 404", True)
+try:
+    client.completions.create(model=model, prompt=[1] * 100_000, max_tokens=1)
+    check("oversize prompt 400", False)
+except openai.BadRequestError as e:
+    check("oversize prompt 400", "100000" in str(e), str(e))
+
+print(f"{passed} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds kiln, starts `kiln serve` on a real model, runs e2e.py with the official openai client,
+# and stops the server. Usage: tests/server/run_e2e.sh [MODEL]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODEL="${1:-$HOME/.cache/kiln/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf}"
+if [ ! -f "$MODEL" ]; then
+    echo "run_e2e.sh: model $MODEL is missing (shared/scripts/fetch-models.sh fetches it)" >&2
+    exit 1
+fi
+python3 -c 'import openai' 2>/dev/null || python3 -m pip install --quiet openai
+cargo build --release -p kiln-cli
+KILN="$PWD/target/release/kiln"
+PORT="${KILN_E2E_PORT:-18080}"
+KEY="e2e-$RANDOM$RANDOM"
+LOG="$(mktemp)"
+"$KILN" serve -m "$MODEL" --port "$PORT" --parallel 4 --ctx-size 2048 --api-key "$KEY" >"$LOG" 2>&1 &
+PID=$!
+cleanup() {
+    kill -TERM "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    rm -f "$LOG"
+}
+trap cleanup EXIT
+for _ in $(seq 1 600); do
+    if curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$PID" 2>/dev/null; then cat "$LOG" >&2; exit 1; fi
+    sleep 0.5
+done
+python3 tests/server/e2e.py "http://127.0.0.1:$PORT/v1" "$KEY" "$KILN" "$MODEL"
+# SIGTERM drains and exits cleanly.
+kill -TERM "$PID"
+wait "$PID"
+echo "server stopped cleanly"

@@ -206,9 +206,9 @@ pub fn generate(
             }
             s.generated.push(tok);
             s.sampler.observe(tok);
-            if !params.ignore_eos && eos.contains(&tok) {
-                s.finish = Some(FinishReason::Stop);
-            } else if s.stream.push(&tokenizer.token_bytes(tok)) {
+            let is_eos = !params.ignore_eos && eos.contains(&tok);
+            // An EOS token ends the text without adding to it; a stop string cuts it.
+            if is_eos || s.stream.push(&tokenizer.token_bytes(tok)) {
                 s.finish = Some(FinishReason::Stop);
             } else if s.generated.len() >= params.max_tokens || s.cache.len() + 1 > limits.context {
                 s.finish = Some(FinishReason::Length);

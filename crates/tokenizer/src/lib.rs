@@ -825,28 +825,6 @@ impl Utf8Stream {
     }
 }
 
-#[cfg(test)]
-mod stream_tests {
-    use super::Utf8Stream;
-
-    #[test]
-    fn holds_back_partial_characters() {
-        let text = "a中🦙b";
-        let bytes = text.as_bytes();
-        let mut s = Utf8Stream::new();
-        let mut out = String::new();
-        for b in bytes {
-            out.push_str(&s.push(&[*b]));
-        }
-        out.push_str(&s.finish());
-        assert_eq!(out, text);
-        let mut s = Utf8Stream::new();
-        assert_eq!(s.push(&[0xE4, 0xB8]), "");
-        assert_eq!(s.push(&[0xAD, b'x', 0xFF, b'y', 0xF0]), "中x\u{FFFD}y");
-        assert_eq!(s.finish(), "\u{FFFD}");
-    }
-}
-
 /// GGUF `tokenizer.ggml.*` metadata (llama.cpp's `llama` tokenizer model: pieces, scores and
 /// token types) for a SentencePiece `tokenizer.model`, so a converted checkpoint carries its
 /// vocabulary. bos/eos ids are left to the model metadata.
@@ -910,4 +888,26 @@ pub fn sentencepiece_gguf_metadata(
         ));
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::Utf8Stream;
+
+    #[test]
+    fn holds_back_partial_characters() {
+        let text = "a中🦙b";
+        let bytes = text.as_bytes();
+        let mut s = Utf8Stream::new();
+        let mut out = String::new();
+        for b in bytes {
+            out.push_str(&s.push(&[*b]));
+        }
+        out.push_str(&s.finish());
+        assert_eq!(out, text);
+        let mut s = Utf8Stream::new();
+        assert_eq!(s.push(&[0xE4, 0xB8]), "");
+        assert_eq!(s.push(&[0xAD, b'x', 0xFF, b'y', 0xF0]), "中x\u{FFFD}y");
+        assert_eq!(s.finish(), "\u{FFFD}");
+    }
 }

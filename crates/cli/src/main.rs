@@ -1,6 +1,7 @@
 //! The `kiln` command: argument parsing and printing only; the work happens in the library crates.
 
 mod bench;
+mod chat;
 mod complete;
 mod model_arg;
 mod nn_cmd;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Complete one or more prompts (several prompts form one batch).
     Complete(complete::CompleteArgs),
+    /// Chat with a model in the terminal (its chat template, or Llama 2's format).
+    Chat(chat::ChatArgs),
     /// Show a model's architecture, sizes, tensor types, tokenizer and memory estimate.
     Inspect(tools::InspectArgs),
     /// Print the token ids of a text.
@@ -44,6 +47,7 @@ fn main() {
     let result = match cli.command {
         Command::Complete(a) => complete::run(a),
         Command::Inspect(a) => tools::inspect(a),
+        Command::Chat(a) => chat::run(a),
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Perplexity(a) => tools::perplexity(a),
         Command::Serve(a) => serve::run(a),

@@ -208,3 +208,56 @@ fn bad_input_gives_one_clear_line_and_nonzero_exit() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// `kiln chat` on a Meta checkpoint without a chat template formats the dialog as Meta's
+/// `chat_completion` does: each turn `[INST] user [/INST]` with BOS, earlier exchanges closed
+/// with EOS.
+#[test]
+fn chat_on_a_meta_checkpoint_uses_llama2_format() {
+    use std::io::Write;
+    let dir = shared().join("fixtures/llama-mha/meta/mp2");
+    let d = dir.to_str().unwrap();
+    let tokenize = |text: &str| -> Vec<u64> {
+        let out = kiln(&["tokenize", "-m", d, "--json", text]);
+        assert!(out.status.success());
+        ids(&serde_json::from_slice::<Value>(&out.stdout).unwrap()["ids"])
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["chat", "-m", d, "--json", "-n", "6"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello\nHow are you?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let turns: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(
+        ids(&turns[0]["prompt_token_ids"]),
+        tokenize("[INST] Hello [/INST]")
+    );
+    let second = ids(&turns[1]["prompt_token_ids"]);
+    let last = tokenize("[INST] How are you? [/INST]");
+    assert!(second.ends_with(&last), "{second:?}");
+    let first_exchange = &second[..second.len() - last.len()];
+    assert_eq!(
+        first_exchange.first(),
+        Some(&1),
+        "BOS opens the first exchange"
+    );
+    assert_eq!(
+        first_exchange.last(),
+        Some(&2),
+        "EOS closes the first exchange"
+    );
+}

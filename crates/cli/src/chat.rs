@@ -1,0 +1,103 @@
+//! `kiln chat`: an interactive terminal chat with history, through the model's chat template
+//! (or Meta's Llama 2 `[INST]` format for checkpoints without one).
+
+use std::io::{BufRead, Write};
+
+use anyhow::{bail, Result};
+use clap::Args;
+use kiln_engine::{EngineOptions, GenerateParams, SamplingParams};
+use kiln_formats::Arch;
+use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
+
+use crate::model_arg::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A system message at the start of the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// New tokens per reply at most.
+    #[arg(short = 'n', long, default_value_t = 512)]
+    pub max_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print each turn as one JSON line (prompt_token_ids, token_ids, text) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: ChatArgs) -> Result<()> {
+    let engine = a.model.load(EngineOptions::default())?;
+    let llama_arch = engine.model.config().arch == Arch::Llama;
+    if engine.chat_template.is_none() && !llama_arch {
+        bail!("this model has no chat template");
+    }
+    let mut history: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = &a.system {
+        history.push(ChatMessage::new("system", s));
+    }
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let interactive = !a.json;
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    loop {
+        if interactive {
+            write!(out, "> ")?;
+            out.flush()?;
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        if line.is_empty() {
+            continue;
+        }
+        history.push(ChatMessage::new("user", line));
+        let prompt = match &engine.chat_template {
+            Some(t) => {
+                let tk = &engine.tokenizer;
+                let text =
+                    render_chat_template(t, &history, true, &tk.bos_token(), &tk.eos_token())?;
+                engine.tokenizer.encode(&text, true)?
+            }
+            // Meta's chat_completion format, as the reference code builds it.
+            None => llama2_chat_prompt(&engine.tokenizer, &history)?,
+        };
+        let r = engine.generate(std::slice::from_ref(&prompt), &params, &mut |_, t| {
+            if interactive {
+                let _ = write!(out, "{t}");
+                let _ = out.flush();
+            }
+        })?;
+        let c = &r[0];
+        if a.json {
+            let v = serde_json::json!({
+                "prompt_token_ids": c.prompt_token_ids,
+                "token_ids": c.token_ids,
+                "text": c.text,
+                "finish_reason": c.finish_reason.as_str(),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(out)?;
+        }
+        history.push(ChatMessage::new("assistant", &c.text));
+    }
+    Ok(())
+}

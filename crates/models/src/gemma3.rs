@@ -19,8 +19,8 @@ use kiln_formats::{ModelConfig, Tensor};
 use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
-    advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, store_kv, AttentionShape,
-    BatchLayout, Linear, Rope,
+    advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, rope_batch, store_kv,
+    AttentionShape, BatchLayout, Linear, Rope,
 };
 use crate::llama::check_rows;
 use crate::{CausalLM, ModelError, SeqInput, Weights};
@@ -152,7 +152,7 @@ impl CausalLM for Gemma3 {
             layout.total,
             cfg.rms_norm_eps,
         );
-        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let qd = cfg.n_heads * hd;
         let pool = &self.pool;
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *guard;
@@ -180,13 +180,7 @@ impl CausalLM for Gemma3 {
                 .for_each(|h| ops::rms_norm_inplace(h, &blk.q_norm, eps));
             s.k.chunks_exact_mut(hd)
                 .for_each(|h| ops::rms_norm_inplace(h, &blk.k_norm, eps));
-            for (seq, &first) in layout.first_row.iter().enumerate() {
-                for i in 0..layout.n_tokens[seq] {
-                    let (row, pos) = (first + i, layout.start_pos[seq] + i);
-                    rope.apply(&mut s.q[row * qd..(row + 1) * qd], hd, pos);
-                    rope.apply(&mut s.k[row * kvd..(row + 1) * kvd], hd, pos);
-                }
-            }
+            rope_batch(rope, &layout, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
             attention(pool, batch, &layout, l, &blk.attn, &s.q, &mut s.att);

@@ -327,3 +327,15 @@ pub fn advance_caches(batch: &mut [SeqInput<'_>]) {
         s.cache.advance(n);
     }
 }
+
+/// Applies rope to every token's query and key rows at its own position.
+pub fn rope_batch(rope: &Rope, layout: &BatchLayout, hd: usize, q: &mut [f32], k: &mut [f32]) {
+    let (qd, kvd) = (q.len() / layout.total.max(1), k.len() / layout.total.max(1));
+    for (seq, &first) in layout.first_row.iter().enumerate() {
+        for i in 0..layout.n_tokens[seq] {
+            let (row, pos) = (first + i, layout.start_pos[seq] + i);
+            rope.apply(&mut q[row * qd..(row + 1) * qd], hd, pos);
+            rope.apply(&mut k[row * kvd..(row + 1) * kvd], hd, pos);
+        }
+    }
+}

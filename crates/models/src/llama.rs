@@ -16,8 +16,8 @@ use kiln_formats::{ModelConfig, Tensor};
 use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
-    advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, store_kv, AttentionShape,
-    BatchLayout, Linear, Rope,
+    advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, rope_batch, store_kv,
+    AttentionShape, BatchLayout, Linear, Rope,
 };
 use crate::{CausalLM, ModelError, SeqInput, Weights};
 
@@ -135,7 +135,7 @@ impl CausalLM for Llama {
         prepare_batch(batch, cfg.vocab_size, cfg.max_position_embeddings)?;
         let layout = BatchLayout::new(batch);
         let (d, hd, n) = (cfg.hidden_size, cfg.head_dim, layout.total);
-        let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
+        let qd = cfg.n_heads * hd;
         let pool = &self.pool;
         let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut *guard;
@@ -153,14 +153,7 @@ impl CausalLM for Llama {
             blk.wq.forward(pool, &s.n, n, &mut s.q);
             blk.wk.forward(pool, &s.n, n, &mut s.k);
             blk.wv.forward(pool, &s.n, n, &mut s.v);
-            for (seq, &first) in layout.first_row.iter().enumerate() {
-                for i in 0..layout.n_tokens[seq] {
-                    let (row, pos) = (first + i, layout.start_pos[seq] + i);
-                    self.rope.apply(&mut s.q[row * qd..(row + 1) * qd], hd, pos);
-                    self.rope
-                        .apply(&mut s.k[row * kvd..(row + 1) * kvd], hd, pos);
-                }
-            }
+            rope_batch(&self.rope, &layout, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
             attention(pool, batch, &layout, l, &blk.attn, &s.q, &mut s.att);

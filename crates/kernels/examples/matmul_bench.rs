@@ -4,8 +4,8 @@
 //! cargo run --release -p kiln-kernels --example matmul_bench -- [threads] [prefill_tokens] [types]
 //! e.g. `-- 2 128 Q4_K,Q6_K`. `KILN_ISA=scalar` measures the scalar reference.
 //!
-//! `-- [threads] [prefill_tokens] qwen` instead times every linear layer of one
-//! qwen2.5-coder-0.5b Q4_K_M forward pass (same shapes and types, random weights): the
+//! `-- [threads] [prefill_tokens] qwen|gemma` instead times every linear layer of one
+//! qwen2.5-coder-0.5b / gemma-3-270m Q4_K_M forward pass (same shapes and types, random weights): the
 //! matmul-only bound on decode and prefill tokens/s.
 
 #[path = "../tests/common/mod.rs"]
@@ -55,8 +55,10 @@ fn main() {
             .unwrap_or(1)
     });
     let n_prefill: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
-    if args.get(3).map(String::as_str) == Some("qwen") {
-        return qwen(threads, n_prefill);
+    match args.get(3).map(String::as_str) {
+        Some("qwen") => return model(threads, n_prefill, &QWEN),
+        Some("gemma") => return model(threads, n_prefill, &GEMMA),
+        _ => {}
     }
     let types: Vec<DType> = match args.get(3) {
         Some(list) => list
@@ -104,23 +106,47 @@ fn main() {
     }
 }
 
-/// Every linear layer of qwen2.5-coder-0.5b-instruct-q4_k_m (24 blocks), timed per token.
-fn qwen(threads: usize, n_prefill: usize) {
-    println!("{}", cpu_features());
-    let pool = ThreadPool::new(threads);
-    let mut rng = Rng::new(2);
-    // (type, rows, cols, count per forward pass)
-    let layers: [(DType, usize, usize, usize); 6] = [
+/// The linear layers of one model: (type, rows, cols, count per forward pass), then lm_head.
+struct ModelShapes {
+    layers: &'static [(DType, usize, usize, usize)],
+    lm_head: (DType, usize, usize),
+}
+
+/// qwen2.5-coder-0.5b-instruct-q4_k_m (24 blocks).
+const QWEN: ModelShapes = ModelShapes {
+    layers: &[
         (DType::Q5_0, 896, 896, 48),  // attn_q, attn_output
-        (DType::Q5_0, 128, 896, 24),  // attn_k
-        (DType::Q8_0, 128, 896, 24),  // attn_v
+        (DType::Q5_0, 128, 896, 36),  // attn_k, half of attn_v
+        (DType::Q8_0, 128, 896, 12),  // the other half of attn_v
         (DType::Q5_0, 4864, 896, 48), // ffn_gate, ffn_up
         (DType::Q4_K, 896, 4864, 12), // ffn_down (half the blocks)
         (DType::Q6_K, 896, 4864, 12), // ffn_down (the other half)
-    ];
-    let lm_head = (DType::Q8_0, 151936, 896);
+    ],
+    lm_head: (DType::Q8_0, 151936, 896),
+};
+
+/// gemma-3-270m-q4_k_m (18 blocks; the tied embedding is the lm_head).
+const GEMMA: ModelShapes = ModelShapes {
+    layers: &[
+        (DType::Q5_0, 1024, 640, 18), // attn_q
+        (DType::Q5_0, 256, 640, 27),  // attn_k, half of attn_v
+        (DType::Q8_0, 256, 640, 9),   // the other half of attn_v
+        (DType::Q4_K, 640, 1024, 18), // attn_output
+        (DType::Q5_0, 2048, 640, 36), // ffn_gate, ffn_up
+        (DType::Q4_K, 640, 2048, 9),  // ffn_down (half the blocks)
+        (DType::Q6_K, 640, 2048, 9),  // ffn_down (the other half)
+    ],
+    lm_head: (DType::Q8_0, 262144, 640),
+};
+
+/// Every linear layer of a model, timed per token: the matmul-only bound on decode and
+/// prefill tokens/s.
+fn model(threads: usize, n_prefill: usize, shapes: &ModelShapes) {
+    println!("{}", cpu_features());
+    let pool = ThreadPool::new(threads);
+    let mut rng = Rng::new(2);
     let (mut decode, mut prefill, mut bytes) = (0.0, 0.0, 0usize);
-    for &(dtype, rows, cols, count) in &layers {
+    for &(dtype, rows, cols, count) in shapes.layers {
         let b = random_weights(&mut rng, dtype, rows * cols);
         bytes += b.len() * count;
         let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
@@ -139,14 +165,19 @@ fn qwen(threads: usize, n_prefill: usize) {
         decode += t1 * count as f64;
         prefill += tn * count as f64;
     }
-    let (dtype, rows, cols) = lm_head;
+    let (dtype, rows, cols) = shapes.lm_head;
     let b = random_weights(&mut rng, dtype, rows * cols);
     bytes += b.len();
     let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
     let x1 = rng.vec(cols);
     let mut o1 = vec![0.0; rows];
     let t_head = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
-    println!("lm_head Q8_0 {rows}x{cols}: {:.2} ms", t_head * 1e3);
+    println!(
+        "lm_head {} {rows}x{cols}: {:.2} ms ({:.1} GB/s)",
+        dtype.name(),
+        t_head * 1e3,
+        w.data.bytes().len() as f64 / t_head / 1e9
+    );
     decode += t_head;
     prefill += t_head; // logits of the last prompt token only
     println!(

@@ -52,6 +52,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
                 &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
                 None,
+                None,
             );
         }
         ActKind::Q8_32 => with_scratch(|s| {
@@ -78,6 +79,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 Some(&|wr, a, t| {
                     dot::dot_q8_32_g8(isa, dtype, wr, &groups[t / 8 * nb..(t / 8 + 1) * nb], a)
                 }),
+                Some(&|w4, a| dot::dot_q8_32_rows::<4>(isa, dtype, w4, a)),
             );
         }),
         ActKind::Q8K => with_scratch(|s| {
@@ -91,6 +93,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 Some(&|wr, a, _| dot::dot_q8k_x8(isa, dtype, wr, a)),
+                None,
             );
         }),
     }
@@ -144,9 +147,12 @@ fn quantize_acts<'a, B: Copy + Default + Send + Sync>(
 /// A dot kernel: (weight row, `N` activation rows, index of the first of those tokens).
 type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N], usize) -> [f32; N] + Sync);
 
+/// A decode kernel: (4 weight rows back to back, one activation row).
+type RowsKernel<'k, T> = &'k (dyn Fn(&[u8], &[T]) -> [f32; 4] + Sync);
+
 /// Hands out chunks of rows to the pool; within a chunk, tokens go 8 at a time (when there is
-/// an 8-token kernel), then 4, then one by one. `acts` holds the activation rows back to back,
-/// `per_row` items each.
+/// an 8-token kernel), then 4, then one by one (4 rows at a time when there is a rows kernel).
+/// `acts` holds the activation rows back to back, `per_row` items each.
 #[allow(clippy::too_many_arguments)]
 fn drive<T: Sync>(
     pool: &ThreadPool,
@@ -157,6 +163,7 @@ fn drive<T: Sync>(
     k1: Kernel<T, 1>,
     k4: Kernel<T, 4>,
     k8: Option<Kernel<T, 8>>,
+    k1r4: Option<RowsKernel<T>>,
 ) {
     let rows = w.rows();
     let n = acts.len() / per_row;
@@ -165,7 +172,9 @@ fn drive<T: Sync>(
     // Decode: small chunks for balance. Prefill: a chunk of rows whose weights stay in L2
     // (~128 KiB) while every token passes over it.
     let chunk = if n == 1 {
-        8
+        // Large enough that the decode kernel's prefetch rarely runs past the chunk, small
+        // enough for balance: at least 8 chunks per thread.
+        (rows / (8 * pool.n_threads())).clamp(4, 64) & !3
     } else {
         (128 * 1024 / row_bytes).clamp(4, 64)
     };
@@ -204,7 +213,24 @@ fn drive<T: Sync>(
             t += 4;
         }
         while t < n {
-            tile!(k1, 1, t);
+            let mut r = r_range.start;
+            if let Some(k1r4) = k1r4 {
+                let a = act(t);
+                while r + 4 <= r_range.end {
+                    let v = k1r4(&bytes[r * row_bytes..(r + 4) * row_bytes], a);
+                    for (k, &v) in v.iter().enumerate() {
+                        // SAFETY: every (token, row) pair is computed by exactly one chunk.
+                        unsafe { *out.get().add(t * rows + r + k) = v };
+                    }
+                    r += 4;
+                }
+            }
+            let a = [act(t)];
+            for r in r..r_range.end {
+                let v = k1(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t);
+                // SAFETY: as above.
+                unsafe { *out.get().add(t * rows + r) = v[0] };
+            }
             t += 1;
         }
     };

@@ -5,7 +5,7 @@ mod common;
 
 use common::{random_weights, Rng, QUANT_TYPES};
 use kiln_kernels::dot::{
-    act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8_32_x8, dot_q8k_n, dot_q8k_x8, ActKind, Isa,
+    act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8_32_rows, dot_q8_32_x8, dot_q8k_n, dot_q8k_x8, ActKind, Isa,
 };
 use kiln_kernels::quant::{dequantize, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
 use kiln_kernels::DType;
@@ -147,6 +147,43 @@ fn simd_levels_agree_with_scalar_reference() {
                     isa.name(),
                     got[t],
                     reference[t]
+                );
+            }
+        }
+    }
+}
+
+/// The decode kernel (4 weight rows, one activation row) against the scalar one-row reference.
+#[test]
+fn four_row_decode_kernel_matches_scalar_rows() {
+    let mut rng = Rng::new(17);
+    for dtype in QUANT_TYPES {
+        if act_kind(dtype) != ActKind::Q8_32 {
+            continue;
+        }
+        let cols = 640;
+        let w = random_weights(&mut rng, dtype, 4 * cols);
+        let row_bytes = w.len() / 4;
+        let Acts::Q32(q) = make_acts(dtype, &[rng.vec(cols)]) else {
+            unreachable!()
+        };
+        for isa in Isa::available() {
+            let got = dot_q8_32_rows::<4>(isa, dtype, &w, &q[0]);
+            for (r, &g) in got.iter().enumerate() {
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                let want = dot_q8_32_n(Isa::Scalar, dtype, wr, [&q[0]])[0];
+                let mut wf = vec![0.0; cols];
+                dequantize(dtype, wr, &mut wf);
+                let xf = dequant_acts(&Acts::Q32(q.clone()), 0);
+                let mag: f64 = wf
+                    .iter()
+                    .zip(&xf)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                assert!(
+                    (g as f64 - want as f64).abs() <= REL_ORDER * mag,
+                    "{dtype} {} row {r}: {g} vs scalar {want}",
+                    isa.name()
                 );
             }
         }

@@ -156,6 +156,73 @@ unsafe fn legacy_impl<const K: usize, const N: usize>(w: &[u8], a: [&[BlockQ8_32
     out
 }
 
+/// `R` consecutive weight rows (`row_bytes` apart from `w`) · one activation row: the decode
+/// kernel. Every activation block is loaded once for all `R` rows, and the rows' independent
+/// accumulators hide the float latency that a single row's chain of blocks would expose.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_legacy_rows<const R: usize>(
+    kind: LegacyKind,
+    w: &[u8],
+    row_bytes: usize,
+    a: &[BlockQ8_32],
+) -> [f32; R] {
+    match kind {
+        LegacyKind::Q4_0 => legacy_rows::<0, R>(w, row_bytes, a),
+        LegacyKind::Q4_1 => legacy_rows::<1, R>(w, row_bytes, a),
+        LegacyKind::Q5_0 => legacy_rows::<2, R>(w, row_bytes, a),
+        LegacyKind::Q5_1 => legacy_rows::<3, R>(w, row_bytes, a),
+        LegacyKind::Q8_0 => legacy_rows::<4, R>(w, row_bytes, a),
+        LegacyKind::Q8_1 => legacy_rows::<5, R>(w, row_bytes, a),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy_rows<const K: usize, const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    a: &[BlockQ8_32],
+) -> [f32; R] {
+    let kind = LEGACY[K];
+    let bb = kind.block_bytes();
+    let nb = a.len();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut macc = [0.0f32; R];
+    let wp = w.as_ptr();
+    // The R rows are one contiguous run of bytes; reading them as R interleaved streams hides
+    // the sequential pattern from the hardware prefetcher, so fetch the next run ahead of use.
+    let ahead = wp.add(2 * R * row_bytes);
+    let step = (R * row_bytes).div_ceil(nb.max(1));
+    for i in 0..nb {
+        let pf = ahead.add(i * step);
+        _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(pf.add(64) as *const i8);
+        let ab = a.get_unchecked(i);
+        let y = load(ab.qs.as_ptr() as *const u8);
+        let da = _mm256_set1_ps(ab.d);
+        for r in 0..R {
+            let b = wp.add(r * row_bytes + i * bb);
+            let q = unpack_legacy(kind, b);
+            let p = if kind.has_min() {
+                macc[r] += f16(b.add(2)) * ab.s;
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones)
+            } else {
+                _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q)),
+                    ones,
+                )
+            };
+            let dw = _mm256_set1_ps(f16(b));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw, da), acc[r]);
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]) + macc[r];
+    }
+    out
+}
+
 /// Eight vectors of 8 i32 -> one vector of their 8 horizontal sums (lane t = Σ p[t]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

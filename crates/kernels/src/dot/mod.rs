@@ -202,6 +202,33 @@ pub fn dot_q8_32_n<const N: usize>(
     }
 }
 
+/// `out[r] = w[r] · a` for `R` weight rows of a 32-element quant type stored back to back in
+/// `w` (each `w.len() / R` bytes) and one activation row: the decode kernel.
+pub fn dot_q8_32_rows<const R: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    a: &[BlockQ8_32],
+) -> [f32; R] {
+    let kind = legacy_kind(dtype)
+        .unwrap_or_else(|| panic!("dot_q8_32_rows: {dtype} is not a 32-element quant type"));
+    assert!(
+        R > 0 && w.len() % R == 0,
+        "dot_q8_32_rows: not {R} equal rows"
+    );
+    let row_bytes = w.len() / R;
+    check(dtype, &w[..row_bytes], std::iter::once(a.len()), 32);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe {
+            avx2::dot_legacy_rows::<R>(kind, w, row_bytes, a)
+        },
+        _ => std::array::from_fn(|r| {
+            dot_q8_32_n(isa, dtype, &w[r * row_bytes..(r + 1) * row_bytes], [a])[0]
+        }),
+    }
+}
+
 /// `out[t] = w · a[t]` for 8 activation rows of a 32-element quant type: the prefill tile.
 /// Convenience form that interleaves `a` itself; `matmul` interleaves once per token group and
 /// calls [`dot_q8_32_g8`].

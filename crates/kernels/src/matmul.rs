@@ -53,21 +53,31 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 &|wr, a, _| dot::dot_float_n(isa, dtype, wr, a),
                 None,
                 None,
+                None,
             );
         }
         ActKind::Q8_32 => with_scratch(|s| {
             let nb = cols / 32;
             let q = quantize_acts(pool, x, n, nb, &mut s.0, quantize_q8_32);
-            // Each group of 8 tokens, interleaved for the prefill tile: groups[g * nb + i]
-            s.2.clear();
-            for g in 0..n / 8 {
-                for i in 0..nb {
-                    s.2.push(interleave8(std::array::from_fn(|t| {
-                        &q[(8 * g + t) * nb + i]
-                    })));
+            // Each group of 8 tokens, interleaved for the prefill tile: groups[g * nb + i].
+            let n_groups = n / 8;
+            s.2.resize(n_groups * nb, BlockQ8x8::default());
+            let gptr = SendPtr(s.2.as_mut_ptr());
+            let interleave = |i: usize, nt: usize| {
+                for g in crate::pool::split_range(n_groups, i, nt) {
+                    for b in 0..nb {
+                        let v = interleave8(std::array::from_fn(|t| &q[(8 * g + t) * nb + b]));
+                        // SAFETY: each group's blocks are written by exactly one thread.
+                        unsafe { *gptr.get().add(g * nb + b) = v };
+                    }
                 }
+            };
+            if n_groups > 1 {
+                pool.run(&interleave);
+            } else {
+                interleave(0, 1);
             }
-            let groups = &s.2;
+            let groups = &s.2[..n_groups * nb];
             drive(
                 pool,
                 w,
@@ -80,6 +90,10 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                     dot::dot_q8_32_g8(isa, dtype, wr, &groups[t / 8 * nb..(t / 8 + 1) * nb], a)
                 }),
                 Some(&|w4, a| dot::dot_q8_32_rows::<4>(isa, dtype, w4, a)),
+                Some(&|w2, a, t| {
+                    let g = &groups[t / 8 * nb..(t / 8 + 1) * nb];
+                    dot::dot_q8_32_g8_rows::<2>(isa, dtype, w2, g, a)
+                }),
             );
         }),
         ActKind::Q8K => with_scratch(|s| {
@@ -93,6 +107,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 Some(&|wr, a, _| dot::dot_q8k_x8(isa, dtype, wr, a)),
+                None,
                 None,
             );
         }),
@@ -150,6 +165,9 @@ type Kernel<'k, T, const N: usize> = &'k (dyn Fn(&[u8], [&[T]; N], usize) -> [f3
 /// A decode kernel: (4 weight rows back to back, one activation row).
 type RowsKernel<'k, T> = &'k (dyn Fn(&[u8], &[T]) -> [f32; 4] + Sync);
 
+/// A prefill kernel over 2 weight rows: (2 rows back to back, 8 activation rows, first token).
+type Tile2Kernel<'k, T> = &'k (dyn Fn(&[u8], [&[T]; 8], usize) -> [[f32; 8]; 2] + Sync);
+
 /// Hands out chunks of rows to the pool; within a chunk, tokens go 8 at a time (when there is
 /// an 8-token kernel), then 4, then one by one (4 rows at a time when there is a rows kernel).
 /// `acts` holds the activation rows back to back, `per_row` items each.
@@ -164,6 +182,7 @@ fn drive<T: Sync>(
     k4: Kernel<T, 4>,
     k8: Option<Kernel<T, 8>>,
     k1r4: Option<RowsKernel<T>>,
+    k8r2: Option<Tile2Kernel<T>>,
 ) {
     let rows = w.rows();
     let n = acts.len() / per_row;
@@ -204,7 +223,31 @@ fn drive<T: Sync>(
         let mut t = 0;
         if let Some(k8) = k8 {
             while t + 8 <= n {
-                tile!(k8, 8, t);
+                match k8r2 {
+                    Some(k8r2) => {
+                        let a: [&[T]; 8] = std::array::from_fn(|k| act(t + k));
+                        let mut r = r_range.start;
+                        while r + 2 <= r_range.end {
+                            let v = k8r2(&bytes[r * row_bytes..(r + 2) * row_bytes], a, t);
+                            for (dr, vr) in v.iter().enumerate() {
+                                for (k, &v) in vr.iter().enumerate() {
+                                    // SAFETY: every (token, row) pair is computed by exactly
+                                    // one chunk.
+                                    unsafe { *out.get().add((t + k) * rows + r + dr) = v };
+                                }
+                            }
+                            r += 2;
+                        }
+                        for r in r..r_range.end {
+                            let v = k8(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t);
+                            for (k, &v) in v.iter().enumerate() {
+                                // SAFETY: as above.
+                                unsafe { *out.get().add((t + k) * rows + r) = v };
+                            }
+                        }
+                    }
+                    None => tile!(k8, 8, t),
+                }
                 t += 8;
             }
         }

@@ -5,9 +5,12 @@ mod common;
 
 use common::{random_weights, Rng, QUANT_TYPES};
 use kiln_kernels::dot::{
-    act_kind, dot_f32, dot_float_n, dot_q8_32_n, dot_q8_32_rows, dot_q8_32_x8, dot_q8k_n, dot_q8k_x8, ActKind, Isa,
+    act_kind, dot_f32, dot_float_n, dot_q8_32_g8_rows, dot_q8_32_n, dot_q8_32_rows, dot_q8_32_x8,
+    dot_q8k_n, dot_q8k_x8, ActKind, Isa,
 };
-use kiln_kernels::quant::{dequantize, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
+use kiln_kernels::quant::{
+    dequantize, interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32,
+};
 use kiln_kernels::DType;
 
 /// Relative tolerance (to Σ|w·x|) for two computations of the same integer dot product that
@@ -208,27 +211,36 @@ fn eight_row_tile_matches_exact_dot() {
                 unreachable!()
             };
             let a: [&[BlockQ8_32]; 8] = std::array::from_fn(|t| &q[t][..]);
-            let mut wf = vec![0.0; cols];
-            dequantize(dtype, &w, &mut wf);
+            let g: Vec<_> = (0..cols / 32)
+                .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
+                .collect();
+            // a second row for the two-row tile
+            let w2 = [w.clone(), random_weights(&mut rng, dtype, cols)].concat();
             for isa in Isa::available() {
-                let got = dot_q8_32_x8(isa, dtype, &w, a);
-                for t in 0..8 {
-                    let xf: Vec<f32> = q[t]
-                        .iter()
-                        .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
-                        .collect();
-                    let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    let mag: f64 = wf
-                        .iter()
-                        .zip(&xf)
-                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                        .sum();
-                    assert!(
-                        (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
-                        "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
-                        isa.name(),
-                        got[t]
-                    );
+                let one = dot_q8_32_x8(isa, dtype, &w, a);
+                let two = dot_q8_32_g8_rows::<2>(isa, dtype, &w2, &g, a);
+                for (got, wr) in [(one, &w[..]), (two[0], &w[..]), (two[1], &w2[w.len()..])] {
+                    let mut wf = vec![0.0; cols];
+                    dequantize(dtype, wr, &mut wf);
+                    for t in 0..8 {
+                        let xf: Vec<f32> = q[t]
+                            .iter()
+                            .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
+                            .collect();
+                        let exact: f64 =
+                            wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f64 = wf
+                            .iter()
+                            .zip(&xf)
+                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                            .sum();
+                        assert!(
+                            (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
+                            "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
+                            isa.name(),
+                            got[t]
+                        );
+                    }
                 }
             }
         }

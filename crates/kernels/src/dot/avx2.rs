@@ -272,69 +272,117 @@ unsafe fn bcast32(p: *const u32) -> __m256i {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
+    legacy_g8_rows::<K, 1>(w.as_ptr(), 0, g)[0]
+}
+
+/// `R` weight rows (`row_bytes` apart) × 8 interleaved tokens → `out[r][t]`: every activation
+/// load serves all `R` rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_legacy_g8_rows<const R: usize>(
+    kind: LegacyKind,
+    w: &[u8],
+    row_bytes: usize,
+    g: &[BlockQ8x8],
+) -> [[f32; 8]; R] {
+    let wp = w.as_ptr();
+    match kind {
+        LegacyKind::Q4_0 => legacy_g8_rows::<0, R>(wp, row_bytes, g),
+        LegacyKind::Q4_1 => legacy_g8_rows::<1, R>(wp, row_bytes, g),
+        LegacyKind::Q5_0 => legacy_g8_rows::<2, R>(wp, row_bytes, g),
+        LegacyKind::Q5_1 => legacy_g8_rows::<3, R>(wp, row_bytes, g),
+        LegacyKind::Q8_0 => legacy_g8_rows::<4, R>(wp, row_bytes, g),
+        LegacyKind::Q8_1 => legacy_g8_rows::<5, R>(wp, row_bytes, g),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy_g8_rows<const K: usize, const R: usize>(
+    wp: *const u8,
+    row_bytes: usize,
+    g: &[BlockQ8x8],
+) -> [[f32; 8]; R] {
     let kind = LEGACY[K];
     let bb = kind.block_bytes();
-    let nb = w.len() / bb;
+    let nb = g.len();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let wp = w.as_ptr();
-    let mut tmp = [0u32; 8];
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut tmp = [[0u32; 8]; R];
+    let is_q8 = matches!(kind, LegacyKind::Q8_0 | LegacyKind::Q8_1);
+    // unsigned weights (offset `off` for the symmetric 4/5-bit types), or signed Q8
+    let off = match kind {
+        LegacyKind::Q4_0 => 8,
+        LegacyKind::Q5_0 => 16,
+        _ => 0,
+    };
     for i in 0..nb {
-        let b = wp.add(i * bb);
         let ab = g.get_unchecked(i);
         let y = ab.qs.as_ptr() as *const u8;
-        // unsigned weights (offset `off` for the symmetric 4/5-bit types), or signed Q8
-        let (q, off) = match kind {
-            LegacyKind::Q4_0 => (nibbles16(b.add(2)), 8),
-            LegacyKind::Q5_0 => {
-                let qh = (b.add(2) as *const u32).read_unaligned();
-                let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
-                (_mm256_or_si256(nibbles16(b.add(6)), hi), 16)
-            }
-            _ => (unpack_legacy(kind, b), 0),
-        };
-        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, q);
-        let tp = tmp.as_ptr();
-        let isum = if matches!(kind, LegacyKind::Q8_0 | LegacyKind::Q8_1) {
-            let mut s = _mm256_setzero_si256();
+        for r in 0..R {
+            let b = wp.add(r * row_bytes + i * bb);
+            let q = match kind {
+                LegacyKind::Q4_0 => nibbles16(b.add(2)),
+                LegacyKind::Q5_0 => {
+                    let qh = (b.add(2) as *const u32).read_unaligned();
+                    let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+                    _mm256_or_si256(nibbles16(b.add(6)), hi)
+                }
+                _ => unpack_legacy(kind, b),
+            };
+            _mm256_storeu_si256(tmp[r].as_mut_ptr() as *mut __m256i, q);
+        }
+        let mut isum = [_mm256_setzero_si256(); R];
+        if is_q8 {
             for j in 0..8 {
-                let wv = bcast32(tp.add(j));
-                let p = _mm256_maddubs_epi16(
-                    _mm256_sign_epi8(wv, wv),
-                    _mm256_sign_epi8(load(y.add(32 * j)), wv),
-                );
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                let yj = load(y.add(32 * j));
+                for r in 0..R {
+                    let wv = bcast32(tmp[r].as_ptr().add(j));
+                    let p =
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(yj, wv));
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(p, ones));
+                }
             }
-            s
         } else {
             // |q| <= 31, |a| <= 127: four maddubs results fit in i16 (4 · 2 · 31 · 127 < 2^15)
-            let mut h = [_mm256_setzero_si256(); 2];
+            let mut h = [[_mm256_setzero_si256(); 2]; R];
             for j in 0..8 {
-                let wv = bcast32(tp.add(j));
-                h[j / 4] =
-                    _mm256_add_epi16(h[j / 4], _mm256_maddubs_epi16(wv, load(y.add(32 * j))));
+                let yj = load(y.add(32 * j));
+                for r in 0..R {
+                    let wv = bcast32(tmp[r].as_ptr().add(j));
+                    h[r][j / 4] = _mm256_add_epi16(h[r][j / 4], _mm256_maddubs_epi16(wv, yj));
+                }
             }
-            let mut s =
-                _mm256_add_epi32(_mm256_madd_epi16(h[0], ones), _mm256_madd_epi16(h[1], ones));
-            if off != 0 {
+            let corr = if off != 0 {
                 let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
-                s = _mm256_sub_epi32(s, _mm256_mullo_epi32(sums, _mm256_set1_epi32(off)));
+                _mm256_mullo_epi32(sums, _mm256_set1_epi32(off))
+            } else {
+                _mm256_setzero_si256()
+            };
+            for r in 0..R {
+                let s = _mm256_add_epi32(
+                    _mm256_madd_epi16(h[r][0], ones),
+                    _mm256_madd_epi16(h[r][1], ones),
+                );
+                isum[r] = _mm256_sub_epi32(s, corr);
             }
-            s
-        };
+        }
         let da = _mm256_load_ps(ab.d.as_ptr());
-        acc = _mm256_fmadd_ps(
-            _mm256_cvtepi32_ps(isum),
-            _mm256_mul_ps(_mm256_set1_ps(f16(b)), da),
-            acc,
-        );
-        if kind.has_min() {
-            let sa = _mm256_load_ps(ab.s.as_ptr());
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, acc);
+        for r in 0..R {
+            let b = wp.add(r * row_bytes + i * bb);
+            acc[r] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(isum[r]),
+                _mm256_mul_ps(_mm256_set1_ps(f16(b)), da),
+                acc[r],
+            );
+            if kind.has_min() {
+                let sa = _mm256_load_ps(ab.s.as_ptr());
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, acc[r]);
+            }
         }
     }
-    let mut out = [0.0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    let mut out = [[0.0f32; 8]; R];
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
     out
 }
 

@@ -272,6 +272,40 @@ pub fn dot_q8_32_g8(
     }
 }
 
+/// [`dot_q8_32_g8`] for `R` weight rows stored back to back in `w` (each `w.len() / R` bytes):
+/// `out[r][t] = w[r] · a[t]`. Every activation load serves all `R` rows.
+pub fn dot_q8_32_g8_rows<const R: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    g: &[BlockQ8x8],
+    a: [&[BlockQ8_32]; 8],
+) -> [[f32; 8]; R] {
+    let kind = legacy_kind(dtype)
+        .unwrap_or_else(|| panic!("dot_q8_32_g8_rows: {dtype} is not a 32-element quant type"));
+    assert!(
+        R > 0 && w.len() % R == 0,
+        "dot_q8_32_g8_rows: not {R} equal rows"
+    );
+    let row_bytes = w.len() / R;
+    let nb = check(dtype, &w[..row_bytes], a.iter().map(|r| r.len()), 32);
+    assert_eq!(
+        g.len(),
+        nb,
+        "dot_q8_32_g8_rows: {} interleaved blocks for {nb} weight blocks",
+        g.len()
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe {
+            avx2::dot_legacy_g8_rows::<R>(kind, w, row_bytes, g)
+        },
+        _ => std::array::from_fn(|r| {
+            dot_q8_32_g8(isa, dtype, &w[r * row_bytes..(r + 1) * row_bytes], g, a)
+        }),
+    }
+}
+
 /// `out[t] = w · a[t]` for a row of a k-quant type (`Q2_K … Q8_K`).
 pub fn dot_q8k_n<const N: usize>(
     isa: Isa,

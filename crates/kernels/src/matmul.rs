@@ -7,7 +7,7 @@
 //! multiplies each unpacked weight block with 4 tokens at a time and walks a cache-sized chunk of
 //! rows across all tokens, so weights are read from memory once and the loop is compute-bound.
 
-use crate::dot::{self, act_kind, ActKind, Isa};
+use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
 use crate::pool::ThreadPool;
 use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::Tensor;
@@ -78,6 +78,9 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 interleave(0, 1);
             }
             let groups = &s.2[..n_groups * nb];
+            if n_groups >= 2 && isa == Isa::Avx2 && dot::has_u8_form(dtype) {
+                return drive_u8(pool, isa, w, q, groups, n, out);
+            }
             drive(
                 pool,
                 w,
@@ -282,6 +285,88 @@ fn drive<T: Sync>(
     } else {
         pool.run(&work);
     }
+}
+
+thread_local! {
+    /// The calling thread's unpacked chunk of weight rows (see [`drive_u8`]).
+    static UNPACKED: RefCell<Vec<BlockU8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Prefill for the 4/5-bit legacy types: each thread unpacks a chunk of rows once
+/// ([`BlockU8`]) and multiplies it with every 8-token group; leftover tokens use the plain
+/// one-token kernel on the packed rows.
+fn drive_u8(
+    pool: &ThreadPool,
+    isa: Isa,
+    w: &Tensor,
+    q: &[BlockQ8_32],
+    groups: &[BlockQ8x8],
+    n: usize,
+    out: SendPtr<f32>,
+) {
+    let (rows, dtype) = (w.rows(), w.dtype);
+    let nb = w.cols() / 32;
+    let row_bytes = w.row_bytes();
+    let bytes = w.data.bytes();
+    let n_groups = n / 8;
+    // Unpacked rows that stay in L2 while every group passes over them.
+    let chunk = (96 * 1024 / (nb * std::mem::size_of::<BlockU8>())).clamp(2, 64) & !1;
+    let n_chunks = rows.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    let work = |_: usize, _: usize| {
+        UNPACKED.with(|u| {
+            let mut u = u.borrow_mut();
+            u.resize(chunk * nb, BlockU8::default());
+            loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= n_chunks {
+                    break;
+                }
+                let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+                for r in r0..r1 {
+                    let k = r - r0;
+                    dot::repack_u8(
+                        isa,
+                        dtype,
+                        &bytes[r * row_bytes..(r + 1) * row_bytes],
+                        &mut u[k * nb..(k + 1) * nb],
+                    );
+                }
+                // SAFETY (all writes below): every (token, row) pair is computed by exactly
+                // one chunk.
+                let put = |t: usize, r: usize, v: f32| unsafe { *out.get().add(t * rows + r) = v };
+                for gi in 0..n_groups {
+                    let g = &groups[gi * nb..(gi + 1) * nb];
+                    let mut r = r0;
+                    while r + 2 <= r1 {
+                        let k = r - r0;
+                        let v = dot::dot_u8_g8_rows::<2>(isa, &u[k * nb..(k + 2) * nb], g);
+                        for (dr, vr) in v.iter().enumerate() {
+                            for (t, &x) in vr.iter().enumerate() {
+                                put(8 * gi + t, r + dr, x);
+                            }
+                        }
+                        r += 2;
+                    }
+                    if r < r1 {
+                        let k = r - r0;
+                        let v = dot::dot_u8_g8_rows::<1>(isa, &u[k * nb..(k + 1) * nb], g);
+                        for (t, &x) in v[0].iter().enumerate() {
+                            put(8 * gi + t, r, x);
+                        }
+                    }
+                }
+                for t in 8 * n_groups..n {
+                    let a = &q[t * nb..(t + 1) * nb];
+                    for r in r0..r1 {
+                        let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                        put(t, r, dot::dot_q8_32_n(isa, dtype, wr, [a])[0]);
+                    }
+                }
+            }
+        })
+    };
+    pool.run(&work);
 }
 
 /// Dequantises the whole of `w` and multiplies in f32: the slow reference `matmul` is tested

@@ -320,3 +320,58 @@ fn dot_rejects_short_activation_rows() {
     let q = vec![BlockQ8K::default(); 1];
     dot_q8k_n(Isa::Scalar, DType::Q4_K, &w, [&q]);
 }
+
+/// The unpacked prefill form: every level unpacks to the same bytes and scales as the scalar
+/// reference, and its 8-token tile matches the exact dot product.
+#[test]
+fn unpacked_prefill_rows_match_exact_dot() {
+    use kiln_kernels::dot::{dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8};
+    let mut rng = Rng::new(19);
+    for dtype in QUANT_TYPES.into_iter().filter(|&d| has_u8_form(d)) {
+        let cols = 896;
+        let nb = cols / 32;
+        let w = random_weights(&mut rng, dtype, 2 * cols);
+        let row_bytes = w.len() / 2;
+        let xs: Vec<Vec<f32>> = (0..8).map(|_| rng.vec(cols)).collect();
+        let Acts::Q32(q) = make_acts(dtype, &xs) else {
+            unreachable!()
+        };
+        let g: Vec<_> = (0..nb)
+            .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
+            .collect();
+        let mut reference = vec![BlockU8::default(); 2 * nb];
+        for r in 0..2 {
+            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+            repack_u8(Isa::Scalar, dtype, wr, &mut reference[r * nb..(r + 1) * nb]);
+        }
+        for isa in Isa::available() {
+            let mut u = vec![BlockU8::default(); 2 * nb];
+            for r in 0..2 {
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                repack_u8(isa, dtype, wr, &mut u[r * nb..(r + 1) * nb]);
+            }
+            for (a, b) in u.iter().zip(&reference) {
+                assert_eq!((a.u, a.d, a.m), (b.u, b.d, b.m), "{dtype} {}", isa.name());
+            }
+            let got = dot_u8_g8_rows::<2>(isa, &u, &g);
+            for (r, row) in got.iter().enumerate() {
+                let mut wf = vec![0.0; cols];
+                dequantize(dtype, &w[r * row_bytes..(r + 1) * row_bytes], &mut wf);
+                for (t, &v) in row.iter().enumerate() {
+                    let xf = dequant_acts(&Acts::Q32(q.clone()), t);
+                    let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let mag: f64 = wf
+                        .iter()
+                        .zip(&xf)
+                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                        .sum();
+                    assert!(
+                        (v as f64 - exact).abs() <= REL_ORDER * mag,
+                        "{dtype} {} row {r} token {t}: {v} vs exact {exact}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -100,9 +100,17 @@ fn quantized_matmul_is_close_to_dequantized_matmul() {
 #[test]
 fn large_matmul_uses_the_pool_and_stays_correct() {
     let mut rng = Rng::new(5);
-    for dtype in [DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q5_0] {
+    for dtype in [
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q8_0,
+        DType::Q5_0,
+        DType::Q4_1,
+    ] {
         check(dtype, 300, 1024, 1, 2, Isa::best(), &mut rng);
         check(dtype, 130, 1024, 6, 2, Isa::best(), &mut rng);
+        // prefill: several 8-token groups (the unpacked-chunk path), an odd row count, a tail
+        check(dtype, 131, 1024, 27, 2, Isa::best(), &mut rng);
     }
 }
 

@@ -7,6 +7,7 @@
 //! applies the block scales. Signed × signed uses the `sign` trick: |w| · (a · sign(w)).
 
 use super::scalar::LegacyKind;
+use super::BlockU8;
 use crate::quant::{kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
 use std::arch::x86_64::*;
@@ -377,6 +378,83 @@ unsafe fn legacy_g8_rows<const K: usize, const R: usize>(
                 let sa = _mm256_load_ps(ab.s.as_ptr());
                 acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b.add(2))), sa, acc[r]);
             }
+        }
+    }
+    let mut out = [[0.0f32; 8]; R];
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+    out
+}
+
+/// AVX2 form of `scalar::repack_u8`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
+    let bb = kind.block_bytes();
+    let off = match kind {
+        LegacyKind::Q4_0 => 8.0,
+        LegacyKind::Q5_0 => 16.0,
+        _ => 0.0,
+    };
+    for (i, o) in out.iter_mut().enumerate() {
+        let b = w.as_ptr().add(i * bb);
+        let u = match kind {
+            LegacyKind::Q4_0 => nibbles16(b.add(2)),
+            LegacyKind::Q5_0 => {
+                let qh = (b.add(2) as *const u32).read_unaligned();
+                let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+                _mm256_or_si256(nibbles16(b.add(6)), hi)
+            }
+            _ => unpack_legacy(kind, b),
+        };
+        _mm256_storeu_si256(o.u.as_mut_ptr() as *mut __m256i, u);
+        o.d = f16(b);
+        o.m = if kind.has_min() {
+            f16(b.add(2))
+        } else {
+            -off * o.d
+        };
+    }
+}
+
+/// `R` unpacked rows × 8 interleaved tokens: per 4-byte weight group, one broadcast and one
+/// `maddubs` per row cover all 8 tokens; the activation loads are shared by the rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8_g8_rows<const R: usize>(
+    w: &[BlockU8],
+    g: &[BlockQ8x8],
+) -> [[f32; 8]; R] {
+    let nb = g.len();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let ab = g.get_unchecked(i);
+        let y = ab.qs.as_ptr() as *const u8;
+        // u <= 31, |a| <= 127: four maddubs results fit in i16 (4 · 2 · 31 · 127 < 2^15)
+        let mut h = [[_mm256_setzero_si256(); 2]; R];
+        for j in 0..8 {
+            let yj = load(y.add(32 * j));
+            for r in 0..R {
+                let u = (*wp.add(r * nb + i)).u.as_ptr() as *const u32;
+                let wv = bcast32(u.add(j));
+                h[r][j / 4] = _mm256_add_epi16(h[r][j / 4], _mm256_maddubs_epi16(wv, yj));
+            }
+        }
+        let da = _mm256_load_ps(ab.d.as_ptr());
+        let sa = _mm256_load_ps(ab.s.as_ptr());
+        for r in 0..R {
+            let b = &*wp.add(r * nb + i);
+            let isum = _mm256_add_epi32(
+                _mm256_madd_epi16(h[r][0], ones),
+                _mm256_madd_epi16(h[r][1], ones),
+            );
+            acc[r] = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(isum),
+                _mm256_mul_ps(_mm256_set1_ps(b.d), da),
+                acc[r],
+            );
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(b.m), sa, acc[r]);
         }
     }
     let mut out = [[0.0f32; 8]; R];

@@ -306,6 +306,59 @@ pub fn dot_q8_32_g8_rows<const R: usize>(
     }
 }
 
+/// A 4/5-bit legacy block (Q4_0, Q4_1, Q5_0, Q5_1) unpacked for prefill: `w = d·u + m` with
+/// the weights as unsigned bytes. Prefill unpacks a chunk of rows once and multiplies it with
+/// every token group, instead of unpacking each block again for every group of 8 tokens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockU8 {
+    pub u: [u8; 32],
+    pub d: f32,
+    pub m: f32,
+}
+
+/// Whether `dtype` has the [`BlockU8`] prefill form.
+pub fn has_u8_form(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1)
+}
+
+/// Unpacks one weight row of a type with [`has_u8_form`] into `out` (one block per 32).
+pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
+    assert!(
+        has_u8_form(dtype),
+        "repack_u8: {dtype} has no unpacked form"
+    );
+    let kind = legacy_kind(dtype).expect("a legacy type");
+    assert_eq!(
+        w.len(),
+        out.len() * kind.block_bytes(),
+        "repack_u8: row and output lengths differ"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::repack_u8(kind, w, out) },
+        _ => scalar::repack_u8(kind, w, out),
+    }
+}
+
+/// `out[r][t] = w[r] · a[t]` for `R` unpacked rows stored back to back in `w` (each
+/// `g.len()` blocks) and 8 interleaved tokens `g`.
+pub fn dot_u8_g8_rows<const R: usize>(isa: Isa, w: &[BlockU8], g: &[BlockQ8x8]) -> [[f32; 8]; R] {
+    let nb = g.len();
+    assert_eq!(
+        w.len(),
+        R * nb,
+        "dot_u8_g8_rows: not {R} rows of {nb} blocks"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_u8_g8_rows::<R>(w, g) },
+        _ => std::array::from_fn(|r| {
+            std::array::from_fn(|t| scalar::dot_u8_g8(&w[r * nb..(r + 1) * nb], g, t))
+        }),
+    }
+}
+
 /// `out[t] = w · a[t]` for a row of a k-quant type (`Q2_K … Q8_K`).
 pub fn dot_q8k_n<const N: usize>(
     isa: Isa,

@@ -1,7 +1,8 @@
 //! Portable scalar reference dot products: one weight row (raw ggml blocks) × one quantised
 //! activation row. Every SIMD path is tested against these.
 
-use crate::quant::{f16_at, kscale_min, q3k_scales, BlockQ8K, BlockQ8_32};
+use super::BlockU8;
+use crate::quant::{f16_at, kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8};
 
 fn idot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
     w.zip(a).map(|(x, &y)| x * y as i32).sum()
@@ -70,6 +71,42 @@ impl LegacyKind {
     pub fn has_min(self) -> bool {
         matches!(self, LegacyKind::Q4_1 | LegacyKind::Q5_1)
     }
+}
+
+/// Unpacks a 4/5-bit legacy row into [`BlockU8`]s: `w = d·u + m` with unsigned `u`.
+pub(crate) fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
+    let off = match kind {
+        LegacyKind::Q4_0 => 8,
+        LegacyKind::Q5_0 => 16,
+        _ => 0,
+    };
+    for (b, o) in w.chunks_exact(kind.block_bytes()).zip(out) {
+        let q = legacy_q(kind, b);
+        for (u, &v) in o.u.iter_mut().zip(&q) {
+            *u = (v + off) as u8;
+        }
+        o.d = f16_at(b, 0);
+        o.m = if kind.has_min() {
+            f16_at(b, 2)
+        } else {
+            -(off as f32) * o.d
+        };
+    }
+}
+
+/// Σ w·x of a repacked row with one token (`t`) of interleaved activation blocks.
+pub(crate) fn dot_u8_g8(w: &[BlockU8], g: &[BlockQ8x8], t: usize) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, ab) in w.iter().zip(g) {
+        let mut isum = 0i32;
+        for j in 0..8 {
+            for u in 0..4 {
+                isum += b.u[4 * j + u] as i32 * ab.qs[32 * j + 4 * t + u] as i32;
+            }
+        }
+        sum += b.d * ab.d[t] * isum as f32 + b.m * ab.s[t];
+    }
+    sum
 }
 
 /// Σ w·x for a legacy-type row against Q8_32 activations.

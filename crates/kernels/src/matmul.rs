@@ -79,7 +79,10 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
             }
             let groups = &s.2[..n_groups * nb];
             if n_groups >= 2 && isa == Isa::Avx2 && dot::has_u8_form(dtype) {
-                return drive_u8(pool, isa, w, q, groups, n, out);
+                let tail = |wr: &[u8], t: usize| {
+                    dot::dot_q8_32_n(isa, dtype, wr, [&q[t * nb..(t + 1) * nb]])[0]
+                };
+                return drive_u8(pool, isa, w, groups, n, out, &tail);
             }
             drive(
                 pool,
@@ -101,6 +104,30 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         }),
         ActKind::Q8K => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
+            let n_groups = n / 8;
+            if n_groups >= 2 && isa == Isa::Avx2 && dot::has_u8_form(dtype) {
+                // The 32-element sub-blocks of 8 tokens, interleaved: groups[g * nb + i].
+                let nb = cols / 32;
+                s.2.resize(n_groups * nb, BlockQ8x8::default());
+                let gptr = SendPtr(s.2.as_mut_ptr());
+                pool.run(&|i, nt| {
+                    for g in crate::pool::split_range(n_groups, i, nt) {
+                        for b in 0..nb {
+                            let v = interleave8_k(
+                                std::array::from_fn(|t| &q[(8 * g + t) * (nb / 8) + b / 8]),
+                                b % 8,
+                            );
+                            // SAFETY: each group's blocks are written by exactly one thread.
+                            unsafe { *gptr.get().add(g * nb + b) = v };
+                        }
+                    }
+                });
+                let per_row = cols / 256;
+                let tail = |wr: &[u8], t: usize| {
+                    dot::dot_q8k_n(isa, dtype, wr, [&q[t * per_row..(t + 1) * per_row]])[0]
+                };
+                return drive_u8(pool, isa, w, &s.2[..n_groups * nb], n, out, &tail);
+            }
             drive(
                 pool,
                 w,
@@ -287,6 +314,28 @@ fn drive<T: Sync>(
     }
 }
 
+/// Sub-block `j` (32 elements) of 8 tokens' k-quant activation blocks, interleaved like
+/// [`interleave8`]; every sub-block of a super-block shares its scale `d`.
+fn interleave8_k(a: [&BlockQ8K; 8], j: usize) -> BlockQ8x8 {
+    let mut o = BlockQ8x8::default();
+    for (t, b) in a.iter().enumerate() {
+        let qs = &b.qs[32 * j..32 * j + 32];
+        for k in 0..8 {
+            o.qs[32 * k + 4 * t..32 * k + 4 * t + 4].copy_from_slice(&[
+                qs[4 * k],
+                qs[4 * k + 1],
+                qs[4 * k + 2],
+                qs[4 * k + 3],
+            ]);
+        }
+        let sum: i32 = qs.iter().map(|&v| v as i32).sum();
+        o.d[t] = b.d;
+        o.s[t] = b.d * sum as f32;
+        o.sum[t] = sum;
+    }
+    o
+}
+
 thread_local! {
     /// The calling thread's unpacked chunk of weight rows (see [`drive_u8`]).
     static UNPACKED: RefCell<Vec<BlockU8>> = const { RefCell::new(Vec::new()) };
@@ -299,13 +348,13 @@ fn drive_u8(
     pool: &ThreadPool,
     isa: Isa,
     w: &Tensor,
-    q: &[BlockQ8_32],
     groups: &[BlockQ8x8],
     n: usize,
     out: SendPtr<f32>,
+    tail: &(dyn Fn(&[u8], usize) -> f32 + Sync),
 ) {
     let (rows, dtype) = (w.rows(), w.dtype);
-    let nb = w.cols() / 32;
+    let nb = groups.len() / (n / 8);
     let row_bytes = w.row_bytes();
     let bytes = w.data.bytes();
     let n_groups = n / 8;
@@ -357,10 +406,8 @@ fn drive_u8(
                     }
                 }
                 for t in 8 * n_groups..n {
-                    let a = &q[t * nb..(t + 1) * nb];
                     for r in r0..r1 {
-                        let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                        put(t, r, dot::dot_q8_32_n(isa, dtype, wr, [a])[0]);
+                        put(t, r, tail(&bytes[r * row_bytes..(r + 1) * row_bytes], t));
                     }
                 }
             }

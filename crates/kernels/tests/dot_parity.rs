@@ -327,23 +327,52 @@ fn dot_rejects_short_activation_rows() {
 fn unpacked_prefill_rows_match_exact_dot() {
     use kiln_kernels::dot::{dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8};
     let mut rng = Rng::new(19);
-    for dtype in QUANT_TYPES.into_iter().filter(|&d| has_u8_form(d)) {
-        let cols = 896;
+    let types: Vec<DType> = QUANT_TYPES
+        .into_iter()
+        .filter(|&d| has_u8_form(d))
+        .collect();
+    assert_eq!(types.len(), 6);
+    for dtype in types {
+        let cols = 1024;
         let nb = cols / 32;
         let w = random_weights(&mut rng, dtype, 2 * cols);
         let row_bytes = w.len() / 2;
         let xs: Vec<Vec<f32>> = (0..8).map(|_| rng.vec(cols)).collect();
-        let Acts::Q32(q) = make_acts(dtype, &xs) else {
-            unreachable!()
-        };
-        let g: Vec<_> = (0..nb)
-            .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
-            .collect();
         let mut reference = vec![BlockU8::default(); 2 * nb];
         for r in 0..2 {
             let wr = &w[r * row_bytes..(r + 1) * row_bytes];
             repack_u8(Isa::Scalar, dtype, wr, &mut reference[r * nb..(r + 1) * nb]);
+            // the unpacked form is the same weights
+            let mut wf = vec![0.0; cols];
+            dequantize(dtype, wr, &mut wf);
+            for (i, b) in reference[r * nb..(r + 1) * nb].iter().enumerate() {
+                for l in 0..32 {
+                    let v = b.d * b.u[l] as f32 + b.m;
+                    let want = wf[32 * i + l];
+                    assert!(
+                        (v - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{dtype}: {v} vs {want}"
+                    );
+                }
+            }
         }
+        let Acts::Q32(q) = make_acts(dtype, &xs) else {
+            // k-quants: the tile itself is covered through matmul (tests/matmul.rs)
+            for isa in Isa::available() {
+                let mut u = vec![BlockU8::default(); 2 * nb];
+                for r in 0..2 {
+                    let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                    repack_u8(isa, dtype, wr, &mut u[r * nb..(r + 1) * nb]);
+                }
+                for (a, b) in u.iter().zip(&reference) {
+                    assert_eq!((a.u, a.d, a.m), (b.u, b.d, b.m), "{dtype} {}", isa.name());
+                }
+            }
+            continue;
+        };
+        let g: Vec<_> = (0..nb)
+            .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
+            .collect();
         for isa in Isa::available() {
             let mut u = vec![BlockU8::default(); 2 * nb];
             for r in 0..2 {

@@ -417,6 +417,39 @@ pub(super) unsafe fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) 
     }
 }
 
+/// AVX2 form of `scalar::repack_u8_k`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
+    let bb = if five { 176 } else { 144 };
+    let m4 = _mm256_set1_epi8(0xF);
+    let bit = _mm256_set1_epi8(1);
+    for (i, o) in out.chunks_exact_mut(8).enumerate() {
+        let b = w.as_ptr().add(i * bb);
+        let (d, dmin) = (f16(b), f16(b.add(2)));
+        let (sc, mn) = kscale_min(std::slice::from_raw_parts(b.add(4), 12));
+        let qs = b.add(if five { 48 } else { 16 });
+        for k in 0..4 {
+            let q = load(qs.add(32 * k));
+            let mut lo = _mm256_and_si256(q, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if five {
+                let h = _mm256_srl_epi16(load(b.add(16)), _mm_cvtsi32_si128(2 * k as i32));
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, bit), 4));
+                hi = _mm256_or_si256(
+                    hi,
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), bit), 4),
+                );
+            }
+            _mm256_storeu_si256(o[2 * k].u.as_mut_ptr() as *mut __m256i, lo);
+            _mm256_storeu_si256(o[2 * k + 1].u.as_mut_ptr() as *mut __m256i, hi);
+        }
+        for (j, o) in o.iter_mut().enumerate() {
+            o.d = d * sc[j] as f32;
+            o.m = -dmin * mn[j] as f32;
+        }
+    }
+}
+
 /// `R` unpacked rows × 8 interleaved tokens: per 4-byte weight group, one broadcast and one
 /// `maddubs` per row cover all 8 tokens; the activation loads are shared by the rows.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -317,27 +317,36 @@ pub struct BlockU8 {
     pub m: f32,
 }
 
-/// Whether `dtype` has the [`BlockU8`] prefill form.
+/// Whether `dtype` has the [`BlockU8`] prefill form (weights of at most 5 bits, so that four
+/// `maddubs` sums fit in i16).
 pub fn has_u8_form(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1)
+    matches!(
+        dtype,
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q4_K | DType::Q5_K
+    )
 }
 
-/// Unpacks one weight row of a type with [`has_u8_form`] into `out` (one block per 32).
+/// Unpacks one weight row of a type with [`has_u8_form`] into `out` (one block per 32
+/// weights; for Q4_K / Q5_K one per sub-block, its scale and min folded into `d` and `m`).
 pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
     assert!(
         has_u8_form(dtype),
         "repack_u8: {dtype} has no unpacked form"
     );
-    let kind = legacy_kind(dtype).expect("a legacy type");
+    assert_eq!(w.len() % dtype.block_bytes(), 0, "repack_u8: partial block");
     assert_eq!(
-        w.len(),
-        out.len() * kind.block_bytes(),
+        w.len() / dtype.block_bytes() * dtype.block_size(),
+        out.len() * 32,
         "repack_u8: row and output lengths differ"
     );
-    match isa {
+    let five = dtype == DType::Q5_K;
+    match (isa, legacy_kind(dtype)) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::repack_u8(kind, w, out) },
-        _ => scalar::repack_u8(kind, w, out),
+        (Isa::Avx2, Some(kind)) if isa.is_available() => unsafe { avx2::repack_u8(kind, w, out) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, None) if isa.is_available() => unsafe { avx2::repack_u8_k(five, w, out) },
+        (_, Some(kind)) => scalar::repack_u8(kind, w, out),
+        (_, None) => scalar::repack_u8_k(five, w, out),
     }
 }
 

@@ -94,6 +94,29 @@ pub(crate) fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
+/// Unpacks a Q4_K (`five == false`) or Q5_K row into [`BlockU8`]s, one per 32-element
+/// sub-block: `w = (d·sc)·u + (-dmin·mn)`.
+pub(crate) fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
+    let bb = if five { 176 } else { 144 };
+    for (b, o) in w.chunks_exact(bb).zip(out.chunks_exact_mut(8)) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let (sc, mn) = kscale_min(&b[4..16]);
+        let qs = if five { &b[48..176] } else { &b[16..144] };
+        for (j, o) in o.iter_mut().enumerate() {
+            for l in 0..32 {
+                let byte = qs[32 * (j / 2) + l];
+                let mut u = if j % 2 == 0 { byte & 0xF } else { byte >> 4 };
+                if five {
+                    u |= ((b[16 + l] >> j) & 1) << 4;
+                }
+                o.u[l] = u;
+            }
+            o.d = d * sc[j] as f32;
+            o.m = -dmin * mn[j] as f32;
+        }
+    }
+}
+
 /// Σ w·x of a repacked row with one token (`t`) of interleaved activation blocks.
 pub(crate) fn dot_u8_g8(w: &[BlockU8], g: &[BlockQ8x8], t: usize) -> f32 {
     let mut sum = 0.0f32;

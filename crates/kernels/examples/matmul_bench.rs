@@ -4,8 +4,8 @@
 //! cargo run --release -p kiln-kernels --example matmul_bench -- [threads] [prefill_tokens] [types]
 //! e.g. `-- 2 128 Q4_K,Q6_K`. `KILN_ISA=scalar` measures the scalar reference.
 //!
-//! `-- [threads] [prefill_tokens] qwen|gemma` instead times every linear layer of one
-//! qwen2.5-coder-0.5b / gemma-3-270m Q4_K_M forward pass (same shapes and types, random weights): the
+//! `-- [threads] [prefill_tokens] qwen|qwen15|gemma` instead times every linear layer of one
+//! qwen2.5-coder-0.5b / 1.5b / gemma-3-270m Q4_K_M forward pass (same shapes and types, random weights): the
 //! matmul-only bound on decode and prefill tokens/s.
 
 #[path = "../tests/common/mod.rs"]
@@ -58,6 +58,7 @@ fn main() {
     match args.get(3).map(String::as_str) {
         Some("qwen") => return model(threads, n_prefill, &QWEN),
         Some("gemma") => return model(threads, n_prefill, &GEMMA),
+        Some("qwen15") => return model(threads, n_prefill, &QWEN15),
         _ => {}
     }
     let types: Vec<DType> = match args.get(3) {
@@ -123,6 +124,19 @@ const QWEN: ModelShapes = ModelShapes {
         (DType::Q6_K, 896, 4864, 12), // ffn_down (the other half)
     ],
     lm_head: (DType::Q8_0, 151936, 896),
+};
+
+/// qwen2.5-coder-1.5b-instruct-q4_k_m (28 blocks).
+const QWEN15: ModelShapes = ModelShapes {
+    layers: &[
+        (DType::Q4_K, 1536, 1536, 56), // attn_q, attn_output
+        (DType::Q4_K, 256, 1536, 42),  // attn_k, half of attn_v
+        (DType::Q6_K, 256, 1536, 14),  // the other half of attn_v
+        (DType::Q4_K, 8960, 1536, 56), // ffn_gate, ffn_up
+        (DType::Q4_K, 1536, 8960, 14), // ffn_down (half the blocks)
+        (DType::Q6_K, 1536, 8960, 14), // ffn_down (the other half)
+    ],
+    lm_head: (DType::Q6_K, 151936, 1536),
 };
 
 /// gemma-3-270m-q4_k_m (18 blocks; the tied embedding is the lm_head).

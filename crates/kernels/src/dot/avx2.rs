@@ -530,6 +530,9 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[BlockQ8K]; N])
         let dmin = f16(b.add(2));
         let (sc, mn) = kscale_min(std::slice::from_raw_parts(b.add(4), 12));
         let mins = mins_x2(&mn);
+        // the 8 scales as i16 in both lanes, spread per sub-block by the shuffles below
+        let sc8 = _mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
+        let sc8 = _mm256_set_m128i(sc8, sc8);
         let qs = b.add(if FIVE { 48 } else { 16 });
         let qh = if FIVE {
             load(b.add(16))
@@ -550,8 +553,8 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[BlockQ8K]; N])
                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), bit), 4),
                 );
             }
-            let s1 = _mm256_set1_epi16(sc[2 * j] as i16);
-            let s2 = _mm256_set1_epi16(sc[2 * j + 1] as i16);
+            let s1 = _mm256_shuffle_epi8(sc8, _mm256_set1_epi16((0x0100 + 0x0404 * j) as i16));
+            let s2 = _mm256_shuffle_epi8(sc8, _mm256_set1_epi16((0x0302 + 0x0404 * j) as i16));
             for t in 0..N {
                 let y = a[t].get_unchecked(i).qs.as_ptr().add(64 * j) as *const u8;
                 let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(y)), s1);
@@ -588,6 +591,23 @@ unsafe fn q6_high(qh: __m256i, s: i32, m3: __m256i) -> __m256i {
     )
 }
 
+/// `vpshufb` masks: for chunk `k`, i16 scale `2k` repeated over the low lane and `2k + 1` over
+/// the high lane (of a vector holding 8 i16 scales in each lane).
+const Q6_SCALE_SHUF: [__m256i; 4] = {
+    let mut m = [[0u8; 32]; 4];
+    let mut k = 0;
+    while k < 4 {
+        let mut b = 0;
+        while b < 16 {
+            m[k][b] = (4 * k + b % 2) as u8;
+            m[k][16 + b] = (4 * k + 2 + b % 2) as u8;
+            b += 1;
+        }
+        k += 1;
+    }
+    unsafe { std::mem::transmute::<[[u8; 32]; 4], [__m256i; 4]>(m) }
+};
+
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -> [f32; N] {
     let nb = w.len() / 210;
@@ -600,6 +620,9 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
         let d = f16(b.add(208));
         let sc = b.add(192) as *const i8;
         let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+        // The 16 scales as i16 in both 128-bit lanes, for the per-chunk shuffles below.
+        let sc_lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+        let sc_hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);
         // Σ_g sc_g · Σ (q - 32) a = Σ_g sc_g · Σ q a - 32 Σ_g sc_g · bsum_g
         let mut isum = [_mm256_setzero_si256(); N];
         for t in 0..N {
@@ -622,10 +645,10 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
                     q6_high(qh, 6, m3),
                 ),
             ];
+            let scl = if h == 0 { sc_lo } else { sc_hi };
             for (k, &qk) in q.iter().enumerate() {
-                let s0 = *sc.add(8 * h + 2 * k) as i16;
-                let s1 = *sc.add(8 * h + 2 * k + 1) as i16;
-                let scv = _mm256_set_m128i(_mm_set1_epi16(s1), _mm_set1_epi16(s0));
+                // scale 2k in the low lane, 2k + 1 in the high lane (of this half's 8)
+                let scv = _mm256_shuffle_epi8(scl, Q6_SCALE_SHUF[k]);
                 for t in 0..N {
                     let y = a[t].get_unchecked(i).qs.as_ptr().add(128 * h + 32 * k) as *const u8;
                     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(qk, load(y)), scv);

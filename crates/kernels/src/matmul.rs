@@ -389,10 +389,14 @@ fn drive_u8(
                     // Runs the `$r`-row kernel on rows `r..r + $r` while they fit the chunk.
                     macro_rules! rows {
                         ($r:literal, $row:ident) => {
-                            while $row + $r <= r1 {
+                            while r1 - $row >= $r {
                                 let k = $row - r0;
-                                let v =
-                                    dot::dot_u8_g8_rows::<$r>(isa, &u[k * nb..(k + $r) * nb], g);
+                                let v = dot::dot_u8_g8_rows::<$r>(
+                                    isa,
+                                    dtype,
+                                    &u[k * nb..(k + $r) * nb],
+                                    g,
+                                );
                                 for (dr, vr) in v.iter().enumerate() {
                                     for (t, &x) in vr.iter().enumerate() {
                                         put(8 * gi + t, $row + dr, x);

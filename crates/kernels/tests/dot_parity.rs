@@ -346,8 +346,7 @@ fn unpacked_prefill_rows_match_exact_dot() {
             let mut wf = vec![0.0; cols];
             dequantize(dtype, wr, &mut wf);
             for (i, b) in reference[r * nb..(r + 1) * nb].iter().enumerate() {
-                for l in 0..32 {
-                    let v = b.d * b.u[l] as f32 + b.m;
+                for (l, v) in b.weights(dtype).into_iter().enumerate() {
                     let want = wf[32 * i + l];
                     assert!(
                         (v - want).abs() <= 1e-6 * want.abs().max(1.0),
@@ -365,7 +364,12 @@ fn unpacked_prefill_rows_match_exact_dot() {
                     repack_u8(isa, dtype, wr, &mut u[r * nb..(r + 1) * nb]);
                 }
                 for (a, b) in u.iter().zip(&reference) {
-                    assert_eq!((a.u, a.d, a.m), (b.u, b.d, b.m), "{dtype} {}", isa.name());
+                    assert_eq!(
+                        (a.u, a.d, a.m, a.sc, a.mn),
+                        (b.u, b.d, b.m, b.sc, b.mn),
+                        "{dtype} {}",
+                        isa.name()
+                    );
                 }
             }
             continue;
@@ -380,9 +384,23 @@ fn unpacked_prefill_rows_match_exact_dot() {
                 repack_u8(isa, dtype, wr, &mut u[r * nb..(r + 1) * nb]);
             }
             for (a, b) in u.iter().zip(&reference) {
-                assert_eq!((a.u, a.d, a.m), (b.u, b.d, b.m), "{dtype} {}", isa.name());
+                assert_eq!(
+                    (a.u, a.d, a.m, a.sc, a.mn),
+                    (b.u, b.d, b.m, b.sc, b.mn),
+                    "{dtype} {}",
+                    isa.name()
+                );
             }
-            let got = dot_u8_g8_rows::<2>(isa, &u, &g);
+            let got = dot_u8_g8_rows::<2>(isa, dtype, &u, &g);
+            let reference_dot = dot_u8_g8_rows::<2>(Isa::Scalar, dtype, &u, &g);
+            for (a, b) in got.iter().flatten().zip(reference_dot.iter().flatten()) {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{dtype} {}: unpacked tile vs scalar",
+                    isa.name()
+                );
+            }
             for (r, row) in got.iter().enumerate() {
                 let mut wf = vec![0.0; cols];
                 dequantize(dtype, &w[r * row_bytes..(r + 1) * row_bytes], &mut wf);

@@ -139,3 +139,61 @@ fn matmul_rejects_wrong_activation_length() {
     let mut out = vec![0.0; 2];
     matmul(&ThreadPool::new(1), &w, &[0.0; 3], 1, &mut out);
 }
+
+/// A token's outputs must not depend on what else is in the batch: the decode kernels (one
+/// token, 4 rows at a time), the 4-token tile, the 8-token tiles and the unpacked prefill path
+/// all give bit-identical results for the same (row, token).
+#[test]
+fn results_do_not_depend_on_batch_mates() {
+    let mut rng = Rng::new(23);
+    let mut types = vec![DType::F32, DType::F16, DType::BF16];
+    types.extend(QUANT_TYPES);
+    let pool = ThreadPool::new(2);
+    for dtype in types {
+        let cols = if dtype.block_size() == 256 { 512 } else { 320 };
+        let rows = 37; // not a multiple of the 4-row and 2-row kernels
+        let w = Tensor::new(
+            dtype,
+            vec![rows, cols],
+            Storage::from_vec(random_weights(&mut rng, dtype, rows * cols)),
+        )
+        .unwrap();
+        let n = 27; // three 8-token groups and a tail of 3
+        let x = rng.vec(n * cols);
+        for isa in Isa::available() {
+            let mut all = vec![0.0; n * rows];
+            matmul_with(isa, &pool, &w, &x, n, &mut all);
+            // each token alone, and the batch cut at other offsets (17 tokens from token 5,
+            // 4 tokens from token 11)
+            let mut alone = vec![0.0; rows];
+            for t in 0..n {
+                matmul_with(isa, &pool, &w, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+                for r in 0..rows {
+                    assert_eq!(
+                        alone[r].to_bits(),
+                        all[t * rows + r].to_bits(),
+                        "{dtype} {}: token {t} row {r} alone {} vs in a batch of {n} {}",
+                        isa.name(),
+                        alone[r],
+                        all[t * rows + r]
+                    );
+                }
+            }
+            for (start, len) in [(5usize, 17usize), (11, 4)] {
+                let mut part = vec![0.0; len * rows];
+                let xs = &x[start * cols..(start + len) * cols];
+                matmul_with(isa, &pool, &w, xs, len, &mut part);
+                for (i, (p, a)) in part.iter().zip(&all[start * rows..]).enumerate() {
+                    assert_eq!(
+                        p.to_bits(),
+                        a.to_bits(),
+                        "{dtype} {}: token {} row {} in a batch of {len} from {start}: {p} vs {a}",
+                        isa.name(),
+                        start + i / rows,
+                        i % rows
+                    );
+                }
+            }
+        }
+    }
+}

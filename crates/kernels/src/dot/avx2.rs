@@ -3,8 +3,16 @@
 //!
 //! Integer scheme (as in ggml): weights unpack to bytes, `maddubs` multiplies unsigned weight
 //! bytes with signed activation bytes into i16 pairs (never saturating for these ranges),
-//! `madd` with the sub-block scales widens to i32, and one float FMA per block and token
-//! applies the block scales. Signed × signed uses the `sign` trick: |w| · (a · sign(w)).
+//! `madd` with the sub-block scales widens to i32. Signed × signed uses the `sign` trick:
+//! |w| · (a · sign(w)).
+//!
+//! Canonical float steps (what makes a token's result independent of its batch-mates): every
+//! kernel shape — one token, 4 tokens, 4 rows, the 8-token tiles, the unpacked prefill — first
+//! computes each block's (k-quants: super-block's) exact integer dot `I` (and min sum `M`), then
+//! per (row, token) in block order: `acc = fma(I, d_w·d_a, acc)`, then for Q4_1/Q5_1
+//! `acc = fma(m_w, s_a, acc)` and for the k-quants with mins `acc = fma(-M, dmin·d_a, acc)`.
+//! Integer sums are exact in any order, and the float operations are the same, so every shape
+//! gives bit-identical results.
 
 use super::scalar::LegacyKind;
 use super::BlockU8;
@@ -123,38 +131,29 @@ unsafe fn legacy_impl<const K: usize, const N: usize>(w: &[u8], a: [&[BlockQ8_32
     let bb = kind.block_bytes();
     let nb = w.len() / bb;
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut macc = [0.0f32; N];
+    let mut acc = [0.0f32; N];
     let wp = w.as_ptr();
     for i in 0..nb {
         let b = wp.add(i * bb);
         let d = f16(b);
         let q = unpack_legacy(kind, b);
-        if kind.has_min() {
-            let m = f16(b.add(2));
-            for t in 0..N {
-                let ab = a[t].get_unchecked(i);
-                let y = load(ab.qs.as_ptr() as *const u8);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t]);
-                macc[t] += m * ab.s;
-            }
-        } else {
-            let ax = _mm256_sign_epi8(q, q);
-            for t in 0..N {
-                let ab = a[t].get_unchecked(i);
-                let y = load(ab.qs.as_ptr() as *const u8);
-                let sy = _mm256_sign_epi8(y, q);
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * ab.d), acc[t]);
+        let ax = _mm256_sign_epi8(q, q);
+        for t in 0..N {
+            let ab = a[t].get_unchecked(i);
+            let y = load(ab.qs.as_ptr() as *const u8);
+            // the block's exact integer dot, then the canonical float steps (module docs)
+            let p = if kind.has_min() {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones)
+            } else {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(y, q)), ones)
+            };
+            acc[t] = (hsum_i32(p) as f32).mul_add(d * ab.d, acc[t]);
+            if kind.has_min() {
+                acc[t] = f16(b.add(2)).mul_add(ab.s, acc[t]);
             }
         }
     }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum(acc[t]) + macc[t];
-    }
-    out
+    acc
 }
 
 /// `R` consecutive weight rows (`row_bytes` apart from `w`) · one activation row: the decode
@@ -183,12 +182,12 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
     row_bytes: usize,
     a: &[BlockQ8_32],
 ) -> [f32; R] {
+    assert!(R == 4, "legacy_rows: 4 rows at a time");
     let kind = LEGACY[K];
     let bb = kind.block_bytes();
     let nb = a.len();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let mut macc = [0.0f32; R];
+    let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
     // The R rows are one contiguous run of bytes; reading them as R interleaved streams hides
     // the sequential pattern from the hardware prefetcher, so fetch the next run ahead of use.
@@ -200,12 +199,15 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
         _mm_prefetch::<_MM_HINT_T0>(pf.add(64) as *const i8);
         let ab = a.get_unchecked(i);
         let y = load(ab.qs.as_ptr() as *const u8);
-        let da = _mm256_set1_ps(ab.d);
-        for r in 0..R {
+        // (no closures here: they would not inherit this function's target features)
+        let mut p = [_mm256_setzero_si256(); 4];
+        let mut dw = [0.0f32; 4];
+        let mut mw = [0.0f32; 4];
+        for r in 0..4 {
             let b = wp.add(r * row_bytes + i * bb);
             let q = unpack_legacy(kind, b);
-            let p = if kind.has_min() {
-                macc[r] += f16(b.add(2)) * ab.s;
+            p[r] = if kind.has_min() {
+                mw[r] = f16(b.add(2));
                 _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones)
             } else {
                 _mm256_madd_epi16(
@@ -213,15 +215,35 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
                     ones,
                 )
             };
-            let dw = _mm256_set1_ps(f16(b));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw, da), acc[r]);
+            dw[r] = f16(b);
+        }
+        let scale = _mm_mul_ps(_mm_loadu_ps(dw.as_ptr()), _mm_set1_ps(ab.d));
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(reduce4(&p)), scale, acc);
+        if kind.has_min() {
+            acc = _mm_fmadd_ps(_mm_loadu_ps(mw.as_ptr()), _mm_set1_ps(ab.s), acc);
         }
     }
     let mut out = [0.0f32; R];
-    for r in 0..R {
-        out[r] = hsum(acc[r]) + macc[r];
-    }
+    _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
+}
+
+/// The sum of the 8 i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Four vectors of 8 i32 -> their 4 horizontal sums (lane r = Σ p[r], exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn reduce4(p: &[__m256i; 4]) -> __m128i {
+    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1))
 }
 
 /// Eight vectors of 8 i32 -> one vector of their 8 horizontal sums (lane t = Σ p[t]).
@@ -391,11 +413,6 @@ unsafe fn legacy_g8_rows<const K: usize, const R: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
     let bb = kind.block_bytes();
-    let off = match kind {
-        LegacyKind::Q4_0 => 8.0,
-        LegacyKind::Q5_0 => 16.0,
-        _ => 0.0,
-    };
     for (i, o) in out.iter_mut().enumerate() {
         let b = w.as_ptr().add(i * bb);
         let u = match kind {
@@ -409,11 +426,7 @@ pub(super) unsafe fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) 
         };
         _mm256_storeu_si256(o.u.as_mut_ptr() as *mut __m256i, u);
         o.d = f16(b);
-        o.m = if kind.has_min() {
-            f16(b.add(2))
-        } else {
-            -off * o.d
-        };
+        o.m = if kind.has_min() { f16(b.add(2)) } else { 0.0 };
     }
 }
 
@@ -444,16 +457,16 @@ pub(super) unsafe fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
             _mm256_storeu_si256(o[2 * k + 1].u.as_mut_ptr() as *mut __m256i, hi);
         }
         for (j, o) in o.iter_mut().enumerate() {
-            o.d = d * sc[j] as f32;
-            o.m = -dmin * mn[j] as f32;
+            (o.d, o.m, o.sc, o.mn) = (d, dmin, sc[j], mn[j]);
         }
     }
 }
 
-/// `R` unpacked rows × 8 interleaved tokens: per 4-byte weight group, one broadcast and one
-/// `maddubs` per row cover all 8 tokens; the activation loads are shared by the rows.
+/// `R` unpacked rows of a legacy type × 8 interleaved tokens: per 4-byte weight group, one
+/// broadcast and one `maddubs` per row cover all 8 tokens; the activation loads are shared by
+/// the rows. `OFF` is the symmetric types' offset (`q = u - OFF`), 0 for the types with a min.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_u8_g8_rows<const R: usize>(
+pub(super) unsafe fn dot_u8_g8_rows<const R: usize, const OFF: i32>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
@@ -463,31 +476,97 @@ pub(super) unsafe fn dot_u8_g8_rows<const R: usize>(
     let wp = w.as_ptr();
     for i in 0..nb {
         let ab = g.get_unchecked(i);
-        let y = ab.qs.as_ptr() as *const u8;
-        // u <= 31, |a| <= 127: four maddubs results fit in i16 (4 · 2 · 31 · 127 < 2^15)
-        let mut h = [[_mm256_setzero_si256(); 2]; R];
-        for j in 0..8 {
-            let yj = load(y.add(32 * j));
-            for r in 0..R {
-                let u = (*wp.add(r * nb + i)).u.as_ptr() as *const u32;
-                let wv = bcast32(u.add(j));
-                h[r][j / 4] = _mm256_add_epi16(h[r][j / 4], _mm256_maddubs_epi16(wv, yj));
-            }
-        }
+        let h = u8_block_sums::<R>(wp, nb, i, ab);
         let da = _mm256_load_ps(ab.d.as_ptr());
-        let sa = _mm256_load_ps(ab.s.as_ptr());
+        let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+        let corr = _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFF));
         for r in 0..R {
             let b = &*wp.add(r * nb + i);
-            let isum = _mm256_add_epi32(
+            let u = _mm256_add_epi32(
                 _mm256_madd_epi16(h[r][0], ones),
                 _mm256_madd_epi16(h[r][1], ones),
             );
-            acc[r] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(isum),
+            // the exact Σ q·a, then the canonical float steps (module docs)
+            let isum = _mm256_sub_epi32(u, corr);
+            let scale = _mm256_mul_ps(_mm256_set1_ps(b.d), da);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+            if OFF == 0 {
+                let sa = _mm256_load_ps(ab.s.as_ptr());
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(b.m), sa, acc[r]);
+            }
+        }
+    }
+    let mut out = [[0.0f32; 8]; R];
+    for r in 0..R {
+        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    }
+    out
+}
+
+/// For `R` unpacked rows, block `i` × one interleaved group: the i16 partial sums of the
+/// first and second 16 weights (u <= 31, |a| <= 127: four maddubs results fit in i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn u8_block_sums<const R: usize>(
+    wp: *const BlockU8,
+    nb: usize,
+    i: usize,
+    ab: &BlockQ8x8,
+) -> [[__m256i; 2]; R] {
+    let y = ab.qs.as_ptr() as *const u8;
+    let mut h = [[_mm256_setzero_si256(); 2]; R];
+    for j in 0..8 {
+        let yj = load(y.add(32 * j));
+        for r in 0..R {
+            let u = (*wp.add(r * nb + i)).u.as_ptr() as *const u32;
+            let wv = bcast32(u.add(j));
+            h[r][j / 4] = _mm256_add_epi16(h[r][j / 4], _mm256_maddubs_epi16(wv, yj));
+        }
+    }
+    h
+}
+
+/// `R` unpacked rows of Q4_K / Q5_K (8 [`BlockU8`] per super-block, each with its sub-block's
+/// integer scale and min) × 8 interleaved tokens, finished per super-block exactly as the
+/// one-token kernel finishes it.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8k_g8_rows<const R: usize>(
+    w: &[BlockU8],
+    g: &[BlockQ8x8],
+) -> [[f32; 8]; R] {
+    let nb = g.len();
+    let mut acc = [_mm256_setzero_ps(); R];
+    let wp = w.as_ptr();
+    for sb in 0..nb / 8 {
+        let mut isum = [_mm256_setzero_si256(); R];
+        let mut msum = [_mm256_setzero_si256(); R];
+        for j in 0..8 {
+            let i = 8 * sb + j;
+            let ab = g.get_unchecked(i);
+            let h = u8_block_sums::<R>(wp, nb, i, ab);
+            let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+            for r in 0..R {
+                let b = &*wp.add(r * nb + i);
+                let sc = _mm256_set1_epi16(b.sc as i16);
+                let p = _mm256_add_epi32(
+                    _mm256_madd_epi16(h[r][0], sc),
+                    _mm256_madd_epi16(h[r][1], sc),
+                );
+                isum[r] = _mm256_add_epi32(isum[r], p);
+                let m = _mm256_mullo_epi32(sums, _mm256_set1_epi32(b.mn as i32));
+                msum[r] = _mm256_add_epi32(msum[r], m);
+            }
+        }
+        // every sub-block of a super-block carries the super-block's activation scale
+        let da = _mm256_load_ps(g.get_unchecked(8 * sb).d.as_ptr());
+        for r in 0..R {
+            let b = &*wp.add(r * nb + 8 * sb);
+            let (scale, mscale) = (
                 _mm256_mul_ps(_mm256_set1_ps(b.d), da),
-                acc[r],
+                _mm256_mul_ps(_mm256_set1_ps(b.m), da),
             );
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(b.m), sa, acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale, acc[r]);
+            acc[r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum[r]), mscale, acc[r]);
         }
     }
     let mut out = [[0.0f32; 8]; R];
@@ -521,8 +600,7 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[BlockQ8K]; N])
     let bb = if FIVE { 176 } else { 144 };
     let nb = w.len() / bb;
     let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut accm = [_mm256_setzero_ps(); N];
+    let mut acc = [0.0f32; N];
     let wp = w.as_ptr();
     for i in 0..nb {
         let b = wp.add(i * bb);
@@ -562,23 +640,16 @@ unsafe fn q45_k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[BlockQ8K]; N])
                 isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p1, p2));
             }
         }
+        // the super-block's exact integer sums, then the canonical float steps (module docs)
         for t in 0..N {
             let ab = a[t].get_unchecked(i);
-            acc[t] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(isum[t]),
-                _mm256_set1_ps(d * ab.d),
-                acc[t],
-            );
             let bs = load(ab.bsums.as_ptr() as *const u8);
-            let mp = _mm256_madd_epi16(mins, bs);
-            accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mp), _mm256_set1_ps(dmin * ab.d), accm[t]);
+            let msum = hsum_i32(_mm256_madd_epi16(mins, bs));
+            acc[t] = (hsum_i32(isum[t]) as f32).mul_add(d * ab.d, acc[t]);
+            acc[t] = (-(msum as f32)).mul_add(dmin * ab.d, acc[t]);
         }
     }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum(acc[t]) - hsum(accm[t]);
-    }
-    out
+    acc
 }
 
 /// Bits `s, s+1` of every byte of `qh`, moved to bits 4 and 5.
@@ -613,7 +684,7 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
     let nb = w.len() / 210;
     let m4 = _mm256_set1_epi8(0xF);
     let m3 = _mm256_set1_epi8(3);
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc = [0.0f32; N];
     let wp = w.as_ptr();
     for i in 0..nb {
         let b = wp.add(i * 210);
@@ -656,16 +727,13 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
                 }
             }
         }
+        // the super-block's exact integer sum, then the canonical float step (module docs)
         for t in 0..N {
             let da = a[t].get_unchecked(i).d;
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(d * da), acc[t]);
+            acc[t] = (hsum_i32(isum[t]) as f32).mul_add(d * da, acc[t]);
         }
     }
-    let mut out = [0.0f32; N];
-    for t in 0..N {
-        out[t] = hsum(acc[t]);
-    }
-    out
+    acc
 }
 
 /// Scale vector for one 32-element chunk whose halves (16 elements each) use `s0` and `s1`:

@@ -306,15 +306,37 @@ pub fn dot_q8_32_g8_rows<const R: usize>(
     }
 }
 
-/// A 4/5-bit legacy block (Q4_0, Q4_1, Q5_0, Q5_1) unpacked for prefill: `w = d·u + m` with
-/// the weights as unsigned bytes. Prefill unpacks a chunk of rows once and multiplies it with
-/// every token group, instead of unpacking each block again for every group of 8 tokens.
+/// 32 weights of a type of at most 5 bits unpacked for prefill, as unsigned bytes `u`. Prefill
+/// unpacks a chunk of rows once and multiplies it with every token group, instead of unpacking
+/// each block again for every group of 8 tokens.
+///
+/// Legacy types: `w = d·(u - off)` (Q4_0 off 8, Q5_0 off 16, `m` unused) or `w = d·u + m`
+/// (Q4_1, Q5_1). Q4_K / Q5_K, one block per sub-block: `w = d·sc·u - m·mn` with the
+/// super-block's `d` and `dmin` (as `m`) and the sub-block's integer scale and min, so that
+/// the kernels can finish each super-block exactly as the one-token kernels do.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BlockU8 {
     pub u: [u8; 32],
     pub d: f32,
     pub m: f32,
+    pub sc: u8,
+    pub mn: u8,
+}
+
+impl BlockU8 {
+    /// The 32 weights in f32 (for tests).
+    pub fn weights(&self, dtype: DType) -> [f32; 32] {
+        std::array::from_fn(|l| {
+            let u = self.u[l] as f32;
+            match dtype {
+                DType::Q4_0 => self.d * (u - 8.0),
+                DType::Q5_0 => self.d * (u - 16.0),
+                DType::Q4_K | DType::Q5_K => self.d * self.sc as f32 * u - self.m * self.mn as f32,
+                _ => self.d * u + self.m,
+            }
+        })
+    }
 }
 
 /// Whether `dtype` has the [`BlockU8`] prefill form (weights of at most 5 bits, so that four
@@ -350,20 +372,42 @@ pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
-/// `out[r][t] = w[r] · a[t]` for `R` unpacked rows stored back to back in `w` (each
-/// `g.len()` blocks) and 8 interleaved tokens `g`.
-pub fn dot_u8_g8_rows<const R: usize>(isa: Isa, w: &[BlockU8], g: &[BlockQ8x8]) -> [[f32; 8]; R] {
+/// `out[r][t] = w[r] · a[t]` for `R` unpacked rows of `dtype` stored back to back in `w` (each
+/// `g.len()` blocks) and 8 interleaved tokens `g`. Bit-identical to the one-token kernels of
+/// the same level (see the module docs).
+pub fn dot_u8_g8_rows<const R: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[BlockU8],
+    g: &[BlockQ8x8],
+) -> [[f32; 8]; R] {
+    assert!(
+        has_u8_form(dtype),
+        "dot_u8_g8_rows: {dtype} has no unpacked form"
+    );
     let nb = g.len();
     assert_eq!(
         w.len(),
         R * nb,
         "dot_u8_g8_rows: not {R} rows of {nb} blocks"
     );
+    let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K);
+    assert!(
+        !kquant || nb % 8 == 0,
+        "dot_u8_g8_rows: partial super-block"
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_u8_g8_rows::<R>(w, g) },
+        Isa::Avx2 if isa.is_available() => unsafe {
+            match dtype {
+                DType::Q4_0 => avx2::dot_u8_g8_rows::<R, 8>(w, g),
+                DType::Q5_0 => avx2::dot_u8_g8_rows::<R, 16>(w, g),
+                DType::Q4_1 | DType::Q5_1 => avx2::dot_u8_g8_rows::<R, 0>(w, g),
+                _ => avx2::dot_u8k_g8_rows::<R>(w, g),
+            }
+        },
         _ => std::array::from_fn(|r| {
-            std::array::from_fn(|t| scalar::dot_u8_g8(&w[r * nb..(r + 1) * nb], g, t))
+            std::array::from_fn(|t| scalar::dot_u8_g8(dtype, &w[r * nb..(r + 1) * nb], g, t))
         }),
     }
 }

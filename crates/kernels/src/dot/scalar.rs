@@ -3,6 +3,7 @@
 
 use super::BlockU8;
 use crate::quant::{f16_at, kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8};
+use crate::DType;
 
 fn idot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
     w.zip(a).map(|(x, &y)| x * y as i32).sum()
@@ -73,7 +74,7 @@ impl LegacyKind {
     }
 }
 
-/// Unpacks a 4/5-bit legacy row into [`BlockU8`]s: `w = d·u + m` with unsigned `u`.
+/// Unpacks a 4/5-bit legacy row into [`BlockU8`]s (see its docs for the form).
 pub(crate) fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
     let off = match kind {
         LegacyKind::Q4_0 => 8,
@@ -86,16 +87,12 @@ pub(crate) fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
             *u = (v + off) as u8;
         }
         o.d = f16_at(b, 0);
-        o.m = if kind.has_min() {
-            f16_at(b, 2)
-        } else {
-            -(off as f32) * o.d
-        };
+        o.m = if kind.has_min() { f16_at(b, 2) } else { 0.0 };
     }
 }
 
 /// Unpacks a Q4_K (`five == false`) or Q5_K row into [`BlockU8`]s, one per 32-element
-/// sub-block: `w = (d·sc)·u + (-dmin·mn)`.
+/// sub-block (see its docs for the form).
 pub(crate) fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
     let bb = if five { 176 } else { 144 };
     for (b, o) in w.chunks_exact(bb).zip(out.chunks_exact_mut(8)) {
@@ -111,25 +108,51 @@ pub(crate) fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
                 }
                 o.u[l] = u;
             }
-            o.d = d * sc[j] as f32;
-            o.m = -dmin * mn[j] as f32;
+            (o.d, o.m, o.sc, o.mn) = (d, dmin, sc[j], mn[j]);
         }
     }
 }
 
-/// Σ w·x of a repacked row with one token (`t`) of interleaved activation blocks.
-pub(crate) fn dot_u8_g8(w: &[BlockU8], g: &[BlockQ8x8], t: usize) -> f32 {
-    let mut sum = 0.0f32;
-    for (b, ab) in w.iter().zip(g) {
-        let mut isum = 0i32;
-        for j in 0..8 {
-            for u in 0..4 {
-                isum += b.u[4 * j + u] as i32 * ab.qs[32 * j + 4 * t + u] as i32;
+/// Σ w·x of an unpacked row with one token (`t`) of interleaved activation blocks, in the
+/// canonical order (per block, or per super-block for the k-quants: the exact integer dot,
+/// then one fused multiply-add per scale).
+pub(crate) fn dot_u8_g8(dtype: DType, w: &[BlockU8], g: &[BlockQ8x8], t: usize) -> f32 {
+    let idot = |b: &BlockU8, ab: &BlockQ8x8| -> i32 {
+        (0..8)
+            .flat_map(|j| (0..4).map(move |u| (j, u)))
+            .map(|(j, u)| b.u[4 * j + u] as i32 * ab.qs[32 * j + 4 * t + u] as i32)
+            .sum()
+    };
+    let mut acc = 0.0f32;
+    match dtype {
+        DType::Q4_K | DType::Q5_K => {
+            for (wb, gb) in w.chunks_exact(8).zip(g.chunks_exact(8)) {
+                let (mut isum, mut msum) = (0i32, 0i32);
+                for (b, ab) in wb.iter().zip(gb) {
+                    isum += b.sc as i32 * idot(b, ab);
+                    msum += b.mn as i32 * ab.sum[t];
+                }
+                let da = gb[0].d[t];
+                acc = (isum as f32).mul_add(wb[0].d * da, acc);
+                acc = (-(msum as f32)).mul_add(wb[0].m * da, acc);
             }
         }
-        sum += b.d * ab.d[t] * isum as f32 + b.m * ab.s[t];
+        _ => {
+            let off = match dtype {
+                DType::Q4_0 => 8,
+                DType::Q5_0 => 16,
+                _ => 0,
+            };
+            for (b, ab) in w.iter().zip(g) {
+                let isum = idot(b, ab) - off * ab.sum[t];
+                acc = (isum as f32).mul_add(b.d * ab.d[t], acc);
+                if off == 0 {
+                    acc = b.m.mul_add(ab.s[t], acc);
+                }
+            }
+        }
     }
-    sum
+    acc
 }
 
 /// Σ w·x for a legacy-type row against Q8_32 activations.

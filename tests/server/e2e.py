@@ -130,6 +130,17 @@ r = client.chat.completions.create(model=model, messages=messages, max_tokens=48
 m = r.choices[0].message
 check("chat answers", m.role == "assistant" and len(m.content) > 0, r)
 check("chat prompt uses the template", r.choices[0].model_extra["prompt_token_ids"][:1] != [], r)
+# The server renders the template exactly as `kiln chat` does (one path, the tokenizer crate's),
+# and greedy answers agree.
+cli = json.loads(subprocess.run([KILN, "chat", "-m", MODEL_PATH, "--json", "-n", "8",
+                                 "--system", messages[0]["content"]],
+                                input=messages[1]["content"] + "\n", check=True,
+                                capture_output=True, text=True).stdout.splitlines()[0])
+check("chat prompt ids equal kiln chat's",
+      r.choices[0].model_extra["prompt_token_ids"] == cli["prompt_token_ids"],
+      f"{r.choices[0].model_extra['prompt_token_ids']} vs {cli['prompt_token_ids']}")
+check("chat greedy equals kiln chat", r.choices[0].model_extra["token_ids"][:8] == cli["token_ids"],
+      f"{r.choices[0].model_extra['token_ids']} vs {cli['token_ids']}")
 text = ""
 for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=48, temperature=0,
                                             stream=True):

@@ -43,6 +43,19 @@ pub trait Vocab: Send + Sync {
     /// Tokens that end generation.
     fn eos_ids(&self) -> Vec<u32>;
     fn bos_id(&self) -> Option<u32>;
+    /// BOS as chat templates receive it (`bos_token`; empty when there is none).
+    fn bos_token(&self) -> String {
+        self.bos_id()
+            .map(|i| self.decode(&[i], false))
+            .unwrap_or_default()
+    }
+    /// EOS as chat templates receive it (`eos_token`; empty when there is none).
+    fn eos_token(&self) -> String {
+        self.eos_ids()
+            .first()
+            .map(|&i| self.decode(&[i], false))
+            .unwrap_or_default()
+    }
 }
 
 impl Vocab for Tokenizer {
@@ -60,6 +73,12 @@ impl Vocab for Tokenizer {
     }
     fn bos_id(&self) -> Option<u32> {
         Tokenizer::bos_id(self)
+    }
+    fn bos_token(&self) -> String {
+        Tokenizer::bos_token(self)
+    }
+    fn eos_token(&self) -> String {
+        Tokenizer::eos_token(self)
     }
 }
 

@@ -240,7 +240,7 @@ impl ChatRequest {
     }
 
     /// The messages as plain text, for the template.
-    pub fn template_messages(&self) -> Result<Vec<crate::chat::TemplateMessage>, ApiError> {
+    pub fn template_messages(&self) -> Result<Vec<kiln_tokenizer::ChatMessage>, ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid("`messages` is empty").param("messages"));
         }
@@ -265,7 +265,7 @@ impl ChatRequest {
                         s
                     }
                 };
-                Ok(crate::chat::TemplateMessage {
+                Ok(kiln_tokenizer::ChatMessage {
                     role: m.role.clone(),
                     content,
                 })

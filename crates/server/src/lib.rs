@@ -14,7 +14,6 @@
 //! ```
 
 pub mod api;
-pub mod chat;
 pub mod error;
 
 use std::collections::BTreeMap;
@@ -34,6 +33,7 @@ use axum::{Json, Router};
 use kiln_engine::openai;
 use kiln_engine::scheduler::{self, Event, Scheduler, SubmitError, Ticket, Vocab};
 use kiln_engine::{Completion, EngineError, GenerateParams, TokenLogprob};
+use kiln_tokenizer::{render_chat_template, CHATML};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
@@ -581,12 +581,11 @@ async fn chat_completions(
     let (mut params, max) = req.params(st.fresh_seed())?;
     let n = req.common.n()?;
     let messages = req.template_messages()?;
-    let special = |id: Option<u32>| id.map(|i| st.vocab.decode(&[i], false)).unwrap_or_default();
-    let bos = special(st.vocab.bos_id());
-    let eos = special(st.eos.first().copied());
-    let template = st.chat_template.as_deref().unwrap_or(chat::CHATML);
-    let text = chat::render(template, &messages, true, &bos, &eos)
-        .map_err(|e| ApiError::invalid(e).param("messages"))?;
+    // The same rendering as `kiln chat` (the tokenizer crate's), ChatML when the model has none.
+    let bos = st.vocab.bos_token();
+    let template = st.chat_template.as_deref().unwrap_or(CHATML);
+    let text = render_chat_template(template, &messages, true, &bos, &st.vocab.eos_token())
+        .map_err(|e| ApiError::invalid(e.to_string()).param("messages"))?;
     // The template writes BOS itself when the model wants one.
     let add_special = bos.is_empty() || !text.starts_with(&bos);
     let prompt = st

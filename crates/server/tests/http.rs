@@ -519,6 +519,46 @@ async fn disconnect_mid_stream_frees_the_slot() {
 }
 
 #[tokio::test]
+async fn disconnect_while_waiting_for_a_non_stream_answer_frees_the_slot() {
+    // The load test (tests/server/load.py) also drops clients that wait for a whole answer.
+    let s = start_fake(
+        SchedulerConfig {
+            context: 4096,
+            ..cfg(1, 4)
+        },
+        opts(),
+        Duration::from_millis(2),
+    )
+    .await;
+    let url = s.url("/v1/completions");
+    // At 2 ms a step this answer needs 8 s; the client gives up long before (it drops the
+    // connection on its timeout), while its request runs.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(&url)
+        .json(&json!({"prompt": "abc", "max_tokens": 4000, "ignore_eos": true}))
+        .send()
+        .await;
+    assert!(r.is_err_and(|e| e.is_timeout()));
+    // The only slot is free again: another request runs to its end.
+    let c = reqwest::Client::new();
+    let (st, v) = post(
+        &c,
+        &s.url("/v1/chat/completions"),
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "ignore_eos": true}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let stats = s.state.scheduler.stats();
+    assert_eq!((stats.cancelled, stats.finished), (1, 1));
+    assert!(stats.generated_tokens < 4000);
+    assert_eq!(stats.running + stats.queued, 0);
+}
+
+#[tokio::test]
 async fn shutdown_drains_open_streams() {
     let mut s = start_fake(cfg(2, 4), opts(), Duration::from_millis(1)).await;
     let c = reqwest::Client::new();

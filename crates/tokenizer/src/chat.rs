@@ -22,6 +22,9 @@ impl ChatMessage {
     }
 }
 
+/// ChatML, for models that ship no template (llama.cpp falls back to it too).
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
 fn raise_exception(msg: String) -> std::result::Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
@@ -311,6 +314,35 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    fn msgs() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ]
+    }
+
+    #[test]
+    fn chatml_fallback() {
+        let s = render_chat_template(CHATML, &msgs(), true, "", "").unwrap();
+        assert_eq!(
+            s,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let s = render_chat_template(CHATML, &msgs(), false, "", "").unwrap();
+        assert!(s.ends_with("Hi<|im_end|>\n"), "{s}");
+    }
+
+    #[test]
+    fn python_methods_and_raise_exception() {
+        let t = "{{ bos_token }}{% for m in messages %}{% if m.role not in ['system', 'user'] %}{{ raise_exception('bad role') }}{% endif %}[{{ m.role.upper() }}] {{ m.content.strip() }}\n{% endfor %}";
+        let s = render_chat_template(t, &msgs(), true, "<s>", "</s>").unwrap();
+        assert_eq!(s, "<s>[SYSTEM] Be brief.\n[USER] Hi\n");
+        let mut bad = msgs();
+        bad[0].role = "tool".into();
+        let e = render_chat_template(t, &bad, true, "<s>", "</s>").unwrap_err();
+        assert!(e.to_string().contains("bad role"), "{e}");
     }
 
     #[test]

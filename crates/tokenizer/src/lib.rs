@@ -34,7 +34,7 @@ use crate::sentencepiece::SpModel;
 use crate::tiktoken::Tiktoken;
 use crate::vocab::{attr, Frag, Vocab};
 
-pub use chat::{llama2_chat_prompt, render_chat_template, ChatMessage};
+pub use chat::{llama2_chat_prompt, render_chat_template, ChatMessage, CHATML};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {

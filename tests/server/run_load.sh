@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Load test of `kiln serve` (loopback only): builds kiln, starts the server on a small real model,
+# runs load.py (64 clients, 500 requests mixing streams, disconnects and malformed bodies), and
+# stops the server. Usage: tests/server/run_load.sh [MODEL] [load.py options]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODEL="${1:-$HOME/.cache/kiln/models/gemma-3-270m-q4_k_m.gguf}"
+shift || true
+if [ ! -f "$MODEL" ]; then
+    echo "run_load.sh: model $MODEL is missing (shared/scripts/fetch-models.sh fetches it)" >&2
+    exit 1
+fi
+cargo build --release -p kiln-cli
+KILN="$PWD/target/release/kiln"
+PORT="${KILN_LOAD_PORT:-18090}"
+KEY="load-$RANDOM$RANDOM"
+SLOTS=4
+CTX=256
+MAX_BODY=65536
+ALIAS=load-model
+LOG="$(mktemp)"
+"$KILN" serve -m "$MODEL" --port "$PORT" --parallel "$SLOTS" --ctx-size "$CTX" --max-queue 1024 \
+    --max-body "$MAX_BODY" --alias "$ALIAS" --api-key "$KEY" >"$LOG" 2>&1 &
+PID=$!
+cleanup() {
+    kill -TERM "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    rm -f "$LOG"
+}
+trap cleanup EXIT
+for _ in $(seq 1 600); do
+    if curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then break; fi
+    if ! kill -0 "$PID" 2>/dev/null; then cat "$LOG" >&2; exit 1; fi
+    sleep 0.5
+done
+status=0
+python3 tests/server/load.py "http://127.0.0.1:$PORT" "$KEY" "$PID" "$ALIAS" "$CTX" "$MAX_BODY" \
+    --slots "$SLOTS" ${KILN_ISA:+--exact} "$@" || status=$?
+if ! kill -0 "$PID" 2>/dev/null; then
+    echo "run_load.sh: the server died during the load" >&2
+    cat "$LOG" >&2
+    exit 1
+fi
+# SIGTERM still drains and exits cleanly after the load.
+kill -TERM "$PID"
+wait "$PID" || { echo "run_load.sh: unclean exit" >&2; cat "$LOG" >&2; exit 1; }
+if [ "$status" -ne 0 ]; then cat "$LOG" >&2; fi
+exit "$status"

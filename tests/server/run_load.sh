@@ -35,7 +35,7 @@ for _ in $(seq 1 600); do
 done
 status=0
 python3 tests/server/load.py "http://127.0.0.1:$PORT" "$KEY" "$PID" "$ALIAS" "$CTX" "$MAX_BODY" \
-    --slots "$SLOTS" ${KILN_ISA:+--exact} "$@" || status=$?
+    --slots "$SLOTS" --exact "$@" || status=$?
 if ! kill -0 "$PID" 2>/dev/null; then
     echo "run_load.sh: the server died during the load" >&2
     cat "$LOG" >&2

@@ -151,6 +151,29 @@ pub fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
     reference::dot_f16(a, b)
 }
 
+/// Σ a·b of an f32 vector and an f16 one (a query against f16 keys), in f32 with the same
+/// lane structure as [`dot_f16`]: 4 × 8 fused multiply-add lanes, summed pairwise, tail in f64.
+pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        return unsafe { crate::ops_avx2::dot_f32_f16(a, b) };
+    }
+    reference::dot_f32_f16(a, b)
+}
+
+/// `y[i] += a · x[i]` with f16 `x` (attention's weighted sum over f16 values), one fused
+/// multiply-add per element.
+pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
+    assert_eq!(y.len(), x.len(), "axpy_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::axpy_f16(y, a, x) };
+        return;
+    }
+    reference::axpy_f16(y, a, x)
+}
+
 /// `y[i] = f16(y[i] + x[i]·v)` with one rounding of the fused multiply-add to f16
 /// (ggml's `ggml_vec_mad_f16`, the f16 accumulator of its flash attention).
 pub fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
@@ -280,6 +303,34 @@ pub mod reference {
             sum += (h(a[k]) * h(b[k])) as f64;
         }
         sum as f32
+    }
+
+    pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+        let h = |v: u16| f16::from_bits(v).to_f32();
+        let body = a.len() / 32 * 32;
+        let mut acc = [[0.0f32; 8]; 4];
+        for i in (0..body).step_by(32) {
+            for (j, lanes) in acc.iter_mut().enumerate() {
+                for (l, s) in lanes.iter_mut().enumerate() {
+                    let k = i + 8 * j + l;
+                    *s = a[k].mul_add(h(b[k]), *s);
+                }
+            }
+        }
+        let r: [f32; 8] =
+            std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+        let t: [f32; 4] = std::array::from_fn(|k| r[k] + r[k + 4]);
+        let mut sum = ((t[0] + t[1]) + (t[2] + t[3])) as f64;
+        for k in body..a.len() {
+            sum += (a[k] * h(b[k])) as f64;
+        }
+        sum as f32
+    }
+
+    pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
+        for (v, &b) in y.iter_mut().zip(x) {
+            *v = a.mul_add(f16::from_bits(b).to_f32(), *v);
+        }
     }
 
     pub fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {

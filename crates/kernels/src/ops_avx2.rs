@@ -441,3 +441,48 @@ pub(crate) unsafe fn scale_f16(y: &mut [u16], v: f32) {
     }
     crate::ops::reference::scale_f16(&mut y[c..n], v);
 }
+
+/// `ops::dot_f32_f16`; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    let body = n / 32 * 32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < body {
+        for (j, s) in acc.iter_mut().enumerate() {
+            *s = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8 * j)),
+                load_f16(pb.add(i + 8 * j)),
+                *s,
+            );
+        }
+        i += 32;
+    }
+    let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+    let t1 = _mm_hadd_ps(t0, t0);
+    let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
+    for k in body..n {
+        sum += (a[k] * half::f16::from_bits(b[k]).to_f32()) as f64;
+    }
+    sum as f32
+}
+
+/// `ops::axpy_f16`; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
+    let n = y.len().min(x.len());
+    let av = _mm256_set1_ps(a);
+    let mut c = 0;
+    while c + 8 <= n {
+        let p = y.as_mut_ptr().add(c);
+        _mm256_storeu_ps(
+            p,
+            _mm256_fmadd_ps(av, load_f16(x.as_ptr().add(c)), _mm256_loadu_ps(p)),
+        );
+        c += 8;
+    }
+    crate::ops::reference::axpy_f16(&mut y[c..n], a, &x[c..n]);
+}

@@ -260,3 +260,37 @@ fn ggml_gelu_uses_the_f16_table_and_is_bit_identical_to_scalar() {
         }
     }
 }
+
+#[test]
+fn mixed_f32_f16_dot_and_axpy_are_bit_identical_to_scalar_and_match_definition() {
+    let mut rng = Rng::new(13);
+    for n in [1, 7, 8, 31, 32, 33, 64, 100, 256] {
+        let a = rng.vec(n);
+        let h = f16_bits(&rng.vec(n));
+        let d = ops::dot_f32_f16(&a, &h);
+        assert_eq!(
+            d.to_bits(),
+            reference::dot_f32_f16(&a, &h).to_bits(),
+            "n={n}"
+        );
+        let hw = widen(&h);
+        let want: f64 = a.iter().zip(&hw).map(|(x, y)| *x as f64 * y).sum();
+        let mag: f64 = a.iter().zip(&hw).map(|(x, y)| (*x as f64 * y).abs()).sum();
+        assert!(
+            (d as f64 - want).abs() <= 1e-6 * mag + 1e-9,
+            "dot_f32_f16 {d} vs {want}"
+        );
+        let y0 = rng.vec(n);
+        let mut y = y0.clone();
+        ops::axpy_f16(&mut y, 0.3, &h);
+        let mut r = y0.clone();
+        reference::axpy_f16(&mut r, 0.3, &h);
+        assert_eq!(y, r, "axpy_f16 n={n}");
+        let want: Vec<f64> = y0
+            .iter()
+            .zip(&hw)
+            .map(|(v, x)| *v as f64 + 0.3 * x)
+            .collect();
+        close(&y, &want, 1e-6, 1e-6, "axpy_f16");
+    }
+}

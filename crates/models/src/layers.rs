@@ -237,7 +237,6 @@ struct AttnScratch {
     scores: Vec<f32>,
     q16: Vec<u16>,
     acc16: Vec<u16>,
-    kv: Vec<f32>,
 }
 
 thread_local! {
@@ -340,7 +339,7 @@ fn attend_f32(
     }
 }
 
-/// [`attend_f32`] over f16 keys/values widened to f32.
+/// [`attend_f32`] over f16 keys/values widened to f32 as they are read.
 fn attend_f16_widened(
     qh: &[f32],
     keys: &[u16],
@@ -352,13 +351,10 @@ fn attend_f16_widened(
 ) {
     let hd = qh.len();
     let end = keys.len() / hd;
-    let mut kv = std::mem::take(&mut scratch.kv);
-    kv.resize(hd, 0.0);
     let scores = &mut scratch.scores;
     scores.clear();
     for j in lo..end {
-        ops::f16_to_f32(&keys[j * hd..(j + 1) * hd], &mut kv);
-        let mut sc = kiln_kernels::matmul::dot_f32(qh, &kv) * shape.scale;
+        let mut sc = ops::dot_f32_f16(qh, &keys[j * hd..(j + 1) * hd]) * shape.scale;
         if let Some(cap) = shape.softcap {
             sc = (sc / cap).tanh() * cap;
         }
@@ -367,10 +363,8 @@ fn attend_f16_widened(
     ops::softmax(scores);
     o.fill(0.0);
     for (&w, j) in scores.iter().zip(lo..end) {
-        ops::f16_to_f32(&values[j * hd..(j + 1) * hd], &mut kv);
-        ops::axpy(o, w, &kv);
+        ops::axpy_f16(o, w, &values[j * hd..(j + 1) * hd]);
     }
-    scratch.kv = kv;
 }
 
 /// ggml's one-row flash-attention kernel (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`

@@ -243,20 +243,17 @@ thread_local! {
     static ATTN: RefCell<AttnScratch> = RefCell::new(AttnScratch::default());
 }
 
-/// ggml's CPU flash attention takes its one-query-row kernel for passes of fewer query tokens
-/// than this and its tiled kernel (f32 throughout) from here on (`GGML_FA_TILE_Q`).
-const GGML_FA_TILE_Q: usize = 64;
-
 /// Causal (optionally sliding-window) attention of every batch token over its own
 /// sequence's cache. `q` has one row of `n_heads × head_dim` per token; so has `out`.
 ///
 /// An f32 cache is attended in f32 (scores, softmax, weighted sum), as transformers does. An
-/// f16 cache under [`Numerics::Ggml`] is attended as llama.cpp's CPU flash attention does it:
-/// for a pass of fewer than 64 tokens of the sequence (decode, short prompts) the query is
-/// rounded to f16, scores are f16·f16 dot products accumulated in f32, and the softmax is
-/// online with the weighted sum of values accumulated in f16 (rescaled on every new maximum);
-/// longer passes read the f16 keys and values as f32 and accumulate in f32, like ggml's tiled
-/// kernel. An f16 cache under [`Numerics::Exact`] takes the f32 path on the widened values.
+/// f16 cache under [`Numerics::Ggml`] is attended as llama.cpp's CPU flash attention attends
+/// one query row: the query rounded to f16, scores as f16·f16 dot products accumulated in f32,
+/// and an online softmax whose weighted sum of values is accumulated in f16 (rescaled on every
+/// new maximum). ggml switches to an f32 tiled kernel for batches of 64 or more query rows;
+/// kiln keeps the one-row arithmetic for every row, so that a token's result never depends on
+/// how its prompt was split into passes or on its batch-mates. An f16 cache under
+/// [`Numerics::Exact`] is widened to f32 as it is read and attended in f32.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
@@ -297,7 +294,7 @@ pub fn attention(
                 match batch[s].cache.view(layer, h / group, pos + 1) {
                     HeadView::F32 { k, v } => attend_f32(qh, k, v, lo, shape, &mut scratch, o),
                     HeadView::F16 { k, v } => {
-                        if numerics == Numerics::Ggml && layout.n_tokens[s] < GGML_FA_TILE_Q {
+                        if numerics == Numerics::Ggml {
                             attend_f16_ggml(qh, k, v, lo, shape, &mut scratch, o)
                         } else {
                             attend_f16_widened(qh, k, v, lo, shape, &mut scratch, o)

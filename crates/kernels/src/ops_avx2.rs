@@ -217,21 +217,14 @@ pub(crate) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// round-half-away-from-zero of 8 lanes (exactly like `act::round_away`), as i32.
+/// Round-half-to-even of 8 lanes (exactly like `act::round_even`), as i32.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn round_away8(p: __m256) -> __m256i {
-    let t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    let frac = _mm256_sub_ps(p, t);
-    let up = _mm256_and_ps(
-        _mm256_cmp_ps(frac, _mm256_set1_ps(0.5), _CMP_GE_OQ),
-        _mm256_set1_ps(1.0),
-    );
-    let down = _mm256_and_ps(
-        _mm256_cmp_ps(frac, _mm256_set1_ps(-0.5), _CMP_LE_OQ),
-        _mm256_set1_ps(1.0),
-    );
-    _mm256_cvttps_epi32(_mm256_sub_ps(_mm256_add_ps(t, up), down))
+unsafe fn round_even8(p: __m256) -> __m256i {
+    _mm256_cvtps_epi32(_mm256_round_ps(
+        p,
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    ))
 }
 
 /// Packs 4 × 8 i32 (each in -128..=127) into 32 i8 in order.
@@ -260,17 +253,17 @@ pub(crate) unsafe fn quantize_q8_32(x: &[f32], out: &mut [crate::quant::BlockQ8_
         let m23 = _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3]));
         let amax = hmax(_mm256_max_ps(m01, m23));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let idv = _mm256_set1_ps(id);
-        let q = [0, 1, 2, 3].map(|k| round_away8(_mm256_mul_ps(v[k], idv)));
+        let q = [0, 1, 2, 3].map(|k| round_even8(_mm256_mul_ps(v[k], idv)));
         let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
         let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
         let sum = _mm_cvtsi128_si32(s);
         _mm256_storeu_si256(o.qs.as_mut_ptr() as *mut __m256i, pack32(q));
-        o.d = d;
-        o.s = d * sum as f32;
+        o.d = crate::quant::act::round_f16(d);
+        o.s = o.d * sum as f32;
     }
 }
 
@@ -309,7 +302,7 @@ pub(crate) unsafe fn quantize_q8_k(x: &[f32], out: &mut [crate::quant::BlockQ8K]
         for c in 0..8 {
             let q = [0, 1, 2, 3].map(|k| {
                 _mm256_min_epi32(
-                    round_away8(_mm256_mul_ps(iv, _mm256_loadu_ps(p.add(32 * c + 8 * k)))),
+                    round_even8(_mm256_mul_ps(iv, _mm256_loadu_ps(p.add(32 * c + 8 * k)))),
                     lim,
                 )
             });
@@ -324,4 +317,172 @@ pub(crate) unsafe fn quantize_q8_k(x: &[f32], out: &mut [crate::quant::BlockQ8K]
         }
         o.d = 1.0 / iscale;
     }
+}
+
+/// `ops::gelu_tanh_mul_ggml`: f16 rounding by F16C, table lookups, f16 → f32 by F16C;
+/// bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gelu_tanh_mul_ggml(gate: &mut [f32], up: &[f32], table: &[u16]) {
+    let n = gate.len().min(up.len());
+    let lo = _mm256_set1_ps(-10.0);
+    let hi = _mm256_set1_ps(10.0);
+    let mut c = 0;
+    let mut idx = [0u16; 8];
+    let mut val = [0u16; 8];
+    while c + 8 <= n {
+        let p = gate.as_mut_ptr().add(c);
+        let x = _mm256_loadu_ps(p);
+        let u = _mm256_loadu_ps(up.as_ptr().add(c));
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+        _mm_storeu_si128(idx.as_mut_ptr() as *mut __m128i, h);
+        for (v, &i) in val.iter_mut().zip(&idx) {
+            *v = *table.get_unchecked(i as usize);
+        }
+        let g = _mm256_cvtph_ps(_mm_loadu_si128(val.as_ptr() as *const __m128i));
+        let mut y = _mm256_mul_ps(g, u);
+        y = _mm256_blendv_ps(y, _mm256_mul_ps(x, u), _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
+        y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LE_OQ));
+        _mm256_storeu_ps(p, y);
+        c += 8;
+    }
+    crate::ops::reference::gelu_tanh_mul_ggml(&mut gate[c..n], &up[c..n]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let mut c = 0;
+    while c + 8 <= n {
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(c)));
+        _mm_storeu_si128(dst.as_mut_ptr().add(c) as *mut __m128i, h);
+        c += 8;
+    }
+    crate::ops::reference::f32_to_f16(&src[c..n], &mut dst[c..n]);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len());
+    let mut c = 0;
+    while c + 8 <= n {
+        let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(c) as *const __m128i));
+        _mm256_storeu_ps(dst.as_mut_ptr().add(c), v);
+        c += 8;
+    }
+    crate::ops::reference::f16_to_f32(&src[c..n], &mut dst[c..n]);
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_f16(p: *const u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_f16(p: *mut u16, v: __m256) {
+    _mm_storeu_si128(
+        p as *mut __m128i,
+        _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
+    );
+}
+
+/// `ops::dot_f16` (ggml's AVX2 order); bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    let body = n / 32 * 32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < body {
+        for (j, s) in acc.iter_mut().enumerate() {
+            *s = _mm256_fmadd_ps(load_f16(pa.add(i + 8 * j)), load_f16(pb.add(i + 8 * j)), *s);
+        }
+        i += 32;
+    }
+    let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+    let t1 = _mm_hadd_ps(t0, t0);
+    let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
+    for k in body..n {
+        sum += (half::f16::from_bits(a[k]).to_f32() * half::f16::from_bits(b[k]).to_f32()) as f64;
+    }
+    sum as f32
+}
+
+/// `ops::mad_f16`; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
+    let n = y.len().min(x.len());
+    let vv = _mm256_set1_ps(v);
+    let mut c = 0;
+    while c + 8 <= n {
+        let py = y.as_mut_ptr().add(c);
+        store_f16(
+            py,
+            _mm256_fmadd_ps(load_f16(x.as_ptr().add(c)), vv, load_f16(py)),
+        );
+        c += 8;
+    }
+    crate::ops::reference::mad_f16(&mut y[c..n], &x[c..n], v);
+}
+
+/// `ops::scale_f16`; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn scale_f16(y: &mut [u16], v: f32) {
+    let n = y.len();
+    let vv = _mm256_set1_ps(v);
+    let mut c = 0;
+    while c + 8 <= n {
+        let py = y.as_mut_ptr().add(c);
+        store_f16(py, _mm256_mul_ps(load_f16(py), vv));
+        c += 8;
+    }
+    crate::ops::reference::scale_f16(&mut y[c..n], v);
+}
+
+/// `ops::dot_f32_f16`; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    let body = n / 32 * 32;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < body {
+        for (j, s) in acc.iter_mut().enumerate() {
+            *s = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8 * j)),
+                load_f16(pb.add(i + 8 * j)),
+                *s,
+            );
+        }
+        i += 32;
+    }
+    let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    let t0 = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+    let t1 = _mm_hadd_ps(t0, t0);
+    let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
+    for k in body..n {
+        sum += (a[k] * half::f16::from_bits(b[k]).to_f32()) as f64;
+    }
+    sum as f32
+}
+
+/// `ops::axpy_f16`; bit-identical to the scalar version.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
+    let n = y.len().min(x.len());
+    let av = _mm256_set1_ps(a);
+    let mut c = 0;
+    while c + 8 <= n {
+        let p = y.as_mut_ptr().add(c);
+        _mm256_storeu_ps(
+            p,
+            _mm256_fmadd_ps(av, load_f16(x.as_ptr().add(c)), _mm256_loadu_ps(p)),
+        );
+        c += 8;
+    }
+    crate::ops::reference::axpy_f16(&mut y[c..n], a, &x[c..n]);
 }

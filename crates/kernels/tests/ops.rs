@@ -136,3 +136,161 @@ fn axpy_and_dot_match_definition() {
         assert!((ops::dot(&x, &y) as f64 - d).abs() <= 1e-6 * mag);
     }
 }
+
+fn f16_bits(x: &[f32]) -> Vec<u16> {
+    x.iter()
+        .map(|&v| half::f16::from_f32(v).to_bits())
+        .collect()
+}
+
+fn widen(h: &[u16]) -> Vec<f64> {
+    h.iter()
+        .map(|&b| half::f16::from_bits(b).to_f32() as f64)
+        .collect()
+}
+
+#[test]
+fn f16_helpers_are_bit_identical_to_scalar_and_match_definition() {
+    let mut rng = Rng::new(11);
+    for n in [1, 7, 8, 31, 32, 33, 64, 100, 256, 4864] {
+        let x: Vec<f32> = rng.vec(n).iter().map(|v| v * 3.0).collect();
+        let y: Vec<f32> = rng.vec(n);
+        // conversions: round to nearest even, both ways exact where representable
+        let mut h = vec![0u16; n];
+        ops::f32_to_f16(&x, &mut h);
+        assert_eq!(h, f16_bits(&x), "f32_to_f16");
+        let mut r = vec![0u16; n];
+        reference::f32_to_f16(&x, &mut r);
+        assert_eq!(h, r, "reference::f32_to_f16");
+        let mut back = vec![0.0f32; n];
+        ops::f16_to_f32(&h, &mut back);
+        close(&back, &widen(&h), 0.0, 0.0, "f16_to_f32");
+
+        let hy = f16_bits(&y);
+        // dot: the SIMD order is ggml's, and the scalar reference reproduces it exactly
+        let d = ops::dot_f16(&h, &hy);
+        assert_eq!(
+            d.to_bits(),
+            reference::dot_f16(&h, &hy).to_bits(),
+            "dot_f16 n={n}"
+        );
+        let want: f64 = widen(&h).iter().zip(widen(&hy)).map(|(a, b)| a * b).sum();
+        let mag: f64 = widen(&h)
+            .iter()
+            .zip(widen(&hy))
+            .map(|(a, b)| (a * b).abs())
+            .sum();
+        assert!(
+            (d as f64 - want).abs() <= 1e-6 * mag + 1e-9,
+            "dot_f16 {d} vs {want}"
+        );
+
+        // mad and scale: one rounding to f16 of the f32 result
+        for v in [0.37f32, -1.5, 1e-3] {
+            let mut a = hy.clone();
+            ops::mad_f16(&mut a, &h, v);
+            let mut b = hy.clone();
+            reference::mad_f16(&mut b, &h, v);
+            assert_eq!(a, b, "mad_f16 n={n}");
+            let want: Vec<f64> = widen(&hy)
+                .iter()
+                .zip(widen(&h))
+                .map(|(y, x)| y + x * v as f64)
+                .collect();
+            close(&widen_f32(&a), &want, 1e-3, 1e-7, "mad_f16");
+            let mut a = hy.clone();
+            ops::scale_f16(&mut a, v);
+            let mut b = hy.clone();
+            reference::scale_f16(&mut b, v);
+            assert_eq!(a, b, "scale_f16 n={n}");
+            let want: Vec<f64> = widen(&hy).iter().map(|y| y * v as f64).collect();
+            close(&widen_f32(&a), &want, 1e-3, 1e-7, "scale_f16");
+        }
+    }
+}
+
+fn widen_f32(h: &[u16]) -> Vec<f32> {
+    h.iter()
+        .map(|&b| half::f16::from_bits(b).to_f32())
+        .collect()
+}
+
+#[test]
+fn ggml_gelu_uses_the_f16_table_and_is_bit_identical_to_scalar() {
+    let mut rng = Rng::new(12);
+    for n in [1, 7, 8, 64, 100, 2048] {
+        let mut x: Vec<f32> = rng.vec(n).iter().map(|v| v * 6.0).collect();
+        for (i, v) in [-10.0f32, 10.0, -10.5, 12.0, 9.99, -9.99, 0.0, 1e-4]
+            .iter()
+            .enumerate()
+        {
+            if i < n {
+                x[i] = *v;
+            }
+        }
+        let up = rng.vec(n);
+        let mut got = x.clone();
+        ops::gelu_tanh_mul_ggml(&mut got, &up);
+        let mut r = x.clone();
+        reference::gelu_tanh_mul_ggml(&mut r, &up);
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            r.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "gelu_tanh_mul_ggml n={n}"
+        );
+        for ((&g, &xi), &u) in got.iter().zip(&x).zip(&up) {
+            let want = if xi <= -10.0 {
+                0.0
+            } else if xi >= 10.0 {
+                xi * u
+            } else {
+                // the table's value for the f16-rounded input, itself rounded to f16
+                let xh = half::f16::from_f32(xi).to_f32();
+                half::f16::from_f32(ops::gelu_tanh(xh)).to_f32() * u
+            };
+            let exact = ops::gelu_tanh(xi) * u;
+            assert!(
+                (g - want).abs() <= 2e-3 * want.abs() + 1e-6,
+                "gelu({xi}) * {u}: {g} vs {want}"
+            );
+            assert!(
+                (g - exact).abs() <= 4e-3 * exact.abs() + 1e-3 * u.abs(),
+                "gelu({xi}) * {u}: {g} vs exact {exact}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mixed_f32_f16_dot_and_axpy_are_bit_identical_to_scalar_and_match_definition() {
+    let mut rng = Rng::new(13);
+    for n in [1, 7, 8, 31, 32, 33, 64, 100, 256] {
+        let a = rng.vec(n);
+        let h = f16_bits(&rng.vec(n));
+        let d = ops::dot_f32_f16(&a, &h);
+        assert_eq!(
+            d.to_bits(),
+            reference::dot_f32_f16(&a, &h).to_bits(),
+            "n={n}"
+        );
+        let hw = widen(&h);
+        let want: f64 = a.iter().zip(&hw).map(|(x, y)| *x as f64 * y).sum();
+        let mag: f64 = a.iter().zip(&hw).map(|(x, y)| (*x as f64 * y).abs()).sum();
+        assert!(
+            (d as f64 - want).abs() <= 1e-6 * mag + 1e-9,
+            "dot_f32_f16 {d} vs {want}"
+        );
+        let y0 = rng.vec(n);
+        let mut y = y0.clone();
+        ops::axpy_f16(&mut y, 0.3, &h);
+        let mut r = y0.clone();
+        reference::axpy_f16(&mut r, 0.3, &h);
+        assert_eq!(y, r, "axpy_f16 n={n}");
+        let want: Vec<f64> = y0
+            .iter()
+            .zip(&hw)
+            .map(|(v, x)| *v as f64 + 0.3 * x)
+            .collect();
+        close(&y, &want, 1e-6, 1e-6, "axpy_f16");
+    }
+}

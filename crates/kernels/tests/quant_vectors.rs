@@ -126,6 +126,38 @@ fn simd_activation_quantisation_is_bit_identical_to_scalar() {
     assert_eq!(a[0].d, 0.0);
 }
 
+/// The activation blocks are ggml's: the 32-element scale is stored as f16 and values are
+/// scaled by `127 / max` and rounded half to even (ggml's x86 `quantize_row_q8_0`); Q8_K rounds
+/// `-127 / max · x` half to even (`nearest_int`).
+#[test]
+fn activation_blocks_follow_ggml() {
+    use kiln_kernels::quant::act::{quantize_q8_32_scalar, quantize_q8_k_scalar};
+    use kiln_kernels::quant::{quantize_q8_k, BlockQ8K};
+    // max 127: the multiplier is exactly 1, so these are ties
+    let mut x = vec![0.0f32; 64];
+    x[..6].copy_from_slice(&[127.0, 0.5, 1.5, 2.5, -2.5, -3.5]);
+    // second block: max 1, scale 1/127 is not an f16
+    x[32] = 1.0;
+    x[33] = -0.25;
+    for quantize in [quantize_q8_32, quantize_q8_32_scalar] {
+        let mut b = vec![BlockQ8_32::default(); 2];
+        quantize(&x, &mut b);
+        assert_eq!(&b[0].qs[..6], &[127, 0, 2, 2, -2, -4]);
+        assert_eq!(b[0].d, 1.0);
+        assert_eq!(b[1].d, half::f16::from_f32(1.0 / 127.0).to_f32());
+        assert_eq!(&b[1].qs[..2], &[127, -32]); // -31.75 -> -32
+    }
+    let mut x = vec![0.0f32; 256];
+    x[..4].copy_from_slice(&[-127.0, 0.5, 2.5, -3.5]);
+    for quantize in [quantize_q8_k, quantize_q8_k_scalar] {
+        let mut b = vec![BlockQ8K::default(); 1];
+        quantize(&x, &mut b);
+        // the largest magnitude is negative, so -127 / max is +1 and signs are kept
+        assert_eq!(&b[0].qs[..4], &[-127, 0, 2, -4]);
+        assert_eq!(b[0].d, 1.0);
+    }
+}
+
 /// Rows of real Qwen2.5 weights (Q4_K, Q6_K, Q5_0, Q8_0), dequantised by gguf-py: our
 /// dequantisation must match exactly, and matmul (every SIMD level, 1 and 9 tokens) must match
 /// the f64 product of gguf-py's values within the activation-quantisation bound.

@@ -23,7 +23,7 @@ use crate::layers::{
     AttentionShape, BatchLayout, Linear, Rope,
 };
 use crate::llama::check_rows;
-use crate::{CausalLM, ModelError, SeqInput, Weights};
+use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
 
 /// Gemma 3's local layers use this rope base when the file does not say (as llama.cpp does).
 const DEFAULT_LOCAL_ROPE_THETA: f32 = 10_000.0;
@@ -56,6 +56,8 @@ pub struct Gemma3 {
     rope_global: Rope,
     rope_local: Rope,
     pool: ThreadPool,
+    numerics: Numerics,
+    kv_type: KvType,
     scratch: Mutex<Scratch>,
 }
 
@@ -75,7 +77,13 @@ struct Scratch {
 }
 
 impl Gemma3 {
-    pub fn new(cfg: ModelConfig, w: &mut Weights, n_threads: usize) -> Result<Gemma3, ModelError> {
+    pub fn new(
+        cfg: ModelConfig,
+        w: &mut Weights,
+        n_threads: usize,
+        numerics: Numerics,
+        kv_type: KvType,
+    ) -> Result<Gemma3, ModelError> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f32).sqrt();
@@ -128,6 +136,8 @@ impl Gemma3 {
             final_norm,
             output,
             pool: ThreadPool::new(n_threads),
+            numerics,
+            kv_type,
             scratch: Mutex::new(Scratch::default()),
         })
     }
@@ -140,6 +150,10 @@ impl CausalLM for Gemma3 {
 
     fn n_threads(&self) -> usize {
         self.pool.n_threads()
+    }
+
+    fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
@@ -183,7 +197,16 @@ impl CausalLM for Gemma3 {
             rope_batch(rope, &layout, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
-            attention(pool, batch, &layout, l, &blk.attn, &s.q, &mut s.att);
+            attention(
+                pool,
+                batch,
+                &layout,
+                l,
+                &blk.attn,
+                self.numerics,
+                &s.q,
+                &mut s.att,
+            );
             blk.wo.forward(pool, &s.att, n, &mut s.o);
             rms_norm_rows(&s.o, &blk.post_attn_norm, eps, &mut s.o2);
             s.x.iter_mut().zip(&s.o2).for_each(|(x, o)| *x += o);
@@ -192,10 +215,14 @@ impl CausalLM for Gemma3 {
             rms_norm_rows(&s.x, &blk.ffn_norm, eps, &mut s.n);
             blk.gate.forward(pool, &s.n, n, &mut s.gate);
             blk.up.forward(pool, &s.n, n, &mut s.up);
-            s.gate
-                .iter_mut()
-                .zip(&s.up)
-                .for_each(|(g, u)| *g = ops::gelu_tanh(*g) * u);
+            match self.numerics {
+                Numerics::Exact => s
+                    .gate
+                    .iter_mut()
+                    .zip(&s.up)
+                    .for_each(|(g, u)| *g = ops::gelu_tanh(*g) * u),
+                Numerics::Ggml => ops::gelu_tanh_mul_ggml(&mut s.gate, &s.up),
+            }
             blk.down.forward(pool, &s.gate, n, &mut s.o);
             rms_norm_rows(&s.o, &blk.post_ffw_norm, eps, &mut s.o2);
             s.x.iter_mut().zip(&s.o2).for_each(|(x, o)| *x += o);

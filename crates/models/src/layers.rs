@@ -8,7 +8,7 @@ use kiln_kernels::ops::{self, RopeStyle};
 use kiln_kernels::pool::split_range;
 use kiln_kernels::{matmul, ThreadPool};
 
-use crate::{KvCache, ModelError, Weights};
+use crate::{HeadView, KvCache, ModelError, Numerics, Weights};
 
 /// `y = x·Wᵀ (+ b)` with `W` kept in its stored block type.
 pub struct Linear {
@@ -231,18 +231,37 @@ pub fn store_kv(
     }
 }
 
+/// Per-thread buffers of [`attention`].
+#[derive(Default)]
+struct AttnScratch {
+    scores: Vec<f32>,
+    q16: Vec<u16>,
+    acc16: Vec<u16>,
+}
+
 thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ATTN: RefCell<AttnScratch> = RefCell::new(AttnScratch::default());
 }
 
 /// Causal (optionally sliding-window) attention of every batch token over its own
 /// sequence's cache. `q` has one row of `n_heads × head_dim` per token; so has `out`.
+///
+/// An f32 cache is attended in f32 (scores, softmax, weighted sum), as transformers does. An
+/// f16 cache under [`Numerics::Ggml`] is attended as llama.cpp's CPU flash attention attends
+/// one query row: the query rounded to f16, scores as f16·f16 dot products accumulated in f32,
+/// and an online softmax whose weighted sum of values is accumulated in f16 (rescaled on every
+/// new maximum). ggml switches to an f32 tiled kernel for batches of 64 or more query rows;
+/// kiln keeps the one-row arithmetic for every row, so that a token's result never depends on
+/// how its prompt was split into passes or on its batch-mates. An f16 cache under
+/// [`Numerics::Exact`] is widened to f32 as it is read and attended in f32.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
     batch: &[SeqInput<'_>],
     layout: &BatchLayout,
     layer: usize,
     shape: &AttentionShape,
+    numerics: Numerics,
     q: &[f32],
     out: &mut [f32],
 ) {
@@ -257,8 +276,8 @@ pub fn attention(
     let out_ptr = SyncPtr(out.as_mut_ptr());
     pool.run(&|ti, nt| {
         let items = split_range(layout.total * nh, ti, nt);
-        SCORES.with(|scores| {
-            let mut scores = scores.borrow_mut();
+        ATTN.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
             for item in items {
                 let (row, h) = (item / nh, item % nh);
                 let s = row_seq[row];
@@ -267,31 +286,131 @@ pub fn attention(
                     Some(w) => (pos + 1).saturating_sub(w),
                     None => 0,
                 };
-                let (keys, values) = batch[s].cache.head(layer, h / group, pos + 1);
                 let qh = &q[row * qd + h * hd..row * qd + (h + 1) * hd];
-                scores.clear();
-                for j in lo..=pos {
-                    let mut sc = kiln_kernels::matmul::dot_f32(qh, &keys[j * hd..(j + 1) * hd])
-                        * shape.scale;
-                    if let Some(cap) = shape.softcap {
-                        sc = (sc / cap).tanh() * cap;
-                    }
-                    scores.push(sc);
-                }
-                ops::softmax(&mut scores);
                 // SAFETY: each (row, head) slice of `out` is written by exactly one work item.
                 let o = unsafe {
                     std::slice::from_raw_parts_mut(out_ptr.get().add(row * qd + h * hd), hd)
                 };
-                o.fill(0.0);
-                for (w, j) in scores.iter().zip(lo..=pos) {
-                    for (acc, &vv) in o.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                        *acc += w * vv;
+                match batch[s].cache.view(layer, h / group, pos + 1) {
+                    HeadView::F32 { k, v } => attend_f32(qh, k, v, lo, shape, &mut scratch, o),
+                    HeadView::F16 { k, v } => {
+                        if numerics == Numerics::Ggml {
+                            attend_f16_ggml(qh, k, v, lo, shape, &mut scratch, o)
+                        } else {
+                            attend_f16_widened(qh, k, v, lo, shape, &mut scratch, o)
+                        }
                     }
                 }
             }
         });
     });
+}
+
+/// One query head over f32 keys/values at positions `lo..keys.len() / hd`.
+fn attend_f32(
+    qh: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    lo: usize,
+    shape: &AttentionShape,
+    scratch: &mut AttnScratch,
+    o: &mut [f32],
+) {
+    let hd = qh.len();
+    let end = keys.len() / hd;
+    let scores = &mut scratch.scores;
+    scores.clear();
+    for j in lo..end {
+        let mut sc = kiln_kernels::matmul::dot_f32(qh, &keys[j * hd..(j + 1) * hd]) * shape.scale;
+        if let Some(cap) = shape.softcap {
+            sc = (sc / cap).tanh() * cap;
+        }
+        scores.push(sc);
+    }
+    ops::softmax(scores);
+    o.fill(0.0);
+    for (w, j) in scores.iter().zip(lo..end) {
+        for (acc, &vv) in o.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+            *acc += w * vv;
+        }
+    }
+}
+
+/// [`attend_f32`] over f16 keys/values widened to f32 as they are read.
+fn attend_f16_widened(
+    qh: &[f32],
+    keys: &[u16],
+    values: &[u16],
+    lo: usize,
+    shape: &AttentionShape,
+    scratch: &mut AttnScratch,
+    o: &mut [f32],
+) {
+    let hd = qh.len();
+    let end = keys.len() / hd;
+    let scores = &mut scratch.scores;
+    scores.clear();
+    for j in lo..end {
+        let mut sc = ops::dot_f32_f16(qh, &keys[j * hd..(j + 1) * hd]) * shape.scale;
+        if let Some(cap) = shape.softcap {
+            sc = (sc / cap).tanh() * cap;
+        }
+        scores.push(sc);
+    }
+    ops::softmax(scores);
+    o.fill(0.0);
+    for (&w, j) in scores.iter().zip(lo..end) {
+        ops::axpy_f16(o, w, &values[j * hd..(j + 1) * hd]);
+    }
+}
+
+/// ggml's one-row flash-attention kernel (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`
+/// with f16 K/V): the query rounded to f16; per key, in position order, the f16 dot product,
+/// scaled (and soft-capped as `cap·tanh(s·scale/cap)`); a new maximum rescales the f16
+/// accumulator by `exp(old − new)`, otherwise the value's weight is `exp(s − max)`; the
+/// accumulator takes `f16(acc + v·w)`; finally it is widened and divided by the weight sum.
+fn attend_f16_ggml(
+    qh: &[f32],
+    keys: &[u16],
+    values: &[u16],
+    lo: usize,
+    shape: &AttentionShape,
+    scratch: &mut AttnScratch,
+    o: &mut [f32],
+) {
+    let hd = qh.len();
+    let end = keys.len() / hd;
+    let AttnScratch { q16, acc16, .. } = scratch;
+    q16.resize(hd, 0);
+    ops::f32_to_f16(qh, q16);
+    acc16.clear();
+    acc16.resize(hd, 0);
+    let scale = match shape.softcap {
+        Some(cap) => shape.scale / cap,
+        None => shape.scale,
+    };
+    let mut max = f32::NEG_INFINITY;
+    let mut sum = 0.0f32;
+    for j in lo..end {
+        let mut s = ops::dot_f16(q16, &keys[j * hd..(j + 1) * hd]) * scale;
+        if let Some(cap) = shape.softcap {
+            s = cap * s.tanh();
+        }
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > max {
+            let old = max;
+            max = s;
+            ms = (old - max).exp();
+            ops::scale_f16(acc16, ms);
+        } else {
+            vs = (s - max).exp();
+        }
+        ops::mad_f16(acc16, &values[j * hd..(j + 1) * hd], vs);
+        sum = sum * ms + vs;
+    }
+    ops::f16_to_f32(acc16, o);
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    o.iter_mut().for_each(|v| *v *= inv);
 }
 
 #[derive(Clone, Copy)]
@@ -336,6 +455,60 @@ pub fn rope_batch(rope: &Rope, layout: &BatchLayout, hd: usize, q: &mut [f32], k
             let (row, pos) = (first + i, layout.start_pos[seq] + i);
             rope.apply(&mut q[row * qd..(row + 1) * qd], hd, pos);
             rope.apply(&mut k[row * kvd..(row + 1) * kvd], hd, pos);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ggml's one-row f16 attention is ordinary attention up to f16 rounding: checked against
+    /// the f32 path on the same (f16-representable) keys and values, with and without a
+    /// window start and a soft cap.
+    #[test]
+    fn ggml_f16_attention_matches_f32_attention_within_f16_rounding() {
+        let hd = 64;
+        let n = 40;
+        let val = |i: usize, s: usize| (((i * 37 + s * 11) % 101) as f32 / 25.0 - 2.0) * 0.7;
+        let to16 = |x: &[f32]| {
+            let mut h = vec![0u16; x.len()];
+            ops::f32_to_f16(x, &mut h);
+            h
+        };
+        let keys: Vec<f32> = (0..n * hd).map(|i| val(i, 1)).collect();
+        let values: Vec<f32> = (0..n * hd).map(|i| val(i, 2)).collect();
+        let (k16, v16) = (to16(&keys), to16(&values));
+        let mut kf = vec![0.0; n * hd];
+        let mut vf = vec![0.0; n * hd];
+        ops::f16_to_f32(&k16, &mut kf);
+        ops::f16_to_f32(&v16, &mut vf);
+        let q: Vec<f32> = (0..hd).map(|i| val(i, 3)).collect();
+        for (lo, softcap) in [(0, None), (7, None), (0, Some(5.0))] {
+            let shape = AttentionShape {
+                n_heads: 1,
+                n_kv_heads: 1,
+                head_dim: hd,
+                scale: 0.125,
+                window: None,
+                softcap,
+            };
+            let mut scratch = AttnScratch::default();
+            let mut want = vec![0.0; hd];
+            attend_f32(&q, &kf, &vf, lo, &shape, &mut scratch, &mut want);
+            let mut got = vec![0.0; hd];
+            attend_f16_ggml(&q, &k16, &v16, lo, &shape, &mut scratch, &mut got);
+            let mut wide = vec![0.0; hd];
+            attend_f16_widened(&q, &k16, &v16, lo, &shape, &mut scratch, &mut wide);
+            for i in 0..hd {
+                assert!(
+                    (got[i] - want[i]).abs() <= 4e-3 * want[i].abs() + 2e-3,
+                    "lo {lo} cap {softcap:?} [{i}]: {} vs {}",
+                    got[i],
+                    want[i]
+                );
+                assert!((wide[i] - want[i]).abs() <= 1e-5 * want[i].abs() + 1e-6);
+            }
         }
     }
 }

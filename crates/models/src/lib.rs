@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use kiln_formats::{Arch, LoadedModel, ModelConfig, Tensor};
 use kiln_kernels::DType;
 
-pub use kv_cache::KvCache;
+pub use kv_cache::{HeadView, KvCache, KvType};
 pub use layers::{Logits, SeqInput};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,14 +25,74 @@ pub enum ModelError {
     Input(String),
 }
 
+/// Which engine's arithmetic a forward pass reproduces where the two differ.
+///
+/// Float checkpoints are checked against transformers, which computes in f32 (or wider), so
+/// they run [`Numerics::Exact`]. Quantised GGUF files come from llama.cpp's world and are
+/// checked against llama.cpp, whose CPU backend rounds a few intermediates to f16; small
+/// quantised models are sensitive enough to those roundings that they move logprobs by
+/// hundredths, so quantised models run [`Numerics::Ggml`], which rounds at the same places:
+/// the GELU of the gated MLP goes through an f16 table (`ops::gelu_tanh_mul_ggml`), and the
+/// default KV cache is f16 with attention done as ggml's flash attention does it
+/// (`layers::attention`). The 8-bit activation blocks of quantised matmuls follow ggml in
+/// both cases (they only exist for quantised weights).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    Exact,
+    Ggml,
+}
+
+impl Numerics {
+    /// `Ggml` when any weight is in a quantised block type, else `Exact`.
+    /// `KILN_NUMERICS=exact|ggml` overrides (for experiments).
+    pub fn for_tensors<'a>(mut dtypes: impl Iterator<Item = &'a DType>) -> Numerics {
+        match std::env::var("KILN_NUMERICS").ok().as_deref() {
+            Some("exact") => return Numerics::Exact,
+            Some("ggml") => return Numerics::Ggml,
+            _ => {}
+        }
+        if dtypes.any(|d| d.is_quantized()) {
+            Numerics::Ggml
+        } else {
+            Numerics::Exact
+        }
+    }
+
+    /// The KV cache type this regime uses unless asked otherwise: f16 for `Ggml` (as
+    /// llama.cpp), f32 for `Exact`. `KILN_CACHE_TYPE=f16|f32` overrides.
+    pub fn default_kv_type(self) -> KvType {
+        if let Some(t) = std::env::var("KILN_CACHE_TYPE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return t;
+        }
+        match self {
+            Numerics::Exact => KvType::F32,
+            Numerics::Ggml => KvType::F16,
+        }
+    }
+}
+
 /// A causal language model: tokens in, logits out, keys and values kept in the caller's cache.
 pub trait CausalLM: Send + Sync {
     fn config(&self) -> &ModelConfig;
 
+    /// The element type of the caches [`CausalLM::new_cache`] makes.
+    fn kv_type(&self) -> KvType {
+        KvType::F32
+    }
+
     /// An empty cache able to hold `capacity` positions (it grows if needed).
     fn new_cache(&self, capacity: usize) -> KvCache {
         let c = self.config();
-        KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, capacity)
+        KvCache::with_type(
+            c.n_layers,
+            c.n_kv_heads,
+            c.head_dim,
+            capacity,
+            self.kv_type(),
+        )
     }
 
     /// Runs every sequence's new tokens through the model (one batched pass) and appends the
@@ -43,15 +103,37 @@ pub trait CausalLM: Send + Sync {
     fn n_threads(&self) -> usize;
 }
 
-/// Builds the forward pass for a loaded model, with `n_threads` kernel threads.
+/// Builds the forward pass for a loaded model, with `n_threads` kernel threads, the
+/// [`Numerics`] its weights call for and that regime's default KV cache type.
 pub fn build(model: LoadedModel, n_threads: usize) -> Result<Box<dyn CausalLM>, ModelError> {
+    build_with(model, n_threads, None)
+}
+
+/// [`build`] with an explicit KV cache type (`None`: the regime's default).
+pub fn build_with(
+    model: LoadedModel,
+    n_threads: usize,
+    kv_type: Option<KvType>,
+) -> Result<Box<dyn CausalLM>, ModelError> {
     let cfg = model.config.clone();
+    let numerics = Numerics::for_tensors(model.tensors.values().map(|t| &t.dtype));
+    let kv_type = kv_type.unwrap_or_else(|| numerics.default_kv_type());
     let mut weights = Weights::new(model.tensors);
     let m: Box<dyn CausalLM> = match cfg.arch {
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 => {
-            Box::new(llama::Llama::new(cfg, &mut weights, n_threads)?)
-        }
-        Arch::Gemma3 => Box::new(gemma3::Gemma3::new(cfg, &mut weights, n_threads)?),
+        Arch::Llama | Arch::Mistral | Arch::Qwen2 => Box::new(llama::Llama::new(
+            cfg,
+            &mut weights,
+            n_threads,
+            numerics,
+            kv_type,
+        )?),
+        Arch::Gemma3 => Box::new(gemma3::Gemma3::new(
+            cfg,
+            &mut weights,
+            n_threads,
+            numerics,
+            kv_type,
+        )?),
     };
     Ok(m)
 }

@@ -19,7 +19,7 @@ use crate::layers::{
     advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, rope_batch, store_kv,
     AttentionShape, BatchLayout, Linear, Rope,
 };
-use crate::{CausalLM, ModelError, SeqInput, Weights};
+use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
 
 struct Block {
     attn_norm: Vec<f32>,
@@ -42,6 +42,8 @@ pub struct Llama {
     output: Tensor,
     rope: Rope,
     pool: ThreadPool,
+    numerics: Numerics,
+    kv_type: KvType,
     scratch: Mutex<Scratch>,
 }
 
@@ -61,7 +63,13 @@ struct Scratch {
 }
 
 impl Llama {
-    pub fn new(cfg: ModelConfig, w: &mut Weights, n_threads: usize) -> Result<Llama, ModelError> {
+    pub fn new(
+        cfg: ModelConfig,
+        w: &mut Weights,
+        n_threads: usize,
+        numerics: Numerics,
+        kv_type: KvType,
+    ) -> Result<Llama, ModelError> {
         let d = cfg.hidden_size;
         let (qd, kvd) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
         let embed = w.matrix_exact("token_embd.weight", cfg.vocab_size, d)?;
@@ -106,6 +114,8 @@ impl Llama {
             output,
             rope,
             pool: ThreadPool::new(n_threads),
+            numerics,
+            kv_type,
             scratch: Mutex::new(Scratch::default()),
         })
     }
@@ -128,6 +138,10 @@ impl CausalLM for Llama {
 
     fn n_threads(&self) -> usize {
         self.pool.n_threads()
+    }
+
+    fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
@@ -156,7 +170,16 @@ impl CausalLM for Llama {
             rope_batch(&self.rope, &layout, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
-            attention(pool, batch, &layout, l, &blk.attn, &s.q, &mut s.att);
+            attention(
+                pool,
+                batch,
+                &layout,
+                l,
+                &blk.attn,
+                self.numerics,
+                &s.q,
+                &mut s.att,
+            );
             blk.wo.forward(pool, &s.att, n, &mut s.o);
             s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
 

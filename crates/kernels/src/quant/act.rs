@@ -1,9 +1,13 @@
 //! Activation blocks: the 8-bit form activations take once per matmul, so that every weight
 //! row can be multiplied with integer dot products.
 //!
-//! They follow ggml's Q8_0/Q8_1 (for the 32-element weight types) and Q8_K (for the k-quants),
-//! except that the 32-element block keeps its scale in f32 (ggml rounds it to f16), which is
-//! as fast and slightly more accurate. The quantised values are identical to ggml's.
+//! They reproduce ggml's CPU quantisers bit for bit: Q8_0/Q8_1 (for the 32-element weight
+//! types) and Q8_K (for the k-quants). Quantised weights come from llama.cpp's world and are
+//! checked against it, and these models are sensitive enough to rounding that an 8-bit value
+//! one step off, repeated over a layer, moves logprobs by hundredths; so the 32-element block's
+//! scale is rounded to f16 as ggml stores it (kept here as the f32 of that f16, so the dot
+//! kernels read it directly), its multiplier is `127 / max` (not `1 / d`), and values round
+//! half to even as ggml's SIMD quantisers and `nearest_int` do.
 
 /// 32 activations: `x ≈ d * qs`, with `s = d * Σ qs` (what Q4_1 / Q5_1 need for their min).
 #[repr(C)]
@@ -33,23 +37,26 @@ impl Default for BlockQ8K {
     }
 }
 
-/// Rounds half away from zero like C's `roundf`, without a libm call (baseline x86-64 has no
-/// rounding instruction). Exact for every finite input below 2^31 in magnitude.
+/// Rounds to the nearest integer, half to even (the FPU's default mode), without a libm call:
+/// adding 1.5·2^23 leaves the rounded value in the low mantissa bits. Exact for |v| < 2^22,
+/// which covers every use here (|v| ≤ 128).
 #[inline(always)]
-pub(crate) fn round_away(v: f32) -> i32 {
-    let t = v as i32; // truncates toward zero
-    let frac = v - t as f32; // exact: t and v share their exponent range
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
-    } else {
-        t
-    }
+pub(crate) fn round_even(v: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    ((v + MAGIC).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
-/// Quantises `x` (a multiple of 32 long) like ggml's `quantize_row_q8_0`/`q8_1` reference:
-/// `d = max|x| / 127`, `q = round(x / d)` (half away from zero).
+/// `v` rounded to the nearest f16 (ties to even), as an f32.
+#[inline(always)]
+pub fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+/// Quantises `x` (a multiple of 32 long) like ggml's x86 `quantize_row_q8_0`/`q8_1`:
+/// `d = f16(max|x| / 127)`, `q = round_even(x · (127 / max|x|))`. `s = d · Σq` in f32 (ggml's
+/// Q8_1 rounds it to f16 from the unrounded scale; only Q4_1/Q5_1 weights read it, and keeping
+/// it consistent with `d` and `q` keeps their dot products exact against the dequantised
+/// blocks).
 pub fn quantize_q8_32(x: &[f32], out: &mut [BlockQ8_32]) {
     assert_eq!(x.len(), out.len() * 32, "quantize_q8_32: length mismatch");
     #[cfg(target_arch = "x86_64")]
@@ -65,20 +72,20 @@ pub fn quantize_q8_32_scalar(x: &[f32], out: &mut [BlockQ8_32]) {
     for (xb, o) in x.chunks_exact(32).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in o.qs.iter_mut().zip(xb) {
-            let r = round_away(v * id);
+            let r = round_even(v * id);
             *q = r as i8;
             sum += r;
         }
-        o.d = d;
-        o.s = d * sum as f32;
+        o.d = round_f16(d);
+        o.s = o.d * sum as f32;
     }
 }
 
 /// Quantises `x` (a multiple of 256 long) like ggml's `quantize_row_q8_K_ref`: the value of
-/// largest magnitude maps to -127 (so d may be negative), `q = round(x * -127 / max)`.
+/// largest magnitude maps to -127 (so d may be negative), `q = round_even(x * -127 / max)`.
 pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     assert_eq!(x.len(), out.len() * 256, "quantize_q8_k: length mismatch");
     #[cfg(target_arch = "x86_64")]
@@ -106,7 +113,7 @@ pub fn quantize_q8_k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
         }
         let iscale = -127.0 / max;
         for (q, &v) in o.qs.iter_mut().zip(xb) {
-            *q = round_away(iscale * v).min(127) as i8;
+            *q = round_even(iscale * v).min(127) as i8;
         }
         for (g, s) in o.bsums.iter_mut().enumerate() {
             *s = o.qs[16 * g..16 * g + 16].iter().map(|&q| q as i16).sum();

@@ -19,8 +19,8 @@ use kiln_formats::{ModelConfig, Tensor};
 use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
-    advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, rope_batch, store_kv,
-    AttentionShape, BatchLayout, Linear, Rope,
+    advance_caches, attention, for_each_row, gated_rows, gather_rows, prepare_batch, rms_norm_rows,
+    rope_batch, store_kv, AttentionShape, BatchLayout, Linear, Rope,
 };
 use crate::llama::check_rows;
 use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
@@ -186,15 +186,17 @@ impl CausalLM for Gemma3 {
             };
 
             // Attention, with per-head q/k norms and a norm on its output.
-            rms_norm_rows(&s.x, &blk.attn_norm, eps, &mut s.n);
+            rms_norm_rows(pool, &s.x, &blk.attn_norm, eps, &mut s.n);
             blk.wq.forward(pool, &s.n, n, &mut s.q);
             blk.wk.forward(pool, &s.n, n, &mut s.k);
             blk.wv.forward(pool, &s.n, n, &mut s.v);
-            s.q.chunks_exact_mut(hd)
-                .for_each(|h| ops::rms_norm_inplace(h, &blk.q_norm, eps));
-            s.k.chunks_exact_mut(hd)
-                .for_each(|h| ops::rms_norm_inplace(h, &blk.k_norm, eps));
-            rope_batch(rope, &layout, hd, &mut s.q, &mut s.k);
+            for_each_row(pool, &mut s.q, hd, &|_, h| {
+                ops::rms_norm_inplace(h, &blk.q_norm, eps)
+            });
+            for_each_row(pool, &mut s.k, hd, &|_, h| {
+                ops::rms_norm_inplace(h, &blk.k_norm, eps)
+            });
+            rope_batch(pool, rope, &layout, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
             attention(
@@ -208,29 +210,26 @@ impl CausalLM for Gemma3 {
                 &mut s.att,
             );
             blk.wo.forward(pool, &s.att, n, &mut s.o);
-            rms_norm_rows(&s.o, &blk.post_attn_norm, eps, &mut s.o2);
+            rms_norm_rows(pool, &s.o, &blk.post_attn_norm, eps, &mut s.o2);
             s.x.iter_mut().zip(&s.o2).for_each(|(x, o)| *x += o);
 
             // GELU-tanh gated MLP, also normed on both sides.
-            rms_norm_rows(&s.x, &blk.ffn_norm, eps, &mut s.n);
+            rms_norm_rows(pool, &s.x, &blk.ffn_norm, eps, &mut s.n);
             blk.gate.forward(pool, &s.n, n, &mut s.gate);
             blk.up.forward(pool, &s.n, n, &mut s.up);
-            match self.numerics {
-                Numerics::Exact => s
-                    .gate
-                    .iter_mut()
-                    .zip(&s.up)
-                    .for_each(|(g, u)| *g = ops::gelu_tanh(*g) * u),
-                Numerics::Ggml => ops::gelu_tanh_mul_ggml(&mut s.gate, &s.up),
-            }
+            let act = match self.numerics {
+                Numerics::Exact => ops::gelu_tanh_mul,
+                Numerics::Ggml => ops::gelu_tanh_mul_ggml,
+            };
+            gated_rows(pool, &mut s.gate, &s.up, cfg.intermediate_size, act);
             blk.down.forward(pool, &s.gate, n, &mut s.o);
-            rms_norm_rows(&s.o, &blk.post_ffw_norm, eps, &mut s.o2);
+            rms_norm_rows(pool, &s.o, &blk.post_ffw_norm, eps, &mut s.o2);
             s.x.iter_mut().zip(&s.o2).for_each(|(x, o)| *x += o);
         }
         advance_caches(batch);
 
         gather_rows(&s.x, d, &layout.logit_rows, &mut s.last);
-        rms_norm_rows(&s.last, &self.final_norm, eps, &mut s.n);
+        rms_norm_rows(pool, &s.last, &self.final_norm, eps, &mut s.n);
         let m = layout.logit_rows.len();
         let start = logits.len();
         logits.resize(start + m * cfg.vocab_size, 0.0);

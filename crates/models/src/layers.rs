@@ -423,12 +423,49 @@ impl SyncPtr {
     }
 }
 
-/// Applies RMSNorm with weight `w` to every row of `x` (row length `w.len()`), into `out`.
-pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
-    out.resize(x.len(), 0.0);
-    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
-        ops::rms_norm(xr, w, eps, or);
+/// Runs `f(i, row_i)` for every row of `data` (rows of `len` values), split over the pool's
+/// threads when there are enough rows to pay for waking it (prefill), inline otherwise.
+pub fn for_each_row(
+    pool: &ThreadPool,
+    data: &mut [f32],
+    len: usize,
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let rows = data.len() / len.max(1);
+    if rows < 16 || pool.n_threads() == 1 {
+        data.chunks_exact_mut(len)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+        return;
     }
+    let ptr = SyncPtr(data.as_mut_ptr());
+    pool.run(&|t, nt| {
+        for i in split_range(rows, t, nt) {
+            // SAFETY: the row ranges of the threads are disjoint.
+            let row = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * len), len) };
+            f(i, row);
+        }
+    });
+}
+
+/// Applies RMSNorm with weight `w` to every row of `x` (row length `w.len()`), into `out`.
+pub fn rms_norm_rows(pool: &ThreadPool, x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.resize(x.len(), 0.0);
+    let d = w.len();
+    for_each_row(pool, out, d, &|i, o| {
+        ops::rms_norm(&x[i * d..(i + 1) * d], w, eps, o)
+    });
+}
+
+/// `gate[i] = act(gate[i]) · up[i]` over the rows of the gated MLP, in parallel for prefill.
+pub fn gated_rows(
+    pool: &ThreadPool,
+    gate: &mut [f32],
+    up: &[f32],
+    ffn: usize,
+    act: fn(&mut [f32], &[f32]),
+) {
+    for_each_row(pool, gate, ffn, &|i, g| act(g, &up[i * ffn..(i + 1) * ffn]));
 }
 
 /// Copies the wanted rows of `x` (row length `d`) into `out`.
@@ -448,15 +485,21 @@ pub fn advance_caches(batch: &mut [SeqInput<'_>]) {
 }
 
 /// Applies rope to every token's query and key rows at its own position.
-pub fn rope_batch(rope: &Rope, layout: &BatchLayout, hd: usize, q: &mut [f32], k: &mut [f32]) {
+pub fn rope_batch(
+    pool: &ThreadPool,
+    rope: &Rope,
+    layout: &BatchLayout,
+    hd: usize,
+    q: &mut [f32],
+    k: &mut [f32],
+) {
     let (qd, kvd) = (q.len() / layout.total.max(1), k.len() / layout.total.max(1));
-    for (seq, &first) in layout.first_row.iter().enumerate() {
-        for i in 0..layout.n_tokens[seq] {
-            let (row, pos) = (first + i, layout.start_pos[seq] + i);
-            rope.apply(&mut q[row * qd..(row + 1) * qd], hd, pos);
-            rope.apply(&mut k[row * kvd..(row + 1) * kvd], hd, pos);
-        }
+    let mut pos = Vec::with_capacity(layout.total);
+    for (seq, &n) in layout.n_tokens.iter().enumerate() {
+        pos.extend(layout.start_pos[seq]..layout.start_pos[seq] + n);
     }
+    for_each_row(pool, q, qd, &|row, r| rope.apply(r, hd, pos[row]));
+    for_each_row(pool, k, kvd, &|row, r| rope.apply(r, hd, pos[row]));
 }
 
 #[cfg(test)]

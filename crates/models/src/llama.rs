@@ -16,8 +16,8 @@ use kiln_formats::{ModelConfig, Tensor};
 use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
-    advance_caches, attention, gather_rows, prepare_batch, rms_norm_rows, rope_batch, store_kv,
-    AttentionShape, BatchLayout, Linear, Rope,
+    advance_caches, attention, gated_rows, gather_rows, prepare_batch, rms_norm_rows, rope_batch,
+    store_kv, AttentionShape, BatchLayout, Linear, Rope,
 };
 use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
 
@@ -163,11 +163,11 @@ impl CausalLM for Llama {
 
         for (l, blk) in self.blocks.iter().enumerate() {
             // Attention.
-            rms_norm_rows(&s.x, &blk.attn_norm, cfg.rms_norm_eps, &mut s.n);
+            rms_norm_rows(pool, &s.x, &blk.attn_norm, cfg.rms_norm_eps, &mut s.n);
             blk.wq.forward(pool, &s.n, n, &mut s.q);
             blk.wk.forward(pool, &s.n, n, &mut s.k);
             blk.wv.forward(pool, &s.n, n, &mut s.v);
-            rope_batch(&self.rope, &layout, hd, &mut s.q, &mut s.k);
+            rope_batch(pool, &self.rope, &layout, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
             attention(
@@ -184,13 +184,16 @@ impl CausalLM for Llama {
             s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
 
             // Gated MLP.
-            rms_norm_rows(&s.x, &blk.ffn_norm, cfg.rms_norm_eps, &mut s.n);
+            rms_norm_rows(pool, &s.x, &blk.ffn_norm, cfg.rms_norm_eps, &mut s.n);
             blk.gate.forward(pool, &s.n, n, &mut s.gate);
             blk.up.forward(pool, &s.n, n, &mut s.up);
-            s.gate
-                .iter_mut()
-                .zip(&s.up)
-                .for_each(|(g, u)| *g = ops::silu(*g) * u);
+            gated_rows(
+                pool,
+                &mut s.gate,
+                &s.up,
+                cfg.intermediate_size,
+                ops::silu_mul,
+            );
             blk.down.forward(pool, &s.gate, n, &mut s.o);
             s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
         }
@@ -198,7 +201,7 @@ impl CausalLM for Llama {
 
         // Logits only for the rows asked for.
         gather_rows(&s.x, d, &layout.logit_rows, &mut s.last);
-        rms_norm_rows(&s.last, &self.final_norm, cfg.rms_norm_eps, &mut s.n);
+        rms_norm_rows(pool, &s.last, &self.final_norm, cfg.rms_norm_eps, &mut s.n);
         let m = layout.logit_rows.len();
         let start = logits.len();
         logits.resize(start + m * cfg.vocab_size, 0.0);

@@ -218,7 +218,7 @@ impl CausalLM for Gemma3 {
             blk.gate.forward(pool, &s.n, n, &mut s.gate);
             blk.up.forward(pool, &s.n, n, &mut s.up);
             let act = match self.numerics {
-                Numerics::Exact => ops::gelu_tanh_mul,
+                Numerics::Exact => ops::reference::gelu_tanh_mul,
                 Numerics::Ggml => ops::gelu_tanh_mul_ggml,
             };
             gated_rows(pool, &mut s.gate, &s.up, cfg.intermediate_size, act);

@@ -187,13 +187,10 @@ impl CausalLM for Llama {
             rms_norm_rows(pool, &s.x, &blk.ffn_norm, cfg.rms_norm_eps, &mut s.n);
             blk.gate.forward(pool, &s.n, n, &mut s.gate);
             blk.up.forward(pool, &s.n, n, &mut s.up);
-            gated_rows(
-                pool,
-                &mut s.gate,
-                &s.up,
-                cfg.intermediate_size,
-                ops::silu_mul,
-            );
+            // libm's expf per element: these quantised models amplify last-bit differences,
+            // and the vectorised exp moves qwen2.5's greedy path off llama.cpp's.
+            let silu = ops::reference::silu_mul;
+            gated_rows(pool, &mut s.gate, &s.up, cfg.intermediate_size, silu);
             blk.down.forward(pool, &s.gate, n, &mut s.o);
             s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
         }

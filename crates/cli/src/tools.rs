@@ -105,10 +105,18 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             "none"
         }
     );
-    let kv_per_pos = 2 * c.n_layers * c.n_kv_heads * c.head_dim * 4;
+    // The cache type the model will get: f16 for quantised weights (as llama.cpp), else f32.
+    let kv = kiln_models::Numerics::for_tensors(loaded.tensors.values().map(|t| &t.dtype))
+        .default_kv_type();
+    let kv_bytes = match kv {
+        kiln_models::KvType::F16 => 2,
+        kiln_models::KvType::F32 => 4,
+    };
+    let kv_per_pos = 2 * c.n_layers * c.n_kv_heads * c.head_dim * kv_bytes;
     println!(
-        "memory:       weights {:.1} MiB (memory-mapped) + KV cache {:.1} KiB per position ({:.1} MiB at 4096)",
+        "memory:       weights {:.1} MiB (memory-mapped) + KV cache ({}) {:.1} KiB per position ({:.1} MiB at 4096)",
         bytes as f64 / 1048576.0,
+        kv.name(),
         kv_per_pos as f64 / 1024.0,
         (kv_per_pos * 4096) as f64 / 1048576.0
     );

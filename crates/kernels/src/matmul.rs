@@ -341,9 +341,9 @@ thread_local! {
     static UNPACKED: RefCell<Vec<BlockU8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Prefill for the 4/5-bit legacy types: each thread unpacks a chunk of rows once
-/// ([`BlockU8`]) and multiplies it with every 8-token group; leftover tokens use the plain
-/// one-token kernel on the packed rows.
+/// Prefill for the types of at most 5 bits (`dot::has_u8_form`): each thread unpacks a chunk
+/// of rows once ([`BlockU8`]) and multiplies it with every 8-token group; leftover tokens use
+/// `tail`, the plain one-token kernel on the packed rows.
 fn drive_u8(
     pool: &ThreadPool,
     isa: Isa,

@@ -349,7 +349,7 @@ pub fn has_u8_form(dtype: DType) -> bool {
 }
 
 /// Unpacks one weight row of a type with [`has_u8_form`] into `out` (one block per 32
-/// weights; for Q4_K / Q5_K one per sub-block, its scale and min folded into `d` and `m`).
+/// weights; for Q4_K / Q5_K one per sub-block, carrying its integer scale and min).
 pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
     assert!(
         has_u8_form(dtype),

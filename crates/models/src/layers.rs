@@ -316,24 +316,13 @@ fn attend_f32(
     scratch: &mut AttnScratch,
     o: &mut [f32],
 ) {
-    let hd = qh.len();
-    let end = keys.len() / hd;
-    let scores = &mut scratch.scores;
-    scores.clear();
-    for j in lo..end {
-        let mut sc = kiln_kernels::matmul::dot_f32(qh, &keys[j * hd..(j + 1) * hd]) * shape.scale;
-        if let Some(cap) = shape.softcap {
-            sc = (sc / cap).tanh() * cap;
-        }
-        scores.push(sc);
-    }
-    ops::softmax(scores);
-    o.fill(0.0);
-    for (w, j) in scores.iter().zip(lo..end) {
-        for (acc, &vv) in o.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+    let axpy = |o: &mut [f32], w: f32, v: &[f32]| {
+        for (acc, &vv) in o.iter_mut().zip(v) {
             *acc += w * vv;
         }
-    }
+    };
+    let dot = kiln_kernels::matmul::dot_f32;
+    attend_in_f32(qh, keys, values, lo, shape, scratch, o, dot, axpy);
 }
 
 /// [`attend_f32`] over f16 keys/values widened to f32 as they are read.
@@ -346,12 +335,30 @@ fn attend_f16_widened(
     scratch: &mut AttnScratch,
     o: &mut [f32],
 ) {
+    let (dot, axpy) = (ops::dot_f32_f16, ops::axpy_f16);
+    attend_in_f32(qh, keys, values, lo, shape, scratch, o, dot, axpy);
+}
+
+/// Scores, softmax and weighted sum in f32, reading keys and values of element type `T`
+/// through `dot` (query · key) and `axpy` (`o += w · value`).
+#[allow(clippy::too_many_arguments)]
+fn attend_in_f32<T>(
+    qh: &[f32],
+    keys: &[T],
+    values: &[T],
+    lo: usize,
+    shape: &AttentionShape,
+    scratch: &mut AttnScratch,
+    o: &mut [f32],
+    dot: impl Fn(&[f32], &[T]) -> f32,
+    axpy: impl Fn(&mut [f32], f32, &[T]),
+) {
     let hd = qh.len();
     let end = keys.len() / hd;
     let scores = &mut scratch.scores;
     scores.clear();
     for j in lo..end {
-        let mut sc = ops::dot_f32_f16(qh, &keys[j * hd..(j + 1) * hd]) * shape.scale;
+        let mut sc = dot(qh, &keys[j * hd..(j + 1) * hd]) * shape.scale;
         if let Some(cap) = shape.softcap {
             sc = (sc / cap).tanh() * cap;
         }
@@ -360,7 +367,7 @@ fn attend_f16_widened(
     ops::softmax(scores);
     o.fill(0.0);
     for (&w, j) in scores.iter().zip(lo..end) {
-        ops::axpy_f16(o, w, &values[j * hd..(j + 1) * hd]);
+        axpy(o, w, &values[j * hd..(j + 1) * hd]);
     }
 }
 

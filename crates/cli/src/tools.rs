@@ -113,8 +113,19 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         kiln_models::KvType::F32 => 4,
     };
     let kv_per_pos = 2 * c.n_layers * c.n_kv_heads * c.head_dim * kv_bytes;
+    // GGUF weights are read into (huge-page) memory when they fit; other formats stay mapped.
+    let file_len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let held = if path.is_file() && loaded.format.starts_with("GGUF") {
+        kiln_formats::resident::Residency::for_len(file_len)
+    } else {
+        kiln_formats::resident::Residency::Mapped
+    };
+    let held = match held {
+        kiln_formats::resident::Residency::Mapped => "memory-mapped",
+        kiln_formats::resident::Residency::Resident => "read into memory",
+    };
     println!(
-        "memory:       weights {:.1} MiB (memory-mapped) + KV cache ({}) {:.1} KiB per position ({:.1} MiB at 4096)",
+        "memory:       weights {:.1} MiB ({held}) + KV cache ({}) {:.1} KiB per position ({:.1} MiB at 4096)",
         bytes as f64 / 1048576.0,
         kv.name(),
         kv_per_pos as f64 / 1024.0,

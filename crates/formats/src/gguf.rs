@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use kiln_kernels::ops::RopeStyle;
 use kiln_kernels::{DType, Storage, Tensor};
 
+use crate::resident::{read_file_resident, Residency};
 use crate::{
     config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
     eog_token_ids, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result,
@@ -272,9 +272,18 @@ fn align_up(x: usize, a: usize) -> Option<usize> {
 }
 
 impl GgufFile {
-    /// Memory-maps and parses `path`. Errors name the path.
+    /// Memory-maps and parses `path` (for reading metadata: nothing is read until touched).
+    /// Errors name the path.
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let storage = map_file(path)?;
+        GgufFile::open_in(path, Residency::Mapped)
+    }
+
+    /// Parses `path` with its bytes held as `residency` says (see [`crate::resident`]).
+    pub fn open_in(path: &Path, residency: Residency) -> Result<GgufFile> {
+        let storage = match residency {
+            Residency::Mapped => map_file(path)?,
+            Residency::Resident => read_file_resident(path)?,
+        };
         GgufFile::parse(storage).map_err(|e| crate::with_path(e, path))
     }
 
@@ -483,13 +492,10 @@ fn read_tensor_info(r: &mut Reader<'_>, name: String) -> Result<TensorInfo> {
     })
 }
 
-/// Memory-maps a whole file (read-only).
-pub(crate) fn map_file(path: &Path) -> Result<Storage> {
-    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-    // SAFETY: the mapping is read-only; kiln never writes model files while they are mapped
-    // (its writers write a temporary file and rename it over the old one).
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
-    Ok(Storage::new(Arc::new(mmap)))
+pub(crate) use crate::resident::map_file;
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(path).map_err(|e| io_err(path, e))?.len())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,9 +581,15 @@ pub fn split_paths(first: &Path, count: u64) -> Result<Vec<std::path::PathBuf>> 
 }
 
 /// Reads a GGUF model from `path`, including every part of a split file (give the first part).
+/// The weights are read into memory when they fit, else mapped ([`Residency::for_len`]).
 pub fn load_path(path: &Path) -> Result<LoadedModel> {
     let file = GgufFile::open(path)?;
     let Some(count) = split_count(&file) else {
+        let residency = Residency::for_len(file_len(path)?);
+        let file = match residency {
+            Residency::Mapped => file,
+            Residency::Resident => GgufFile::open_in(path, residency)?,
+        };
         return load_file(file).map_err(|e| crate::with_path(e, path));
     };
     let no = file.get("split.no").and_then(MetaValue::as_u64);
@@ -587,13 +599,8 @@ pub fn load_path(path: &Path) -> Result<LoadedModel> {
             path.display()
         )));
     }
-    let mut tensors = file.tensor_map()?;
-    for (i, p) in split_paths(path, count)
-        .map_err(|e| crate::with_path(e, path))?
-        .iter()
-        .enumerate()
-        .skip(1)
-    {
+    let paths = split_paths(path, count).map_err(|e| crate::with_path(e, path))?;
+    for p in &paths {
         if !p.is_file() {
             return Err(invalid(format!(
                 "{}: missing split part {}",
@@ -601,7 +608,19 @@ pub fn load_path(path: &Path) -> Result<LoadedModel> {
                 p.display()
             )));
         }
-        let part = GgufFile::open(p)?;
+    }
+    let mut total = 0u64;
+    for p in &paths {
+        total = total.saturating_add(file_len(p)?);
+    }
+    let residency = Residency::for_len(total);
+    let file = match residency {
+        Residency::Mapped => file,
+        Residency::Resident => GgufFile::open_in(path, residency)?,
+    };
+    let mut tensors = file.tensor_map()?;
+    for (i, p) in paths.iter().enumerate().skip(1) {
+        let part = GgufFile::open_in(p, residency)?;
         let ok = part.get("split.no").and_then(MetaValue::as_u64) == Some(i as u64)
             && split_count(&part) == Some(count);
         if !ok {

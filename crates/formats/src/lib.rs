@@ -11,7 +11,9 @@
 //! [`RopeScaling::FreqFactors`].
 //!
 //! Tensors keep their stored type (F32/F16/BF16 or a ggml block type) and are zero-copy views
-//! into the memory-mapped file, with one exception below.
+//! into the file's bytes, with one exception below. A GGUF model's bytes are read once into
+//! huge-page-advised memory when they fit, else memory-mapped ([`resident`]); other formats are
+//! memory-mapped.
 //!
 //! Invariant on norm weights: a canonical norm tensor (`*_norm.weight`) always means
 //! "multiply the normalised vector by this", i.e. `y = w * x / rms(x)`. Gemma 3 in Hugging Face
@@ -55,6 +57,7 @@ pub mod hf;
 pub mod layout;
 pub mod meta;
 pub mod pytorch;
+pub mod resident;
 mod summary;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{random_weights, Rng};
-use kiln_kernels::dot::{dot_q8_32_g8, dot_q8_32_n, dot_q8k_n, dot_q8k_x8, Isa};
+use kiln_kernels::dot::{dot_q8_32_g8, dot_q8_32_n, dot_q8_32_rows, dot_q8k_n, dot_q8k_x8, Isa};
 use kiln_kernels::quant::{
     interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8,
 };
@@ -38,7 +38,22 @@ fn main() {
     let mut rng = Rng::new(1);
     let cols = 2048;
     let isa = Isa::best();
-    for dtype in [DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q5_0] {
+    let only: Option<Vec<String>> = std::env::args()
+        .nth(1)
+        .map(|l| l.split(',').map(str::to_string).collect());
+    for dtype in [
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q8_0,
+        DType::Q5_0,
+        DType::Q4_0,
+    ] {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == dtype.name()))
+        {
+            continue;
+        }
         let w = random_weights(&mut rng, dtype, cols);
         if dtype.block_size() == 256 {
             let acts: Vec<Vec<BlockQ8K>> = (0..8)
@@ -90,7 +105,17 @@ fn main() {
             let r8 = rate(cols, 8, || {
                 black_box(dot_q8_32_g8(isa, dtype, black_box(&w), &g, a));
             });
-            println!("{dtype}: N=1 {r1:.1} GFLOP/s, N=4 {r4:.1} GFLOP/s, x8 {r8:.1} GFLOP/s");
+            // the decode kernel: 4 weight rows (back to back) x 1 activation row
+            let w4: Vec<u8> = (0..4)
+                .flat_map(|_| random_weights(&mut rng, dtype, cols))
+                .collect();
+            let rows4 = rate(cols, 4, || {
+                black_box(dot_q8_32_rows::<4>(isa, dtype, black_box(&w4), a[0]));
+            });
+            let gbs = rows4 / 2.0 * dtype.bytes_for(1 << 20).unwrap() as f64 / (1 << 20) as f64;
+            println!(
+                "{dtype}: N=1 {r1:.1} GFLOP/s, N=4 {r4:.1} GFLOP/s, x8 {r8:.1} GFLOP/s, 4 rows x 1 {rows4:.1} GFLOP/s ({gbs:.1} GB/s of weights)"
+            );
         }
     }
 }

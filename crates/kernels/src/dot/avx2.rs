@@ -187,6 +187,15 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
     let bb = kind.block_bytes();
     let nb = a.len();
     let ones = _mm256_set1_epi16(1);
+    // Q4_0 / Q5_0 weights are taken unsigned (q + 8, q + 16) so each row needs one `maddubs`
+    // and no sign fix-ups; the offset times the block's activation sum, computed once for all
+    // rows, is taken off the exact integer sums. Q8 weights keep the sign trick.
+    let off = match kind {
+        LegacyKind::Q4_0 => 8,
+        LegacyKind::Q5_0 => 16,
+        _ => 0,
+    };
+    let offv = _mm256_set1_epi8(off);
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
     // The R rows are one contiguous run of bytes; reading them as R interleaved streams hides
@@ -199,33 +208,86 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
         _mm_prefetch::<_MM_HINT_T0>(pf.add(64) as *const i8);
         let ab = a.get_unchecked(i);
         let y = load(ab.qs.as_ptr() as *const u8);
+        let b0 = wp.add(i * bb);
+        let (b1, b2, b3) = (
+            b0.add(row_bytes),
+            b0.add(2 * row_bytes),
+            b0.add(3 * row_bytes),
+        );
         // (no closures here: they would not inherit this function's target features)
-        let mut p = [_mm256_setzero_si256(); 4];
-        let mut dw = [0.0f32; 4];
-        let mut mw = [0.0f32; 4];
-        for r in 0..4 {
-            let b = wp.add(r * row_bytes + i * bb);
-            let q = unpack_legacy(kind, b);
-            p[r] = if kind.has_min() {
-                mw[r] = f16(b.add(2));
-                _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones)
-            } else {
-                _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q)),
-                    ones,
-                )
-            };
-            dw[r] = f16(b);
+        let mut p = [
+            legacy_row_isum(kind, b0, y, ones),
+            legacy_row_isum(kind, b1, y, ones),
+            legacy_row_isum(kind, b2, y, ones),
+            legacy_row_isum(kind, b3, y, ones),
+        ];
+        if off != 0 {
+            // lane-wise, before the reduction: plain adds instead of more shuffles
+            let ysum = _mm256_madd_epi16(_mm256_maddubs_epi16(offv, y), ones);
+            for v in &mut p {
+                *v = _mm256_sub_epi32(*v, ysum);
+            }
         }
-        let scale = _mm_mul_ps(_mm_loadu_ps(dw.as_ptr()), _mm_set1_ps(ab.d));
-        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(reduce4(&p)), scale, acc);
+        let isum = reduce4(&p);
+        // The 4 rows' f16 scales gathered in a register (not stored and reloaded: that stalls
+        // on store forwarding).
+        let dw = _mm_cvtph_ps(gather4_u16(b0, b1, b2, b3));
+        let scale = _mm_mul_ps(dw, _mm_set1_ps(ab.d));
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), scale, acc);
         if kind.has_min() {
-            acc = _mm_fmadd_ps(_mm_loadu_ps(mw.as_ptr()), _mm_set1_ps(ab.s), acc);
+            let mw = _mm_cvtph_ps(gather4_u16(b0.add(2), b1.add(2), b2.add(2), b3.add(2)));
+            acc = _mm_fmadd_ps(mw, _mm_set1_ps(ab.s), acc);
         }
     }
     let mut out = [0.0f32; R];
     _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
+}
+
+/// Four u16 at `p0..p3` in the low 4 lanes of a vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gather4_u16(p0: *const u8, p1: *const u8, p2: *const u8, p3: *const u8) -> __m128i {
+    let lo = (p0 as *const u16).read_unaligned() as u32
+        | ((p1 as *const u16).read_unaligned() as u32) << 16;
+    let hi = (p2 as *const u16).read_unaligned() as u32
+        | ((p3 as *const u16).read_unaligned() as u32) << 16;
+    _mm_cvtsi64_si128((lo as u64 | (hi as u64) << 32) as i64)
+}
+
+/// One legacy block's pairwise integer products with `y` as 8 i32 lanes: unsigned weights
+/// (Q4_0 + 8, Q5_0 + 16, Q4_1, Q5_1) times `y`, or for Q8 the sign trick.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn legacy_row_isum(kind: LegacyKind, b: *const u8, y: __m256i, ones: __m256i) -> __m256i {
+    let q = match kind {
+        LegacyKind::Q4_0 => nibbles32(b.add(2)),
+        LegacyKind::Q4_1 => nibbles32(b.add(4)),
+        LegacyKind::Q5_0 | LegacyKind::Q5_1 => {
+            let at = if kind == LegacyKind::Q5_0 { 2 } else { 4 };
+            let qh = (b.add(at) as *const u32).read_unaligned();
+            let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
+            _mm256_or_si256(nibbles32(b.add(at + 4)), hi)
+        }
+        _ => {
+            let at = if kind == LegacyKind::Q8_0 { 2 } else { 4 };
+            let q = load(b.add(at));
+            return _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q)),
+                ones,
+            );
+        }
+    };
+    _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones)
+}
+
+/// [`nibbles16`] in three operations: one 16-byte broadcast load, a per-lane shift, a mask.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+    let x = _mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4));
+    _mm256_and_si256(x, _mm256_set1_epi8(0xF))
 }
 
 /// The sum of the 8 i32 lanes (exact).

@@ -2,6 +2,7 @@
 //! the KV cache, and the batch bookkeeping of a forward pass.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kiln_formats::{ModelConfig, RopeScaling, Tensor};
 use kiln_kernels::ops::{self, RopeStyle};
@@ -274,11 +275,20 @@ pub fn attention(
         row_seq.extend(std::iter::repeat_n(s, n));
     }
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    pool.run(&|ti, nt| {
-        let items = split_range(layout.total * nh, ti, nt);
+    // Threads claim (row, head) items one at a time, last row first: a causal row's cost grows
+    // with its position, so handing each thread an equal share of the rows would leave one
+    // with three times the work of the other at the end of a prompt.
+    let items = layout.total * nh;
+    let next = AtomicUsize::new(0);
+    pool.run(&|_, _| {
         ATTN.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            for item in items {
+            loop {
+                let claimed = next.fetch_add(1, Ordering::Relaxed);
+                if claimed >= items {
+                    break;
+                }
+                let item = items - 1 - claimed;
                 let (row, h) = (item / nh, item % nh);
                 let s = row_seq[row];
                 let pos = layout.start_pos[s] + (row - layout.first_row[s]);

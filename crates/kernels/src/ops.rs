@@ -162,6 +162,36 @@ pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
     reference::dot_f32_f16(a, b)
 }
 
+/// [`dot_f32_f16`] of two rows against one f16 vector (two query heads sharing a key):
+/// bit-identical to two calls, with each key element widened once for both.
+pub fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 2] {
+    assert!(
+        a0.len() == b.len() && a1.len() == b.len(),
+        "dot_f32_f16_x2: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        return unsafe { crate::ops_avx2::dot_f32_f16_x2(a0, a1, b) };
+    }
+    [reference::dot_f32_f16(a0, b), reference::dot_f32_f16(a1, b)]
+}
+
+/// [`mad_f16`] into two accumulators from one f16 vector (two query heads sharing a value):
+/// bit-identical to two calls.
+pub fn mad_f16_x2(y0: &mut [u16], y1: &mut [u16], x: &[u16], v0: f32, v1: f32) {
+    assert!(
+        y0.len() == x.len() && y1.len() == x.len(),
+        "mad_f16_x2: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::mad_f16_x2(y0, y1, x, v0, v1) };
+        return;
+    }
+    reference::mad_f16(y0, x, v0);
+    reference::mad_f16(y1, x, v1);
+}
+
 /// `y[i] += a · x[i]` with f16 `x` (attention's weighted sum over f16 values), one fused
 /// multiply-add per element.
 pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {

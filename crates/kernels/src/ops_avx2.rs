@@ -470,6 +470,54 @@ pub(crate) unsafe fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
     sum as f32
 }
 
+/// `ops::dot_f32_f16_x2`: two [`dot_f32_f16`]s sharing each widened element of `b`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 2] {
+    let n = b.len().min(a0.len()).min(a1.len());
+    let body = n / 32 * 32;
+    let mut acc0 = [_mm256_setzero_ps(); 4];
+    let mut acc1 = [_mm256_setzero_ps(); 4];
+    let (p0, p1, pb) = (a0.as_ptr(), a1.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < body {
+        for j in 0..4 {
+            let k = load_f16(pb.add(i + 8 * j));
+            acc0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p0.add(i + 8 * j)), k, acc0[j]);
+            acc1[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p1.add(i + 8 * j)), k, acc1[j]);
+        }
+        i += 32;
+    }
+    let mut out = [0.0f32; 2];
+    for (o, (acc, a)) in out.iter_mut().zip([(acc0, a0), (acc1, a1)]) {
+        let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+        let t0 = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+        let t1 = _mm_hadd_ps(t0, t0);
+        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
+        for k in body..n {
+            sum += (a[k] * half::f16::from_bits(b[k]).to_f32()) as f64;
+        }
+        *o = sum as f32;
+    }
+    out
+}
+
+/// `ops::mad_f16_x2`: two [`mad_f16`]s sharing each widened element of `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn mad_f16_x2(y0: &mut [u16], y1: &mut [u16], x: &[u16], v0: f32, v1: f32) {
+    let n = x.len().min(y0.len()).min(y1.len());
+    let (vv0, vv1) = (_mm256_set1_ps(v0), _mm256_set1_ps(v1));
+    let mut c = 0;
+    while c + 8 <= n {
+        let xv = load_f16(x.as_ptr().add(c));
+        let (q0, q1) = (y0.as_mut_ptr().add(c), y1.as_mut_ptr().add(c));
+        store_f16(q0, _mm256_fmadd_ps(xv, vv0, load_f16(q0)));
+        store_f16(q1, _mm256_fmadd_ps(xv, vv1, load_f16(q1)));
+        c += 8;
+    }
+    crate::ops::reference::mad_f16(&mut y0[c..n], &x[c..n], v0);
+    crate::ops::reference::mad_f16(&mut y1[c..n], &x[c..n], v1);
+}
+
 /// `ops::axpy_f16`; bit-identical to the scalar version.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {

@@ -294,3 +294,28 @@ fn mixed_f32_f16_dot_and_axpy_are_bit_identical_to_scalar_and_match_definition()
         close(&y, &want, 1e-6, 1e-6, "axpy_f16");
     }
 }
+
+#[test]
+fn two_head_f16_attention_ops_equal_two_single_calls() {
+    let mut rng = Rng::new(17);
+    for n in [1, 8, 31, 32, 33, 64, 100, 256] {
+        let (a0, a1) = (rng.vec(n), rng.vec(n));
+        let k = f16_bits(&rng.vec(n));
+        let [d0, d1] = ops::dot_f32_f16_x2(&a0, &a1, &k);
+        assert_eq!(d0.to_bits(), ops::dot_f32_f16(&a0, &k).to_bits(), "n={n}");
+        assert_eq!(d1.to_bits(), ops::dot_f32_f16(&a1, &k).to_bits(), "n={n}");
+        assert_eq!(
+            d0.to_bits(),
+            reference::dot_f32_f16(&a0, &k).to_bits(),
+            "n={n}"
+        );
+
+        let (y0, y1) = (f16_bits(&rng.vec(n)), f16_bits(&rng.vec(n)));
+        let (mut g0, mut g1) = (y0.clone(), y1.clone());
+        ops::mad_f16_x2(&mut g0, &mut g1, &k, 0.37, -1.25);
+        let (mut w0, mut w1) = (y0.clone(), y1.clone());
+        reference::mad_f16(&mut w0, &k, 0.37);
+        reference::mad_f16(&mut w1, &k, -1.25);
+        assert_eq!((g0, g1), (w0, w1), "n={n}");
+    }
+}

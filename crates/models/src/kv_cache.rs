@@ -80,6 +80,7 @@ impl Store {
 }
 
 /// One head's keys and values for positions `0..end`, `head_dim` values per position.
+#[derive(Clone, Copy)]
 pub enum HeadView<'a> {
     F32 {
         k: &'a [f32],

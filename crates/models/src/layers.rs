@@ -236,8 +236,11 @@ pub fn store_kv(
 #[derive(Default)]
 struct AttnScratch {
     scores: Vec<f32>,
-    q16: Vec<u16>,
-    acc16: Vec<u16>,
+    /// f16-rounded queries (widened), one per head of a work unit.
+    q16: [Vec<f32>; 2],
+    /// f16 accumulators, one per head of a work unit.
+    acc16: [Vec<u16>; 2],
+    tmp16: Vec<u16>,
 }
 
 thread_local! {
@@ -275,10 +278,14 @@ pub fn attention(
         row_seq.extend(std::iter::repeat_n(s, n));
     }
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    // Threads claim (row, head) items one at a time, last row first: a causal row's cost grows
+    // Work units: the query heads of each kv head, two at a time (they read the same keys and
+    // values, so the ggml f16 path widens each key and value element once for both).
+    let units_per_kv = group.div_ceil(2);
+    let units = shape.n_kv_heads * units_per_kv;
+    // Threads claim (row, unit) items one at a time, last row first: a causal row's cost grows
     // with its position, so handing each thread an equal share of the rows would leave one
     // with three times the work of the other at the end of a prompt.
-    let items = layout.total * nh;
+    let items = layout.total * units;
     let next = AtomicUsize::new(0);
     pool.run(&|_, _| {
         ATTN.with(|scratch| {
@@ -289,25 +296,40 @@ pub fn attention(
                     break;
                 }
                 let item = items - 1 - claimed;
-                let (row, h) = (item / nh, item % nh);
+                let (row, unit) = (item / units, item % units);
+                let kvh = unit / units_per_kv;
+                let h0 = kvh * group + 2 * (unit % units_per_kv);
+                let heads = h0..(h0 + 2).min((kvh + 1) * group);
                 let s = row_seq[row];
                 let pos = layout.start_pos[s] + (row - layout.first_row[s]);
                 let lo = match shape.window {
                     Some(w) => (pos + 1).saturating_sub(w),
                     None => 0,
                 };
-                let qh = &q[row * qd + h * hd..row * qd + (h + 1) * hd];
+                let qh = |h: usize| &q[row * qd + h * hd..row * qd + (h + 1) * hd];
                 // SAFETY: each (row, head) slice of `out` is written by exactly one work item.
-                let o = unsafe {
+                let o = |h: usize| unsafe {
                     std::slice::from_raw_parts_mut(out_ptr.get().add(row * qd + h * hd), hd)
                 };
-                match batch[s].cache.view(layer, h / group, pos + 1) {
-                    HeadView::F32 { k, v } => attend_f32(qh, k, v, lo, shape, &mut scratch, o),
-                    HeadView::F16 { k, v } => {
-                        if numerics == Numerics::Ggml {
-                            attend_f16_ggml(qh, k, v, lo, shape, &mut scratch, o)
-                        } else {
-                            attend_f16_widened(qh, k, v, lo, shape, &mut scratch, o)
+                let view = batch[s].cache.view(layer, kvh, pos + 1);
+                match view {
+                    HeadView::F16 { k, v } if numerics == Numerics::Ggml && heads.len() == 2 => {
+                        let (q2, o2) = ([qh(h0), qh(h0 + 1)], [o(h0), o(h0 + 1)]);
+                        attend_f16_ggml_x2(q2, k, v, lo, shape, &mut scratch, o2)
+                    }
+                    _ => {
+                        for h in heads {
+                            match view {
+                                HeadView::F32 { k, v } => {
+                                    attend_f32(qh(h), k, v, lo, shape, &mut scratch, o(h))
+                                }
+                                HeadView::F16 { k, v } if numerics == Numerics::Ggml => {
+                                    attend_f16_ggml(qh(h), k, v, lo, shape, &mut scratch, o(h))
+                                }
+                                HeadView::F16 { k, v } => {
+                                    attend_f16_widened(qh(h), k, v, lo, shape, &mut scratch, o(h))
+                                }
+                            }
                         }
                     }
                 }
@@ -397,37 +419,120 @@ fn attend_f16_ggml(
 ) {
     let hd = qh.len();
     let end = keys.len() / hd;
-    let AttnScratch { q16, acc16, .. } = scratch;
-    q16.resize(hd, 0);
-    ops::f32_to_f16(qh, q16);
-    acc16.clear();
-    acc16.resize(hd, 0);
-    let scale = match shape.softcap {
-        Some(cap) => shape.scale / cap,
-        None => shape.scale,
-    };
-    let mut max = f32::NEG_INFINITY;
-    let mut sum = 0.0f32;
+    let AttnScratch {
+        q16, acc16, tmp16, ..
+    } = scratch;
+    // The query rounded to f16 and widened back: f32 × f16 products of these are exactly the
+    // f16 × f16 products, so the dot reads one f16 vector instead of two.
+    let q = &mut q16[0];
+    round_to_f16(qh, tmp16, q);
+    let acc = &mut acc16[0];
+    acc.clear();
+    acc.resize(hd, 0);
+    let mut state = OnlineSoftmax::new();
     for j in lo..end {
-        let mut s = ops::dot_f16(q16, &keys[j * hd..(j + 1) * hd]) * scale;
+        let s = ops::dot_f32_f16(q, &keys[j * hd..(j + 1) * hd]);
+        let (ms, vs) = state.step(shape, s);
+        if ms != 1.0 {
+            ops::scale_f16(acc, ms);
+        }
+        ops::mad_f16(acc, &values[j * hd..(j + 1) * hd], vs);
+    }
+    state.finish(acc, o);
+}
+
+/// [`attend_f16_ggml`] for two query heads over the same keys and values: bit-identical to
+/// two calls, with each key and value element widened once for both heads.
+fn attend_f16_ggml_x2(
+    qh: [&[f32]; 2],
+    keys: &[u16],
+    values: &[u16],
+    lo: usize,
+    shape: &AttentionShape,
+    scratch: &mut AttnScratch,
+    o: [&mut [f32]; 2],
+) {
+    let hd = qh[0].len();
+    let end = keys.len() / hd;
+    let AttnScratch {
+        q16, acc16, tmp16, ..
+    } = scratch;
+    let [qa, qb] = q16;
+    round_to_f16(qh[0], tmp16, qa);
+    round_to_f16(qh[1], tmp16, qb);
+    let [acc_a, acc_b] = acc16;
+    for acc in [&mut *acc_a, &mut *acc_b] {
+        acc.clear();
+        acc.resize(hd, 0);
+    }
+    let (mut sa, mut sb) = (OnlineSoftmax::new(), OnlineSoftmax::new());
+    for j in lo..end {
+        let [s0, s1] = ops::dot_f32_f16_x2(qa, qb, &keys[j * hd..(j + 1) * hd]);
+        let (ms0, vs0) = sa.step(shape, s0);
+        let (ms1, vs1) = sb.step(shape, s1);
+        if ms0 != 1.0 {
+            ops::scale_f16(acc_a, ms0);
+        }
+        if ms1 != 1.0 {
+            ops::scale_f16(acc_b, ms1);
+        }
+        ops::mad_f16_x2(acc_a, acc_b, &values[j * hd..(j + 1) * hd], vs0, vs1);
+    }
+    let [oa, ob] = o;
+    sa.finish(acc_a, oa);
+    sb.finish(acc_b, ob);
+}
+
+/// `out = widen(f16(x))`, through `tmp`.
+fn round_to_f16(x: &[f32], tmp: &mut Vec<u16>, out: &mut Vec<f32>) {
+    tmp.resize(x.len(), 0);
+    ops::f32_to_f16(x, tmp);
+    out.resize(x.len(), 0.0);
+    ops::f16_to_f32(tmp, out);
+}
+
+/// ggml's one-row online softmax: the running maximum and weight sum of a query's scores.
+struct OnlineSoftmax {
+    max: f32,
+    sum: f32,
+}
+
+impl OnlineSoftmax {
+    fn new() -> OnlineSoftmax {
+        OnlineSoftmax {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+        }
+    }
+
+    /// Takes raw score `s` (before scaling); returns `(ms, vs)`: the factor for the
+    /// accumulator (1 unless the maximum moved) and the weight of this key's value.
+    fn step(&mut self, shape: &AttentionShape, s: f32) -> (f32, f32) {
+        let mut s = match shape.softcap {
+            Some(cap) => s * (shape.scale / cap),
+            None => s * shape.scale,
+        };
         if let Some(cap) = shape.softcap {
             s = cap * s.tanh();
         }
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
-        if s > max {
-            let old = max;
-            max = s;
-            ms = (old - max).exp();
-            ops::scale_f16(acc16, ms);
+        if s > self.max {
+            let old = self.max;
+            self.max = s;
+            ms = (old - self.max).exp();
         } else {
-            vs = (s - max).exp();
+            vs = (s - self.max).exp();
         }
-        ops::mad_f16(acc16, &values[j * hd..(j + 1) * hd], vs);
-        sum = sum * ms + vs;
+        self.sum = self.sum * ms + vs;
+        (ms, vs)
     }
-    ops::f16_to_f32(acc16, o);
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    o.iter_mut().for_each(|v| *v *= inv);
+
+    /// `o = widen(acc) / sum`.
+    fn finish(&self, acc: &[u16], o: &mut [f32]) {
+        ops::f16_to_f32(acc, o);
+        let inv = if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum };
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -558,6 +663,21 @@ mod tests {
             attend_f32(&q, &kf, &vf, lo, &shape, &mut scratch, &mut want);
             let mut got = vec![0.0; hd];
             attend_f16_ggml(&q, &k16, &v16, lo, &shape, &mut scratch, &mut got);
+            // two heads at once: bit-identical to one at a time
+            let q2: Vec<f32> = q.iter().map(|x| 0.5 - x).collect();
+            let mut got2 = vec![0.0; hd];
+            attend_f16_ggml(&q2, &k16, &v16, lo, &shape, &mut scratch, &mut got2);
+            let (mut pa, mut pb) = (vec![0.0; hd], vec![0.0; hd]);
+            attend_f16_ggml_x2(
+                [&q, &q2],
+                &k16,
+                &v16,
+                lo,
+                &shape,
+                &mut scratch,
+                [&mut pa, &mut pb],
+            );
+            assert_eq!((&pa, &pb), (&got, &got2), "lo {lo} cap {softcap:?}");
             let mut wide = vec![0.0; hd];
             attend_f16_widened(&q, &k16, &v16, lo, &shape, &mut scratch, &mut wide);
             for i in 0..hd {

@@ -176,20 +176,25 @@ pub fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 2] {
     [reference::dot_f32_f16(a0, b), reference::dot_f32_f16(a1, b)]
 }
 
-/// [`mad_f16`] into two accumulators from one f16 vector (two query heads sharing a value):
-/// bit-identical to two calls.
-pub fn mad_f16_x2(y0: &mut [u16], y1: &mut [u16], x: &[u16], v0: f32, v1: f32) {
+/// The f16 accumulator of ggml's one-row flash attention over a run of keys, widened into
+/// `out`: starting from zero, for each key `j` in order and per element, `acc = f16(acc·ms[j])`
+/// when `ms[j] != 1` (the running maximum moved), then `acc = f16(acc + v_j·vs[j])` with the
+/// f32 fused multiply-add rounded once. `values` holds the keys' value rows back to back
+/// (`out.len()` each). Bit-identical to [`scale_f16`] and [`mad_f16`] applied key by key; the
+/// SIMD form keeps a slice of the accumulator in registers for the whole run of keys instead
+/// of storing and reloading it for every key.
+pub fn f16_weighted_sum(values: &[u16], ms: &[f32], vs: &[f32], out: &mut [f32]) {
+    let hd = out.len();
     assert!(
-        y0.len() == x.len() && y1.len() == x.len(),
-        "mad_f16_x2: lengths differ"
+        ms.len() == vs.len() && values.len() == vs.len() * hd,
+        "f16_weighted_sum: lengths differ"
     );
     #[cfg(target_arch = "x86_64")]
     if avx2() {
-        unsafe { crate::ops_avx2::mad_f16_x2(y0, y1, x, v0, v1) };
+        unsafe { crate::ops_avx2::f16_weighted_sum(values, ms, vs, out) };
         return;
     }
-    reference::mad_f16(y0, x, v0);
-    reference::mad_f16(y1, x, v1);
+    reference::f16_weighted_sum(values, ms, vs, out)
 }
 
 /// `y[i] += a · x[i]` with f16 `x` (attention's weighted sum over f16 values), one fused
@@ -350,6 +355,20 @@ pub mod reference {
     pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
         for (v, &b) in y.iter_mut().zip(x) {
             *v = a.mul_add(f16::from_bits(b).to_f32(), *v);
+        }
+    }
+
+    pub fn f16_weighted_sum(values: &[u16], ms: &[f32], vs: &[f32], out: &mut [f32]) {
+        let hd = out.len();
+        let mut acc = vec![0u16; hd];
+        for (j, (&m, &v)) in ms.iter().zip(vs).enumerate() {
+            if m != 1.0 {
+                scale_f16(&mut acc, m);
+            }
+            mad_f16(&mut acc, &values[j * hd..(j + 1) * hd], v);
+        }
+        for (o, &a) in out.iter_mut().zip(&acc) {
+            *o = f16::from_bits(a).to_f32();
         }
     }
 

@@ -501,21 +501,72 @@ pub(crate) unsafe fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 
     out
 }
 
-/// `ops::mad_f16_x2`: two [`mad_f16`]s sharing each widened element of `x`.
+/// `ops::f16_weighted_sum`: 8 vectors (64 elements) of the accumulator at a time stay in
+/// registers, as f32 values rounded to f16 after every step, while all keys stream past.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn mad_f16_x2(y0: &mut [u16], y1: &mut [u16], x: &[u16], v0: f32, v1: f32) {
-    let n = x.len().min(y0.len()).min(y1.len());
-    let (vv0, vv1) = (_mm256_set1_ps(v0), _mm256_set1_ps(v1));
-    let mut c = 0;
-    while c + 8 <= n {
-        let xv = load_f16(x.as_ptr().add(c));
-        let (q0, q1) = (y0.as_mut_ptr().add(c), y1.as_mut_ptr().add(c));
-        store_f16(q0, _mm256_fmadd_ps(xv, vv0, load_f16(q0)));
-        store_f16(q1, _mm256_fmadd_ps(xv, vv1, load_f16(q1)));
-        c += 8;
+pub(crate) unsafe fn f16_weighted_sum(values: &[u16], ms: &[f32], vs: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    let n8 = hd / 8;
+    let mut v0 = 0;
+    while v0 + 8 <= n8 {
+        weighted_sum_vectors::<8>(values, hd, 8 * v0, ms, vs, out);
+        v0 += 8;
     }
-    crate::ops::reference::mad_f16(&mut y0[c..n], &x[c..n], v0);
-    crate::ops::reference::mad_f16(&mut y1[c..n], &x[c..n], v1);
+    while v0 < n8 {
+        weighted_sum_vectors::<1>(values, hd, 8 * v0, ms, vs, out);
+        v0 += 1;
+    }
+    let tail = 8 * n8;
+    if tail < hd {
+        let mut acc = vec![0u16; hd - tail];
+        for (j, (&m, &v)) in ms.iter().zip(vs).enumerate() {
+            if m != 1.0 {
+                crate::ops::reference::scale_f16(&mut acc, m);
+            }
+            crate::ops::reference::mad_f16(&mut acc, &values[j * hd + tail..(j + 1) * hd], v);
+        }
+        for (o, &a) in out[tail..].iter_mut().zip(&acc) {
+            *o = half::f16::from_bits(a).to_f32();
+        }
+    }
+}
+
+/// Rounds each lane to the nearest f16 (ties to even) and widens it back.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_f16(x: __m256) -> __m256 {
+    _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+}
+
+/// [`f16_weighted_sum`] for the `V` vectors of elements `e0..e0 + 8V`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_sum_vectors<const V: usize>(
+    values: &[u16],
+    hd: usize,
+    e0: usize,
+    ms: &[f32],
+    vs: &[f32],
+    out: &mut [f32],
+) {
+    let mut acc = [_mm256_setzero_ps(); V];
+    let mut p = values.as_ptr().add(e0);
+    for (&m, &w) in ms.iter().zip(vs) {
+        if m != 1.0 {
+            let mv = _mm256_set1_ps(m);
+            for a in acc.iter_mut() {
+                *a = round_f16(_mm256_mul_ps(*a, mv));
+            }
+        }
+        let wv = _mm256_set1_ps(w);
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = round_f16(_mm256_fmadd_ps(load_f16(p.add(8 * k)), wv, *a));
+        }
+        p = p.add(hd);
+    }
+    for (k, a) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(e0 + 8 * k), *a);
+    }
 }
 
 /// `ops::axpy_f16`; bit-identical to the scalar version.

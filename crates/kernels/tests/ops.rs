@@ -296,7 +296,7 @@ fn mixed_f32_f16_dot_and_axpy_are_bit_identical_to_scalar_and_match_definition()
 }
 
 #[test]
-fn two_head_f16_attention_ops_equal_two_single_calls() {
+fn two_row_f32_f16_dot_equals_two_single_calls() {
     let mut rng = Rng::new(17);
     for n in [1, 8, 31, 32, 33, 64, 100, 256] {
         let (a0, a1) = (rng.vec(n), rng.vec(n));
@@ -309,13 +309,49 @@ fn two_head_f16_attention_ops_equal_two_single_calls() {
             reference::dot_f32_f16(&a0, &k).to_bits(),
             "n={n}"
         );
+    }
+}
 
-        let (y0, y1) = (f16_bits(&rng.vec(n)), f16_bits(&rng.vec(n)));
-        let (mut g0, mut g1) = (y0.clone(), y1.clone());
-        ops::mad_f16_x2(&mut g0, &mut g1, &k, 0.37, -1.25);
-        let (mut w0, mut w1) = (y0.clone(), y1.clone());
-        reference::mad_f16(&mut w0, &k, 0.37);
-        reference::mad_f16(&mut w1, &k, -1.25);
-        assert_eq!((g0, g1), (w0, w1), "n={n}");
+#[test]
+fn f16_weighted_sum_equals_scale_and_mad_key_by_key() {
+    let mut rng = Rng::new(19);
+    for hd in [3, 8, 64, 72, 100, 256] {
+        for n in [1, 2, 17] {
+            let values = f16_bits(&rng.vec(n * hd));
+            // weights in (0, 1]; every few keys the "maximum moves" and rescales
+            let vs: Vec<f32> = (0..n)
+                .map(|j| {
+                    if j % 5 == 0 {
+                        1.0
+                    } else {
+                        0.1 + 0.8 * rng.vec(1)[0].abs().min(1.0)
+                    }
+                })
+                .collect();
+            let ms: Vec<f32> = (0..n)
+                .map(|j| {
+                    if j % 5 == 0 {
+                        0.25 + 0.5 * rng.vec(1)[0].abs().min(1.0)
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            let mut want = vec![0.0; hd];
+            reference::f16_weighted_sum(&values, &ms, &vs, &mut want);
+            // the reference is the key-by-key form
+            let mut acc = vec![0u16; hd];
+            for j in 0..n {
+                if ms[j] != 1.0 {
+                    ops::scale_f16(&mut acc, ms[j]);
+                }
+                ops::mad_f16(&mut acc, &values[j * hd..(j + 1) * hd], vs[j]);
+            }
+            assert_eq!(want, widen_f32(&acc), "hd {hd} n {n}");
+            let mut got = vec![0.0; hd];
+            ops::f16_weighted_sum(&values, &ms, &vs, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "hd {hd} n {n}");
+        }
     }
 }

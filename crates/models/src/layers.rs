@@ -238,9 +238,10 @@ struct AttnScratch {
     scores: Vec<f32>,
     /// f16-rounded queries (widened), one per head of a work unit.
     q16: [Vec<f32>; 2],
-    /// f16 accumulators, one per head of a work unit.
-    acc16: [Vec<u16>; 2],
     tmp16: Vec<u16>,
+    /// Per key, the accumulator's rescale factor and the value's weight, per head.
+    ms: [Vec<f32>; 2],
+    vs: [Vec<f32>; 2],
 }
 
 thread_local! {
@@ -420,29 +421,29 @@ fn attend_f16_ggml(
     let hd = qh.len();
     let end = keys.len() / hd;
     let AttnScratch {
-        q16, acc16, tmp16, ..
+        q16, tmp16, ms, vs, ..
     } = scratch;
     // The query rounded to f16 and widened back: f32 × f16 products of these are exactly the
     // f16 × f16 products, so the dot reads one f16 vector instead of two.
     let q = &mut q16[0];
     round_to_f16(qh, tmp16, q);
-    let acc = &mut acc16[0];
-    acc.clear();
-    acc.resize(hd, 0);
+    let (ms, vs) = (&mut ms[0], &mut vs[0]);
+    ms.clear();
+    vs.clear();
+    // Scores first (they set each key's rescale and weight), then the f16 accumulator over
+    // all keys: the same operations per element in the same order as ggml's key-by-key loop.
     let mut state = OnlineSoftmax::new();
     for j in lo..end {
-        let s = ops::dot_f32_f16(q, &keys[j * hd..(j + 1) * hd]);
-        let (ms, vs) = state.step(shape, s);
-        if ms != 1.0 {
-            ops::scale_f16(acc, ms);
-        }
-        ops::mad_f16(acc, &values[j * hd..(j + 1) * hd], vs);
+        let (m, v) = state.step(shape, ops::dot_f32_f16(q, &keys[j * hd..(j + 1) * hd]));
+        ms.push(m);
+        vs.push(v);
     }
-    state.finish(acc, o);
+    ops::f16_weighted_sum(&values[lo * hd..end * hd], ms, vs, o);
+    state.finish(o);
 }
 
-/// [`attend_f16_ggml`] for two query heads over the same keys and values: bit-identical to
-/// two calls, with each key and value element widened once for both heads.
+/// [`attend_f16_ggml`] for two query heads over the same keys: bit-identical to two calls,
+/// with each key element widened once for both heads.
 fn attend_f16_ggml_x2(
     qh: [&[f32]; 2],
     keys: &[u16],
@@ -455,32 +456,27 @@ fn attend_f16_ggml_x2(
     let hd = qh[0].len();
     let end = keys.len() / hd;
     let AttnScratch {
-        q16, acc16, tmp16, ..
+        q16, tmp16, ms, vs, ..
     } = scratch;
     let [qa, qb] = q16;
     round_to_f16(qh[0], tmp16, qa);
     round_to_f16(qh[1], tmp16, qb);
-    let [acc_a, acc_b] = acc16;
-    for acc in [&mut *acc_a, &mut *acc_b] {
-        acc.clear();
-        acc.resize(hd, 0);
+    for v in ms.iter_mut().chain(vs.iter_mut()) {
+        v.clear();
     }
-    let (mut sa, mut sb) = (OnlineSoftmax::new(), OnlineSoftmax::new());
+    let mut state = [OnlineSoftmax::new(), OnlineSoftmax::new()];
     for j in lo..end {
-        let [s0, s1] = ops::dot_f32_f16_x2(qa, qb, &keys[j * hd..(j + 1) * hd]);
-        let (ms0, vs0) = sa.step(shape, s0);
-        let (ms1, vs1) = sb.step(shape, s1);
-        if ms0 != 1.0 {
-            ops::scale_f16(acc_a, ms0);
+        let s = ops::dot_f32_f16_x2(qa, qb, &keys[j * hd..(j + 1) * hd]);
+        for h in 0..2 {
+            let (m, v) = state[h].step(shape, s[h]);
+            ms[h].push(m);
+            vs[h].push(v);
         }
-        if ms1 != 1.0 {
-            ops::scale_f16(acc_b, ms1);
-        }
-        ops::mad_f16_x2(acc_a, acc_b, &values[j * hd..(j + 1) * hd], vs0, vs1);
     }
-    let [oa, ob] = o;
-    sa.finish(acc_a, oa);
-    sb.finish(acc_b, ob);
+    for (h, o) in o.into_iter().enumerate() {
+        ops::f16_weighted_sum(&values[lo * hd..end * hd], &ms[h], &vs[h], o);
+        state[h].finish(o);
+    }
 }
 
 /// `out = widen(f16(x))`, through `tmp`.
@@ -527,9 +523,8 @@ impl OnlineSoftmax {
         (ms, vs)
     }
 
-    /// `o = widen(acc) / sum`.
-    fn finish(&self, acc: &[u16], o: &mut [f32]) {
-        ops::f16_to_f32(acc, o);
+    /// `o = o / sum` (`o` holds the widened accumulator).
+    fn finish(&self, o: &mut [f32]) {
         let inv = if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum };
         o.iter_mut().for_each(|v| *v *= inv);
     }

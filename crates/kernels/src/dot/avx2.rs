@@ -742,8 +742,9 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn kscale_min_v(p: *const u8) -> __m128i {
-    let x = _mm_loadu_si128(p as *const __m128i); // dwords s0..4, s4..8, s8..12
-                                                  // low bits: [s0..4 & 63, s8..12 & 15, s4..8 & 63, s8..12 >> 4 & 15]
+    // dwords s0..4, s4..8, s8..12; the low bits of the result are
+    // [s0..4 & 63, s8..12 & 15, s4..8 & 63, s8..12 >> 4 & 15]
+    let x = _mm_loadu_si128(p as *const __m128i);
     let t = _mm_shuffle_epi32(x, 0b10_01_10_00);
     let low = _mm_and_si128(
         _mm_srlv_epi32(t, _mm_setr_epi32(0, 0, 0, 4)),
@@ -758,57 +759,42 @@ unsafe fn kscale_min_v(p: *const u8) -> __m128i {
     _mm_or_si128(low, high)
 }
 
-/// One row's Q4_K/Q5_K super-block at `b` × the activation block `ab`: the exact integer dot
-/// spread over 8 i32 lanes, and the mins' dot with `bsp` (the activation's 8 sub-block sums,
-/// as i16) over 4 i32 lanes.
+/// Four vectors of 8 i32 -> their 4 horizontal sums (lane r = Σ p[r], exact), without
+/// `vphaddd` (3 uops, 2 cycles each on Zen 3): in-lane transposes and adds.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q45_k_block<const FIVE: bool>(
-    b: *const u8,
-    ab: &BlockQ8K,
-    bsp: __m128i,
-) -> (__m256i, __m128i) {
-    let m4 = _mm256_set1_epi8(0xF);
-    let scm = kscale_min_v(b.add(4));
-    // the 8 scales as i16 in both lanes, spread per sub-block by the shuffles below
-    let sc8 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(scm));
-    let msum = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(scm, scm)), bsp);
-    let qs = b.add(if FIVE { 48 } else { 16 });
-    let qh = if FIVE {
-        load(b.add(16))
-    } else {
-        _mm256_setzero_si256()
-    };
-    let y = ab.qs.as_ptr() as *const u8;
-    let mut isum = _mm256_setzero_si256();
-    for j in 0..4 {
-        let q = load(qs.add(32 * j));
-        let mut lo = _mm256_and_si256(q, m4);
-        let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        if FIVE {
-            // bits 2j and 2j + 1 of every qh byte, moved to bit 4
-            let bit4 = _mm256_set1_epi8(0x10);
-            let (h0, h1) = match j {
-                0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
-                1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
-                2 => (qh, _mm256_srli_epi16(qh, 1)),
-                _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
-            };
-            lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
-            hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
-        }
-        let s1 = _mm256_shuffle_epi8(sc8, _mm256_set1_epi16((0x0100 + 0x0404 * j) as i16));
-        let s2 = _mm256_shuffle_epi8(sc8, _mm256_set1_epi16((0x0302 + 0x0404 * j) as i16));
-        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(y.add(64 * j))), s1);
-        let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(y.add(64 * j + 32))), s2);
-        isum = _mm256_add_epi32(isum, _mm256_add_epi32(p1, p2));
-    }
-    (isum, msum)
+unsafe fn sum4(p: &[__m256i; 4]) -> __m128i {
+    // lanes (per 128-bit half): [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d
+    let ab = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(p[0], p[1]),
+        _mm256_unpackhi_epi32(p[0], p[1]),
+    );
+    let cd = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(p[2], p[3]),
+        _mm256_unpackhi_epi32(p[2], p[3]),
+    );
+    let s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1))
 }
 
-/// The f16 pairs at `p0..p3` (4 bytes each: Q4_K/Q5_K's `d` and `dmin`) as two f32 vectors,
-/// lane r from `p[r]`. Built in registers: storing the scalars to memory and reloading them
-/// as one vector would stall on store forwarding.
+/// [`sum4`] for vectors of 4 i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum4_128(p: &[__m128i; 4]) -> __m128i {
+    let ab = _mm_add_epi32(
+        _mm_unpacklo_epi32(p[0], p[1]),
+        _mm_unpackhi_epi32(p[0], p[1]),
+    );
+    let cd = _mm_add_epi32(
+        _mm_unpacklo_epi32(p[2], p[3]),
+        _mm_unpackhi_epi32(p[2], p[3]),
+    );
+    _mm_add_epi32(_mm_unpacklo_epi64(ab, cd), _mm_unpackhi_epi64(ab, cd))
+}
+
+/// The f16 pairs at `p[0..4]` (4 bytes each: Q4_K/Q5_K's `d` and `dmin`) as two f32 vectors,
+/// lane r from `p[r]`. Built in registers: writing 4 scalars to memory and reloading them as
+/// one vector would stall on store forwarding.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_pairs4(p: [*const u8; 4]) -> (__m128, __m128) {
@@ -825,9 +811,12 @@ unsafe fn f16_pairs4(p: [*const u8; 4]) -> (__m128, __m128) {
 }
 
 /// `R` consecutive Q4_K/Q5_K rows (`row_bytes` apart from `w`) · one activation row: the
-/// decode kernel. Each row's super-block gives its exact integer sums as before; the 4 rows'
-/// horizontal sums, scales and float steps then take one vector operation each (lane r = row
-/// r, the same float operations as `q45_k`), which is most of a one-row kernel's cost.
+/// decode kernel. Each row's super-block gives its exact integer sums as in `q45_k`; the 4
+/// rows' horizontal sums, scales and float steps then take one vector operation each (lane
+/// r = row r, the same float operations as `q45_k`), which is much of a one-row kernel's cost.
+/// Each 64 activations are loaded once for the 4 rows, and each sub-block scale is one
+/// broadcast load from a small per-row table: the loop is bound by vector and load
+/// instructions, so it avoids both reloads and shuffles.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
     w: &[u8],
@@ -847,33 +836,89 @@ pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
             _mm_prefetch::<_MM_HINT_T0>(pf.add(64 * l) as *const i8);
         }
         let ab = a.get_unchecked(i);
-        // the activation's 8 sub-block sums (pairs of bsums) as i16, shared by the rows
         let bs = _mm256_madd_epi16(load(ab.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
         let bsp = _mm_packs_epi32(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        let mut isum = [_mm256_setzero_si256(); 4];
+        let b0 = wp.add(i * bb);
+        let zero = _mm_setzero_si128();
+        // Per row: scale k as both i16 halves of dword k (one `vpbroadcastd` load per
+        // sub-block, no shuffle), and the mins' dot with the activation's sub-block sums.
+        let mut tbl = [[0u32; 8]; 4];
         let mut msum = [_mm_setzero_si128(); 4];
         for r in 0..4 {
-            (isum[r], msum[r]) = q45_k_block::<FIVE>(wp.add(r * row_bytes + i * bb), ab, bsp);
+            let scm = kscale_min_v(b0.add(r * row_bytes + 4));
+            msum[r] = _mm_madd_epi16(_mm_unpackhi_epi8(scm, zero), bsp);
+            let sc = _mm_unpacklo_epi8(scm, zero);
+            _mm_storeu_si128(
+                tbl[r].as_mut_ptr() as *mut __m128i,
+                _mm_unpacklo_epi16(sc, sc),
+            );
+            _mm_storeu_si128(
+                tbl[r].as_mut_ptr().add(4) as *mut __m128i,
+                _mm_unpackhi_epi16(sc, sc),
+            );
         }
-        let b0 = wp.add(i * bb);
+        let y = ab.qs.as_ptr() as *const u8;
+        let mut isum = [_mm256_setzero_si256(); 4];
+        q45_rows_step::<FIVE, 0>(b0, row_bytes, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 1>(b0, row_bytes, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 2>(b0, row_bytes, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 3>(b0, row_bytes, &tbl, y, &mut isum);
         let (d, dmin) = f16_pairs4([
             b0,
             b0.add(row_bytes),
             b0.add(2 * row_bytes),
             b0.add(3 * row_bytes),
         ]);
-        let m = _mm_hadd_epi32(
-            _mm_hadd_epi32(msum[0], msum[1]),
-            _mm_hadd_epi32(msum[2], msum[3]),
-        );
-        // the canonical float steps (module docs), all 4 rows at once
+        let m = sum4_128(&msum);
         let da = _mm_set1_ps(ab.d);
-        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(reduce4(&isum)), _mm_mul_ps(d, da), acc);
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sum4(&isum)), _mm_mul_ps(d, da), acc);
         acc = _mm_fnmadd_ps(_mm_cvtepi32_ps(m), _mm_mul_ps(dmin, da), acc);
     }
     let mut out = [0.0f32; R];
     _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
+}
+
+/// Sub-blocks `2J` and `2J + 1` (64 weights) of the 4 rows' super-blocks at `b0 + r ·
+/// row_bytes`, added to `isum[r]`. A function per `J` so that the bit positions below are
+/// constants and every step is unrolled.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45_rows_step<const FIVE: bool, const J: usize>(
+    b0: *const u8,
+    row_bytes: usize,
+    tbl: &[[u32; 8]; 4],
+    y: *const u8,
+    isum: &mut [__m256i; 4],
+) {
+    let m4 = _mm256_set1_epi8(0xF);
+    let y0 = load(y.add(64 * J));
+    let y1 = load(y.add(64 * J + 32));
+    for r in 0..4 {
+        let b = b0.add(r * row_bytes);
+        let q = load(b.add(if FIVE { 48 } else { 16 } + 32 * J));
+        let mut lo = _mm256_and_si256(q, m4);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if FIVE {
+            // bits 2J and 2J + 1 of every qh byte, moved to bit 4 (16-bit shifts: what
+            // crosses a byte boundary is masked off)
+            let qh = load(b.add(16));
+            let bit4 = _mm256_set1_epi8(0x10);
+            let (h0, h1) = match J {
+                0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
+                1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
+                2 => (qh, _mm256_srli_epi16(qh, 1)),
+                _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
+            };
+            lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
+        }
+        let s1 = bcast32(tbl[r].as_ptr().add(2 * J));
+        let s2 = bcast32(tbl[r].as_ptr().add(2 * J + 1));
+        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), s1);
+        let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), s2);
+        isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(p1, p2));
+    }
 }
 
 /// One row's Q6_K super-block at `b` × the activation block `ab`: the exact integer dot spread
@@ -960,7 +1005,7 @@ pub(super) unsafe fn dot_q6_k_rows<const R: usize>(
         let d = _mm_cvtph_ps(h);
         // the canonical float step (module docs), all 4 rows at once
         let scale = _mm_mul_ps(d, _mm_set1_ps(ab.d));
-        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(reduce4(&isum)), scale, acc);
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sum4(&isum)), scale, acc);
     }
     let mut out = [0.0f32; R];
     _mm_storeu_ps(out.as_mut_ptr(), acc);

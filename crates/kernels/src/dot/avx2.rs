@@ -828,8 +828,10 @@ pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
     let nb = a.len();
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
-    // The next group of rows, fetched ahead as in `legacy_rows`: 4 · bb bytes per super-block.
-    let ahead = wp.add(2 * R * row_bytes);
+    // The next group of rows, fetched ahead as in `legacy_rows` (4 · bb bytes per super-block)
+    // but one group ahead, not two: a k-quant group is 10-20 KiB, and two groups ahead plus
+    // the current one overflow L1 (measured slower, most of all for Q5_K / Q6_K).
+    let ahead = wp.add(R * row_bytes);
     for i in 0..nb {
         let pf = ahead.add(i * R * bb);
         for l in 0..(R * bb).div_ceil(64) {
@@ -985,7 +987,8 @@ pub(super) unsafe fn dot_q6_k_rows<const R: usize>(
     let nb = a.len();
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
-    let ahead = wp.add(2 * R * row_bytes);
+    // the next group of rows, one group ahead (see `dot_q45_k_rows`)
+    let ahead = wp.add(R * row_bytes);
     for i in 0..nb {
         let pf = ahead.add(i * R * 210);
         for l in 0..(R * 210).div_ceil(64) {

@@ -128,6 +128,8 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 };
                 return drive_u8(pool, isa, w, &s.2[..n_groups * nb], n, out, &tail);
             }
+            // decode: 4 rows per pass where the type has such a kernel (Q4_K, Q5_K, Q6_K)
+            let rows4 = |w4: &[u8], a: &[BlockQ8K]| dot::dot_q8k_rows::<4>(isa, dtype, w4, a);
             drive(
                 pool,
                 w,
@@ -137,7 +139,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 Some(&|wr, a, _| dot::dot_q8k_x8(isa, dtype, wr, a)),
-                None,
+                dot::has_q8k_rows(isa, dtype).then_some(&rows4 as RowsKernel<BlockQ8K>),
                 None,
             );
         }),

@@ -6,7 +6,7 @@ mod common;
 use common::{random_weights, Rng, QUANT_TYPES};
 use kiln_kernels::dot::{
     act_kind, dot_f32, dot_float_n, dot_q8_32_g8_rows, dot_q8_32_n, dot_q8_32_rows, dot_q8_32_x8,
-    dot_q8k_n, dot_q8k_x8, ActKind, Isa,
+    dot_q8k_n, dot_q8k_rows, dot_q8k_x8, ActKind, Isa,
 };
 use kiln_kernels::quant::{
     dequantize, interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32,
@@ -178,6 +178,52 @@ fn four_row_decode_kernel_matches_scalar_rows() {
                 let mut wf = vec![0.0; cols];
                 dequantize(dtype, wr, &mut wf);
                 let xf = dequant_acts(&Acts::Q32(q.clone()), 0);
+                let mag: f64 = wf
+                    .iter()
+                    .zip(&xf)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                assert!(
+                    (g as f64 - want as f64).abs() <= REL_ORDER * mag,
+                    "{dtype} {} row {r}: {g} vs scalar {want}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+/// The k-quant decode kernel (4 weight rows, one activation row): bit-identical to the
+/// one-row kernel of the same level (the canonical float steps), and close to the scalar
+/// reference.
+#[test]
+fn four_row_kquant_decode_kernel_matches_one_row() {
+    let mut rng = Rng::new(19);
+    for dtype in QUANT_TYPES {
+        if act_kind(dtype) != ActKind::Q8K {
+            continue;
+        }
+        let cols = 768;
+        let w = random_weights(&mut rng, dtype, 4 * cols);
+        let row_bytes = w.len() / 4;
+        let Acts::QK(q) = make_acts(dtype, &[rng.vec(cols)]) else {
+            unreachable!()
+        };
+        let xf = dequant_acts(&Acts::QK(q.clone()), 0);
+        for isa in Isa::available() {
+            let got = dot_q8k_rows::<4>(isa, dtype, &w, &q[0]);
+            for (r, &g) in got.iter().enumerate() {
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                let one = dot_q8k_n(isa, dtype, wr, [&q[0]])[0];
+                assert_eq!(
+                    g.to_bits(),
+                    one.to_bits(),
+                    "{dtype} {} row {r}: 4-row {g} vs one-row {one}",
+                    isa.name()
+                );
+                let want = dot_q8k_n(Isa::Scalar, dtype, wr, [&q[0]])[0];
+                let mut wf = vec![0.0; cols];
+                dequantize(dtype, wr, &mut wf);
                 let mag: f64 = wf
                     .iter()
                     .zip(&xf)

@@ -801,6 +801,285 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
     acc
 }
 
+/// The 8 scales and 8 mins of a Q4_K/Q5_K block from its 12 packed bytes at `p` (16 bytes are
+/// read; the block continues past them): bytes 0..8 the scales, 8..16 the mins. The vector
+/// form of `kscale_min`, which as scalar code costs the decode kernel more than the dots.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn kscale_min_v(p: *const u8) -> __m128i {
+    // dwords s0..4, s4..8, s8..12; the low bits of the result are
+    // [s0..4 & 63, s8..12 & 15, s4..8 & 63, s8..12 >> 4 & 15]
+    let x = _mm_loadu_si128(p as *const __m128i);
+    let t = _mm_shuffle_epi32(x, 0b10_01_10_00);
+    let low = _mm_and_si128(
+        _mm_srlv_epi32(t, _mm_setr_epi32(0, 0, 0, 4)),
+        _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F),
+    );
+    // high bits of scales/mins 4..8: the top 2 bits of s0..4 / s4..8, moved to bits 4 and 5
+    let u = _mm_shuffle_epi32(x, 0b01_01_00_00);
+    let high = _mm_and_si128(
+        _mm_srli_epi32(u, 2),
+        _mm_setr_epi32(0, 0x30303030, 0, 0x30303030),
+    );
+    _mm_or_si128(low, high)
+}
+
+/// Four vectors of 8 i32 -> their 4 horizontal sums (lane r = Σ p[r], exact), without
+/// `vphaddd` (3 uops, 2 cycles each on Zen 3): in-lane transposes and adds.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum4(p: &[__m256i; 4]) -> __m128i {
+    // lanes (per 128-bit half): [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d
+    let ab = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(p[0], p[1]),
+        _mm256_unpackhi_epi32(p[0], p[1]),
+    );
+    let cd = _mm256_add_epi32(
+        _mm256_unpacklo_epi32(p[2], p[3]),
+        _mm256_unpackhi_epi32(p[2], p[3]),
+    );
+    let s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1))
+}
+
+/// [`sum4`] for vectors of 4 i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum4_128(p: &[__m128i; 4]) -> __m128i {
+    let ab = _mm_add_epi32(
+        _mm_unpacklo_epi32(p[0], p[1]),
+        _mm_unpackhi_epi32(p[0], p[1]),
+    );
+    let cd = _mm_add_epi32(
+        _mm_unpacklo_epi32(p[2], p[3]),
+        _mm_unpackhi_epi32(p[2], p[3]),
+    );
+    _mm_add_epi32(_mm_unpacklo_epi64(ab, cd), _mm_unpackhi_epi64(ab, cd))
+}
+
+/// The f16 pairs at `p[0..4]` (4 bytes each: Q4_K/Q5_K's `d` and `dmin`) as two f32 vectors,
+/// lane r from `p[r]`. Built in registers: writing 4 scalars to memory and reloading them as
+/// one vector would stall on store forwarding.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_pairs4(p: [*const u8; 4]) -> (__m128, __m128) {
+    // (no closures in these functions: they would not inherit the target features)
+    let mut v = _mm_cvtsi32_si128((p[0] as *const i32).read_unaligned());
+    v = _mm_insert_epi32::<1>(v, (p[1] as *const i32).read_unaligned());
+    v = _mm_insert_epi32::<2>(v, (p[2] as *const i32).read_unaligned());
+    v = _mm_insert_epi32::<3>(v, (p[3] as *const i32).read_unaligned());
+    // [d0 d1 d2 d3 m0 m1 m2 m3]
+    #[rustfmt::skip]
+    let v = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));
+    let f = _mm256_cvtph_ps(v);
+    (_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1))
+}
+
+/// `R` consecutive Q4_K/Q5_K rows (`row_bytes` apart from `w`) · one activation row: the
+/// decode kernel. Each row's super-block gives its exact integer sums as in `q45_k`; the 4
+/// rows' horizontal sums, scales and float steps then take one vector operation each (lane
+/// r = row r, the same float operations as `q45_k`), which is much of a one-row kernel's cost.
+/// Each 64 activations are loaded once for the 4 rows, and each sub-block scale is one
+/// broadcast load from a small per-row table: the loop is bound by vector and load
+/// instructions, so it avoids both reloads and shuffles.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    a: &[BlockQ8K],
+) -> [f32; R] {
+    assert!(R == 4, "dot_q45_k_rows: 4 rows at a time");
+    let bb = if FIVE { 176 } else { 144 };
+    let nb = a.len();
+    let mut acc = _mm_setzero_ps(); // lane r: row r
+    let wp = w.as_ptr();
+    // The next group of rows, fetched ahead as in `legacy_rows` (4 · bb bytes per super-block)
+    // but one group ahead, not two: a k-quant group is 10-20 KiB, and two groups ahead plus
+    // the current one overflow L1 (measured slower, most of all for Q5_K / Q6_K).
+    let ahead = wp.add(R * row_bytes);
+    for i in 0..nb {
+        let pf = ahead.add(i * R * bb);
+        for l in 0..(R * bb).div_ceil(64) {
+            _mm_prefetch::<_MM_HINT_T0>(pf.add(64 * l) as *const i8);
+        }
+        let ab = a.get_unchecked(i);
+        let bs = _mm256_madd_epi16(load(ab.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
+        let bsp = _mm_packs_epi32(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        let b0 = wp.add(i * bb);
+        let zero = _mm_setzero_si128();
+        // Per row: scale k as both i16 halves of dword k (one `vpbroadcastd` load per
+        // sub-block, no shuffle), and the mins' dot with the activation's sub-block sums.
+        let mut tbl = [[0u32; 8]; 4];
+        let mut msum = [_mm_setzero_si128(); 4];
+        for r in 0..4 {
+            let scm = kscale_min_v(b0.add(r * row_bytes + 4));
+            msum[r] = _mm_madd_epi16(_mm_unpackhi_epi8(scm, zero), bsp);
+            let sc = _mm_unpacklo_epi8(scm, zero);
+            _mm_storeu_si128(
+                tbl[r].as_mut_ptr() as *mut __m128i,
+                _mm_unpacklo_epi16(sc, sc),
+            );
+            _mm_storeu_si128(
+                tbl[r].as_mut_ptr().add(4) as *mut __m128i,
+                _mm_unpackhi_epi16(sc, sc),
+            );
+        }
+        let y = ab.qs.as_ptr() as *const u8;
+        let mut isum = [_mm256_setzero_si256(); 4];
+        q45_rows_step::<FIVE, 0>(b0, row_bytes, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 1>(b0, row_bytes, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 2>(b0, row_bytes, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 3>(b0, row_bytes, &tbl, y, &mut isum);
+        let (d, dmin) = f16_pairs4([
+            b0,
+            b0.add(row_bytes),
+            b0.add(2 * row_bytes),
+            b0.add(3 * row_bytes),
+        ]);
+        let m = sum4_128(&msum);
+        let da = _mm_set1_ps(ab.d);
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sum4(&isum)), _mm_mul_ps(d, da), acc);
+        acc = _mm_fnmadd_ps(_mm_cvtepi32_ps(m), _mm_mul_ps(dmin, da), acc);
+    }
+    let mut out = [0.0f32; R];
+    _mm_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
+/// Sub-blocks `2J` and `2J + 1` (64 weights) of the 4 rows' super-blocks at `b0 + r ·
+/// row_bytes`, added to `isum[r]`. A function per `J` so that the bit positions below are
+/// constants and every step is unrolled.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q45_rows_step<const FIVE: bool, const J: usize>(
+    b0: *const u8,
+    row_bytes: usize,
+    tbl: &[[u32; 8]; 4],
+    y: *const u8,
+    isum: &mut [__m256i; 4],
+) {
+    let m4 = _mm256_set1_epi8(0xF);
+    let y0 = load(y.add(64 * J));
+    let y1 = load(y.add(64 * J + 32));
+    for r in 0..4 {
+        let b = b0.add(r * row_bytes);
+        let q = load(b.add(if FIVE { 48 } else { 16 } + 32 * J));
+        let mut lo = _mm256_and_si256(q, m4);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if FIVE {
+            // bits 2J and 2J + 1 of every qh byte, moved to bit 4 (16-bit shifts: what
+            // crosses a byte boundary is masked off)
+            let qh = load(b.add(16));
+            let bit4 = _mm256_set1_epi8(0x10);
+            let (h0, h1) = match J {
+                0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
+                1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
+                2 => (qh, _mm256_srli_epi16(qh, 1)),
+                _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
+            };
+            lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
+            hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
+        }
+        let s1 = bcast32(tbl[r].as_ptr().add(2 * J));
+        let s2 = bcast32(tbl[r].as_ptr().add(2 * J + 1));
+        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), s1);
+        let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), s2);
+        isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(p1, p2));
+    }
+}
+
+/// One row's Q6_K super-block at `b` × the activation block `ab`: the exact integer dot spread
+/// over 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_block(b: *const u8, ab: &BlockQ8K) -> __m256i {
+    let m4 = _mm256_set1_epi8(0xF);
+    let m30 = _mm256_set1_epi8(0x30);
+    let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i));
+    let sc_lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+    let sc_hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+    // Σ_g sc_g · Σ (q - 32) a = Σ_g sc_g · Σ q a - 32 Σ_g sc_g · bsum_g
+    let bs = load(ab.bsums.as_ptr() as *const u8);
+    let mut isum = _mm256_sub_epi32(
+        _mm256_setzero_si256(),
+        _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5),
+    );
+    let y = ab.qs.as_ptr() as *const u8;
+    for h in 0..2 {
+        let ql0 = load(b.add(64 * h));
+        let ql1 = load(b.add(64 * h + 32));
+        let qh = load(b.add(128 + 32 * h));
+        // bits 2k, 2k + 1 of every qh byte moved to bits 4, 5 (16-bit shifts: the bits that
+        // cross a byte boundary are masked off)
+        let q = [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_and_si256(qh, m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+            ),
+        ];
+        let scl = if h == 0 { sc_lo } else { sc_hi };
+        for (k, &qk) in q.iter().enumerate() {
+            // scale 2k in the low lane, 2k + 1 in the high lane (of this half's 8)
+            let scv = _mm256_shuffle_epi8(scl, Q6_SCALE_SHUF[k]);
+            let p = _mm256_maddubs_epi16(qk, load(y.add(128 * h + 32 * k)));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scv));
+        }
+    }
+    isum
+}
+
+/// `R` consecutive Q6_K rows (`row_bytes` apart from `w`) · one activation row: the decode
+/// kernel, shaped like [`dot_q45_k_rows`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q6_k_rows<const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    a: &[BlockQ8K],
+) -> [f32; R] {
+    assert!(R == 4, "dot_q6_k_rows: 4 rows at a time");
+    let nb = a.len();
+    let mut acc = _mm_setzero_ps(); // lane r: row r
+    let wp = w.as_ptr();
+    // the next group of rows, one group ahead (see `dot_q45_k_rows`)
+    let ahead = wp.add(R * row_bytes);
+    for i in 0..nb {
+        let pf = ahead.add(i * R * 210);
+        for l in 0..(R * 210).div_ceil(64) {
+            _mm_prefetch::<_MM_HINT_T0>(pf.add(64 * l) as *const i8);
+        }
+        let ab = a.get_unchecked(i);
+        let mut isum = [_mm256_setzero_si256(); 4];
+        for r in 0..4 {
+            isum[r] = q6_k_block(wp.add(r * row_bytes + i * 210), ab);
+        }
+        // the 4 rows' d (f16 at byte 208), gathered in a register
+        let p = wp.add(i * 210 + 208) as *const i16;
+        let mut h = _mm_cvtsi32_si128(p.read_unaligned() as u16 as i32);
+        h = _mm_insert_epi16::<1>(h, p.byte_add(row_bytes).read_unaligned() as i32);
+        h = _mm_insert_epi16::<2>(h, p.byte_add(2 * row_bytes).read_unaligned() as i32);
+        h = _mm_insert_epi16::<3>(h, p.byte_add(3 * row_bytes).read_unaligned() as i32);
+        let d = _mm_cvtph_ps(h);
+        // the canonical float step (module docs), all 4 rows at once
+        let scale = _mm_mul_ps(d, _mm_set1_ps(ab.d));
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sum4(&isum)), scale, acc);
+    }
+    let mut out = [0.0f32; R];
+    _mm_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}
+
 /// Scale vector for one 32-element chunk whose halves (16 elements each) use `s0` and `s1`:
 /// the i16 lanes 0..8 of a `maddubs` result cover elements 0..16.
 #[inline]

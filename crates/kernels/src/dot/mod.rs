@@ -467,6 +467,51 @@ pub fn dot_q8k_n<const N: usize>(
     std::array::from_fn(|t| f(w, a[t]))
 }
 
+/// Whether `dtype` has a [`dot_q8k_rows`] kernel of its own at `isa` (else that falls back to
+/// one row at a time, and callers may as well use [`dot_q8k_n`]).
+pub fn has_q8k_rows(isa: Isa, dtype: DType) -> bool {
+    let _ = dtype;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => isa.is_available() && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K),
+        _ => false,
+    }
+}
+
+/// `out[r] = w[r] · a` for `R` weight rows of a k-quant type stored back to back in `w` (each
+/// `w.len() / R` bytes) and one activation row: the decode kernel. Bit-identical to
+/// [`dot_q8k_n`] row by row.
+pub fn dot_q8k_rows<const R: usize>(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8K]) -> [f32; R] {
+    assert_eq!(
+        act_kind(dtype),
+        ActKind::Q8K,
+        "dot_q8k_rows: {dtype} is not a k-quant"
+    );
+    assert!(
+        R > 0 && w.len() % R == 0,
+        "dot_q8k_rows: not {R} equal rows"
+    );
+    let row_bytes = w.len() / R;
+    check(dtype, &w[..row_bytes], std::iter::once(a.len()), 256);
+    match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_K) if R == 4 && isa.is_available() => unsafe {
+            avx2::dot_q45_k_rows::<false, R>(w, row_bytes, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q5_K) if R == 4 && isa.is_available() => unsafe {
+            avx2::dot_q45_k_rows::<true, R>(w, row_bytes, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q6_K) if R == 4 && isa.is_available() => unsafe {
+            avx2::dot_q6_k_rows::<R>(w, row_bytes, a)
+        },
+        _ => std::array::from_fn(|r| {
+            dot_q8k_n(isa, dtype, &w[r * row_bytes..(r + 1) * row_bytes], [a])[0]
+        }),
+    }
+}
+
 /// `out[t] = w · a[t]` for 8 activation rows of a k-quant type: the prefill tile (on AVX2,
 /// Q4_K / Q5_K / Q6_K share each super-block's float work across the 8 tokens).
 pub fn dot_q8k_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32; 8] {

@@ -199,13 +199,18 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
     // The R rows are one contiguous run of bytes; reading them as R interleaved streams hides
-    // the sequential pattern from the hardware prefetcher, so fetch the next run ahead of use.
-    let ahead = wp.add(2 * R * row_bytes);
-    let step = (R * row_bytes).div_ceil(nb.max(1));
+    // the sequential pattern from the hardware prefetcher, so fetch the next run (one run
+    // ahead: two overflowed L1 for long rows) while this one is used, R blocks' worth of
+    // bytes per block.
+    let ahead = wp.add(R * row_bytes);
+    let step = R * bb;
     for i in 0..nb {
         let pf = ahead.add(i * step);
-        _mm_prefetch::<_MM_HINT_T0>(pf as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(pf.add(64) as *const i8);
+        let mut line = 0;
+        while line < step {
+            _mm_prefetch::<_MM_HINT_T0>(pf.add(line) as *const i8);
+            line += 64;
+        }
         let ab = a.get_unchecked(i);
         let y = load(ab.qs.as_ptr() as *const u8);
         let b0 = wp.add(i * bb);
@@ -228,7 +233,7 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
                 *v = _mm256_sub_epi32(*v, ysum);
             }
         }
-        let isum = reduce4(&p);
+        let isum = sum4(&p);
         // The 4 rows' f16 scales gathered in a register (not stored and reloaded: that stalls
         // on store forwarding).
         let dw = _mm_cvtph_ps(gather4_u16(b0, b1, b2, b3));
@@ -298,14 +303,6 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
     _mm_cvtsi128_si32(s)
-}
-
-/// Four vectors of 8 i32 -> their 4 horizontal sums (lane r = Σ p[r], exact).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn reduce4(p: &[__m256i; 4]) -> __m128i {
-    let s = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1))
 }
 
 /// Eight vectors of 8 i32 -> one vector of their 8 horizontal sums (lane t = Σ p[t]).

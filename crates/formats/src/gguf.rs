@@ -583,13 +583,8 @@ pub fn split_paths(first: &Path, count: u64) -> Result<Vec<std::path::PathBuf>> 
 /// Reads a GGUF model from `path`, including every part of a split file (give the first part).
 /// The weights are read into memory when they fit, else mapped ([`Residency::for_len`]).
 pub fn load_path(path: &Path) -> Result<LoadedModel> {
-    let file = GgufFile::open(path)?;
+    let file = GgufFile::open_in(path, Residency::for_len(file_len(path)?))?;
     let Some(count) = split_count(&file) else {
-        let residency = Residency::for_len(file_len(path)?);
-        let file = match residency {
-            Residency::Mapped => file,
-            Residency::Resident => GgufFile::open_in(path, residency)?,
-        };
         return load_file(file).map_err(|e| crate::with_path(e, path));
     };
     let no = file.get("split.no").and_then(MetaValue::as_u64);
@@ -613,11 +608,9 @@ pub fn load_path(path: &Path) -> Result<LoadedModel> {
     for p in &paths {
         total = total.saturating_add(file_len(p)?);
     }
+    // The other parts are read in only if all of them fit (the first part already was if it
+    // fits on its own).
     let residency = Residency::for_len(total);
-    let file = match residency {
-        Residency::Mapped => file,
-        Residency::Resident => GgufFile::open_in(path, residency)?,
-    };
     let mut tensors = file.tensor_map()?;
     for (i, p) in paths.iter().enumerate().skip(1) {
         let part = GgufFile::open_in(p, residency)?;

@@ -279,8 +279,8 @@ pub fn attention(
         row_seq.extend(std::iter::repeat_n(s, n));
     }
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    // Work units: the query heads of each kv head, two at a time (they read the same keys and
-    // values, so the ggml f16 path widens each key and value element once for both).
+    // Work units: the query heads of each kv head, two at a time (they read the same keys, so
+    // the ggml f16 path widens each key element once for both).
     let units_per_kv = group.div_ceil(2);
     let units = shape.n_kv_heads * units_per_kv;
     // Threads claim (row, unit) items one at a time, last row first: a causal row's cost grows

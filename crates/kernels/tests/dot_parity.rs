@@ -23,6 +23,14 @@ enum Acts {
     QK(Vec<Vec<BlockQ8K>>),
 }
 
+/// Σ |a·b| in f64: the scale that a rounding-order tolerance is relative to.
+fn abs_dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum()
+}
+
 fn make_acts(dtype: DType, xs: &[Vec<f32>]) -> Acts {
     match act_kind(dtype) {
         ActKind::F32 => Acts::F(xs.to_vec()),
@@ -98,11 +106,7 @@ fn every_isa_matches_exact_dequantised_dot() {
             for t in 0..4 {
                 let xf = dequant_acts(&acts, t);
                 let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
-                let mag: f64 = wf
-                    .iter()
-                    .zip(&xf)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
+                let mag = abs_dot(&wf, &xf);
                 let tol = REL_ORDER * mag + 1e-30;
                 for isa in Isa::available() {
                     let got1 = dot1(isa, dtype, &w, &acts, t) as f64;
@@ -138,11 +142,7 @@ fn simd_levels_agree_with_scalar_reference() {
             let got = dot4(isa, dtype, &w, &acts);
             for t in 0..4 {
                 let xf = dequant_acts(&acts, t);
-                let mag: f64 = wf
-                    .iter()
-                    .zip(&xf)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
+                let mag = abs_dot(&wf, &xf);
                 let diff = (got[t] as f64 - reference[t] as f64).abs();
                 assert!(
                     diff <= REL_ORDER * mag,
@@ -178,11 +178,7 @@ fn four_row_decode_kernel_matches_scalar_rows() {
                 let mut wf = vec![0.0; cols];
                 dequantize(dtype, wr, &mut wf);
                 let xf = dequant_acts(&Acts::Q32(q.clone()), 0);
-                let mag: f64 = wf
-                    .iter()
-                    .zip(&xf)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
+                let mag = abs_dot(&wf, &xf);
                 assert!(
                     (g as f64 - want as f64).abs() <= REL_ORDER * mag,
                     "{dtype} {} row {r}: {g} vs scalar {want}",
@@ -224,11 +220,7 @@ fn four_row_kquant_decode_kernel_matches_one_row() {
                 let want = dot_q8k_n(Isa::Scalar, dtype, wr, [&q[0]])[0];
                 let mut wf = vec![0.0; cols];
                 dequantize(dtype, wr, &mut wf);
-                let mag: f64 = wf
-                    .iter()
-                    .zip(&xf)
-                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                    .sum();
+                let mag = abs_dot(&wf, &xf);
                 assert!(
                     (g as f64 - want as f64).abs() <= REL_ORDER * mag,
                     "{dtype} {} row {r}: {g} vs scalar {want}",
@@ -275,11 +267,7 @@ fn eight_row_tile_matches_exact_dot() {
                             .collect();
                         let exact: f64 =
                             wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        let mag: f64 = wf
-                            .iter()
-                            .zip(&xf)
-                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                            .sum();
+                        let mag = abs_dot(&wf, &xf);
                         assert!(
                             (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
                             "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
@@ -321,11 +309,7 @@ fn eight_row_kquant_tile_matches_exact_dot() {
                         .flat_map(|b| b.qs.iter().map(move |&v| b.d * v as f32))
                         .collect();
                     let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    let mag: f64 = wf
-                        .iter()
-                        .zip(&xf)
-                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                        .sum();
+                    let mag = abs_dot(&wf, &xf);
                     assert!(
                         (got[t] as f64 - exact).abs() <= REL_ORDER * mag + 1e-30,
                         "{dtype} {} cols {cols} token {t}: {} vs exact {exact}",
@@ -345,11 +329,7 @@ fn dot_f32_matches_f64_sum() {
         let a = rng.vec(n);
         let b = rng.vec(n);
         let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let mag: f64 = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (*x as f64 * *y as f64).abs())
-            .sum();
+        let mag = abs_dot(&a, &b);
         let got = dot_f32(&a, &b) as f64;
         assert!(
             (got - exact).abs() <= 1e-6 * mag + 1e-30,
@@ -453,11 +433,7 @@ fn unpacked_prefill_rows_match_exact_dot() {
                 for (t, &v) in row.iter().enumerate() {
                     let xf = dequant_acts(&Acts::Q32(q.clone()), t);
                     let exact: f64 = wf.iter().zip(&xf).map(|(a, b)| *a as f64 * *b as f64).sum();
-                    let mag: f64 = wf
-                        .iter()
-                        .zip(&xf)
-                        .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                        .sum();
+                    let mag = abs_dot(&wf, &xf);
                     assert!(
                         (v as f64 - exact).abs() <= REL_ORDER * mag,
                         "{dtype} {} row {r} token {t}: {v} vs exact {exact}",

@@ -316,7 +316,7 @@ pub fn attention(
                 match view {
                     HeadView::F16 { k, v } if numerics == Numerics::Ggml && heads.len() == 2 => {
                         let (q2, o2) = ([qh(h0), qh(h0 + 1)], [o(h0), o(h0 + 1)]);
-                        attend_f16_ggml_x2(q2, k, v, lo, shape, &mut scratch, o2)
+                        attend_f16_ggml(q2, k, v, lo, shape, &mut scratch, o2)
                     }
                     _ => {
                         for h in heads {
@@ -325,7 +325,7 @@ pub fn attention(
                                     attend_f32(qh(h), k, v, lo, shape, &mut scratch, o(h))
                                 }
                                 HeadView::F16 { k, v } if numerics == Numerics::Ggml => {
-                                    attend_f16_ggml(qh(h), k, v, lo, shape, &mut scratch, o(h))
+                                    attend_f16_ggml([qh(h)], k, v, lo, shape, &mut scratch, [o(h)])
                                 }
                                 HeadView::F16 { k, v } => {
                                     attend_f16_widened(qh(h), k, v, lo, shape, &mut scratch, o(h))
@@ -409,65 +409,43 @@ fn attend_in_f32<T>(
 /// scaled (and soft-capped as `cap·tanh(s·scale/cap)`); a new maximum rescales the f16
 /// accumulator by `exp(old − new)`, otherwise the value's weight is `exp(s − max)`; the
 /// accumulator takes `f16(acc + v·w)`; finally it is widened and divided by the weight sum.
-fn attend_f16_ggml(
-    qh: &[f32],
+///
+/// `N` (1 or 2) query heads of one kv head go together: each key element is widened once for
+/// all of them, and every head's result is bit-identical to attending it alone.
+fn attend_f16_ggml<const N: usize>(
+    qh: [&[f32]; N],
     keys: &[u16],
     values: &[u16],
     lo: usize,
     shape: &AttentionShape,
     scratch: &mut AttnScratch,
-    o: &mut [f32],
+    o: [&mut [f32]; N],
 ) {
-    let hd = qh.len();
-    let end = keys.len() / hd;
-    let AttnScratch {
-        q16, tmp16, ms, vs, ..
-    } = scratch;
-    // The query rounded to f16 and widened back: f32 × f16 products of these are exactly the
-    // f16 × f16 products, so the dot reads one f16 vector instead of two.
-    let q = &mut q16[0];
-    round_to_f16(qh, tmp16, q);
-    let (ms, vs) = (&mut ms[0], &mut vs[0]);
-    ms.clear();
-    vs.clear();
-    // Scores first (they set each key's rescale and weight), then the f16 accumulator over
-    // all keys: the same operations per element in the same order as ggml's key-by-key loop.
-    let mut state = OnlineSoftmax::new();
-    for j in lo..end {
-        let (m, v) = state.step(shape, ops::dot_f32_f16(q, &keys[j * hd..(j + 1) * hd]));
-        ms.push(m);
-        vs.push(v);
-    }
-    ops::f16_weighted_sum(&values[lo * hd..end * hd], ms, vs, o);
-    state.finish(o);
-}
-
-/// [`attend_f16_ggml`] for two query heads over the same keys: bit-identical to two calls,
-/// with each key element widened once for both heads.
-fn attend_f16_ggml_x2(
-    qh: [&[f32]; 2],
-    keys: &[u16],
-    values: &[u16],
-    lo: usize,
-    shape: &AttentionShape,
-    scratch: &mut AttnScratch,
-    o: [&mut [f32]; 2],
-) {
+    assert!(N == 1 || N == 2, "attend_f16_ggml: 1 or 2 heads");
     let hd = qh[0].len();
     let end = keys.len() / hd;
     let AttnScratch {
         q16, tmp16, ms, vs, ..
     } = scratch;
-    let [qa, qb] = q16;
-    round_to_f16(qh[0], tmp16, qa);
-    round_to_f16(qh[1], tmp16, qb);
-    for v in ms.iter_mut().chain(vs.iter_mut()) {
-        v.clear();
+    // The queries rounded to f16 and widened back: f32 × f16 products of these are exactly the
+    // f16 × f16 products, so the dot reads one f16 vector instead of two.
+    for h in 0..N {
+        round_to_f16(qh[h], tmp16, &mut q16[h]);
+        ms[h].clear();
+        vs[h].clear();
     }
-    let mut state = [OnlineSoftmax::new(), OnlineSoftmax::new()];
+    // Scores first (they set each key's rescale and weight), then the f16 accumulator over
+    // all keys: the same operations per element in the same order as ggml's key-by-key loop.
+    let mut state = [(); N].map(|_| OnlineSoftmax::new());
     for j in lo..end {
-        let s = ops::dot_f32_f16_x2(qa, qb, &keys[j * hd..(j + 1) * hd]);
-        for h in 0..2 {
+        let k = &keys[j * hd..(j + 1) * hd];
+        let s: [f32; N] = if N == 2 {
+            let s2 = ops::dot_f32_f16_x2(&q16[0], &q16[1], k);
+            std::array::from_fn(|h| s2[h])
+        } else {
+            std::array::from_fn(|h| ops::dot_f32_f16(&q16[h], k))
+        };
+        for h in 0..N {
             let (m, v) = state[h].step(shape, s[h]);
             ms[h].push(m);
             vs[h].push(v);
@@ -657,13 +635,13 @@ mod tests {
             let mut want = vec![0.0; hd];
             attend_f32(&q, &kf, &vf, lo, &shape, &mut scratch, &mut want);
             let mut got = vec![0.0; hd];
-            attend_f16_ggml(&q, &k16, &v16, lo, &shape, &mut scratch, &mut got);
+            attend_f16_ggml([&q], &k16, &v16, lo, &shape, &mut scratch, [&mut got]);
             // two heads at once: bit-identical to one at a time
             let q2: Vec<f32> = q.iter().map(|x| 0.5 - x).collect();
             let mut got2 = vec![0.0; hd];
-            attend_f16_ggml(&q2, &k16, &v16, lo, &shape, &mut scratch, &mut got2);
+            attend_f16_ggml([&q2], &k16, &v16, lo, &shape, &mut scratch, [&mut got2]);
             let (mut pa, mut pb) = (vec![0.0; hd], vec![0.0; hd]);
-            attend_f16_ggml_x2(
+            attend_f16_ggml(
                 [&q, &q2],
                 &k16,
                 &v16,

@@ -100,15 +100,6 @@ pub fn read_file_resident(path: &Path) -> Result<Storage> {
     Ok(Storage::new(Arc::new(AlignedAnon { map, start, len })))
 }
 
-/// A whole file's bytes in the form [`Residency::for_len`] picks.
-pub fn load_file(path: &Path) -> Result<Storage> {
-    let len = std::fs::metadata(path).map_err(|e| io_err(path, e))?.len();
-    match Residency::for_len(len) {
-        Residency::Mapped => map_file(path),
-        Residency::Resident => read_file_resident(path),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

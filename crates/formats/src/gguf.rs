@@ -11,7 +11,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use kiln_kernels::ops::RopeStyle;
-use kiln_kernels::{DType, Storage, Tensor};
+use kiln_kernels::{interleave, DType, Layout, Storage, Tensor};
 
 use crate::resident::{read_file_resident, Residency};
 use crate::{
@@ -100,6 +100,9 @@ pub struct TensorInfo {
     /// Offset of the data from the start of the data section.
     pub offset: u64,
     pub n_bytes: usize,
+    /// The rows' order in memory: the file's ([`Layout::Plain`]) unless
+    /// [`GgufFile::interleave`] rearranged them.
+    pub layout: Layout,
 }
 
 /// A parsed GGUF file: its metadata and tensor infos, all checked against the file.
@@ -425,8 +428,44 @@ impl GgufFile {
             .data
             .slice(start, info.n_bytes)
             .ok_or_else(|| invalid(format!("tensor {:?} lies outside the file", info.name)))?;
-        Tensor::new(info.dtype, info.shape.clone(), bytes)
+        Tensor::with_layout(info.dtype, info.shape.clone(), bytes, info.layout)
             .map_err(|e| invalid(format!("tensor {:?}: {e}", info.name)))
+    }
+
+    /// Rewrites in place the tensors this CPU's kernels want in another row layout
+    /// ([`interleave::preferred`]). Only possible while the bytes are writable and no tensor
+    /// view has been taken (a resident file just read); a mapped file keeps the file's layout.
+    /// Tensors whose bytes overlap another's are left alone. Returns how many were rearranged.
+    pub fn interleave(&mut self) -> usize {
+        let data_offset = self.data_offset;
+        let Some(bytes) = self.data.bytes_mut() else {
+            return 0;
+        };
+        let range = |t: &TensorInfo| {
+            let start = data_offset + t.offset as usize;
+            start..start + t.n_bytes
+        };
+        let mut order: Vec<usize> = (0..self.tensors.len()).collect();
+        order.sort_by_key(|&i| range(&self.tensors[i]).start);
+        let mut done = 0;
+        let mut end_before = 0; // the furthest end of the tensors that start earlier
+        for (k, &i) in order.iter().enumerate() {
+            let r = range(&self.tensors[i]);
+            let next_start = order
+                .get(k + 1)
+                .map_or(usize::MAX, |&j| range(&self.tensors[j]).start);
+            let alone = end_before <= r.start && r.end <= next_start;
+            end_before = end_before.max(r.end);
+            let t = &self.tensors[i];
+            let layout = interleave::preferred(t.dtype, &t.shape);
+            if layout == Layout::Plain || !alone || r.end > bytes.len() {
+                continue;
+            }
+            interleave::rearrange(layout, t.dtype, t.shape[1], &mut bytes[r]);
+            self.tensors[i].layout = layout;
+            done += 1;
+        }
+        done
     }
 
     /// Every tensor, by name, as zero-copy views.
@@ -489,6 +528,7 @@ fn read_tensor_info(r: &mut Reader<'_>, name: String) -> Result<TensorInfo> {
         shape: dims,
         offset,
         n_bytes,
+        layout: Layout::Plain,
     })
 }
 
@@ -583,7 +623,8 @@ pub fn split_paths(first: &Path, count: u64) -> Result<Vec<std::path::PathBuf>> 
 /// Reads a GGUF model from `path`, including every part of a split file (give the first part).
 /// The weights are read into memory when they fit, else mapped ([`Residency::for_len`]).
 pub fn load_path(path: &Path) -> Result<LoadedModel> {
-    let file = GgufFile::open_in(path, Residency::for_len(file_len(path)?))?;
+    let mut file = GgufFile::open_in(path, Residency::for_len(file_len(path)?))?;
+    file.interleave();
     let Some(count) = split_count(&file) else {
         return load_file(file).map_err(|e| crate::with_path(e, path));
     };
@@ -613,7 +654,8 @@ pub fn load_path(path: &Path) -> Result<LoadedModel> {
     let residency = Residency::for_len(total);
     let mut tensors = file.tensor_map()?;
     for (i, p) in paths.iter().enumerate().skip(1) {
-        let part = GgufFile::open_in(p, residency)?;
+        let mut part = GgufFile::open_in(p, residency)?;
+        part.interleave();
         let ok = part.get("split.no").and_then(MetaValue::as_u64) == Some(i as u64)
             && split_count(&part) == Some(count);
         if !ok {
@@ -1083,7 +1125,7 @@ where
     let zeros = vec![0u8; alignment];
     for (_, t) in &tensors {
         let n = t.data.len();
-        w.write_all(t.data.bytes()).map_err(werr)?;
+        w.write_all(&t.plain_bytes()).map_err(werr)?;
         let pad = align_up(n, alignment).unwrap_or(n) - n;
         w.write_all(&zeros[..pad]).map_err(werr)?;
     }

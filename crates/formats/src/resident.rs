@@ -59,9 +59,9 @@ pub fn map_file(path: &Path) -> Result<Storage> {
     Ok(Storage::new(Arc::new(mmap)))
 }
 
-/// A read-only anonymous mapping and the 2 MiB-aligned window of it that holds the data.
+/// An anonymous mapping and the 2 MiB-aligned window of it that holds the data.
 struct AlignedAnon {
-    map: memmap2::Mmap,
+    map: memmap2::MmapMut,
     start: usize,
     len: usize,
 }
@@ -72,8 +72,15 @@ impl AsRef<[u8]> for AlignedAnon {
     }
 }
 
+impl AsMut<[u8]> for AlignedAnon {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.map[self.start..self.start + self.len]
+    }
+}
+
 /// Reads a whole file into huge-page-advised anonymous memory. The file is read through, not
-/// mapped, so its page-cache copy does not count against the process.
+/// mapped, so its page-cache copy does not count against the process. The storage is writable
+/// until shared, so a loader may rearrange weights in place (see `GgufFile::interleave`).
 pub fn read_file_resident(path: &Path) -> Result<Storage> {
     let mut file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
     let len = file.metadata().map_err(|e| io_err(path, e))?.len();
@@ -96,8 +103,7 @@ pub fn read_file_resident(path: &Path) -> Result<Storage> {
     let window = &mut map[start..start + len];
     file.read_exact(window).map_err(|e| io_err(path, e))?;
     // The file may have grown since its length was read; the bytes read are what we hold.
-    let map = map.make_read_only().map_err(|e| io_err(path, e))?;
-    Ok(Storage::new(Arc::new(AlignedAnon { map, start, len })))
+    Ok(Storage::writable(Arc::new(AlignedAnon { map, start, len })))
 }
 
 #[cfg(test)]

@@ -806,3 +806,92 @@ fn gemma3_sliding_window_pattern_key() {
         }
     }
 }
+
+/// Two Q5_0 matrices and a Q8_0 one, with pseudo-random block bytes.
+fn q5_0_file() -> (Vec<u8>, Vec<Vec<u8>>) {
+    let mut x = 17u32;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 16) as u8
+            })
+            .collect()
+    };
+    let data = vec![bytes(8 * 2 * 22), bytes(8 * 2 * 22), bytes(8 * 2 * 34)];
+    let t =
+        |dtype, d: &Vec<u8>| Tensor::new(dtype, vec![8, 64], Storage::from_vec(d.clone())).unwrap();
+    let tensors = [
+        t(DType::Q5_0, &data[0]),
+        t(DType::Q5_0, &data[1]),
+        t(DType::Q8_0, &data[2]),
+    ];
+    let file = gguf::to_bytes(
+        std::iter::empty(),
+        ["a", "b", "c"].into_iter().zip(tensors.iter()),
+    )
+    .unwrap();
+    (file, data)
+}
+
+/// Loaded weights may be rearranged in place for the kernels; every view of them still reads
+/// the file's values, and writing them out gives back the file.
+#[test]
+fn interleaved_tensors_read_and_write_as_the_file_holds_them() {
+    let (file, data) = q5_0_file();
+    let mut f = parse(&file).unwrap();
+    let n = f.interleave();
+    let wanted = kiln_kernels::interleave::preferred(DType::Q5_0, &[8, 64]);
+    let expect = if wanted == kiln_kernels::Layout::Rows4 {
+        2
+    } else {
+        0
+    };
+    assert_eq!(n, expect);
+    let map = f.tensor_map().unwrap();
+    for (name, d) in ["a", "b", "c"].iter().zip(&data) {
+        let t = &map[*name];
+        assert_eq!(&t.plain_bytes()[..], &d[..], "{name}");
+        if t.dtype == DType::Q5_0 {
+            assert_eq!(t.layout, wanted, "{name}");
+            assert_eq!(
+                t.data.bytes() == &d[..],
+                wanted != kiln_kernels::Layout::Rows4
+            );
+        }
+    }
+    let out = gguf::to_bytes(
+        f.metadata.iter().map(|(k, v)| (k.as_str(), v)),
+        f.tensors.iter().map(|t| (t.name.as_str(), &map[&t.name])),
+    )
+    .unwrap();
+    assert!(out == file, "a rewritten file differs from the original");
+    // Once views are taken the bytes are shared and stay as they are.
+    assert_eq!(f.interleave(), 0);
+}
+
+#[test]
+fn read_only_or_overlapping_tensors_keep_the_file_layout() {
+    let (file, _) = q5_0_file();
+    // mapped-like, never writable
+    let fixed = Storage::new(std::sync::Arc::new(file.clone()));
+    assert_eq!(GgufFile::parse(fixed).unwrap().interleave(), 0);
+    // point tensor "b" at tensor "a"'s bytes: neither may be rewritten
+    let f = parse(&file).unwrap();
+    let a_off = f.tensors.iter().find(|t| t.name == "a").unwrap().offset;
+    let b_off = f.tensors.iter().find(|t| t.name == "b").unwrap().offset;
+    let mut hostile = file.clone();
+    let at = hostile
+        .windows(8)
+        .position(|w| w == b_off.to_le_bytes())
+        .expect("offset of b in the header");
+    hostile[at..at + 8].copy_from_slice(&a_off.to_le_bytes());
+    let mut f = parse(&hostile).unwrap();
+    assert_eq!(f.interleave(), 0);
+    let map = f.tensor_map().unwrap();
+    assert_eq!(map["a"].data.bytes(), map["b"].data.bytes());
+    assert_eq!(
+        map["a"].data.bytes(),
+        &file[f.data_offset + a_off as usize..][..352]
+    );
+}

@@ -113,6 +113,17 @@ fn main() {
                 black_box(dot_q8_32_rows::<4>(isa, dtype, black_box(&w4), a[0]));
             });
             let gbs = rows4 / 2.0 * dtype.bytes_for(1 << 20).unwrap() as f64 / (1 << 20) as f64;
+            if dtype == DType::Q5_0 {
+                let mut g4 = vec![0u8; w4.len()];
+                kiln_kernels::interleave::q5_0_rows_to_group(&w4, &mut g4);
+                let r4 = rate(cols, 4, || {
+                    black_box(kiln_kernels::dot::dot_q5_0_r4(isa, black_box(&g4), a[0]));
+                });
+                println!(
+                    "Q5_0 4-row group x 1: {r4:.1} GFLOP/s ({:.1} GB/s of weights)",
+                    r4 / 2.0 * 22.0 / 32.0
+                );
+            }
             println!(
                 "{dtype}: N=1 {r1:.1} GFLOP/s, N=4 {r4:.1} GFLOP/s, x8 {r8:.1} GFLOP/s, 4 rows x 1 {rows4:.1} GFLOP/s ({gbs:.1} GB/s of weights)"
             );

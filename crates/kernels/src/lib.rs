@@ -11,6 +11,8 @@
 //! - [`matmul()`]: `out = x · wᵀ` for `n` tokens. Activations are quantised once per call;
 //!   weight rows are handed out in chunks from an atomic counter; prefill multiplies each
 //!   weight block with 8 tokens at a time.
+//! - [`interleave`]: weight rows rearranged at load time for the decode kernels (Q5_0 in
+//!   4-row groups), with the same results bit for bit as the file's layout.
 //! - [`ThreadPool`]: persistent workers parked between operations.
 //! - [`ops`]: rms_norm, softmax, SwiGLU/GeGLU gates, axpy, dot (AVX2 + scalar references).
 //!
@@ -29,6 +31,7 @@
 
 pub mod dot;
 pub mod dtype;
+pub mod interleave;
 pub mod matmul;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
@@ -40,6 +43,7 @@ pub mod tensor;
 
 pub use dot::{cpu_features, Isa};
 pub use dtype::DType;
+pub use interleave::Layout;
 pub use matmul::matmul;
 pub use pool::ThreadPool;
 pub use storage::Storage;

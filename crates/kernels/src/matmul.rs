@@ -8,6 +8,7 @@
 //! rows across all tokens, so weights are read from memory once and the loop is compute-bound.
 
 use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
+use crate::interleave::{plain_rows, Layout};
 use crate::pool::ThreadPool;
 use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::Tensor;
@@ -84,6 +85,9 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 };
                 return drive_u8(pool, isa, w, groups, n, out, &tail);
             }
+            let rows4 = |w4: &[u8], a: &[BlockQ8_32]| dot::dot_q8_32_rows::<4>(isa, dtype, w4, a);
+            // (drive hands this kernel the raw groups only when decoding)
+            let groups4 = |w4: &[u8], a: &[BlockQ8_32]| dot::dot_q5_0_r4(isa, w4, a);
             drive(
                 pool,
                 w,
@@ -95,7 +99,11 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 Some(&|wr, a, t| {
                     dot::dot_q8_32_g8(isa, dtype, wr, &groups[t / 8 * nb..(t / 8 + 1) * nb], a)
                 }),
-                Some(&|w4, a| dot::dot_q8_32_rows::<4>(isa, dtype, w4, a)),
+                Some(if w.layout == Layout::Rows4 && n == 1 {
+                    &groups4
+                } else {
+                    &rows4
+                }),
                 Some(&|w2, a, t| {
                     let g = &groups[t / 8 * nb..(t / 8 + 1) * nb];
                     dot::dot_q8_32_g8_rows::<2>(isa, dtype, w2, g, a)
@@ -200,9 +208,16 @@ type RowsKernel<'k, T> = &'k (dyn Fn(&[u8], &[T]) -> [f32; 4] + Sync);
 /// A prefill kernel over 2 weight rows: (2 rows back to back, 8 activation rows, first token).
 type Tile2Kernel<'k, T> = &'k (dyn Fn(&[u8], [&[T]; 8], usize) -> [[f32; 8]; 2] + Sync);
 
+thread_local! {
+    /// The calling thread's chunk of weight rows taken out of an interleaved layout.
+    static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Hands out chunks of rows to the pool; within a chunk, tokens go 8 at a time (when there is
 /// an 8-token kernel), then 4, then one by one (4 rows at a time when there is a rows kernel).
-/// `acts` holds the activation rows back to back, `per_row` items each.
+/// `acts` holds the activation rows back to back, `per_row` items each. Weights in an
+/// interleaved layout go to `k1r4` as they are when decoding (it must be that layout's
+/// kernel); otherwise each chunk is first taken apart into plain rows, once for all tokens.
 #[allow(clippy::too_many_arguments)]
 fn drive<T: Sync>(
     pool: &ThreadPool,
@@ -227,87 +242,108 @@ fn drive<T: Sync>(
         // enough for balance: at least 8 chunks per thread.
         (rows / (8 * pool.n_threads())).clamp(4, 64) & !3
     } else {
-        (128 * 1024 / row_bytes).clamp(4, 64)
+        (128 * 1024 / row_bytes).clamp(4, 64) & !3
     };
     let n_chunks = rows.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     let bytes = w.data.bytes();
-    let work = |_: usize, _: usize| loop {
-        let c = next.fetch_add(1, Ordering::Relaxed);
-        if c >= n_chunks {
-            break;
-        }
-        let r_range = c * chunk..((c + 1) * chunk).min(rows);
-        // Runs kernel `$k` on tokens `t..t + $n` for every row of the chunk.
-        macro_rules! tile {
-            ($k:expr, $n:literal, $t:expr) => {{
-                let t0 = $t;
-                let a: [&[T]; $n] = std::array::from_fn(|k| act(t0 + k));
-                for r in r_range.clone() {
-                    let v = $k(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t0);
-                    for (k, &v) in v.iter().enumerate() {
-                        // SAFETY: every (token, row) pair is computed by exactly one chunk.
-                        unsafe { *out.get().add((t0 + k) * rows + r) = v };
+    assert!(
+        w.layout == Layout::Plain || n > 1 || k1r4.is_some(),
+        "matmul: no decode kernel for the {:?} layout",
+        w.layout
+    );
+    let work = |_: usize, _: usize| {
+        PLAIN.with(|buf| loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            let r_range = c * chunk..((c + 1) * chunk).min(rows);
+            let mut buf = buf.borrow_mut();
+            let (chunk_bytes, base) = if w.layout == Layout::Plain || n == 1 {
+                (bytes, 0)
+            } else {
+                let (r0, r1) = (r_range.start, r_range.end);
+                (
+                    plain_rows(w.layout, w.dtype, w.cols(), bytes, r0, r1, &mut buf),
+                    r0,
+                )
+            };
+            // `k` rows from row `r`, from the chunk's bytes
+            let rows_at = |r: usize, k: usize| {
+                &chunk_bytes[(r - base) * row_bytes..(r - base + k) * row_bytes]
+            };
+            // Runs kernel `$k` on tokens `t..t + $n` for every row of the chunk.
+            macro_rules! tile {
+                ($k:expr, $n:literal, $t:expr) => {{
+                    let t0 = $t;
+                    let a: [&[T]; $n] = std::array::from_fn(|k| act(t0 + k));
+                    for r in r_range.clone() {
+                        let v = $k(rows_at(r, 1), a, t0);
+                        for (k, &v) in v.iter().enumerate() {
+                            // SAFETY: every (token, row) pair is computed by exactly one chunk.
+                            unsafe { *out.get().add((t0 + k) * rows + r) = v };
+                        }
                     }
-                }
-            }};
-        }
-        let mut t = 0;
-        if let Some(k8) = k8 {
-            while t + 8 <= n {
-                match k8r2 {
-                    Some(k8r2) => {
-                        let a: [&[T]; 8] = std::array::from_fn(|k| act(t + k));
-                        let mut r = r_range.start;
-                        while r + 2 <= r_range.end {
-                            let v = k8r2(&bytes[r * row_bytes..(r + 2) * row_bytes], a, t);
-                            for (dr, vr) in v.iter().enumerate() {
-                                for (k, &v) in vr.iter().enumerate() {
-                                    // SAFETY: every (token, row) pair is computed by exactly
-                                    // one chunk.
-                                    unsafe { *out.get().add((t + k) * rows + r + dr) = v };
+                }};
+            }
+            let mut t = 0;
+            if let Some(k8) = k8 {
+                while t + 8 <= n {
+                    match k8r2 {
+                        Some(k8r2) => {
+                            let a: [&[T]; 8] = std::array::from_fn(|k| act(t + k));
+                            let mut r = r_range.start;
+                            while r + 2 <= r_range.end {
+                                let v = k8r2(rows_at(r, 2), a, t);
+                                for (dr, vr) in v.iter().enumerate() {
+                                    for (k, &v) in vr.iter().enumerate() {
+                                        // SAFETY: every (token, row) pair is computed by exactly
+                                        // one chunk.
+                                        unsafe { *out.get().add((t + k) * rows + r + dr) = v };
+                                    }
+                                }
+                                r += 2;
+                            }
+                            for r in r..r_range.end {
+                                let v = k8(rows_at(r, 1), a, t);
+                                for (k, &v) in v.iter().enumerate() {
+                                    // SAFETY: as above.
+                                    unsafe { *out.get().add((t + k) * rows + r) = v };
                                 }
                             }
-                            r += 2;
                         }
-                        for r in r..r_range.end {
-                            let v = k8(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t);
-                            for (k, &v) in v.iter().enumerate() {
-                                // SAFETY: as above.
-                                unsafe { *out.get().add((t + k) * rows + r) = v };
-                            }
-                        }
+                        None => tile!(k8, 8, t),
                     }
-                    None => tile!(k8, 8, t),
-                }
-                t += 8;
-            }
-        }
-        while t + 4 <= n {
-            tile!(k4, 4, t);
-            t += 4;
-        }
-        while t < n {
-            let mut r = r_range.start;
-            if let Some(k1r4) = k1r4 {
-                let a = act(t);
-                while r + 4 <= r_range.end {
-                    let v = k1r4(&bytes[r * row_bytes..(r + 4) * row_bytes], a);
-                    for (k, &v) in v.iter().enumerate() {
-                        // SAFETY: every (token, row) pair is computed by exactly one chunk.
-                        unsafe { *out.get().add(t * rows + r + k) = v };
-                    }
-                    r += 4;
+                    t += 8;
                 }
             }
-            let a = [act(t)];
-            for r in r..r_range.end {
-                let v = k1(&bytes[r * row_bytes..(r + 1) * row_bytes], a, t);
-                // SAFETY: as above.
-                unsafe { *out.get().add(t * rows + r) = v[0] };
+            while t + 4 <= n {
+                tile!(k4, 4, t);
+                t += 4;
             }
-            t += 1;
-        }
+            while t < n {
+                let mut r = r_range.start;
+                if let Some(k1r4) = k1r4 {
+                    let a = act(t);
+                    while r + 4 <= r_range.end {
+                        let v = k1r4(rows_at(r, 4), a);
+                        for (k, &v) in v.iter().enumerate() {
+                            // SAFETY: every (token, row) pair is computed by exactly one chunk.
+                            unsafe { *out.get().add(t * rows + r + k) = v };
+                        }
+                        r += 4;
+                    }
+                }
+                let a = [act(t)];
+                for r in r..r_range.end {
+                    let v = k1(rows_at(r, 1), a, t);
+                    // SAFETY: as above.
+                    unsafe { *out.get().add(t * rows + r) = v[0] };
+                }
+                t += 1;
+            }
+        })
     };
     if rows * n * w.cols() < 32 * 1024 {
         work(0, 1); // too small to be worth waking the pool
@@ -368,20 +404,18 @@ fn drive_u8(
         UNPACKED.with(|u| {
             let mut u = u.borrow_mut();
             u.resize(chunk * nb, BlockU8::default());
+            let mut plain = PLAIN.with(|p| std::mem::take(&mut *p.borrow_mut()));
             loop {
                 let c = next.fetch_add(1, Ordering::Relaxed);
                 if c >= n_chunks {
                     break;
                 }
                 let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+                let chunk_bytes = plain_rows(w.layout, dtype, w.cols(), bytes, r0, r1, &mut plain);
+                let row = |r: usize| &chunk_bytes[(r - r0) * row_bytes..(r - r0 + 1) * row_bytes];
                 for r in r0..r1 {
                     let k = r - r0;
-                    dot::repack_u8(
-                        isa,
-                        dtype,
-                        &bytes[r * row_bytes..(r + 1) * row_bytes],
-                        &mut u[k * nb..(k + 1) * nb],
-                    );
+                    dot::repack_u8(isa, dtype, row(r), &mut u[k * nb..(k + 1) * nb]);
                 }
                 // SAFETY (all writes below): every (token, row) pair is computed by exactly
                 // one chunk.
@@ -415,10 +449,11 @@ fn drive_u8(
                 }
                 for t in 8 * n_groups..n {
                     for r in r0..r1 {
-                        put(t, r, tail(&bytes[r * row_bytes..(r + 1) * row_bytes], t));
+                        put(t, r, tail(row(r), t));
                     }
                 }
             }
+            PLAIN.with(|p| *p.borrow_mut() = plain);
         })
     };
     pool.run(&work);

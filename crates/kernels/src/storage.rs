@@ -2,28 +2,61 @@
 
 use std::sync::Arc;
 
-/// A cheaply clonable, immutable byte range. Tensors of a memory-mapped model all point into the
-/// same mapping, so loading a model copies nothing.
+/// A cheaply clonable byte range, immutable once shared. Tensors of a memory-mapped model all
+/// point into the same mapping, so loading a model copies nothing.
 #[derive(Clone)]
 pub struct Storage {
-    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    owner: Owner,
     start: usize,
     len: usize,
 }
 
+/// Memory that may be rewritten while only one [`Storage`] refers to it.
+pub trait WritableBytes: AsRef<[u8]> + AsMut<[u8]> + Send + Sync {}
+impl<T: AsRef<[u8]> + AsMut<[u8]> + Send + Sync> WritableBytes for T {}
+
+#[derive(Clone)]
+enum Owner {
+    Fixed(Arc<dyn AsRef<[u8]> + Send + Sync>),
+    Writable(Arc<dyn WritableBytes>),
+}
+
 impl Storage {
-    /// The whole of `owner` (for example a `memmap2::Mmap` or a `Vec<u8>`).
+    /// The whole of `owner` (for example a `memmap2::Mmap`), never written.
     pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Storage {
         let len = (*owner).as_ref().len();
         Storage {
-            owner,
+            owner: Owner::Fixed(owner),
+            start: 0,
+            len,
+        }
+    }
+
+    /// The whole of `owner`, which [`Storage::bytes_mut`] may rewrite before it is shared
+    /// (a loader rearranging weights in place for the kernels).
+    pub fn writable(owner: Arc<dyn WritableBytes>) -> Storage {
+        let len = (*owner).as_ref().len();
+        Storage {
+            owner: Owner::Writable(owner),
             start: 0,
             len,
         }
     }
 
     pub fn from_vec(bytes: Vec<u8>) -> Storage {
-        Storage::new(Arc::new(bytes))
+        Storage::writable(Arc::new(bytes))
+    }
+
+    /// The bytes, writable, when the memory allows it and no other `Storage` (no clone, no
+    /// slice) refers to it.
+    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match &mut self.owner {
+            Owner::Fixed(_) => None,
+            Owner::Writable(o) => {
+                let (start, len) = (self.start, self.len);
+                Arc::get_mut(o).map(|o| &mut (*o).as_mut()[start..start + len])
+            }
+        }
     }
 
     pub fn from_f32(values: &[f32]) -> Storage {
@@ -44,7 +77,11 @@ impl Storage {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &(*self.owner).as_ref()[self.start..self.start + self.len]
+        let all = match &self.owner {
+            Owner::Fixed(o) => (**o).as_ref(),
+            Owner::Writable(o) => (**o).as_ref(),
+        };
+        &all[self.start..self.start + self.len]
     }
 
     pub fn len(&self) -> usize {

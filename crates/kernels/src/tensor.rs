@@ -1,19 +1,38 @@
 //! The weight/kernel seam: a typed block buffer (type, shape, bytes) that kernels know how to use.
 
+use crate::interleave::{self, Layout};
 use crate::{quant, DType, KernelError, Storage};
+use std::borrow::Cow;
 
 /// A tensor as stored: element type, shape (outermost dimension first, the last one contiguous)
-/// and its bytes, still in their blocks. Quantized tensors are never expanded wholesale.
+/// and its bytes, still in their blocks, rows ordered as `layout` says (plain unless a loader
+/// rearranged them for the kernels). Quantized tensors are never expanded wholesale.
 #[derive(Clone, Debug)]
 pub struct Tensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
     pub data: Storage,
+    pub layout: Layout,
 }
 
 impl Tensor {
-    /// Checks that `data` holds exactly the bytes `shape` needs in `dtype`.
+    /// Checks that `data` holds exactly the bytes `shape` needs in `dtype` (plain rows).
     pub fn new(dtype: DType, shape: Vec<usize>, data: Storage) -> Result<Tensor, KernelError> {
+        Tensor::with_layout(dtype, shape, data, Layout::Plain)
+    }
+
+    /// [`Tensor::new`] for bytes already in `layout`.
+    pub fn with_layout(
+        dtype: DType,
+        shape: Vec<usize>,
+        data: Storage,
+        layout: Layout,
+    ) -> Result<Tensor, KernelError> {
+        if !interleave::supports(layout, dtype, &shape) {
+            return Err(KernelError::Shape(format!(
+                "{dtype} tensor of shape {shape:?} cannot be held in layout {layout:?}"
+            )));
+        }
         let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let row = shape.last().copied().unwrap_or(1);
         let need = n.and_then(|n| {
@@ -24,7 +43,12 @@ impl Tensor {
             }
         });
         match need {
-            Some(need) if need == data.len() => Ok(Tensor { dtype, shape, data }),
+            Some(need) if need == data.len() => Ok(Tensor {
+                dtype,
+                shape,
+                data,
+                layout,
+            }),
             _ => Err(KernelError::Shape(format!(
                 "{dtype} tensor of shape {shape:?} cannot be stored in {} bytes",
                 data.len()
@@ -54,21 +78,41 @@ impl Tensor {
         self.cols() / self.dtype.block_size() * self.dtype.block_bytes()
     }
 
-    /// The raw blocks of row `i`.
-    pub fn row(&self, i: usize) -> &[u8] {
+    /// The blocks of row `i`, in file order whatever the layout.
+    pub fn row(&self, i: usize) -> Cow<'_, [u8]> {
         let rb = self.row_bytes();
-        &self.data.bytes()[i * rb..(i + 1) * rb]
+        let bytes = self.data.bytes();
+        if self.layout == Layout::Plain || i >= self.rows() / 4 * 4 {
+            return Cow::Borrowed(&bytes[i * rb..(i + 1) * rb]);
+        }
+        let g = i / 4 * 4;
+        let mut buf = Vec::new();
+        let rows = interleave::plain_rows(
+            self.layout,
+            self.dtype,
+            self.cols(),
+            bytes,
+            g,
+            g + 4,
+            &mut buf,
+        );
+        Cow::Owned(rows[(i - g) * rb..(i - g + 1) * rb].to_vec())
+    }
+
+    /// All the bytes with the rows in file order (what a file writer stores).
+    pub fn plain_bytes(&self) -> Cow<'_, [u8]> {
+        interleave::plain_bytes(self.layout, self.dtype, self.cols(), self.data.bytes())
     }
 
     /// Expands row `i` into `out` (length `cols()`).
     pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
-        quant::dequantize(self.dtype, self.row(i), out)
+        quant::dequantize(self.dtype, &self.row(i), out)
     }
 
     /// Expands the whole tensor. Meant for small tensors (norms, biases) and tests.
     pub fn to_f32_vec(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.n_elements()];
-        quant::dequantize(self.dtype, self.data.bytes(), &mut out);
+        quant::dequantize(self.dtype, &self.plain_bytes(), &mut out);
         out
     }
 }

@@ -1438,3 +1438,90 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+/// Q5_0 in 4-row groups ([`crate::interleave::q5_0_rows_to_group`]) times one activation row: the decode
+/// kernel. Rows pair up in one 32-byte load of nibbles (low nibbles of both rows in one
+/// vector, high in another), matched by the activation's two halves each repeated in both
+/// lanes; the 4 rows' high bits share one 16-byte load and are one shift and a mask away.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
+    const GB: usize = crate::interleave::Q5_0_GROUP_BLOCK;
+    let nb = a.len();
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0xF);
+    let m10 = _mm256_set1_epi8(0x10);
+    let sixteen = _mm256_set1_epi8(16);
+    // (see `interleave::Q5_0_HIGH_BIT` for the bit each row and half reads)
+    let s_lo01 = _mm256_setr_epi64x(0, 0, 1, 1);
+    let s_hi01 = _mm256_setr_epi64x(2, 2, 3, 3);
+    let s_lo23 = _mm256_setr_epi64x(1, 1, 2, 2);
+    let s_hi23 = _mm256_setr_epi64x(3, 3, 4, 4);
+    let mut acc = _mm_setzero_ps();
+    let wp = w.as_ptr();
+    for i in 0..nb {
+        let b = wp.add(i * GB);
+        _mm_prefetch::<_MM_HINT_T0>(b.add(8 * GB) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.add(8 * GB + 64) as *const i8);
+        let ab = a.get_unchecked(i);
+        let y = load(ab.qs.as_ptr() as *const u8);
+        let ylo = _mm256_permute4x64_epi64(y, 0b01_00_01_00);
+        let yhi = _mm256_permute4x64_epi64(y, 0b11_10_11_10);
+        let qh = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(8) as *const __m128i));
+        let x01 = load(b.add(24));
+        let x23 = load(b.add(56));
+        let lo01 = _mm256_or_si256(
+            _mm256_and_si256(x01, m4),
+            _mm256_and_si256(_mm256_srlv_epi64(qh, s_lo01), m10),
+        );
+        let hi01 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(x01, 4), m4),
+            _mm256_and_si256(_mm256_srlv_epi64(qh, s_hi01), m10),
+        );
+        let lo23 = _mm256_or_si256(
+            _mm256_and_si256(x23, m4),
+            _mm256_and_si256(_mm256_sllv_epi64(qh, s_lo23), m10),
+        );
+        let hi23 = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(x23, 4), m4),
+            _mm256_and_si256(_mm256_sllv_epi64(qh, s_hi23), m10),
+        );
+        // i16 lanes: two products of at most 31·128 each per maddubs, two maddubs per add:
+        // at most 15872, so the 16-bit adds are exact.
+        let ysum = _mm256_madd_epi16(
+            _mm256_add_epi16(
+                _mm256_maddubs_epi16(sixteen, ylo),
+                _mm256_maddubs_epi16(sixteen, yhi),
+            ),
+            ones,
+        );
+        let p01 = _mm256_madd_epi16(
+            _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo01, ylo),
+                _mm256_maddubs_epi16(hi01, yhi),
+            ),
+            ones,
+        );
+        let p23 = _mm256_madd_epi16(
+            _mm256_add_epi16(
+                _mm256_maddubs_epi16(lo23, ylo),
+                _mm256_maddubs_epi16(hi23, yhi),
+            ),
+            ones,
+        );
+        // lanes: p01 = [row 0 ×4 | row 1 ×4], p23 = [row 2 ×4 | row 3 ×4]
+        let p01 = _mm256_sub_epi32(p01, ysum);
+        let p23 = _mm256_sub_epi32(p23, ysum);
+        let t = _mm256_add_epi32(
+            _mm256_unpacklo_epi32(p01, p23),
+            _mm256_unpackhi_epi32(p01, p23),
+        ); // [r0 r2 r0 r2 | r1 r3 r1 r3]
+        let t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, 0b01_00_11_10)); // [r0 r2 r0 r2|..]
+        let isum = _mm_unpacklo_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        let dw = _mm_cvtph_ps(_mm_loadl_epi64(b as *const __m128i));
+        let scale = _mm_mul_ps(dw, _mm_set1_ps(ab.d));
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), scale, acc);
+    }
+    let mut out = [0.0f32; 4];
+    _mm_storeu_ps(out.as_mut_ptr(), acc);
+    out
+}

@@ -565,3 +565,22 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
+
+/// `out[r] = w[r] · a` for a 4-row Q5_0 group ([`crate::interleave::Layout::Rows4`]): the
+/// decode kernel. Levels without a group kernel take the group apart into plain rows.
+pub fn dot_q5_0_r4(isa: Isa, w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
+    assert_eq!(
+        w.len(),
+        a.len() * crate::interleave::Q5_0_GROUP_BLOCK,
+        "dot_q5_0_r4: group and activations differ in length"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_q5_0_r4(w, a) },
+        _ => {
+            let mut rows = vec![0u8; w.len()];
+            crate::interleave::q5_0_group_to_rows(w, &mut rows);
+            dot_q8_32_rows::<4>(isa, DType::Q5_0, &rows, a)
+        }
+    }
+}

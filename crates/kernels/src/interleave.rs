@@ -1,0 +1,168 @@
+//! Weight rows rearranged at load time for the decode kernels.
+//!
+//! Decoding multiplies every weight row with one token, so it runs as fast as a kernel unpacks
+//! blocks. For Q5_0 the per-row expansion of the fifth bits costs as much as the products
+//! themselves. Stored as groups of 4 rows whose blocks are interleaved column by column, with
+//! the 4 rows' high bits side by side, one load and two operations per row expand them
+//! ([`Layout::Rows4`]). A group holds the same bytes rearranged, so a loader can rewrite a
+//! resident file in place and memory use does not change.
+//!
+//! Invariant: a tensor gives the same results, bit for bit, in every layout. Everything that
+//! reads a tensor's rows (matmul, dequantisation, file writers) looks at its [`Layout`].
+
+use crate::{DType, Isa};
+use std::borrow::Cow;
+
+/// How a matrix's rows are ordered in its bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Row after row, each row's blocks in order: the layout of every file format.
+    #[default]
+    Plain,
+    /// Q5_0 rows in groups of 4, interleaved block column by block column
+    /// ([`q5_0_rows_to_group`]); the last `rows % 4` rows stay plain.
+    Rows4,
+}
+
+/// Bytes of one block column of a 4-row Q5_0 group: 4 f16 scales, 16 bytes of high bits,
+/// 4 × 16 bytes of nibbles (4 × 22 in all).
+pub const Q5_0_GROUP_BLOCK: usize = 88;
+
+/// Where the high bit of weight `16h + k` of row `r` of a group sits in byte `k` of the
+/// group's 16 high-bit bytes: `Q5_0_HIGH_BIT[r][h]`. The AVX2 kernel pairs rows 0-1 and 2-3 in
+/// one vector (one row per 128-bit lane) and needs each row's bits at bit 4: a right shift
+/// by 0..3 or a left shift by 1..4 of 64-bit lanes moves them there without crossing bytes.
+pub const Q5_0_HIGH_BIT: [[u32; 2]; 4] = [[4, 6], [5, 7], [3, 1], [2, 0]];
+
+/// The layout this CPU's best kernels want for a matrix of `dtype` and `shape`
+/// (`KILN_INTERLEAVE=0` keeps every tensor plain, for comparisons).
+pub fn preferred(dtype: DType, shape: &[usize]) -> Layout {
+    let off = std::env::var("KILN_INTERLEAVE").is_ok_and(|v| v == "0");
+    if !off && dtype == DType::Q5_0 && shape.len() == 2 && shape[0] >= 4 && Isa::best() == Isa::Avx2
+    {
+        Layout::Rows4
+    } else {
+        Layout::Plain
+    }
+}
+
+/// Whether `layout` can hold a tensor of `dtype` and `shape`.
+pub fn supports(layout: Layout, dtype: DType, shape: &[usize]) -> bool {
+    match layout {
+        Layout::Plain => true,
+        Layout::Rows4 => dtype == DType::Q5_0 && shape.len() == 2,
+    }
+}
+
+/// Rewrites `bytes`, the plain rows of a matrix of `dtype` with `cols` columns, into `layout`.
+pub fn rearrange(layout: Layout, dtype: DType, cols: usize, bytes: &mut [u8]) {
+    if layout == Layout::Plain {
+        return;
+    }
+    let group = 4 * row_bytes(dtype, cols);
+    let mut tmp = vec![0u8; group];
+    for g in bytes.chunks_exact_mut(group) {
+        tmp.copy_from_slice(g);
+        q5_0_rows_to_group(&tmp, g);
+    }
+}
+
+/// Rows `r0..r1` of a matrix in `layout` as plain bytes; `r0` must start a group. Borrowed
+/// when they are plain already, else rearranged into `buf`.
+pub fn plain_rows<'a>(
+    layout: Layout,
+    dtype: DType,
+    cols: usize,
+    bytes: &'a [u8],
+    r0: usize,
+    r1: usize,
+    buf: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let rb = row_bytes(dtype, cols);
+    let src = &bytes[r0 * rb..r1 * rb];
+    let rows = bytes.len() / rb.max(1);
+    let grouped_end = (rows / 4 * 4).min(r1);
+    if layout == Layout::Plain || r0 >= grouped_end {
+        return src;
+    }
+    assert!(
+        r0 % 4 == 0 && (grouped_end - r0) % 4 == 0,
+        "plain_rows: rows {r0}..{r1} split a group"
+    );
+    buf.resize(src.len(), 0);
+    let split = (grouped_end - r0) * rb;
+    for (g, out) in src[..split]
+        .chunks_exact(4 * rb)
+        .zip(buf[..split].chunks_exact_mut(4 * rb))
+    {
+        q5_0_group_to_rows(g, out);
+    }
+    buf[split..].copy_from_slice(&src[split..]);
+    buf
+}
+
+/// The whole matrix as plain bytes.
+pub fn plain_bytes(layout: Layout, dtype: DType, cols: usize, bytes: &[u8]) -> Cow<'_, [u8]> {
+    if layout == Layout::Plain || bytes.is_empty() {
+        return Cow::Borrowed(bytes);
+    }
+    let rows = bytes.len() / row_bytes(dtype, cols);
+    let mut buf = Vec::new();
+    plain_rows(layout, dtype, cols, bytes, 0, rows, &mut buf);
+    Cow::Owned(buf)
+}
+
+fn row_bytes(dtype: DType, cols: usize) -> usize {
+    cols / dtype.block_size() * dtype.block_bytes()
+}
+
+/// Rewrites 4 Q5_0 rows stored back to back (`rows`, each `rows.len() / 4` bytes) as one
+/// group (`out`, the same length). Block column `i` of the group is 88 bytes: the 4 rows' f16
+/// scales, their high bits (16 bytes, see [`Q5_0_HIGH_BIT`]), then each row's 16 bytes of
+/// nibbles.
+pub fn q5_0_rows_to_group(rows: &[u8], out: &mut [u8]) {
+    assert!(
+        rows.len() % Q5_0_GROUP_BLOCK == 0 && out.len() == rows.len(),
+        "q5_0_rows_to_group: {} bytes are not 4 equal Q5_0 rows",
+        rows.len()
+    );
+    let row_bytes = rows.len() / 4;
+    for (i, o) in out.chunks_exact_mut(Q5_0_GROUP_BLOCK).enumerate() {
+        o[8..24].fill(0);
+        for (r, bits) in Q5_0_HIGH_BIT.iter().enumerate() {
+            let b = &rows[r * row_bytes + i * 22..r * row_bytes + (i + 1) * 22];
+            o[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for (h, &bit) in bits.iter().enumerate() {
+                for k in 0..16 {
+                    o[8 + k] |= (((qh >> (16 * h + k)) & 1) as u8) << bit;
+                }
+            }
+            o[24 + 16 * r..40 + 16 * r].copy_from_slice(&b[6..22]);
+        }
+    }
+}
+
+/// The inverse of [`q5_0_rows_to_group`].
+pub fn q5_0_group_to_rows(group: &[u8], out: &mut [u8]) {
+    assert!(
+        group.len() % Q5_0_GROUP_BLOCK == 0 && out.len() == group.len(),
+        "q5_0_group_to_rows: {} bytes are not a Q5_0 group",
+        group.len()
+    );
+    let row_bytes = group.len() / 4;
+    for (i, g) in group.chunks_exact(Q5_0_GROUP_BLOCK).enumerate() {
+        for (r, bits) in Q5_0_HIGH_BIT.iter().enumerate() {
+            let b = &mut out[r * row_bytes + i * 22..r * row_bytes + (i + 1) * 22];
+            b[..2].copy_from_slice(&g[2 * r..2 * r + 2]);
+            let mut qh = 0u32;
+            for (h, &bit) in bits.iter().enumerate() {
+                for k in 0..16 {
+                    qh |= (((g[8 + k] >> bit) & 1) as u32) << (16 * h + k);
+                }
+            }
+            b[2..6].copy_from_slice(&qh.to_le_bytes());
+            b[6..22].copy_from_slice(&g[24 + 16 * r..40 + 16 * r]);
+        }
+    }
+}

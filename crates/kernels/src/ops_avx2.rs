@@ -264,6 +264,7 @@ pub(crate) unsafe fn quantize_q8_32(x: &[f32], out: &mut [crate::quant::BlockQ8_
         _mm256_storeu_si256(o.qs.as_mut_ptr() as *mut __m256i, pack32(q));
         o.d = crate::quant::act::round_f16(d);
         o.s = o.d * sum as f32;
+        o.sum = sum;
     }
 }
 

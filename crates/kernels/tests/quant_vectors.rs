@@ -105,9 +105,10 @@ fn simd_activation_quantisation_is_bit_identical_to_scalar() {
         quantize_q8_32_scalar(&x, &mut b);
         for (p, q) in a.iter().zip(&b) {
             assert_eq!(
-                (p.d.to_bits(), p.s.to_bits(), p.qs),
-                (q.d.to_bits(), q.s.to_bits(), q.qs)
+                (p.d.to_bits(), p.s.to_bits(), p.qs, p.sum),
+                (q.d.to_bits(), q.s.to_bits(), q.qs, q.sum)
             );
+            assert_eq!(q.sum, q.qs.iter().map(|&v| v as i32).sum::<i32>());
         }
         let mut a = vec![BlockQ8K::default(); n / 256];
         let mut b = vec![BlockQ8K::default(); n / 256];

@@ -1450,7 +1450,6 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
     let ones = _mm256_set1_epi16(1);
     let m4 = _mm256_set1_epi8(0xF);
     let m10 = _mm256_set1_epi8(0x10);
-    let sixteen = _mm256_set1_epi8(16);
     // (see `interleave::Q5_0_HIGH_BIT` for the bit each row and half reads)
     let s_lo01 = _mm256_setr_epi64x(0, 0, 1, 1);
     let s_hi01 = _mm256_setr_epi64x(2, 2, 3, 3);
@@ -1487,13 +1486,6 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
         );
         // i16 lanes: two products of at most 31·128 each per maddubs, two maddubs per add:
         // at most 15872, so the 16-bit adds are exact.
-        let ysum = _mm256_madd_epi16(
-            _mm256_add_epi16(
-                _mm256_maddubs_epi16(sixteen, ylo),
-                _mm256_maddubs_epi16(sixteen, yhi),
-            ),
-            ones,
-        );
         let p01 = _mm256_madd_epi16(
             _mm256_add_epi16(
                 _mm256_maddubs_epi16(lo01, ylo),
@@ -1509,14 +1501,14 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
             ones,
         );
         // lanes: p01 = [row 0 ×4 | row 1 ×4], p23 = [row 2 ×4 | row 3 ×4]
-        let p01 = _mm256_sub_epi32(p01, ysum);
-        let p23 = _mm256_sub_epi32(p23, ysum);
         let t = _mm256_add_epi32(
             _mm256_unpacklo_epi32(p01, p23),
             _mm256_unpackhi_epi32(p01, p23),
         ); // [r0 r2 r0 r2 | r1 r3 r1 r3]
-        let t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, 0b01_00_11_10)); // [r0 r2 r0 r2|..]
+        let t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, 0b01_00_11_10));
         let isum = _mm_unpacklo_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        // the weights were taken as q + 16: take 16 · Σa off, exactly
+        let isum = _mm_sub_epi32(isum, _mm_slli_epi32(_mm_set1_epi32(ab.sum), 4));
         let dw = _mm_cvtph_ps(_mm_loadl_epi64(b as *const __m128i));
         let scale = _mm_mul_ps(dw, _mm_set1_ps(ab.d));
         acc = _mm_fmadd_ps(_mm_cvtepi32_ps(isum), scale, acc);

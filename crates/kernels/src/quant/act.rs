@@ -9,13 +9,15 @@
 //! kernels read it directly), its multiplier is `127 / max` (not `1 / d`), and values round
 //! half to even as ggml's SIMD quantisers and `nearest_int` do.
 
-/// 32 activations: `x ≈ d * qs`, with `s = d * Σ qs` (what Q4_1 / Q5_1 need for their min).
+/// 32 activations: `x ≈ d * qs`, with `s = d * Σ qs` (what Q4_1 / Q5_1 need for their min)
+/// and `sum = Σ qs` (what takes the offset of unsigned Q5_0 weights off exactly).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BlockQ8_32 {
     pub d: f32,
     pub s: f32,
     pub qs: [i8; 32],
+    pub sum: i32,
 }
 
 /// 256 activations: `x ≈ d * qs`, with `bsums[g] = Σ qs[16g..16g+16]` (ggml's Q8_K).
@@ -81,6 +83,7 @@ pub fn quantize_q8_32_scalar(x: &[f32], out: &mut [BlockQ8_32]) {
         }
         o.d = round_f16(d);
         o.s = o.d * sum as f32;
+        o.sum = sum;
     }
 }
 
@@ -157,7 +160,7 @@ pub fn interleave8(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
         }
         o.d[t] = b.d;
         o.s[t] = b.s;
-        o.sum[t] = b.qs.iter().map(|&v| v as i32).sum();
+        o.sum[t] = b.sum;
     }
     o
 }

@@ -12,7 +12,7 @@
 mod common;
 
 use common::{random_weights, Rng};
-use kiln_kernels::{cpu_features, matmul, DType, Storage, Tensor, ThreadPool};
+use kiln_kernels::{cpu_features, interleave, matmul, DType, Storage, Tensor, ThreadPool};
 use std::time::{Duration, Instant};
 
 /// CPU time this thread has run, in seconds (Linux; falls back to wall time elsewhere).
@@ -45,6 +45,13 @@ fn time_it(cpu_time: bool, mut f: impl FnMut()) -> f64 {
         batches += 1;
     }
     best
+}
+
+/// A weight matrix in the layout the model loader would give it (`KILN_INTERLEAVE=0`: plain).
+fn weights(dtype: DType, rows: usize, cols: usize, mut bytes: Vec<u8>) -> Tensor {
+    let layout = interleave::preferred(dtype, &[rows, cols]);
+    interleave::rearrange(layout, dtype, cols, &mut bytes);
+    Tensor::with_layout(dtype, vec![rows, cols], Storage::from_vec(bytes), layout).unwrap()
 }
 
 fn main() {
@@ -86,7 +93,7 @@ fn main() {
             }
             let bytes = random_weights(&mut rng, dtype, rows * cols);
             let nbytes = bytes.len();
-            let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(bytes)).unwrap();
+            let w = weights(dtype, rows, cols, bytes);
             let x1 = rng.vec(cols);
             let mut o1 = vec![0.0; rows];
             let t1 = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
@@ -163,7 +170,7 @@ fn model(threads: usize, n_prefill: usize, shapes: &ModelShapes) {
     for &(dtype, rows, cols, count) in shapes.layers {
         let b = random_weights(&mut rng, dtype, rows * cols);
         bytes += b.len() * count;
-        let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
+        let w = weights(dtype, rows, cols, b);
         let x1 = rng.vec(cols);
         let mut o1 = vec![0.0; rows];
         let t1 = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));
@@ -182,7 +189,7 @@ fn model(threads: usize, n_prefill: usize, shapes: &ModelShapes) {
     let (dtype, rows, cols) = shapes.lm_head;
     let b = random_weights(&mut rng, dtype, rows * cols);
     bytes += b.len();
-    let w = Tensor::new(dtype, vec![rows, cols], Storage::from_vec(b)).unwrap();
+    let w = weights(dtype, rows, cols, b);
     let x1 = rng.vec(cols);
     let mut o1 = vec![0.0; rows];
     let t_head = time_it(threads == 1, || matmul(&pool, &w, &x1, 1, &mut o1));

@@ -150,6 +150,21 @@ pub fn q5_0_group_to_rows(group: &[u8], out: &mut [u8]) {
         "q5_0_group_to_rows: {} bytes are not a Q5_0 group",
         group.len()
     );
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx2.is_available() {
+        // SAFETY: the CPU has AVX2; the lengths were checked above.
+        return unsafe { crate::dot::q5_0_group_to_rows_avx2(group, out) };
+    }
+    q5_0_group_to_rows_scalar(group, out)
+}
+
+/// The portable form of [`q5_0_group_to_rows`].
+pub fn q5_0_group_to_rows_scalar(group: &[u8], out: &mut [u8]) {
+    assert!(
+        group.len() % Q5_0_GROUP_BLOCK == 0 && out.len() == group.len(),
+        "q5_0_group_to_rows: {} bytes are not a Q5_0 group",
+        group.len()
+    );
     let row_bytes = group.len() / 4;
     for (i, g) in group.chunks_exact(Q5_0_GROUP_BLOCK).enumerate() {
         for (r, bits) in Q5_0_HIGH_BIT.iter().enumerate() {

@@ -38,6 +38,9 @@ fn q5_0_groups_hold_the_same_bytes_rearranged() {
         let mut back = vec![0u8; rows.len()];
         q5_0_group_to_rows(&group, &mut back);
         assert_eq!(back, rows, "cols {cols}");
+        let mut back = vec![0u8; rows.len()];
+        interleave::q5_0_group_to_rows_scalar(&group, &mut back);
+        assert_eq!(back, rows, "cols {cols}, portable form");
     }
 }
 

@@ -566,6 +566,15 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// AVX2 form of [`crate::interleave::q5_0_group_to_rows`].
+///
+/// # Safety
+/// The CPU must have AVX2, and `out.len() == group.len()`, a multiple of 88.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn q5_0_group_to_rows_avx2(group: &[u8], out: &mut [u8]) {
+    avx2::q5_0_group_to_rows(group, out)
+}
+
 /// `out[r] = w[r] · a` for a 4-row Q5_0 group ([`crate::interleave::Layout::Rows4`]): the
 /// decode kernel. Levels without a group kernel take the group apart into plain rows.
 pub fn dot_q5_0_r4(isa: Isa, w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {

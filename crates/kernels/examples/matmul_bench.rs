@@ -208,4 +208,82 @@ fn model(threads: usize, n_prefill: usize, shapes: &ModelShapes) {
         bytes as f64 / decode / 1e9,
         n_prefill as f64 / prefill
     );
+    stream(&pool, shapes);
+}
+
+/// Anonymous memory advised for 2 MiB pages, as the model loader holds weights.
+struct HugeBuf {
+    map: memmap2::MmapMut,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for HugeBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+}
+
+impl AsMut<[u8]> for HugeBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.map[self.start..self.start + self.len]
+    }
+}
+
+/// Decode through a whole model's worth of distinct weights in forward-pass order, held in
+/// huge-page memory like a loaded model, so every byte comes from memory as in real decoding
+/// (the per-shape timings above reuse one cached matrix): the matmul-only bound on decode.
+fn stream(pool: &ThreadPool, shapes: &ModelShapes) {
+    const HUGE: usize = 2 << 20;
+    let mut rng = Rng::new(3);
+    // one matrix per shape, copied: random bytes are slow to make, the values do not matter
+    let mut mats: Vec<(Tensor, usize)> = shapes
+        .layers
+        .iter()
+        .map(|&(dtype, rows, cols, count)| {
+            let b = random_weights(&mut rng, dtype, rows * cols);
+            (weights(dtype, rows, cols, b), count)
+        })
+        .collect();
+    let (dtype, rows, cols) = shapes.lm_head;
+    let b = random_weights(&mut rng, dtype, rows * cols);
+    mats.push((weights(dtype, rows, cols, b), 1));
+    let total: usize = mats.iter().map(|(w, c)| w.data.len() * c).sum();
+    let mut map = memmap2::MmapMut::map_anon(total + HUGE).expect("anonymous memory");
+    let _ = map.advise(memmap2::Advice::HugePage);
+    let start = map.as_ptr().align_offset(HUGE).min(HUGE);
+    let mut at = start;
+    let mut placed = Vec::new();
+    for (w, count) in &mats {
+        for _ in 0..*count {
+            map[at..at + w.data.len()].copy_from_slice(w.data.bytes());
+            placed.push((w, at - start));
+            at += w.data.len();
+        }
+    }
+    let store = Storage::writable(std::sync::Arc::new(HugeBuf {
+        map,
+        start,
+        len: total,
+    }));
+    let all: Vec<Tensor> = placed
+        .iter()
+        .map(|(w, off)| {
+            let data = store.slice(*off, w.data.len()).expect("inside the buffer");
+            Tensor::with_layout(w.dtype, w.shape.clone(), data, w.layout).unwrap()
+        })
+        .collect();
+    let xs: Vec<Vec<f32>> = all.iter().map(|w| rng.vec(w.cols())).collect();
+    let mut out = vec![0.0; all.iter().map(|w| w.rows()).max().unwrap_or(0)];
+    let t = time_it(false, || {
+        for (w, x) in all.iter().zip(&xs) {
+            matmul(pool, w, x, 1, &mut out[..w.rows()]);
+        }
+    });
+    println!(
+        "decode from memory: {:.2} ms/token ({:.1} tokens/s, {:.1} GB/s of weights)",
+        t * 1e3,
+        1.0 / t,
+        total as f64 / t / 1e9
+    );
 }

@@ -188,14 +188,13 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
     let nb = a.len();
     let ones = _mm256_set1_epi16(1);
     // Q4_0 / Q5_0 weights are taken unsigned (q + 8, q + 16) so each row needs one `maddubs`
-    // and no sign fix-ups; the offset times the block's activation sum, computed once for all
-    // rows, is taken off the exact integer sums. Q8 weights keep the sign trick.
+    // and no sign fix-ups; the offset times the block's activation sum (`BlockQ8_32::sum`) is
+    // taken off the exact integer sums. Q8 weights keep the sign trick.
     let off = match kind {
         LegacyKind::Q4_0 => 8,
         LegacyKind::Q5_0 => 16,
         _ => 0,
     };
-    let offv = _mm256_set1_epi8(off);
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
     // The R rows are one contiguous run of bytes; reading them as R interleaved streams hides
@@ -220,20 +219,17 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
             b0.add(3 * row_bytes),
         );
         // (no closures here: they would not inherit this function's target features)
-        let mut p = [
+        let p = [
             legacy_row_isum(kind, b0, y, ones),
             legacy_row_isum(kind, b1, y, ones),
             legacy_row_isum(kind, b2, y, ones),
             legacy_row_isum(kind, b3, y, ones),
         ];
+        let mut isum = sum4(&p);
         if off != 0 {
-            // lane-wise, before the reduction: plain adds instead of more shuffles
-            let ysum = _mm256_madd_epi16(_mm256_maddubs_epi16(offv, y), ones);
-            for v in &mut p {
-                *v = _mm256_sub_epi32(*v, ysum);
-            }
+            // the offset times the activations' integer sum, exactly, once for the 4 rows
+            isum = _mm_sub_epi32(isum, _mm_set1_epi32(off * ab.sum));
         }
-        let isum = sum4(&p);
         // The 4 rows' f16 scales gathered in a register (not stored and reloaded: that stalls
         // on store forwarding).
         let dw = _mm_cvtph_ps(gather4_u16(b0, b1, b2, b3));

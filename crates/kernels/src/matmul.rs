@@ -344,8 +344,9 @@ thread_local! {
 }
 
 /// Prefill for the types of at most 5 bits (`dot::has_u8_form`): each thread unpacks a chunk
-/// of rows once ([`BlockU8`]) and multiplies it with every 8-token group; leftover tokens use
-/// `tail`, the plain one-token kernel on the packed rows.
+/// of rows once ([`BlockU8`]) and multiplies it with every 8-token group, two groups per pass
+/// where it can (`dot::dot_u8_g16_rows`); leftover tokens use `tail`, the plain one-token
+/// kernel on the packed rows.
 fn drive_u8(
     pool: &ThreadPool,
     isa: Isa,
@@ -386,8 +387,41 @@ fn drive_u8(
                 // SAFETY (all writes below): every (token, row) pair is computed by exactly
                 // one chunk.
                 let put = |t: usize, r: usize, v: f32| unsafe { *out.get().add(t * rows + r) = v };
-                for gi in 0..n_groups {
-                    let g = &groups[gi * nb..(gi + 1) * nb];
+                let group = |gi: usize| &groups[gi * nb..(gi + 1) * nb];
+                // Two groups at a time (one weight broadcast serves 16 tokens), then the last
+                // odd group alone; two rows per pass, then the last odd row.
+                let mut gi = 0;
+                while gi + 2 <= n_groups {
+                    let g = [group(gi), group(gi + 1)];
+                    let mut r = r0;
+                    while r < r1 {
+                        let k = r - r0;
+                        if r + 2 <= r1 {
+                            let v =
+                                dot::dot_u8_g16_rows::<2>(isa, dtype, &u[k * nb..(k + 2) * nb], g);
+                            for (dg, vg) in v.iter().enumerate() {
+                                for (dr, vr) in vg.iter().enumerate() {
+                                    for (t, &x) in vr.iter().enumerate() {
+                                        put(8 * (gi + dg) + t, r + dr, x);
+                                    }
+                                }
+                            }
+                            r += 2;
+                        } else {
+                            let v =
+                                dot::dot_u8_g16_rows::<1>(isa, dtype, &u[k * nb..(k + 1) * nb], g);
+                            for (dg, vg) in v.iter().enumerate() {
+                                for (t, &x) in vg[0].iter().enumerate() {
+                                    put(8 * (gi + dg) + t, r, x);
+                                }
+                            }
+                            r += 1;
+                        }
+                    }
+                    gi += 2;
+                }
+                for gi in gi..n_groups {
+                    let g = group(gi);
                     // Runs the `$r`-row kernel on rows `r..r + $r` while they fit the chunk.
                     macro_rules! rows {
                         ($r:literal, $row:ident) => {
@@ -408,7 +442,6 @@ fn drive_u8(
                             }
                         };
                     }
-                    // (Two rows per pass measured faster than four, which spill registers.)
                     let mut r = r0;
                     rows!(2, r);
                     rows!(1, r);

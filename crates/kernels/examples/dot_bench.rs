@@ -5,8 +5,8 @@ mod common;
 
 use common::{random_weights, Rng};
 use kiln_kernels::dot::{
-    dot_q8_32_g8, dot_q8_32_n, dot_q8_32_rows, dot_q8k_n, dot_q8k_x8, dot_u8_g8_rows, has_u8_form,
-    repack_u8, BlockU8, Isa,
+    dot_q8_32_g8, dot_q8_32_n, dot_q8_32_rows, dot_q8k_n, dot_q8k_x8, dot_u8_g16_rows,
+    dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8, Isa,
 };
 use kiln_kernels::quant::{
     interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8,
@@ -148,5 +148,10 @@ fn u8_tile(rng: &mut Rng, isa: Isa, dtype: DType, cols: usize) {
     let r = rate(cols, 16, || {
         black_box(dot_u8_g8_rows::<2>(isa, dtype, black_box(&u), &g));
     });
-    println!("{dtype}: unpacked 2 rows x 8 tokens {r:.1} GFLOP/s");
+    let r16 = rate(cols, 32, || {
+        black_box(dot_u8_g16_rows::<2>(isa, dtype, black_box(&u), [&g, &g]));
+    });
+    println!(
+        "{dtype}: unpacked 2 rows x 8 tokens {r:.1} GFLOP/s, 2 rows x 16 tokens {r16:.1} GFLOP/s"
+    );
 }

@@ -607,6 +607,24 @@ pub(super) unsafe fn dot_u8k_g16_rows<const FIVE: bool, const R: usize>(
     u8k_tile::<FIVE, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
 }
 
+/// `acc + maddubs(w, y)` (i16 lanes, wrapping) as one opaque step: written with intrinsics,
+/// LLVM re-associates a tile's chains of these adds into trees whose partial sums spill.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn maddubs_add(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpmaddubsw {t}, {w}, {y}",
+        "vpaddw {a}, {a}, {t}",
+        a = inout(ymm_reg) acc,
+        t = out(ymm_reg) _,
+        w = in(ymm_reg) w,
+        y = in(ymm_reg) y,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
 /// `R` unpacked Q4_K / Q5_K rows (`nb` blocks each, back to back at `wp`) × `G` interleaved
 /// token groups → `out[k][r]`.
 ///
@@ -637,22 +655,28 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
             for q in 0..8 {
                 let y: [__m256i; G] =
                     std::array::from_fn(|k| load((*g[k].add(i)).qs.as_ptr().add(32 * q) as _));
-                let half = if FIVE { q / 4 } else { 0 };
+                // Two chains per (row, group) where they are few (one group), so that the
+                // adds' latency stays hidden.
+                let half = if FIVE || G == 1 { q / 4 } else { 0 };
                 for r in 0..R {
                     let wv = bcast32(((*wp.add(r * nb + i)).u.as_ptr() as *const u32).add(q));
                     for k in 0..G {
-                        h[k][r][half] =
-                            _mm256_add_epi16(h[k][r][half], _mm256_maddubs_epi16(wv, y[k]));
+                        h[k][r][half] = maddubs_add(h[k][r][half], wv, y[k]);
                     }
                 }
             }
             for r in 0..R {
                 let sc = _mm256_and_si256(sc_mn(r, i), lo);
                 for k in 0..G {
-                    let mut p = _mm256_madd_epi16(h[k][r][0], sc);
-                    if FIVE {
-                        p = _mm256_add_epi32(p, _mm256_madd_epi16(h[k][r][1], sc));
-                    }
+                    let p = if FIVE {
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(h[k][r][0], sc),
+                            _mm256_madd_epi16(h[k][r][1], sc),
+                        )
+                    } else {
+                        // exact in i16 (see above); `h[k][r][1]` is zero for two groups
+                        _mm256_madd_epi16(_mm256_add_epi16(h[k][r][0], h[k][r][1]), sc)
+                    };
                     isum[k][r] = _mm256_add_epi32(isum[k][r], p);
                 }
             }

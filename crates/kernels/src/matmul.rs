@@ -4,8 +4,9 @@
 //! [`crate::dot`]); weight rows are then handed out to the pool's threads in chunks taken from
 //! an atomic counter, so threads that run slower (a busy core) simply take fewer chunks and all
 //! finish together. Decode (`n == 1`) streams every weight byte exactly once. Prefill (`n > 1`)
-//! multiplies each unpacked weight block with 4 tokens at a time and walks a cache-sized chunk of
-//! rows across all tokens, so weights are read from memory once and the loop is compute-bound.
+//! walks a cache-sized chunk of rows across all tokens, so weights are read from memory once and
+//! the loop is compute-bound; the types of at most 5 bits unpack the chunk once and multiply it
+//! 2 rows × 16 tokens at a time (see `drive_u8`), the others use 8-token tiles.
 
 use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
 use crate::pool::ThreadPool;
@@ -339,7 +340,7 @@ fn interleave8_k(a: [&BlockQ8K; 8], j: usize) -> BlockQ8x8 {
 }
 
 thread_local! {
-    /// The calling thread's unpacked chunk of weight rows (see [`drive_u8`]).
+    /// The calling thread's unpacked chunk of weight rows (see `drive_u8`).
     static UNPACKED: RefCell<Vec<BlockU8>> = const { RefCell::new(Vec::new()) };
 }
 

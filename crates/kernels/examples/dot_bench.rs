@@ -4,7 +4,10 @@
 mod common;
 
 use common::{random_weights, Rng};
-use kiln_kernels::dot::{dot_q8_32_g8, dot_q8_32_n, dot_q8_32_rows, dot_q8k_n, dot_q8k_x8, Isa};
+use kiln_kernels::dot::{
+    dot_q8_32_g8, dot_q8_32_n, dot_q8_32_rows, dot_q8k_n, dot_q8k_x8, dot_u8_g16_rows,
+    dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8, Isa,
+};
 use kiln_kernels::quant::{
     interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8,
 };
@@ -79,6 +82,9 @@ fn main() {
                 black_box(dot_q8k_x8(isa, dtype, black_box(&w), a8));
             });
             println!("{dtype}: N=1 {r1:.1} GFLOP/s, N=4 {r4:.1} GFLOP/s, x8 {r8:.1} GFLOP/s");
+            if has_u8_form(dtype) {
+                u8_tile(&mut rng, isa, dtype, cols);
+            }
         } else {
             let acts: Vec<Vec<BlockQ8_32>> = (0..8)
                 .map(|_| {
@@ -129,4 +135,34 @@ fn main() {
             );
         }
     }
+}
+
+/// The unpacked prefill tile (2 rows x 8 interleaved tokens) on cache-resident data. The
+/// groups here carry arbitrary scales: only the speed is of interest.
+fn u8_tile(rng: &mut Rng, isa: Isa, dtype: DType, cols: usize) {
+    let nb = cols / 32;
+    let w = random_weights(rng, dtype, 2 * cols);
+    let mut u = vec![BlockU8::default(); 2 * nb];
+    for (r, ur) in u.chunks_exact_mut(nb).enumerate() {
+        repack_u8(isa, dtype, &w[r * w.len() / 2..(r + 1) * w.len() / 2], ur);
+    }
+    let acts: Vec<Vec<BlockQ8_32>> = (0..8)
+        .map(|_| {
+            let mut q = vec![BlockQ8_32::default(); nb];
+            quantize_q8_32(&rng.vec(cols), &mut q);
+            q
+        })
+        .collect();
+    let g: Vec<BlockQ8x8> = (0..nb)
+        .map(|i| interleave8(std::array::from_fn(|t| &acts[t][i])))
+        .collect();
+    let r = rate(cols, 16, || {
+        black_box(dot_u8_g8_rows::<2>(isa, dtype, black_box(&u), &g));
+    });
+    let r16 = rate(cols, 32, || {
+        black_box(dot_u8_g16_rows::<2>(isa, dtype, black_box(&u), [&g, &g]));
+    });
+    println!(
+        "{dtype}: unpacked 2 rows x 8 tokens {r:.1} GFLOP/s, 2 rows x 16 tokens {r16:.1} GFLOP/s"
+    );
 }

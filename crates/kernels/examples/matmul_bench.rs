@@ -6,7 +6,8 @@
 //!
 //! `-- [threads] [prefill_tokens] qwen|qwen15|gemma` instead times every linear layer of one
 //! qwen2.5-coder-0.5b / 1.5b / gemma-3-270m Q4_K_M forward pass (same shapes and types, random weights): the
-//! matmul-only bound on decode and prefill tokens/s.
+//! matmul-only bound on decode and prefill tokens/s. `qwen15-ffn` times one of each of the
+//! 1.5b's large prefill shapes (Q4_K 1536x1536, 8960x1536, 1536x8960; Q6_K 1536x8960).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -66,6 +67,7 @@ fn main() {
         Some("qwen") => return model(threads, n_prefill, &QWEN),
         Some("gemma") => return model(threads, n_prefill, &GEMMA),
         Some("qwen15") => return model(threads, n_prefill, &QWEN15),
+        Some("qwen15-ffn") => return model(threads, n_prefill, &QWEN15_FFN),
         _ => {}
     }
     let types: Vec<DType> = match args.get(3) {
@@ -146,6 +148,18 @@ const QWEN15: ModelShapes = ModelShapes {
     lm_head: (DType::Q6_K, 151936, 1536),
 };
 
+/// The prefill-heavy shapes of qwen2.5-coder-1.5b (one of each, a quick A/B of the prefill
+/// kernels; the totals are not a forward pass).
+const QWEN15_FFN: ModelShapes = ModelShapes {
+    layers: &[
+        (DType::Q4_K, 1536, 1536, 1),
+        (DType::Q4_K, 8960, 1536, 1),
+        (DType::Q4_K, 1536, 8960, 1),
+        (DType::Q6_K, 1536, 8960, 1),
+    ],
+    lm_head: (DType::Q6_K, 256, 1536),
+};
+
 /// gemma-3-270m-q4_k_m (18 blocks; the tied embedding is the lm_head).
 const GEMMA: ModelShapes = ModelShapes {
     layers: &[
@@ -178,10 +192,11 @@ fn model(threads: usize, n_prefill: usize, shapes: &ModelShapes) {
         let mut on = vec![0.0; n_prefill * rows];
         let tn = time_it(threads == 1, || matmul(&pool, &w, &xn, n_prefill, &mut on));
         println!(
-            "{:5} {rows:5}x{cols:<5} x{count:2}: decode {:7.1} us, prefill {:7.2} ms",
+            "{:5} {rows:5}x{cols:<5} x{count:2}: decode {:7.1} us, prefill {:7.2} ms ({:5.1} GFLOP/s)",
             dtype.name(),
             t1 * 1e6,
-            tn * 1e3
+            tn * 1e3,
+            2.0 * (rows * cols * n_prefill) as f64 / tn / 1e9
         );
         decode += t1 * count as f64;
         prefill += tn * count as f64;

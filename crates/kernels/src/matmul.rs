@@ -4,8 +4,9 @@
 //! [`crate::dot`]); weight rows are then handed out to the pool's threads in chunks taken from
 //! an atomic counter, so threads that run slower (a busy core) simply take fewer chunks and all
 //! finish together. Decode (`n == 1`) streams every weight byte exactly once. Prefill (`n > 1`)
-//! multiplies each unpacked weight block with 4 tokens at a time and walks a cache-sized chunk of
-//! rows across all tokens, so weights are read from memory once and the loop is compute-bound.
+//! walks a cache-sized chunk of rows across all tokens, so weights are read from memory once and
+//! the loop is compute-bound; the types of at most 5 bits unpack the chunk once and multiply it
+//! 2 rows × 16 tokens at a time (see `drive_u8`), the others use 8-token tiles.
 
 use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
 use crate::interleave::{plain_rows, Layout};
@@ -375,13 +376,14 @@ fn interleave8_k(a: [&BlockQ8K; 8], j: usize) -> BlockQ8x8 {
 }
 
 thread_local! {
-    /// The calling thread's unpacked chunk of weight rows (see [`drive_u8`]).
+    /// The calling thread's unpacked chunk of weight rows (see `drive_u8`).
     static UNPACKED: RefCell<Vec<BlockU8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Prefill for the types of at most 5 bits (`dot::has_u8_form`): each thread unpacks a chunk
-/// of rows once ([`BlockU8`]) and multiplies it with every 8-token group; leftover tokens use
-/// `tail`, the plain one-token kernel on the packed rows.
+/// of rows once ([`BlockU8`]) and multiplies it with every 8-token group, two groups per pass
+/// where it can (`dot::dot_u8_g16_rows`); leftover tokens use `tail`, the plain one-token
+/// kernel on the packed rows.
 fn drive_u8(
     pool: &ThreadPool,
     isa: Isa,
@@ -420,8 +422,41 @@ fn drive_u8(
                 // SAFETY (all writes below): every (token, row) pair is computed by exactly
                 // one chunk.
                 let put = |t: usize, r: usize, v: f32| unsafe { *out.get().add(t * rows + r) = v };
-                for gi in 0..n_groups {
-                    let g = &groups[gi * nb..(gi + 1) * nb];
+                let group = |gi: usize| &groups[gi * nb..(gi + 1) * nb];
+                // Two groups at a time (one weight broadcast serves 16 tokens), then the last
+                // odd group alone; two rows per pass, then the last odd row.
+                let mut gi = 0;
+                while gi + 2 <= n_groups {
+                    let g = [group(gi), group(gi + 1)];
+                    let mut r = r0;
+                    while r < r1 {
+                        let k = r - r0;
+                        if r + 2 <= r1 {
+                            let v =
+                                dot::dot_u8_g16_rows::<2>(isa, dtype, &u[k * nb..(k + 2) * nb], g);
+                            for (dg, vg) in v.iter().enumerate() {
+                                for (dr, vr) in vg.iter().enumerate() {
+                                    for (t, &x) in vr.iter().enumerate() {
+                                        put(8 * (gi + dg) + t, r + dr, x);
+                                    }
+                                }
+                            }
+                            r += 2;
+                        } else {
+                            let v =
+                                dot::dot_u8_g16_rows::<1>(isa, dtype, &u[k * nb..(k + 1) * nb], g);
+                            for (dg, vg) in v.iter().enumerate() {
+                                for (t, &x) in vg[0].iter().enumerate() {
+                                    put(8 * (gi + dg) + t, r, x);
+                                }
+                            }
+                            r += 1;
+                        }
+                    }
+                    gi += 2;
+                }
+                for gi in gi..n_groups {
+                    let g = group(gi);
                     // Runs the `$r`-row kernel on rows `r..r + $r` while they fit the chunk.
                     macro_rules! rows {
                         ($r:literal, $row:ident) => {
@@ -442,7 +477,6 @@ fn drive_u8(
                             }
                         };
                     }
-                    // (Two rows per pass measured faster than four, which spill registers.)
                     let mut r = r0;
                     rows!(2, r);
                     rows!(1, r);

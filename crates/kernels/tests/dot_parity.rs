@@ -444,3 +444,65 @@ fn unpacked_prefill_rows_match_exact_dot() {
         }
     }
 }
+
+/// The two-group unpacked tile equals the one-group tile on each group, bit for bit, and
+/// matches the scalar reference of the unpacked form, for every type with that form (odd row
+/// counts included).
+#[test]
+fn unpacked_two_group_tile_matches_one_group() {
+    use kiln_kernels::dot::{dot_u8_g16_rows, dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8};
+    let mut rng = Rng::new(29);
+    for dtype in QUANT_TYPES.into_iter().filter(|&d| has_u8_form(d)) {
+        let cols = 768;
+        let nb = cols / 32;
+        let w = random_weights(&mut rng, dtype, 2 * cols);
+        let row_bytes = w.len() / 2;
+        // groups from 32-element activation blocks: the tiles read only the interleaved
+        // values, per-block sums and scales, whatever the weight type
+        let groups: Vec<Vec<_>> = (0..2)
+            .map(|_| {
+                let q: Vec<Vec<BlockQ8_32>> = (0..8)
+                    .map(|_| {
+                        let mut q = vec![BlockQ8_32::default(); nb];
+                        quantize_q8_32(&rng.vec(cols), &mut q);
+                        q
+                    })
+                    .collect();
+                (0..nb)
+                    .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
+                    .collect()
+            })
+            .collect();
+        let g = [&groups[0][..], &groups[1][..]];
+        for isa in Isa::available() {
+            let mut u = vec![BlockU8::default(); 2 * nb];
+            for r in 0..2 {
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                repack_u8(isa, dtype, wr, &mut u[r * nb..(r + 1) * nb]);
+            }
+            let two = dot_u8_g16_rows::<2>(isa, dtype, &u, g);
+            let one = dot_u8_g16_rows::<1>(isa, dtype, &u[..nb], g);
+            for k in 0..2 {
+                let single = dot_u8_g8_rows::<2>(isa, dtype, &u, g[k]);
+                let reference = dot_u8_g8_rows::<2>(Isa::Scalar, dtype, &u, g[k]);
+                for r in 0..2 {
+                    for t in 0..8 {
+                        let bits = [two[k][r][t], single[r][t], reference[r][t]].map(f32::to_bits);
+                        assert!(
+                            bits[0] == bits[1] && bits[1] == bits[2],
+                            "{dtype} {}: group {k} row {r} token {t}: {:?}",
+                            isa.name(),
+                            bits.map(f32::from_bits)
+                        );
+                    }
+                }
+                assert_eq!(
+                    one[k][0].map(f32::to_bits),
+                    two[k][0].map(f32::to_bits),
+                    "{dtype} {}: one row vs two",
+                    isa.name()
+                );
+            }
+        }
+    }
+}

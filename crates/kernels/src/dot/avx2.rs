@@ -585,51 +585,131 @@ unsafe fn u8_block_sums<const R: usize>(
 /// integer scale and min) × 8 interleaved tokens, finished per super-block exactly as the
 /// one-token kernel finishes it.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_u8k_g8_rows<const R: usize>(
+pub(super) unsafe fn dot_u8k_g8_rows<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    let nb = g.len();
-    let mut acc = [_mm256_setzero_ps(); R];
-    let wp = w.as_ptr();
+    u8k_tile::<FIVE, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()])[0]
+}
+
+/// [`dot_u8k_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
+/// broadcast weight dword serves both groups, so the tile needs one load per `maddubs`
+/// instead of one and a half, and the per-sub-block scale work is shared.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8k_g16_rows<const FIVE: bool, const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+) -> [[[f32; 8]; R]; 2] {
+    u8k_tile::<FIVE, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
+}
+
+/// `acc + maddubs(w, y)` (i16 lanes, wrapping) as one opaque step: written with intrinsics,
+/// LLVM re-associates a tile's chains of these adds into trees whose partial sums spill.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn maddubs_add(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
+    let mut acc = acc;
+    std::arch::asm!(
+        "vpmaddubsw {t}, {w}, {y}",
+        "vpaddw {a}, {a}, {t}",
+        a = inout(ymm_reg) acc,
+        t = out(ymm_reg) _,
+        w = in(ymm_reg) w,
+        y = in(ymm_reg) y,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// `R` unpacked Q4_K / Q5_K rows (`nb` blocks each, back to back at `wp`) × `G` interleaved
+/// token groups → `out[k][r]`.
+///
+/// Per sub-block, each (row, group) sums its 8 `maddubs` in i16 and then takes one `madd`
+/// with the sub-block scale. Q4_K sums all 8 in one i16 (u <= 15, |a| <= 127:
+/// 8 · 2 · 15 · 127 < 2^15); Q5_K (u <= 31) needs one per 16 weights. The mins' sum
+/// `Σ mn·sum(a)` is taken once per super-block, after the dot products, when registers are
+/// free.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
+    wp: *const BlockU8,
+    nb: usize,
+    g: [*const BlockQ8x8; G],
+) -> [[[f32; 8]; R]; G] {
+    let lo = _mm256_set1_epi16(0xFF);
+    let mut acc = [[_mm256_setzero_ps(); R]; G];
+    // `sc` and `mn` are adjacent bytes: one i16 broadcast of the pair serves both
+    let sc_mn = |r: usize, i: usize| {
+        let b = wp.add(r * nb + i);
+        _mm256_set1_epi16((std::ptr::addr_of!((*b).sc) as *const i16).read_unaligned())
+    };
     for sb in 0..nb / 8 {
-        let mut isum = [_mm256_setzero_si256(); R];
-        let mut msum = [_mm256_setzero_si256(); R];
+        let mut isum = [[_mm256_setzero_si256(); R]; G];
         for j in 0..8 {
             let i = 8 * sb + j;
-            let ab = g.get_unchecked(i);
-            let h = u8_block_sums::<R>(wp, nb, i, ab);
-            let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+            let mut h = [[[_mm256_setzero_si256(); 2]; R]; G];
+            for q in 0..8 {
+                let y: [__m256i; G] =
+                    std::array::from_fn(|k| load((*g[k].add(i)).qs.as_ptr().add(32 * q) as _));
+                // Two chains per (row, group) where they are few (one group), so that the
+                // adds' latency stays hidden.
+                let half = if FIVE || G == 1 { q / 4 } else { 0 };
+                for r in 0..R {
+                    let wv = bcast32(((*wp.add(r * nb + i)).u.as_ptr() as *const u32).add(q));
+                    for k in 0..G {
+                        h[k][r][half] = maddubs_add(h[k][r][half], wv, y[k]);
+                    }
+                }
+            }
             for r in 0..R {
-                let b = &*wp.add(r * nb + i);
-                let sc = _mm256_set1_epi16(b.sc as i16);
-                let p = _mm256_add_epi32(
-                    _mm256_madd_epi16(h[r][0], sc),
-                    _mm256_madd_epi16(h[r][1], sc),
-                );
-                isum[r] = _mm256_add_epi32(isum[r], p);
-                // sum·mn as one `madd`: |sum| <= 32·128 fits the low i16 of each i32 lane and
-                // the high i16 of the multiplier is 0, so this is the exact product at a
-                // fraction of `mullo_epi32`'s cost.
-                let m = _mm256_madd_epi16(sums, _mm256_set1_epi32(b.mn as i32));
-                msum[r] = _mm256_add_epi32(msum[r], m);
+                let sc = _mm256_and_si256(sc_mn(r, i), lo);
+                for k in 0..G {
+                    let p = if FIVE {
+                        _mm256_add_epi32(
+                            _mm256_madd_epi16(h[k][r][0], sc),
+                            _mm256_madd_epi16(h[k][r][1], sc),
+                        )
+                    } else {
+                        // exact in i16 (see above); `h[k][r][1]` is zero for two groups
+                        _mm256_madd_epi16(_mm256_add_epi16(h[k][r][0], h[k][r][1]), sc)
+                    };
+                    isum[k][r] = _mm256_add_epi32(isum[k][r], p);
+                }
             }
         }
-        // every sub-block of a super-block carries the super-block's activation scale
-        let da = _mm256_load_ps(g.get_unchecked(8 * sb).d.as_ptr());
         for r in 0..R {
+            let mut msum = [_mm256_setzero_si256(); G];
+            for j in 0..8 {
+                let i = 8 * sb + j;
+                // mn alone in each i32 lane (the top byte of the broadcast pairs)
+                let mn = _mm256_srli_epi32(sc_mn(r, i), 24);
+                for k in 0..G {
+                    // sum·mn as one `madd`: |sum| <= 32·127 fits the low i16 of each i32 lane
+                    // and the high i16 of the multiplier is 0, so this is the exact product at
+                    // a fraction of `mullo_epi32`'s cost.
+                    let sums = _mm256_load_si256((*g[k].add(i)).sum.as_ptr() as *const __m256i);
+                    msum[k] = _mm256_add_epi32(msum[k], _mm256_madd_epi16(sums, mn));
+                }
+            }
+            // the super-block's exact integer sums, then the canonical float steps (module
+            // docs); every sub-block of a super-block carries its activation scale
             let b = &*wp.add(r * nb + 8 * sb);
-            let (scale, mscale) = (
-                _mm256_mul_ps(_mm256_set1_ps(b.d), da),
-                _mm256_mul_ps(_mm256_set1_ps(b.m), da),
-            );
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale, acc[r]);
-            acc[r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum[r]), mscale, acc[r]);
+            for k in 0..G {
+                let da = _mm256_load_ps((*g[k].add(8 * sb)).d.as_ptr());
+                let (scale, mscale) = (
+                    _mm256_mul_ps(_mm256_set1_ps(b.d), da),
+                    _mm256_mul_ps(_mm256_set1_ps(b.m), da),
+                );
+                acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k][r]), scale, acc[k][r]);
+                acc[k][r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum[k]), mscale, acc[k][r]);
+            }
         }
     }
-    let mut out = [[0.0f32; 8]; R];
-    for r in 0..R {
-        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+    let mut out = [[[0.0f32; 8]; R]; G];
+    for k in 0..G {
+        for r in 0..R {
+            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
+        }
     }
     out
 }

@@ -403,12 +403,49 @@ pub fn dot_u8_g8_rows<const R: usize>(
                 DType::Q4_0 => avx2::dot_u8_g8_rows::<R, 8>(w, g),
                 DType::Q5_0 => avx2::dot_u8_g8_rows::<R, 16>(w, g),
                 DType::Q4_1 | DType::Q5_1 => avx2::dot_u8_g8_rows::<R, 0>(w, g),
-                _ => avx2::dot_u8k_g8_rows::<R>(w, g),
+                DType::Q4_K => avx2::dot_u8k_g8_rows::<false, R>(w, g),
+                _ => avx2::dot_u8k_g8_rows::<true, R>(w, g),
             }
         },
         _ => std::array::from_fn(|r| {
             std::array::from_fn(|t| scalar::dot_u8_g8(dtype, &w[r * nb..(r + 1) * nb], g, t))
         }),
+    }
+}
+
+/// [`dot_u8_g8_rows`] for two token groups at once: `out[k][r]` is rows `r` × group `g[k]`.
+/// Q4_K / Q5_K on AVX2 have a kernel of their own (each weight broadcast serves both groups);
+/// elsewhere this is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
+pub fn dot_u8_g16_rows<const R: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+) -> [[[f32; 8]; R]; 2] {
+    assert_eq!(
+        g[0].len(),
+        g[1].len(),
+        "dot_u8_g16_rows: groups differ in length"
+    );
+    match (isa, dtype) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_K | DType::Q5_K) if isa.is_available() => {
+            let nb = g[0].len();
+            assert_eq!(
+                w.len(),
+                R * nb,
+                "dot_u8_g16_rows: not {R} rows of {nb} blocks"
+            );
+            assert!(nb % 8 == 0, "dot_u8_g16_rows: partial super-block");
+            unsafe {
+                if dtype == DType::Q4_K {
+                    avx2::dot_u8k_g16_rows::<false, R>(w, g)
+                } else {
+                    avx2::dot_u8k_g16_rows::<true, R>(w, g)
+                }
+            }
+        }
+        _ => g.map(|g| dot_u8_g8_rows::<R>(isa, dtype, w, g)),
     }
 }
 

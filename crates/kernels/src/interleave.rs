@@ -1,11 +1,14 @@
 //! Weight rows rearranged at load time for the decode kernels.
 //!
-//! Decoding multiplies every weight row with one token, so it runs as fast as a kernel unpacks
-//! blocks. For Q5_0 the per-row expansion of the fifth bits costs as much as the products
-//! themselves. Stored as groups of 4 rows whose blocks are interleaved column by column, with
-//! the 4 rows' high bits side by side, one load and two operations per row expand them
-//! ([`Layout::Rows4`]). A group holds the same bytes rearranged, so a loader can rewrite a
-//! resident file in place and memory use does not change.
+//! The decode kernels multiply 4 weight rows with one token at a time. Rows stored back to back
+//! make that 4 interleaved streams of reads, which this machine's memory serves markedly slower
+//! than one sequential stream (the hardware prefetcher follows one stream best). So a loader
+//! rewrites each matrix as groups of 4 rows whose blocks are interleaved column by column
+//! ([`Layout::Rows4`]): the kernels then read one stream. Q5_0 goes further: the 4 rows' high
+//! bits sit side by side, so that one load and two operations per row expand them (the
+//! per-row expansion of the fifth bits otherwise costs as much as the products). A group holds
+//! the same bytes rearranged, so a loader can rewrite a resident file in place and memory use
+//! does not change.
 //!
 //! Invariant: a tensor gives the same results, bit for bit, in every layout. Everything that
 //! reads a tensor's rows (matmul, dequantisation, file writers) looks at its [`Layout`].
@@ -19,8 +22,9 @@ pub enum Layout {
     /// Row after row, each row's blocks in order: the layout of every file format.
     #[default]
     Plain,
-    /// Q5_0 rows in groups of 4, interleaved block column by block column
-    /// ([`q5_0_rows_to_group`]); the last `rows % 4` rows stay plain.
+    /// Rows in groups of 4, interleaved block column by block column: the 4 rows' blocks `i`
+    /// side by side (Q5_0: merged, [`q5_0_rows_to_group`]). The last `rows % 4` rows stay
+    /// plain.
     Rows4,
 }
 
@@ -38,19 +42,23 @@ pub const Q5_0_HIGH_BIT: [[u32; 2]; 4] = [[4, 6], [5, 7], [3, 1], [2, 0]];
 /// (`KILN_INTERLEAVE=0` keeps every tensor plain, for comparisons).
 pub fn preferred(dtype: DType, shape: &[usize]) -> Layout {
     let off = std::env::var("KILN_INTERLEAVE").is_ok_and(|v| v == "0");
-    if !off && dtype == DType::Q5_0 && shape.len() == 2 && shape[0] >= 4 && Isa::best() == Isa::Avx2
-    {
+    if !off && supports(Layout::Rows4, dtype, shape) && shape[0] >= 4 && Isa::best() == Isa::Avx2 {
         Layout::Rows4
     } else {
         Layout::Plain
     }
 }
 
-/// Whether `layout` can hold a tensor of `dtype` and `shape`.
+/// Whether `layout` can hold a tensor of `dtype` and `shape` (4-row groups: the types with
+/// 4-row decode kernels).
 pub fn supports(layout: Layout, dtype: DType, shape: &[usize]) -> bool {
     match layout {
         Layout::Plain => true,
-        Layout::Rows4 => dtype == DType::Q5_0 && shape.len() == 2,
+        Layout::Rows4 => {
+            use DType::*;
+            shape.len() == 2
+                && matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K)
+        }
     }
 }
 
@@ -63,7 +71,44 @@ pub fn rearrange(layout: Layout, dtype: DType, cols: usize, bytes: &mut [u8]) {
     let mut tmp = vec![0u8; group];
     for g in bytes.chunks_exact_mut(group) {
         tmp.copy_from_slice(g);
-        q5_0_rows_to_group(&tmp, g);
+        rows_to_group(dtype, &tmp, g);
+    }
+}
+
+/// Rewrites 4 rows of `dtype` stored back to back (`rows`) as one group (`out`, the same
+/// length): block `i` of row `r` goes to position `4i + r` (Q5_0: [`q5_0_rows_to_group`]).
+pub fn rows_to_group(dtype: DType, rows: &[u8], out: &mut [u8]) {
+    if dtype == DType::Q5_0 {
+        return q5_0_rows_to_group(rows, out);
+    }
+    let bb = dtype.block_bytes();
+    assert!(
+        rows.len() % (4 * bb) == 0 && out.len() == rows.len(),
+        "rows_to_group: {} bytes are not 4 equal {dtype} rows",
+        rows.len()
+    );
+    let nb = rows.len() / (4 * bb);
+    for (k, o) in out.chunks_exact_mut(bb).enumerate() {
+        let (i, r) = (k / 4, k % 4);
+        o.copy_from_slice(&rows[(r * nb + i) * bb..(r * nb + i + 1) * bb]);
+    }
+}
+
+/// The inverse of [`rows_to_group`].
+pub fn group_to_rows(dtype: DType, group: &[u8], out: &mut [u8]) {
+    if dtype == DType::Q5_0 {
+        return q5_0_group_to_rows(group, out);
+    }
+    let bb = dtype.block_bytes();
+    assert!(
+        group.len() % (4 * bb) == 0 && out.len() == group.len(),
+        "group_to_rows: {} bytes are not a {dtype} group",
+        group.len()
+    );
+    let nb = group.len() / (4 * bb);
+    for (k, b) in group.chunks_exact(bb).enumerate() {
+        let (i, r) = (k / 4, k % 4);
+        out[(r * nb + i) * bb..(r * nb + i + 1) * bb].copy_from_slice(b);
     }
 }
 
@@ -95,7 +140,7 @@ pub fn plain_rows<'a>(
         .chunks_exact(4 * rb)
         .zip(buf[..split].chunks_exact_mut(4 * rb))
     {
-        q5_0_group_to_rows(g, out);
+        group_to_rows(dtype, g, out);
     }
     buf[split..].copy_from_slice(&src[split..]);
     buf

@@ -88,7 +88,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
             }
             let rows4 = |w4: &[u8], a: &[BlockQ8_32]| dot::dot_q8_32_rows::<4>(isa, dtype, w4, a);
             // (drive hands this kernel the raw groups only when decoding)
-            let groups4 = |w4: &[u8], a: &[BlockQ8_32]| dot::dot_q5_0_r4(isa, w4, a);
+            let groups4 = |w4: &[u8], a: &[BlockQ8_32]| dot::dot_q8_32_group4(isa, dtype, w4, a);
             drive(
                 pool,
                 w,
@@ -139,6 +139,9 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
             }
             // decode: 4 rows per pass where the type has such a kernel (Q4_K, Q5_K, Q6_K)
             let rows4 = |w4: &[u8], a: &[BlockQ8K]| dot::dot_q8k_rows::<4>(isa, dtype, w4, a);
+            // (drive hands this kernel the raw groups only when decoding)
+            let groups4 = |w4: &[u8], a: &[BlockQ8K]| dot::dot_q8k_group4(isa, dtype, w4, a);
+            let grouped = w.layout == Layout::Rows4 && n == 1;
             drive(
                 pool,
                 w,
@@ -148,7 +151,11 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
                 Some(&|wr, a, _| dot::dot_q8k_x8(isa, dtype, wr, a)),
-                dot::has_q8k_rows(isa, dtype).then_some(&rows4 as RowsKernel<BlockQ8K>),
+                if grouped {
+                    Some(&groups4)
+                } else {
+                    dot::has_q8k_rows(isa, dtype).then_some(&rows4 as RowsKernel<BlockQ8K>)
+                },
                 None,
             );
         }),

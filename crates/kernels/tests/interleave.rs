@@ -3,61 +3,85 @@
 mod common;
 
 use common::{random_weights, Rng};
-use kiln_kernels::dot::{dot_q5_0_r4, dot_q8_32_rows, Isa};
-use kiln_kernels::interleave::{self, q5_0_group_to_rows, q5_0_rows_to_group, Layout};
+use kiln_kernels::dot::{dot_q8_32_group4, dot_q8_32_rows, dot_q8k_group4, dot_q8k_rows, Isa};
+use kiln_kernels::interleave::{self, group_to_rows, rows_to_group, Layout};
 use kiln_kernels::matmul::matmul_with;
-use kiln_kernels::quant::{quantize_q8_32, BlockQ8_32};
+use kiln_kernels::quant::{quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
 use kiln_kernels::{DType, Storage, Tensor, ThreadPool};
 
-/// `rows × cols` random Q5_0 weights, plain and rearranged into 4-row groups.
-fn pair(rng: &mut Rng, rows: usize, cols: usize) -> (Tensor, Tensor) {
-    let plain = random_weights(rng, DType::Q5_0, rows * cols);
+/// The types that have a 4-row group layout.
+const GROUPED: [DType; 8] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+/// `rows × cols` random weights, plain and rearranged into 4-row groups.
+fn pair(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> (Tensor, Tensor) {
+    let plain = random_weights(rng, dtype, rows * cols);
     let mut grouped = plain.clone();
-    interleave::rearrange(Layout::Rows4, DType::Q5_0, cols, &mut grouped);
+    interleave::rearrange(Layout::Rows4, dtype, cols, &mut grouped);
     let shape = vec![rows, cols];
     (
-        Tensor::new(DType::Q5_0, shape.clone(), Storage::from_vec(plain)).unwrap(),
-        Tensor::with_layout(
-            DType::Q5_0,
-            shape,
-            Storage::from_vec(grouped),
-            Layout::Rows4,
-        )
-        .unwrap(),
+        Tensor::new(dtype, shape.clone(), Storage::from_vec(plain)).unwrap(),
+        Tensor::with_layout(dtype, shape, Storage::from_vec(grouped), Layout::Rows4).unwrap(),
     )
 }
 
+/// A column count that suits `dtype`'s blocks.
+fn cols_for(dtype: DType, small: usize) -> usize {
+    if dtype.block_size() == 256 {
+        small.div_ceil(256) * 256
+    } else {
+        small
+    }
+}
+
 #[test]
-fn q5_0_groups_hold_the_same_bytes_rearranged() {
+fn groups_hold_the_same_bytes_rearranged() {
     let mut rng = Rng::new(5);
-    for cols in [32, 320] {
-        let rows = random_weights(&mut rng, DType::Q5_0, 4 * cols);
-        let mut group = vec![0u8; rows.len()];
-        q5_0_rows_to_group(&rows, &mut group);
-        assert_ne!(group, rows);
-        let mut back = vec![0u8; rows.len()];
-        q5_0_group_to_rows(&group, &mut back);
-        assert_eq!(back, rows, "cols {cols}");
-        let mut back = vec![0u8; rows.len()];
-        interleave::q5_0_group_to_rows_scalar(&group, &mut back);
-        assert_eq!(back, rows, "cols {cols}, portable form");
+    for dtype in GROUPED {
+        for cols in [cols_for(dtype, 32), cols_for(dtype, 320)] {
+            let rows = random_weights(&mut rng, dtype, 4 * cols);
+            let mut group = vec![0u8; rows.len()];
+            rows_to_group(dtype, &rows, &mut group);
+            if cols / dtype.block_size() > 1 || dtype == DType::Q5_0 {
+                assert_ne!(group, rows, "{dtype} cols {cols}");
+            }
+            let mut back = vec![0u8; rows.len()];
+            group_to_rows(dtype, &group, &mut back);
+            assert_eq!(back, rows, "{dtype} cols {cols}");
+            if dtype == DType::Q5_0 {
+                let mut back = vec![0u8; rows.len()];
+                interleave::q5_0_group_to_rows_scalar(&group, &mut back);
+                assert_eq!(back, rows, "cols {cols}, portable form");
+            }
+        }
     }
 }
 
 #[test]
 fn interleaved_tensor_reads_like_the_plain_one() {
     let mut rng = Rng::new(6);
-    for rows in [4, 7, 37] {
-        let (plain, grouped) = pair(&mut rng, rows, 96);
-        assert_ne!(plain.data.bytes(), grouped.data.bytes());
-        assert_eq!(&grouped.plain_bytes()[..], plain.data.bytes());
-        assert_eq!(grouped.to_f32_vec(), plain.to_f32_vec());
-        let (mut a, mut b) = (vec![0.0; 96], vec![0.0; 96]);
-        for i in 0..rows {
-            assert_eq!(grouped.row(i), plain.row(i), "row {i} of {rows}");
-            plain.dequantize_row(i, &mut a);
-            grouped.dequantize_row(i, &mut b);
-            assert_eq!(a, b, "row {i} of {rows}");
+    for dtype in GROUPED {
+        let cols = cols_for(dtype, 608); // more than one block per row
+        for rows in [4, 7, 37] {
+            let (plain, grouped) = pair(&mut rng, dtype, rows, cols);
+            assert_ne!(plain.data.bytes(), grouped.data.bytes(), "{dtype}");
+            assert_eq!(&grouped.plain_bytes()[..], plain.data.bytes(), "{dtype}");
+            assert_eq!(grouped.to_f32_vec(), plain.to_f32_vec(), "{dtype}");
+            let (mut a, mut b) = (vec![0.0; cols], vec![0.0; cols]);
+            for i in 0..rows {
+                assert_eq!(grouped.row(i), plain.row(i), "{dtype} row {i} of {rows}");
+                plain.dequantize_row(i, &mut a);
+                grouped.dequantize_row(i, &mut b);
+                assert_eq!(a, b, "{dtype} row {i} of {rows}");
+            }
         }
     }
 }
@@ -68,8 +92,12 @@ fn interleaved_tensor_reads_like_the_plain_one() {
 fn interleaved_matmul_is_bit_identical_to_plain() {
     let mut rng = Rng::new(7);
     let pool = ThreadPool::new(2);
-    for (rows, cols) in [(4, 64), (37, 320), (130, 896)] {
-        let (plain, grouped) = pair(&mut rng, rows, cols);
+    for (dtype, (rows, cols)) in GROUPED
+        .iter()
+        .flat_map(|&d| [(d, (4, 64)), (d, (37, 320)), (d, (130, 896))])
+    {
+        let cols = cols_for(dtype, cols);
+        let (plain, grouped) = pair(&mut rng, dtype, rows, cols);
         for n in [1, 2, 5, 8, 16, 27] {
             let x = rng.vec(n * cols);
             for isa in Isa::available() {
@@ -81,7 +109,7 @@ fn interleaved_matmul_is_bit_identical_to_plain() {
                     assert_eq!(
                         g.to_bits(),
                         w.to_bits(),
-                        "{} {rows}x{cols} n={n}: token {} row {}: {g} vs {w}",
+                        "{dtype} {} {rows}x{cols} n={n}: token {} row {}: {g} vs {w}",
                         isa.name(),
                         i / rows,
                         i % rows
@@ -93,23 +121,37 @@ fn interleaved_matmul_is_bit_identical_to_plain() {
 }
 
 #[test]
-fn group_kernel_equals_the_plain_four_row_kernel() {
+fn group_kernels_equal_the_plain_four_row_kernels() {
     let mut rng = Rng::new(8);
     let cols = 2048;
-    let rows = random_weights(&mut rng, DType::Q5_0, 4 * cols);
-    let mut group = vec![0u8; rows.len()];
-    q5_0_rows_to_group(&rows, &mut group);
+    let x = rng.vec(cols);
     let mut a = vec![BlockQ8_32::default(); cols / 32];
-    quantize_q8_32(&rng.vec(cols), &mut a);
-    for isa in Isa::available() {
-        let want = dot_q8_32_rows::<4>(isa, DType::Q5_0, &rows, &a);
-        let got = dot_q5_0_r4(isa, &group, &a);
-        assert_eq!(
-            got.map(f32::to_bits),
-            want.map(f32::to_bits),
-            "{}",
-            isa.name()
-        );
+    quantize_q8_32(&x, &mut a);
+    let mut ak = vec![BlockQ8K::default(); cols / 256];
+    quantize_q8_k(&x, &mut ak);
+    for dtype in GROUPED {
+        let rows = random_weights(&mut rng, dtype, 4 * cols);
+        let mut group = vec![0u8; rows.len()];
+        rows_to_group(dtype, &rows, &mut group);
+        for isa in Isa::available() {
+            let (want, got) = if dtype.block_size() == 256 {
+                (
+                    dot_q8k_rows::<4>(isa, dtype, &rows, &ak),
+                    dot_q8k_group4(isa, dtype, &group, &ak),
+                )
+            } else {
+                (
+                    dot_q8_32_rows::<4>(isa, dtype, &rows, &a),
+                    dot_q8_32_group4(isa, dtype, &group, &a),
+                )
+            };
+            let name = isa.name();
+            assert_eq!(
+                got.map(f32::to_bits),
+                want.map(f32::to_bits),
+                "{dtype} {name}"
+            );
+        }
     }
 }
 
@@ -120,19 +162,33 @@ fn layouts_are_offered_only_where_they_apply() {
     } else {
         Layout::Plain
     };
-    assert_eq!(interleave::preferred(DType::Q5_0, &[8, 64]), rows4);
-    assert_eq!(interleave::preferred(DType::Q5_0, &[3, 64]), Layout::Plain);
-    assert_eq!(interleave::preferred(DType::Q5_0, &[64]), Layout::Plain);
-    assert_eq!(interleave::preferred(DType::Q8_0, &[8, 64]), Layout::Plain);
-    let bytes = Storage::from_vec(vec![0u8; 8 * 2 * 34]);
-    assert!(Tensor::with_layout(DType::Q8_0, vec![8, 64], bytes, Layout::Rows4).is_err());
+    for dtype in GROUPED {
+        assert_eq!(interleave::preferred(dtype, &[8, 256]), rows4, "{dtype}");
+        assert_eq!(interleave::preferred(dtype, &[3, 256]), Layout::Plain);
+        assert_eq!(interleave::preferred(dtype, &[256]), Layout::Plain);
+    }
+    for dtype in [
+        DType::F32,
+        DType::F16,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q8_1,
+    ] {
+        assert_eq!(
+            interleave::preferred(dtype, &[8, 256]),
+            Layout::Plain,
+            "{dtype}"
+        );
+    }
+    let bytes = Storage::from_vec(vec![0u8; 8 * 84]);
+    assert!(Tensor::with_layout(DType::Q2_K, vec![8, 256], bytes, Layout::Rows4).is_err());
 }
 
 #[test]
 #[should_panic(expected = "split a group")]
 fn taking_rows_apart_from_the_middle_of_a_group_is_refused() {
     let mut rng = Rng::new(9);
-    let (_, grouped) = pair(&mut rng, 8, 64);
+    let (_, grouped) = pair(&mut rng, DType::Q5_0, 8, 64);
     let mut buf = Vec::new();
     interleave::plain_rows(
         Layout::Rows4,

@@ -156,36 +156,47 @@ unsafe fn legacy_impl<const K: usize, const N: usize>(w: &[u8], a: [&[BlockQ8_32
     acc
 }
 
-/// `R` consecutive weight rows (`row_bytes` apart from `w`) · one activation row: the decode
+/// `R` weight rows (placed as `strides` says) · one activation row: the decode
 /// kernel. Every activation block is loaded once for all `R` rows, and the rows' independent
 /// accumulators hide the float latency that a single row's chain of blocks would expose.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_legacy_rows<const R: usize>(
     kind: LegacyKind,
     w: &[u8],
-    row_bytes: usize,
+    strides: Strides,
     a: &[BlockQ8_32],
 ) -> [f32; R] {
     match kind {
-        LegacyKind::Q4_0 => legacy_rows::<0, R>(w, row_bytes, a),
-        LegacyKind::Q4_1 => legacy_rows::<1, R>(w, row_bytes, a),
-        LegacyKind::Q5_0 => legacy_rows::<2, R>(w, row_bytes, a),
-        LegacyKind::Q5_1 => legacy_rows::<3, R>(w, row_bytes, a),
-        LegacyKind::Q8_0 => legacy_rows::<4, R>(w, row_bytes, a),
-        LegacyKind::Q8_1 => legacy_rows::<5, R>(w, row_bytes, a),
+        LegacyKind::Q4_0 => legacy_rows::<0, R>(w, strides, a),
+        LegacyKind::Q4_1 => legacy_rows::<1, R>(w, strides, a),
+        LegacyKind::Q5_0 => legacy_rows::<2, R>(w, strides, a),
+        LegacyKind::Q5_1 => legacy_rows::<3, R>(w, strides, a),
+        LegacyKind::Q8_0 => legacy_rows::<4, R>(w, strides, a),
+        LegacyKind::Q8_1 => legacy_rows::<5, R>(w, strides, a),
     }
+}
+
+/// Where the 4 rows' blocks of a decode kernel lie: block `i` of row `r` at
+/// `i · block + r · row` bytes. Rows back to back: `row` = a row's bytes, `block` = a block's;
+/// a 4-row group ([`crate::interleave::Layout::Rows4`]): `row` = a block's bytes, `block` = 4
+/// blocks'. Either way the 4 rows span `4 · nb · block bytes` contiguous bytes.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Strides {
+    pub row: usize,
+    pub block: usize,
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn legacy_rows<const K: usize, const R: usize>(
     w: &[u8],
-    row_bytes: usize,
+    strides: Strides,
     a: &[BlockQ8_32],
 ) -> [f32; R] {
     assert!(R == 4, "legacy_rows: 4 rows at a time");
     let kind = LEGACY[K];
     let bb = kind.block_bytes();
     let nb = a.len();
+    let Strides { row: rs, block: bs } = strides;
     let ones = _mm256_set1_epi16(1);
     // Q4_0 / Q5_0 weights are taken unsigned (q + 8, q + 16) so each row needs one `maddubs`
     // and no sign fix-ups; the offset times the block's activation sum (`BlockQ8_32::sum`) is
@@ -201,7 +212,7 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
     // the sequential pattern from the hardware prefetcher, so fetch the next run (one run
     // ahead: two overflowed L1 for long rows) while this one is used, R blocks' worth of
     // bytes per block.
-    let ahead = wp.add(R * row_bytes);
+    let ahead = wp.add(R * nb * bb);
     let step = R * bb;
     for i in 0..nb {
         let pf = ahead.add(i * step);
@@ -212,12 +223,8 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
         }
         let ab = a.get_unchecked(i);
         let y = load(ab.qs.as_ptr() as *const u8);
-        let b0 = wp.add(i * bb);
-        let (b1, b2, b3) = (
-            b0.add(row_bytes),
-            b0.add(2 * row_bytes),
-            b0.add(3 * row_bytes),
-        );
+        let b0 = wp.add(i * bs);
+        let (b1, b2, b3) = (b0.add(rs), b0.add(2 * rs), b0.add(3 * rs));
         // (no closures here: they would not inherit this function's target features)
         let p = [
             legacy_row_isum(kind, b0, y, ones),
@@ -948,7 +955,7 @@ unsafe fn f16_pairs4(p: [*const u8; 4]) -> (__m128, __m128) {
     (_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1))
 }
 
-/// `R` consecutive Q4_K/Q5_K rows (`row_bytes` apart from `w`) · one activation row: the
+/// 4 Q4_K/Q5_K rows (placed as `strides` says) · one activation row: the
 /// decode kernel. Each row's super-block gives its exact integer sums as in `q45_k`; the 4
 /// rows' horizontal sums, scales and float steps then take one vector operation each (lane
 /// r = row r, the same float operations as `q45_k`), which is much of a one-row kernel's cost.
@@ -958,18 +965,22 @@ unsafe fn f16_pairs4(p: [*const u8; 4]) -> (__m128, __m128) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
     w: &[u8],
-    row_bytes: usize,
+    strides: Strides,
     a: &[BlockQ8K],
 ) -> [f32; R] {
     assert!(R == 4, "dot_q45_k_rows: 4 rows at a time");
     let bb = if FIVE { 176 } else { 144 };
     let nb = a.len();
+    let Strides {
+        row: rs,
+        block: block_stride,
+    } = strides;
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
     // The next group of rows, fetched ahead as in `legacy_rows` (4 · bb bytes per super-block)
     // but one group ahead, not two: a k-quant group is 10-20 KiB, and two groups ahead plus
     // the current one overflow L1 (measured slower, most of all for Q5_K / Q6_K).
-    let ahead = wp.add(R * row_bytes);
+    let ahead = wp.add(R * nb * bb);
     for i in 0..nb {
         let pf = ahead.add(i * R * bb);
         for l in 0..(R * bb).div_ceil(64) {
@@ -978,14 +989,14 @@ pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
         let ab = a.get_unchecked(i);
         let bs = _mm256_madd_epi16(load(ab.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
         let bsp = _mm_packs_epi32(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        let b0 = wp.add(i * bb);
+        let b0 = wp.add(i * block_stride);
         let zero = _mm_setzero_si128();
         // Per row: scale k as both i16 halves of dword k (one `vpbroadcastd` load per
         // sub-block, no shuffle), and the mins' dot with the activation's sub-block sums.
         let mut tbl = [[0u32; 8]; 4];
         let mut msum = [_mm_setzero_si128(); 4];
         for r in 0..4 {
-            let scm = kscale_min_v(b0.add(r * row_bytes + 4));
+            let scm = kscale_min_v(b0.add(r * rs + 4));
             msum[r] = _mm_madd_epi16(_mm_unpackhi_epi8(scm, zero), bsp);
             let sc = _mm_unpacklo_epi8(scm, zero);
             _mm_storeu_si128(
@@ -999,16 +1010,11 @@ pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
         }
         let y = ab.qs.as_ptr() as *const u8;
         let mut isum = [_mm256_setzero_si256(); 4];
-        q45_rows_step::<FIVE, 0>(b0, row_bytes, &tbl, y, &mut isum);
-        q45_rows_step::<FIVE, 1>(b0, row_bytes, &tbl, y, &mut isum);
-        q45_rows_step::<FIVE, 2>(b0, row_bytes, &tbl, y, &mut isum);
-        q45_rows_step::<FIVE, 3>(b0, row_bytes, &tbl, y, &mut isum);
-        let (d, dmin) = f16_pairs4([
-            b0,
-            b0.add(row_bytes),
-            b0.add(2 * row_bytes),
-            b0.add(3 * row_bytes),
-        ]);
+        q45_rows_step::<FIVE, 0>(b0, rs, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 1>(b0, rs, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 2>(b0, rs, &tbl, y, &mut isum);
+        q45_rows_step::<FIVE, 3>(b0, rs, &tbl, y, &mut isum);
+        let (d, dmin) = f16_pairs4([b0, b0.add(rs), b0.add(2 * rs), b0.add(3 * rs)]);
         let m = sum4_128(&msum);
         let da = _mm_set1_ps(ab.d);
         acc = _mm_fmadd_ps(_mm_cvtepi32_ps(sum4(&isum)), _mm_mul_ps(d, da), acc);
@@ -1019,14 +1025,14 @@ pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
     out
 }
 
-/// Sub-blocks `2J` and `2J + 1` (64 weights) of the 4 rows' super-blocks at `b0 + r ·
-/// row_bytes`, added to `isum[r]`. A function per `J` so that the bit positions below are
+/// Sub-blocks `2J` and `2J + 1` (64 weights) of the 4 rows' super-blocks at `b0 + r · rs`,
+/// added to `isum[r]`. A function per `J` so that the bit positions below are
 /// constants and every step is unrolled.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q45_rows_step<const FIVE: bool, const J: usize>(
     b0: *const u8,
-    row_bytes: usize,
+    rs: usize,
     tbl: &[[u32; 8]; 4],
     y: *const u8,
     isum: &mut [__m256i; 4],
@@ -1035,7 +1041,7 @@ unsafe fn q45_rows_step<const FIVE: bool, const J: usize>(
     let y0 = load(y.add(64 * J));
     let y1 = load(y.add(64 * J + 32));
     for r in 0..4 {
-        let b = b0.add(r * row_bytes);
+        let b = b0.add(r * rs);
         let q = load(b.add(if FIVE { 48 } else { 16 } + 32 * J));
         let mut lo = _mm256_and_si256(q, m4);
         let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -1113,20 +1119,21 @@ unsafe fn q6_k_block(b: *const u8, ab: &BlockQ8K) -> __m256i {
     isum
 }
 
-/// `R` consecutive Q6_K rows (`row_bytes` apart from `w`) · one activation row: the decode
-/// kernel, shaped like [`dot_q45_k_rows`].
+/// 4 Q6_K rows (placed as `strides` says) · one activation row: the decode kernel, shaped
+/// like [`dot_q45_k_rows`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q6_k_rows<const R: usize>(
     w: &[u8],
-    row_bytes: usize,
+    strides: Strides,
     a: &[BlockQ8K],
 ) -> [f32; R] {
     assert!(R == 4, "dot_q6_k_rows: 4 rows at a time");
     let nb = a.len();
+    let Strides { row: rs, block: bs } = strides;
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
     // the next group of rows, one group ahead (see `dot_q45_k_rows`)
-    let ahead = wp.add(R * row_bytes);
+    let ahead = wp.add(R * nb * 210);
     for i in 0..nb {
         let pf = ahead.add(i * R * 210);
         for l in 0..(R * 210).div_ceil(64) {
@@ -1135,14 +1142,14 @@ pub(super) unsafe fn dot_q6_k_rows<const R: usize>(
         let ab = a.get_unchecked(i);
         let mut isum = [_mm256_setzero_si256(); 4];
         for r in 0..4 {
-            isum[r] = q6_k_block(wp.add(r * row_bytes + i * 210), ab);
+            isum[r] = q6_k_block(wp.add(r * rs + i * bs), ab);
         }
         // the 4 rows' d (f16 at byte 208), gathered in a register
-        let p = wp.add(i * 210 + 208) as *const i16;
+        let p = wp.add(i * bs + 208) as *const i16;
         let mut h = _mm_cvtsi32_si128(p.read_unaligned() as u16 as i32);
-        h = _mm_insert_epi16::<1>(h, p.byte_add(row_bytes).read_unaligned() as i32);
-        h = _mm_insert_epi16::<2>(h, p.byte_add(2 * row_bytes).read_unaligned() as i32);
-        h = _mm_insert_epi16::<3>(h, p.byte_add(3 * row_bytes).read_unaligned() as i32);
+        h = _mm_insert_epi16::<1>(h, p.byte_add(rs).read_unaligned() as i32);
+        h = _mm_insert_epi16::<2>(h, p.byte_add(2 * rs).read_unaligned() as i32);
+        h = _mm_insert_epi16::<3>(h, p.byte_add(3 * rs).read_unaligned() as i32);
         let d = _mm_cvtph_ps(h);
         // the canonical float step (module docs), all 4 rows at once
         let scale = _mm_mul_ps(d, _mm_set1_ps(ab.d));

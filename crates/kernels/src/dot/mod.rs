@@ -221,7 +221,11 @@ pub fn dot_q8_32_rows<const R: usize>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
-            avx2::dot_legacy_rows::<R>(kind, w, row_bytes, a)
+            let strides = avx2::Strides {
+                row: row_bytes,
+                block: kind.block_bytes(),
+            };
+            avx2::dot_legacy_rows::<R>(kind, w, strides, a)
         },
         _ => std::array::from_fn(|r| {
             dot_q8_32_n(isa, dtype, &w[r * row_bytes..(r + 1) * row_bytes], [a])[0]
@@ -530,23 +534,66 @@ pub fn dot_q8k_rows<const R: usize>(isa: Isa, dtype: DType, w: &[u8], a: &[Block
     );
     let row_bytes = w.len() / R;
     check(dtype, &w[..row_bytes], std::iter::once(a.len()), 256);
-    match (isa, dtype) {
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_K) if R == 4 && isa.is_available() => unsafe {
-            avx2::dot_q45_k_rows::<false, R>(w, row_bytes, a)
-        },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q5_K) if R == 4 && isa.is_available() => unsafe {
-            avx2::dot_q45_k_rows::<true, R>(w, row_bytes, a)
-        },
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q6_K) if R == 4 && isa.is_available() => unsafe {
-            avx2::dot_q6_k_rows::<R>(w, row_bytes, a)
-        },
-        _ => std::array::from_fn(|r| {
-            dot_q8k_n(isa, dtype, &w[r * row_bytes..(r + 1) * row_bytes], [a])[0]
-        }),
+    if R == 4 && has_q8k_rows(isa, dtype) {
+        let strides = Strides {
+            row: row_bytes,
+            block: dtype.block_bytes(),
+        };
+        return q8k_rows4(dtype, w, strides, a)[..R]
+            .try_into()
+            .expect("4 rows");
     }
+    std::array::from_fn(|r| dot_q8k_n(isa, dtype, &w[r * row_bytes..(r + 1) * row_bytes], [a])[0])
+}
+
+#[cfg(target_arch = "x86_64")]
+use avx2::Strides;
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(dead_code)]
+struct Strides {
+    row: usize,
+    block: usize,
+}
+
+/// The AVX2 4-row k-quant decode kernels (callers check [`has_q8k_rows`]).
+fn q8k_rows4(dtype: DType, w: &[u8], strides: Strides, a: &[BlockQ8K]) -> [f32; 4] {
+    let _ = (w, &strides, a);
+    // SAFETY (all arms): `has_q8k_rows` said the CPU has AVX2; the callers checked the
+    // lengths of `w` and `a`.
+    match dtype {
+        #[cfg(target_arch = "x86_64")]
+        DType::Q4_K => unsafe { avx2::dot_q45_k_rows::<false, 4>(w, strides, a) },
+        #[cfg(target_arch = "x86_64")]
+        DType::Q5_K => unsafe { avx2::dot_q45_k_rows::<true, 4>(w, strides, a) },
+        #[cfg(target_arch = "x86_64")]
+        DType::Q6_K => unsafe { avx2::dot_q6_k_rows::<4>(w, strides, a) },
+        _ => unreachable!("no 4-row decode kernel for {dtype}"),
+    }
+}
+
+/// `out[r] = w[r] · a` for a 4-row group of a k-quant type ([`crate::interleave::Layout::Rows4`]):
+/// the decode kernel on interleaved weights, bit-identical to [`dot_q8k_rows`] on the rows.
+pub fn dot_q8k_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8K]) -> [f32; 4] {
+    assert_eq!(
+        w.len(),
+        4 * a.len() * dtype.block_bytes(),
+        "dot_q8k_group4: group and activations differ in length"
+    );
+    if has_q8k_rows(isa, dtype) {
+        let bb = dtype.block_bytes();
+        return q8k_rows4(
+            dtype,
+            w,
+            Strides {
+                row: bb,
+                block: 4 * bb,
+            },
+            a,
+        );
+    }
+    let mut rows = vec![0u8; w.len()];
+    crate::interleave::group_to_rows(dtype, w, &mut rows);
+    dot_q8k_rows::<4>(isa, dtype, &rows, a)
 }
 
 /// `out[t] = w · a[t]` for 8 activation rows of a k-quant type: the prefill tile (on AVX2,
@@ -610,6 +657,42 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn q5_0_group_to_rows_avx2(group: &[u8], out: &mut [u8]) {
     avx2::q5_0_group_to_rows(group, out)
+}
+
+/// `out[r] = w[r] · a` for a 4-row group of a 32-element quant type
+/// ([`crate::interleave::Layout::Rows4`]): the decode kernel on interleaved weights,
+/// bit-identical to [`dot_q8_32_rows`] on the rows.
+pub fn dot_q8_32_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
+    if dtype == DType::Q5_0 {
+        return dot_q5_0_r4(isa, w, a);
+    }
+    let kind = legacy_kind(dtype)
+        .unwrap_or_else(|| panic!("dot_q8_32_group4: {dtype} is not a 32-element quant type"));
+    let bb = kind.block_bytes();
+    assert_eq!(
+        w.len(),
+        4 * a.len() * bb,
+        "dot_q8_32_group4: group and activations differ in length"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe {
+            avx2::dot_legacy_rows::<4>(
+                kind,
+                w,
+                Strides {
+                    row: bb,
+                    block: 4 * bb,
+                },
+                a,
+            )
+        },
+        _ => {
+            let mut rows = vec![0u8; w.len()];
+            crate::interleave::group_to_rows(dtype, w, &mut rows);
+            dot_q8_32_rows::<4>(isa, dtype, &rows, a)
+        }
+    }
 }
 
 /// `out[r] = w[r] · a` for a 4-row Q5_0 group ([`crate::interleave::Layout::Rows4`]): the

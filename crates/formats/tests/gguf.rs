@@ -852,7 +852,10 @@ fn interleaved_tensors_read_and_write_as_the_file_holds_them() {
         let t = &map[*name];
         assert_eq!(&t.plain_bytes()[..], &d[..], "{name}");
         assert_eq!(t.layout, wanted(t), "{name}");
-        assert_eq!(t.data.bytes() == &d[..], t.layout == kiln_kernels::Layout::Plain);
+        assert_eq!(
+            t.data.bytes() == &d[..],
+            t.layout == kiln_kernels::Layout::Plain
+        );
     }
     let out = gguf::to_bytes(
         f.metadata.iter().map(|(k, v)| (k.as_str(), v)),

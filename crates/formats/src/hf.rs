@@ -837,7 +837,7 @@ impl safetensors::View for View<'_> {
         &self.0.shape
     }
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(self.0.data.bytes())
+        self.0.plain_bytes()
     }
     fn data_len(&self) -> usize {
         self.0.data.len()

@@ -32,7 +32,7 @@ pub fn reorder_rope_rows(
     let hd = rows / n_heads;
     let half = hd / 2;
     let row_bytes = t.data.len() / rows;
-    let src = t.data.bytes();
+    let src = t.plain_bytes(); // (rows in file order, whatever layout the loader chose)
     let mut out = vec![0u8; src.len()];
     for h in 0..n_heads {
         for i in 0..half {

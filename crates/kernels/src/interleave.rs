@@ -161,6 +161,27 @@ fn row_bytes(dtype: DType, cols: usize) -> usize {
     cols / dtype.block_size() * dtype.block_bytes()
 }
 
+/// Byte `k` of `SPREAD[x]` is bit `k` of `x`: spreads 8 high bits over 8 bytes.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut x = 0;
+    while x < 256 {
+        let mut k = 0;
+        while k < 8 {
+            t[x] |= (((x >> k) & 1) as u64) << (8 * k);
+            k += 1;
+        }
+        x += 1;
+    }
+    t
+};
+
+/// Bit `k` of the result is bit 0 of byte `k` of `v` (the inverse of [`SPREAD`]): the
+/// multiplication moves every byte's bit to the top byte without carries.
+fn gather_bits(v: u64) -> u8 {
+    ((v & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
+}
+
 /// Rewrites 4 Q5_0 rows stored back to back (`rows`, each `rows.len() / 4` bytes) as one
 /// group (`out`, the same length). Block column `i` of the group is 88 bytes: the 4 rows' f16
 /// scales, their high bits (16 bytes, see [`Q5_0_HIGH_BIT`]), then each row's 16 bytes of
@@ -173,18 +194,20 @@ pub fn q5_0_rows_to_group(rows: &[u8], out: &mut [u8]) {
     );
     let row_bytes = rows.len() / 4;
     for (i, o) in out.chunks_exact_mut(Q5_0_GROUP_BLOCK).enumerate() {
-        o[8..24].fill(0);
+        let mut high = [0u64; 2]; // the 16 high-bit bytes
         for (r, bits) in Q5_0_HIGH_BIT.iter().enumerate() {
             let b = &rows[r * row_bytes + i * 22..r * row_bytes + (i + 1) * 22];
             o[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
             let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
             for (h, &bit) in bits.iter().enumerate() {
-                for k in 0..16 {
-                    o[8 + k] |= (((qh >> (16 * h + k)) & 1) as u8) << bit;
-                }
+                let half = qh >> (16 * h);
+                high[0] |= SPREAD[(half & 0xFF) as usize] << bit;
+                high[1] |= SPREAD[((half >> 8) & 0xFF) as usize] << bit;
             }
             o[24 + 16 * r..40 + 16 * r].copy_from_slice(&b[6..22]);
         }
+        o[8..16].copy_from_slice(&high[0].to_le_bytes());
+        o[16..24].copy_from_slice(&high[1].to_le_bytes());
     }
 }
 
@@ -195,31 +218,20 @@ pub fn q5_0_group_to_rows(group: &[u8], out: &mut [u8]) {
         "q5_0_group_to_rows: {} bytes are not a Q5_0 group",
         group.len()
     );
-    #[cfg(target_arch = "x86_64")]
-    if Isa::Avx2.is_available() {
-        // SAFETY: the CPU has AVX2; the lengths were checked above.
-        return unsafe { crate::dot::q5_0_group_to_rows_avx2(group, out) };
-    }
-    q5_0_group_to_rows_scalar(group, out)
-}
-
-/// The portable form of [`q5_0_group_to_rows`].
-pub fn q5_0_group_to_rows_scalar(group: &[u8], out: &mut [u8]) {
-    assert!(
-        group.len() % Q5_0_GROUP_BLOCK == 0 && out.len() == group.len(),
-        "q5_0_group_to_rows: {} bytes are not a Q5_0 group",
-        group.len()
-    );
     let row_bytes = group.len() / 4;
     for (i, g) in group.chunks_exact(Q5_0_GROUP_BLOCK).enumerate() {
+        let high = [
+            u64::from_le_bytes(g[8..16].try_into().expect("8 bytes")),
+            u64::from_le_bytes(g[16..24].try_into().expect("8 bytes")),
+        ];
         for (r, bits) in Q5_0_HIGH_BIT.iter().enumerate() {
             let b = &mut out[r * row_bytes + i * 22..r * row_bytes + (i + 1) * 22];
             b[..2].copy_from_slice(&g[2 * r..2 * r + 2]);
             let mut qh = 0u32;
             for (h, &bit) in bits.iter().enumerate() {
-                for k in 0..16 {
-                    qh |= (((g[8 + k] >> bit) & 1) as u32) << (16 * h + k);
-                }
+                let lo = gather_bits(high[0] >> bit) as u32;
+                let hi = gather_bits(high[1] >> bit) as u32;
+                qh |= (lo | hi << 8) << (16 * h);
             }
             b[2..6].copy_from_slice(&qh.to_le_bytes());
             b[6..22].copy_from_slice(&g[24 + 16 * r..40 + 16 * r]);

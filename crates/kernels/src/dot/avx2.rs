@@ -1600,28 +1600,3 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
     _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
 }
-
-/// AVX2 form of [`crate::interleave::q5_0_group_to_rows`]: each row's 32 high bits are two
-/// `movemask`s of the group's high-bit bytes shifted so that the row's bit is bit 7.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn q5_0_group_to_rows(group: &[u8], out: &mut [u8]) {
-    use crate::interleave::{Q5_0_GROUP_BLOCK, Q5_0_HIGH_BIT};
-    let row_bytes = group.len() / 4;
-    let g = group.as_ptr();
-    let o = out.as_mut_ptr();
-    for i in 0..group.len() / Q5_0_GROUP_BLOCK {
-        let b = g.add(i * Q5_0_GROUP_BLOCK);
-        let qh = _mm_loadu_si128(b.add(8) as *const __m128i);
-        for (r, bits) in Q5_0_HIGH_BIT.iter().enumerate() {
-            // (no closure: it would not inherit this function's target features)
-            let s0 = _mm_cvtsi32_si128(7 - bits[0] as i32);
-            let s1 = _mm_cvtsi32_si128(7 - bits[1] as i32);
-            let row_qh = _mm_movemask_epi8(_mm_sll_epi64(qh, s0)) as u32
-                | (_mm_movemask_epi8(_mm_sll_epi64(qh, s1)) as u32) << 16;
-            let dst = o.add(r * row_bytes + i * 22);
-            std::ptr::copy_nonoverlapping(b.add(2 * r), dst, 2);
-            (dst.add(2) as *mut u32).write_unaligned(row_qh.to_le());
-            std::ptr::copy_nonoverlapping(b.add(24 + 16 * r), dst.add(6), 16);
-        }
-    }
-}

@@ -650,15 +650,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// AVX2 form of [`crate::interleave::q5_0_group_to_rows`].
-///
-/// # Safety
-/// The CPU must have AVX2, and `out.len() == group.len()`, a multiple of 88.
-#[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn q5_0_group_to_rows_avx2(group: &[u8], out: &mut [u8]) {
-    avx2::q5_0_group_to_rows(group, out)
-}
-
 /// `out[r] = w[r] · a` for a 4-row group of a 32-element quant type
 /// ([`crate::interleave::Layout::Rows4`]): the decode kernel on interleaved weights,
 /// bit-identical to [`dot_q8_32_rows`] on the rows.

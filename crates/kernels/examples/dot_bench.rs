@@ -123,7 +123,12 @@ fn main() {
                 let mut g4 = vec![0u8; w4.len()];
                 kiln_kernels::interleave::q5_0_rows_to_group(&w4, &mut g4);
                 let r4 = rate(cols, 4, || {
-                    black_box(kiln_kernels::dot::dot_q5_0_r4(isa, black_box(&g4), a[0]));
+                    black_box(kiln_kernels::dot::dot_q8_32_group4(
+                        isa,
+                        dtype,
+                        black_box(&g4),
+                        a[0],
+                    ));
                 });
                 println!(
                     "Q5_0 4-row group x 1: {r4:.1} GFLOP/s ({:.1} GB/s of weights)",

@@ -89,9 +89,15 @@ pub fn rows_to_group(dtype: DType, rows: &[u8], out: &mut [u8]) {
     );
     let nb = rows.len() / (4 * bb);
     for (k, o) in out.chunks_exact_mut(bb).enumerate() {
-        let (i, r) = (k / 4, k % 4);
-        o.copy_from_slice(&rows[(r * nb + i) * bb..(r * nb + i + 1) * bb]);
+        o.copy_from_slice(&rows[row_block(k, nb, bb)]);
     }
+}
+
+/// Where block `k` of a group (block `k / 4` of row `k % 4`) lies in the group's 4 plain rows
+/// of `nb` blocks of `bb` bytes.
+fn row_block(k: usize, nb: usize, bb: usize) -> std::ops::Range<usize> {
+    let (i, r) = (k / 4, k % 4);
+    (r * nb + i) * bb..(r * nb + i + 1) * bb
 }
 
 /// The inverse of [`rows_to_group`].
@@ -107,8 +113,7 @@ pub fn group_to_rows(dtype: DType, group: &[u8], out: &mut [u8]) {
     );
     let nb = group.len() / (4 * bb);
     for (k, b) in group.chunks_exact(bb).enumerate() {
-        let (i, r) = (k / 4, k % 4);
-        out[(r * nb + i) * bb..(r * nb + i + 1) * bb].copy_from_slice(b);
+        out[row_block(k, nb, bb)].copy_from_slice(b);
     }
 }
 

@@ -1522,6 +1522,29 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// 5-bit weights as bytes: the low nibbles of `nibbles` with bit 4 of every byte of `high`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn five_bits(nibbles: __m256i, high: __m256i) -> __m256i {
+    _mm256_or_si256(
+        _mm256_and_si256(nibbles, _mm256_set1_epi8(0xF)),
+        _mm256_and_si256(high, _mm256_set1_epi8(0x10)),
+    )
+}
+
+/// Two rows' partial dot products, one row per 128-bit lane (4 i32 each): `lo` holds the rows'
+/// first 16 weights and `hi` their last 16, matched by the activation halves `ylo` / `yhi`
+/// (each repeated in both lanes). i16 lanes: two products of at most 31·128 per `maddubs`,
+/// two `maddubs` per add: at most 15872, so the 16-bit add is exact.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_dot(lo: __m256i, hi: __m256i, ylo: __m256i, yhi: __m256i) -> __m256i {
+    _mm256_madd_epi16(
+        _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi)),
+        _mm256_set1_epi16(1),
+    )
+}
+
 /// Q5_0 in 4-row groups ([`crate::interleave::q5_0_rows_to_group`]) times one activation row: the decode
 /// kernel. Rows pair up in one 32-byte load of nibbles (low nibbles of both rows in one
 /// vector, high in another), matched by the activation's two halves each repeated in both
@@ -1530,9 +1553,6 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
     const GB: usize = crate::interleave::Q5_0_GROUP_BLOCK;
     let nb = a.len();
-    let ones = _mm256_set1_epi16(1);
-    let m4 = _mm256_set1_epi8(0xF);
-    let m10 = _mm256_set1_epi8(0x10);
     // (see `interleave::Q5_0_HIGH_BIT` for the bit each row and half reads)
     let s_lo01 = _mm256_setr_epi64x(0, 0, 1, 1);
     let s_hi01 = _mm256_setr_epi64x(2, 2, 3, 3);
@@ -1551,38 +1571,12 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
         let qh = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(8) as *const __m128i));
         let x01 = load(b.add(24));
         let x23 = load(b.add(56));
-        let lo01 = _mm256_or_si256(
-            _mm256_and_si256(x01, m4),
-            _mm256_and_si256(_mm256_srlv_epi64(qh, s_lo01), m10),
-        );
-        let hi01 = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(x01, 4), m4),
-            _mm256_and_si256(_mm256_srlv_epi64(qh, s_hi01), m10),
-        );
-        let lo23 = _mm256_or_si256(
-            _mm256_and_si256(x23, m4),
-            _mm256_and_si256(_mm256_sllv_epi64(qh, s_lo23), m10),
-        );
-        let hi23 = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(x23, 4), m4),
-            _mm256_and_si256(_mm256_sllv_epi64(qh, s_hi23), m10),
-        );
-        // i16 lanes: two products of at most 31·128 each per maddubs, two maddubs per add:
-        // at most 15872, so the 16-bit adds are exact.
-        let p01 = _mm256_madd_epi16(
-            _mm256_add_epi16(
-                _mm256_maddubs_epi16(lo01, ylo),
-                _mm256_maddubs_epi16(hi01, yhi),
-            ),
-            ones,
-        );
-        let p23 = _mm256_madd_epi16(
-            _mm256_add_epi16(
-                _mm256_maddubs_epi16(lo23, ylo),
-                _mm256_maddubs_epi16(hi23, yhi),
-            ),
-            ones,
-        );
+        let lo01 = five_bits(x01, _mm256_srlv_epi64(qh, s_lo01));
+        let hi01 = five_bits(_mm256_srli_epi16(x01, 4), _mm256_srlv_epi64(qh, s_hi01));
+        let lo23 = five_bits(x23, _mm256_sllv_epi64(qh, s_lo23));
+        let hi23 = five_bits(_mm256_srli_epi16(x23, 4), _mm256_sllv_epi64(qh, s_hi23));
+        let p01 = pair_dot(lo01, hi01, ylo, yhi);
+        let p23 = pair_dot(lo23, hi23, ylo, yhi);
         // lanes: p01 = [row 0 ×4 | row 1 ×4], p23 = [row 2 ×4 | row 3 ×4]
         let t = _mm256_add_epi32(
             _mm256_unpacklo_epi32(p01, p23),

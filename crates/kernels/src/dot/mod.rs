@@ -652,11 +652,9 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out[r] = w[r] · a` for a 4-row group of a 32-element quant type
 /// ([`crate::interleave::Layout::Rows4`]): the decode kernel on interleaved weights,
-/// bit-identical to [`dot_q8_32_rows`] on the rows.
+/// bit-identical to [`dot_q8_32_rows`] on the rows. Levels without a group kernel take the
+/// group apart into plain rows.
 pub fn dot_q8_32_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
-    if dtype == DType::Q5_0 {
-        return dot_q5_0_r4(isa, w, a);
-    }
     let kind = legacy_kind(dtype)
         .unwrap_or_else(|| panic!("dot_q8_32_group4: {dtype} is not a 32-element quant type"));
     let bb = kind.block_bytes();
@@ -668,39 +666,20 @@ pub fn dot_q8_32_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8_32]) -> [
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
-            avx2::dot_legacy_rows::<4>(
-                kind,
-                w,
-                Strides {
+            if dtype == DType::Q5_0 {
+                avx2::dot_q5_0_r4(w, a)
+            } else {
+                let strides = Strides {
                     row: bb,
                     block: 4 * bb,
-                },
-                a,
-            )
+                };
+                avx2::dot_legacy_rows::<4>(kind, w, strides, a)
+            }
         },
         _ => {
             let mut rows = vec![0u8; w.len()];
             crate::interleave::group_to_rows(dtype, w, &mut rows);
             dot_q8_32_rows::<4>(isa, dtype, &rows, a)
-        }
-    }
-}
-
-/// `out[r] = w[r] · a` for a 4-row Q5_0 group ([`crate::interleave::Layout::Rows4`]): the
-/// decode kernel. Levels without a group kernel take the group apart into plain rows.
-pub fn dot_q5_0_r4(isa: Isa, w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
-    assert_eq!(
-        w.len(),
-        a.len() * crate::interleave::Q5_0_GROUP_BLOCK,
-        "dot_q5_0_r4: group and activations differ in length"
-    );
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_q5_0_r4(w, a) },
-        _ => {
-            let mut rows = vec![0u8; w.len()];
-            crate::interleave::q5_0_group_to_rows(w, &mut rows);
-            dot_q8_32_rows::<4>(isa, DType::Q5_0, &rows, a)
         }
     }
 }

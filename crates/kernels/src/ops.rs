@@ -197,6 +197,25 @@ pub fn f16_weighted_sum(values: &[u16], ms: &[f32], vs: &[f32], out: &mut [f32])
     reference::f16_weighted_sum(values, ms, vs, out)
 }
 
+/// [`f16_weighted_sum`] of two heads over the same values (two query heads sharing a kv
+/// head): bit-identical to two calls, with each value element widened once for both.
+pub fn f16_weighted_sum_x2(values: &[u16], ms: [&[f32]; 2], vs: [&[f32]; 2], out: [&mut [f32]; 2]) {
+    let hd = out[0].len();
+    assert!(
+        out[1].len() == hd
+            && (0..2).all(|h| ms[h].len() == vs[h].len() && values.len() == vs[h].len() * hd),
+        "f16_weighted_sum_x2: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        unsafe { crate::ops_avx2::f16_weighted_sum_x2(values, ms, vs, out) };
+        return;
+    }
+    let [o0, o1] = out;
+    reference::f16_weighted_sum(values, ms[0], vs[0], o0);
+    reference::f16_weighted_sum(values, ms[1], vs[1], o1);
+}
+
 /// `y[i] += a · x[i]` with f16 `x` (attention's weighted sum over f16 values), one fused
 /// multiply-add per element.
 pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
@@ -405,10 +424,23 @@ pub enum RopeStyle {
 
 /// Rotates one head `x` (length `head_dim`) in place; `inv_freq` has `head_dim/2` entries.
 pub fn rope(x: &mut [f32], pos: usize, inv_freq: &[f32], style: RopeStyle) {
+    let mut angles = vec![[0.0; 2]; inv_freq.len()];
+    rope_angles(pos, inv_freq, &mut angles);
+    rope_rotate(x, &angles, style);
+}
+
+/// `(cos, sin)` of position `pos` for each frequency: a row's table, shared by all its heads.
+pub fn rope_angles(pos: usize, inv_freq: &[f32], out: &mut [[f32; 2]]) {
+    for (o, &f) in out.iter_mut().zip(inv_freq) {
+        let (sin, cos) = (pos as f32 * f).sin_cos();
+        *o = [cos, sin];
+    }
+}
+
+/// Rotates one head `x` in place by the angles of [`rope_angles`] (`x.len() / 2` of them).
+pub fn rope_rotate(x: &mut [f32], angles: &[[f32; 2]], style: RopeStyle) {
     let half = x.len() / 2;
-    for (i, &f) in inv_freq.iter().enumerate() {
-        let angle = pos as f32 * f;
-        let (sin, cos) = angle.sin_cos();
+    for (i, &[cos, sin]) in angles.iter().enumerate().take(half) {
         let (a, b) = match style {
             RopeStyle::Interleaved => (2 * i, 2 * i + 1),
             RopeStyle::Half => (i, i + half),

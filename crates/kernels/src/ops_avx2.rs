@@ -510,25 +510,67 @@ pub(crate) unsafe fn f16_weighted_sum(values: &[u16], ms: &[f32], vs: &[f32], ou
     let n8 = hd / 8;
     let mut v0 = 0;
     while v0 + 8 <= n8 {
-        weighted_sum_vectors::<8>(values, hd, 8 * v0, ms, vs, out);
+        weighted_sum_vectors::<1, 8>(values, hd, 8 * v0, [ms], [vs], [out.as_mut_ptr()]);
         v0 += 8;
     }
     while v0 < n8 {
-        weighted_sum_vectors::<1>(values, hd, 8 * v0, ms, vs, out);
+        weighted_sum_vectors::<1, 1>(values, hd, 8 * v0, [ms], [vs], [out.as_mut_ptr()]);
         v0 += 1;
     }
-    let tail = 8 * n8;
-    if tail < hd {
-        let mut acc = vec![0u16; hd - tail];
-        for (j, (&m, &v)) in ms.iter().zip(vs).enumerate() {
-            if m != 1.0 {
-                crate::ops::reference::scale_f16(&mut acc, m);
-            }
-            crate::ops::reference::mad_f16(&mut acc, &values[j * hd + tail..(j + 1) * hd], v);
+    weighted_sum_tail(values, ms, vs, &mut out[8 * n8..]);
+}
+
+/// `ops::f16_weighted_sum_x2`: two heads' accumulators, 6 vectors each, share every widened
+/// value vector; twelve independent rounding chains keep the conversion units busy.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn f16_weighted_sum_x2(
+    values: &[u16],
+    ms: [&[f32]; 2],
+    vs: [&[f32]; 2],
+    out: [&mut [f32]; 2],
+) {
+    let hd = out[0].len();
+    let n8 = hd / 8;
+    let [o0, o1] = out;
+    let ptrs = [o0.as_mut_ptr(), o1.as_mut_ptr()];
+    let mut v0 = 0;
+    // passes of 6 vectors, but 8 left go as two of 4 (never fewer than 8 chains)
+    while n8 - v0 >= 6 && n8 - v0 != 8 {
+        weighted_sum_vectors::<2, 6>(values, hd, 8 * v0, ms, vs, ptrs);
+        v0 += 6;
+    }
+    while v0 + 4 <= n8 {
+        weighted_sum_vectors::<2, 4>(values, hd, 8 * v0, ms, vs, ptrs);
+        v0 += 4;
+    }
+    while v0 + 2 <= n8 {
+        weighted_sum_vectors::<2, 2>(values, hd, 8 * v0, ms, vs, ptrs);
+        v0 += 2;
+    }
+    while v0 < n8 {
+        weighted_sum_vectors::<2, 1>(values, hd, 8 * v0, ms, vs, ptrs);
+        v0 += 1;
+    }
+    weighted_sum_tail(values, ms[0], vs[0], &mut o0[8 * n8..]);
+    weighted_sum_tail(values, ms[1], vs[1], &mut o1[8 * n8..]);
+}
+
+/// The last `out.len()` (< 8) elements of each value row, in scalar.
+fn weighted_sum_tail(values: &[u16], ms: &[f32], vs: &[f32], out: &mut [f32]) {
+    if out.is_empty() {
+        return;
+    }
+    let hd = values.len() / vs.len().max(1);
+    let tail = hd - out.len();
+    let mut acc = vec![0u16; out.len()];
+    for (j, (&m, &v)) in ms.iter().zip(vs).enumerate() {
+        if m != 1.0 {
+            crate::ops::reference::scale_f16(&mut acc, m);
         }
-        for (o, &a) in out[tail..].iter_mut().zip(&acc) {
-            *o = half::f16::from_bits(a).to_f32();
-        }
+        crate::ops::reference::mad_f16(&mut acc, &values[j * hd + tail..(j + 1) * hd], v);
+    }
+    for (o, &a) in out.iter_mut().zip(&acc) {
+        *o = half::f16::from_bits(a).to_f32();
     }
 }
 
@@ -539,34 +581,43 @@ unsafe fn round_f16(x: __m256) -> __m256 {
     _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
 }
 
-/// [`f16_weighted_sum`] for the `V` vectors of elements `e0..e0 + 8V`.
+/// The weighted sums of `H` heads for the `V` vectors of elements `e0..e0 + 8V`, written to
+/// `out[h][e0..]`: each value vector is widened once for all heads.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_sum_vectors<const V: usize>(
+unsafe fn weighted_sum_vectors<const H: usize, const V: usize>(
     values: &[u16],
     hd: usize,
     e0: usize,
-    ms: &[f32],
-    vs: &[f32],
-    out: &mut [f32],
+    ms: [&[f32]; H],
+    vs: [&[f32]; H],
+    out: [*mut f32; H],
 ) {
-    let mut acc = [_mm256_setzero_ps(); V];
+    let mut acc = [[_mm256_setzero_ps(); V]; H];
     let mut p = values.as_ptr().add(e0);
-    for (&m, &w) in ms.iter().zip(vs) {
-        if m != 1.0 {
-            let mv = _mm256_set1_ps(m);
-            for a in acc.iter_mut() {
-                *a = round_f16(_mm256_mul_ps(*a, mv));
+    for j in 0..vs[0].len() {
+        for h in 0..H {
+            let m = *ms[h].get_unchecked(j);
+            if m != 1.0 {
+                let mv = _mm256_set1_ps(m);
+                for a in acc[h].iter_mut() {
+                    *a = round_f16(_mm256_mul_ps(*a, mv));
+                }
             }
         }
-        let wv = _mm256_set1_ps(w);
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = round_f16(_mm256_fmadd_ps(load_f16(p.add(8 * k)), wv, *a));
+        let wv: [__m256; H] = std::array::from_fn(|h| _mm256_set1_ps(*vs[h].get_unchecked(j)));
+        for k in 0..V {
+            let v = load_f16(p.add(8 * k));
+            for h in 0..H {
+                acc[h][k] = round_f16(_mm256_fmadd_ps(v, wv[h], acc[h][k]));
+            }
         }
         p = p.add(hd);
     }
-    for (k, a) in acc.iter().enumerate() {
-        _mm256_storeu_ps(out.as_mut_ptr().add(e0 + 8 * k), *a);
+    for h in 0..H {
+        for (k, a) in acc[h].iter().enumerate() {
+            _mm256_storeu_ps(out[h].add(e0 + 8 * k), *a);
+        }
     }
 }
 

@@ -315,7 +315,7 @@ fn two_row_f32_f16_dot_equals_two_single_calls() {
 #[test]
 fn f16_weighted_sum_equals_scale_and_mad_key_by_key() {
     let mut rng = Rng::new(19);
-    for hd in [3, 8, 64, 72, 100, 256] {
+    for hd in [3, 8, 16, 40, 64, 72, 100, 128, 256] {
         for n in [1, 2, 17] {
             let values = f16_bits(&rng.vec(n * hd));
             // weights in (0, 1]; every few keys the "maximum moves" and rescales
@@ -352,6 +352,15 @@ fn f16_weighted_sum_equals_scale_and_mad_key_by_key() {
             ops::f16_weighted_sum(&values, &ms, &vs, &mut got);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "hd {hd} n {n}");
+            // two heads at once (the second with the weights reversed): each equals its own sum
+            let (ms2, vs2): (Vec<f32>, Vec<f32>) =
+                (ms.iter().rev().copied().collect(), vs.iter().rev().copied().collect());
+            let mut want2 = vec![0.0; hd];
+            reference::f16_weighted_sum(&values, &ms2, &vs2, &mut want2);
+            let (mut g0, mut g1) = (vec![0.0; hd], vec![0.0; hd]);
+            ops::f16_weighted_sum_x2(&values, [&ms, &ms2], [&vs, &vs2], [&mut g0, &mut g1]);
+            assert_eq!(bits(&g0), bits(&want), "x2 head 0: hd {hd} n {n}");
+            assert_eq!(bits(&g1), bits(&want2), "x2 head 1: hd {hd} n {n}");
         }
     }
 }

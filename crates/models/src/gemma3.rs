@@ -20,7 +20,7 @@ use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
     advance_caches, attention, for_each_row, gated_rows, gather_rows, prepare_batch, rms_norm_rows,
-    rope_batch, store_kv, AttentionShape, BatchLayout, Linear, Rope,
+    rope_batch, store_kv, AttentionShape, BatchLayout, Linear, Rope, RopeTable,
 };
 use crate::llama::check_rows;
 use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
@@ -74,6 +74,8 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     last: Vec<f32>,
+    rope_global: RopeTable,
+    rope_local: RopeTable,
 }
 
 impl Gemma3 {
@@ -178,13 +180,9 @@ impl CausalLM for Gemma3 {
             row.iter_mut().for_each(|v| *v *= self.embed_scale);
         }
 
+        self.rope_global.fill_table(&layout, &mut s.rope_global);
+        self.rope_local.fill_table(&layout, &mut s.rope_local);
         for (l, blk) in self.blocks.iter().enumerate() {
-            let rope = if blk.local {
-                &self.rope_local
-            } else {
-                &self.rope_global
-            };
-
             // Attention, with per-head q/k norms and a norm on its output.
             rms_norm_rows(pool, &s.x, &blk.attn_norm, eps, &mut s.n);
             blk.wq.forward(pool, &s.n, n, &mut s.q);
@@ -196,7 +194,12 @@ impl CausalLM for Gemma3 {
             for_each_row(pool, &mut s.k, hd, &|_, h| {
                 ops::rms_norm_inplace(h, &blk.k_norm, eps)
             });
-            rope_batch(pool, rope, &layout, hd, &mut s.q, &mut s.k);
+            let rope = if blk.local {
+                &s.rope_local
+            } else {
+                &s.rope_global
+            };
+            rope_batch(pool, rope, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
             attention(

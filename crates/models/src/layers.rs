@@ -93,10 +93,47 @@ impl Rope {
         Rope { inv_freq, style }
     }
 
-    /// Rotates every head of `x` (`n_heads × head_dim` values) for position `pos`.
-    pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+    /// Fills `table` with the angles of every token position of the batch, in row order:
+    /// computed once per forward pass and shared by every head and layer that uses this rope.
+    pub fn fill_table(&self, layout: &BatchLayout, table: &mut RopeTable) {
+        let half = self.inv_freq.len();
+        table.half = half;
+        table.style = self.style;
+        table.angles.resize(layout.total * half, [0.0; 2]);
+        let mut rows = table.angles.chunks_exact_mut(half.max(1));
+        for (seq, &n) in layout.n_tokens.iter().enumerate() {
+            for pos in layout.start_pos[seq]..layout.start_pos[seq] + n {
+                if let Some(row) = rows.next() {
+                    ops::rope_angles(pos, &self.inv_freq, row);
+                }
+            }
+        }
+    }
+}
+
+/// A batch's rotary angles for one [`Rope`] (see [`Rope::fill_table`]).
+pub struct RopeTable {
+    half: usize,
+    style: RopeStyle,
+    angles: Vec<[f32; 2]>,
+}
+
+impl Default for RopeTable {
+    fn default() -> RopeTable {
+        RopeTable {
+            half: 0,
+            style: RopeStyle::Half,
+            angles: Vec::new(),
+        }
+    }
+}
+
+impl RopeTable {
+    /// Rotates every head of row `row`'s `x` (`n_heads × head_dim` values).
+    pub fn apply(&self, x: &mut [f32], head_dim: usize, row: usize) {
+        let angles = &self.angles[row * self.half..(row + 1) * self.half];
         for head in x.chunks_exact_mut(head_dim) {
-            ops::rope(head, pos, &self.inv_freq, self.style);
+            ops::rope_rotate(head, angles, self.style);
         }
     }
 }
@@ -451,8 +488,14 @@ fn attend_f16_ggml<const N: usize>(
             vs[h].push(v);
         }
     }
+    let values = &values[lo * hd..end * hd];
+    let mut o = o;
+    match o.as_mut_slice() {
+        [o] => ops::f16_weighted_sum(values, &ms[0], &vs[0], o),
+        [o0, o1] => ops::f16_weighted_sum_x2(values, [&ms[0], &ms[1]], [&vs[0], &vs[1]], [o0, o1]),
+        _ => unreachable!("checked above: 1 or 2 heads"),
+    }
     for (h, o) in o.into_iter().enumerate() {
-        ops::f16_weighted_sum(&values[lo * hd..end * hd], &ms[h], &vs[h], o);
         state[h].finish(o);
     }
 }
@@ -579,27 +622,48 @@ pub fn advance_caches(batch: &mut [SeqInput<'_>]) {
     }
 }
 
-/// Applies rope to every token's query and key rows at its own position.
-pub fn rope_batch(
-    pool: &ThreadPool,
-    rope: &Rope,
-    layout: &BatchLayout,
-    hd: usize,
-    q: &mut [f32],
-    k: &mut [f32],
-) {
-    let (qd, kvd) = (q.len() / layout.total.max(1), k.len() / layout.total.max(1));
-    let mut pos = Vec::with_capacity(layout.total);
-    for (seq, &n) in layout.n_tokens.iter().enumerate() {
-        pos.extend(layout.start_pos[seq]..layout.start_pos[seq] + n);
-    }
-    for_each_row(pool, q, qd, &|row, r| rope.apply(r, hd, pos[row]));
-    for_each_row(pool, k, kvd, &|row, r| rope.apply(r, hd, pos[row]));
+/// Applies rope to every token's query and key rows at its own position (`table`, filled
+/// for this batch by [`Rope::fill_table`]).
+pub fn rope_batch(pool: &ThreadPool, table: &RopeTable, hd: usize, q: &mut [f32], k: &mut [f32]) {
+    let rows = table.angles.len() / table.half.max(1);
+    let (qd, kvd) = (q.len() / rows.max(1), k.len() / rows.max(1));
+    for_each_row(pool, q, qd, &|row, r| table.apply(r, hd, row));
+    for_each_row(pool, k, kvd, &|row, r| table.apply(r, hd, row));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batch's rope table rotates each row by its own sequence's position, exactly as
+    /// rotating the row alone does.
+    #[test]
+    fn rope_table_rows_follow_each_sequence_position() {
+        let (hd, heads) = (16, 3);
+        let rope = Rope::new(hd, 10000.0, None, RopeStyle::Half);
+        let layout = BatchLayout {
+            first_row: vec![0, 2],
+            start_pos: vec![5, 0],
+            n_tokens: vec![2, 3],
+            logit_rows: vec![],
+            total: 5,
+        };
+        let mut table = RopeTable::default();
+        rope.fill_table(&layout, &mut table);
+        for (row, pos) in [5, 6, 0, 1, 2].into_iter().enumerate() {
+            let x: Vec<f32> = (0..heads * hd).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut got = x.clone();
+            table.apply(&mut got, hd, row);
+            let mut want = x.clone();
+            for h in want.chunks_exact_mut(hd) {
+                ops::rope(h, pos, &rope.inv_freq, RopeStyle::Half);
+            }
+            assert_eq!(got, want, "row {row}");
+            if pos > 0 {
+                assert_ne!(got, x, "row {row} rotated");
+            }
+        }
+    }
 
     /// ggml's one-row f16 attention is ordinary attention up to f16 rounding: checked against
     /// the f32 path on the same (f16-representable) keys and values, with and without a

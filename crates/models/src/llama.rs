@@ -17,7 +17,7 @@ use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
     advance_caches, attention, gated_rows, gather_rows, prepare_batch, rms_norm_rows, rope_batch,
-    store_kv, AttentionShape, BatchLayout, Linear, Rope,
+    store_kv, AttentionShape, BatchLayout, Linear, Rope, RopeTable,
 };
 use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
 
@@ -60,6 +60,7 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     last: Vec<f32>,
+    rope: RopeTable,
 }
 
 impl Llama {
@@ -161,13 +162,14 @@ impl CausalLM for Llama {
             self.embed.dequantize_row(tok as usize, row);
         }
 
+        self.rope.fill_table(&layout, &mut s.rope);
         for (l, blk) in self.blocks.iter().enumerate() {
             // Attention.
             rms_norm_rows(pool, &s.x, &blk.attn_norm, cfg.rms_norm_eps, &mut s.n);
             blk.wq.forward(pool, &s.n, n, &mut s.q);
             blk.wk.forward(pool, &s.n, n, &mut s.k);
             blk.wv.forward(pool, &s.n, n, &mut s.v);
-            rope_batch(pool, &self.rope, &layout, hd, &mut s.q, &mut s.k);
+            rope_batch(pool, &s.rope, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
             attention(

@@ -1,0 +1,112 @@
+//! Cost of the attention kernels over an f16 KV cache on cache-resident data (single thread,
+//! thread CPU time): nanoseconds per key for one query row of head dim 256 (gemma-3) and 64
+//! (qwen2.5), scores of two heads (`ops::dot_f32_f16_x2`) and the f16 weighted sum of one
+//! head (`ops::f16_weighted_sum`, ggml's accumulator).
+//!
+//! cargo run --release -p kiln-kernels --example attn_bench. `KILN_ISA=scalar` for the reference.
+use kiln_kernels::ops;
+use std::hint::black_box;
+
+fn cpu() -> f64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        * 1e-9
+}
+
+/// Nanoseconds per call over >= 0.4 s of calls, as thread CPU time.
+fn ns_per_call(mut f: impl FnMut()) -> f64 {
+    f();
+    let start = std::time::Instant::now();
+    let t = cpu();
+    let mut iters = 0u64;
+    while start.elapsed().as_secs_f64() < 0.4 {
+        for _ in 0..10 {
+            f();
+        }
+        iters += 10;
+    }
+    (cpu() - t) * 1e9 / iters as f64
+}
+
+fn main() {
+    // `-- cycles`: a fixed amount of work per kernel instead, to count cycles with `perf stat`
+    let only = std::env::args().nth(1);
+    let keys = 512;
+    for hd in [256, 64] {
+        // deterministic, f16-representable data in the range real caches hold
+        let val = |i: usize| ((i * 7919 % 2003) as f32 / 1001.0 - 1.0) * 3.0;
+        let mut k16 = vec![0u16; keys * hd];
+        let mut v16 = vec![0u16; keys * hd];
+        let kf: Vec<f32> = (0..keys * hd).map(val).collect();
+        let vf: Vec<f32> = (0..keys * hd).map(|i| val(i + 17)).collect();
+        ops::f32_to_f16(&kf, &mut k16);
+        ops::f32_to_f16(&vf, &mut v16);
+        let q0: Vec<f32> = (0..hd).map(|i| val(i + 5) * 0.1).collect();
+        let q1: Vec<f32> = (0..hd).map(|i| val(i + 9) * 0.1).collect();
+        // a running maximum that moves now and then, as real scores do
+        let ms: Vec<f32> = (0..keys)
+            .map(|j| if j % 37 == 0 { 0.9 } else { 1.0 })
+            .collect();
+        let vs: Vec<f32> = (0..keys).map(|j| (j % 13) as f32 / 13.0).collect();
+        let (ms2, vs2): (Vec<f32>, Vec<f32>) = (
+            ms.iter().rev().copied().collect(),
+            vs.iter().rev().copied().collect(),
+        );
+        let mut out = vec![0.0f32; hd];
+        let mut out2 = vec![0.0f32; hd];
+        if let Some(which) = &only {
+            for _ in 0..40000 {
+                if which == "dot" {
+                    for j in 0..keys {
+                        black_box(ops::dot_f32_f16_x2(
+                            &q0,
+                            &q1,
+                            black_box(&k16[j * hd..(j + 1) * hd]),
+                        ));
+                    }
+                } else if which == "wsum" {
+                    ops::f16_weighted_sum(black_box(&v16), &ms, &vs, &mut out);
+                    black_box(&out);
+                } else {
+                    ops::f16_weighted_sum_x2(
+                        black_box(&v16),
+                        [&ms, &ms2],
+                        [&vs, &vs2],
+                        [&mut out, &mut out2],
+                    );
+                    black_box((&out, &out2));
+                }
+            }
+            continue;
+        }
+        let dot = ns_per_call(|| {
+            for j in 0..keys {
+                black_box(ops::dot_f32_f16_x2(
+                    &q0,
+                    &q1,
+                    black_box(&k16[j * hd..(j + 1) * hd]),
+                ));
+            }
+        }) / keys as f64;
+        let wsum = ns_per_call(|| {
+            ops::f16_weighted_sum(black_box(&v16), &ms, &vs, &mut out);
+            black_box(&out);
+        }) / keys as f64;
+        let wsum2 = ns_per_call(|| {
+            ops::f16_weighted_sum_x2(
+                black_box(&v16),
+                [&ms, &ms2],
+                [&vs, &vs2],
+                [&mut out, &mut out2],
+            );
+            black_box((&out, &out2));
+        }) / keys as f64;
+        println!(
+            "head dim {hd:3}: scores of 2 heads {dot:6.2} ns/key, f16 weighted sum {wsum:6.2} ns/key, \
+             of 2 heads at once {wsum2:6.2} ns/key"
+        );
+    }
+}

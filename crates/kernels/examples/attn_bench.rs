@@ -1,6 +1,6 @@
 //! Cost of the attention kernels over an f16 KV cache on cache-resident data (single thread,
 //! thread CPU time): nanoseconds per key for one query row of head dim 256 (gemma-3) and 64
-//! (qwen2.5), scores of two heads (`ops::dot_f32_f16_x2`) and the f16 weighted sum of one
+//! (qwen2.5), scores of two heads (`ops::dot_f32_f16_x2` per key, `ops::dot_f32_f16_keys` per row) and the f16 weighted sum of one
 //! head (`ops::f16_weighted_sum`, ggml's accumulator).
 //!
 //! cargo run --release -p kiln-kernels --example attn_bench. `KILN_ISA=scalar` for the reference.
@@ -91,6 +91,11 @@ fn main() {
                 ));
             }
         }) / keys as f64;
+        let (mut s0, mut s1) = (vec![0.0f32; keys], vec![0.0f32; keys]);
+        let dot_keys = ns_per_call(|| {
+            ops::dot_f32_f16_keys([&q0, &q1], black_box(&k16), [&mut s0, &mut s1]);
+            black_box((&s0, &s1));
+        }) / keys as f64;
         let wsum = ns_per_call(|| {
             ops::f16_weighted_sum(black_box(&v16), &ms, &vs, &mut out);
             black_box(&out);
@@ -105,7 +110,7 @@ fn main() {
             black_box((&out, &out2));
         }) / keys as f64;
         println!(
-            "head dim {hd:3}: scores of 2 heads {dot:6.2} ns/key, f16 weighted sum {wsum:6.2} ns/key, \
+            "head dim {hd:3}: scores of 2 heads {dot:6.2} ns/key (all keys in one call {dot_keys:6.2}), f16 weighted sum {wsum:6.2} ns/key, \
              of 2 heads at once {wsum2:6.2} ns/key"
         );
     }

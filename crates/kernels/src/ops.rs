@@ -176,6 +176,29 @@ pub fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 2] {
     [reference::dot_f32_f16(a0, b), reference::dot_f32_f16(a1, b)]
 }
 
+/// The scores of `H` (1 or 2) query rows against each of the keys stored back to back in
+/// `keys` (`a[h].len()` elements each): `out[h][j] = dot_f32_f16(a[h], key j)`, bit-identical
+/// to calling [`dot_f32_f16`] key by key; one call per row instead of one per key.
+pub fn dot_f32_f16_keys<const H: usize>(a: [&[f32]; H], keys: &[u16], out: [&mut [f32]; H]) {
+    assert!(H == 1 || H == 2, "dot_f32_f16_keys: 1 or 2 rows");
+    let hd = a[0].len();
+    let n = keys.len() / hd.max(1);
+    assert!(
+        (0..H).all(|h| a[h].len() == hd && out[h].len() == n) && n * hd == keys.len(),
+        "dot_f32_f16_keys: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2() && hd % 32 == 0 {
+        unsafe { crate::ops_avx2::dot_f32_f16_keys(a, keys, out) };
+        return;
+    }
+    for (h, o) in out.into_iter().enumerate() {
+        for (j, s) in o.iter_mut().enumerate() {
+            *s = dot_f32_f16(a[h], &keys[j * hd..(j + 1) * hd]);
+        }
+    }
+}
+
 /// The f16 accumulator of ggml's one-row flash attention over a run of keys, widened into
 /// `out`: starting from zero, for each key `j` in order and per element, `acc = f16(acc·ms[j])`
 /// when `ms[j] != 1` (the running maximum moved), then `acc = f16(acc + v_j·vs[j])` with the

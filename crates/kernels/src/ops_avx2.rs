@@ -471,6 +471,55 @@ pub(crate) unsafe fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
     sum as f32
 }
 
+/// `ops::dot_f32_f16_keys` for head dims that are multiples of 32: per key the same four
+/// accumulators and the same reduction as [`dot_f32_f16`], with the last horizontal adds
+/// done for four keys at once (`hadd` of two keys' halves keeps each key's pairing).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32_f16_keys<const H: usize>(
+    a: [&[f32]; H],
+    keys: &[u16],
+    out: [&mut [f32]; H],
+) {
+    let hd = a[0].len();
+    debug_assert!(hd % 32 == 0);
+    let n = keys.len() / hd;
+    let mut halves = [[_mm_setzero_ps(); 4]; H];
+    let mut j = 0;
+    while j < n {
+        let quad = (n - j).min(4);
+        for kk in 0..quad {
+            let pb = keys.as_ptr().add((j + kk) * hd);
+            let mut acc = [[_mm256_setzero_ps(); 4]; H];
+            let mut i = 0;
+            while i < hd {
+                for jj in 0..4 {
+                    let k = load_f16(pb.add(i + 8 * jj));
+                    for h in 0..H {
+                        let q = _mm256_loadu_ps(a[h].as_ptr().add(i + 8 * jj));
+                        acc[h][jj] = _mm256_fmadd_ps(q, k, acc[h][jj]);
+                    }
+                }
+                i += 32;
+            }
+            for h in 0..H {
+                let r = _mm256_add_ps(
+                    _mm256_add_ps(acc[h][0], acc[h][2]),
+                    _mm256_add_ps(acc[h][1], acc[h][3]),
+                );
+                halves[h][kk] = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+            }
+        }
+        for h in 0..H {
+            let [x0, x1, x2, x3] = halves[h];
+            let s = _mm_hadd_ps(_mm_hadd_ps(x0, x1), _mm_hadd_ps(x2, x3));
+            let mut four = [0.0f32; 4];
+            _mm_storeu_ps(four.as_mut_ptr(), s);
+            out[h][j..j + quad].copy_from_slice(&four[..quad]);
+        }
+        j += quad;
+    }
+}
+
 /// `ops::dot_f32_f16_x2`: two [`dot_f32_f16`]s sharing each widened element of `b`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 2] {

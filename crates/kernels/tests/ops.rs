@@ -313,6 +313,31 @@ fn two_row_f32_f16_dot_equals_two_single_calls() {
 }
 
 #[test]
+fn dot_f32_f16_keys_equals_dot_f32_f16_key_by_key() {
+    let mut rng = Rng::new(23);
+    for hd in [8, 32, 40, 64, 128, 256] {
+        for n in [1, 3, 4, 5, 9] {
+            let (a0, a1) = (rng.vec(hd), rng.vec(hd));
+            let keys = f16_bits(&rng.vec(n * hd));
+            let (mut s0, mut s1) = (vec![0.0; n], vec![0.0; n]);
+            ops::dot_f32_f16_keys([&a0, &a1], &keys, [&mut s0, &mut s1]);
+            let mut one = vec![0.0; n];
+            ops::dot_f32_f16_keys([&a1], &keys, [&mut one]);
+            for j in 0..n {
+                let k = &keys[j * hd..(j + 1) * hd];
+                let want = [
+                    reference::dot_f32_f16(&a0, k),
+                    reference::dot_f32_f16(&a1, k),
+                ];
+                assert_eq!(s0[j].to_bits(), want[0].to_bits(), "hd {hd} n {n} key {j}");
+                assert_eq!(s1[j].to_bits(), want[1].to_bits(), "hd {hd} n {n} key {j}");
+                assert_eq!(one[j].to_bits(), want[1].to_bits(), "hd {hd} n {n} key {j}");
+            }
+        }
+    }
+}
+
+#[test]
 fn f16_weighted_sum_equals_scale_and_mad_key_by_key() {
     let mut rng = Rng::new(19);
     for hd in [3, 8, 16, 40, 64, 72, 100, 128, 256] {
@@ -353,8 +378,10 @@ fn f16_weighted_sum_equals_scale_and_mad_key_by_key() {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "hd {hd} n {n}");
             // two heads at once (the second with the weights reversed): each equals its own sum
-            let (ms2, vs2): (Vec<f32>, Vec<f32>) =
-                (ms.iter().rev().copied().collect(), vs.iter().rev().copied().collect());
+            let (ms2, vs2): (Vec<f32>, Vec<f32>) = (
+                ms.iter().rev().copied().collect(),
+                vs.iter().rev().copied().collect(),
+            );
             let mut want2 = vec![0.0; hd];
             reference::f16_weighted_sum(&values, &ms2, &vs2, &mut want2);
             let (mut g0, mut g1) = (vec![0.0; hd], vec![0.0; hd]);

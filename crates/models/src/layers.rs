@@ -473,19 +473,22 @@ fn attend_f16_ggml<const N: usize>(
     }
     // Scores first (they set each key's rescale and weight), then the f16 accumulator over
     // all keys: the same operations per element in the same order as ggml's key-by-key loop.
+    let keys = &keys[lo * hd..end * hd];
+    for v in vs.iter_mut().take(N) {
+        v.resize(end - lo, 0.0);
+    }
+    match vs.as_mut_slice() {
+        [v0, v1] if N == 2 => ops::dot_f32_f16_keys([&q16[0], &q16[1]], keys, [v0, v1]),
+        [v0, ..] => ops::dot_f32_f16_keys([&q16[0]], keys, [v0]),
+        [] => unreachable!(),
+    }
     let mut state = [(); N].map(|_| OnlineSoftmax::new());
-    for j in lo..end {
-        let k = &keys[j * hd..(j + 1) * hd];
-        let s: [f32; N] = if N == 2 {
-            let s2 = ops::dot_f32_f16_x2(&q16[0], &q16[1], k);
-            std::array::from_fn(|h| s2[h])
-        } else {
-            std::array::from_fn(|h| ops::dot_f32_f16(&q16[h], k))
-        };
-        for h in 0..N {
-            let (m, v) = state[h].step(shape, s[h]);
+    for h in 0..N {
+        // `vs` holds the raw scores until each is replaced by its weight
+        for s in vs[h].iter_mut() {
+            let (m, v) = state[h].step(shape, *s);
             ms[h].push(m);
-            vs[h].push(v);
+            *s = v;
         }
     }
     let values = &values[lo * hd..end * hd];

@@ -126,6 +126,12 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                                 std::array::from_fn(|t| &q[(8 * g + t) * (nb / 8) + b / 8]),
                                 b % 8,
                             );
+                            // (the Q6_K tiles take the activations offset: see dot::BlockU8)
+                            let v = if dtype == crate::DType::Q6_K {
+                                v.offset_by_128()
+                            } else {
+                                v
+                            };
                             // SAFETY: each group's blocks are written by exactly one thread.
                             unsafe { *gptr.get().add(g * nb + b) = v };
                         }

@@ -357,7 +357,7 @@ fn unpacked_prefill_rows_match_exact_dot() {
         .into_iter()
         .filter(|&d| has_u8_form(d))
         .collect();
-    assert_eq!(types.len(), 6);
+    assert_eq!(types.len(), 7);
     for dtype in types {
         let cols = 1024;
         let nb = cols / 32;
@@ -391,8 +391,8 @@ fn unpacked_prefill_rows_match_exact_dot() {
                 }
                 for (a, b) in u.iter().zip(&reference) {
                     assert_eq!(
-                        (a.u, a.d, a.m, a.sc, a.mn),
-                        (b.u, b.d, b.m, b.sc, b.mn),
+                        (a.u, a.d, a.m, a.sc, a.mn, a.corr),
+                        (b.u, b.d, b.m, b.sc, b.mn, b.corr),
                         "{dtype} {}",
                         isa.name()
                     );
@@ -411,8 +411,8 @@ fn unpacked_prefill_rows_match_exact_dot() {
             }
             for (a, b) in u.iter().zip(&reference) {
                 assert_eq!(
-                    (a.u, a.d, a.m, a.sc, a.mn),
-                    (b.u, b.d, b.m, b.sc, b.mn),
+                    (a.u, a.d, a.m, a.sc, a.mn, a.corr),
+                    (b.u, b.d, b.m, b.sc, b.mn, b.corr),
                     "{dtype} {}",
                     isa.name()
                 );

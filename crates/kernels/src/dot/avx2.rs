@@ -721,6 +721,102 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
     out
 }
 
+/// `R` unpacked Q6_K rows × 8 tokens whose activations are offset by 128 (`BlockU8` docs).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8q6_g8_rows<const R: usize>(
+    w: &[BlockU8],
+    g: &[BlockQ8x8],
+) -> [[f32; 8]; R] {
+    u8q6_tile::<R, 1>(w.as_ptr(), g.len(), [g.as_ptr()])[0]
+}
+
+/// [`dot_u8q6_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8q6_g16_rows<const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+) -> [[[f32; 8]; R]; 2] {
+    u8q6_tile::<R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
+}
+
+/// `R` unpacked Q6_K rows × `G` token groups → `out[k][r]`. The offset activations are the
+/// unsigned `maddubs` operand and the 6-bit weights the signed one; two `maddubs` (|sum| <=
+/// 2·2·255·32 < 2^15) go into an i16 chain, which one `madd` with the 16 weights' scale
+/// widens. Per super-block, `corr` takes the offset back out of the exact integer sum, and
+/// the float step is the one-token kernel's.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn u8q6_tile<const R: usize, const G: usize>(
+    wp: *const BlockU8,
+    nb: usize,
+    g: [*const BlockQ8x8; G],
+) -> [[[f32; 8]; R]; G] {
+    let mut acc = [[_mm256_setzero_ps(); R]; G];
+    for sb in 0..nb / 8 {
+        let mut isum = [[_mm256_setzero_si256(); R]; G];
+        let mut corr = [0i32; R];
+        for j in 0..8 {
+            let i = 8 * sb + j;
+            // both i8 scales of each row, sign-extended into every i16 lane
+            let pair: [__m256i; R] = std::array::from_fn(|r| {
+                let b = wp.add(r * nb + i);
+                _mm256_set1_epi16((std::ptr::addr_of!((*b).sc) as *const i16).read_unaligned())
+            });
+            for half in 0..2 {
+                let sc: [__m256i; R] = std::array::from_fn(|r| {
+                    if half == 0 {
+                        _mm256_srai_epi16(_mm256_slli_epi16(pair[r], 8), 8)
+                    } else {
+                        _mm256_srai_epi16(pair[r], 8)
+                    }
+                });
+                for step in 0..2 {
+                    let q0 = 4 * half + 2 * step;
+                    let mut h = [[_mm256_setzero_si256(); R]; G];
+                    for q in q0..q0 + 2 {
+                        let y: [__m256i; G] = std::array::from_fn(|k| {
+                            load((*g[k].add(i)).qs.as_ptr().add(32 * q) as _)
+                        });
+                        for r in 0..R {
+                            let wv =
+                                bcast32(((*wp.add(r * nb + i)).u.as_ptr() as *const u32).add(q));
+                            for k in 0..G {
+                                h[k][r] = maddubs_add(h[k][r], y[k], wv);
+                            }
+                        }
+                    }
+                    for r in 0..R {
+                        for k in 0..G {
+                            isum[k][r] =
+                                _mm256_add_epi32(isum[k][r], _mm256_madd_epi16(h[k][r], sc[r]));
+                        }
+                    }
+                }
+            }
+            for (r, c) in corr.iter_mut().enumerate() {
+                *c += (*wp.add(r * nb + i)).corr;
+            }
+        }
+        for r in 0..R {
+            let d = _mm256_set1_ps((*wp.add(r * nb + 8 * sb)).d);
+            let c = _mm256_set1_epi32(corr[r]);
+            for k in 0..G {
+                let da = _mm256_load_ps((*g[k].add(8 * sb)).d.as_ptr());
+                let exact = _mm256_sub_epi32(isum[k][r], c);
+                acc[k][r] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), _mm256_mul_ps(d, da), acc[k][r]);
+            }
+        }
+    }
+    let mut out = [[[0.0f32; 8]; R]; G];
+    for k in 0..G {
+        for r in 0..R {
+            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
+        }
+    }
+    out
+}
+
 /// The 8 mins of a Q4_K/Q5_K block as 16 i16, each repeated for the two Q8_K bsums (16
 /// elements each) of its 32-element sub-block.
 #[inline]

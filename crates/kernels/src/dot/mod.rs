@@ -318,6 +318,13 @@ pub fn dot_q8_32_g8_rows<const R: usize>(
 /// (Q4_1, Q5_1). Q4_K / Q5_K, one block per sub-block: `w = d·sc·u - m·mn` with the
 /// super-block's `d` and `dmin` (as `m`) and the sub-block's integer scale and min, so that
 /// the kernels can finish each super-block exactly as the one-token kernels do.
+///
+/// Q6_K, one block per 32 weights: `u` holds the signed 6-bit values `q` (as i8 bits), `sc`
+/// and `mn` the i8 scales of the first and second 16, `d` the super-block's scale, and `corr`
+/// is `128·Σ scale·q`. Its weights are too wide for unsigned `maddubs` sums to fit in i16 four
+/// at a time, so the tiles take the activations offset by 128 instead
+/// ([`BlockQ8x8::offset_by_128`]), unsigned, with the weights as the signed operand; `corr`
+/// takes the offset back out of each exact integer sum.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BlockU8 {
@@ -326,6 +333,7 @@ pub struct BlockU8 {
     pub m: f32,
     pub sc: u8,
     pub mn: u8,
+    pub corr: i32,
 }
 
 impl BlockU8 {
@@ -337,6 +345,10 @@ impl BlockU8 {
                 DType::Q4_0 => self.d * (u - 8.0),
                 DType::Q5_0 => self.d * (u - 16.0),
                 DType::Q4_K | DType::Q5_K => self.d * self.sc as f32 * u - self.m * self.mn as f32,
+                DType::Q6_K => {
+                    let scale = if l < 16 { self.sc } else { self.mn } as i8 as f32;
+                    self.d * scale * self.u[l] as i8 as f32
+                }
                 _ => self.d * u + self.m,
             }
         })
@@ -344,16 +356,23 @@ impl BlockU8 {
 }
 
 /// Whether `dtype` has the [`BlockU8`] prefill form (weights of at most 5 bits, so that four
-/// `maddubs` sums fit in i16).
+/// `maddubs` sums fit in i16; and Q6_K, with offset activations).
 pub fn has_u8_form(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q4_K | DType::Q5_K
+        DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q4_K
+            | DType::Q5_K
+            | DType::Q6_K
     )
 }
 
 /// Unpacks one weight row of a type with [`has_u8_form`] into `out` (one block per 32
-/// weights; for Q4_K / Q5_K one per sub-block, carrying its integer scale and min).
+/// weights; for Q4_K / Q5_K one per sub-block, carrying its integer scale and min; for Q6_K
+/// see [`BlockU8`]).
 pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
     assert!(
         has_u8_form(dtype),
@@ -365,6 +384,10 @@ pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
         out.len() * 32,
         "repack_u8: row and output lengths differ"
     );
+    if dtype == DType::Q6_K {
+        // (scalar only: the loops vectorise, and a row is unpacked once per matmul)
+        return scalar::repack_u8_q6_k(w, out);
+    }
     let five = dtype == DType::Q5_K;
     match (isa, legacy_kind(dtype)) {
         #[cfg(target_arch = "x86_64")]
@@ -395,7 +418,7 @@ pub fn dot_u8_g8_rows<const R: usize>(
         R * nb,
         "dot_u8_g8_rows: not {R} rows of {nb} blocks"
     );
-    let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K);
+    let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
     assert!(
         !kquant || nb % 8 == 0,
         "dot_u8_g8_rows: partial super-block"
@@ -408,6 +431,7 @@ pub fn dot_u8_g8_rows<const R: usize>(
                 DType::Q5_0 => avx2::dot_u8_g8_rows::<R, 16>(w, g),
                 DType::Q4_1 | DType::Q5_1 => avx2::dot_u8_g8_rows::<R, 0>(w, g),
                 DType::Q4_K => avx2::dot_u8k_g8_rows::<false, R>(w, g),
+                DType::Q6_K => avx2::dot_u8q6_g8_rows::<R>(w, g),
                 _ => avx2::dot_u8k_g8_rows::<true, R>(w, g),
             }
         },
@@ -418,8 +442,8 @@ pub fn dot_u8_g8_rows<const R: usize>(
 }
 
 /// [`dot_u8_g8_rows`] for two token groups at once: `out[k][r]` is rows `r` × group `g[k]`.
-/// Q4_K / Q5_K on AVX2 have a kernel of their own (each weight broadcast serves both groups);
-/// elsewhere this is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
+/// Q4_K / Q5_K / Q6_K on AVX2 have a kernel of their own (each weight broadcast serves both
+/// groups); elsewhere this is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
 pub fn dot_u8_g16_rows<const R: usize>(
     isa: Isa,
     dtype: DType,
@@ -433,7 +457,7 @@ pub fn dot_u8_g16_rows<const R: usize>(
     );
     match (isa, dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_K | DType::Q5_K) if isa.is_available() => {
+        (Isa::Avx2, DType::Q4_K | DType::Q5_K | DType::Q6_K) if isa.is_available() => {
             let nb = g[0].len();
             assert_eq!(
                 w.len(),
@@ -442,10 +466,10 @@ pub fn dot_u8_g16_rows<const R: usize>(
             );
             assert!(nb % 8 == 0, "dot_u8_g16_rows: partial super-block");
             unsafe {
-                if dtype == DType::Q4_K {
-                    avx2::dot_u8k_g16_rows::<false, R>(w, g)
-                } else {
-                    avx2::dot_u8k_g16_rows::<true, R>(w, g)
+                match dtype {
+                    DType::Q4_K => avx2::dot_u8k_g16_rows::<false, R>(w, g),
+                    DType::Q6_K => avx2::dot_u8q6_g16_rows::<R>(w, g),
+                    _ => avx2::dot_u8k_g16_rows::<true, R>(w, g),
                 }
             }
         }

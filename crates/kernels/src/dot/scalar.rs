@@ -113,6 +113,30 @@ pub(crate) fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
+/// Unpacks a Q6_K row into [`BlockU8`]s, one per 32 weights (see its docs for the form).
+pub(crate) fn repack_u8_q6_k(w: &[u8], out: &mut [BlockU8]) {
+    for (b, o) in w.chunks_exact(210).zip(out.chunks_exact_mut(8)) {
+        let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
+        let d = f16_at(b, 208);
+        // block j holds elements 32j.. = 128h + 32k.. (h = j / 4, k = j % 4)
+        for (j, o) in o.iter_mut().enumerate() {
+            let (h, k) = (j / 4, j % 4);
+            let (sc0, sc1) = (scales[2 * j] as i8, scales[2 * j + 1] as i8);
+            let mut sums = [0i32; 2];
+            for l in 0..32 {
+                let lbyte = ql[64 * h + 32 * (k & 1) + l];
+                let low = if k < 2 { lbyte & 0xF } else { lbyte >> 4 };
+                let high = (qh[32 * h + l] >> (2 * k)) & 3;
+                let q = (low | (high << 4)) as i8 - 32;
+                o.u[l] = q as u8;
+                sums[l / 16] += q as i32;
+            }
+            (o.d, o.m, o.sc, o.mn) = (d, 0.0, sc0 as u8, sc1 as u8);
+            o.corr = 128 * (sc0 as i32 * sums[0] + sc1 as i32 * sums[1]);
+        }
+    }
+}
+
 /// Σ w·x of an unpacked row with one token (`t`) of interleaved activation blocks, in the
 /// canonical order (per block, or per super-block for the k-quants: the exact integer dot,
 /// then one fused multiply-add per scale).
@@ -125,6 +149,25 @@ pub(crate) fn dot_u8_g8(dtype: DType, w: &[BlockU8], g: &[BlockQ8x8], t: usize) 
     };
     let mut acc = 0.0f32;
     match dtype {
+        DType::Q6_K => {
+            // activations offset by 128 (`BlockQ8x8::offset_by_128`): take the offset back out
+            for (wb, gb) in w.chunks_exact(8).zip(g.chunks_exact(8)) {
+                let mut isum = 0i32;
+                for (b, ab) in wb.iter().zip(gb) {
+                    for (half, scale) in [b.sc, b.mn].into_iter().enumerate() {
+                        let s: i32 = (16 * half..16 * half + 16)
+                            .map(|l| {
+                                let a = ab.qs[32 * (l / 4) + 4 * t + l % 4] as u8 as i32;
+                                b.u[l] as i8 as i32 * a
+                            })
+                            .sum();
+                        isum += scale as i8 as i32 * s;
+                    }
+                    isum -= b.corr;
+                }
+                acc = (isum as f32).mul_add(wb[0].d * gb[0].d[t], acc);
+            }
+        }
         DType::Q4_K | DType::Q5_K => {
             for (wb, gb) in w.chunks_exact(8).zip(g.chunks_exact(8)) {
                 let (mut isum, mut msum) = (0i32, 0i32);
@@ -284,7 +327,9 @@ pub(crate) fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
                 }
             }
         }
-        sum += d * ab.d * isum as f32;
+        // the canonical float step (one fused multiply-add, as the SIMD kernels and the
+        // unpacked tiles finish a super-block)
+        sum = (isum as f32).mul_add(d * ab.d, sum);
     }
     sum
 }

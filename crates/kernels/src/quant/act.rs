@@ -149,6 +149,18 @@ impl Default for BlockQ8x8 {
     }
 }
 
+impl BlockQ8x8 {
+    /// The block with every activation byte offset by 128 (`a + 128`, read as unsigned), the
+    /// form the Q6_K prefill tiles take (see `dot::BlockU8`); scales and sums unchanged.
+    pub fn offset_by_128(&self) -> BlockQ8x8 {
+        let mut o = *self;
+        for q in o.qs.iter_mut() {
+            *q = (*q as u8 ^ 0x80) as i8;
+        }
+        o
+    }
+}
+
 /// Interleaves block `i` of 8 quantised rows (see [`BlockQ8x8`]).
 pub fn interleave8(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
     let mut o = BlockQ8x8::default();

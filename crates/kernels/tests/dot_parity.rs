@@ -506,3 +506,68 @@ fn unpacked_two_group_tile_matches_one_group() {
         }
     }
 }
+
+/// The unpacked legacy tiles at the limits of their i16 sums (every weight 0 or at its
+/// maximum, every activation ±127): bit for bit the scalar reference, for one and two groups.
+#[test]
+fn unpacked_legacy_tiles_exact_at_extremes() {
+    use kiln_kernels::dot::{dot_u8_g16_rows, dot_u8_g8_rows, BlockU8};
+    let nb = 4;
+    let cols = 32 * nb;
+    // each token's activations: all +1, all -1, or a sign pattern (quantised to ±127)
+    let patterns: [fn(usize) -> f32; 4] = [
+        |_| 1.0,
+        |_| -1.0,
+        |c| if c % 2 == 0 { 1.0 } else { -1.0 },
+        |c| if (c / 2) % 2 == 0 { -1.0 } else { 1.0 },
+    ];
+    let groups: Vec<Vec<_>> = (0..2)
+        .map(|k| {
+            let q: Vec<Vec<BlockQ8_32>> = (0..8)
+                .map(|t| {
+                    let x: Vec<f32> = (0..cols).map(patterns[(t + k) % 4]).collect();
+                    let mut q = vec![BlockQ8_32::default(); nb];
+                    quantize_q8_32(&x, &mut q);
+                    q
+                })
+                .collect();
+            (0..nb)
+                .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
+                .collect()
+        })
+        .collect();
+    let g = [&groups[0][..], &groups[1][..]];
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
+        let max = if matches!(dtype, DType::Q4_0 | DType::Q4_1) {
+            15
+        } else {
+            31
+        };
+        // row 0 at the maximum, row 1 at 0, in alternate blocks
+        let u: Vec<BlockU8> = (0..2 * nb)
+            .map(|b| BlockU8 {
+                u: [if (b / nb + b) % 2 == 0 { max } else { 0 }; 32],
+                d: 0.5,
+                m: -0.25,
+                ..BlockU8::default()
+            })
+            .collect();
+        for isa in Isa::available() {
+            let two = dot_u8_g16_rows::<2>(isa, dtype, &u, g);
+            let one = dot_u8_g16_rows::<1>(isa, dtype, &u[nb..], g);
+            for k in 0..2 {
+                let reference = dot_u8_g8_rows::<2>(Isa::Scalar, dtype, &u, g[k]);
+                let single = dot_u8_g8_rows::<2>(isa, dtype, &u, g[k]);
+                let single1 = dot_u8_g8_rows::<1>(isa, dtype, &u[nb..], g[k]);
+                for r in 0..2 {
+                    let want = reference[r].map(f32::to_bits);
+                    assert_eq!(two[k][r].map(f32::to_bits), want, "{dtype} {}", isa.name());
+                    assert_eq!(single[r].map(f32::to_bits), want, "{dtype} {}", isa.name());
+                }
+                let want = reference[1].map(f32::to_bits);
+                assert_eq!(one[k][0].map(f32::to_bits), want, "{dtype} {}", isa.name());
+                assert_eq!(single1[0].map(f32::to_bits), want, "{dtype} {}", isa.name());
+            }
+        }
+    }
+}

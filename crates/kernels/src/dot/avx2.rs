@@ -355,6 +355,21 @@ unsafe fn bcast32(p: *const u32) -> __m256i {
     v
 }
 
+/// [`bcast32`] of dword `$j` (a literal) of `$p`, the offset inside the instruction: with a
+/// computed address LLVM spends an `lea` on each broadcast.
+macro_rules! bcast32_at {
+    ($p:expr, $j:literal) => {{
+        let v: __m256i;
+        std::arch::asm!(
+            concat!("vpbroadcastd {v}, dword ptr [{p} + 4*", $j, "]"),
+            v = out(ymm_reg) v,
+            p = in(reg) $p,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        v
+    }};
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
     legacy_g8_rows::<K, 1>(w.as_ptr(), 0, g)[0]
@@ -524,68 +539,118 @@ pub(super) unsafe fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
-/// `R` unpacked rows of a legacy type × 8 interleaved tokens: per 4-byte weight group, one
-/// broadcast and one `maddubs` per row cover all 8 tokens; the activation loads are shared by
-/// the rows. `OFF` is the symmetric types' offset (`q = u - OFF`), 0 for the types with a min.
+/// `R` unpacked rows of a legacy type × 8 interleaved tokens (`K` indexes `LEGACY`, Q4_0 …
+/// Q5_1): per 4-byte weight group, one broadcast and one `maddubs` per row cover all 8 tokens;
+/// the activation loads are shared by the rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_u8_g8_rows<const R: usize, const OFF: i32>(
+pub(super) unsafe fn dot_u8_g8_rows<const K: usize, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    let nb = g.len();
+    u8_tile::<K, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()])[0]
+}
+
+/// [`dot_u8_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
+/// broadcast weight dword serves 16 tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8_g16_rows<const K: usize, const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+) -> [[[f32; 8]; R]; 2] {
+    u8_tile::<K, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
+}
+
+/// `R` unpacked legacy rows × `G` interleaved token groups → `out[k][r]`, with one i16
+/// `maddubs` chain per (row, group) (two per pair would not fit the 16 registers at 2 × 2).
+/// One chain holds the whole block when u <= 15 (8 · 2 · 15 · 127 < 2^15). Q5_0 (u = q + 16)
+/// also sums all 8 in wrapping i16, then subtracts the offset's share `off16`: what is left,
+/// Σ q·a with -16 <= q <= 15, fits (8 · 2 · 16 · 127 < 2^15), so it is exact. Q5_1 widens
+/// after each 4 (adding back 16·Σa would cost more than it saves).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn u8_tile<const K: usize, const R: usize, const G: usize>(
+    wp: *const BlockU8,
+    nb: usize,
+    g: [*const BlockQ8x8; G],
+) -> [[[f32; 8]; R]; G] {
+    let kind = LEGACY[K];
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let wp = w.as_ptr();
+    let mut acc = [[_mm256_setzero_ps(); R]; G];
     for i in 0..nb {
-        let ab = g.get_unchecked(i);
-        let h = u8_block_sums::<R>(wp, nb, i, ab);
-        let da = _mm256_load_ps(ab.d.as_ptr());
-        let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
-        let corr = _mm256_madd_epi16(sums, _mm256_set1_epi32(OFF)); // exact: see dot_u8k_g8_rows
-        for r in 0..R {
-            let b = &*wp.add(r * nb + i);
-            let u = _mm256_add_epi32(
-                _mm256_madd_epi16(h[r][0], ones),
-                _mm256_madd_epi16(h[r][1], ones),
-            );
-            // the exact Σ q·a, then the canonical float steps (module docs)
-            let isum = _mm256_sub_epi32(u, corr);
-            let scale = _mm256_mul_ps(_mm256_set1_ps(b.d), da);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
-            if OFF == 0 {
-                let sa = _mm256_load_ps(ab.s.as_ptr());
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(b.m), sa, acc[r]);
+        let u: [*const u8; R] = std::array::from_fn(|r| (*wp.add(r * nb + i)).u.as_ptr());
+        let y = |k: usize, q: usize| load((*g[k].add(i)).qs.as_ptr().add(32 * q) as _);
+        // `$h` = maddubs of dword $q0 (the start of a chain), plus those of dwords $q..
+        macro_rules! chain {
+            ($h:ident = $q0:literal $(+ $q:literal)*) => {
+                let yv: [__m256i; G] = std::array::from_fn(|k| y(k, $q0));
+                for r in 0..R {
+                    let wv = bcast32_at!(u[r], $q0);
+                    for k in 0..G {
+                        $h[k][r] = _mm256_maddubs_epi16(wv, yv[k]);
+                    }
+                }
+                $(
+                    let yv: [__m256i; G] = std::array::from_fn(|k| y(k, $q));
+                    for r in 0..R {
+                        let wv = bcast32_at!(u[r], $q);
+                        for k in 0..G {
+                            $h[k][r] = maddubs_add($h[k][r], wv, yv[k]);
+                        }
+                    }
+                )*
+            };
+        }
+        let mut h = [[_mm256_setzero_si256(); R]; G];
+        // the exact Σ u·a (Q5_0: Σ q·a) per (group, row)
+        let mut s = [[_mm256_setzero_si256(); R]; G];
+        if kind == LegacyKind::Q5_1 {
+            chain!(h = 0 + 1 + 2 + 3);
+            for k in 0..G {
+                for r in 0..R {
+                    s[k][r] = _mm256_madd_epi16(h[k][r], ones);
+                }
+            }
+            chain!(h = 4 + 5 + 6 + 7);
+        } else {
+            chain!(h = 0 + 1 + 2 + 3 + 4 + 5 + 6 + 7);
+        }
+        for k in 0..G {
+            for r in 0..R {
+                if kind == LegacyKind::Q5_0 {
+                    let off16 = (*g[k].add(i)).off16.as_ptr() as *const __m256i;
+                    h[k][r] = _mm256_sub_epi16(h[k][r], _mm256_load_si256(off16));
+                }
+                s[k][r] = _mm256_add_epi32(s[k][r], _mm256_madd_epi16(h[k][r], ones));
+            }
+        }
+        for k in 0..G {
+            let ab = &*g[k].add(i);
+            let da = _mm256_load_ps(ab.d.as_ptr());
+            for r in 0..R {
+                let b = &*wp.add(r * nb + i);
+                let mut isum = s[k][r];
+                if kind == LegacyKind::Q4_0 {
+                    // Σ q·a = Σ u·a - 8·Σa, exact (|Σa| <= 32 · 127)
+                    let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+                    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sums, 3));
+                }
+                // the canonical float steps (module docs)
+                let scale = _mm256_mul_ps(_mm256_set1_ps(b.d), da);
+                acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[k][r]);
+                if kind.has_min() {
+                    let sa = _mm256_load_ps(ab.s.as_ptr());
+                    acc[k][r] = _mm256_fmadd_ps(_mm256_set1_ps(b.m), sa, acc[k][r]);
+                }
             }
         }
     }
-    let mut out = [[0.0f32; 8]; R];
-    for r in 0..R {
-        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
-    }
-    out
-}
-
-/// For `R` unpacked rows, block `i` × one interleaved group: the i16 partial sums of the
-/// first and second 16 weights (u <= 31, |a| <= 127: four maddubs results fit in i16).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn u8_block_sums<const R: usize>(
-    wp: *const BlockU8,
-    nb: usize,
-    i: usize,
-    ab: &BlockQ8x8,
-) -> [[__m256i; 2]; R] {
-    let y = ab.qs.as_ptr() as *const u8;
-    let mut h = [[_mm256_setzero_si256(); 2]; R];
-    for j in 0..8 {
-        let yj = load(y.add(32 * j));
+    let mut out = [[[0.0f32; 8]; R]; G];
+    for k in 0..G {
         for r in 0..R {
-            let u = (*wp.add(r * nb + i)).u.as_ptr() as *const u32;
-            let wv = bcast32(u.add(j));
-            h[r][j / 4] = _mm256_add_epi16(h[r][j / 4], _mm256_maddubs_epi16(wv, yj));
+            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
         }
     }
-    h
+    out
 }
 
 /// `R` unpacked rows of Q4_K / Q5_K (8 [`BlockU8`] per super-block, each with its sub-block's

@@ -404,9 +404,10 @@ pub fn dot_u8_g8_rows<const R: usize>(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
             match dtype {
-                DType::Q4_0 => avx2::dot_u8_g8_rows::<R, 8>(w, g),
-                DType::Q5_0 => avx2::dot_u8_g8_rows::<R, 16>(w, g),
-                DType::Q4_1 | DType::Q5_1 => avx2::dot_u8_g8_rows::<R, 0>(w, g),
+                DType::Q4_0 => avx2::dot_u8_g8_rows::<0, R>(w, g),
+                DType::Q4_1 => avx2::dot_u8_g8_rows::<1, R>(w, g),
+                DType::Q5_0 => avx2::dot_u8_g8_rows::<2, R>(w, g),
+                DType::Q5_1 => avx2::dot_u8_g8_rows::<3, R>(w, g),
                 DType::Q4_K => avx2::dot_u8k_g8_rows::<false, R>(w, g),
                 _ => avx2::dot_u8k_g8_rows::<true, R>(w, g),
             }
@@ -418,8 +419,8 @@ pub fn dot_u8_g8_rows<const R: usize>(
 }
 
 /// [`dot_u8_g8_rows`] for two token groups at once: `out[k][r]` is rows `r` × group `g[k]`.
-/// Q4_K / Q5_K on AVX2 have a kernel of their own (each weight broadcast serves both groups);
-/// elsewhere this is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
+/// AVX2 has kernels of their own (each weight broadcast serves both groups); elsewhere this
+/// is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
 pub fn dot_u8_g16_rows<const R: usize>(
     isa: Isa,
     dtype: DType,
@@ -446,6 +447,25 @@ pub fn dot_u8_g16_rows<const R: usize>(
                     avx2::dot_u8k_g16_rows::<false, R>(w, g)
                 } else {
                     avx2::dot_u8k_g16_rows::<true, R>(w, g)
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1)
+            if isa.is_available() =>
+        {
+            let nb = g[0].len();
+            assert_eq!(
+                w.len(),
+                R * nb,
+                "dot_u8_g16_rows: not {R} rows of {nb} blocks"
+            );
+            unsafe {
+                match dtype {
+                    DType::Q4_0 => avx2::dot_u8_g16_rows::<0, R>(w, g),
+                    DType::Q4_1 => avx2::dot_u8_g16_rows::<1, R>(w, g),
+                    DType::Q5_0 => avx2::dot_u8_g16_rows::<2, R>(w, g),
+                    _ => avx2::dot_u8_g16_rows::<3, R>(w, g),
                 }
             }
         }

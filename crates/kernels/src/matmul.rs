@@ -426,9 +426,12 @@ fn drive_u8(
                     let k = r - r0;
                     dot::repack_u8(isa, dtype, row(r), &mut u[k * nb..(k + 1) * nb]);
                 }
+                // Copied out of the captures: a store through `out` could alias them, so they
+                // would be reloaded for each of the tiles' 32 stores.
+                let (o, stride) = (out.get(), rows);
                 // SAFETY (all writes below): every (token, row) pair is computed by exactly
                 // one chunk.
-                let put = |t: usize, r: usize, v: f32| unsafe { *out.get().add(t * rows + r) = v };
+                let put = move |t: usize, r: usize, v: f32| unsafe { *o.add(t * stride + r) = v };
                 let group = |gi: usize| &groups[gi * nb..(gi + 1) * nb];
                 // Two groups at a time (one weight broadcast serves 16 tokens), then the last
                 // odd group alone; two rows per pass, then the last odd row.

@@ -571,3 +571,31 @@ fn unpacked_legacy_tiles_exact_at_extremes() {
         }
     }
 }
+
+/// `interleave8` (whatever level this CPU runs) equals its scalar reference, extremes included.
+#[test]
+fn interleave8_matches_scalar() {
+    use kiln_kernels::quant::act::interleave8_scalar;
+    let mut rng = Rng::new(31);
+    let nb = 16;
+    let q: Vec<Vec<BlockQ8_32>> = (0..8)
+        .map(|t| {
+            let x: Vec<f32> = match t {
+                0 => vec![1.0; 32 * nb],
+                1 => vec![-1.0; 32 * nb],
+                _ => rng.vec(32 * nb),
+            };
+            let mut q = vec![BlockQ8_32::default(); nb];
+            quantize_q8_32(&x, &mut q);
+            q
+        })
+        .collect();
+    for a in (0..nb).map(|i| std::array::from_fn(|t| &q[t][i])) {
+        let (got, want) = (interleave8(a), interleave8_scalar(a));
+        assert_eq!(got.qs, want.qs);
+        assert_eq!(got.off16, want.off16);
+        assert_eq!(got.sum, want.sum);
+        assert_eq!(got.d.map(f32::to_bits), want.d.map(f32::to_bits));
+        assert_eq!(got.s.map(f32::to_bits), want.s.map(f32::to_bits));
+    }
+}

@@ -156,6 +156,15 @@ impl Default for BlockQ8x8 {
 
 /// Interleaves block `i` of 8 quantised rows (see [`BlockQ8x8`]).
 pub fn interleave8(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::dot::Isa::best() == crate::dot::Isa::Avx2 {
+        return unsafe { crate::ops_avx2::interleave8(a) };
+    }
+    interleave8_scalar(a)
+}
+
+/// The scalar reference of [`interleave8`].
+pub fn interleave8_scalar(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
     let mut o = BlockQ8x8::default();
     for (t, b) in a.iter().enumerate() {
         for j in 0..8 {

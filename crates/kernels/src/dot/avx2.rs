@@ -720,19 +720,29 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
         for j in 0..8 {
             let i = 8 * sb + j;
             let mut h = [[[_mm256_setzero_si256(); 2]; R]; G];
-            for q in 0..8 {
-                let y: [__m256i; G] =
-                    std::array::from_fn(|k| load((*g[k].add(i)).qs.as_ptr().add(32 * q) as _));
-                // Two chains per (row, group) where they are few (one group), so that the
-                // adds' latency stays hidden.
-                let half = if FIVE || G == 1 { q / 4 } else { 0 };
-                for r in 0..R {
-                    let wv = bcast32(((*wp.add(r * nb + i)).u.as_ptr() as *const u32).add(q));
-                    for k in 0..G {
-                        h[k][r][half] = maddubs_add(h[k][r][half], wv, y[k]);
+            let u: [*const u8; R] = std::array::from_fn(|r| (*wp.add(r * nb + i)).u.as_ptr());
+            // adds the maddubs of dword $q (a literal, for `bcast32_at`) to the chains; the
+            // first of a chain starts it
+            macro_rules! step {
+                ($($q:literal),*) => {$(
+                    let y: [__m256i; G] =
+                        std::array::from_fn(|k| load((*g[k].add(i)).qs.as_ptr().add(32 * $q) as _));
+                    // Two chains per (row, group) where they are few (one group), so that the
+                    // adds' latency stays hidden.
+                    let half = if FIVE || G == 1 { $q / 4 } else { 0 };
+                    for r in 0..R {
+                        let wv = bcast32_at!(u[r], $q);
+                        for k in 0..G {
+                            h[k][r][half] = if $q == 0 || ($q == 4 && half == 1) {
+                                _mm256_maddubs_epi16(wv, y[k])
+                            } else {
+                                maddubs_add(h[k][r][half], wv, y[k])
+                            };
+                        }
                     }
-                }
+                )*};
             }
+            step!(0, 1, 2, 3, 4, 5, 6, 7);
             for r in 0..R {
                 let sc = _mm256_and_si256(sc_mn(r, i), lo);
                 for k in 0..G {

@@ -442,14 +442,12 @@ fn drive_u8(
                     while r < r1 {
                         let k = r - r0;
                         if r + 2 <= r1 {
-                            let v =
-                                dot::dot_u8_g16_rows::<2>(isa, dtype, &u[k * nb..(k + 2) * nb], g);
-                            for (dg, vg) in v.iter().enumerate() {
-                                for (dr, vr) in vg.iter().enumerate() {
-                                    for (t, &x) in vr.iter().enumerate() {
-                                        put(8 * (gi + dg) + t, r + dr, x);
-                                    }
-                                }
+                            let w2 = &u[k * nb..(k + 2) * nb];
+                            // SAFETY: tokens 8gi.. 8gi + 16 × rows r, r + 1 of `out`, which
+                            // only this chunk writes.
+                            unsafe {
+                                let o = o.add(8 * gi * stride + r);
+                                dot::dot_u8_g16_rows_to::<2>(isa, dtype, w2, g, o, stride);
                             }
                             r += 2;
                         } else {

@@ -450,7 +450,9 @@ fn unpacked_prefill_rows_match_exact_dot() {
 /// counts included).
 #[test]
 fn unpacked_two_group_tile_matches_one_group() {
-    use kiln_kernels::dot::{dot_u8_g16_rows, dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8};
+    use kiln_kernels::dot::{
+        dot_u8_g16_rows, dot_u8_g16_rows_to, dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8,
+    };
     let mut rng = Rng::new(29);
     for dtype in QUANT_TYPES.into_iter().filter(|&d| has_u8_form(d)) {
         let cols = 768;
@@ -482,6 +484,26 @@ fn unpacked_two_group_tile_matches_one_group() {
             }
             let two = dot_u8_g16_rows::<2>(isa, dtype, &u, g);
             let one = dot_u8_g16_rows::<1>(isa, dtype, &u[..nb], g);
+            // the in-place form, into a token-major buffer with an odd stride
+            let stride = 5;
+            let mut buf = vec![f32::NAN; 16 * stride];
+            unsafe {
+                let o = buf.as_mut_ptr();
+                dot_u8_g16_rows_to::<2>(isa, dtype, &u, g, o.add(1), stride);
+                dot_u8_g16_rows_to::<1>(isa, dtype, &u[..nb], g, o.add(4), stride);
+            }
+            for k in 0..2 {
+                for t in 0..8 {
+                    let at = |r: usize| buf[(8 * k + t) * stride + r].to_bits();
+                    let want = [two[k][0][t], two[k][1][t], one[k][0][t]].map(f32::to_bits);
+                    assert_eq!(
+                        [at(1), at(2), at(4)],
+                        want,
+                        "{dtype} {}: in place",
+                        isa.name()
+                    );
+                }
+            }
             for k in 0..2 {
                 let single = dot_u8_g8_rows::<2>(isa, dtype, &u, g[k]);
                 let reference = dot_u8_g8_rows::<2>(Isa::Scalar, dtype, &u, g[k]);

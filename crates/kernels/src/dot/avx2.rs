@@ -547,7 +547,7 @@ pub(super) unsafe fn dot_u8_g8_rows<const K: usize, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    u8_tile::<K, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()])[0]
+    tile_out(u8_tile::<K, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()]))[0]
 }
 
 /// [`dot_u8_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
@@ -557,7 +557,74 @@ pub(super) unsafe fn dot_u8_g16_rows<const K: usize, const R: usize>(
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
 ) -> [[[f32; 8]; R]; 2] {
-    u8_tile::<K, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
+    tile_out(u8_tile::<K, R, 2>(
+        w.as_ptr(),
+        g[0].len(),
+        [g[0].as_ptr(), g[1].as_ptr()],
+    ))
+}
+
+/// [`dot_u8_g16_rows`] storing `out[k][r][t]` at `o + (8k + t) · stride + r` (see
+/// `tile_scatter`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8_g16_rows_to<const K: usize, const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+    o: *mut f32,
+    stride: usize,
+) {
+    let acc = u8_tile::<K, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()]);
+    tile_scatter(acc, o, stride)
+}
+
+/// A tile's accumulators as `out[k][r][t]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_out<const R: usize, const G: usize>(acc: [[__m256; R]; G]) -> [[[f32; 8]; R]; G] {
+    let mut out = [[[0.0f32; 8]; R]; G];
+    for k in 0..G {
+        for r in 0..R {
+            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
+        }
+    }
+    out
+}
+
+/// A tile's accumulators stored straight into a token-major output: (group `k`, row `r`,
+/// token `t`) at `o + (8k + t) · stride + r`. Two rows go as one 8-byte store per token; a
+/// caller picking 32 floats out of a returned array instead stalls on store forwarding.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_scatter<const R: usize, const G: usize>(
+    acc: [[__m256; R]; G],
+    o: *mut f32,
+    stride: usize,
+) {
+    for k in 0..G {
+        let base = o.add(8 * k * stride);
+        if R == 2 {
+            // (t0 r0, t0 r1, t1 r0, t1 r1 | t4 …) and (t2 …, t3 … | t6 …, t7 …)
+            let lo = _mm256_unpacklo_ps(acc[k][0], acc[k][1]);
+            let hi = _mm256_unpackhi_ps(acc[k][0], acc[k][1]);
+            for (v, t) in [(lo, 0), (hi, 2)] {
+                let v = _mm256_castps_si256(v);
+                let (a, b) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let put = |t: usize, x: i64| (base.add(t * stride) as *mut i64).write_unaligned(x);
+                put(t, _mm_cvtsi128_si64(a));
+                put(t + 1, _mm_extract_epi64(a, 1));
+                put(t + 4, _mm_cvtsi128_si64(b));
+                put(t + 5, _mm_extract_epi64(b, 1));
+            }
+        } else {
+            for r in 0..R {
+                let mut v = [0.0f32; 8];
+                _mm256_storeu_ps(v.as_mut_ptr(), acc[k][r]);
+                for (t, &x) in v.iter().enumerate() {
+                    *base.add(t * stride + r) = x;
+                }
+            }
+        }
+    }
 }
 
 /// `R` unpacked legacy rows × `G` interleaved token groups → `out[k][r]`, with one i16
@@ -572,7 +639,7 @@ unsafe fn u8_tile<const K: usize, const R: usize, const G: usize>(
     wp: *const BlockU8,
     nb: usize,
     g: [*const BlockQ8x8; G],
-) -> [[[f32; 8]; R]; G] {
+) -> [[__m256; R]; G] {
     let kind = LEGACY[K];
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); R]; G];
@@ -644,13 +711,7 @@ unsafe fn u8_tile<const K: usize, const R: usize, const G: usize>(
             }
         }
     }
-    let mut out = [[[0.0f32; 8]; R]; G];
-    for k in 0..G {
-        for r in 0..R {
-            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
-        }
-    }
-    out
+    acc
 }
 
 /// `R` unpacked rows of Q4_K / Q5_K (8 [`BlockU8`] per super-block, each with its sub-block's
@@ -661,7 +722,7 @@ pub(super) unsafe fn dot_u8k_g8_rows<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    u8k_tile::<FIVE, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()])[0]
+    tile_out(u8k_tile::<FIVE, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()]))[0]
 }
 
 /// [`dot_u8k_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
@@ -672,7 +733,23 @@ pub(super) unsafe fn dot_u8k_g16_rows<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
 ) -> [[[f32; 8]; R]; 2] {
-    u8k_tile::<FIVE, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
+    tile_out(u8k_tile::<FIVE, R, 2>(
+        w.as_ptr(),
+        g[0].len(),
+        [g[0].as_ptr(), g[1].as_ptr()],
+    ))
+}
+
+/// [`dot_u8k_g16_rows`] stored like [`dot_u8_g16_rows_to`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8k_g16_rows_to<const FIVE: bool, const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+    o: *mut f32,
+    stride: usize,
+) {
+    let acc = u8k_tile::<FIVE, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()]);
+    tile_scatter(acc, o, stride)
 }
 
 /// `acc + maddubs(w, y)` (i16 lanes, wrapping) as one opaque step: written with intrinsics,
@@ -707,7 +784,7 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
     wp: *const BlockU8,
     nb: usize,
     g: [*const BlockQ8x8; G],
-) -> [[[f32; 8]; R]; G] {
+) -> [[__m256; R]; G] {
     let lo = _mm256_set1_epi16(0xFF);
     let mut acc = [[_mm256_setzero_ps(); R]; G];
     // `sc` and `mn` are adjacent bytes: one i16 broadcast of the pair serves both
@@ -787,13 +864,7 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
             }
         }
     }
-    let mut out = [[[0.0f32; 8]; R]; G];
-    for k in 0..G {
-        for r in 0..R {
-            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
-        }
-    }
-    out
+    acc
 }
 
 /// The 8 mins of a Q4_K/Q5_K block as 16 i16, each repeated for the two Q8_K bsums (16

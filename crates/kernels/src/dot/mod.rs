@@ -473,6 +473,55 @@ pub fn dot_u8_g16_rows<const R: usize>(
     }
 }
 
+/// [`dot_u8_g16_rows`] with the results stored in place: row `r` × token `t` of group `k` goes
+/// to `*o.add((8 * k + t) * stride + r)` (a token-major output with `stride` floats per
+/// token), which on AVX2 the kernel does itself, two rows per store.
+///
+/// # Safety
+/// `o` must be valid for writes at all those `2 · 8 · R` places, and no one else may access
+/// them meanwhile.
+pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+    o: *mut f32,
+    stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && has_u8_form(dtype) && isa.is_available() {
+        let nb = g[0].len();
+        assert_eq!(g[1].len(), nb, "dot_u8_g16_rows: groups differ in length");
+        assert_eq!(
+            w.len(),
+            R * nb,
+            "dot_u8_g16_rows: not {R} rows of {nb} blocks"
+        );
+        let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K);
+        assert!(
+            !kquant || nb % 8 == 0,
+            "dot_u8_g16_rows: partial super-block"
+        );
+        match dtype {
+            DType::Q4_0 => avx2::dot_u8_g16_rows_to::<0, R>(w, g, o, stride),
+            DType::Q4_1 => avx2::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
+            DType::Q5_0 => avx2::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),
+            DType::Q5_1 => avx2::dot_u8_g16_rows_to::<3, R>(w, g, o, stride),
+            DType::Q4_K => avx2::dot_u8k_g16_rows_to::<false, R>(w, g, o, stride),
+            _ => avx2::dot_u8k_g16_rows_to::<true, R>(w, g, o, stride),
+        }
+        return;
+    }
+    let v = dot_u8_g16_rows::<R>(isa, dtype, w, g);
+    for (k, vk) in v.iter().enumerate() {
+        for (r, vr) in vk.iter().enumerate() {
+            for (t, &x) in vr.iter().enumerate() {
+                *o.add((8 * k + t) * stride + r) = x;
+            }
+        }
+    }
+}
+
 /// `out[t] = w · a[t]` for a row of a k-quant type (`Q2_K … Q8_K`).
 pub fn dot_q8k_n<const N: usize>(
     isa: Isa,

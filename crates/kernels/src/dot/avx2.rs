@@ -547,7 +547,7 @@ pub(super) unsafe fn dot_u8_g8_rows<const K: usize, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    tile_out(u8_tile::<K, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()]))[0]
+    u8_tile::<K, R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
 /// [`dot_u8_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
@@ -557,11 +557,9 @@ pub(super) unsafe fn dot_u8_g16_rows<const K: usize, const R: usize>(
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
 ) -> [[[f32; 8]; R]; 2] {
-    tile_out(u8_tile::<K, R, 2>(
-        w.as_ptr(),
-        g[0].len(),
-        [g[0].as_ptr(), g[1].as_ptr()],
-    ))
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
 }
 
 /// [`dot_u8_g16_rows`] storing `out[k][r][t]` at `o + (8k + t) · stride + r` (see
@@ -573,8 +571,9 @@ pub(super) unsafe fn dot_u8_g16_rows_to<const K: usize, const R: usize>(
     o: *mut f32,
     stride: usize,
 ) {
-    let acc = u8_tile::<K, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()]);
-    tile_scatter(acc, o, stride)
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
 }
 
 /// A tile's accumulators as `out[k][r][t]`.
@@ -632,14 +631,16 @@ unsafe fn tile_scatter<const R: usize, const G: usize>(
 /// One chain holds the whole block when u <= 15 (8 · 2 · 15 · 127 < 2^15). Q5_0 (u = q + 16)
 /// also sums all 8 in wrapping i16, then subtracts the offset's share `off16`: what is left,
 /// Σ q·a with -16 <= q <= 15, fits (8 · 2 · 16 · 127 < 2^15), so it is exact. Q5_1 widens
-/// after each 4 (adding back 16·Σa would cost more than it saves).
+/// after each 4 (adding back 16·Σa would cost more than it saves). `finish` stores the
+/// accumulators: as a closure, each entry point gets its own inlined copy of the tile.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn u8_tile<const K: usize, const R: usize, const G: usize>(
+unsafe fn u8_tile<const K: usize, const R: usize, const G: usize, T>(
     wp: *const BlockU8,
     nb: usize,
     g: [*const BlockQ8x8; G],
-) -> [[__m256; R]; G] {
+    finish: impl FnOnce([[__m256; R]; G]) -> T,
+) -> T {
     let kind = LEGACY[K];
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); R]; G];
@@ -711,7 +712,7 @@ unsafe fn u8_tile<const K: usize, const R: usize, const G: usize>(
             }
         }
     }
-    acc
+    finish(acc)
 }
 
 /// `R` unpacked rows of Q4_K / Q5_K (8 [`BlockU8`] per super-block, each with its sub-block's
@@ -722,7 +723,7 @@ pub(super) unsafe fn dot_u8k_g8_rows<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    tile_out(u8k_tile::<FIVE, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()]))[0]
+    u8k_tile::<FIVE, R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
 /// [`dot_u8k_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
@@ -733,11 +734,9 @@ pub(super) unsafe fn dot_u8k_g16_rows<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
 ) -> [[[f32; 8]; R]; 2] {
-    tile_out(u8k_tile::<FIVE, R, 2>(
-        w.as_ptr(),
-        g[0].len(),
-        [g[0].as_ptr(), g[1].as_ptr()],
-    ))
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8k_tile::<FIVE, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
 }
 
 /// [`dot_u8k_g16_rows`] stored like [`dot_u8_g16_rows_to`].
@@ -748,8 +747,9 @@ pub(super) unsafe fn dot_u8k_g16_rows_to<const FIVE: bool, const R: usize>(
     o: *mut f32,
     stride: usize,
 ) {
-    let acc = u8k_tile::<FIVE, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()]);
-    tile_scatter(acc, o, stride)
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8k_tile::<FIVE, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
 }
 
 /// `acc + maddubs(w, y)` (i16 lanes, wrapping) as one opaque step: written with intrinsics,
@@ -777,14 +777,15 @@ unsafe fn maddubs_add(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
 /// with the sub-block scale. Q4_K sums all 8 in one i16 (u <= 15, |a| <= 127:
 /// 8 · 2 · 15 · 127 < 2^15); Q5_K (u <= 31) needs one per 16 weights. The mins' sum
 /// `Σ mn·sum(a)` is taken once per super-block, after the dot products, when registers are
-/// free.
+/// free. `finish` stores the accumulators (see `u8_tile`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
+unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize, T>(
     wp: *const BlockU8,
     nb: usize,
     g: [*const BlockQ8x8; G],
-) -> [[__m256; R]; G] {
+    finish: impl FnOnce([[__m256; R]; G]) -> T,
+) -> T {
     let lo = _mm256_set1_epi16(0xFF);
     let mut acc = [[_mm256_setzero_ps(); R]; G];
     // `sc` and `mn` are adjacent bytes: one i16 broadcast of the pair serves both
@@ -864,7 +865,7 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
             }
         }
     }
-    acc
+    finish(acc)
 }
 
 /// The 8 mins of a Q4_K/Q5_K block as 16 i16, each repeated for the two Q8_K bsums (16

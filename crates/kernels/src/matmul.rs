@@ -12,7 +12,7 @@ use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
 use crate::interleave::{plain_rows, Layout};
 use crate::pool::ThreadPool;
 use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
-use crate::Tensor;
+use crate::{DType, Tensor};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -420,9 +420,26 @@ fn drive_u8(
                     break;
                 }
                 let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
-                let chunk_bytes = plain_rows(w.layout, dtype, w.cols(), bytes, r0, r1, &mut plain);
+                // Q5_0 groups unpack straight from their layout (its high bits take some
+                // undoing); only the leftover tokens need the plain rows.
+                let direct = w.layout == Layout::Rows4 && dtype == DType::Q5_0 && n % 8 == 0;
+                let chunk_bytes = if direct {
+                    &bytes[r0 * row_bytes..r1 * row_bytes]
+                } else {
+                    plain_rows(w.layout, dtype, w.cols(), bytes, r0, r1, &mut plain)
+                };
                 let row = |r: usize| &chunk_bytes[(r - r0) * row_bytes..(r - r0 + 1) * row_bytes];
-                for r in r0..r1 {
+                let mut r = r0;
+                if direct {
+                    // whole groups (`r0` starts one); the matrix's last rows % 4 are plain
+                    while r + 4 <= r1.min(rows / 4 * 4) {
+                        let k = r - r0;
+                        let group = &chunk_bytes[k * row_bytes..(k + 4) * row_bytes];
+                        dot::repack_u8_q5_0_group(isa, group, &mut u[k * nb..(k + 4) * nb]);
+                        r += 4;
+                    }
+                }
+                for r in r..r1 {
                     let k = r - r0;
                     dot::repack_u8(isa, dtype, row(r), &mut u[k * nb..(k + 1) * nb]);
                 }

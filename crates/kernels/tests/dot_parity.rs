@@ -621,3 +621,26 @@ fn interleave8_matches_scalar() {
         assert_eq!(got.s.map(f32::to_bits), want.s.map(f32::to_bits));
     }
 }
+
+/// Unpacking Q5_0 straight from a 4-row group gives the rows' own unpacked blocks.
+#[test]
+fn q5_0_group_unpacks_like_its_rows() {
+    use kiln_kernels::dot::{repack_u8, repack_u8_q5_0_group, BlockU8};
+    let mut rng = Rng::new(37);
+    let (cols, nb) = (640, 20);
+    let rows = random_weights(&mut rng, DType::Q5_0, 4 * cols);
+    let mut group = vec![0u8; rows.len()];
+    kiln_kernels::interleave::q5_0_rows_to_group(&rows, &mut group);
+    let rb = rows.len() / 4;
+    let mut want = vec![BlockU8::default(); 4 * nb];
+    for (r, o) in want.chunks_exact_mut(nb).enumerate() {
+        repack_u8(Isa::Scalar, DType::Q5_0, &rows[r * rb..(r + 1) * rb], o);
+    }
+    for isa in Isa::available() {
+        let mut got = vec![BlockU8::default(); 4 * nb];
+        repack_u8_q5_0_group(isa, &group, &mut got);
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!((a.u, a.d, a.m), (b.u, b.d, b.m), "{}", isa.name());
+        }
+    }
+}

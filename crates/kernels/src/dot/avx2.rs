@@ -507,6 +507,41 @@ pub(super) unsafe fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) 
     }
 }
 
+/// [`repack_u8`] for Q5_0 straight from a 4-row group (see `dot_q5_0_r4` for the layout):
+/// `out` holds the 4 rows' blocks back to back.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn repack_u8_q5_0_group(w: &[u8], out: &mut [BlockU8]) {
+    const GB: usize = crate::interleave::Q5_0_GROUP_BLOCK;
+    let nb = w.len() / GB;
+    let s_lo01 = _mm256_setr_epi64x(0, 0, 1, 1);
+    let s_hi01 = _mm256_setr_epi64x(2, 2, 3, 3);
+    let s_lo23 = _mm256_setr_epi64x(1, 1, 2, 2);
+    let s_hi23 = _mm256_setr_epi64x(3, 3, 4, 4);
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * GB);
+        let qh = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(8) as *const __m128i));
+        let x01 = load(b.add(24));
+        let x23 = load(b.add(56));
+        // [row 0 | row 1] and [row 2 | row 3], first and last 16 weights
+        let lo01 = five_bits(x01, _mm256_srlv_epi64(qh, s_lo01));
+        let hi01 = five_bits(_mm256_srli_epi16(x01, 4), _mm256_srlv_epi64(qh, s_hi01));
+        let lo23 = five_bits(x23, _mm256_sllv_epi64(qh, s_lo23));
+        let hi23 = five_bits(_mm256_srli_epi16(x23, 4), _mm256_sllv_epi64(qh, s_hi23));
+        let u = [
+            _mm256_permute2x128_si256(lo01, hi01, 0x20),
+            _mm256_permute2x128_si256(lo01, hi01, 0x31),
+            _mm256_permute2x128_si256(lo23, hi23, 0x20),
+            _mm256_permute2x128_si256(lo23, hi23, 0x31),
+        ];
+        for (r, u) in u.into_iter().enumerate() {
+            let o = out.get_unchecked_mut(r * nb + i);
+            _mm256_storeu_si256(o.u.as_mut_ptr() as *mut __m256i, u);
+            o.d = f16(b.add(2 * r));
+            o.m = 0.0;
+        }
+    }
+}
+
 /// AVX2 form of `scalar::repack_u8_k`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {

@@ -376,6 +376,30 @@ pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
+/// [`repack_u8`] for a 4-row group of Q5_0 in the [`crate::interleave::Layout::Rows4`] layout
+/// (`out`: the 4 rows' blocks back to back), without taking the group apart into rows first.
+pub fn repack_u8_q5_0_group(isa: Isa, w: &[u8], out: &mut [BlockU8]) {
+    const GB: usize = crate::interleave::Q5_0_GROUP_BLOCK;
+    assert_eq!(w.len() % GB, 0, "repack_u8_q5_0_group: partial block");
+    assert_eq!(
+        w.len() / GB * 4,
+        out.len(),
+        "repack_u8_q5_0_group: group and output lengths differ"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::repack_u8_q5_0_group(w, out) },
+        _ => {
+            let mut rows = vec![0u8; w.len()];
+            crate::interleave::q5_0_group_to_rows(w, &mut rows);
+            let (rb, nb) = (w.len() / 4, out.len() / 4);
+            for (r, o) in out.chunks_exact_mut(nb).enumerate() {
+                repack_u8(isa, DType::Q5_0, &rows[r * rb..(r + 1) * rb], o);
+            }
+        }
+    }
+}
+
 /// `out[r][t] = w[r] · a[t]` for `R` unpacked rows of `dtype` stored back to back in `w` (each
 /// `g.len()` blocks) and 8 interleaved tokens `g`. Bit-identical to the one-token kernels of
 /// the same level (see the module docs).

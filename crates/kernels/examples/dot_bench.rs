@@ -50,6 +50,8 @@ fn main() {
         DType::Q8_0,
         DType::Q5_0,
         DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_1,
     ] {
         if only
             .as_ref()
@@ -138,6 +140,9 @@ fn main() {
             println!(
                 "{dtype}: N=1 {r1:.1} GFLOP/s, N=4 {r4:.1} GFLOP/s, x8 {r8:.1} GFLOP/s, 4 rows x 1 {rows4:.1} GFLOP/s ({gbs:.1} GB/s of weights)"
             );
+            if has_u8_form(dtype) {
+                u8_tile(&mut rng, isa, dtype, cols);
+            }
         }
     }
 }

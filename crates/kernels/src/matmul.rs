@@ -12,7 +12,7 @@ use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
 use crate::interleave::{plain_rows, Layout};
 use crate::pool::ThreadPool;
 use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
-use crate::Tensor;
+use crate::{DType, Tensor};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -426,15 +426,35 @@ fn drive_u8(
                     break;
                 }
                 let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
-                let chunk_bytes = plain_rows(w.layout, dtype, w.cols(), bytes, r0, r1, &mut plain);
+                // Q5_0 groups unpack straight from their layout (its high bits take some
+                // undoing); only the leftover tokens need the plain rows.
+                let direct = w.layout == Layout::Rows4 && dtype == DType::Q5_0 && n % 8 == 0;
+                let chunk_bytes = if direct {
+                    &bytes[r0 * row_bytes..r1 * row_bytes]
+                } else {
+                    plain_rows(w.layout, dtype, w.cols(), bytes, r0, r1, &mut plain)
+                };
                 let row = |r: usize| &chunk_bytes[(r - r0) * row_bytes..(r - r0 + 1) * row_bytes];
-                for r in r0..r1 {
+                let mut r = r0;
+                if direct {
+                    // whole groups (`r0` starts one); the matrix's last rows % 4 are plain
+                    while r + 4 <= r1.min(rows / 4 * 4) {
+                        let k = r - r0;
+                        let group = &chunk_bytes[k * row_bytes..(k + 4) * row_bytes];
+                        dot::repack_u8_q5_0_group(isa, group, &mut u[k * nb..(k + 4) * nb]);
+                        r += 4;
+                    }
+                }
+                for r in r..r1 {
                     let k = r - r0;
                     dot::repack_u8(isa, dtype, row(r), &mut u[k * nb..(k + 1) * nb]);
                 }
+                // Copied out of the captures: a store through `out` could alias them, so they
+                // would be reloaded for each of the tiles' 32 stores.
+                let (o, stride) = (out.get(), rows);
                 // SAFETY (all writes below): every (token, row) pair is computed by exactly
                 // one chunk.
-                let put = |t: usize, r: usize, v: f32| unsafe { *out.get().add(t * rows + r) = v };
+                let put = move |t: usize, r: usize, v: f32| unsafe { *o.add(t * stride + r) = v };
                 let group = |gi: usize| &groups[gi * nb..(gi + 1) * nb];
                 // Two groups at a time (one weight broadcast serves 16 tokens), then the last
                 // odd group alone; two rows per pass, then the last odd row.
@@ -445,14 +465,12 @@ fn drive_u8(
                     while r < r1 {
                         let k = r - r0;
                         if r + 2 <= r1 {
-                            let v =
-                                dot::dot_u8_g16_rows::<2>(isa, dtype, &u[k * nb..(k + 2) * nb], g);
-                            for (dg, vg) in v.iter().enumerate() {
-                                for (dr, vr) in vg.iter().enumerate() {
-                                    for (t, &x) in vr.iter().enumerate() {
-                                        put(8 * (gi + dg) + t, r + dr, x);
-                                    }
-                                }
+                            let w2 = &u[k * nb..(k + 2) * nb];
+                            // SAFETY: tokens 8gi.. 8gi + 16 × rows r, r + 1 of `out`, which
+                            // only this chunk writes.
+                            unsafe {
+                                let o = o.add(8 * gi * stride + r);
+                                dot::dot_u8_g16_rows_to::<2>(isa, dtype, w2, g, o, stride);
                             }
                             r += 2;
                         } else {

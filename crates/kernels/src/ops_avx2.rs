@@ -268,6 +268,59 @@ pub(crate) unsafe fn quantize_q8_32(x: &[f32], out: &mut [crate::quant::BlockQ8_
     }
 }
 
+/// `interleave8` with AVX2: the 8 × 8 dwords transposed in registers, `off16` from the
+/// interleaved rows with the same `maddubs` chain the Q5_0 tile runs. Identical to the
+/// scalar version.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn interleave8(a: [&crate::quant::BlockQ8_32; 8]) -> crate::quant::BlockQ8x8 {
+    let mut o = crate::quant::BlockQ8x8::default();
+    let r = a.map(|b| _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i));
+    // dwords j and j + 4 of each pair of tokens, then of each four, then across the halves
+    let lo = |x, y| _mm256_unpacklo_epi32(x, y);
+    let hi = |x, y| _mm256_unpackhi_epi32(x, y);
+    let t = [
+        lo(r[0], r[1]),
+        hi(r[0], r[1]),
+        lo(r[2], r[3]),
+        hi(r[2], r[3]),
+        lo(r[4], r[5]),
+        hi(r[4], r[5]),
+        lo(r[6], r[7]),
+        hi(r[6], r[7]),
+    ];
+    let u = [
+        _mm256_unpacklo_epi64(t[0], t[2]),
+        _mm256_unpackhi_epi64(t[0], t[2]),
+        _mm256_unpacklo_epi64(t[1], t[3]),
+        _mm256_unpackhi_epi64(t[1], t[3]),
+        _mm256_unpacklo_epi64(t[4], t[6]),
+        _mm256_unpackhi_epi64(t[4], t[6]),
+        _mm256_unpacklo_epi64(t[5], t[7]),
+        _mm256_unpackhi_epi64(t[5], t[7]),
+    ];
+    let ones = _mm256_set1_epi8(1);
+    let mut pairs = _mm256_setzero_si256();
+    for j in 0..4 {
+        let v = [
+            _mm256_permute2x128_si256(u[j], u[j + 4], 0x20),
+            _mm256_permute2x128_si256(u[j], u[j + 4], 0x31),
+        ];
+        for (h, v) in v.into_iter().enumerate() {
+            let p = o.qs.as_mut_ptr().add(32 * (j + 4 * h)) as *mut __m256i;
+            _mm256_store_si256(p, v);
+            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(ones, v));
+        }
+    }
+    let off16 = _mm256_slli_epi16(pairs, 4);
+    _mm256_store_si256(o.off16.as_mut_ptr() as *mut __m256i, off16);
+    for (t, b) in a.iter().enumerate() {
+        o.d[t] = b.d;
+        o.s[t] = b.s;
+        o.sum[t] = b.sum;
+    }
+    o
+}
+
 /// `quantize_q8_k` with AVX2; bit-identical to the scalar version.
 #[target_feature(enable = "avx2,fma")]
 pub(crate) unsafe fn quantize_q8_k(x: &[f32], out: &mut [crate::quant::BlockQ8K]) {

@@ -450,7 +450,9 @@ fn unpacked_prefill_rows_match_exact_dot() {
 /// counts included).
 #[test]
 fn unpacked_two_group_tile_matches_one_group() {
-    use kiln_kernels::dot::{dot_u8_g16_rows, dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8};
+    use kiln_kernels::dot::{
+        dot_u8_g16_rows, dot_u8_g16_rows_to, dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8,
+    };
     let mut rng = Rng::new(29);
     for dtype in QUANT_TYPES.into_iter().filter(|&d| has_u8_form(d)) {
         let cols = 768;
@@ -482,6 +484,26 @@ fn unpacked_two_group_tile_matches_one_group() {
             }
             let two = dot_u8_g16_rows::<2>(isa, dtype, &u, g);
             let one = dot_u8_g16_rows::<1>(isa, dtype, &u[..nb], g);
+            // the in-place form, into a token-major buffer with an odd stride
+            let stride = 5;
+            let mut buf = vec![f32::NAN; 16 * stride];
+            unsafe {
+                let o = buf.as_mut_ptr();
+                dot_u8_g16_rows_to::<2>(isa, dtype, &u, g, o.add(1), stride);
+                dot_u8_g16_rows_to::<1>(isa, dtype, &u[..nb], g, o.add(4), stride);
+            }
+            for k in 0..2 {
+                for t in 0..8 {
+                    let at = |r: usize| buf[(8 * k + t) * stride + r].to_bits();
+                    let want = [two[k][0][t], two[k][1][t], one[k][0][t]].map(f32::to_bits);
+                    assert_eq!(
+                        [at(1), at(2), at(4)],
+                        want,
+                        "{dtype} {}: in place",
+                        isa.name()
+                    );
+                }
+            }
             for k in 0..2 {
                 let single = dot_u8_g8_rows::<2>(isa, dtype, &u, g[k]);
                 let reference = dot_u8_g8_rows::<2>(Isa::Scalar, dtype, &u, g[k]);
@@ -503,6 +525,122 @@ fn unpacked_two_group_tile_matches_one_group() {
                     isa.name()
                 );
             }
+        }
+    }
+}
+
+/// The unpacked legacy tiles at the limits of their i16 sums (every weight 0 or at its
+/// maximum, every activation ±127): bit for bit the scalar reference, for one and two groups.
+#[test]
+fn unpacked_legacy_tiles_exact_at_extremes() {
+    use kiln_kernels::dot::{dot_u8_g16_rows, dot_u8_g8_rows, BlockU8};
+    let nb = 4;
+    let cols = 32 * nb;
+    // each token's activations: all +1, all -1, or a sign pattern (quantised to ±127)
+    let patterns: [fn(usize) -> f32; 4] = [
+        |_| 1.0,
+        |_| -1.0,
+        |c| if c % 2 == 0 { 1.0 } else { -1.0 },
+        |c| if (c / 2) % 2 == 0 { -1.0 } else { 1.0 },
+    ];
+    let groups: Vec<Vec<_>> = (0..2)
+        .map(|k| {
+            let q: Vec<Vec<BlockQ8_32>> = (0..8)
+                .map(|t| {
+                    let x: Vec<f32> = (0..cols).map(patterns[(t + k) % 4]).collect();
+                    let mut q = vec![BlockQ8_32::default(); nb];
+                    quantize_q8_32(&x, &mut q);
+                    q
+                })
+                .collect();
+            (0..nb)
+                .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
+                .collect()
+        })
+        .collect();
+    let g = [&groups[0][..], &groups[1][..]];
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
+        let max = if matches!(dtype, DType::Q4_0 | DType::Q4_1) {
+            15
+        } else {
+            31
+        };
+        // row 0 at the maximum, row 1 at 0, in alternate blocks
+        let u: Vec<BlockU8> = (0..2 * nb)
+            .map(|b| BlockU8 {
+                u: [if (b / nb + b) % 2 == 0 { max } else { 0 }; 32],
+                d: 0.5,
+                m: -0.25,
+                ..BlockU8::default()
+            })
+            .collect();
+        for isa in Isa::available() {
+            let two = dot_u8_g16_rows::<2>(isa, dtype, &u, g);
+            let one = dot_u8_g16_rows::<1>(isa, dtype, &u[nb..], g);
+            for k in 0..2 {
+                let reference = dot_u8_g8_rows::<2>(Isa::Scalar, dtype, &u, g[k]);
+                let single = dot_u8_g8_rows::<2>(isa, dtype, &u, g[k]);
+                let single1 = dot_u8_g8_rows::<1>(isa, dtype, &u[nb..], g[k]);
+                for r in 0..2 {
+                    let want = reference[r].map(f32::to_bits);
+                    assert_eq!(two[k][r].map(f32::to_bits), want, "{dtype} {}", isa.name());
+                    assert_eq!(single[r].map(f32::to_bits), want, "{dtype} {}", isa.name());
+                }
+                let want = reference[1].map(f32::to_bits);
+                assert_eq!(one[k][0].map(f32::to_bits), want, "{dtype} {}", isa.name());
+                assert_eq!(single1[0].map(f32::to_bits), want, "{dtype} {}", isa.name());
+            }
+        }
+    }
+}
+
+/// `interleave8` (whatever level this CPU runs) equals its scalar reference, extremes included.
+#[test]
+fn interleave8_matches_scalar() {
+    use kiln_kernels::quant::act::interleave8_scalar;
+    let mut rng = Rng::new(31);
+    let nb = 16;
+    let q: Vec<Vec<BlockQ8_32>> = (0..8)
+        .map(|t| {
+            let x: Vec<f32> = match t {
+                0 => vec![1.0; 32 * nb],
+                1 => vec![-1.0; 32 * nb],
+                _ => rng.vec(32 * nb),
+            };
+            let mut q = vec![BlockQ8_32::default(); nb];
+            quantize_q8_32(&x, &mut q);
+            q
+        })
+        .collect();
+    for a in (0..nb).map(|i| std::array::from_fn(|t| &q[t][i])) {
+        let (got, want) = (interleave8(a), interleave8_scalar(a));
+        assert_eq!(got.qs, want.qs);
+        assert_eq!(got.off16, want.off16);
+        assert_eq!(got.sum, want.sum);
+        assert_eq!(got.d.map(f32::to_bits), want.d.map(f32::to_bits));
+        assert_eq!(got.s.map(f32::to_bits), want.s.map(f32::to_bits));
+    }
+}
+
+/// Unpacking Q5_0 straight from a 4-row group gives the rows' own unpacked blocks.
+#[test]
+fn q5_0_group_unpacks_like_its_rows() {
+    use kiln_kernels::dot::{repack_u8, repack_u8_q5_0_group, BlockU8};
+    let mut rng = Rng::new(37);
+    let (cols, nb) = (640, 20);
+    let rows = random_weights(&mut rng, DType::Q5_0, 4 * cols);
+    let mut group = vec![0u8; rows.len()];
+    kiln_kernels::interleave::q5_0_rows_to_group(&rows, &mut group);
+    let rb = rows.len() / 4;
+    let mut want = vec![BlockU8::default(); 4 * nb];
+    for (r, o) in want.chunks_exact_mut(nb).enumerate() {
+        repack_u8(Isa::Scalar, DType::Q5_0, &rows[r * rb..(r + 1) * rb], o);
+    }
+    for isa in Isa::available() {
+        let mut got = vec![BlockU8::default(); 4 * nb];
+        repack_u8_q5_0_group(isa, &group, &mut got);
+        for (a, b) in got.iter().zip(&want) {
+            assert_eq!((a.u, a.d, a.m), (b.u, b.d, b.m), "{}", isa.name());
         }
     }
 }

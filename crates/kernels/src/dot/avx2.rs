@@ -355,6 +355,21 @@ unsafe fn bcast32(p: *const u32) -> __m256i {
     v
 }
 
+/// [`bcast32`] of dword `$j` (a literal) of `$p`, the offset inside the instruction: with a
+/// computed address LLVM spends an `lea` on each broadcast.
+macro_rules! bcast32_at {
+    ($p:expr, $j:literal) => {{
+        let v: __m256i;
+        std::arch::asm!(
+            concat!("vpbroadcastd {v}, dword ptr [{p} + 4*", $j, "]"),
+            v = out(ymm_reg) v,
+            p = in(reg) $p,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        v
+    }};
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn legacy_g8<const K: usize>(w: &[u8], g: &[BlockQ8x8]) -> [f32; 8] {
     legacy_g8_rows::<K, 1>(w.as_ptr(), 0, g)[0]
@@ -492,6 +507,41 @@ pub(super) unsafe fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) 
     }
 }
 
+/// [`repack_u8`] for Q5_0 straight from a 4-row group (see `dot_q5_0_r4` for the layout):
+/// `out` holds the 4 rows' blocks back to back.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn repack_u8_q5_0_group(w: &[u8], out: &mut [BlockU8]) {
+    const GB: usize = crate::interleave::Q5_0_GROUP_BLOCK;
+    let nb = w.len() / GB;
+    let s_lo01 = _mm256_setr_epi64x(0, 0, 1, 1);
+    let s_hi01 = _mm256_setr_epi64x(2, 2, 3, 3);
+    let s_lo23 = _mm256_setr_epi64x(1, 1, 2, 2);
+    let s_hi23 = _mm256_setr_epi64x(3, 3, 4, 4);
+    for i in 0..nb {
+        let b = w.as_ptr().add(i * GB);
+        let qh = _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(8) as *const __m128i));
+        let x01 = load(b.add(24));
+        let x23 = load(b.add(56));
+        // [row 0 | row 1] and [row 2 | row 3], first and last 16 weights
+        let lo01 = five_bits(x01, _mm256_srlv_epi64(qh, s_lo01));
+        let hi01 = five_bits(_mm256_srli_epi16(x01, 4), _mm256_srlv_epi64(qh, s_hi01));
+        let lo23 = five_bits(x23, _mm256_sllv_epi64(qh, s_lo23));
+        let hi23 = five_bits(_mm256_srli_epi16(x23, 4), _mm256_sllv_epi64(qh, s_hi23));
+        let u = [
+            _mm256_permute2x128_si256(lo01, hi01, 0x20),
+            _mm256_permute2x128_si256(lo01, hi01, 0x31),
+            _mm256_permute2x128_si256(lo23, hi23, 0x20),
+            _mm256_permute2x128_si256(lo23, hi23, 0x31),
+        ];
+        for (r, u) in u.into_iter().enumerate() {
+            let o = out.get_unchecked_mut(r * nb + i);
+            _mm256_storeu_si256(o.u.as_mut_ptr() as *mut __m256i, u);
+            o.d = f16(b.add(2 * r));
+            o.m = 0.0;
+        }
+    }
+}
+
 /// AVX2 form of `scalar::repack_u8_k`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
@@ -524,68 +574,180 @@ pub(super) unsafe fn repack_u8_k(five: bool, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
-/// `R` unpacked rows of a legacy type × 8 interleaved tokens: per 4-byte weight group, one
-/// broadcast and one `maddubs` per row cover all 8 tokens; the activation loads are shared by
-/// the rows. `OFF` is the symmetric types' offset (`q = u - OFF`), 0 for the types with a min.
+/// `R` unpacked rows of a legacy type × 8 interleaved tokens (`K` indexes `LEGACY`, Q4_0 …
+/// Q5_1): per 4-byte weight group, one broadcast and one `maddubs` per row cover all 8 tokens;
+/// the activation loads are shared by the rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_u8_g8_rows<const R: usize, const OFF: i32>(
+pub(super) unsafe fn dot_u8_g8_rows<const K: usize, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    let nb = g.len();
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let wp = w.as_ptr();
-    for i in 0..nb {
-        let ab = g.get_unchecked(i);
-        let h = u8_block_sums::<R>(wp, nb, i, ab);
-        let da = _mm256_load_ps(ab.d.as_ptr());
-        let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
-        let corr = _mm256_madd_epi16(sums, _mm256_set1_epi32(OFF)); // exact: see dot_u8k_g8_rows
+    u8_tile::<K, R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
+}
+
+/// [`dot_u8_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
+/// broadcast weight dword serves 16 tokens.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8_g16_rows<const K: usize, const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+) -> [[[f32; 8]; R]; 2] {
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
+}
+
+/// [`dot_u8_g16_rows`] storing `out[k][r][t]` at `o + (8k + t) · stride + r` (see
+/// `tile_scatter`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8_g16_rows_to<const K: usize, const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+    o: *mut f32,
+    stride: usize,
+) {
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
+}
+
+/// A tile's accumulators as `out[k][r][t]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_out<const R: usize, const G: usize>(acc: [[__m256; R]; G]) -> [[[f32; 8]; R]; G] {
+    let mut out = [[[0.0f32; 8]; R]; G];
+    for k in 0..G {
         for r in 0..R {
-            let b = &*wp.add(r * nb + i);
-            let u = _mm256_add_epi32(
-                _mm256_madd_epi16(h[r][0], ones),
-                _mm256_madd_epi16(h[r][1], ones),
-            );
-            // the exact Σ q·a, then the canonical float steps (module docs)
-            let isum = _mm256_sub_epi32(u, corr);
-            let scale = _mm256_mul_ps(_mm256_set1_ps(b.d), da);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
-            if OFF == 0 {
-                let sa = _mm256_load_ps(ab.s.as_ptr());
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(b.m), sa, acc[r]);
-            }
+            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
         }
-    }
-    let mut out = [[0.0f32; 8]; R];
-    for r in 0..R {
-        _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
     }
     out
 }
 
-/// For `R` unpacked rows, block `i` × one interleaved group: the i16 partial sums of the
-/// first and second 16 weights (u <= 31, |a| <= 127: four maddubs results fit in i16).
+/// A tile's accumulators stored straight into a token-major output: (group `k`, row `r`,
+/// token `t`) at `o + (8k + t) · stride + r`. Two rows go as one 8-byte store per token; a
+/// caller picking 32 floats out of a returned array instead stalls on store forwarding.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn u8_block_sums<const R: usize>(
-    wp: *const BlockU8,
-    nb: usize,
-    i: usize,
-    ab: &BlockQ8x8,
-) -> [[__m256i; 2]; R] {
-    let y = ab.qs.as_ptr() as *const u8;
-    let mut h = [[_mm256_setzero_si256(); 2]; R];
-    for j in 0..8 {
-        let yj = load(y.add(32 * j));
-        for r in 0..R {
-            let u = (*wp.add(r * nb + i)).u.as_ptr() as *const u32;
-            let wv = bcast32(u.add(j));
-            h[r][j / 4] = _mm256_add_epi16(h[r][j / 4], _mm256_maddubs_epi16(wv, yj));
+unsafe fn tile_scatter<const R: usize, const G: usize>(
+    acc: [[__m256; R]; G],
+    o: *mut f32,
+    stride: usize,
+) {
+    for k in 0..G {
+        let base = o.add(8 * k * stride);
+        if R == 2 {
+            // (t0 r0, t0 r1, t1 r0, t1 r1 | t4 …) and (t2 …, t3 … | t6 …, t7 …)
+            let lo = _mm256_unpacklo_ps(acc[k][0], acc[k][1]);
+            let hi = _mm256_unpackhi_ps(acc[k][0], acc[k][1]);
+            for (v, t) in [(lo, 0), (hi, 2)] {
+                let v = _mm256_castps_si256(v);
+                let (a, b) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let put = |t: usize, x: i64| (base.add(t * stride) as *mut i64).write_unaligned(x);
+                put(t, _mm_cvtsi128_si64(a));
+                put(t + 1, _mm_extract_epi64(a, 1));
+                put(t + 4, _mm_cvtsi128_si64(b));
+                put(t + 5, _mm_extract_epi64(b, 1));
+            }
+        } else {
+            for r in 0..R {
+                let mut v = [0.0f32; 8];
+                _mm256_storeu_ps(v.as_mut_ptr(), acc[k][r]);
+                for (t, &x) in v.iter().enumerate() {
+                    *base.add(t * stride + r) = x;
+                }
+            }
         }
     }
-    h
+}
+
+/// `R` unpacked legacy rows × `G` interleaved token groups → `out[k][r]`, with one i16
+/// `maddubs` chain per (row, group) (two per pair would not fit the 16 registers at 2 × 2).
+/// One chain holds the whole block when u <= 15 (8 · 2 · 15 · 127 < 2^15). Q5_0 (u = q + 16)
+/// also sums all 8 in wrapping i16, then subtracts the offset's share `off16`: what is left,
+/// Σ q·a with -16 <= q <= 15, fits (8 · 2 · 16 · 127 < 2^15), so it is exact. Q5_1 widens
+/// after each 4 (adding back 16·Σa would cost more than it saves). `finish` stores the
+/// accumulators: as a closure, each entry point gets its own inlined copy of the tile.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn u8_tile<const K: usize, const R: usize, const G: usize, T>(
+    wp: *const BlockU8,
+    nb: usize,
+    g: [*const BlockQ8x8; G],
+    finish: impl FnOnce([[__m256; R]; G]) -> T,
+) -> T {
+    let kind = LEGACY[K];
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); R]; G];
+    for i in 0..nb {
+        let u: [*const u8; R] = std::array::from_fn(|r| (*wp.add(r * nb + i)).u.as_ptr());
+        let y = |k: usize, q: usize| load((*g[k].add(i)).qs.as_ptr().add(32 * q) as _);
+        // `$h` = maddubs of dword $q0 (the start of a chain), plus those of dwords $q..
+        macro_rules! chain {
+            ($h:ident = $q0:literal $(+ $q:literal)*) => {
+                let yv: [__m256i; G] = std::array::from_fn(|k| y(k, $q0));
+                for r in 0..R {
+                    let wv = bcast32_at!(u[r], $q0);
+                    for k in 0..G {
+                        $h[k][r] = _mm256_maddubs_epi16(wv, yv[k]);
+                    }
+                }
+                $(
+                    let yv: [__m256i; G] = std::array::from_fn(|k| y(k, $q));
+                    for r in 0..R {
+                        let wv = bcast32_at!(u[r], $q);
+                        for k in 0..G {
+                            $h[k][r] = maddubs_add($h[k][r], wv, yv[k]);
+                        }
+                    }
+                )*
+            };
+        }
+        let mut h = [[_mm256_setzero_si256(); R]; G];
+        // the exact Σ u·a (Q5_0: Σ q·a) per (group, row)
+        let mut s = [[_mm256_setzero_si256(); R]; G];
+        if kind == LegacyKind::Q5_1 {
+            chain!(h = 0 + 1 + 2 + 3);
+            for k in 0..G {
+                for r in 0..R {
+                    s[k][r] = _mm256_madd_epi16(h[k][r], ones);
+                }
+            }
+            chain!(h = 4 + 5 + 6 + 7);
+        } else {
+            chain!(h = 0 + 1 + 2 + 3 + 4 + 5 + 6 + 7);
+        }
+        for k in 0..G {
+            for r in 0..R {
+                if kind == LegacyKind::Q5_0 {
+                    let off16 = (*g[k].add(i)).off16.as_ptr() as *const __m256i;
+                    h[k][r] = _mm256_sub_epi16(h[k][r], _mm256_load_si256(off16));
+                }
+                s[k][r] = _mm256_add_epi32(s[k][r], _mm256_madd_epi16(h[k][r], ones));
+            }
+        }
+        for k in 0..G {
+            let ab = &*g[k].add(i);
+            let da = _mm256_load_ps(ab.d.as_ptr());
+            for r in 0..R {
+                let b = &*wp.add(r * nb + i);
+                let mut isum = s[k][r];
+                if kind == LegacyKind::Q4_0 {
+                    // Σ q·a = Σ u·a - 8·Σa, exact (|Σa| <= 32 · 127)
+                    let sums = _mm256_load_si256(ab.sum.as_ptr() as *const __m256i);
+                    isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(sums, 3));
+                }
+                // the canonical float steps (module docs)
+                let scale = _mm256_mul_ps(_mm256_set1_ps(b.d), da);
+                acc[k][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[k][r]);
+                if kind.has_min() {
+                    let sa = _mm256_load_ps(ab.s.as_ptr());
+                    acc[k][r] = _mm256_fmadd_ps(_mm256_set1_ps(b.m), sa, acc[k][r]);
+                }
+            }
+        }
+    }
+    finish(acc)
 }
 
 /// `R` unpacked rows of Q4_K / Q5_K (8 [`BlockU8`] per super-block, each with its sub-block's
@@ -596,7 +758,7 @@ pub(super) unsafe fn dot_u8k_g8_rows<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    u8k_tile::<FIVE, R, 1>(w.as_ptr(), g.len(), [g.as_ptr()])[0]
+    u8k_tile::<FIVE, R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
 /// [`dot_u8k_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
@@ -607,7 +769,22 @@ pub(super) unsafe fn dot_u8k_g16_rows<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
 ) -> [[[f32; 8]; R]; 2] {
-    u8k_tile::<FIVE, R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8k_tile::<FIVE, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
+}
+
+/// [`dot_u8k_g16_rows`] stored like [`dot_u8_g16_rows_to`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8k_g16_rows_to<const FIVE: bool, const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+    o: *mut f32,
+    stride: usize,
+) {
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8k_tile::<FIVE, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
 }
 
 /// `acc + maddubs(w, y)` (i16 lanes, wrapping) as one opaque step: written with intrinsics,
@@ -635,14 +812,15 @@ unsafe fn maddubs_add(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
 /// with the sub-block scale. Q4_K sums all 8 in one i16 (u <= 15, |a| <= 127:
 /// 8 · 2 · 15 · 127 < 2^15); Q5_K (u <= 31) needs one per 16 weights. The mins' sum
 /// `Σ mn·sum(a)` is taken once per super-block, after the dot products, when registers are
-/// free.
+/// free. `finish` stores the accumulators (see `u8_tile`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
+unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize, T>(
     wp: *const BlockU8,
     nb: usize,
     g: [*const BlockQ8x8; G],
-) -> [[[f32; 8]; R]; G] {
+    finish: impl FnOnce([[__m256; R]; G]) -> T,
+) -> T {
     let lo = _mm256_set1_epi16(0xFF);
     let mut acc = [[_mm256_setzero_ps(); R]; G];
     // `sc` and `mn` are adjacent bytes: one i16 broadcast of the pair serves both
@@ -655,19 +833,29 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
         for j in 0..8 {
             let i = 8 * sb + j;
             let mut h = [[[_mm256_setzero_si256(); 2]; R]; G];
-            for q in 0..8 {
-                let y: [__m256i; G] =
-                    std::array::from_fn(|k| load((*g[k].add(i)).qs.as_ptr().add(32 * q) as _));
-                // Two chains per (row, group) where they are few (one group), so that the
-                // adds' latency stays hidden.
-                let half = if FIVE || G == 1 { q / 4 } else { 0 };
-                for r in 0..R {
-                    let wv = bcast32(((*wp.add(r * nb + i)).u.as_ptr() as *const u32).add(q));
-                    for k in 0..G {
-                        h[k][r][half] = maddubs_add(h[k][r][half], wv, y[k]);
+            let u: [*const u8; R] = std::array::from_fn(|r| (*wp.add(r * nb + i)).u.as_ptr());
+            // adds the maddubs of dword $q (a literal, for `bcast32_at`) to the chains; the
+            // first of a chain starts it
+            macro_rules! step {
+                ($($q:literal),*) => {$(
+                    let y: [__m256i; G] =
+                        std::array::from_fn(|k| load((*g[k].add(i)).qs.as_ptr().add(32 * $q) as _));
+                    // Two chains per (row, group) where they are few (one group), so that the
+                    // adds' latency stays hidden.
+                    let half = if FIVE || G == 1 { $q / 4 } else { 0 };
+                    for r in 0..R {
+                        let wv = bcast32_at!(u[r], $q);
+                        for k in 0..G {
+                            h[k][r][half] = if $q == 0 || ($q == 4 && half == 1) {
+                                _mm256_maddubs_epi16(wv, y[k])
+                            } else {
+                                maddubs_add(h[k][r][half], wv, y[k])
+                            };
+                        }
                     }
-                }
+                )*};
             }
+            step!(0, 1, 2, 3, 4, 5, 6, 7);
             for r in 0..R {
                 let sc = _mm256_and_si256(sc_mn(r, i), lo);
                 for k in 0..G {
@@ -712,13 +900,7 @@ unsafe fn u8k_tile<const FIVE: bool, const R: usize, const G: usize>(
             }
         }
     }
-    let mut out = [[[0.0f32; 8]; R]; G];
-    for k in 0..G {
-        for r in 0..R {
-            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
-        }
-    }
-    out
+    finish(acc)
 }
 
 /// `R` unpacked Q6_K rows × 8 tokens whose activations are offset by 128 (`BlockU8` docs).
@@ -727,7 +909,7 @@ pub(super) unsafe fn dot_u8q6_g8_rows<const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    u8q6_tile::<R, 1>(w.as_ptr(), g.len(), [g.as_ptr()])[0]
+    u8q6_tile::<R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
 /// [`dot_u8q6_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`).
@@ -736,21 +918,37 @@ pub(super) unsafe fn dot_u8q6_g16_rows<const R: usize>(
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
 ) -> [[[f32; 8]; R]; 2] {
-    u8q6_tile::<R, 2>(w.as_ptr(), g[0].len(), [g[0].as_ptr(), g[1].as_ptr()])
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8q6_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
+}
+
+/// [`dot_u8q6_g16_rows`] stored like [`dot_u8_g16_rows_to`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_u8q6_g16_rows_to<const R: usize>(
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+    o: *mut f32,
+    stride: usize,
+) {
+    let nb = g[0].len();
+    let g = [g[0].as_ptr(), g[1].as_ptr()];
+    u8q6_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
 }
 
 /// `R` unpacked Q6_K rows × `G` token groups → `out[k][r]`. The offset activations are the
 /// unsigned `maddubs` operand and the 6-bit weights the signed one; two `maddubs` (|sum| <=
 /// 2·2·255·32 < 2^15) go into an i16 chain, which one `madd` with the 16 weights' scale
 /// widens. Per super-block, `corr` takes the offset back out of the exact integer sum, and
-/// the float step is the one-token kernel's.
+/// the float step is the one-token kernel's. `finish` stores the accumulators (see `u8_tile`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn u8q6_tile<const R: usize, const G: usize>(
+unsafe fn u8q6_tile<const R: usize, const G: usize, T>(
     wp: *const BlockU8,
     nb: usize,
     g: [*const BlockQ8x8; G],
-) -> [[[f32; 8]; R]; G] {
+    finish: impl FnOnce([[__m256; R]; G]) -> T,
+) -> T {
     let mut acc = [[_mm256_setzero_ps(); R]; G];
     for sb in 0..nb / 8 {
         let mut isum = [[_mm256_setzero_si256(); R]; G];
@@ -808,13 +1006,7 @@ unsafe fn u8q6_tile<const R: usize, const G: usize>(
             }
         }
     }
-    let mut out = [[[0.0f32; 8]; R]; G];
-    for k in 0..G {
-        for r in 0..R {
-            _mm256_storeu_ps(out[k][r].as_mut_ptr(), acc[k][r]);
-        }
-    }
-    out
+    finish(acc)
 }
 
 /// The 8 mins of a Q4_K/Q5_K block as 16 i16, each repeated for the two Q8_K bsums (16

@@ -399,6 +399,30 @@ pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
+/// [`repack_u8`] for a 4-row group of Q5_0 in the [`crate::interleave::Layout::Rows4`] layout
+/// (`out`: the 4 rows' blocks back to back), without taking the group apart into rows first.
+pub fn repack_u8_q5_0_group(isa: Isa, w: &[u8], out: &mut [BlockU8]) {
+    const GB: usize = crate::interleave::Q5_0_GROUP_BLOCK;
+    assert_eq!(w.len() % GB, 0, "repack_u8_q5_0_group: partial block");
+    assert_eq!(
+        w.len() / GB * 4,
+        out.len(),
+        "repack_u8_q5_0_group: group and output lengths differ"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => unsafe { avx2::repack_u8_q5_0_group(w, out) },
+        _ => {
+            let mut rows = vec![0u8; w.len()];
+            crate::interleave::q5_0_group_to_rows(w, &mut rows);
+            let (rb, nb) = (w.len() / 4, out.len() / 4);
+            for (r, o) in out.chunks_exact_mut(nb).enumerate() {
+                repack_u8(isa, DType::Q5_0, &rows[r * rb..(r + 1) * rb], o);
+            }
+        }
+    }
+}
+
 /// `out[r][t] = w[r] · a[t]` for `R` unpacked rows of `dtype` stored back to back in `w` (each
 /// `g.len()` blocks) and 8 interleaved tokens `g`. Bit-identical to the one-token kernels of
 /// the same level (see the module docs).
@@ -427,9 +451,10 @@ pub fn dot_u8_g8_rows<const R: usize>(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
             match dtype {
-                DType::Q4_0 => avx2::dot_u8_g8_rows::<R, 8>(w, g),
-                DType::Q5_0 => avx2::dot_u8_g8_rows::<R, 16>(w, g),
-                DType::Q4_1 | DType::Q5_1 => avx2::dot_u8_g8_rows::<R, 0>(w, g),
+                DType::Q4_0 => avx2::dot_u8_g8_rows::<0, R>(w, g),
+                DType::Q4_1 => avx2::dot_u8_g8_rows::<1, R>(w, g),
+                DType::Q5_0 => avx2::dot_u8_g8_rows::<2, R>(w, g),
+                DType::Q5_1 => avx2::dot_u8_g8_rows::<3, R>(w, g),
                 DType::Q4_K => avx2::dot_u8k_g8_rows::<false, R>(w, g),
                 DType::Q6_K => avx2::dot_u8q6_g8_rows::<R>(w, g),
                 _ => avx2::dot_u8k_g8_rows::<true, R>(w, g),
@@ -442,8 +467,8 @@ pub fn dot_u8_g8_rows<const R: usize>(
 }
 
 /// [`dot_u8_g8_rows`] for two token groups at once: `out[k][r]` is rows `r` × group `g[k]`.
-/// Q4_K / Q5_K / Q6_K on AVX2 have a kernel of their own (each weight broadcast serves both
-/// groups); elsewhere this is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
+/// AVX2 has kernels of their own (each weight broadcast serves both groups); elsewhere this
+/// is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
 pub fn dot_u8_g16_rows<const R: usize>(
     isa: Isa,
     dtype: DType,
@@ -473,7 +498,76 @@ pub fn dot_u8_g16_rows<const R: usize>(
                 }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1)
+            if isa.is_available() =>
+        {
+            let nb = g[0].len();
+            assert_eq!(
+                w.len(),
+                R * nb,
+                "dot_u8_g16_rows: not {R} rows of {nb} blocks"
+            );
+            unsafe {
+                match dtype {
+                    DType::Q4_0 => avx2::dot_u8_g16_rows::<0, R>(w, g),
+                    DType::Q4_1 => avx2::dot_u8_g16_rows::<1, R>(w, g),
+                    DType::Q5_0 => avx2::dot_u8_g16_rows::<2, R>(w, g),
+                    _ => avx2::dot_u8_g16_rows::<3, R>(w, g),
+                }
+            }
+        }
         _ => g.map(|g| dot_u8_g8_rows::<R>(isa, dtype, w, g)),
+    }
+}
+
+/// [`dot_u8_g16_rows`] with the results stored in place: row `r` × token `t` of group `k` goes
+/// to `*o.add((8 * k + t) * stride + r)` (a token-major output with `stride` floats per
+/// token), which on AVX2 the kernel does itself, two rows per store.
+///
+/// # Safety
+/// `o` must be valid for writes at all those `2 · 8 · R` places, and no one else may access
+/// them meanwhile.
+pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
+    isa: Isa,
+    dtype: DType,
+    w: &[BlockU8],
+    g: [&[BlockQ8x8]; 2],
+    o: *mut f32,
+    stride: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && has_u8_form(dtype) && isa.is_available() {
+        let nb = g[0].len();
+        assert_eq!(g[1].len(), nb, "dot_u8_g16_rows: groups differ in length");
+        assert_eq!(
+            w.len(),
+            R * nb,
+            "dot_u8_g16_rows: not {R} rows of {nb} blocks"
+        );
+        let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
+        assert!(
+            !kquant || nb % 8 == 0,
+            "dot_u8_g16_rows: partial super-block"
+        );
+        match dtype {
+            DType::Q4_0 => avx2::dot_u8_g16_rows_to::<0, R>(w, g, o, stride),
+            DType::Q4_1 => avx2::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
+            DType::Q5_0 => avx2::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),
+            DType::Q5_1 => avx2::dot_u8_g16_rows_to::<3, R>(w, g, o, stride),
+            DType::Q4_K => avx2::dot_u8k_g16_rows_to::<false, R>(w, g, o, stride),
+            DType::Q5_K => avx2::dot_u8k_g16_rows_to::<true, R>(w, g, o, stride),
+            _ => avx2::dot_u8q6_g16_rows_to::<R>(w, g, o, stride),
+        }
+        return;
+    }
+    let v = dot_u8_g16_rows::<R>(isa, dtype, w, g);
+    for (k, vk) in v.iter().enumerate() {
+        for (r, vr) in vk.iter().enumerate() {
+            for (t, &x) in vr.iter().enumerate() {
+                *o.add((8 * k + t) * stride + r) = x;
+            }
+        }
     }
 }
 

@@ -128,7 +128,10 @@ pub fn quantize_q8_k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
 /// Block `i` of 8 activation rows, interleaved for the prefill tile: `qs[32j + 4t + u]` is
 /// element `4j + u` of token `t`, so one 32-byte load holds 4 elements of all 8 tokens and a
 /// broadcast weight dword multiplies them without any horizontal reduction. `sum[t]` is
-/// `Σ qs` of token `t` (for the unsigned-weight offset correction).
+/// `Σ qs` of token `t` (for the unsigned-weight offset correction). `off16[2t + p]` is 16 ·
+/// the sum of token `t`'s elements `4j + 2p` and `4j + 2p + 1` (j = 0..8): the Q5_0 offset's
+/// share of i16 lane `2t + p` of a `maddubs` chain over the block (|off16| <= 16 · 16 · 127).
+/// Only [`interleave8`] fills it.
 #[repr(C, align(32))]
 #[derive(Clone, Copy, Debug)]
 pub struct BlockQ8x8 {
@@ -136,6 +139,7 @@ pub struct BlockQ8x8 {
     pub d: [f32; 8],
     pub s: [f32; 8],
     pub sum: [i32; 8],
+    pub off16: [i16; 16],
 }
 
 impl Default for BlockQ8x8 {
@@ -145,6 +149,7 @@ impl Default for BlockQ8x8 {
             d: [0.0; 8],
             s: [0.0; 8],
             sum: [0; 8],
+            off16: [0; 16],
         }
     }
 }
@@ -163,12 +168,27 @@ impl BlockQ8x8 {
 
 /// Interleaves block `i` of 8 quantised rows (see [`BlockQ8x8`]).
 pub fn interleave8(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::dot::Isa::best() == crate::dot::Isa::Avx2 {
+        return unsafe { crate::ops_avx2::interleave8(a) };
+    }
+    interleave8_scalar(a)
+}
+
+/// The scalar reference of [`interleave8`].
+pub fn interleave8_scalar(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
     let mut o = BlockQ8x8::default();
     for (t, b) in a.iter().enumerate() {
         for j in 0..8 {
             for u in 0..4 {
                 o.qs[32 * j + 4 * t + u] = b.qs[4 * j + u];
             }
+        }
+        for p in 0..2 {
+            let pairs: i32 = (0..8)
+                .map(|j| b.qs[4 * j + 2 * p] as i32 + b.qs[4 * j + 2 * p + 1] as i32)
+                .sum();
+            o.off16[2 * t + p] = (16 * pairs) as i16;
         }
         o.d[t] = b.d;
         o.s[t] = b.s;

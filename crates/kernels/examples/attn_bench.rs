@@ -1,7 +1,8 @@
 //! Cost of the attention kernels over an f16 KV cache on cache-resident data (single thread,
 //! thread CPU time): nanoseconds per key for one query row of head dim 256 (gemma-3) and 64
-//! (qwen2.5), scores of two heads (`ops::dot_f32_f16_x2` per key, `ops::dot_f32_f16_keys` per row) and the f16 weighted sum of one
-//! head (`ops::f16_weighted_sum`, ggml's accumulator).
+//! (qwen2.5). Scores of two heads: `ops::dot_f32_f16` per key and head against
+//! `ops::dot_f32_f16_keys` over all keys at once; the f16 weighted sum (ggml's accumulator) of
+//! one head (`ops::f16_weighted_sum`) and of two heads at once (`ops::f16_weighted_sum_x2`).
 //!
 //! cargo run --release -p kiln-kernels --example attn_bench. `KILN_ISA=scalar` for the reference.
 use kiln_kernels::ops;
@@ -32,8 +33,6 @@ fn ns_per_call(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    // `-- cycles`: a fixed amount of work per kernel instead, to count cycles with `perf stat`
-    let only = std::env::args().nth(1);
     let keys = 512;
     for hd in [256, 64] {
         // deterministic, f16-representable data in the range real caches hold
@@ -51,48 +50,18 @@ fn main() {
             .map(|j| if j % 37 == 0 { 0.9 } else { 1.0 })
             .collect();
         let vs: Vec<f32> = (0..keys).map(|j| (j % 13) as f32 / 13.0).collect();
-        let (ms2, vs2): (Vec<f32>, Vec<f32>) = (
-            ms.iter().rev().copied().collect(),
-            vs.iter().rev().copied().collect(),
-        );
-        let mut out = vec![0.0f32; hd];
-        let mut out2 = vec![0.0f32; hd];
-        if let Some(which) = &only {
-            for _ in 0..40000 {
-                if which == "dot" {
-                    for j in 0..keys {
-                        black_box(ops::dot_f32_f16_x2(
-                            &q0,
-                            &q1,
-                            black_box(&k16[j * hd..(j + 1) * hd]),
-                        ));
-                    }
-                } else if which == "wsum" {
-                    ops::f16_weighted_sum(black_box(&v16), &ms, &vs, &mut out);
-                    black_box(&out);
-                } else {
-                    ops::f16_weighted_sum_x2(
-                        black_box(&v16),
-                        [&ms, &ms2],
-                        [&vs, &vs2],
-                        [&mut out, &mut out2],
-                    );
-                    black_box((&out, &out2));
-                }
-            }
-            continue;
-        }
-        let dot = ns_per_call(|| {
+        let ms2: Vec<f32> = ms.iter().rev().copied().collect();
+        let vs2: Vec<f32> = vs.iter().rev().copied().collect();
+        let (mut out, mut out2) = (vec![0.0f32; hd], vec![0.0f32; hd]);
+        let (mut s0, mut s1) = (vec![0.0f32; keys], vec![0.0f32; keys]);
+
+        let per_key = ns_per_call(|| {
             for j in 0..keys {
-                black_box(ops::dot_f32_f16_x2(
-                    &q0,
-                    &q1,
-                    black_box(&k16[j * hd..(j + 1) * hd]),
-                ));
+                let k = black_box(&k16[j * hd..(j + 1) * hd]);
+                black_box((ops::dot_f32_f16(&q0, k), ops::dot_f32_f16(&q1, k)));
             }
         }) / keys as f64;
-        let (mut s0, mut s1) = (vec![0.0f32; keys], vec![0.0f32; keys]);
-        let dot_keys = ns_per_call(|| {
+        let all_keys = ns_per_call(|| {
             ops::dot_f32_f16_keys([&q0, &q1], black_box(&k16), [&mut s0, &mut s1]);
             black_box((&s0, &s1));
         }) / keys as f64;
@@ -101,17 +70,14 @@ fn main() {
             black_box(&out);
         }) / keys as f64;
         let wsum2 = ns_per_call(|| {
-            ops::f16_weighted_sum_x2(
-                black_box(&v16),
-                [&ms, &ms2],
-                [&vs, &vs2],
-                [&mut out, &mut out2],
-            );
+            let o = [&mut out[..], &mut out2[..]];
+            ops::f16_weighted_sum_x2(black_box(&v16), [&ms, &ms2], [&vs, &vs2], o);
             black_box((&out, &out2));
         }) / keys as f64;
         println!(
-            "head dim {hd:3}: scores of 2 heads {dot:6.2} ns/key (all keys in one call {dot_keys:6.2}), f16 weighted sum {wsum:6.2} ns/key, \
-             of 2 heads at once {wsum2:6.2} ns/key"
+            "head dim {hd:3}: scores of 2 heads {per_key:6.2} ns/key key by key, \
+             {all_keys:6.2} all keys at once; f16 weighted sum of 1 head {wsum:6.2} ns/key, \
+             of 2 heads at once {wsum2:6.2}"
         );
     }
 }

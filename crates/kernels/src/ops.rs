@@ -162,20 +162,6 @@ pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
     reference::dot_f32_f16(a, b)
 }
 
-/// [`dot_f32_f16`] of two rows against one f16 vector (two query heads sharing a key):
-/// bit-identical to two calls, with each key element widened once for both.
-pub fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 2] {
-    assert!(
-        a0.len() == b.len() && a1.len() == b.len(),
-        "dot_f32_f16_x2: lengths differ"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        return unsafe { crate::ops_avx2::dot_f32_f16_x2(a0, a1, b) };
-    }
-    [reference::dot_f32_f16(a0, b), reference::dot_f32_f16(a1, b)]
-}
-
 /// The scores of `H` (1 or 2) query rows against each of the keys stored back to back in
 /// `keys` (`a[h].len()` elements each): `out[h][j] = dot_f32_f16(a[h], key j)`, bit-identical
 /// to calling [`dot_f32_f16`] key by key; one call per row instead of one per key.

@@ -573,37 +573,6 @@ pub(crate) unsafe fn dot_f32_f16_keys<const H: usize>(
     }
 }
 
-/// `ops::dot_f32_f16_x2`: two [`dot_f32_f16`]s sharing each widened element of `b`.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot_f32_f16_x2(a0: &[f32], a1: &[f32], b: &[u16]) -> [f32; 2] {
-    let n = b.len().min(a0.len()).min(a1.len());
-    let body = n / 32 * 32;
-    let mut acc0 = [_mm256_setzero_ps(); 4];
-    let mut acc1 = [_mm256_setzero_ps(); 4];
-    let (p0, p1, pb) = (a0.as_ptr(), a1.as_ptr(), b.as_ptr());
-    let mut i = 0;
-    while i < body {
-        for j in 0..4 {
-            let k = load_f16(pb.add(i + 8 * j));
-            acc0[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p0.add(i + 8 * j)), k, acc0[j]);
-            acc1[j] = _mm256_fmadd_ps(_mm256_loadu_ps(p1.add(i + 8 * j)), k, acc1[j]);
-        }
-        i += 32;
-    }
-    let mut out = [0.0f32; 2];
-    for (o, (acc, a)) in out.iter_mut().zip([(acc0, a0), (acc1, a1)]) {
-        let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-        let t0 = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
-        let t1 = _mm_hadd_ps(t0, t0);
-        let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
-        for k in body..n {
-            sum += (a[k] * half::f16::from_bits(b[k]).to_f32()) as f64;
-        }
-        *o = sum as f32;
-    }
-    out
-}
-
 /// `ops::f16_weighted_sum`: 8 vectors (64 elements) of the accumulator at a time stay in
 /// registers, as f32 values rounded to f16 after every step, while all keys stream past.
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -456,7 +456,7 @@ fn attend_f16_ggml<const N: usize>(
     lo: usize,
     shape: &AttentionShape,
     scratch: &mut AttnScratch,
-    o: [&mut [f32]; N],
+    mut o: [&mut [f32]; N],
 ) {
     assert!(N == 1 || N == 2, "attend_f16_ggml: 1 or 2 heads");
     let hd = qh[0].len();
@@ -477,10 +477,11 @@ fn attend_f16_ggml<const N: usize>(
     for v in vs.iter_mut().take(N) {
         v.resize(end - lo, 0.0);
     }
-    match vs.as_mut_slice() {
-        [v0, v1] if N == 2 => ops::dot_f32_f16_keys([&q16[0], &q16[1]], keys, [v0, v1]),
-        [v0, ..] => ops::dot_f32_f16_keys([&q16[0]], keys, [v0]),
-        [] => unreachable!(),
+    let [v0, v1] = vs;
+    if N == 2 {
+        ops::dot_f32_f16_keys([&q16[0], &q16[1]], keys, [v0, v1]);
+    } else {
+        ops::dot_f32_f16_keys([&q16[0]], keys, [v0]);
     }
     let mut state = [(); N].map(|_| OnlineSoftmax::new());
     for h in 0..N {
@@ -492,7 +493,6 @@ fn attend_f16_ggml<const N: usize>(
         }
     }
     let values = &values[lo * hd..end * hd];
-    let mut o = o;
     match o.as_mut_slice() {
         [o] => ops::f16_weighted_sum(values, &ms[0], &vs[0], o),
         [o0, o1] => ops::f16_weighted_sum_x2(values, [&ms[0], &ms[1]], [&vs[0], &vs[1]], [o0, o1]),

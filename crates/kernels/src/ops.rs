@@ -174,7 +174,7 @@ pub fn dot_f32_f16_keys<const H: usize>(a: [&[f32]; H], keys: &[u16], out: [&mut
         "dot_f32_f16_keys: lengths differ"
     );
     #[cfg(target_arch = "x86_64")]
-    if avx2() && hd % 32 == 0 {
+    if avx2() && hd > 0 && hd % 32 == 0 {
         unsafe { crate::ops_avx2::dot_f32_f16_keys(a, keys, out) };
         return;
     }

@@ -5,16 +5,15 @@
 //! one head (`ops::f16_weighted_sum`) and of two heads at once (`ops::f16_weighted_sum_x2`).
 //!
 //! cargo run --release -p kiln-kernels --example attn_bench. `KILN_ISA=scalar` for the reference.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use kiln_kernels::ops;
 use std::hint::black_box;
 
+/// This thread's CPU time in seconds (0 where the clock is missing).
 fn cpu() -> f64 {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    s.split_whitespace()
-        .next()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        * 1e-9
+    common::thread_cpu().unwrap_or(0.0)
 }
 
 /// Nanoseconds per call over >= 0.4 s of calls, as thread CPU time.

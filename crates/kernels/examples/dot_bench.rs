@@ -14,13 +14,9 @@ use kiln_kernels::quant::{
 use kiln_kernels::DType;
 use std::hint::black_box;
 
+/// This thread's CPU time in seconds (0 where the clock is missing).
 fn cpu() -> f64 {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    s.split_whitespace()
-        .next()
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        * 1e-9
+    common::thread_cpu().unwrap_or(0.0)
 }
 
 /// GFLOP/s over >= 0.4 s of calls (the CPU-time clock ticks coarsely).

@@ -16,12 +16,6 @@ use common::{random_weights, Rng};
 use kiln_kernels::{cpu_features, interleave, matmul, DType, Storage, Tensor, ThreadPool};
 use std::time::{Duration, Instant};
 
-/// CPU time this thread has run, in seconds (Linux; falls back to wall time elsewhere).
-fn thread_cpu() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
-}
-
 /// Best per-call time over batches of calls lasting >= 250 ms each (the CPU-time clock ticks
 /// coarsely); with one thread, measured as
 /// the calling thread's CPU time (robust when the machine is shared and the process gets
@@ -31,14 +25,14 @@ fn time_it(cpu_time: bool, mut f: impl FnMut()) -> f64 {
     let mut best = f64::INFINITY;
     let mut batches = 0;
     while batches < 3 {
-        let (t, c) = (Instant::now(), thread_cpu());
+        let (t, c) = (Instant::now(), common::thread_cpu());
         let mut calls = 0;
         while calls == 0 || t.elapsed() < Duration::from_millis(250) {
             f();
             calls += 1;
         }
         let wall = t.elapsed().as_secs_f64();
-        let el = match (cpu_time, c, thread_cpu()) {
+        let el = match (cpu_time, c, common::thread_cpu()) {
             (true, Some(a), Some(b)) if b > a => b - a,
             _ => wall,
         };

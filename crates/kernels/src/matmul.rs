@@ -395,7 +395,7 @@ thread_local! {
 
 /// Prefill for the types of at most 5 bits (`dot::has_u8_form`): each thread unpacks a chunk
 /// of rows once ([`BlockU8`]) and multiplies it with every 8-token group, two groups per pass
-/// where it can (`dot::dot_u8_g16_rows`); leftover tokens use `tail`, the plain one-token
+/// where it can (`dot::dot_u8_g16_rows_to`); leftover tokens use `tail`, the plain one-token
 /// kernel on the packed rows.
 fn drive_u8(
     pool: &ThreadPool,
@@ -464,23 +464,16 @@ fn drive_u8(
                     let mut r = r0;
                     while r < r1 {
                         let k = r - r0;
+                        // SAFETY (both): tokens 8gi.. 8gi + 16 × rows r (and r + 1) of `out`,
+                        // which only this chunk writes.
+                        let o = unsafe { o.add(8 * gi * stride + r) };
                         if r + 2 <= r1 {
                             let w2 = &u[k * nb..(k + 2) * nb];
-                            // SAFETY: tokens 8gi.. 8gi + 16 × rows r, r + 1 of `out`, which
-                            // only this chunk writes.
-                            unsafe {
-                                let o = o.add(8 * gi * stride + r);
-                                dot::dot_u8_g16_rows_to::<2>(isa, dtype, w2, g, o, stride);
-                            }
+                            unsafe { dot::dot_u8_g16_rows_to::<2>(isa, dtype, w2, g, o, stride) };
                             r += 2;
                         } else {
-                            let v =
-                                dot::dot_u8_g16_rows::<1>(isa, dtype, &u[k * nb..(k + 1) * nb], g);
-                            for (dg, vg) in v.iter().enumerate() {
-                                for (t, &x) in vg[0].iter().enumerate() {
-                                    put(8 * (gi + dg) + t, r, x);
-                                }
-                            }
+                            let w1 = &u[k * nb..(k + 1) * nb];
+                            unsafe { dot::dot_u8_g16_rows_to::<1>(isa, dtype, w1, g, o, stride) };
                             r += 1;
                         }
                     }

@@ -9,7 +9,7 @@ use kiln_kernels::dot::{
     dot_q8k_n, dot_q8k_rows, dot_q8k_x8, ActKind, Isa,
 };
 use kiln_kernels::quant::{
-    dequantize, interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32,
+    dequantize, interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8,
 };
 use kiln_kernels::DType;
 
@@ -347,6 +347,20 @@ fn dot_rejects_short_activation_rows() {
     dot_q8k_n(Isa::Scalar, DType::Q4_K, &w, [&q]);
 }
 
+/// 8 token rows quantised to 32-element blocks and interleaved, block by block, as prefill
+/// groups them.
+fn interleaved_group(xs: [Vec<f32>; 8]) -> Vec<BlockQ8x8> {
+    let nb = xs[0].len() / 32;
+    let q = xs.map(|x| {
+        let mut q = vec![BlockQ8_32::default(); nb];
+        quantize_q8_32(&x, &mut q);
+        q
+    });
+    (0..nb)
+        .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
+        .collect()
+}
+
 /// The unpacked prefill form: every level unpacks to the same bytes and scales as the scalar
 /// reference, and its 8-token tile matches the exact dot product.
 #[test]
@@ -462,18 +476,7 @@ fn unpacked_two_group_tile_matches_one_group() {
         // groups from 32-element activation blocks: the tiles read only the interleaved
         // values, per-block sums and scales, whatever the weight type
         let groups: Vec<Vec<_>> = (0..2)
-            .map(|_| {
-                let q: Vec<Vec<BlockQ8_32>> = (0..8)
-                    .map(|_| {
-                        let mut q = vec![BlockQ8_32::default(); nb];
-                        quantize_q8_32(&rng.vec(cols), &mut q);
-                        q
-                    })
-                    .collect();
-                (0..nb)
-                    .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
-                    .collect()
-            })
+            .map(|_| interleaved_group(std::array::from_fn(|_| rng.vec(cols))))
             .collect();
         let g = [&groups[0][..], &groups[1][..]];
         for isa in Isa::available() {
@@ -545,17 +548,9 @@ fn unpacked_legacy_tiles_exact_at_extremes() {
     ];
     let groups: Vec<Vec<_>> = (0..2)
         .map(|k| {
-            let q: Vec<Vec<BlockQ8_32>> = (0..8)
-                .map(|t| {
-                    let x: Vec<f32> = (0..cols).map(patterns[(t + k) % 4]).collect();
-                    let mut q = vec![BlockQ8_32::default(); nb];
-                    quantize_q8_32(&x, &mut q);
-                    q
-                })
-                .collect();
-            (0..nb)
-                .map(|i| interleave8(std::array::from_fn(|t| &q[t][i])))
-                .collect()
+            interleaved_group(std::array::from_fn(|t| {
+                (0..cols).map(patterns[(t + k) % 4]).collect()
+            }))
         })
         .collect();
     let g = [&groups[0][..], &groups[1][..]];

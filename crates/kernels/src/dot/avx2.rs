@@ -585,20 +585,8 @@ pub(super) unsafe fn dot_u8_g8_rows<const K: usize, const R: usize>(
     u8_tile::<K, R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
-/// [`dot_u8_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
-/// broadcast weight dword serves 16 tokens.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_u8_g16_rows<const K: usize, const R: usize>(
-    w: &[BlockU8],
-    g: [&[BlockQ8x8]; 2],
-) -> [[[f32; 8]; R]; 2] {
-    let nb = g[0].len();
-    let g = [g[0].as_ptr(), g[1].as_ptr()];
-    u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
-}
-
-/// [`dot_u8_g16_rows`] storing `out[k][r][t]` at `o + (8k + t) · stride + r` (see
-/// `tile_scatter`).
+/// [`dot_u8_g8_rows`] for two groups of 8 tokens at once, each broadcast weight dword serving
+/// 16 tokens, storing `out[k][r][t]` at `o + (8k + t) · stride + r` (see `tile_scatter`).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_u8_g16_rows_to<const K: usize, const R: usize>(
     w: &[BlockU8],
@@ -761,20 +749,9 @@ pub(super) unsafe fn dot_u8k_g8_rows<const FIVE: bool, const R: usize>(
     u8k_tile::<FIVE, R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
-/// [`dot_u8k_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`): each
-/// broadcast weight dword serves both groups, so the tile needs one load per `maddubs`
+/// [`dot_u8k_g8_rows`] for two groups of 8 tokens at once, stored like [`dot_u8_g16_rows_to`]:
+/// each broadcast weight dword serves both groups, so the tile needs one load per `maddubs`
 /// instead of one and a half, and the per-sub-block scale work is shared.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_u8k_g16_rows<const FIVE: bool, const R: usize>(
-    w: &[BlockU8],
-    g: [&[BlockQ8x8]; 2],
-) -> [[[f32; 8]; R]; 2] {
-    let nb = g[0].len();
-    let g = [g[0].as_ptr(), g[1].as_ptr()];
-    u8k_tile::<FIVE, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
-}
-
-/// [`dot_u8k_g16_rows`] stored like [`dot_u8_g16_rows_to`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_u8k_g16_rows_to<const FIVE: bool, const R: usize>(
     w: &[BlockU8],
@@ -912,18 +889,8 @@ pub(super) unsafe fn dot_u8q6_g8_rows<const R: usize>(
     u8q6_tile::<R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
-/// [`dot_u8q6_g8_rows`] for two groups of 8 tokens at once (`out[k][r]`, group `k`).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_u8q6_g16_rows<const R: usize>(
-    w: &[BlockU8],
-    g: [&[BlockQ8x8]; 2],
-) -> [[[f32; 8]; R]; 2] {
-    let nb = g[0].len();
-    let g = [g[0].as_ptr(), g[1].as_ptr()];
-    u8q6_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| tile_out(acc))
-}
-
-/// [`dot_u8q6_g16_rows`] stored like [`dot_u8_g16_rows_to`].
+/// [`dot_u8q6_g8_rows`] for two groups of 8 tokens at once, stored like
+/// [`dot_u8_g16_rows_to`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_u8q6_g16_rows_to<const R: usize>(
     w: &[BlockU8],

@@ -423,6 +423,15 @@ pub fn repack_u8_q5_0_group(isa: Isa, w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
+/// Checks the shapes every unpacked tile relies on: `R` rows of `nb` blocks, whole
+/// super-blocks for the k-quants.
+fn check_u8_tile(what: &str, dtype: DType, rows: usize, w: &[BlockU8], nb: usize) {
+    assert!(has_u8_form(dtype), "{what}: {dtype} has no unpacked form");
+    assert_eq!(w.len(), rows * nb, "{what}: not {rows} rows of {nb} blocks");
+    let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
+    assert!(!kquant || nb % 8 == 0, "{what}: partial super-block");
+}
+
 /// `out[r][t] = w[r] · a[t]` for `R` unpacked rows of `dtype` stored back to back in `w` (each
 /// `g.len()` blocks) and 8 interleaved tokens `g`. Bit-identical to the one-token kernels of
 /// the same level (see the module docs).
@@ -432,21 +441,8 @@ pub fn dot_u8_g8_rows<const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    assert!(
-        has_u8_form(dtype),
-        "dot_u8_g8_rows: {dtype} has no unpacked form"
-    );
     let nb = g.len();
-    assert_eq!(
-        w.len(),
-        R * nb,
-        "dot_u8_g8_rows: not {R} rows of {nb} blocks"
-    );
-    let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
-    assert!(
-        !kquant || nb % 8 == 0,
-        "dot_u8_g8_rows: partial super-block"
-    );
+    check_u8_tile("dot_u8_g8_rows", dtype, R, w, nb);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
@@ -468,57 +464,19 @@ pub fn dot_u8_g8_rows<const R: usize>(
 
 /// [`dot_u8_g8_rows`] for two token groups at once: `out[k][r]` is rows `r` × group `g[k]`.
 /// AVX2 has kernels of their own (each weight broadcast serves both groups); elsewhere this
-/// is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group.
+/// is two calls. Bit-identical to [`dot_u8_g8_rows`] on each group. (The results in place:
+/// [`dot_u8_g16_rows_to`].)
 pub fn dot_u8_g16_rows<const R: usize>(
     isa: Isa,
     dtype: DType,
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
 ) -> [[[f32; 8]; R]; 2] {
-    assert_eq!(
-        g[0].len(),
-        g[1].len(),
-        "dot_u8_g16_rows: groups differ in length"
-    );
-    match (isa, dtype) {
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_K | DType::Q5_K | DType::Q6_K) if isa.is_available() => {
-            let nb = g[0].len();
-            assert_eq!(
-                w.len(),
-                R * nb,
-                "dot_u8_g16_rows: not {R} rows of {nb} blocks"
-            );
-            assert!(nb % 8 == 0, "dot_u8_g16_rows: partial super-block");
-            unsafe {
-                match dtype {
-                    DType::Q4_K => avx2::dot_u8k_g16_rows::<false, R>(w, g),
-                    DType::Q6_K => avx2::dot_u8q6_g16_rows::<R>(w, g),
-                    _ => avx2::dot_u8k_g16_rows::<true, R>(w, g),
-                }
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1)
-            if isa.is_available() =>
-        {
-            let nb = g[0].len();
-            assert_eq!(
-                w.len(),
-                R * nb,
-                "dot_u8_g16_rows: not {R} rows of {nb} blocks"
-            );
-            unsafe {
-                match dtype {
-                    DType::Q4_0 => avx2::dot_u8_g16_rows::<0, R>(w, g),
-                    DType::Q4_1 => avx2::dot_u8_g16_rows::<1, R>(w, g),
-                    DType::Q5_0 => avx2::dot_u8_g16_rows::<2, R>(w, g),
-                    _ => avx2::dot_u8_g16_rows::<3, R>(w, g),
-                }
-            }
-        }
-        _ => g.map(|g| dot_u8_g8_rows::<R>(isa, dtype, w, g)),
-    }
+    // token-major, as the in-place kernels store
+    let mut tm = [[0.0f32; R]; 16];
+    // SAFETY: `tm` holds the 16 tokens × `R` rows at stride `R`, and only this call sees it.
+    unsafe { dot_u8_g16_rows_to::<R>(isa, dtype, w, g, tm.as_mut_ptr() as *mut f32, R) };
+    std::array::from_fn(|k| std::array::from_fn(|r| std::array::from_fn(|t| tm[8 * k + t][r])))
 }
 
 /// [`dot_u8_g16_rows`] with the results stored in place: row `r` × token `t` of group `k` goes
@@ -536,21 +494,12 @@ pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
     o: *mut f32,
     stride: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && has_u8_form(dtype) && isa.is_available() {
-        let nb = g[0].len();
-        assert_eq!(g[1].len(), nb, "dot_u8_g16_rows: groups differ in length");
-        assert_eq!(
-            w.len(),
-            R * nb,
-            "dot_u8_g16_rows: not {R} rows of {nb} blocks"
-        );
-        let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
-        assert!(
-            !kquant || nb % 8 == 0,
-            "dot_u8_g16_rows: partial super-block"
-        );
-        match dtype {
+    let nb = g[0].len();
+    assert_eq!(g[1].len(), nb, "dot_u8_g16_rows: groups differ in length");
+    check_u8_tile("dot_u8_g16_rows", dtype, R, w, nb);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => match dtype {
             DType::Q4_0 => avx2::dot_u8_g16_rows_to::<0, R>(w, g, o, stride),
             DType::Q4_1 => avx2::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
             DType::Q5_0 => avx2::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),
@@ -558,14 +507,15 @@ pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
             DType::Q4_K => avx2::dot_u8k_g16_rows_to::<false, R>(w, g, o, stride),
             DType::Q5_K => avx2::dot_u8k_g16_rows_to::<true, R>(w, g, o, stride),
             _ => avx2::dot_u8q6_g16_rows_to::<R>(w, g, o, stride),
-        }
-        return;
-    }
-    let v = dot_u8_g16_rows::<R>(isa, dtype, w, g);
-    for (k, vk) in v.iter().enumerate() {
-        for (r, vr) in vk.iter().enumerate() {
-            for (t, &x) in vr.iter().enumerate() {
-                *o.add((8 * k + t) * stride + r) = x;
+        },
+        _ => {
+            for (k, g) in g.into_iter().enumerate() {
+                let v = dot_u8_g8_rows::<R>(isa, dtype, w, g);
+                for (r, vr) in v.iter().enumerate() {
+                    for (t, &x) in vr.iter().enumerate() {
+                        *o.add((8 * k + t) * stride + r) = x;
+                    }
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Deterministic random data for the kernel tests (no dependencies).
+//! Deterministic random data for the kernel tests (no dependencies), and the thread CPU clock
+//! the kernel benchmarks (examples/) time with.
 #![allow(dead_code)]
 
 use kiln_kernels::DType;
@@ -105,3 +106,9 @@ pub const QUANT_TYPES: [DType; 12] = [
     DType::Q6_K,
     DType::Q8_K,
 ];
+
+/// CPU time the calling thread has run, in seconds (Linux `schedstat`; `None` elsewhere).
+pub fn thread_cpu() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
+}

@@ -14,6 +14,7 @@ use crate::pool::ThreadPool;
 use crate::quant::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::{DType, Tensor};
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use crate::dot::dot_f32;
@@ -251,15 +252,10 @@ fn drive<T: Sync>(
     let row_bytes = w.row_bytes().max(1);
     // Decode: small chunks for balance. Prefill: a chunk of rows whose weights stay in L2
     // (~128 KiB) while every token passes over it.
-    let chunk = if n == 1 {
-        // Large enough that the decode kernel's prefetch rarely runs past the chunk, small
-        // enough for balance: at least 8 chunks per thread.
-        (rows / (8 * pool.n_threads())).clamp(4, 64) & !3
-    } else {
-        (128 * 1024 / row_bytes).clamp(4, 64) & !3
-    };
+    let chunk = (128 * 1024 / row_bytes).clamp(4, 64) & !3;
     let n_chunks = rows.div_ceil(chunk);
     let next = AtomicUsize::new(0);
+    let nt = pool.n_threads();
     let bytes = w.data.bytes();
     assert!(
         w.layout == Layout::Plain || n > 1 || k1r4.is_some(),
@@ -268,11 +264,18 @@ fn drive<T: Sync>(
     );
     let work = |_: usize, _: usize| {
         PLAIN.with(|buf| loop {
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            if c >= n_chunks {
-                break;
-            }
-            let r_range = c * chunk..((c + 1) * chunk).min(rows);
+            let r_range = if n == 1 {
+                match claim_guided(&next, rows, nt) {
+                    Some(r) => r,
+                    None => break,
+                }
+            } else {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= n_chunks {
+                    break;
+                }
+                c * chunk..((c + 1) * chunk).min(rows)
+            };
             let mut buf = buf.borrow_mut();
             let (chunk_bytes, base) = if w.layout == Layout::Plain || n == 1 {
                 (bytes, 0)
@@ -363,6 +366,26 @@ fn drive<T: Sync>(
         work(0, 1); // too small to be worth waking the pool
     } else {
         pool.run(&work);
+    }
+}
+
+/// Claims the next rows of a decode matmul from `next` (the first unclaimed row): a share
+/// of what is left that shrinks as the work runs out (guided scheduling). Decode is a stream
+/// from memory, and long contiguous runs per thread keep the hardware prefetcher going (a
+/// new stream has to be picked up at every jump); the small last runs let a thread that
+/// was slowed down finish with the other. Runs are whole 4-row groups.
+fn claim_guided(next: &AtomicUsize, rows: usize, n_threads: usize) -> Option<Range<usize>> {
+    let mut cur = next.load(Ordering::Relaxed);
+    loop {
+        if cur >= rows {
+            return None;
+        }
+        let size = ((rows - cur) / (2 * n_threads)).max(16).next_multiple_of(4);
+        let end = (cur + size).min(rows);
+        match next.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(cur..end),
+            Err(now) => cur = now,
+        }
     }
 }
 
@@ -545,5 +568,37 @@ unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
     pub fn get(self) -> *mut T {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guided runs cover every row once, start on 4-row groups, shrink as the work runs out,
+    /// and end small enough for the threads to finish together.
+    #[test]
+    fn guided_runs_cover_every_row_once_in_shrinking_4_row_groups() {
+        for (rows, threads) in [(151936, 2), (896, 2), (37, 2), (4, 1), (300, 3), (0, 2)] {
+            let next = AtomicUsize::new(0);
+            let mut runs = Vec::new();
+            while let Some(r) = claim_guided(&next, rows, threads) {
+                runs.push(r);
+            }
+            let mut at = 0;
+            for r in &runs {
+                assert_eq!(r.start, at, "{rows} rows: runs must be contiguous");
+                assert_eq!(r.start % 4, 0, "{rows} rows: run starts mid-group");
+                assert!(!r.is_empty());
+                at = r.end;
+            }
+            assert_eq!(at, rows, "{rows} rows: not all covered");
+            for w in runs.windows(2) {
+                assert!(w[1].len() <= w[0].len(), "{rows} rows: a run grew");
+            }
+            if let Some(last) = runs.last() {
+                assert!(last.len() <= 16, "{rows} rows: last run {}", last.len());
+            }
+        }
     }
 }

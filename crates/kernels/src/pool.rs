@@ -2,8 +2,11 @@
 //!
 //! Workers are spawned once and parked between operations: `run` publishes the closure, bumps
 //! a generation counter and wakes them; the caller and the workers then claim the indices
-//! `0..n_threads` from an atomic counter and count them done. Workers spin briefly before parking (a decode step issues hundreds of small operations
-//! back to back), and callers do the same while waiting for the last worker.
+//! `0..n_threads` from an atomic counter and count them done. Workers spin briefly before
+//! parking (a decode step issues hundreds of small operations back to back), and callers do
+//! the same while waiting for the last worker. Waking and signalling completion touch the
+//! condvars only when a thread is actually parked on them: a futex wake is a system call, and
+//! most operations find every thread still spinning.
 
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -30,6 +33,10 @@ struct Shared {
     shutdown: AtomicBool,
     wake: (Mutex<()>, Condvar),
     done: (Mutex<()>, Condvar),
+    /// Workers parked (or about to park) on `wake`; counted under its mutex.
+    sleeping_workers: AtomicUsize,
+    /// Whether the caller is parked (or about to park) on `done`; set under its mutex.
+    caller_sleeping: AtomicBool,
 }
 
 // SAFETY: `job` is only written between operations under `run_lock` (see `run`), and the
@@ -48,6 +55,8 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
             done: (Mutex::new(()), Condvar::new()),
+            sleeping_workers: AtomicUsize::new(0),
+            caller_sleeping: AtomicBool::new(false),
         }
     }
 }
@@ -137,8 +146,10 @@ impl ThreadPool {
         s.panicked.store(false, Ordering::Relaxed);
         s.finished.store(0, Ordering::Relaxed);
         let gen = (s.state.load(Ordering::Relaxed) >> 32) + 1;
-        s.state.store(gen << 32, Ordering::Release);
-        {
+        // SeqCst store, then SeqCst load: a worker that parks counts itself under the mutex
+        // and then re-reads `state`, so either it sees this generation or we see it parked.
+        s.state.store(gen << 32, Ordering::SeqCst);
+        if s.sleeping_workers.load(Ordering::SeqCst) > 0 {
             let _g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.1.notify_all();
         }
@@ -152,9 +163,11 @@ impl ThreadPool {
             spins += 1;
             if spins % 64 == 0 && start.elapsed() > SPIN {
                 let mut g = s.done.0.lock().unwrap_or_else(|e| e.into_inner());
-                while s.finished.load(Ordering::Acquire) != n {
+                s.caller_sleeping.store(true, Ordering::SeqCst);
+                while s.finished.load(Ordering::SeqCst) != n {
                     g = s.done.1.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
+                s.caller_sleeping.store(false, Ordering::Relaxed);
                 break;
             }
             std::hint::spin_loop();
@@ -192,7 +205,10 @@ fn claim_and_run(s: &Shared, gen: u64) {
                 s.panicked.store(true, Ordering::Relaxed);
             }
         }
-        if s.finished.fetch_add(1, Ordering::AcqRel) + 1 == s.n_threads {
+        // (SeqCst pairs with the caller's: it sets its flag, then re-reads `finished`)
+        if s.finished.fetch_add(1, Ordering::SeqCst) + 1 == s.n_threads
+            && s.caller_sleeping.load(Ordering::SeqCst)
+        {
             let _g = s.done.0.lock().unwrap_or_else(|e| e.into_inner());
             s.done.1.notify_all();
         }
@@ -213,11 +229,13 @@ fn worker(s: &Shared) {
             spins += 1;
             if spins % 64 == 0 && start.elapsed() > SPIN {
                 let mut g = s.wake.0.lock().unwrap_or_else(|e| e.into_inner());
-                while s.state.load(Ordering::Acquire) >> 32 == seen
-                    && !s.shutdown.load(Ordering::Acquire)
+                s.sleeping_workers.fetch_add(1, Ordering::SeqCst);
+                while s.state.load(Ordering::SeqCst) >> 32 == seen
+                    && !s.shutdown.load(Ordering::SeqCst)
                 {
                     g = s.wake.1.wait(g).unwrap_or_else(|e| e.into_inner());
                 }
+                s.sleeping_workers.fetch_sub(1, Ordering::SeqCst);
                 break;
             }
             std::hint::spin_loop();

@@ -132,3 +132,28 @@ fn split_range_covers_everything_once() {
         }
     }
 }
+
+#[test]
+fn caller_parked_on_a_slow_worker_is_woken() {
+    let pool = ThreadPool::new(2);
+    let caller = std::thread::current().id();
+    for _ in 0..20 {
+        let started = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        pool.run(&|_, _| {
+            // Both indices start before either finishes, so the worker holds one of them ...
+            started.fetch_add(1, Ordering::SeqCst);
+            let t = std::time::Instant::now();
+            while started.load(Ordering::SeqCst) < 2 {
+                assert!(t.elapsed().as_secs() < 20, "the worker never joined");
+                std::thread::yield_now();
+            }
+            // ... and outlasts the caller's spin: the caller parks and must be woken.
+            if std::thread::current().id() != caller {
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(done.load(Ordering::SeqCst), 2);
+    }
+}

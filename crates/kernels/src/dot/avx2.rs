@@ -208,17 +208,14 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
     };
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
-    // The R rows are one contiguous run of bytes; reading them as R interleaved streams hides
-    // the sequential pattern from the hardware prefetcher, so fetch the next run (one run
-    // ahead: two overflowed L1 for long rows) while this one is used, R blocks' worth of
-    // bytes per block.
-    let ahead = wp.add(R * nb * bb);
+    // R blocks' worth of bytes fetched ahead per block (see `prefetch_ahead`).
     let step = R * bb;
+    let ahead = prefetch_ahead(wp, step, nb, strides);
     for i in 0..nb {
-        let pf = ahead.add(i * step);
+        let pf = ahead.wrapping_add(i * step);
         let mut line = 0;
         while line < step {
-            _mm_prefetch::<_MM_HINT_T0>(pf.add(line) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(line) as *const i8);
             line += 64;
         }
         let ab = a.get_unchecked(i);
@@ -250,6 +247,21 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
     let mut out = [0.0f32; R];
     _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
+}
+
+/// Where a 4-row decode kernel prefetches block `i`'s bytes from: `ahead + i · step`, where
+/// `step` is the bytes of one block of the 4 rows. Rows interleaved in groups are read as one
+/// sequential stream, so a short distance is enough, and farther measured slower (the
+/// hardware prefetcher already follows the stream; far software prefetches only compete with
+/// it). Rows back to back are read as 4 streams, which hides the pattern from the hardware,
+/// so there the next 4 rows are fetched while these are used.
+fn prefetch_ahead(wp: *const u8, step: usize, nb: usize, strides: Strides) -> *const u8 {
+    const GROUPED_AHEAD: usize = 768;
+    if strides.block == step {
+        wp.wrapping_add(GROUPED_AHEAD)
+    } else {
+        wp.wrapping_add(step * nb)
+    }
 }
 
 /// Four u16 at `p0..p3` in the low 4 lanes of a vector.
@@ -1232,14 +1244,12 @@ pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
     } = strides;
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
-    // The next group of rows, fetched ahead as in `legacy_rows` (4 · bb bytes per super-block)
-    // but one group ahead, not two: a k-quant group is 10-20 KiB, and two groups ahead plus
-    // the current one overflow L1 (measured slower, most of all for Q5_K / Q6_K).
-    let ahead = wp.add(R * nb * bb);
+    // 4 · bb bytes fetched ahead per super-block (see `prefetch_ahead`).
+    let ahead = prefetch_ahead(wp, R * bb, nb, strides);
     for i in 0..nb {
-        let pf = ahead.add(i * R * bb);
+        let pf = ahead.wrapping_add(i * R * bb);
         for l in 0..(R * bb).div_ceil(64) {
-            _mm_prefetch::<_MM_HINT_T0>(pf.add(64 * l) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64 * l) as *const i8);
         }
         let ab = a.get_unchecked(i);
         let bs = _mm256_madd_epi16(load(ab.bsums.as_ptr() as *const u8), _mm256_set1_epi16(1));
@@ -1387,12 +1397,12 @@ pub(super) unsafe fn dot_q6_k_rows<const R: usize>(
     let Strides { row: rs, block: bs } = strides;
     let mut acc = _mm_setzero_ps(); // lane r: row r
     let wp = w.as_ptr();
-    // the next group of rows, one group ahead (see `dot_q45_k_rows`)
-    let ahead = wp.add(R * nb * 210);
+    // (see `prefetch_ahead`)
+    let ahead = prefetch_ahead(wp, R * 210, nb, strides);
     for i in 0..nb {
-        let pf = ahead.add(i * R * 210);
+        let pf = ahead.wrapping_add(i * R * 210);
         for l in 0..(R * 210).div_ceil(64) {
-            _mm_prefetch::<_MM_HINT_T0>(pf.add(64 * l) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(64 * l) as *const i8);
         }
         let ab = a.get_unchecked(i);
         let mut isum = [_mm256_setzero_si256(); 4];
@@ -1817,8 +1827,8 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
     let wp = w.as_ptr();
     for i in 0..nb {
         let b = wp.add(i * GB);
-        _mm_prefetch::<_MM_HINT_T0>(b.add(8 * GB) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(b.add(8 * GB + 64) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * GB) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * GB + 64) as *const i8);
         let ab = a.get_unchecked(i);
         let y = load(ab.qs.as_ptr() as *const u8);
         let ylo = _mm256_permute4x64_epi64(y, 0b01_00_01_00);

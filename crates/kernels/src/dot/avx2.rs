@@ -1825,10 +1825,13 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
     let s_hi23 = _mm256_setr_epi64x(3, 3, 4, 4);
     let mut acc = _mm_setzero_ps();
     let wp = w.as_ptr();
+    // Prefetch distance in bytes: measured with alternating decode runs of
+    // qwen2.5-coder-0.5b, 1536 beat 704 in 10 of 10 pairs (~+10%); 384 and 3072 were slower.
+    const AHEAD: usize = 1536;
     for i in 0..nb {
         let b = wp.add(i * GB);
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * GB) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(8 * GB + 64) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(AHEAD) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(AHEAD + 64) as *const i8);
         let ab = a.get_unchecked(i);
         let y = load(ab.qs.as_ptr() as *const u8);
         let ylo = _mm256_permute4x64_epi64(y, 0b01_00_01_00);

@@ -161,6 +161,8 @@ pub struct BatchLayout {
     /// Position of the first new token of each sequence (the cache length before the pass).
     pub start_pos: Vec<usize>,
     pub n_tokens: Vec<usize>,
+    /// The sequence each row of the flattened batch belongs to.
+    pub row_seq: Vec<usize>,
     /// Rows whose logits are wanted, in output order.
     pub logit_rows: Vec<usize>,
     pub total: usize,
@@ -172,6 +174,7 @@ impl BatchLayout {
             first_row: Vec::with_capacity(batch.len()),
             start_pos: Vec::with_capacity(batch.len()),
             n_tokens: Vec::with_capacity(batch.len()),
+            row_seq: Vec::new(),
             logit_rows: Vec::new(),
             total: 0,
         };
@@ -180,6 +183,8 @@ impl BatchLayout {
             l.first_row.push(l.total);
             l.start_pos.push(s.cache.len());
             l.n_tokens.push(n);
+            l.row_seq
+                .extend(std::iter::repeat_n(l.first_row.len() - 1, n));
             match s.logits {
                 Logits::None => {}
                 Logits::Last if n > 0 => l.logit_rows.push(l.total + n - 1),
@@ -311,10 +316,6 @@ pub fn attention(
     let group = nh / shape.n_kv_heads;
     let qd = nh * hd;
     // Work items are (token row, head); the owning sequence is found from the layout.
-    let mut row_seq = Vec::with_capacity(layout.total);
-    for (s, &n) in layout.n_tokens.iter().enumerate() {
-        row_seq.extend(std::iter::repeat_n(s, n));
-    }
     let out_ptr = SyncPtr(out.as_mut_ptr());
     // Work units: the query heads of each kv head, two at a time (they read the same keys, so
     // the ggml f16 path widens each key element once for both).
@@ -338,7 +339,7 @@ pub fn attention(
                 let kvh = unit / units_per_kv;
                 let h0 = kvh * group + 2 * (unit % units_per_kv);
                 let heads = h0..(h0 + 2).min((kvh + 1) * group);
-                let s = row_seq[row];
+                let s = layout.row_seq[row];
                 let pos = layout.start_pos[s] + (row - layout.first_row[s]);
                 let lo = match shape.window {
                     Some(w) => (pos + 1).saturating_sub(w),
@@ -648,6 +649,7 @@ mod tests {
             first_row: vec![0, 2],
             start_pos: vec![5, 0],
             n_tokens: vec![2, 3],
+            row_seq: vec![0, 0, 1, 1, 1],
             logit_rows: vec![],
             total: 5,
         };

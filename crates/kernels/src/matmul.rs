@@ -3,7 +3,8 @@
 //! The activations are quantised once per call (8-bit blocks matching the weight type, see
 //! [`crate::dot`]); weight rows are then handed out to the pool's threads in chunks taken from
 //! an atomic counter, so threads that run slower (a busy core) simply take fewer chunks and all
-//! finish together. Decode (`n == 1`) streams every weight byte exactly once. Prefill (`n > 1`)
+//! finish together. Decode (`n == 1`) streams every weight byte exactly once, in long runs of
+//! rows per thread that shrink towards the end (guided scheduling). Prefill (`n > 1`)
 //! walks a cache-sized chunk of rows across all tokens, so weights are read from memory once and
 //! the loop is compute-bound; the types of at most 5 bits unpack the chunk once and multiply it
 //! 2 rows × 16 tokens at a time (see `drive_u8`), the others use 8-token tiles.
@@ -250,8 +251,8 @@ fn drive<T: Sync>(
     let n = acts.len() / per_row;
     let act = |t: usize| &acts[t * per_row..(t + 1) * per_row];
     let row_bytes = w.row_bytes().max(1);
-    // Decode: small chunks for balance. Prefill: a chunk of rows whose weights stay in L2
-    // (~128 KiB) while every token passes over it.
+    // Decode claims guided runs of rows (`claim_guided`). Prefill: a chunk of rows whose
+    // weights stay in L2 (~128 KiB) while every token passes over it.
     let chunk = (128 * 1024 / row_bytes).clamp(4, 64) & !3;
     let n_chunks = rows.div_ceil(chunk);
     let next = AtomicUsize::new(0);

@@ -1825,8 +1825,9 @@ pub(super) unsafe fn dot_q5_0_r4(w: &[u8], a: &[BlockQ8_32]) -> [f32; 4] {
     let s_hi23 = _mm256_setr_epi64x(3, 3, 4, 4);
     let mut acc = _mm_setzero_ps();
     let wp = w.as_ptr();
-    // Prefetch distance in bytes: measured with alternating decode runs of
-    // qwen2.5-coder-0.5b, 1536 beat 704 in 10 of 10 pairs (~+10%); 384 and 3072 were slower.
+    // Prefetch distance in bytes, measured with alternating decode runs of
+    // qwen2.5-coder-0.5b: 1536 beat 704 in 10 of 10 pairs (~+10%); 384 was slower than 704,
+    // 2048 and 3072 no better than 1536 within the noise.
     const AHEAD: usize = 1536;
     for i in 0..nb {
         let b = wp.add(i * GB);

@@ -3,12 +3,15 @@
 //!
 //! Every sequence has its own KV cache, sampler and random stream, and every kernel computes
 //! each row independently, so a prompt's result does not depend on its batch-mates.
+//!
+//! The types here are shared by every way of generating; the work is done by
+//! [`crate::sequence`] (one request) and [`crate::batch`] (one step of many).
 
-use kiln_models::{CausalLM, KvCache, Logits, SeqInput};
+use kiln_models::CausalLM;
 use kiln_tokenizer::Tokenizer;
 
-use crate::sampler::{log_softmax, top_n, Sampler, SamplingParams};
-use crate::text::TextStream;
+use crate::batch::{Batch, BatchConfig, Event};
+use crate::sampler::SamplingParams;
 use crate::EngineError;
 
 /// What to generate for every prompt of a batch.
@@ -98,22 +101,11 @@ pub struct Limits {
     pub prefill_chunk: usize,
 }
 
-struct Sequence {
-    prompt: Vec<u32>,
-    cache: KvCache,
-    sampler: Sampler,
-    generated: Vec<u32>,
-    stream: TextStream,
-    logprobs: Option<Vec<TokenLogprob>>,
-    prompt_logprobs: Option<Vec<TokenLogprob>>,
-    prompt_text: String,
-    finish: Option<FinishReason>,
-    /// Logits predicting the next token.
-    next_logits: Vec<f32>,
-}
-
 /// Runs a batch of tokenized prompts to completion. `on_text(i, s)` receives text of prompt `i`
 /// as soon as it is final (never a partial character or a partial stop string).
+///
+/// This drives the same [`Batch`] step the server's scheduler runs, with every prompt admitted
+/// at once: the results are the server's.
 pub fn generate(
     model: &dyn CausalLM,
     tokenizer: &Tokenizer,
@@ -122,7 +114,6 @@ pub fn generate(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Completion>, EngineError> {
-    params.sampling.validate().map_err(EngineError::Invalid)?;
     if prompts.len() > limits.max_batch {
         return Err(EngineError::Invalid(format!(
             "batch of {} prompts is larger than the maximum batch size {}",
@@ -130,224 +121,42 @@ pub fn generate(
             limits.max_batch
         )));
     }
-    let vocab = model.config().vocab_size;
+    let mut batch = Batch::new(
+        model,
+        tokenizer,
+        BatchConfig {
+            context: limits.context,
+            prefill_chunk: limits.prefill_chunk,
+            prefix_cache: 0,
+        },
+    );
+    // Refuse the whole batch before computing anything.
     for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return Err(EngineError::Invalid(format!(
-                "prompt {i} is empty (no tokens)"
-            )));
-        }
-        if p.len() > limits.context {
-            return Err(EngineError::ContextLength {
-                tokens: p.len(),
-                context: limits.context,
-            });
-        }
-        if let Some(&bad) = p.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::Invalid(format!(
-                "token id {bad} is outside the vocabulary ({vocab})"
-            )));
-        }
+        batch.validate(p, params).map_err(|e| match e {
+            EngineError::Invalid(msg) if prompts.len() > 1 => {
+                EngineError::Invalid(format!("prompt {i}: {msg}"))
+            }
+            e => e,
+        })?;
     }
-    let mut eos: Vec<u32> = tokenizer.eos_ids().to_vec();
-    eos.extend(model.config().eos_token_ids.iter().copied());
-
-    let mut seqs: Vec<Sequence> = prompts
-        .iter()
-        .map(|p| {
-            let mut sampler = Sampler::new(params.sampling.clone());
-            p.iter().for_each(|&t| sampler.observe(t));
-            Sequence {
-                prompt: p.clone(),
-                cache: model.new_cache((p.len() + params.max_tokens).min(limits.context)),
-                sampler,
-                generated: Vec::new(),
-                stream: TextStream::new(&params.stop),
-                logprobs: params.logprobs.map(|_| Vec::new()),
-                prompt_logprobs: None,
-                prompt_text: if params.echo {
-                    tokenizer.decode(p, true)
-                } else {
-                    String::new()
-                },
-                finish: None,
-                next_logits: Vec::new(),
-            }
-        })
-        .collect();
-
-    prefill(model, tokenizer, limits, params, &mut seqs)?;
-
-    // Decode: every unfinished sequence samples from its last logits, then all of them
-    // advance one token in a single batched pass.
-    let mut logits = Vec::new();
-    let mut lp = Vec::new();
-    loop {
-        for (i, s) in seqs.iter_mut().enumerate() {
-            if s.finish.is_some() {
-                continue;
-            }
-            if params.max_tokens == 0 {
-                s.finish = Some(FinishReason::Length);
-                continue;
-            }
-            let tok = s.sampler.sample(&s.next_logits);
-            let offset = s.prompt_text.chars().count() + s.stream.char_len();
-            if let (Some(n), Some(out)) = (params.logprobs, s.logprobs.as_mut()) {
-                log_softmax(&s.next_logits, &mut lp);
-                out.push(token_logprob(
-                    tokenizer,
-                    tok,
-                    Some(lp[tok as usize]),
-                    &lp,
-                    n,
-                    offset,
-                ));
-            }
-            s.generated.push(tok);
-            s.sampler.observe(tok);
-            let is_eos = !params.ignore_eos && eos.contains(&tok);
-            // An EOS token ends the text without adding to it; a stop string cuts it.
-            if is_eos || s.stream.push(&tokenizer.token_bytes(tok)) {
-                s.finish = Some(FinishReason::Stop);
-            } else if s.generated.len() >= params.max_tokens || s.cache.len() + 1 > limits.context {
-                s.finish = Some(FinishReason::Length);
-            }
-            let ready = if s.finish.is_some() {
-                s.stream.finish()
-            } else {
-                s.stream.take_ready()
-            };
-            if !ready.is_empty() {
-                on_text(i, ready);
-            }
-        }
-        let mut inputs: Vec<SeqInput<'_>> = Vec::new();
-        let mut order = Vec::new();
-        for (i, s) in seqs.iter_mut().enumerate() {
-            if s.finish.is_none() {
-                order.push(i);
-                inputs.push(SeqInput {
-                    tokens: std::slice::from_ref(s.generated.last().expect("sampled above")),
-                    cache: &mut s.cache,
-                    logits: Logits::Last,
-                });
-            }
-        }
-        if inputs.is_empty() {
-            break;
-        }
-        logits.clear();
-        model.forward(&mut inputs, &mut logits)?;
-        drop(inputs);
-        for (k, &i) in order.iter().enumerate() {
-            let s = &mut seqs[i];
-            s.next_logits.clear();
-            s.next_logits
-                .extend_from_slice(&logits[k * vocab..(k + 1) * vocab]);
-        }
+    for (i, p) in prompts.iter().enumerate() {
+        batch.add(model, tokenizer, p.clone(), params.clone(), i)?;
     }
-
-    Ok(seqs
-        .into_iter()
-        .map(|s| Completion {
-            text: s.stream.text().to_string(),
-            prompt_token_ids: s.prompt,
-            token_ids: s.generated,
-            prompt_text: s.prompt_text,
-            finish_reason: s.finish.unwrap_or(FinishReason::Length),
-            prompt_logprobs: s.prompt_logprobs,
-            logprobs: s.logprobs,
-        })
-        .collect())
-}
-
-/// Runs every prompt through the model in passes of at most `prefill_chunk` tokens, keeping
-/// the logits of the last position (and of every position when echoing logprobs).
-fn prefill(
-    model: &dyn CausalLM,
-    tokenizer: &Tokenizer,
-    limits: Limits,
-    params: &GenerateParams,
-    seqs: &mut [Sequence],
-) -> Result<(), EngineError> {
-    let vocab = model.config().vocab_size;
-    let want_all = params.echo && params.logprobs.is_some();
-    let mut logits = Vec::new();
-    let mut lp = Vec::new();
-    for s in seqs.iter_mut() {
-        let n = s.prompt.len();
-        let mut plp = want_all.then(|| {
-            let first = s.prompt[0];
-            vec![token_logprob(tokenizer, first, None, &[], 0, 0)]
-        });
-        let mut done = 0;
-        while done < n {
-            let end = (done + limits.prefill_chunk.max(1)).min(n);
-            logits.clear();
-            let mut input = [SeqInput {
-                tokens: &s.prompt[done..end],
-                cache: &mut s.cache,
-                logits: if want_all {
-                    Logits::All
-                } else if end == n {
-                    Logits::Last
-                } else {
-                    Logits::None
-                },
-            }];
-            model.forward(&mut input, &mut logits)?;
-            if let Some(out) = plp.as_mut() {
-                for (j, row) in logits.chunks_exact(vocab).enumerate() {
-                    let pos = done + j;
-                    if pos + 1 < n {
-                        let tok = s.prompt[pos + 1];
-                        log_softmax(row, &mut lp);
-                        let offset = tokenizer.decode(&s.prompt[..pos + 1], true).chars().count();
-                        out.push(token_logprob(
-                            tokenizer,
-                            tok,
-                            Some(lp[tok as usize]),
-                            &lp,
-                            params.logprobs.unwrap_or(0),
-                            offset,
-                        ));
-                    }
+    let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
+    while !batch.is_empty() {
+        let report = batch.step(model, tokenizer, &mut |&mut i, event| {
+            if let Event::Token { text, .. } = event {
+                if !text.is_empty() {
+                    on_text(i, &text);
                 }
             }
-            if end == n {
-                let last = logits.len() / vocab - 1;
-                s.next_logits.clear();
-                s.next_logits
-                    .extend_from_slice(&logits[last * vocab..(last + 1) * vocab]);
-            }
-            done = end;
-        }
-        s.prompt_logprobs = plp;
-        if s.prompt.len() >= limits.context && params.max_tokens > 0 {
-            s.finish = Some(FinishReason::Length);
+        })?;
+        for f in report.finished {
+            out[f.tag] = Some(f.completion);
         }
     }
-    Ok(())
-}
-
-fn token_logprob(
-    tokenizer: &Tokenizer,
-    id: u32,
-    logprob: Option<f32>,
-    lp: &[f32],
-    n: usize,
-    offset: usize,
-) -> TokenLogprob {
-    let text = |t: u32| String::from_utf8_lossy(&tokenizer.token_bytes(t)).into_owned();
-    TokenLogprob {
-        id,
-        text: text(id),
-        logprob,
-        top: top_n(lp, n)
-            .into_iter()
-            .map(|(t, v)| (t, text(t), v))
-            .collect(),
-        text_offset: offset,
-    }
+    Ok(out
+        .into_iter()
+        .map(|c| c.expect("every admitted prompt finishes"))
+        .collect())
 }

@@ -12,12 +12,14 @@
 //! # Ok::<(), kiln_engine::EngineError>(())
 //! ```
 
+pub mod batch;
 pub mod convert;
 pub mod generate;
 pub mod openai;
 pub mod perplexity;
 pub mod sampler;
 pub mod scheduler;
+pub mod sequence;
 pub mod text;
 
 use std::path::{Path, PathBuf};

@@ -1,19 +1,14 @@
-//! Continuous batching: one engine thread owns the model and runs one batched forward pass per
-//! step; requests join and leave the running batch between steps.
+//! Continuous batching for the server: one engine thread owns the model and drives a
+//! [`Batch`] (one batched forward pass per step); requests join and leave the running batch
+//! between steps.
 //!
-//! Each step feeds every decoding sequence its last sampled token, plus chunks of the prompts of
-//! newly admitted sequences (chunked prefill, at most `prefill_chunk` prompt tokens per step, so
-//! running streams are never stalled by a long prompt for more than one chunk). Admission is
-//! bounded by `slots` (each with up to `context` positions); beyond it requests wait in a queue,
-//! and beyond `max_queue` waiting requests [`Scheduler::submit`] refuses them.
+//! Admission is bounded by `slots` (each with up to `context` positions); beyond it requests
+//! wait in a queue, and beyond `max_queue` waiting requests [`Scheduler::submit`] refuses them.
+//! Chunked prefill and the prefix cache are the [`Batch`]'s.
 //!
 //! Invariant: a request's result does not depend on its batch-mates or on when it was admitted:
 //! it has its own KV cache, sampler and random stream, and the model computes rows
-//! independently, so greedy results equal [`crate::generate::generate`]'s.
-//!
-//! Finished sequences leave their caches in a small pool keyed by their tokens; a new prompt
-//! that shares a prefix with one of them (a system prompt) reuses that cache up to the common
-//! prefix instead of recomputing it.
+//! independently, so results equal [`crate::generate::generate`]'s (which runs the same step).
 //!
 //! No HTTP here: results go to a per-request callback ([`Request::sink`]).
 
@@ -24,63 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kiln_models::{CausalLM, KvCache, Logits, SeqInput};
-use kiln_tokenizer::Tokenizer;
+use kiln_models::CausalLM;
 
-use crate::generate::{Completion, FinishReason, GenerateParams, TokenLogprob};
-use crate::sampler::{log_softmax, top_n, Sampler};
-use crate::text::TextStream;
+pub use crate::batch::Event;
+use crate::batch::{Batch, BatchConfig};
+use crate::generate::GenerateParams;
+use crate::sequence::validate_request;
+pub use crate::sequence::Vocab;
 use crate::EngineError;
-
-/// What the scheduler (and the server around it) needs from a tokenizer.
-pub trait Vocab: Send + Sync {
-    /// Text to ids; with `add_special` the model's BOS is prepended when it uses one.
-    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String>;
-    /// Ids to text; with `skip_special` control tokens are left out.
-    fn decode(&self, ids: &[u32], skip_special: bool) -> String;
-    /// The raw bytes one token stands for.
-    fn token_bytes(&self, id: u32) -> Vec<u8>;
-    /// Tokens that end generation.
-    fn eos_ids(&self) -> Vec<u32>;
-    fn bos_id(&self) -> Option<u32>;
-    /// BOS as chat templates receive it (`bos_token`; empty when there is none).
-    fn bos_token(&self) -> String {
-        self.bos_id()
-            .map(|i| self.decode(&[i], false))
-            .unwrap_or_default()
-    }
-    /// EOS as chat templates receive it (`eos_token`; empty when there is none).
-    fn eos_token(&self) -> String {
-        self.eos_ids()
-            .first()
-            .map(|&i| self.decode(&[i], false))
-            .unwrap_or_default()
-    }
-}
-
-impl Vocab for Tokenizer {
-    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String> {
-        Tokenizer::encode(self, text, add_special).map_err(|e| e.to_string())
-    }
-    fn decode(&self, ids: &[u32], skip_special: bool) -> String {
-        Tokenizer::decode(self, ids, skip_special)
-    }
-    fn token_bytes(&self, id: u32) -> Vec<u8> {
-        Tokenizer::token_bytes(self, id)
-    }
-    fn eos_ids(&self) -> Vec<u32> {
-        Tokenizer::eos_ids(self).to_vec()
-    }
-    fn bos_id(&self) -> Option<u32> {
-        Tokenizer::bos_id(self)
-    }
-    fn bos_token(&self) -> String {
-        Tokenizer::bos_token(self)
-    }
-    fn eos_token(&self) -> String {
-        Tokenizer::eos_token(self)
-    }
-}
 
 /// How the engine loop batches.
 #[derive(Clone, Debug)]
@@ -107,26 +53,6 @@ impl Default for SchedulerConfig {
             prefix_cache: 4,
         }
     }
-}
-
-/// What happens to a request, in order: `Token`* then `Done` (or `Error`).
-#[derive(Debug)]
-pub enum Event {
-    /// A generated token. `text` is the text that became final with it (possibly empty: an
-    /// incomplete character or a possible stop string is held back; the token that ends the
-    /// sequence carries whatever was held). `logprob` is set when logprobs were asked for.
-    Token {
-        id: u32,
-        text: String,
-        logprob: Option<TokenLogprob>,
-    },
-    /// The finished result (same shape as [`crate::generate::generate`]'s).
-    Done {
-        completion: Completion,
-        /// Prompt tokens taken from the prefix cache instead of being computed.
-        cached_tokens: usize,
-    },
-    Error(String),
 }
 
 /// A tokenized prompt, what to generate, and where to send the events. The sink returns
@@ -253,15 +179,23 @@ impl Scheduler {
         let vocab_size = model.config().vocab_size;
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
+        let batch = Batch::new(
+            model.as_ref(),
+            vocab.as_ref(),
+            BatchConfig {
+                context: cfg.context,
+                prefill_chunk: cfg.prefill_chunk,
+                prefix_cache: cfg.prefix_cache,
+            },
+        );
         let mut engine = EngineLoop {
             model,
             vocab,
-            cfg: cfg.clone(),
+            slots: cfg.slots,
             counters: counters.clone(),
             rx,
             queue: VecDeque::new(),
-            running: Vec::new(),
-            pool: VecDeque::new(),
+            batch,
             closing: false,
             window_start: Instant::now(),
             window_tokens: 0,
@@ -321,37 +255,7 @@ impl Scheduler {
     }
 
     fn validate(&self, req: &Request) -> Result<(), EngineError> {
-        let p = &req.params;
-        p.sampling.validate().map_err(EngineError::Invalid)?;
-        if req.prompt.is_empty() {
-            return Err(EngineError::Invalid(
-                "the prompt is empty (no tokens)".into(),
-            ));
-        }
-        if req.prompt.len() > self.cfg.context {
-            return Err(EngineError::ContextLength {
-                tokens: req.prompt.len(),
-                context: self.cfg.context,
-            });
-        }
-        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
-            return Err(EngineError::Invalid(format!(
-                "token id {bad} is outside the vocabulary ({})",
-                self.vocab_size
-            )));
-        }
-        if let Some(&(bad, _)) = p
-            .sampling
-            .logit_bias
-            .iter()
-            .find(|&&(t, _)| t as usize >= self.vocab_size)
-        {
-            return Err(EngineError::Invalid(format!(
-                "logit_bias token id {bad} is outside the vocabulary ({})",
-                self.vocab_size
-            )));
-        }
-        Ok(())
+        validate_request(&req.prompt, &req.params, self.cfg.context, self.vocab_size)
     }
 
     /// Requests queued or running.
@@ -408,74 +312,43 @@ impl Drop for Scheduler {
     }
 }
 
-/// One running sequence.
-struct Seq {
-    pending: Pending,
-    cache: KvCache,
-    /// Prompt tokens already in the cache.
-    fed: usize,
-    cached_tokens: usize,
-    sampler: Sampler,
-    generated: Vec<u32>,
-    stream: TextStream,
-    logprobs: Option<Vec<TokenLogprob>>,
-    prompt_logprobs: Option<Vec<TokenLogprob>>,
-    prompt_text: String,
+/// A running request, as the engine loop knows it (the [`Batch`] has the rest).
+struct Client {
+    sink: Box<dyn FnMut(Event) -> bool + Send>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
     first_token: bool,
-    finish: Option<FinishReason>,
 }
 
-impl Seq {
-    fn prompt(&self) -> &[u32] {
-        &self.pending.req.prompt
-    }
-    fn want_all(&self) -> bool {
-        let p = &self.pending.req.params;
-        p.echo && p.logprobs.is_some()
-    }
+impl Client {
     fn send(&mut self, e: Event) {
-        if !(self.pending.req.sink)(e) {
-            self.pending.cancel.store(true, Ordering::Relaxed);
+        if !(self.sink)(e) {
+            self.cancel.store(true, Ordering::Relaxed);
         }
     }
     fn cancelled(&self) -> bool {
-        self.pending.cancel.load(Ordering::Relaxed)
+        self.cancel.load(Ordering::Relaxed)
     }
 }
 
 struct EngineLoop {
     model: Box<dyn CausalLM>,
     vocab: Arc<dyn Vocab>,
-    cfg: SchedulerConfig,
+    slots: usize,
     counters: Arc<Counters>,
     rx: mpsc::Receiver<Msg>,
     queue: VecDeque<Pending>,
-    running: Vec<Seq>,
-    /// Finished caches with the tokens they hold, oldest first.
-    pool: VecDeque<(Vec<u32>, KvCache)>,
+    batch: Batch<Client>,
     closing: bool,
     window_start: Instant,
     window_tokens: u64,
 }
 
-/// What one sequence put into a step's batch.
-#[derive(Clone, Copy)]
-enum Part {
-    Decode,
-    Prefill {
-        start: usize,
-        end: usize,
-        mode: Logits,
-    },
-}
-
 impl EngineLoop {
     fn run(&mut self) {
-        let mut eos = self.vocab.eos_ids();
-        eos.extend(self.model.config().eos_token_ids.iter().copied());
         loop {
             // Take new messages; block only when there is nothing to do.
-            let idle = self.running.is_empty() && self.queue.is_empty();
+            let idle = self.batch.is_empty() && self.queue.is_empty();
             if idle && self.closing {
                 break;
             }
@@ -490,12 +363,11 @@ impl EngineLoop {
             }
             self.drop_cancelled();
             self.admit();
-            if self.running.is_empty() {
+            if self.batch.is_empty() {
                 continue;
             }
             // A panic inside the model fails the sequences of that step, not the server.
-            let stepped =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&eos)));
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
             if let Err(panic) = stepped {
                 let what = panic
                     .downcast_ref::<&str>()
@@ -509,10 +381,10 @@ impl EngineLoop {
 
     /// Ends every running sequence with an error (their caches are not kept).
     fn fail_running(&mut self, msg: &str) {
-        for mut s in std::mem::take(&mut self.running) {
+        for mut c in self.batch.clear() {
             self.finish_request(true);
             self.counters.running.fetch_sub(1, Ordering::Relaxed);
-            s.send(Event::Error(msg.to_string()));
+            c.send(Event::Error(msg.to_string()));
         }
     }
 
@@ -539,246 +411,94 @@ impl EngineLoop {
         for _ in self.queue.len()..before {
             self.finish_request(true);
         }
-        let mut i = 0;
-        while i < self.running.len() {
-            if self.running[i].cancelled() {
-                let s = self.running.remove(i);
-                self.finish_request(true);
-                self.counters.running.fetch_sub(1, Ordering::Relaxed);
-                self.retire(s);
-            } else {
-                i += 1;
-            }
+        for _ in self.batch.remove_where(Client::cancelled) {
+            self.finish_request(true);
+            self.counters.running.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     fn admit(&mut self) {
-        while self.running.len() < self.cfg.slots {
-            let Some(pending) = self.queue.pop_front() else {
+        while self.batch.len() < self.slots {
+            let Some(Pending {
+                req,
+                cancel,
+                submitted,
+            }) = self.queue.pop_front()
+            else {
                 break;
             };
-            let seq = self.new_seq(pending);
-            self.counters.running.fetch_add(1, Ordering::Relaxed);
-            self.counters
-                .prompt_tokens
-                .fetch_add(seq.prompt().len() as u64, Ordering::Relaxed);
-            self.counters
-                .cached_prompt_tokens
-                .fetch_add(seq.cached_tokens as u64, Ordering::Relaxed);
-            self.running.push(seq);
-        }
-    }
-
-    fn new_seq(&mut self, pending: Pending) -> Seq {
-        let req = &pending.req;
-        let p = &req.params;
-        let n = req.prompt.len();
-        // Caches grow on demand; start with room for a moderate answer.
-        let capacity = (n + p.max_tokens.min(512)).min(self.cfg.context);
-        let want_all = p.echo && p.logprobs.is_some();
-        // The longest cached prefix, leaving at least one prompt token to compute the logits of.
-        let mut best: Option<(usize, usize)> = None;
-        if !want_all {
-            for (i, (tokens, _)) in self.pool.iter().enumerate() {
-                let lcp = tokens
-                    .iter()
-                    .zip(&req.prompt)
-                    .take_while(|(a, b)| a == b)
-                    .count()
-                    .min(n - 1);
-                if lcp > 0 && !matches!(best, Some((_, l)) if l >= lcp) {
-                    best = Some((i, lcp));
-                }
+            let mut client = Client {
+                sink: req.sink,
+                cancel,
+                submitted,
+                first_token: false,
+            };
+            // `submit` checked the request against the same limits; this only keeps a sink
+            // from being dropped unanswered should they ever differ.
+            if let Err(e) = self.batch.validate(&req.prompt, &req.params) {
+                self.finish_request(false);
+                client.send(Event::Error(e.to_string()));
+                continue;
             }
-        }
-        let (cache, fed) = match best.and_then(|(i, lcp)| self.pool.remove(i).map(|e| (e, lcp))) {
-            Some(((_, mut cache), lcp)) => {
-                cache.truncate(lcp);
-                cache.reserve(capacity);
-                (cache, lcp)
-            }
-            None => (self.model.new_cache(capacity), 0),
-        };
-        let mut sampler = Sampler::new(p.sampling.clone());
-        req.prompt.iter().for_each(|&t| sampler.observe(t));
-        let prompt_text = if p.echo {
-            self.vocab.decode(&req.prompt, true)
-        } else {
-            String::new()
-        };
-        let prompt_logprobs =
-            want_all.then(|| vec![self.token_logprob(req.prompt[0], None, &[], 0, 0)]);
-        Seq {
-            cache,
-            fed,
-            cached_tokens: fed,
-            sampler,
-            generated: Vec::new(),
-            stream: TextStream::new(&p.stop),
-            logprobs: p.logprobs.map(|_| Vec::new()),
-            prompt_logprobs,
-            prompt_text,
-            first_token: false,
-            finish: None,
-            pending,
+            let n = req.prompt.len();
+            let cached = self
+                .batch
+                .add(
+                    self.model.as_ref(),
+                    self.vocab.as_ref(),
+                    req.prompt,
+                    req.params,
+                    client,
+                )
+                .expect("validated above");
+            let c = &self.counters;
+            c.running.fetch_add(1, Ordering::Relaxed);
+            c.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+            c.cached_prompt_tokens
+                .fetch_add(cached as u64, Ordering::Relaxed);
         }
     }
 
-    /// Keeps a finished sequence's cache, keyed by the tokens it holds, for prefix reuse.
-    fn retire(&mut self, s: Seq) {
-        let held = s.cache.len();
-        if self.cfg.prefix_cache == 0 || held == 0 {
-            return;
-        }
-        let mut tokens = s.pending.req.prompt.clone();
-        tokens.extend_from_slice(&s.generated);
-        tokens.truncate(held);
-        // An entry whose tokens are a prefix of the new one is superseded by it.
-        self.pool.retain(|(t, _)| !tokens.starts_with(t));
-        while self.pool.len() >= self.cfg.prefix_cache {
-            self.pool.pop_front();
-        }
-        self.pool.push_back((tokens, s.cache));
-    }
-
-    fn step(&mut self, eos: &[u32]) {
+    fn step(&mut self) {
         let t0 = Instant::now();
-        // Plan: decoders feed one token; prefilling sequences share the prefill budget in order.
-        let mut budget = self.cfg.prefill_chunk;
-        let mut parts: Vec<Option<Part>> = Vec::with_capacity(self.running.len());
-        for s in &self.running {
-            let n = s.prompt().len();
-            if s.fed >= n {
-                parts.push(Some(Part::Decode));
-            } else if budget > 0 {
-                let end = (s.fed + budget).min(n);
-                budget -= end - s.fed;
-                let mode = if s.want_all() {
-                    Logits::All
-                } else if end == n {
-                    Logits::Last
-                } else {
-                    Logits::None
-                };
-                parts.push(Some(Part::Prefill {
-                    start: s.fed,
-                    end,
-                    mode,
-                }));
-            } else {
-                parts.push(None);
-            }
-        }
-
-        let vocab = self.model.config().vocab_size;
-        let mut logits = Vec::new();
-        let result = {
-            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
-            for (s, part) in self.running.iter_mut().zip(&parts) {
-                match part {
-                    Some(Part::Decode) => inputs.push(SeqInput {
-                        tokens: std::slice::from_ref(s.generated.last().expect("decoding")),
-                        cache: &mut s.cache,
-                        logits: Logits::Last,
-                    }),
-                    Some(Part::Prefill { start, end, mode }) => inputs.push(SeqInput {
-                        tokens: &s.pending.req.prompt[*start..*end],
-                        cache: &mut s.cache,
-                        logits: *mode,
-                    }),
-                    None => {}
+        let counters = &self.counters;
+        let result = self.batch.step(
+            self.model.as_ref(),
+            self.vocab.as_ref(),
+            &mut |client, event| {
+                if !client.first_token {
+                    client.first_token = true;
+                    record_ttft(counters, client.submitted.elapsed());
                 }
+                client.send(event);
+            },
+        );
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing sensible can continue: fail every sequence of the batch.
+                self.fail_running(&format!("model error: {e}"));
+                return;
             }
-            self.model.forward(&mut inputs, &mut logits)
         };
-        if let Err(e) = result {
-            // Nothing sensible can continue: fail every sequence of the batch.
-            self.fail_running(&format!("model error: {e}"));
-            return;
+        for f in report.finished {
+            // Counters first, so that a client who has its answer sees them updated.
+            self.finish_request(false);
+            self.counters.running.fetch_sub(1, Ordering::Relaxed);
+            let mut client = f.tag;
+            client.send(Event::Done {
+                completion: f.completion,
+                cached_tokens: f.cached_tokens,
+            });
         }
 
-        // Hand every sequence its rows.
-        let mut row = 0;
-        let mut lp = Vec::new();
-        let mut generated_now = 0u64;
-        for (i, part) in parts.iter().enumerate() {
-            let Some(part) = *part else { continue };
-            match part {
-                Part::Decode => {
-                    let r = &logits[row * vocab..(row + 1) * vocab];
-                    row += 1;
-                    self.sample_next(i, r, eos, &mut lp);
-                    generated_now += 1;
-                }
-                Part::Prefill { start, end, mode } => {
-                    let rows = match mode {
-                        Logits::All => end - start,
-                        Logits::Last => 1,
-                        Logits::None => 0,
-                    };
-                    let block = &logits[row * vocab..(row + rows) * vocab];
-                    row += rows;
-                    if mode == Logits::All {
-                        self.prompt_logprobs(i, start, block, &mut lp);
-                    }
-                    self.running[i].fed = end;
-                    let n = self.running[i].prompt().len();
-                    if end == n {
-                        let last = &block[(rows - 1) * vocab..];
-                        let s = &mut self.running[i];
-                        let max_tokens = s.pending.req.params.max_tokens;
-                        if max_tokens == 0 || n >= self.cfg.context {
-                            s.finish = Some(FinishReason::Length);
-                            let rest = s.stream.finish().to_string();
-                            debug_assert!(rest.is_empty());
-                        } else {
-                            self.sample_next(i, last, eos, &mut lp);
-                            generated_now += 1;
-                        }
-                    }
-                }
-            }
-        }
-
-        // Retire finished and cancelled sequences.
-        let mut i = 0;
-        while i < self.running.len() {
-            if self.running[i].finish.is_some() || self.running[i].cancelled() {
-                let mut s = self.running.remove(i);
-                // Counters first, so that a client who has its answer sees them updated.
-                let cancelled = s.finish.is_none();
-                self.finish_request(cancelled);
-                self.counters.running.fetch_sub(1, Ordering::Relaxed);
-                if let Some(reason) = s.finish {
-                    let completion = Completion {
-                        prompt_token_ids: s.pending.req.prompt.clone(),
-                        token_ids: s.generated.clone(),
-                        prompt_text: std::mem::take(&mut s.prompt_text),
-                        text: s.stream.text().to_string(),
-                        finish_reason: reason,
-                        prompt_logprobs: s.prompt_logprobs.take(),
-                        logprobs: s.logprobs.take(),
-                    };
-                    let cached_tokens = s.cached_tokens;
-                    s.send(Event::Done {
-                        completion,
-                        cached_tokens,
-                    });
-                }
-                self.retire(s);
-            } else {
-                i += 1;
-            }
-        }
-
-        // Counters.
+        let generated = report.generated as u64;
         let c = &self.counters;
         c.steps.fetch_add(1, Ordering::Relaxed);
-        c.generated_tokens
-            .fetch_add(generated_now, Ordering::Relaxed);
+        c.generated_tokens.fetch_add(generated, Ordering::Relaxed);
         c.busy_micros
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.window_tokens += generated_now;
+        self.window_tokens += generated;
         let w = self.window_start.elapsed();
         if w >= Duration::from_secs(1) {
             let tps = self.window_tokens as f64 / w.as_secs_f64();
@@ -787,124 +507,29 @@ impl EngineLoop {
             self.window_tokens = 0;
         }
     }
-
-    /// Samples sequence `i`'s next token from `row`, reports it, and decides whether it ends.
-    fn sample_next(&mut self, i: usize, row: &[f32], eos: &[u32], lp: &mut Vec<f32>) {
-        let context = self.cfg.context;
-        let s = &mut self.running[i];
-        let tok = s.sampler.sample(row);
-        let params = &s.pending.req.params;
-        let offset = s.prompt_text.chars().count() + s.stream.char_len();
-        let logprob = params.logprobs.map(|n| {
-            log_softmax(row, lp);
-            token_logprob(
-                self.vocab.as_ref(),
-                tok,
-                Some(lp[tok as usize]),
-                lp,
-                n,
-                offset,
-            )
-        });
-        if let (Some(t), Some(out)) = (&logprob, s.logprobs.as_mut()) {
-            out.push(t.clone());
-        }
-        s.generated.push(tok);
-        s.sampler.observe(tok);
-        // An end-of-sequence token adds no text; a stop string ends the text before it.
-        let eos_hit = !params.ignore_eos && eos.contains(&tok);
-        if eos_hit || s.stream.push(&self.vocab.token_bytes(tok)) {
-            s.finish = Some(FinishReason::Stop);
-        } else if s.generated.len() >= params.max_tokens || s.cache.len() + 1 > context {
-            s.finish = Some(FinishReason::Length);
-        }
-        let text = if s.finish.is_some() {
-            s.stream.finish().to_string()
-        } else {
-            s.stream.take_ready().to_string()
-        };
-        if !s.first_token {
-            s.first_token = true;
-            let ttft = s.pending.submitted.elapsed();
-            let c = &self.counters;
-            c.ttft_micros_sum
-                .fetch_add(ttft.as_micros() as u64, Ordering::Relaxed);
-            c.ttft_count.fetch_add(1, Ordering::Relaxed);
-            let secs = ttft.as_secs_f64();
-            for (b, &le) in c.ttft_buckets.iter().zip(TTFT_BUCKETS.iter()) {
-                if secs <= le {
-                    b.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        s.send(Event::Token {
-            id: tok,
-            text,
-            logprob,
-        });
-    }
-
-    /// Logprobs of the prompt tokens predicted by rows `start..` of sequence `i`'s prompt.
-    fn prompt_logprobs(&mut self, i: usize, start: usize, block: &[f32], lp: &mut Vec<f32>) {
-        let vocab = self.model.config().vocab_size;
-        let s = &self.running[i];
-        let prompt = s.prompt();
-        let n = prompt.len();
-        let top = s.pending.req.params.logprobs.unwrap_or(0);
-        let mut out = Vec::new();
-        for (j, row) in block.chunks_exact(vocab).enumerate() {
-            let pos = start + j;
-            if pos + 1 < n {
-                let tok = prompt[pos + 1];
-                log_softmax(row, lp);
-                let offset = self.vocab.decode(&prompt[..pos + 1], true).chars().count();
-                out.push(self.token_logprob(tok, Some(lp[tok as usize]), lp, top, offset));
-            }
-        }
-        if let Some(v) = self.running[i].prompt_logprobs.as_mut() {
-            v.extend(out);
-        }
-    }
-
-    fn token_logprob(
-        &self,
-        id: u32,
-        logprob: Option<f32>,
-        lp: &[f32],
-        n: usize,
-        offset: usize,
-    ) -> TokenLogprob {
-        token_logprob(self.vocab.as_ref(), id, logprob, lp, n, offset)
-    }
 }
 
-fn token_logprob(
-    vocab: &dyn Vocab,
-    id: u32,
-    logprob: Option<f32>,
-    lp: &[f32],
-    n: usize,
-    offset: usize,
-) -> TokenLogprob {
-    let text = |t: u32| String::from_utf8_lossy(&vocab.token_bytes(t)).into_owned();
-    TokenLogprob {
-        id,
-        text: text(id),
-        logprob,
-        top: top_n(lp, n)
-            .into_iter()
-            .map(|(t, v)| (t, text(t), v))
-            .collect(),
-        text_offset: offset,
+fn record_ttft(c: &Counters, ttft: Duration) {
+    c.ttft_micros_sum
+        .fetch_add(ttft.as_micros() as u64, Ordering::Relaxed);
+    c.ttft_count.fetch_add(1, Ordering::Relaxed);
+    let secs = ttft.as_secs_f64();
+    for (b, &le) in c.ttft_buckets.iter().zip(TTFT_BUCKETS.iter()) {
+        if secs <= le {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::{Completion, FinishReason};
+    use crate::sampler::log_softmax;
     use kiln_formats::{Arch, ModelConfig};
     use kiln_kernels::ops::RopeStyle;
     use kiln_models::ModelError;
+    use kiln_models::{Logits, SeqInput};
     use std::sync::Condvar;
 
     const VOCAB: usize = 24;

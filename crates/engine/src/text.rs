@@ -5,6 +5,8 @@
 pub struct TextStream {
     stops: Vec<String>,
     text: String,
+    /// `text.chars().count()`, kept as text is added so that offsets cost no rescan.
+    chars: usize,
     pending: Vec<u8>,
     emitted: usize,
     stopped: bool,
@@ -15,6 +17,7 @@ impl TextStream {
         TextStream {
             stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             text: String::new(),
+            chars: 0,
             pending: Vec::new(),
             emitted: 0,
             stopped: false,
@@ -23,7 +26,7 @@ impl TextStream {
 
     /// Characters of complete text so far (the `text_offset` of the next token).
     pub fn char_len(&self) -> usize {
-        self.text.chars().count()
+        self.chars
     }
 
     /// Adds a token's bytes. Returns true when a stop string has appeared; the text is then
@@ -34,7 +37,7 @@ impl TextStream {
         }
         self.pending.extend_from_slice(bytes);
         let before = self.text.len();
-        decode_utf8_prefix(&mut self.pending, &mut self.text, false);
+        self.chars += decode_utf8_prefix(&mut self.pending, &mut self.text, false);
         self.check_stop(before)
     }
 
@@ -50,6 +53,7 @@ impl TextStream {
             .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
             .min();
         if let Some(at) = hit {
+            self.chars -= self.text[at..].chars().count();
             self.text.truncate(at);
             self.pending.clear();
             self.stopped = true;
@@ -88,7 +92,7 @@ impl TextStream {
     pub fn finish(&mut self) -> &str {
         if !self.stopped {
             let before = self.text.len();
-            decode_utf8_prefix(&mut self.pending, &mut self.text, true);
+            self.chars += decode_utf8_prefix(&mut self.pending, &mut self.text, true);
             self.check_stop(before);
         }
         let start = self.emitted;
@@ -102,8 +106,10 @@ impl TextStream {
 }
 
 /// Moves the decodable prefix of `pending` into `out`; invalid bytes become U+FFFD. An
-/// incomplete sequence at the end stays in `pending` unless `flush`.
-fn decode_utf8_prefix(pending: &mut Vec<u8>, out: &mut String, flush: bool) {
+/// incomplete sequence at the end stays in `pending` unless `flush`. Returns the number of
+/// characters added.
+fn decode_utf8_prefix(pending: &mut Vec<u8>, out: &mut String, flush: bool) -> usize {
+    let start = out.len();
     let mut consumed = 0;
     loop {
         match std::str::from_utf8(&pending[consumed..]) {
@@ -134,6 +140,7 @@ fn decode_utf8_prefix(pending: &mut Vec<u8>, out: &mut String, flush: bool) {
         }
     }
     pending.drain(..consumed);
+    out[start..].chars().count()
 }
 
 #[cfg(test)]
@@ -151,7 +158,9 @@ mod tests {
         t.push(b"\xff ok");
         assert_eq!(t.take_ready(), "\u{FFFD} ok");
         t.push(&crab[..1]);
+        assert_eq!(t.char_len(), 5);
         assert_eq!(t.finish(), "\u{FFFD}");
+        assert_eq!(t.char_len(), t.text().chars().count());
     }
 
     #[test]
@@ -168,6 +177,7 @@ mod tests {
         shown.push_str(t.finish());
         assert_eq!(shown, "The whale.");
         assert_eq!(t.text(), "The whale.");
+        assert_eq!(t.char_len(), 10);
     }
 
     #[test]

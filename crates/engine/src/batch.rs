@@ -1,0 +1,311 @@
+//! The synchronous core of generation: a set of running [`Sequence`]s and the step that advances
+//! them all with one batched forward pass. [`crate::generate::generate`] drives it until every
+//! prompt is done; the server's [`crate::scheduler::Scheduler`] drives it from its engine thread,
+//! adding and cancelling requests between steps. Both get the same results.
+//!
+//! Each step feeds every decoding sequence its last sampled token, plus chunks of the prompts of
+//! prefilling sequences (chunked prefill: at most `prefill_chunk` prompt tokens per step, shared
+//! in order of arrival, so running streams are never stalled by a long prompt for more than one
+//! chunk).
+//!
+//! Finished sequences leave their caches in a small pool keyed by their tokens; a new prompt
+//! that shares a prefix with one of them (a system prompt) reuses that cache up to the common
+//! prefix instead of recomputing it.
+
+use std::collections::VecDeque;
+
+use kiln_models::{CausalLM, KvCache, Logits, SeqInput};
+
+use crate::generate::{Completion, GenerateParams, TokenLogprob};
+use crate::sequence::{eos_ids, validate_request, Part, Sampled, Sequence, StepContext, Vocab};
+use crate::EngineError;
+
+/// What happens to a request, in order: `Token`* then `Done` (or `Error`).
+#[derive(Debug)]
+pub enum Event {
+    /// A generated token. `text` is the text that became final with it (possibly empty: an
+    /// incomplete character or a possible stop string is held back; the token that ends the
+    /// sequence carries whatever was held). `logprob` is set when logprobs were asked for.
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// The finished result (same shape as [`crate::generate::generate`]'s).
+    Done {
+        completion: Completion,
+        /// Prompt tokens taken from the prefix cache instead of being computed.
+        cached_tokens: usize,
+    },
+    Error(String),
+}
+
+/// How a [`Batch`] runs its sequences.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchConfig {
+    /// Positions per sequence (prompt plus generated); at most the model's trained context.
+    pub context: usize,
+    /// Prompt tokens prefilled per step, over all prefilling sequences.
+    pub prefill_chunk: usize,
+    /// Finished caches kept for prefix reuse (0 = off).
+    pub prefix_cache: usize,
+}
+
+/// A sequence that ended in the last step, with the tag it was added with.
+pub struct Finished<T> {
+    pub tag: T,
+    pub completion: Completion,
+    /// Prompt tokens taken from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
+}
+
+/// What one [`Batch::step`] did.
+pub struct StepReport<T> {
+    /// Tokens sampled in this step.
+    pub generated: usize,
+    /// Sequences that ended in this step, in the order they were added.
+    pub finished: Vec<Finished<T>>,
+}
+
+/// Running sequences, each with a caller's tag `T` (an index, a reply channel, ...).
+pub struct Batch<T> {
+    cfg: BatchConfig,
+    eos: Vec<u32>,
+    vocab_size: usize,
+    running: Vec<(T, Sequence)>,
+    /// Finished caches with the tokens they hold, oldest first.
+    pool: VecDeque<(Vec<u32>, KvCache)>,
+}
+
+impl<T> Batch<T> {
+    /// An empty batch for `model`, whose end-of-sequence set is built from `vocab` and the
+    /// model's config.
+    pub fn new(model: &dyn CausalLM, vocab: &dyn Vocab, cfg: BatchConfig) -> Batch<T> {
+        let mc = model.config();
+        Batch {
+            cfg: BatchConfig {
+                context: cfg.context.clamp(1, mc.max_position_embeddings.max(1)),
+                prefill_chunk: cfg.prefill_chunk.max(1),
+                prefix_cache: cfg.prefix_cache,
+            },
+            eos: eos_ids(vocab, &mc.eos_token_ids),
+            vocab_size: mc.vocab_size,
+            running: Vec::new(),
+            pool: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.cfg
+    }
+
+    /// The tokens that end generation (unless `ignore_eos`).
+    pub fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Checks a request without adding it (see [`validate_request`]).
+    pub fn validate(&self, prompt: &[u32], params: &GenerateParams) -> Result<(), EngineError> {
+        validate_request(prompt, params, self.cfg.context, self.vocab_size)
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// Starts a request; its prompt is computed in the next steps. Returns the prompt tokens
+    /// found in the prefix cache.
+    pub fn add(
+        &mut self,
+        model: &dyn CausalLM,
+        vocab: &dyn Vocab,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        tag: T,
+    ) -> Result<usize, EngineError> {
+        self.validate(&prompt, &params)?;
+        let n = prompt.len();
+        // Caches grow on demand; start with room for a moderate answer.
+        let capacity = (n + params.max_tokens.min(512)).min(self.cfg.context);
+        // Prompt logprobs need every position's logits, so such a prompt is computed whole.
+        let reusable = !(params.echo && params.logprobs.is_some());
+        // The longest cached prefix, leaving at least one prompt token to compute the logits of.
+        let mut best: Option<(usize, usize)> = None;
+        if reusable {
+            for (i, (tokens, _)) in self.pool.iter().enumerate() {
+                let lcp = tokens
+                    .iter()
+                    .zip(&prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(n - 1);
+                if lcp > 0 && !matches!(best, Some((_, l)) if l >= lcp) {
+                    best = Some((i, lcp));
+                }
+            }
+        }
+        let (cache, fed) = match best.and_then(|(i, lcp)| self.pool.remove(i).map(|e| (e, lcp))) {
+            Some(((_, mut cache), lcp)) => {
+                cache.truncate(lcp);
+                cache.reserve(capacity);
+                (cache, lcp)
+            }
+            None => (model.new_cache(capacity), 0),
+        };
+        self.running
+            .push((tag, Sequence::new(vocab, prompt, params, cache, fed)));
+        Ok(fed)
+    }
+
+    /// Removes the sequences whose tag matches (cancelled requests); their caches go to the
+    /// prefix pool.
+    pub fn remove_where(&mut self, mut cancelled: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut removed = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if cancelled(&self.running[i].0) {
+                let (tag, seq) = self.running.remove(i);
+                self.retire(seq);
+                removed.push(tag);
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every sequence without keeping its cache (after a failed step, whose caches may
+    /// hold half-written positions).
+    pub fn clear(&mut self) -> Vec<T> {
+        self.running.drain(..).map(|(tag, _)| tag).collect()
+    }
+
+    /// One batched forward pass over every running sequence; `emit` receives each sampled
+    /// token (`Event::Token`) as it is chosen. Sequences that end are removed and returned.
+    /// After an error the batch's sequences should be [`Batch::clear`]ed.
+    pub fn step(
+        &mut self,
+        model: &dyn CausalLM,
+        vocab: &dyn Vocab,
+        emit: &mut dyn FnMut(&mut T, Event),
+    ) -> Result<StepReport<T>, EngineError> {
+        // Plan: decoders feed one token; prefilling sequences share the prefill budget in order.
+        let mut budget = self.cfg.prefill_chunk;
+        let parts: Vec<Option<Part>> = self
+            .running
+            .iter()
+            .map(|(_, s)| s.plan(&mut budget))
+            .collect();
+
+        let mut logits = Vec::new();
+        {
+            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
+            for ((_, s), part) in self.running.iter_mut().zip(&parts) {
+                let Some(part) = *part else { continue };
+                let mode = match part {
+                    Part::Decode => Logits::Last,
+                    Part::Prefill { mode, .. } => mode,
+                };
+                // The sequence is borrowed twice (tokens and cache): split the borrow.
+                let Sequence {
+                    prompt,
+                    generated,
+                    cache,
+                    ..
+                } = s;
+                let tokens = match part {
+                    Part::Decode => std::slice::from_ref(generated.last().expect("decoding")),
+                    Part::Prefill { start, end, .. } => &prompt[start..end],
+                };
+                inputs.push(SeqInput {
+                    tokens,
+                    cache,
+                    logits: mode,
+                });
+            }
+            if !inputs.is_empty() {
+                model.forward(&mut inputs, &mut logits)?;
+            }
+        }
+
+        // Hand every sequence its rows.
+        let ctx = StepContext {
+            eos: &self.eos,
+            context: self.cfg.context,
+            vocab_size: self.vocab_size,
+        };
+        let vocab_size = self.vocab_size;
+        let mut row = 0;
+        let mut lp = Vec::new();
+        let mut generated = 0;
+        for ((tag, s), part) in self.running.iter_mut().zip(&parts) {
+            let Some(part) = *part else { continue };
+            let rows = match part {
+                Part::Decode => 1,
+                Part::Prefill {
+                    start,
+                    end,
+                    mode: Logits::All,
+                } => end - start,
+                Part::Prefill {
+                    mode: Logits::Last, ..
+                } => 1,
+                Part::Prefill {
+                    mode: Logits::None, ..
+                } => 0,
+            };
+            let block = &logits[row * vocab_size..(row + rows) * vocab_size];
+            row += rows;
+            let sampled = match part {
+                Part::Decode => Some(s.sample(vocab, &ctx, block, &mut lp)),
+                Part::Prefill { .. } => s.prefilled(vocab, &ctx, part, block, &mut lp),
+            };
+            if let Some(Sampled { id, text, logprob }) = sampled {
+                generated += 1;
+                emit(tag, Event::Token { id, text, logprob });
+            }
+        }
+
+        // Retire finished sequences.
+        let mut finished = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].1.finish.is_some() {
+                let (tag, mut seq) = self.running.remove(i);
+                finished.push(Finished {
+                    tag,
+                    completion: seq.take_completion(),
+                    cached_tokens: seq.cached_tokens,
+                });
+                self.retire(seq);
+            } else {
+                i += 1;
+            }
+        }
+        Ok(StepReport {
+            generated,
+            finished,
+        })
+    }
+
+    /// Keeps a finished sequence's cache, keyed by the tokens it holds, for prefix reuse.
+    fn retire(&mut self, s: Sequence) {
+        let held = s.cache.len();
+        if self.cfg.prefix_cache == 0 || held == 0 {
+            return;
+        }
+        let mut tokens = s.prompt;
+        tokens.extend_from_slice(&s.generated);
+        tokens.truncate(held);
+        // An entry whose tokens are a prefix of the new one is superseded by it.
+        self.pool.retain(|(t, _)| !tokens.starts_with(t));
+        while self.pool.len() >= self.cfg.prefix_cache {
+            self.pool.pop_front();
+        }
+        self.pool.push_back((tokens, s.cache));
+    }
+}

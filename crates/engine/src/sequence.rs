@@ -1,0 +1,471 @@
+//! One request's life, whoever drives it ([`crate::generate::generate`] or the server's
+//! [`crate::scheduler::Scheduler`], both through [`crate::batch::Batch`]): validation, the
+//! sampler with its penalties and logit bias, stop strings, end-of-sequence tokens, prompt and
+//! generated logprobs, the finish reason and the final [`Completion`].
+
+use kiln_models::{KvCache, Logits};
+use kiln_tokenizer::Tokenizer;
+
+use crate::generate::{Completion, FinishReason, GenerateParams, TokenLogprob};
+use crate::sampler::{log_softmax, top_n, Sampler};
+use crate::text::TextStream;
+use crate::EngineError;
+
+/// What generation (and the server around it) needs from a tokenizer.
+pub trait Vocab: Send + Sync {
+    /// Text to ids; with `add_special` the model's BOS is prepended when it uses one.
+    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String>;
+    /// Ids to text; with `skip_special` control tokens are left out.
+    fn decode(&self, ids: &[u32], skip_special: bool) -> String;
+    /// The raw bytes one token stands for.
+    fn token_bytes(&self, id: u32) -> Vec<u8>;
+    /// Tokens the tokenizer says end generation (see [`eos_ids`] for the full set).
+    fn eos_ids(&self) -> Vec<u32>;
+    fn bos_id(&self) -> Option<u32>;
+    /// BOS as chat templates receive it (`bos_token`; empty when there is none).
+    fn bos_token(&self) -> String {
+        self.bos_id()
+            .map(|i| self.decode(&[i], false))
+            .unwrap_or_default()
+    }
+    /// EOS as chat templates receive it (`eos_token`; empty when there is none).
+    fn eos_token(&self) -> String {
+        self.eos_ids()
+            .first()
+            .map(|&i| self.decode(&[i], false))
+            .unwrap_or_default()
+    }
+}
+
+impl Vocab for Tokenizer {
+    fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, String> {
+        Tokenizer::encode(self, text, add_special).map_err(|e| e.to_string())
+    }
+    fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        Tokenizer::decode(self, ids, skip_special)
+    }
+    fn token_bytes(&self, id: u32) -> Vec<u8> {
+        Tokenizer::token_bytes(self, id)
+    }
+    fn eos_ids(&self) -> Vec<u32> {
+        Tokenizer::eos_ids(self).to_vec()
+    }
+    fn bos_id(&self) -> Option<u32> {
+        Tokenizer::bos_id(self)
+    }
+    fn bos_token(&self) -> String {
+        Tokenizer::bos_token(self)
+    }
+    fn eos_token(&self) -> String {
+        Tokenizer::eos_token(self)
+    }
+}
+
+/// The tokens that end generation: the tokenizer's end-of-sequence tokens and those the
+/// model's config adds (`ModelConfig::eos_token_ids`), each once, the tokenizer's first.
+pub fn eos_ids(vocab: &dyn Vocab, model_eos: &[u32]) -> Vec<u32> {
+    let mut eos = vocab.eos_ids();
+    for &t in model_eos {
+        if !eos.contains(&t) {
+            eos.push(t);
+        }
+    }
+    eos
+}
+
+/// Checks one request against a context of `context` positions and a vocabulary of
+/// `vocab_size` tokens: a non-empty prompt that fits, ids and `logit_bias` ids inside the
+/// vocabulary, sane sampling parameters.
+pub fn validate_request(
+    prompt: &[u32],
+    params: &GenerateParams,
+    context: usize,
+    vocab_size: usize,
+) -> Result<(), EngineError> {
+    params.sampling.validate().map_err(EngineError::Invalid)?;
+    if prompt.is_empty() {
+        return Err(EngineError::Invalid(
+            "the prompt is empty (no tokens)".into(),
+        ));
+    }
+    if prompt.len() > context {
+        return Err(EngineError::ContextLength {
+            tokens: prompt.len(),
+            context,
+        });
+    }
+    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab_size) {
+        return Err(EngineError::Invalid(format!(
+            "token id {bad} is outside the vocabulary ({vocab_size})"
+        )));
+    }
+    if let Some(&(bad, _)) = params
+        .sampling
+        .logit_bias
+        .iter()
+        .find(|&&(t, _)| t as usize >= vocab_size)
+    {
+        return Err(EngineError::Invalid(format!(
+            "logit_bias token id {bad} is outside the vocabulary ({vocab_size})"
+        )));
+    }
+    Ok(())
+}
+
+/// One token with its logprob and the `n` most likely tokens of the distribution `lp`.
+pub(crate) fn token_logprob(
+    vocab: &dyn Vocab,
+    id: u32,
+    logprob: Option<f32>,
+    lp: &[f32],
+    n: usize,
+    offset: usize,
+) -> TokenLogprob {
+    let text = |t: u32| String::from_utf8_lossy(&vocab.token_bytes(t)).into_owned();
+    TokenLogprob {
+        id,
+        text: text(id),
+        logprob,
+        top: top_n(lp, n)
+            .into_iter()
+            .map(|(t, v)| (t, text(t), v))
+            .collect(),
+        text_offset: offset,
+    }
+}
+
+/// Character offsets of a prompt's tokens in its decoded text, one token at a time in linear
+/// time: each step decodes only a short window of recent tokens (the difference between the
+/// window with and without the new token is what the token adds), so tokenizer rules that
+/// depend on the position (a stripped leading space) and multi-byte characters split across
+/// tokens come out as when decoding the whole prefix. A token that starts inside a character
+/// gets that character's offset (an incomplete character is not counted, as in the
+/// generated text's offsets).
+pub(crate) struct PromptOffsets {
+    /// The window starts here: one token of context before `read`.
+    prefix: usize,
+    /// Tokens before this are counted in `chars`.
+    read: usize,
+    chars: usize,
+}
+
+/// Tokens that end inside a character wait for the rest of it, but no longer than this (tokens
+/// without bytes in between could otherwise grow the window, and the work, without bound).
+const MAX_PENDING_TOKENS: usize = 8;
+
+impl PromptOffsets {
+    pub(crate) fn new() -> PromptOffsets {
+        PromptOffsets {
+            prefix: 0,
+            read: 0,
+            chars: 0,
+        }
+    }
+
+    /// The offset of token `k` of `prompt`, i.e. the characters that `prompt[..k]` decodes to
+    /// (skipping special tokens). Call with `k = 1, 2, 3, ...` in order.
+    pub(crate) fn offset_of(&mut self, vocab: &dyn Vocab, prompt: &[u32], k: usize) -> usize {
+        debug_assert!(k > self.read);
+        let new_bytes: Vec<u8> = prompt[self.read..k]
+            .iter()
+            .flat_map(|&t| vocab.token_bytes(t))
+            .collect();
+        if ends_inside_a_char(&new_bytes) && k - self.read < MAX_PENDING_TOKENS {
+            return self.chars;
+        }
+        let before = vocab.decode(&prompt[self.prefix..self.read], true);
+        let after = vocab.decode(&prompt[self.prefix..k], true);
+        self.chars += after.chars().count().saturating_sub(before.chars().count());
+        self.prefix = self.read;
+        self.read = k;
+        self.chars
+    }
+}
+
+/// Whether `bytes` end with an incomplete UTF-8 sequence (one more byte could complete it).
+fn ends_inside_a_char(mut bytes: &[u8]) -> bool {
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(_) => return false,
+            Err(e) => match e.error_len() {
+                None => return true,
+                Some(bad) => bytes = &bytes[e.valid_up_to() + bad..],
+            },
+        }
+    }
+}
+
+/// Where a sequence is: prompt tokens still to compute, or decoding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Part {
+    Decode,
+    Prefill {
+        start: usize,
+        end: usize,
+        mode: Logits,
+    },
+}
+
+/// One request being generated: its KV cache and everything between logits and a
+/// [`Completion`].
+pub(crate) struct Sequence {
+    pub(crate) prompt: Vec<u32>,
+    pub(crate) params: GenerateParams,
+    pub(crate) cache: KvCache,
+    /// Prompt tokens already in the cache.
+    fed: usize,
+    /// Prompt tokens that came with a reused cache instead of being computed.
+    pub(crate) cached_tokens: usize,
+    sampler: Sampler,
+    pub(crate) generated: Vec<u32>,
+    stream: TextStream,
+    prompt_text: String,
+    prompt_chars: usize,
+    prompt_offsets: PromptOffsets,
+    prompt_logprobs: Option<Vec<TokenLogprob>>,
+    logprobs: Option<Vec<TokenLogprob>>,
+    pub(crate) finish: Option<FinishReason>,
+}
+
+impl Sequence {
+    /// A sequence whose `cache` already holds the first `fed` prompt tokens.
+    pub(crate) fn new(
+        vocab: &dyn Vocab,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        cache: KvCache,
+        fed: usize,
+    ) -> Sequence {
+        let mut sampler = Sampler::new(params.sampling.clone());
+        prompt.iter().for_each(|&t| sampler.observe(t));
+        let prompt_text = if params.echo {
+            vocab.decode(&prompt, true)
+        } else {
+            String::new()
+        };
+        // Nothing predicts the first token: its logprob is None (Meta's and OpenAI's echo).
+        let prompt_logprobs = wants_prompt_logprobs(&params)
+            .then(|| vec![token_logprob(vocab, prompt[0], None, &[], 0, 0)]);
+        Sequence {
+            stream: TextStream::new(&params.stop),
+            logprobs: params.logprobs.map(|_| Vec::new()),
+            prompt_chars: prompt_text.chars().count(),
+            prompt_text,
+            prompt_offsets: PromptOffsets::new(),
+            prompt_logprobs,
+            sampler,
+            generated: Vec::new(),
+            finish: None,
+            cache,
+            fed,
+            cached_tokens: fed,
+            prompt,
+            params,
+        }
+    }
+
+    /// What this sequence puts into the next forward pass, taking prompt tokens from the
+    /// step's prefill `budget`; `None` when the budget is spent.
+    pub(crate) fn plan(&self, budget: &mut usize) -> Option<Part> {
+        let n = self.prompt.len();
+        if self.fed >= n {
+            return Some(Part::Decode);
+        }
+        if *budget == 0 {
+            return None;
+        }
+        let end = (self.fed + *budget).min(n);
+        *budget -= end - self.fed;
+        let mode = if wants_prompt_logprobs(&self.params) {
+            Logits::All
+        } else if end == n {
+            Logits::Last
+        } else {
+            Logits::None
+        };
+        Some(Part::Prefill {
+            start: self.fed,
+            end,
+            mode,
+        })
+    }
+
+    /// Takes the logits rows of a prefill chunk (`block`: one row per position for
+    /// `Logits::All`, the last for `Logits::Last`). At the end of the prompt the first token
+    /// is sampled (returned as for [`Sequence::sample`]) unless the sequence ends at once.
+    pub(crate) fn prefilled(
+        &mut self,
+        vocab: &dyn Vocab,
+        ctx: &StepContext<'_>,
+        part: Part,
+        block: &[f32],
+        lp: &mut Vec<f32>,
+    ) -> Option<Sampled> {
+        let Part::Prefill { start, end, mode } = part else {
+            unreachable!("prefilled takes prefill parts")
+        };
+        let vocab_size = ctx.vocab_size;
+        if mode == Logits::All {
+            let n = self.prompt.len();
+            let top = self.params.logprobs.unwrap_or(0);
+            for (j, row) in block.chunks_exact(vocab_size).enumerate() {
+                let pos = start + j;
+                if pos + 1 < n {
+                    let tok = self.prompt[pos + 1];
+                    log_softmax(row, lp);
+                    let offset = self.prompt_offsets.offset_of(vocab, &self.prompt, pos + 1);
+                    let t = token_logprob(vocab, tok, Some(lp[tok as usize]), lp, top, offset);
+                    if let Some(out) = self.prompt_logprobs.as_mut() {
+                        out.push(t);
+                    }
+                }
+            }
+        }
+        self.fed = end;
+        if end < self.prompt.len() {
+            return None;
+        }
+        // A prompt that fills the context has no room for a token (Meta: "length").
+        if self.params.max_tokens == 0 || self.prompt.len() >= ctx.context {
+            self.finish = Some(FinishReason::Length);
+            return None;
+        }
+        let last = &block[block.len() - vocab_size..];
+        Some(self.sample(vocab, ctx, last, lp))
+    }
+
+    /// Samples the next token from `row`, records it (logprobs, text, stop conditions) and
+    /// returns it with the text that became final.
+    pub(crate) fn sample(
+        &mut self,
+        vocab: &dyn Vocab,
+        ctx: &StepContext<'_>,
+        row: &[f32],
+        lp: &mut Vec<f32>,
+    ) -> Sampled {
+        let tok = self.sampler.sample(row);
+        let offset = self.prompt_chars + self.stream.char_len();
+        let logprob = self.params.logprobs.map(|n| {
+            log_softmax(row, lp);
+            token_logprob(vocab, tok, Some(lp[tok as usize]), lp, n, offset)
+        });
+        if let (Some(t), Some(out)) = (&logprob, self.logprobs.as_mut()) {
+            out.push(t.clone());
+        }
+        self.generated.push(tok);
+        self.sampler.observe(tok);
+        // An end-of-sequence token adds no text; a stop string ends the text before it.
+        let eos_hit = !self.params.ignore_eos && ctx.eos.contains(&tok);
+        if eos_hit || self.stream.push(&vocab.token_bytes(tok)) {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.generated.len() >= self.params.max_tokens
+            || self.cache.len() + 1 > ctx.context
+        {
+            self.finish = Some(FinishReason::Length);
+        }
+        let text = if self.finish.is_some() {
+            self.stream.finish().to_string()
+        } else {
+            self.stream.take_ready().to_string()
+        };
+        Sampled {
+            id: tok,
+            text,
+            logprob,
+        }
+    }
+
+    /// The result of a finished sequence; what is left (prompt, generated ids, cache) stays
+    /// for the prefix cache.
+    pub(crate) fn take_completion(&mut self) -> Completion {
+        Completion {
+            prompt_token_ids: self.prompt.clone(),
+            token_ids: self.generated.clone(),
+            prompt_text: std::mem::take(&mut self.prompt_text),
+            text: self.stream.text().to_string(),
+            finish_reason: self.finish.unwrap_or(FinishReason::Length),
+            prompt_logprobs: self.prompt_logprobs.take(),
+            logprobs: self.logprobs.take(),
+        }
+    }
+}
+
+/// Logprobs of the prompt need the logits of every prompt position.
+fn wants_prompt_logprobs(params: &GenerateParams) -> bool {
+    params.echo && params.logprobs.is_some()
+}
+
+/// What holds for every sequence of a step.
+pub(crate) struct StepContext<'a> {
+    pub(crate) eos: &'a [u32],
+    pub(crate) context: usize,
+    pub(crate) vocab_size: usize,
+}
+
+/// A token just sampled, with the text that became final with it.
+pub(crate) struct Sampled {
+    pub(crate) id: u32,
+    pub(crate) text: String,
+    pub(crate) logprob: Option<TokenLogprob>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte tokens with a SentencePiece-like rule: the first piece loses a leading space.
+    struct Bytes;
+    impl Vocab for Bytes {
+        fn encode(&self, text: &str, _add_special: bool) -> Result<Vec<u32>, String> {
+            Ok(text.bytes().map(u32::from).collect())
+        }
+        fn decode(&self, ids: &[u32], _skip_special: bool) -> String {
+            let bytes: Vec<u8> = ids.iter().map(|&t| t as u8).collect();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            text.strip_prefix(' ').map(str::to_string).unwrap_or(text)
+        }
+        fn token_bytes(&self, id: u32) -> Vec<u8> {
+            vec![id as u8]
+        }
+        fn eos_ids(&self) -> Vec<u32> {
+            vec![0]
+        }
+        fn bos_id(&self) -> Option<u32> {
+            None
+        }
+    }
+
+    /// The offset of each prompt token, as decoding the prefix gives it: its characters, less a
+    /// trailing incomplete character (which decodes to one U+FFFD).
+    #[test]
+    fn prompt_offsets_equal_decoding_the_prefix() {
+        let text = " Grüße, 🦀 und 東京! \u{FFFD}x";
+        let mut prompt = Bytes.encode(text, false).unwrap();
+        // An invalid byte in the middle stays one U+FFFD of its own.
+        prompt.insert(3, 0xff);
+        let mut offsets = PromptOffsets::new();
+        for k in 1..prompt.len() {
+            let prefix = &prompt[..k];
+            let bytes: Vec<u8> = prefix.iter().map(|&t| t as u8).collect();
+            let decoded = Bytes.decode(prefix, true);
+            let expect = decoded.chars().count() - usize::from(ends_inside_a_char(&bytes));
+            assert_eq!(offsets.offset_of(&Bytes, &prompt, k), expect, "token {k}");
+        }
+    }
+
+    #[test]
+    fn eos_ids_are_the_tokenizers_then_the_models_once() {
+        assert_eq!(eos_ids(&Bytes, &[5, 0, 5]), vec![0, 5]);
+        assert_eq!(eos_ids(&Bytes, &[]), vec![0]);
+    }
+
+    #[test]
+    fn logit_bias_outside_the_vocabulary_is_refused() {
+        let mut params = GenerateParams::default();
+        params.sampling.logit_bias = vec![(3, 1.0), (10, -1.0)];
+        let e = validate_request(&[1, 2], &params, 8, 10).unwrap_err();
+        assert!(e.to_string().contains("logit_bias token id 10"), "{e}");
+        params.sampling.logit_bias.pop();
+        assert!(validate_request(&[1, 2], &params, 8, 10).is_ok());
+    }
+}

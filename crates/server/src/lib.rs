@@ -84,8 +84,7 @@ impl AppState {
         extra_eos: &[u32],
         opts: ServerOptions,
     ) -> Arc<AppState> {
-        let mut eos = vocab.eos_ids();
-        eos.extend_from_slice(extra_eos);
+        let eos = kiln_engine::sequence::eos_ids(vocab.as_ref(), extra_eos);
         Arc::new(AppState {
             scheduler,
             vocab,

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use kiln_models::{CausalLM, KvCache, Logits, SeqInput};
+use kiln_models::{CausalLM, KvCache, SeqInput};
 
 use crate::generate::{Completion, GenerateParams, TokenLogprob};
 use crate::sequence::{eos_ids, validate_request, Part, Sampled, Sequence, StepContext, Vocab};
@@ -186,7 +186,9 @@ impl<T> Batch<T> {
 
     /// One batched forward pass over every running sequence; `emit` receives each sampled
     /// token (`Event::Token`) as it is chosen. Sequences that end are removed and returned.
-    /// After an error the batch's sequences should be [`Batch::clear`]ed.
+    /// After an error the batch's sequences should be [`Batch::clear`]ed. `model` and `vocab`
+    /// are those the batch was made with (the batch does not own them, so that a caller can
+    /// lend them: `generate()` borrows the engine's).
     pub fn step(
         &mut self,
         model: &dyn CausalLM,
@@ -205,27 +207,9 @@ impl<T> Batch<T> {
         {
             let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
             for ((_, s), part) in self.running.iter_mut().zip(&parts) {
-                let Some(part) = *part else { continue };
-                let mode = match part {
-                    Part::Decode => Logits::Last,
-                    Part::Prefill { mode, .. } => mode,
-                };
-                // The sequence is borrowed twice (tokens and cache): split the borrow.
-                let Sequence {
-                    prompt,
-                    generated,
-                    cache,
-                    ..
-                } = s;
-                let tokens = match part {
-                    Part::Decode => std::slice::from_ref(generated.last().expect("decoding")),
-                    Part::Prefill { start, end, .. } => &prompt[start..end],
-                };
-                inputs.push(SeqInput {
-                    tokens,
-                    cache,
-                    logits: mode,
-                });
+                if let Some(part) = *part {
+                    inputs.push(s.input(part));
+                }
             }
             if !inputs.is_empty() {
                 model.forward(&mut inputs, &mut logits)?;
@@ -246,23 +230,13 @@ impl<T> Batch<T> {
             let Some(part) = *part else { continue };
             let rows = match part {
                 Part::Decode => 1,
-                Part::Prefill {
-                    start,
-                    end,
-                    mode: Logits::All,
-                } => end - start,
-                Part::Prefill {
-                    mode: Logits::Last, ..
-                } => 1,
-                Part::Prefill {
-                    mode: Logits::None, ..
-                } => 0,
+                Part::Prefill(chunk) => chunk.rows(),
             };
             let block = &logits[row * vocab_size..(row + rows) * vocab_size];
             row += rows;
             let sampled = match part {
                 Part::Decode => Some(s.sample(vocab, &ctx, block, &mut lp)),
-                Part::Prefill { .. } => s.prefilled(vocab, &ctx, part, block, &mut lp),
+                Part::Prefill(chunk) => s.prefilled(vocab, &ctx, chunk, block, &mut lp),
             };
             if let Some(Sampled { id, text, logprob }) = sampled {
                 generated += 1;
@@ -274,12 +248,12 @@ impl<T> Batch<T> {
         let mut finished = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
-            if self.running[i].1.finish.is_some() {
+            if self.running[i].1.is_finished() {
                 let (tag, mut seq) = self.running.remove(i);
                 finished.push(Finished {
                     tag,
                     completion: seq.take_completion(),
-                    cached_tokens: seq.cached_tokens,
+                    cached_tokens: seq.cached_tokens(),
                 });
                 self.retire(seq);
             } else {
@@ -294,18 +268,17 @@ impl<T> Batch<T> {
 
     /// Keeps a finished sequence's cache, keyed by the tokens it holds, for prefix reuse.
     fn retire(&mut self, s: Sequence) {
-        let held = s.cache.len();
-        if self.cfg.prefix_cache == 0 || held == 0 {
+        if self.cfg.prefix_cache == 0 {
             return;
         }
-        let mut tokens = s.prompt;
-        tokens.extend_from_slice(&s.generated);
-        tokens.truncate(held);
+        let Some((tokens, cache)) = s.into_cached_tokens() else {
+            return;
+        };
         // An entry whose tokens are a prefix of the new one is superseded by it.
         self.pool.retain(|(t, _)| !tokens.starts_with(t));
         while self.pool.len() >= self.cfg.prefix_cache {
             self.pool.pop_front();
         }
-        self.pool.push_back((tokens, s.cache));
+        self.pool.push_back((tokens, cache));
     }
 }

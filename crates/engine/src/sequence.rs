@@ -3,7 +3,7 @@
 //! sampler with its penalties and logit bias, stop strings, end-of-sequence tokens, prompt and
 //! generated logprobs, the finish reason and the final [`Completion`].
 
-use kiln_models::{KvCache, Logits};
+use kiln_models::{KvCache, Logits, SeqInput};
 use kiln_tokenizer::Tokenizer;
 
 use crate::generate::{Completion, FinishReason, GenerateParams, TokenLogprob};
@@ -195,36 +195,51 @@ fn ends_inside_a_char(mut bytes: &[u8]) -> bool {
     }
 }
 
-/// Where a sequence is: prompt tokens still to compute, or decoding.
+/// What a sequence puts into a step: its last token, or a chunk of its prompt.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Part {
     Decode,
-    Prefill {
-        start: usize,
-        end: usize,
-        mode: Logits,
-    },
+    Prefill(Chunk),
+}
+
+/// Prompt positions `start..end`, and which of their logits come back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Chunk {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) mode: Logits,
+}
+
+impl Chunk {
+    /// Logits rows the model returns for this chunk.
+    pub(crate) fn rows(&self) -> usize {
+        match self.mode {
+            Logits::All => self.end - self.start,
+            Logits::Last => 1,
+            Logits::None => 0,
+        }
+    }
 }
 
 /// One request being generated: its KV cache and everything between logits and a
 /// [`Completion`].
 pub(crate) struct Sequence {
-    pub(crate) prompt: Vec<u32>,
-    pub(crate) params: GenerateParams,
-    pub(crate) cache: KvCache,
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    cache: KvCache,
     /// Prompt tokens already in the cache.
     fed: usize,
     /// Prompt tokens that came with a reused cache instead of being computed.
-    pub(crate) cached_tokens: usize,
+    cached_tokens: usize,
     sampler: Sampler,
-    pub(crate) generated: Vec<u32>,
+    generated: Vec<u32>,
     stream: TextStream,
     prompt_text: String,
     prompt_chars: usize,
     prompt_offsets: PromptOffsets,
     prompt_logprobs: Option<Vec<TokenLogprob>>,
     logprobs: Option<Vec<TokenLogprob>>,
-    pub(crate) finish: Option<FinishReason>,
+    finish: Option<FinishReason>,
 }
 
 impl Sequence {
@@ -283,11 +298,48 @@ impl Sequence {
         } else {
             Logits::None
         };
-        Some(Part::Prefill {
+        Some(Part::Prefill(Chunk {
             start: self.fed,
             end,
             mode,
-        })
+        }))
+    }
+
+    /// The model input for `part` (as planned by [`Sequence::plan`]).
+    pub(crate) fn input(&mut self, part: Part) -> SeqInput<'_> {
+        let (tokens, logits) = match part {
+            // A decoding sequence has sampled a token: prefill ends by sampling or finishing.
+            Part::Decode => (
+                std::slice::from_ref(self.generated.last().expect("a sampled token")),
+                Logits::Last,
+            ),
+            Part::Prefill(chunk) => (&self.prompt[chunk.start..chunk.end], chunk.mode),
+        };
+        SeqInput {
+            tokens,
+            cache: &mut self.cache,
+            logits,
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    pub(crate) fn cached_tokens(&self) -> usize {
+        self.cached_tokens
+    }
+
+    /// The cache with the tokens it holds, for reuse by a prompt that shares a prefix.
+    pub(crate) fn into_cached_tokens(self) -> Option<(Vec<u32>, KvCache)> {
+        let held = self.cache.len();
+        if held == 0 {
+            return None;
+        }
+        let mut tokens = self.prompt;
+        tokens.extend_from_slice(&self.generated);
+        tokens.truncate(held);
+        Some((tokens, self.cache))
     }
 
     /// Takes the logits rows of a prefill chunk (`block`: one row per position for
@@ -297,13 +349,11 @@ impl Sequence {
         &mut self,
         vocab: &dyn Vocab,
         ctx: &StepContext<'_>,
-        part: Part,
+        chunk: Chunk,
         block: &[f32],
         lp: &mut Vec<f32>,
     ) -> Option<Sampled> {
-        let Part::Prefill { start, end, mode } = part else {
-            unreachable!("prefilled takes prefill parts")
-        };
+        let Chunk { start, end, mode } = chunk;
         let vocab_size = ctx.vocab_size;
         if mode == Logits::All {
             let n = self.prompt.len();

@@ -165,7 +165,7 @@ async fn run(st: Arc<AppState>, plan: Plan) -> Result<Response, ApiError> {
         n: plan.n,
         include_usage: plan.include_usage,
     };
-    // With echo a stream sends each prompt's text first.
+    // A stream opens with the echoed prompts (completions) or each choice's role (chat).
     let first = if plan.stream {
         writer.start(&plan.jobs)
     } else {

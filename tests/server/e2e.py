@@ -136,6 +136,8 @@ cli = json.loads(subprocess.run([KILN, "chat", "-m", MODEL_PATH, "--json", "-n",
                                  "--system", messages[0]["content"]],
                                 input=messages[1]["content"] + "\n", check=True,
                                 capture_output=True, text=True).stdout.splitlines()[0])
+check("kiln chat --json is a chat.completion", cli["object"] == "chat.completion", cli)
+cli = cli["choices"][0]
 check("chat prompt ids equal kiln chat's",
       r.choices[0].model_extra["prompt_token_ids"] == cli["prompt_token_ids"],
       f"{r.choices[0].model_extra['prompt_token_ids']} vs {cli['prompt_token_ids']}")

@@ -2,10 +2,11 @@
 //! (or Meta's Llama 2 `[INST]` format for checkpoints without one).
 
 use std::io::{BufRead, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use clap::Args;
-use kiln_engine::{EngineOptions, GenerateParams, SamplingParams};
+use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
 use kiln_formats::Arch;
 use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
 
@@ -27,7 +28,8 @@ pub struct ChatArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print each turn as one JSON line (prompt_token_ids, token_ids, text) instead of text.
+    /// Print each turn as one OpenAI `chat.completion` JSON line (its choice with kiln's
+    /// prompt_token_ids and token_ids) instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -55,7 +57,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let interactive = !a.json;
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
-    loop {
+    for turn in 0.. {
         if interactive {
             write!(out, "> ")?;
             out.flush()?;
@@ -87,13 +89,18 @@ pub fn run(a: ChatArgs) -> Result<()> {
         })?;
         let c = &r[0];
         if a.json {
-            let v = serde_json::json!({
-                "prompt_token_ids": c.prompt_token_ids,
-                "token_ids": c.token_ids,
-                "text": c.text,
-                "finish_reason": c.finish_reason.as_str(),
-            });
-            writeln!(out, "{v}")?;
+            let created = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let header = openai::Header {
+                id: format!("chatcmpl-{created}-{turn}"),
+                created,
+                model: engine.name.clone(),
+            };
+            // No logprobs are asked for, so no end-of-sequence ids need leaving out of them.
+            let obj = openai::chat_completion(&header, &engine.tokenizer, &[], &r);
+            writeln!(out, "{}", serde_json::to_string(&obj)?)?;
         } else {
             writeln!(out)?;
         }

@@ -118,13 +118,13 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let obj = openai::text_completion(
-            &engine.name,
-            &results,
-            a.echo,
-            format!("cmpl-{created}"),
+        let header = openai::Header {
+            id: format!("cmpl-{created}"),
             created,
-        );
+            model: engine.name.clone(),
+        };
+        // One choice per prompt: each prompt's tokens count once in `usage`.
+        let obj = openai::text_completion(&header, &engine.tokenizer, &results, 1, a.echo);
         writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?;
     } else if stream {
         writeln!(out)?;

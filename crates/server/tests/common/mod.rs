@@ -197,13 +197,22 @@ pub async fn start_fake(
     opts: ServerOptions,
     pace: std::time::Duration,
 ) -> TestServer {
+    start_fake_vocab(cfg, opts, pace, Arc::new(Letters)).await
+}
+
+/// [`start_fake`] with another vocabulary over the same `VOCAB` ids.
+pub async fn start_fake_vocab(
+    cfg: SchedulerConfig,
+    opts: ServerOptions,
+    pace: std::time::Duration,
+    vocab: Arc<dyn Vocab>,
+) -> TestServer {
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let model = HashModel {
         cfg: config(cfg.context.max(64)),
         gate: gate.clone(),
         pace,
     };
-    let vocab = Arc::new(Letters);
     let scheduler = Arc::new(Scheduler::start(Box::new(model), vocab.clone(), cfg));
     let state = AppState::new(scheduler, vocab, None, &[], opts);
     start_state(state, gate).await

@@ -197,6 +197,16 @@ pub async fn start_fake(
     opts: ServerOptions,
     pace: std::time::Duration,
 ) -> TestServer {
+    start_fake_with_template(cfg, opts, pace, None).await
+}
+
+/// [`start_fake`] with a chat template (`None`: ChatML).
+pub async fn start_fake_with_template(
+    cfg: SchedulerConfig,
+    opts: ServerOptions,
+    pace: std::time::Duration,
+    chat_template: Option<String>,
+) -> TestServer {
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let model = HashModel {
         cfg: config(cfg.context.max(64)),
@@ -205,7 +215,7 @@ pub async fn start_fake(
     };
     let vocab = Arc::new(Letters);
     let scheduler = Arc::new(Scheduler::start(Box::new(model), vocab.clone(), cfg));
-    let state = AppState::new(scheduler, vocab, None, &[], opts);
+    let state = AppState::new(scheduler, vocab, chat_template, &[], opts);
     start_state(state, gate).await
 }
 

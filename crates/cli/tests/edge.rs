@@ -85,10 +85,7 @@ fn serve_refuses_flags_that_would_mislead() {
 fn perplexity_with_a_tiny_context_is_an_error() {
     let text = data().join("ppl-text.txt").display().to_string();
     for c in ["0", "1"] {
-        let out = run(
-            &["perplexity", "-m", &fixture(), "-f", &text, "-c", c],
-            &[],
-        );
+        let out = run(&["perplexity", "-m", &fixture(), "-f", &text, "-c", c], &[]);
         assert_clean_error(&out, "at least 4", &format!("-c {c}"));
     }
 }
@@ -113,7 +110,11 @@ fn a_closed_stdout_ends_quietly() {
             .unwrap();
         // The reader goes away before kiln prints (as `| head` does once it has its lines).
         drop(child.stdout.take());
-        let status = wait_bounded(&mut child, Duration::from_secs(60), "kiln with closed stdout");
+        let status = wait_bounded(
+            &mut child,
+            Duration::from_secs(60),
+            "kiln with closed stdout",
+        );
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
@@ -185,7 +186,12 @@ fn start_server(extra: &[&str]) -> (Child, String) {
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("http://").nth(1) {
-                let _ = tx.send(rest.trim_end_matches("/v1").split('/').next().map(String::from));
+                let _ = tx.send(
+                    rest.trim_end_matches("/v1")
+                        .split('/')
+                        .next()
+                        .map(String::from),
+                );
             }
         }
     });
@@ -219,7 +225,11 @@ fn serve_exits_on_sigterm_within_the_drain_deadline_despite_stuck_clients() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = wait_bounded(&mut child, Duration::from_secs(10), "kiln serve after SIGTERM");
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(10),
+        "kiln serve after SIGTERM",
+    );
     assert!(status.success(), "{status:?}");
     // The drain deadline (1 s) plus the scheduler's shutdown, with room for a loaded machine.
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -210,7 +210,14 @@ pub async fn serve(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+                let tcp = Arc::new(tcp);
+                let io = TokioIo::new(SharedSocket(tcp.clone()));
+                let svc = TowerToHyperService::new(app.clone());
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientSocket(tcp.clone()));
+                    hyper::service::Service::call(&svc, req)
+                });
+                let conn = http.serve_connection(io, svc);
                 let mut stop = stop_rx.clone();
                 conns.spawn(async move {
                     let mut conn = std::pin::pin!(conn);
@@ -273,8 +280,11 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
         p if p.starts_with("/v1/models/") => "/v1/models/{id}".into(),
         _ => "other".into(),
     };
+    let socket = req.extensions().get::<ClientSocket>().cloned();
     let response = if path != "/health" && !authorized(&st, req.headers()) {
         ApiError::unauthorized().into_response()
+    } else if let (Some(ClientSocket(socket)), true) = (socket, req.method() == Method::POST) {
+        reply_watching_eof(req, next, socket).await
     } else {
         next.run(req).await
     };
@@ -282,6 +292,157 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
         *m.entry((endpoint, response.status().as_u16())).or_insert(0) += 1;
     }
     response
+}
+
+/// The connection's socket, for [`reply_watching_eof`] to see the client end its side.
+#[derive(Clone)]
+struct ClientSocket(Arc<tokio::net::TcpStream>);
+
+/// A connection's socket, shared: hyper reads and writes it, and [`reply_watching_eof`] peeks
+/// at it while a reply is pending (hyper does not read then, so that half-closed requests get
+/// their replies).
+struct SharedSocket(Arc<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for SharedSocket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedSocket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    /// The socket closes (FIN) when the connection drops its last handle.
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Whitespace sent this often to a client that ended its side while its reply is pending.
+const EOF_HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// A POST whose client ends its side of the connection after sending the whole request has
+/// either half-closed (and waits for the reply) or gone away, and a socket cannot tell which
+/// until something is written to it. So the reply starts then: status 200, a JSON body led by
+/// a space every [`EOF_HEARTBEAT`]. A client that waits gets its answer (an error that comes
+/// later keeps its OpenAI-shaped body under status 200); one that left resets the connection,
+/// the reply is dropped, and with it the request's generation.
+async fn reply_watching_eof(
+    req: Request,
+    next: Next,
+    socket: Arc<tokio::net::TcpStream>,
+) -> Response {
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    // Whether the handler read the whole body: an EOF before that is a cut-short body (400).
+    let (read_tx, mut read_rx) = tokio::sync::watch::channel(false);
+    let body = futures_util::stream::unfold(
+        (body.into_data_stream(), Some(read_tx)),
+        |(mut chunks, read)| async move {
+            match chunks.next().await {
+                Some(chunk) => Some((chunk, (chunks, read))),
+                None => {
+                    if let Some(r) = read {
+                        r.send_replace(true);
+                    }
+                    None
+                }
+            }
+        },
+    );
+    let mut reply = Box::pin(next.run(Request::from_parts(parts, Body::from_stream(body))));
+    let ended_after_request = async {
+        if read_rx.wait_for(|r| *r).await.is_err() {
+            return std::future::pending::<()>().await;
+        }
+        let mut byte = [0u8; 1];
+        match socket.peek(&mut byte).await {
+            // EOF, or a reset: the client ended its side.
+            Ok(0) | Err(_) => {}
+            // A next request, pipelined: the client is there.
+            Ok(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        r = &mut reply => return r,
+        _ = ended_after_request => {}
+    }
+    enum State<F> {
+        Waiting(std::pin::Pin<Box<F>>),
+        Forwarding(axum::body::BodyDataStream),
+    }
+    let stream = futures_util::stream::unfold(State::Waiting(reply), |state| async move {
+        match state {
+            State::Waiting(mut reply) => tokio::select! {
+                r = &mut reply => {
+                    let mut data = r.into_body().into_data_stream();
+                    let first = data.next().await?;
+                    Some((first, State::Forwarding(data)))
+                }
+                _ = tokio::time::sleep(EOF_HEARTBEAT) => {
+                    Some((Ok(Bytes::from_static(b" ")), State::Waiting(reply)))
+                }
+            },
+            State::Forwarding(mut data) => {
+                let next = data.next().await?;
+                Some((next, State::Forwarding(data)))
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| ApiError::internal("response").into_response())
 }
 
 fn authorized(st: &AppState, headers: &HeaderMap) -> bool {

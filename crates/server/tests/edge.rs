@@ -93,8 +93,18 @@ fn parse_response(raw: &str) -> (u16, Value) {
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        // One data chunk is enough for these small error bodies.
-        body.split("\r\n").nth(1).unwrap_or("").to_string()
+        let mut rest = body;
+        let mut out = String::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").expect("chunk size line");
+            let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        out
     } else {
         body.to_string()
     };
@@ -212,6 +222,36 @@ async fn a_half_closed_request_gets_its_reply() {
         v["choices"][0]["token_ids"],
         json!(reference_greedy(&[3, 1, 4], 4))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_gets_a_reply_that_takes_long() {
+    // 2 ms a step, 300 steps: the client's side has ended long before the answer is ready.
+    let s = start_fake(
+        SchedulerConfig {
+            context: 512,
+            ..cfg()
+        },
+        opts(),
+        Duration::from_millis(2),
+    )
+    .await;
+    let body =
+        json!({"prompt": [3, 1, 4], "max_tokens": 300, "ignore_eos": true, "temperature": 0})
+            .to_string();
+    let mut req = post_head(
+        "/v1/completions",
+        &format!("Content-Length: {}\r\n", body.len()),
+    )
+    .into_bytes();
+    req.extend_from_slice(body.as_bytes());
+    let (resp, closed) = raw(addr(&s), req, Then::HalfClose, Duration::from_secs(30)).await;
+    assert!(closed);
+    let (status, v) = parse_response(&resp);
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(v["choices"][0]["token_ids"].as_array().unwrap().len(), 300);
+    let stats = s.state.scheduler.stats();
+    assert_eq!((stats.finished, stats.cancelled), (1, 0));
 }
 
 #[tokio::test]

@@ -82,6 +82,13 @@ fn serve_refuses_flags_that_would_mislead() {
 }
 
 #[test]
+fn bench_without_repetitions_is_an_error() {
+    // Zero repetitions would print NaN speeds.
+    let out = run(&["bench", "-m", &fixture(), "-r", "0"], &[]);
+    assert_clean_error(&out, "at least 1", "bench -r 0");
+}
+
+#[test]
 fn perplexity_with_a_tiny_context_is_an_error() {
     let text = data().join("ppl-text.txt").display().to_string();
     for c in ["0", "1"] {

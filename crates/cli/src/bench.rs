@@ -31,7 +31,7 @@ pub struct BenchArgs {
     )]
     pub n_gen: Vec<usize>,
     /// Repetitions of each test.
-    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_parser = crate::serve::positive)]
     pub repetitions: usize,
     /// Print a JSON array shaped like `llama-bench -o json`.
     #[arg(long)]

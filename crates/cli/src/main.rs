@@ -42,8 +42,22 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// `kiln inspect X | head`: end quietly when stdout's reader goes away, as Unix tools do, instead
+/// of panicking in `println!` (Rust ignores SIGPIPE by default). Not for `serve`, whose sockets
+/// must not kill it.
+fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        quiet_broken_pipe();
+    }
     let result = match cli.command {
         Command::Complete(a) => complete::run(a),
         Command::Inspect(a) => tools::inspect(a),

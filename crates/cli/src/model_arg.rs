@@ -32,6 +32,7 @@ impl ModelArgs {
         let path = self.resolve()?;
         let opts = EngineOptions {
             threads: self.threads,
+            tokenizer_path: self.tokenizer_path.clone(),
             ..opts
         };
         let bar = spinner(&format!("loading {}", path.display()));

@@ -1,6 +1,7 @@
 //! `kiln serve`: the OpenAI-compatible HTTP server.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -20,19 +21,19 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Sequences generated at once (continuous batching slots).
-    #[arg(long, short = 'p', alias = "np", default_value_t = 4)]
+    #[arg(long, short = 'p', alias = "np", default_value_t = 4, value_parser = positive)]
     pub parallel: usize,
     /// Positions per slot (prompt + generated). Default: 4096, or less if the model's context is.
-    #[arg(long, short = 'c', value_name = "N")]
+    #[arg(long, short = 'c', value_name = "N", value_parser = positive)]
     pub ctx_size: Option<usize>,
-    /// Require `Authorization: Bearer KEY` (also read from KILN_API_KEY).
-    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    /// Require `Authorization: Bearer KEY` (also read from KILN_API_KEY; must not be empty).
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true, value_parser = non_empty_key)]
     pub api_key: Option<String>,
     /// Requests that may wait for a slot; more get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
     /// Prompt tokens prefilled per engine step (longer prompts are processed in chunks).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = positive)]
     pub prefill_chunk: usize,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 2 << 20)]
@@ -40,13 +41,48 @@ pub struct ServeArgs {
     /// The model id clients use (default: the model's file name).
     #[arg(long)]
     pub alias: Option<String>,
+    /// Seconds a client has to send a request's headers, and again its body (then 408).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs)]
+    pub read_timeout: f64,
+    /// Seconds open requests get to finish after SIGTERM or Ctrl-C; then they are cut off.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs)]
+    pub drain_timeout: f64,
+}
+
+/// A count that must be at least 1 (0 would be silently raised or make a useless server).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1e6 => Ok(x),
+        Ok(_) => Err("must be more than 0 and at most 1000000 seconds".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// An empty key would turn authentication off without a word.
+fn non_empty_key(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err(
+            "the API key is empty (unset KILN_API_KEY or leave out --api-key to serve without one)"
+                .into(),
+        )
+    } else {
+        Ok(s.to_string())
+    }
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let engine = a.model.load(EngineOptions {
         threads: 0,
         context: Some(a.ctx_size.unwrap_or(4096)),
-        max_batch: a.parallel.max(1),
+        max_batch: a.parallel,
         ..Default::default()
     })?;
     let Engine {
@@ -58,11 +94,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
     } = engine;
     let extra_eos = model.config().eos_token_ids.clone();
     let cfg = SchedulerConfig {
-        slots: a.parallel.max(1),
+        slots: a.parallel,
         context: limits.context,
         max_queue: a.max_queue,
-        prefill_chunk: a.prefill_chunk.max(1),
-        prefix_cache: a.parallel.max(1),
+        prefill_chunk: a.prefill_chunk,
+        prefix_cache: a.parallel,
     };
     let vocab = Arc::new(tokenizer);
     let scheduler = Arc::new(Scheduler::start(model, vocab.clone(), cfg));
@@ -73,8 +109,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         &extra_eos,
         ServerOptions {
             model_id: a.alias.clone().unwrap_or(name),
-            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+            api_key: a.api_key.clone(),
             max_body_bytes: a.max_body,
+            header_timeout: Duration::from_secs_f64(a.read_timeout),
+            body_timeout: Duration::from_secs_f64(a.read_timeout),
+            drain_timeout: Duration::from_secs_f64(a.drain_timeout),
+            ..ServerOptions::default()
         },
     );
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -35,9 +35,17 @@ pub struct PerplexityArgs {
     /// The text file to score.
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
-    /// Tokens per chunk.
-    #[arg(short = 'c', long = "ctx", default_value_t = 512)]
+    /// Tokens per chunk (at least 4: the second half of each chunk is scored).
+    #[arg(short = 'c', long = "ctx", default_value_t = 512, value_parser = at_least_4)]
     pub ctx: usize,
+}
+
+fn at_least_4(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n < 4 => Err("must be at least 4".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
@@ -135,10 +143,25 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let path = a.model.resolve()?;
-    let loaded =
-        kiln_formats::load(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let tokenizer = kiln_tokenizer::Tokenizer::from_source(&loaded.tokenizer)?;
+    let tokenizer = match &a.model.tokenizer_path {
+        // The model itself is not needed: only its tokenizer is asked for.
+        Some(t) => {
+            anyhow::ensure!(t.is_file(), "tokenizer {}: no such file", t.display());
+            let source = if t.extension().is_some_and(|e| e == "json") {
+                kiln_formats::TokenizerSource::HfJson(t.clone())
+            } else {
+                kiln_formats::TokenizerSource::TokenizerModel(t.clone())
+            };
+            kiln_tokenizer::Tokenizer::from_source(&source)
+                .with_context(|| format!("cannot read the tokenizer {}", t.display()))?
+        }
+        None => {
+            let path = a.model.resolve()?;
+            let loaded = kiln_formats::load(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            kiln_tokenizer::Tokenizer::from_source(&loaded.tokenizer)?
+        }
+    };
     let ids = tokenizer.encode(&a.text, !a.no_bos)?;
     if a.json {
         let pieces: Vec<String> = ids

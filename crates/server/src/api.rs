@@ -95,6 +95,16 @@ pub struct ChatRequest {
     pub common: Common,
 }
 
+/// The message roles OpenAI's chat API knows.
+pub const CHAT_ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
 /// Most alternatives reported per token.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 /// Most choices per prompt.
@@ -247,6 +257,15 @@ impl ChatRequest {
         self.messages
             .iter()
             .map(|m| {
+                // A role a template does not expect is skipped or mis-rendered without a word.
+                if !CHAT_ROLES.contains(&m.role.as_str()) {
+                    return Err(ApiError::invalid(format!(
+                        "unknown message role {:?}: expected one of {}",
+                        m.role,
+                        CHAT_ROLES.join(", ")
+                    ))
+                    .param("messages"));
+                }
                 let content = match &m.content {
                     None => String::new(),
                     Some(Content::Text(s)) => s.clone(),

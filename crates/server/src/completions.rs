@@ -18,7 +18,6 @@ use kiln_engine::openai::{
 };
 use kiln_engine::scheduler::{self, Event, SubmitError, Ticket};
 use kiln_engine::{Completion, EngineError, GenerateParams, TokenLogprob};
-use kiln_tokenizer::{render_chat_template, CHATML};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -45,7 +44,7 @@ pub(crate) async fn chat_completions(
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = read_json(&st, &headers, body).await?;
-    let plan = chat_plan(&st, &req)?;
+    let plan = chat_plan(&st, &req).await?;
     run(st, plan).await
 }
 
@@ -121,16 +120,15 @@ fn text_plan(st: &AppState, req: &CompletionRequest) -> Result<Plan, ApiError> {
     })
 }
 
-fn chat_plan(st: &AppState, req: &ChatRequest) -> Result<Plan, ApiError> {
+async fn chat_plan(st: &AppState, req: &ChatRequest) -> Result<Plan, ApiError> {
     st.check_model(&req.common.model)?;
     let (mut params, max) = req.params(st.fresh_seed())?;
     let n = req.common.n()?;
     let messages = req.template_messages()?;
-    // The same rendering as `kiln chat` (the tokenizer crate's), ChatML when the model has none.
+    // The same rendering as `kiln chat` (the tokenizer crate's), ChatML when the model has none,
+    // off the async runtime and with a deadline (the template is the model file's code).
     let bos = st.vocab.bos_token();
-    let template = st.chat_template.as_deref().unwrap_or(CHATML);
-    let text = render_chat_template(template, &messages, true, &bos, &st.vocab.eos_token())
-        .map_err(|e| ApiError::invalid(e.to_string()).param("messages"))?;
+    let text = crate::render_chat(st, messages).await?;
     // The template writes BOS itself when the model wants one.
     let add_special = bos.is_empty() || !text.starts_with(&bos);
     let prompt = st

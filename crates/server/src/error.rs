@@ -70,6 +70,18 @@ impl ApiError {
         .code("request_too_large")
     }
 
+    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body did not arrive within {} s.",
+                limit.as_secs_f32()
+            ),
+        )
+        .code("request_timeout")
+    }
+
     pub fn busy(message: impl Into<String>) -> ApiError {
         let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
             .code("server_busy");

@@ -21,19 +21,21 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kiln_engine::openai;
 use kiln_engine::scheduler::{self, Scheduler, Vocab};
+use kiln_tokenizer::{render_chat_template, ChatMessage, CHATML};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 
 use crate::error::ApiError;
 
@@ -46,6 +48,14 @@ pub struct ServerOptions {
     pub api_key: Option<String>,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: usize,
+    /// A client that has not sent a request's headers within this is disconnected.
+    pub header_timeout: Duration,
+    /// A request whose body has not arrived whole within this gets 408.
+    pub body_timeout: Duration,
+    /// After shutdown begins, open connections get this long to finish; then they are closed.
+    pub drain_timeout: Duration,
+    /// Longest a chat template may render (templates come from the model file: untrusted).
+    pub template_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -54,9 +64,17 @@ impl Default for ServerOptions {
             model_id: "kiln".into(),
             api_key: None,
             max_body_bytes: 2 << 20,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            template_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// Chat templates rendering at once. A template that never ends keeps its thread (a thread
+/// cannot be stopped), so this bounds how many cores hostile templates can take.
+const TEMPLATE_RENDERS: usize = 4;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -69,6 +87,8 @@ pub struct AppState {
     next_id: AtomicU64,
     /// HTTP responses by (endpoint, status).
     responses: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Permits to render a chat template (see [`TEMPLATE_RENDERS`]).
+    template_renders: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -90,6 +110,7 @@ impl AppState {
             created: now(),
             next_id: AtomicU64::new(1),
             responses: Mutex::new(BTreeMap::new()),
+            template_renders: Arc::new(Semaphore::new(TEMPLATE_RENDERS)),
         })
     }
 
@@ -139,22 +160,86 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(completions::chat_completions))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then lets open requests finish (streams included) and
-/// drains the scheduler.
+/// Serves until `shutdown` resolves, then lets open requests finish (streams included) for up
+/// to [`ServerOptions::drain_timeout`], closes the connections still open, and drains the
+/// scheduler.
+///
+/// Connections are HTTP/1.1 with a header-read timeout ([`ServerOptions::header_timeout`]), so a
+/// client that never finishes its headers cannot hold a connection, and with half-close
+/// support: a client that sends its request and then shuts down its write side still gets
+/// the reply.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let scheduler = state.scheduler.clone();
+    let drain = state.opts.drain_timeout;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.opts.header_timeout)
+        .half_close(true);
     let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            // Reap finished connections so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let tcp = match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a little instead of spinning.
+                        eprintln!("kiln serve: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let tcp = Arc::new(tcp);
+                let io = TokioIo::new(SharedSocket(tcp.clone()));
+                let svc = TowerToHyperService::new(app.clone());
+                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientSocket(tcp.clone()));
+                    hyper::service::Service::call(&svc, req)
+                });
+                let conn = http.serve_connection(io, svc);
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                    }
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained =
+        tokio::time::timeout(drain, async { while conns.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        eprintln!(
+            "kiln serve: closing {} connection(s) still open after {:?}",
+            conns.len(),
+            drain
+        );
+        // Dropping a connection closes its socket; streams it fed cancel their requests.
+        conns.shutdown().await;
+    }
     tokio::task::spawn_blocking(move || scheduler.shutdown())
         .await
         .map_err(std::io::Error::other)
@@ -192,8 +277,11 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
         p if p.starts_with("/v1/models/") => "/v1/models/{id}".into(),
         _ => "other".into(),
     };
+    let socket = req.extensions().get::<ClientSocket>().cloned();
     let response = if path != "/health" && !authorized(&st, req.headers()) {
         ApiError::unauthorized().into_response()
+    } else if let (Some(ClientSocket(socket)), true) = (socket, req.method() == Method::POST) {
+        reply_watching_eof(req, next, socket).await
     } else {
         next.run(req).await
     };
@@ -201,6 +289,157 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
         *m.entry((endpoint, response.status().as_u16())).or_insert(0) += 1;
     }
     response
+}
+
+/// The connection's socket, for [`reply_watching_eof`] to see the client end its side.
+#[derive(Clone)]
+struct ClientSocket(Arc<tokio::net::TcpStream>);
+
+/// A connection's socket, shared: hyper reads and writes it, and [`reply_watching_eof`] peeks
+/// at it while a reply is pending (hyper does not read then, so that half-closed requests get
+/// their replies).
+struct SharedSocket(Arc<tokio::net::TcpStream>);
+
+impl tokio::io::AsyncRead for SharedSocket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for SharedSocket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return std::task::Poll::Ready(r),
+            }
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    /// The socket closes (FIN) when the connection drops its last handle.
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Whitespace sent this often to a client that ended its side while its reply is pending.
+const EOF_HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// A POST whose client ends its side of the connection after sending the whole request has
+/// either half-closed (and waits for the reply) or gone away, and a socket cannot tell which
+/// until something is written to it. So the reply starts then: status 200, a JSON body led by
+/// a space every [`EOF_HEARTBEAT`]. A client that waits gets its answer (an error that comes
+/// later keeps its OpenAI-shaped body under status 200); one that left resets the connection,
+/// the reply is dropped, and with it the request's generation.
+async fn reply_watching_eof(
+    req: Request,
+    next: Next,
+    socket: Arc<tokio::net::TcpStream>,
+) -> Response {
+    use futures_util::StreamExt;
+    let (parts, body) = req.into_parts();
+    // Whether the handler read the whole body: an EOF before that is a cut-short body (400).
+    let (read_tx, mut read_rx) = tokio::sync::watch::channel(false);
+    let body = futures_util::stream::unfold(
+        (body.into_data_stream(), Some(read_tx)),
+        |(mut chunks, read)| async move {
+            match chunks.next().await {
+                Some(chunk) => Some((chunk, (chunks, read))),
+                None => {
+                    if let Some(r) = read {
+                        r.send_replace(true);
+                    }
+                    None
+                }
+            }
+        },
+    );
+    let mut reply = Box::pin(next.run(Request::from_parts(parts, Body::from_stream(body))));
+    let ended_after_request = async {
+        if read_rx.wait_for(|r| *r).await.is_err() {
+            return std::future::pending::<()>().await;
+        }
+        let mut byte = [0u8; 1];
+        match socket.peek(&mut byte).await {
+            // EOF, or a reset: the client ended its side.
+            Ok(0) | Err(_) => {}
+            // A next request, pipelined: the client is there.
+            Ok(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        r = &mut reply => return r,
+        _ = ended_after_request => {}
+    }
+    enum State<F> {
+        Waiting(std::pin::Pin<Box<F>>),
+        Forwarding(axum::body::BodyDataStream),
+    }
+    let stream = futures_util::stream::unfold(State::Waiting(reply), |state| async move {
+        match state {
+            State::Waiting(mut reply) => tokio::select! {
+                r = &mut reply => {
+                    let mut data = r.into_body().into_data_stream();
+                    let first = data.next().await?;
+                    Some((first, State::Forwarding(data)))
+                }
+                _ = tokio::time::sleep(EOF_HEARTBEAT) => {
+                    Some((Ok(Bytes::from_static(b" ")), State::Waiting(reply)))
+                }
+            },
+            State::Forwarding(mut data) => {
+                let next = data.next().await?;
+                Some((next, State::Forwarding(data)))
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| ApiError::internal("response").into_response())
 }
 
 fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
@@ -226,6 +465,18 @@ async fn not_found() -> ApiError {
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "Unknown endpoint: this server has /v1/models, /v1/completions, /v1/chat/completions, /health and /metrics.",
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!(
+            "Method {} is not allowed for {}.",
+            req.method(),
+            req.uri().path()
+        ),
     )
 }
 
@@ -394,12 +645,24 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Reads and parses a JSON body: 413 over the limit, 400 for bad JSON or types.
+/// Reads and parses a JSON body: 413 over the limit, 408 when it does not arrive in time, 400
+/// for a malformed or cut-short body and for bad JSON or types.
 async fn read_json<T: DeserializeOwned>(
     st: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
+    let bytes = read_body(st, headers, body).await?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid(format!("The body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("The body must be a JSON object."));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("Invalid request: {e}")))
+}
+
+async fn read_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    use futures_util::StreamExt;
     let limit = st.opts.max_body_bytes;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -410,13 +673,86 @@ async fn read_json<T: DeserializeOwned>(
             return Err(ApiError::too_large(limit));
         }
     }
-    let bytes: Bytes = axum::body::to_bytes(body, limit)
+    let collect = async {
+        let mut buf = Vec::new();
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::invalid(format!(
+                    "The request body could not be read: {}",
+                    error_chain(&e)
+                ))
+                .code("invalid_body")
+            })?;
+            // Chunked bodies declare no length: count as they come.
+            if buf.len() + chunk.len() > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    };
+    let timeout = st.opts.body_timeout;
+    tokio::time::timeout(timeout, collect)
         .await
-        .map_err(|_| ApiError::too_large(limit))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::invalid(format!("The body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::invalid("The body must be a JSON object."));
+        .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
+}
+
+/// An error and its sources, `: `-separated (axum's body error says only "error reading a body").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
     }
-    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("Invalid request: {e}")))
+    s
+}
+
+/// Renders the chat template (the model's, or ChatML) on a blocking thread with a deadline, so a
+/// slow or endless template cannot stall the async runtime (`/health` included). A template
+/// that fails or runs out of time is a 500: the template, not the request, is at fault.
+pub(crate) async fn render_chat(st: &AppState, messages: Vec<ChatMessage>) -> Result<String, ApiError> {
+    let timeout = st.opts.template_timeout;
+    let too_slow = || {
+        ApiError::internal(format!(
+            "The model's chat template did not finish rendering within {} s.",
+            timeout.as_secs_f32()
+        ))
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let permit = tokio::time::timeout_at(deadline, st.template_renders.clone().acquire_owned())
+        .await
+        .map_err(|_| too_slow())?
+        .map_err(|_| ApiError::internal("the template renderer is closed"))?;
+    let template = st
+        .chat_template
+        .clone()
+        .unwrap_or_else(|| CHATML.to_string());
+    let (bos, eos) = (st.vocab.bos_token(), st.vocab.eos_token());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A thread of its own, not the runtime's blocking pool: a runtime waits for its blocking
+    // tasks when it shuts down, and an endless template would keep the server from exiting.
+    std::thread::Builder::new()
+        .name("kiln-template".into())
+        .spawn(move || {
+            let _permit = permit;
+            let _ = tx.send(render_chat_template(&template, &messages, true, &bos, &eos));
+        })
+        .map_err(|e| ApiError::internal(format!("cannot start the template renderer: {e}")))?;
+    match tokio::time::timeout_at(deadline, rx).await {
+        Err(_) => Err(too_slow()),
+        // The thread ended without a result: the renderer panicked.
+        Ok(Err(_)) => Err(ApiError::internal(
+            "The model's chat template failed: the renderer stopped",
+        )),
+        Ok(Ok(Err(e))) => Err(ApiError::internal(format!(
+            "The model's chat template failed: {e}"
+        ))),
+        Ok(Ok(Ok(text))) => Ok(text),
+    }
 }

@@ -28,6 +28,7 @@ fn opts() -> ServerOptions {
         model_id: "hash-model".into(),
         api_key: None,
         max_body_bytes: 64 * 1024,
+        ..Default::default()
     }
 }
 

@@ -197,7 +197,7 @@ pub async fn start_fake(
     opts: ServerOptions,
     pace: std::time::Duration,
 ) -> TestServer {
-    start_fake_vocab(cfg, opts, pace, Arc::new(Letters)).await
+    start_fake_full(cfg, opts, pace, Arc::new(Letters), None).await
 }
 
 /// [`start_fake`] with another vocabulary over the same `VOCAB` ids.
@@ -207,6 +207,26 @@ pub async fn start_fake_vocab(
     pace: std::time::Duration,
     vocab: Arc<dyn Vocab>,
 ) -> TestServer {
+    start_fake_full(cfg, opts, pace, vocab, None).await
+}
+
+/// [`start_fake`] with a chat template (`None`: ChatML).
+pub async fn start_fake_with_template(
+    cfg: SchedulerConfig,
+    opts: ServerOptions,
+    pace: std::time::Duration,
+    chat_template: Option<String>,
+) -> TestServer {
+    start_fake_full(cfg, opts, pace, Arc::new(Letters), chat_template).await
+}
+
+async fn start_fake_full(
+    cfg: SchedulerConfig,
+    opts: ServerOptions,
+    pace: std::time::Duration,
+    vocab: Arc<dyn Vocab>,
+    chat_template: Option<String>,
+) -> TestServer {
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let model = HashModel {
         cfg: config(cfg.context.max(64)),
@@ -214,7 +234,7 @@ pub async fn start_fake_vocab(
         pace,
     };
     let scheduler = Arc::new(Scheduler::start(Box::new(model), vocab.clone(), cfg));
-    let state = AppState::new(scheduler, vocab, None, &[], opts);
+    let state = AppState::new(scheduler, vocab, chat_template, &[], opts);
     start_state(state, gate).await
 }
 

@@ -5,6 +5,7 @@ mod chat;
 mod complete;
 mod model_arg;
 mod nn_cmd;
+mod prompt;
 mod serve;
 mod tools;
 

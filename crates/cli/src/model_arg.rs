@@ -1,5 +1,6 @@
 //! The `-m/--model` argument shared by every subcommand, and loading with a progress display.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,11 +35,21 @@ impl ModelArgs {
             threads: self.threads,
             ..opts
         };
-        let bar = spinner(&format!("loading {}", path.display()));
+        let msg = format!("loading {}", path.display());
+        note_without_terminal(&msg);
+        let bar = spinner(&msg);
         let engine =
             Engine::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
         engine
+    }
+}
+
+/// Writes `msg` as one stderr line when stderr is not a terminal, where the progress bars
+/// draw nothing: a log or CI run then still says why it is waiting.
+pub fn note_without_terminal(msg: &str) {
+    if !std::io::stderr().is_terminal() {
+        eprintln!("kiln: {msg}");
     }
 }
 
@@ -54,7 +65,13 @@ pub fn spinner(msg: &str) -> indicatif::ProgressBar {
 /// Resolves a model argument, pulling a known model with a progress bar when it is missing.
 pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let path = kiln_pull::resolve_model(arg, true, &mut |p| show_progress(&mut bar, p));
+    let name = arg.unwrap_or(kiln_pull::DEFAULT_MODEL);
+    let path = kiln_pull::resolve_model(arg, true, &mut |p| {
+        if matches!(p, Progress::Downloading { part: 1, .. }) {
+            note_without_terminal(&format!("pulling {name} (first use; cached afterwards)"));
+        }
+        show_progress(&mut bar, p)
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }

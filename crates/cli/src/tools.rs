@@ -208,7 +208,12 @@ pub fn pull(a: PullArgs) -> Result<()> {
         format!("unknown model {name}; known: {}", names.join(", "))
     })?;
     let mut bar = None;
-    let path = kiln_pull::pull(spec, &mut |p| crate::model_arg::show_progress(&mut bar, p));
+    let path = kiln_pull::pull(spec, &mut |p| {
+        if matches!(p, kiln_pull::Progress::Downloading { part: 1, .. }) {
+            crate::model_arg::note_without_terminal(&format!("pulling {name}"));
+        }
+        crate::model_arg::show_progress(&mut bar, p)
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }

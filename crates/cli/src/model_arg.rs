@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Args;
-use kiln_engine::{Engine, EngineOptions};
+use clap::builder::{BoolishValueParser, FalseyValueParser};
+use clap::{ArgAction, Args};
+use kiln_engine::{Engine, EngineOptions, Isa, KvType, Numerics, Residency};
 use kiln_pull::Progress;
 
 #[derive(Args, Clone, Debug)]
@@ -21,6 +22,57 @@ pub struct ModelArgs {
     /// Kernel threads (default: one per core).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+/// Load-time settings for comparisons and experiments; each also reads a `KILN_*` variable
+/// (the CLI is the only place kiln reads the environment).
+#[derive(Args, Clone, Debug)]
+pub struct EngineFlags {
+    /// Kernel instruction-set level: scalar, avx2, neon or neon+dotprod (default: the best
+    /// this CPU runs).
+    #[arg(long, env = "KILN_ISA", value_name = "LEVEL")]
+    pub isa: Option<Isa>,
+    /// KV cache type: f16 or f32 (default: f16 for quantised weights, as llama.cpp; else f32).
+    #[arg(long, env = "KILN_CACHE_TYPE", value_name = "TYPE")]
+    pub cache_type: Option<KvType>,
+    /// Arithmetic to reproduce: exact (transformers) or ggml (llama.cpp's f16 roundings).
+    /// Default: ggml for quantised weights, else exact.
+    #[arg(long, env = "KILN_NUMERICS", value_name = "NUMERICS")]
+    pub numerics: Option<Numerics>,
+    /// Memory-map the weights even when they fit in memory (default: read a GGUF file that
+    /// fits in half the available memory into huge-page-backed memory).
+    #[arg(long, env = "KILN_MMAP", value_parser = FalseyValueParser::new())]
+    pub mmap: bool,
+    /// Keep quantised matrices in the file's row order instead of the kernels' interleaved one
+    /// (results are identical; for speed comparisons). KILN_INTERLEAVE=0 does the same.
+    #[arg(
+        long = "no-interleave",
+        env = "KILN_INTERLEAVE",
+        action = ArgAction::SetFalse,
+        value_parser = BoolishValueParser::new(),
+        hide_env = true
+    )]
+    pub interleave: bool,
+}
+
+impl EngineFlags {
+    /// `opts` with these settings applied.
+    pub fn apply(&self, opts: EngineOptions) -> EngineOptions {
+        EngineOptions {
+            isa: self.isa.or(opts.isa),
+            kv_type: self.cache_type.or(opts.kv_type),
+            numerics: self.numerics.or(opts.numerics),
+            residency: if self.mmap {
+                Some(Residency::Mapped)
+            } else {
+                opts.residency
+            },
+            interleave: opts.interleave && self.interleave,
+            ..opts
+        }
+    }
 }
 
 impl ModelArgs {
@@ -31,10 +83,11 @@ impl ModelArgs {
 
     pub fn load(&self, opts: EngineOptions) -> Result<Engine> {
         let path = self.resolve()?;
-        let opts = EngineOptions {
+        let opts = self.engine.apply(EngineOptions {
             threads: self.threads,
+            tokenizer_path: self.tokenizer_path.clone().or(opts.tokenizer_path),
             ..opts
-        };
+        });
         let msg = format!("loading {}", path.display());
         note_without_terminal(&msg);
         let bar = spinner(&msg);

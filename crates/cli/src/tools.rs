@@ -41,12 +41,7 @@ pub struct PerplexityArgs {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let m = ModelArgs {
-        model: a.model,
-        threads: 1,
-        tokenizer_path: None,
-    };
-    let path = m.resolve()?;
+    let path = crate::model_arg::resolve_model(a.model.as_deref())?;
     let loaded =
         kiln_formats::load(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let c = &loaded.config;

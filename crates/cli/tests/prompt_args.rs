@@ -117,3 +117,53 @@ fn version_prints_the_package_version() {
     let out = ok(&kiln(&["--version"]));
     assert_eq!(out.trim(), format!("kiln {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// The load settings are flags, each with its `KILN_*` variable; bad values are refused.
+#[test]
+fn engine_flags_and_their_environment_variables_are_checked() {
+    let model = tiny_model();
+    let run = |env: Option<(&str, &str)>, args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.args(["complete", "-m", &model, "-n", "2", "--json"])
+            .args(args)
+            .arg("Hello");
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let want = |out: &Output| {
+        let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+        v["choices"][0]["text"].clone()
+    };
+    let base = want(&run(None, &[]));
+    // A float model with mapped, plain-order weights gives the same text.
+    assert_eq!(want(&run(None, &["--mmap", "--no-interleave"])), base);
+    assert_eq!(want(&run(Some(("KILN_INTERLEAVE", "0")), &[])), base);
+    for (env, args, expect) in [
+        (None, &["--isa", "sse9"][..], "unknown kernel level"),
+        (Some(("KILN_ISA", "sse9")), &[][..], "unknown kernel level"),
+        (None, &["--cache-type", "f64"][..], "f32 or f16"),
+        (Some(("KILN_CACHE_TYPE", "f64")), &[][..], "f32 or f16"),
+        (Some(("KILN_NUMERICS", "fast")), &[][..], "exact or ggml"),
+        // --tokenizer-path reaches the loader.
+        (
+            None,
+            &["--tokenizer-path", "/nonexistent/t.json"][..],
+            "no such file",
+        ),
+    ] {
+        let out = run(env, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{env:?} {args:?}: {err}"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let out = run(None, &["--isa", "neon"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot run the neon kernels"), "{err}");
+    }
+}

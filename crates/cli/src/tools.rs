@@ -61,8 +61,17 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             .unwrap_or_default()
     );
     if let Some(w) = c.sliding_window {
-        println!("sliding win:  {w}");
+        let n = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
+        println!("sliding win:  {w} on {n} of {} layers", c.n_layers);
     }
+    println!(
+        "output:       {}",
+        if c.tie_word_embeddings {
+            "tied to token_embd"
+        } else {
+            "own matrix"
+        }
+    );
     let mut hist = std::collections::BTreeMap::<String, (usize, usize, usize)>::new();
     for t in loaded.tensors.values() {
         let e = hist.entry(t.dtype.to_string()).or_default();

@@ -167,3 +167,23 @@ fn engine_flags_and_their_environment_variables_are_checked() {
         assert!(err.contains("cannot run the neon kernels"), "{err}");
     }
 }
+
+/// `kiln inspect` (the one model description kiln has) on gemma3-270m, against the facts of
+/// its GGUF file (gguf-py's counts: crates/formats/tests/data/real_gguf.expected.json).
+#[test]
+fn inspect_describes_a_real_model() {
+    let text = ok(&kiln(&["inspect", "gemma3-270m"]));
+    for want in [
+        "architecture: Gemma3",
+        "18 layers, hidden 640, ffn 2048, 4 q heads / 1 kv heads, head dim 256, vocab 262144",
+        "sliding win:  512 on 15 of 18 layers",
+        "output:       tied to token_embd",
+        "in 236 tensors",
+        "F32:  109 tensors",
+        "Q5_0:   81 tensors",
+        "eos [1, 106]",
+        "KV cache (f16)",
+    ] {
+        assert!(text.contains(want), "inspect lacks {want:?}:\n{text}");
+    }
+}

@@ -66,7 +66,7 @@ use std::path::{Path, PathBuf};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf::GgufFile;
 pub use kiln_kernels::Tensor;
-pub use summary::{describe_gguf, short_value, summary, type_histogram};
+pub use summary::{describe_gguf, short_value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {

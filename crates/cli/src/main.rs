@@ -62,3 +62,14 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its definitions (duplicate flags, bad defaults) only in debug builds, at
+    /// parse time; this runs those checks for every subcommand in any build.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

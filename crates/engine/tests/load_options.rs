@@ -29,13 +29,6 @@ fn last_logits(engine: &Engine) -> Vec<u32> {
     out.iter().map(|x| x.to_bits()).collect()
 }
 
-fn max_abs_diff(a: &[u32], b: &[u32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (f32::from_bits(x) - f32::from_bits(y)).abs())
-        .fold(0.0, f32::max)
-}
-
 fn argmax(logits: &[u32]) -> usize {
     (0..logits.len())
         .max_by(|&a, &b| f32::from_bits(logits[a]).total_cmp(&f32::from_bits(logits[b])))

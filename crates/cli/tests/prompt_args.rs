@@ -53,6 +53,15 @@ fn escaped_prompt_answers_like_the_real_newline_prompt() {
     assert!(real.starts_with("Q: What is the largest animal?\nA:"));
     // The answer is text, not the model repeating the prompt's pattern.
     assert!(!real.contains("A: A:"), "{real}");
+    // --stop takes the same escapes: stopping at the first newline of the answer.
+    let answer = &real["Q: What is the largest animal?\nA:".len()..];
+    let first_line = answer.split('\n').next().unwrap();
+    assert!(first_line.len() + 1 < answer.len(), "{answer:?}");
+    let stopped = run(r"Q: What is the largest animal?\nA:", &["--stop", r"\n"]);
+    assert_eq!(
+        stopped,
+        format!("Q: What is the largest animal?\nA:{first_line}\n")
+    );
     let literal = run(r"Q: What is the largest animal?\nA:", &["--no-escape"]);
     assert!(literal.starts_with(r"Q: What is the largest animal?\nA:"));
     assert_ne!(literal, real);

@@ -145,7 +145,7 @@ pub fn dot_f32_f16_keys<const H: usize>(a: [&[f32]; H], keys: &[u16], out: [&mut
 /// `out`: starting from zero, for each key `j` in order and per element, `acc = f16(acc·ms[j])`
 /// when `ms[j] != 1` (the running maximum moved), then `acc = f16(acc + v_j·vs[j])` with the
 /// f32 fused multiply-add rounded once. `values` holds the keys' value rows back to back
-/// (`out.len()` each). Bit-identical to [`scale_f16`] and [`mad_f16`] applied key by key; the
+/// (`out.len()` each). Bit-identical to [`reference::scale_f16`] and [`reference::mad_f16`] applied key by key; the
 /// SIMD form keeps a slice of the accumulator in registers for the whole run of keys instead
 /// of storing and reloading it for every key.
 pub fn f16_weighted_sum(values: &[u16], ms: &[f32], vs: &[f32], out: &mut [f32]) {

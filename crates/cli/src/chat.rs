@@ -11,6 +11,7 @@ use kiln_formats::Arch;
 use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
 
 use crate::model_arg::ModelArgs;
+use crate::prompt::process_escapes;
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -28,6 +29,13 @@ pub struct ChatArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Positions per conversation (prompt + replies). Default: the model's.
+    #[arg(short = 'c', long, value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Take escapes in --system literally (by default `\n` etc. become the characters they
+    /// name, as in llama.cpp; what is typed at the prompt is never changed).
+    #[arg(long)]
+    pub no_escape: bool,
     /// Print each turn as one OpenAI `chat.completion` JSON line (its choice with kiln's
     /// prompt_token_ids and token_ids) instead of text.
     #[arg(long)]
@@ -35,14 +43,22 @@ pub struct ChatArgs {
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
-    let engine = a.model.load(EngineOptions::default())?;
+    let engine = a.model.load(EngineOptions {
+        context: a.ctx_size,
+        ..Default::default()
+    })?;
     let llama_arch = engine.model.config().arch == Arch::Llama;
     if engine.chat_template.is_none() && !llama_arch {
         bail!("this model has no chat template");
     }
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
-        history.push(ChatMessage::new("system", s));
+        let s = if a.no_escape {
+            s.clone()
+        } else {
+            process_escapes(s)?
+        };
+        history.push(ChatMessage::new("system", &s));
     }
     let params = GenerateParams {
         max_tokens: a.max_tokens,

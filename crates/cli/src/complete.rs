@@ -1,6 +1,7 @@
 //! `kiln complete`: one batch of prompts, streamed to the terminal or printed as JSON.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -8,6 +9,7 @@ use clap::Args;
 use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
 
 use crate::model_arg::ModelArgs;
+use crate::prompt::process_escapes;
 
 #[derive(Args, Debug)]
 pub struct CompleteArgs {
@@ -19,6 +21,13 @@ pub struct CompleteArgs {
     /// A prompt given without --prompt. With no prompt at all, stdin is read.
     #[arg(value_name = "PROMPT")]
     pub positional: Vec<String>,
+    /// Read a prompt from this file, verbatim (repeatable).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Take `\n \r \t \' \" \\ \xHH` in --prompt, PROMPT and --stop literally (by default
+    /// they become the characters they name, as in llama.cpp; files and stdin are never changed).
+    #[arg(long)]
+    pub no_escape: bool,
     /// New tokens at most (Meta: max_gen_len).
     #[arg(short = 'n', long, default_value_t = 128, alias = "max-gen-len")]
     pub max_tokens: usize,
@@ -58,7 +67,7 @@ pub struct CompleteArgs {
     #[arg(long)]
     pub json: bool,
     /// Positions per sequence (prompt + generated); Meta: max_seq_len. Default: the model's.
-    #[arg(long, alias = "max-seq-len", value_name = "N")]
+    #[arg(short = 'c', long, alias = "max-seq-len", value_name = "N")]
     pub ctx_size: Option<usize>,
     /// Prompts per batch at most (Meta: max_batch_size).
     #[arg(long, default_value_t = 64)]
@@ -66,7 +75,26 @@ pub struct CompleteArgs {
 }
 
 pub fn run(a: CompleteArgs) -> Result<()> {
-    let mut texts: Vec<String> = a.prompts.iter().chain(&a.positional).cloned().collect();
+    let escape = |t: &String| {
+        if a.no_escape {
+            Ok(t.clone())
+        } else {
+            process_escapes(t)
+        }
+    };
+    let mut texts = a
+        .prompts
+        .iter()
+        .chain(&a.positional)
+        .map(escape)
+        .collect::<Result<Vec<_>>>()?;
+    for f in &a.files {
+        texts.push(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the prompt file {}", f.display()))?,
+        );
+    }
+    let stop = a.stop.iter().map(escape).collect::<Result<Vec<_>>>()?;
     if texts.is_empty() {
         let mut s = String::new();
         std::io::stdin()
@@ -96,7 +124,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             logit_bias: Vec::new(),
             seed: a.seed,
         },
-        stop: a.stop.clone(),
+        stop,
         ignore_eos: a.ignore_eos,
         logprobs: a.logprobs,
         echo: a.echo,

@@ -5,6 +5,7 @@ mod chat;
 mod complete;
 mod model_arg;
 mod nn_cmd;
+mod prompt;
 mod serve;
 mod tools;
 
@@ -73,5 +74,16 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap checks its definitions (duplicate flags, bad defaults) only in debug builds, at
+    /// parse time; this runs those checks for every subcommand in any build.
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

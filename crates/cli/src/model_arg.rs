@@ -1,11 +1,13 @@
 //! The `-m/--model` argument shared by every subcommand, and loading with a progress display.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Args;
-use kiln_engine::{Engine, EngineOptions};
+use clap::builder::{BoolishValueParser, FalseyValueParser};
+use clap::{ArgAction, Args};
+use kiln_engine::{Engine, EngineOptions, Isa, KvType, Numerics, Residency};
 use kiln_pull::Progress;
 
 #[derive(Args, Clone, Debug)]
@@ -20,6 +22,57 @@ pub struct ModelArgs {
     /// Kernel threads (default: one per core).
     #[arg(short = 't', long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+/// Load-time settings for comparisons and experiments; each also reads a `KILN_*` variable
+/// (the CLI is the only place kiln reads the environment).
+#[derive(Args, Clone, Debug)]
+pub struct EngineFlags {
+    /// Kernel instruction-set level: scalar, avx2, neon or neon+dotprod (default: the best
+    /// this CPU runs).
+    #[arg(long, env = "KILN_ISA", value_name = "LEVEL")]
+    pub isa: Option<Isa>,
+    /// KV cache type: f16 or f32 (default: f16 for quantised weights, as llama.cpp; else f32).
+    #[arg(long, env = "KILN_CACHE_TYPE", value_name = "TYPE")]
+    pub cache_type: Option<KvType>,
+    /// Arithmetic to reproduce: exact (transformers) or ggml (llama.cpp's f16 roundings).
+    /// Default: ggml for quantised weights, else exact.
+    #[arg(long, env = "KILN_NUMERICS", value_name = "NUMERICS")]
+    pub numerics: Option<Numerics>,
+    /// Memory-map the weights even when they fit in memory (default: read a GGUF file that
+    /// fits in half the available memory into huge-page-backed memory).
+    #[arg(long, env = "KILN_MMAP", value_parser = FalseyValueParser::new())]
+    pub mmap: bool,
+    /// Keep quantised matrices in the file's row order instead of the kernels' interleaved one
+    /// (results are identical; for speed comparisons). KILN_INTERLEAVE=0 does the same.
+    #[arg(
+        long = "no-interleave",
+        env = "KILN_INTERLEAVE",
+        action = ArgAction::SetFalse,
+        value_parser = BoolishValueParser::new(),
+        hide_env = true
+    )]
+    pub interleave: bool,
+}
+
+impl EngineFlags {
+    /// `opts` with these settings applied.
+    pub fn apply(&self, opts: EngineOptions) -> EngineOptions {
+        EngineOptions {
+            isa: self.isa.or(opts.isa),
+            kv_type: self.cache_type.or(opts.kv_type),
+            numerics: self.numerics.or(opts.numerics),
+            residency: if self.mmap {
+                Some(Residency::Mapped)
+            } else {
+                opts.residency
+            },
+            interleave: opts.interleave && self.interleave,
+            ..opts
+        }
+    }
 }
 
 impl ModelArgs {
@@ -30,16 +83,26 @@ impl ModelArgs {
 
     pub fn load(&self, opts: EngineOptions) -> Result<Engine> {
         let path = self.resolve()?;
-        let opts = EngineOptions {
+        let opts = self.engine.apply(EngineOptions {
             threads: self.threads,
-            tokenizer_path: self.tokenizer_path.clone(),
+            tokenizer_path: self.tokenizer_path.clone().or(opts.tokenizer_path),
             ..opts
-        };
-        let bar = spinner(&format!("loading {}", path.display()));
+        });
+        let msg = format!("loading {}", path.display());
+        note_without_terminal(&msg);
+        let bar = spinner(&msg);
         let engine =
             Engine::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
         engine
+    }
+}
+
+/// Writes `msg` as one stderr line when stderr is not a terminal, where the progress bars
+/// draw nothing: a log or CI run then still says why it is waiting.
+pub fn note_without_terminal(msg: &str) {
+    if !std::io::stderr().is_terminal() {
+        eprintln!("kiln: {msg}");
     }
 }
 
@@ -55,7 +118,13 @@ pub fn spinner(msg: &str) -> indicatif::ProgressBar {
 /// Resolves a model argument, pulling a known model with a progress bar when it is missing.
 pub fn resolve_model(arg: Option<&str>) -> Result<PathBuf> {
     let mut bar: Option<indicatif::ProgressBar> = None;
-    let path = kiln_pull::resolve_model(arg, true, &mut |p| show_progress(&mut bar, p));
+    let name = arg.unwrap_or(kiln_pull::DEFAULT_MODEL);
+    let path = kiln_pull::resolve_model(arg, true, &mut |p| {
+        if matches!(p, Progress::Downloading { part: 1, .. }) {
+            note_without_terminal(&format!("pulling {name} (first use; cached afterwards)"));
+        }
+        show_progress(&mut bar, p)
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -94,6 +94,9 @@ struct TrainArgs {
     /// Threads for evaluation (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
+    /// Use the portable kernels even where AVX2 is available (for comparisons)
+    #[arg(long, env = "KILN_NN_PORTABLE", value_parser = clap::builder::FalseyValueParser::new())]
+    portable: bool,
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +178,9 @@ fn train<T: Float>(a: &TrainArgs) -> Result<()> {
     let mut net = Network::<T>::with_options(&a.layers, init, cost, a.seed)?;
     if let Some(t) = a.threads {
         net.set_threads(t);
+    }
+    if a.portable {
+        net.set_kernel(kiln_nn::KernelKind::Portable);
     }
     let eval_set = a.eval_on.unwrap_or(if a.early_stop.is_some() {
         SetArg::Validation

@@ -49,12 +49,7 @@ fn at_least_4(s: &str) -> Result<usize, String> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let m = ModelArgs {
-        model: a.model,
-        threads: 1,
-        tokenizer_path: None,
-    };
-    let path = m.resolve()?;
+    let path = crate::model_arg::resolve_model(a.model.as_deref())?;
     let loaded =
         kiln_formats::load(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let c = &loaded.config;
@@ -74,8 +69,17 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             .unwrap_or_default()
     );
     if let Some(w) = c.sliding_window {
-        println!("sliding win:  {w}");
+        let n = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
+        println!("sliding win:  {w} on {n} of {} layers", c.n_layers);
     }
+    println!(
+        "output:       {}",
+        if c.tie_word_embeddings {
+            "tied to token_embd"
+        } else {
+            "own matrix"
+        }
+    );
     let mut hist = std::collections::BTreeMap::<String, (usize, usize, usize)>::new();
     for t in loaded.tensors.values() {
         let e = hist.entry(t.dtype.to_string()).or_default();
@@ -231,7 +235,12 @@ pub fn pull(a: PullArgs) -> Result<()> {
         format!("unknown model {name}; known: {}", names.join(", "))
     })?;
     let mut bar = None;
-    let path = kiln_pull::pull(spec, &mut |p| crate::model_arg::show_progress(&mut bar, p));
+    let path = kiln_pull::pull(spec, &mut |p| {
+        if matches!(p, kiln_pull::Progress::Downloading { part: 1, .. }) {
+            crate::model_arg::note_without_terminal(&format!("pulling {name}"));
+        }
+        crate::model_arg::show_progress(&mut bar, p)
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }

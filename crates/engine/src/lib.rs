@@ -24,13 +24,16 @@ pub mod text;
 
 use std::path::{Path, PathBuf};
 
-use kiln_formats::TokenizerSource;
-
-use kiln_models::CausalLM;
+use kiln_formats::{LoadOptions, TokenizerSource};
+use kiln_models::{BuildOptions, CausalLM};
 use kiln_tokenizer::Tokenizer;
 
 pub use generate::{Completion, FinishReason, GenerateParams, Limits, TokenLogprob};
 pub use sampler::SamplingParams;
+// The types of the load-time settings in [`EngineOptions`].
+pub use kiln_formats::resident::Residency;
+pub use kiln_kernels::Isa;
+pub use kiln_models::{KvType, Numerics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -57,6 +60,17 @@ pub struct EngineOptions {
     /// A tokenizer to use instead of the model's own (`tokenizer.json` or `tokenizer.model`),
     /// like the `--tokenizer-path` of Meta's reference scripts.
     pub tokenizer_path: Option<PathBuf>,
+    /// The kernels' instruction-set level; `None`: the best this CPU runs. The choice is
+    /// process-wide ([`Isa::use_in_process`]): it also applies to engines loaded earlier.
+    pub isa: Option<Isa>,
+    /// The arithmetic regime; `None`: from the weights ([`Numerics::for_tensors`]).
+    pub numerics: Option<Numerics>,
+    /// The KV cache element type; `None`: the regime's default (f16 for quantised weights).
+    pub kv_type: Option<KvType>,
+    /// Mapped or read in; `None`: read in when the file fits in half the available memory.
+    pub residency: Option<Residency>,
+    /// Rearrange quantised matrices into the kernels' preferred layout (off: the file's order).
+    pub interleave: bool,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +80,11 @@ impl Default for EngineOptions {
             context: None,
             max_batch: 64,
             tokenizer_path: None,
+            isa: None,
+            numerics: None,
+            kv_type: None,
+            residency: None,
+            interleave: true,
         }
     }
 }
@@ -83,7 +102,15 @@ pub struct Engine {
 impl Engine {
     /// Loads a GGUF file, a Hugging Face directory or a Meta checkpoint directory.
     pub fn load(path: &Path, opts: &EngineOptions) -> Result<Engine, EngineError> {
-        let mut loaded = kiln_formats::load(path)?;
+        // Before loading: the level decides which layout the loader rearranges weights into.
+        if let Some(isa) = opts.isa {
+            Isa::use_in_process(isa).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        }
+        let load = LoadOptions {
+            residency: opts.residency,
+            interleave: opts.interleave,
+        };
+        let mut loaded = kiln_formats::load_with(path, &load)?;
         if let Some(t) = &opts.tokenizer_path {
             if !t.is_file() {
                 return Err(EngineError::Invalid(format!(
@@ -106,7 +133,12 @@ impl Engine {
         } else {
             opts.threads
         };
-        let model = kiln_models::build(loaded, threads)?;
+        let build = BuildOptions {
+            threads,
+            numerics: opts.numerics,
+            kv_type: opts.kv_type,
+        };
+        let model = kiln_models::build_with(loaded, &build)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -123,11 +123,6 @@ impl ModelConfig {
         embd + self.n_layers * per_layer + d + output
     }
 
-    /// Bytes of an f32 key/value cache for `tokens` positions (all layers, keys and values).
-    pub fn kv_cache_bytes_f32(&self, tokens: usize) -> usize {
-        (2 * self.n_layers * self.n_kv_heads * self.head_dim * 4).saturating_mul(tokens)
-    }
-
     pub fn is_sliding(&self, layer: usize) -> bool {
         match self.sliding_window {
             None => false,

@@ -623,8 +623,16 @@ pub fn split_paths(first: &Path, count: u64) -> Result<Vec<std::path::PathBuf>> 
 /// Reads a GGUF model from `path`, including every part of a split file (give the first part).
 /// The weights are read into memory when they fit, else mapped ([`Residency::for_len`]).
 pub fn load_path(path: &Path) -> Result<LoadedModel> {
-    let mut file = GgufFile::open_in(path, Residency::for_len(file_len(path)?))?;
-    file.interleave();
+    load_path_with(path, &crate::LoadOptions::default())
+}
+
+/// [`load_path`] with the residency and layout `opts` ask for.
+pub fn load_path_with(path: &Path, opts: &crate::LoadOptions) -> Result<LoadedModel> {
+    let residency = |len: u64| opts.residency.unwrap_or_else(|| Residency::for_len(len));
+    let mut file = GgufFile::open_in(path, residency(file_len(path)?))?;
+    if opts.interleave {
+        file.interleave();
+    }
     let Some(count) = split_count(&file) else {
         return load_file(file).map_err(|e| crate::with_path(e, path));
     };
@@ -651,11 +659,13 @@ pub fn load_path(path: &Path) -> Result<LoadedModel> {
     }
     // The other parts are read in only if all of them fit (the first part already was if it
     // fits on its own).
-    let residency = Residency::for_len(total);
+    let residency = residency(total);
     let mut tensors = file.tensor_map()?;
     for (i, p) in paths.iter().enumerate().skip(1) {
         let mut part = GgufFile::open_in(p, residency)?;
-        part.interleave();
+        if opts.interleave {
+            part.interleave();
+        }
         let ok = part.get("split.no").and_then(MetaValue::as_u64) == Some(i as u64)
             && split_count(&part) == Some(count);
         if !ok {

@@ -66,7 +66,7 @@ use std::path::{Path, PathBuf};
 pub use config::{Arch, ModelConfig, RopeScaling};
 pub use gguf::GgufFile;
 pub use kiln_kernels::Tensor;
-pub use summary::{describe_gguf, short_value, summary, type_histogram};
+pub use summary::{describe_gguf, short_value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
@@ -171,10 +171,36 @@ pub struct LoadedModel {
     pub format: String,
 }
 
+/// How [`load_with`] holds a model's weights in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Mapped or read in; `None` chooses by size ([`resident::Residency::for_len`]). Only GGUF
+    /// files are read in; the other formats are always mapped.
+    pub residency: Option<resident::Residency>,
+    /// Rearrange the quantised matrices of a read-in GGUF file into the layout the kernels
+    /// want ([`kiln_kernels::interleave::preferred`]); off keeps the file's order (for
+    /// comparisons). Results are bit-identical either way.
+    pub interleave: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            residency: None,
+            interleave: true,
+        }
+    }
+}
+
+/// [`load_with`] with the default options.
+pub fn load(path: &Path) -> Result<LoadedModel> {
+    load_with(path, &LoadOptions::default())
+}
+
 /// Reads a model, detected from `path`: a file starting with the GGUF magic, a directory with
 /// `config.json` (Hugging Face) or with `params.json` (Meta). Every error names the path.
 /// The tensors are checked against the configuration (names and shapes) before returning.
-pub fn load(path: &Path) -> Result<LoadedModel> {
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
     let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
     let model = if meta.is_dir() {
         if path.join("config.json").is_file() {
@@ -204,9 +230,9 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
             got
         };
         if n == 4 && gguf::has_magic(&magic) {
-            gguf::load_path(path)?
+            gguf::load_path_with(path, opts)?
         } else if path.file_name().is_some_and(|n| n == "config.json") {
-            return load(path.parent().unwrap_or(Path::new(".")));
+            return load_with(path.parent().unwrap_or(Path::new(".")), opts);
         } else {
             return Err(FormatError::Invalid(format!(
                 "{}: not a GGUF file (no GGUF magic) and not a model directory",

@@ -6,7 +6,7 @@
 //! pages at about 16 GB/s and 2 MiB transparent huge pages at about 22 GB/s (fewer TLB misses
 //! on the page walks of a streaming read). Page-cache pages of a mapped file are never huge, so
 //! a model that fits in memory is read into a huge-page-backed buffer instead. A model that does
-//! not fit comfortably stays mapped, and `KILN_MMAP=1` forces the mapping.
+//! not fit comfortably stays mapped, and `LoadOptions::residency` can force either form.
 //!
 //! Invariant: both forms hold exactly the file's bytes; which one is used never changes a
 //! result, only speed.
@@ -30,11 +30,8 @@ pub enum Residency {
 
 impl Residency {
     /// The choice for a file of `len` bytes: resident when it fits in half of the memory the
-    /// system reports available and `KILN_MMAP` is unset (or "0"), else mapped.
+    /// system reports available, else mapped.
     pub fn for_len(len: u64) -> Residency {
-        if std::env::var("KILN_MMAP").is_ok_and(|v| v != "0") {
-            return Residency::Mapped;
-        }
         match mem_available() {
             Some(avail) if len <= avail / 2 => Residency::Resident,
             _ => Residency::Mapped,

@@ -50,7 +50,10 @@ fn check_against_gguf_py(m: &LoadedModel, e: &Value) {
             .unwrap_or_else(|| panic!("{k} is not an array"));
         assert_eq!(a.len() as u64, n.as_u64().unwrap(), "{k}");
     }
-    let hist = kiln_formats::type_histogram(&m.tensors);
+    let mut hist = std::collections::BTreeMap::<&str, usize>::new();
+    for t in m.tensors.values() {
+        *hist.entry(t.dtype.name()).or_default() += 1;
+    }
     let exp_hist = e["type_histogram"].as_object().unwrap();
     assert_eq!(hist.len(), exp_hist.len());
     for (t, n) in exp_hist {
@@ -145,17 +148,6 @@ fn gemma3_270m() {
         c.n_params(),
         m.tensors.values().map(|t| t.n_elements()).sum::<usize>()
     );
-    let text = kiln_formats::summary(&m);
-    for want in [
-        "gemma3 (Gemma 3 270m)",
-        "18 layers, hidden 640",
-        "window 512 on 15 of 18 layers",
-        "F32 109",
-        "Q5_0 81",
-        "tied",
-    ] {
-        assert!(text.contains(want), "summary lacks {want:?}:\n{text}");
-    }
 }
 
 #[test]
@@ -188,16 +180,6 @@ fn qwen25_coder_05b() {
         c.n_params(),
         m.tensors.values().map(|t| t.n_elements()).sum::<usize>()
     );
-    let text = kiln_formats::summary(&m);
-    for want in [
-        "qwen2",
-        "14 query heads, 2 kv heads, head dim 64",
-        "Q4_K 12",
-        "own matrix",
-        "chat template: yes",
-    ] {
-        assert!(text.contains(want), "summary lacks {want:?}:\n{text}");
-    }
 }
 
 #[test]

@@ -32,6 +32,11 @@ fn ns_per_call(mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // A program, like the CLI, may read the environment; the library does not.
+    if let Ok(v) = std::env::var("KILN_ISA") {
+        let isa = v.parse().unwrap_or_else(|e| panic!("KILN_ISA: {e}"));
+        kiln_kernels::Isa::use_in_process(isa).unwrap_or_else(|e| panic!("KILN_ISA: {e}"));
+    }
     let keys = 512;
     for hd in [256, 64] {
         // deterministic, f16-representable data in the range real caches hold

@@ -44,12 +44,21 @@ fn time_it(cpu_time: bool, mut f: impl FnMut()) -> f64 {
 
 /// A weight matrix in the layout the model loader would give it (`KILN_INTERLEAVE=0`: plain).
 fn weights(dtype: DType, rows: usize, cols: usize, mut bytes: Vec<u8>) -> Tensor {
-    let layout = interleave::preferred(dtype, &[rows, cols]);
+    let layout = if std::env::var("KILN_INTERLEAVE").is_ok_and(|v| v == "0") {
+        interleave::Layout::Plain
+    } else {
+        interleave::preferred(dtype, &[rows, cols])
+    };
     interleave::rearrange(layout, dtype, cols, &mut bytes);
     Tensor::with_layout(dtype, vec![rows, cols], Storage::from_vec(bytes), layout).unwrap()
 }
 
 fn main() {
+    // A program, like the CLI, may read the environment; the library does not.
+    if let Ok(v) = std::env::var("KILN_ISA") {
+        let isa = v.parse().unwrap_or_else(|e| panic!("KILN_ISA: {e}"));
+        kiln_kernels::Isa::use_in_process(isa).unwrap_or_else(|e| panic!("KILN_ISA: {e}"));
+    }
     let args: Vec<String> = std::env::args().collect();
     let threads = args.get(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::thread::available_parallelism()

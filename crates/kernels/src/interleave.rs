@@ -38,11 +38,10 @@ pub const Q5_0_GROUP_BLOCK: usize = 88;
 /// by 0..3 or a left shift by 1..4 of 64-bit lanes moves them there without crossing bytes.
 pub const Q5_0_HIGH_BIT: [[u32; 2]; 4] = [[4, 6], [5, 7], [3, 1], [2, 0]];
 
-/// The layout this CPU's best kernels want for a matrix of `dtype` and `shape`
-/// (`KILN_INTERLEAVE=0` keeps every tensor plain, for comparisons).
+/// The layout the kernels of this process's level ([`Isa::best`]) want for a matrix of
+/// `dtype` and `shape`. (A loader asked to keep the file's order simply does not call this.)
 pub fn preferred(dtype: DType, shape: &[usize]) -> Layout {
-    let off = std::env::var("KILN_INTERLEAVE").is_ok_and(|v| v == "0");
-    if !off && supports(Layout::Rows4, dtype, shape) && shape[0] >= 4 && Isa::best() == Isa::Avx2 {
+    if supports(Layout::Rows4, dtype, shape) && shape[0] >= 4 && Isa::best() == Isa::Avx2 {
         Layout::Rows4
     } else {
         Layout::Plain

@@ -41,7 +41,7 @@ pub mod quant;
 pub mod storage;
 pub mod tensor;
 
-pub use dot::{cpu_features, Isa};
+pub use dot::{cpu_features, Isa, IsaUnavailable};
 pub use dtype::DType;
 pub use interleave::Layout;
 pub use matmul::matmul;

@@ -53,39 +53,6 @@ pub fn softmax(x: &mut [f32]) {
     reference::softmax(x)
 }
 
-/// `gate[i] = silu(gate[i]) * up[i]` (the SwiGLU feed-forward gate).
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    assert_eq!(gate.len(), up.len(), "silu_mul: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        unsafe { crate::ops_avx2::silu_mul(gate, up) };
-        return;
-    }
-    reference::silu_mul(gate, up)
-}
-
-/// `gate[i] = gelu_tanh(gate[i]) * up[i]` (the GeGLU feed-forward gate).
-pub fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
-    assert_eq!(gate.len(), up.len(), "gelu_tanh_mul: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        unsafe { crate::ops_avx2::gelu_tanh_mul(gate, up) };
-        return;
-    }
-    reference::gelu_tanh_mul(gate, up)
-}
-
-/// `y += a * x` (attention's weighted sum of values).
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    assert_eq!(y.len(), x.len(), "axpy: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        unsafe { crate::ops_avx2::axpy(y, a, x) };
-        return;
-    }
-    reference::axpy(y, a, x)
-}
-
 /// `gate[i] = gelu(gate[i]) * up[i]` as ggml computes it on the CPU (`ggml_vec_geglu_f32` with
 /// `GGML_GELU_FP16`): the input is rounded to f16 and looked up in a table of
 /// `f16(gelu_tanh(x))`, so the activation carries f16 precision; inputs at or beyond ±10 take
@@ -139,20 +106,9 @@ pub fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
     reference::f16_to_f32(src, dst)
 }
 
-/// Σ a·b of two f16 vectors, accumulated in f32 in the order of ggml's AVX2
-/// `ggml_vec_dot_f16` (so results match it bit for bit): 4 × 8 fused multiply-add lanes over
-/// each 32 elements, the lanes summed pairwise, then any tail added in f64.
-pub fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot_f16: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        return unsafe { crate::ops_avx2::dot_f16(a, b) };
-    }
-    reference::dot_f16(a, b)
-}
-
-/// Σ a·b of an f32 vector and an f16 one (a query against f16 keys), in f32 with the same
-/// lane structure as [`dot_f16`]: 4 × 8 fused multiply-add lanes, summed pairwise, tail in f64.
+/// Σ a·b of an f32 vector and an f16 one (a query against f16 keys), in f32 in the lane order
+/// of ggml's AVX2 `ggml_vec_dot_f16`: 4 × 8 fused multiply-add lanes over each 32 elements,
+/// summed pairwise, tail in f64.
 pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot_f32_f16: lengths differ");
     #[cfg(target_arch = "x86_64")]
@@ -189,7 +145,7 @@ pub fn dot_f32_f16_keys<const H: usize>(a: [&[f32]; H], keys: &[u16], out: [&mut
 /// `out`: starting from zero, for each key `j` in order and per element, `acc = f16(acc·ms[j])`
 /// when `ms[j] != 1` (the running maximum moved), then `acc = f16(acc + v_j·vs[j])` with the
 /// f32 fused multiply-add rounded once. `values` holds the keys' value rows back to back
-/// (`out.len()` each). Bit-identical to [`scale_f16`] and [`mad_f16`] applied key by key; the
+/// (`out.len()` each). Bit-identical to [`reference::scale_f16`] and [`reference::mad_f16`] applied key by key; the
 /// SIMD form keeps a slice of the accumulator in registers for the whole run of keys instead
 /// of storing and reloading it for every key.
 pub fn f16_weighted_sum(values: &[u16], ms: &[f32], vs: &[f32], out: &mut [f32]) {
@@ -235,33 +191,6 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
         return;
     }
     reference::axpy_f16(y, a, x)
-}
-
-/// `y[i] = f16(y[i] + x[i]·v)` with one rounding of the fused multiply-add to f16
-/// (ggml's `ggml_vec_mad_f16`, the f16 accumulator of its flash attention).
-pub fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
-    assert_eq!(y.len(), x.len(), "mad_f16: lengths differ");
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        unsafe { crate::ops_avx2::mad_f16(y, x, v) };
-        return;
-    }
-    reference::mad_f16(y, x, v)
-}
-
-/// `y[i] = f16(y[i]·v)` (ggml's `ggml_vec_scale_f16`).
-pub fn scale_f16(y: &mut [u16], v: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        unsafe { crate::ops_avx2::scale_f16(y, v) };
-        return;
-    }
-    reference::scale_f16(y, v)
-}
-
-/// Σ a·b (attention scores), SIMD when available.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    crate::dot::dot_f32(a, b)
 }
 
 pub fn silu(x: f32) -> f32 {
@@ -370,11 +299,6 @@ pub mod reference {
         sum as f32
     }
 
-    pub fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
-        let h = |v: u16| f16::from_bits(v).to_f32();
-        dot_in_ggml_order(a.len(), |k| (h(a[k]), h(b[k])))
-    }
-
     pub fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
         let h = |v: u16| f16::from_bits(v).to_f32();
         dot_in_ggml_order(a.len(), |k| (a[k], h(b[k])))
@@ -412,12 +336,6 @@ pub mod reference {
     pub fn scale_f16(y: &mut [u16], v: f32) {
         for d in y.iter_mut() {
             *d = f16::from_f32(f16::from_bits(*d).to_f32() * v).to_bits();
-        }
-    }
-
-    pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        for (v, &b) in y.iter_mut().zip(x) {
-            *v += a * b;
         }
     }
 }

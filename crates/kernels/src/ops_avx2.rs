@@ -155,68 +155,6 @@ pub(crate) unsafe fn softmax(x: &mut [f32]) {
     }
 }
 
-/// gate[i] = silu(gate[i]) * up[i]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    let n = gate.len().min(up.len());
-    let one = _mm256_set1_ps(1.0);
-    let mut c = 0;
-    while c + 8 <= n {
-        let p = gate.as_mut_ptr().add(c);
-        let g = _mm256_loadu_ps(p);
-        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
-        let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(p, _mm256_mul_ps(s, _mm256_loadu_ps(up.as_ptr().add(c))));
-        c += 8;
-    }
-    for i in c..n {
-        gate[i] = crate::ops::silu(gate[i]) * up[i];
-    }
-}
-
-/// gate[i] = gelu_tanh(gate[i]) * up[i], using 0.5 x (1 + tanh y) = x / (1 + e^{-2y})
-/// (no cancellation for negative x).
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
-    let n = gate.len().min(up.len());
-    let one = _mm256_set1_ps(1.0);
-    let k = _mm256_set1_ps(0.797_884_6);
-    let c3 = _mm256_set1_ps(0.044_715);
-    let mut c = 0;
-    while c + 8 <= n {
-        let p = gate.as_mut_ptr().add(c);
-        let x = _mm256_loadu_ps(p);
-        let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
-        let y = _mm256_mul_ps(k, _mm256_fmadd_ps(c3, x3, x));
-        let e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.0), y));
-        let g = _mm256_div_ps(x, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(p, _mm256_mul_ps(g, _mm256_loadu_ps(up.as_ptr().add(c))));
-        c += 8;
-    }
-    for i in c..n {
-        gate[i] = crate::ops::gelu_tanh(gate[i]) * up[i];
-    }
-}
-
-/// y += a * x
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    let n = y.len().min(x.len());
-    let av = _mm256_set1_ps(a);
-    let mut c = 0;
-    while c + 8 <= n {
-        let p = y.as_mut_ptr().add(c);
-        _mm256_storeu_ps(
-            p,
-            _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(c)), _mm256_loadu_ps(p)),
-        );
-        c += 8;
-    }
-    for i in c..n {
-        y[i] += a * x[i];
-    }
-}
-
 /// Round-half-to-even of 8 lanes (exactly like `act::round_even`), as i32.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -430,70 +368,6 @@ pub(crate) unsafe fn f16_to_f32(src: &[u16], dst: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_f16(p: *const u16) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn store_f16(p: *mut u16, v: __m256) {
-    _mm_storeu_si128(
-        p as *mut __m128i,
-        _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
-    );
-}
-
-/// `ops::dot_f16` (ggml's AVX2 order); bit-identical to the scalar version.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn dot_f16(a: &[u16], b: &[u16]) -> f32 {
-    let n = a.len().min(b.len());
-    let body = n / 32 * 32;
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut i = 0;
-    while i < body {
-        for (j, s) in acc.iter_mut().enumerate() {
-            *s = _mm256_fmadd_ps(load_f16(pa.add(i + 8 * j)), load_f16(pb.add(i + 8 * j)), *s);
-        }
-        i += 32;
-    }
-    let r = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-    let t0 = _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
-    let t1 = _mm_hadd_ps(t0, t0);
-    let mut sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1)) as f64;
-    for k in body..n {
-        sum += (half::f16::from_bits(a[k]).to_f32() * half::f16::from_bits(b[k]).to_f32()) as f64;
-    }
-    sum as f32
-}
-
-/// `ops::mad_f16`; bit-identical to the scalar version.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn mad_f16(y: &mut [u16], x: &[u16], v: f32) {
-    let n = y.len().min(x.len());
-    let vv = _mm256_set1_ps(v);
-    let mut c = 0;
-    while c + 8 <= n {
-        let py = y.as_mut_ptr().add(c);
-        store_f16(
-            py,
-            _mm256_fmadd_ps(load_f16(x.as_ptr().add(c)), vv, load_f16(py)),
-        );
-        c += 8;
-    }
-    crate::ops::reference::mad_f16(&mut y[c..n], &x[c..n], v);
-}
-
-/// `ops::scale_f16`; bit-identical to the scalar version.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn scale_f16(y: &mut [u16], v: f32) {
-    let n = y.len();
-    let vv = _mm256_set1_ps(v);
-    let mut c = 0;
-    while c + 8 <= n {
-        let py = y.as_mut_ptr().add(c);
-        store_f16(py, _mm256_mul_ps(load_f16(py), vv));
-        c += 8;
-    }
-    crate::ops::reference::scale_f16(&mut y[c..n], v);
 }
 
 /// `ops::dot_f32_f16`; bit-identical to the scalar version.

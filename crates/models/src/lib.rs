@@ -44,13 +44,7 @@ pub enum Numerics {
 
 impl Numerics {
     /// `Ggml` when any weight is in a quantised block type, else `Exact`.
-    /// `KILN_NUMERICS=exact|ggml` overrides (for experiments).
     pub fn for_tensors<'a>(mut dtypes: impl Iterator<Item = &'a DType>) -> Numerics {
-        match std::env::var("KILN_NUMERICS").ok().as_deref() {
-            Some("exact") => return Numerics::Exact,
-            Some("ggml") => return Numerics::Ggml,
-            _ => {}
-        }
         if dtypes.any(|d| d.is_quantized()) {
             Numerics::Ggml
         } else {
@@ -59,19 +53,36 @@ impl Numerics {
     }
 
     /// The KV cache type this regime uses unless asked otherwise: f16 for `Ggml` (as
-    /// llama.cpp), f32 for `Exact`. `KILN_CACHE_TYPE=f16|f32` overrides.
+    /// llama.cpp), f32 for `Exact`.
     pub fn default_kv_type(self) -> KvType {
-        if let Some(t) = std::env::var("KILN_CACHE_TYPE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            return t;
-        }
         match self {
             Numerics::Exact => KvType::F32,
             Numerics::Ggml => KvType::F16,
         }
     }
+}
+
+impl std::str::FromStr for Numerics {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Numerics, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "exact" => Ok(Numerics::Exact),
+            "ggml" => Ok(Numerics::Ggml),
+            _ => Err(format!("unknown numerics {s:?} (exact or ggml)")),
+        }
+    }
+}
+
+/// How [`build_with`] sets up a forward pass; `None` fields follow the weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Kernel threads (at least 1).
+    pub threads: usize,
+    /// The arithmetic to reproduce; `None`: [`Numerics::for_tensors`] (for experiments).
+    pub numerics: Option<Numerics>,
+    /// The KV cache element type; `None`: the numerics' [`Numerics::default_kv_type`].
+    pub kv_type: Option<KvType>,
 }
 
 /// A causal language model: tokens in, logits out, keys and values kept in the caller's cache.
@@ -106,18 +117,26 @@ pub trait CausalLM: Send + Sync {
 /// Builds the forward pass for a loaded model, with `n_threads` kernel threads, the
 /// [`Numerics`] its weights call for and that regime's default KV cache type.
 pub fn build(model: LoadedModel, n_threads: usize) -> Result<Box<dyn CausalLM>, ModelError> {
-    build_with(model, n_threads, None)
+    build_with(
+        model,
+        &BuildOptions {
+            threads: n_threads,
+            ..BuildOptions::default()
+        },
+    )
 }
 
-/// [`build`] with an explicit KV cache type (`None`: the regime's default).
+/// [`build`] with explicit numerics and KV cache type where `opts` give them.
 pub fn build_with(
     model: LoadedModel,
-    n_threads: usize,
-    kv_type: Option<KvType>,
+    opts: &BuildOptions,
 ) -> Result<Box<dyn CausalLM>, ModelError> {
     let cfg = model.config.clone();
-    let numerics = Numerics::for_tensors(model.tensors.values().map(|t| &t.dtype));
-    let kv_type = kv_type.unwrap_or_else(|| numerics.default_kv_type());
+    let numerics = opts
+        .numerics
+        .unwrap_or_else(|| Numerics::for_tensors(model.tensors.values().map(|t| &t.dtype)));
+    let kv_type = opts.kv_type.unwrap_or_else(|| numerics.default_kv_type());
+    let n_threads = opts.threads.max(1);
     let mut weights = Weights::new(model.tensors);
     let m: Box<dyn CausalLM> = match cfg.arch {
         Arch::Llama | Arch::Mistral | Arch::Qwen2 => Box::new(llama::Llama::new(

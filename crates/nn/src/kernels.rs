@@ -704,13 +704,12 @@ pub enum KernelKind {
 }
 
 impl KernelKind {
-    /// The best family this CPU supports (cached). Setting `KILN_NN_PORTABLE` in the
-    /// environment forces the portable kernels.
+    /// The best family this CPU supports (cached); `Network::set_kernel` picks another.
     pub fn detect() -> KernelKind {
         use std::sync::OnceLock;
         static KIND: OnceLock<KernelKind> = OnceLock::new();
         *KIND.get_or_init(|| {
-            if std::env::var_os("KILN_NN_PORTABLE").is_none() && avx2_available() {
+            if avx2_available() {
                 KernelKind::Avx2
             } else {
                 KernelKind::Portable

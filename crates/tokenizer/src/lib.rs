@@ -775,56 +775,6 @@ fn gguf_spm_encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) -> Result<()> 
     Ok(())
 }
 
-/// Turns a stream of token bytes ([`Tokenizer::token_bytes`]) into text pieces, holding back
-/// an incomplete UTF-8 sequence until its last byte arrives (invalid bytes become U+FFFD).
-#[derive(Default, Debug, Clone)]
-pub struct Utf8Stream {
-    pending: Vec<u8>,
-}
-
-impl Utf8Stream {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends bytes; returns the text that is now complete.
-    pub fn push(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
-        let mut out = String::new();
-        loop {
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.push_str(s);
-                    self.pending.clear();
-                    return out;
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
-                    match e.error_len() {
-                        // Incomplete sequence at the end: keep it for the next push.
-                        None => {
-                            self.pending.drain(..valid);
-                            return out;
-                        }
-                        Some(bad) => {
-                            out.push('\u{FFFD}');
-                            self.pending.drain(..valid + bad);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whatever is still held back (an unfinished sequence becomes U+FFFD).
-    pub fn finish(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        s
-    }
-}
-
 /// GGUF `tokenizer.ggml.*` metadata (llama.cpp's `llama` tokenizer model: pieces, scores and
 /// token types) for a SentencePiece `tokenizer.model`, so a converted checkpoint carries its
 /// vocabulary. bos/eos ids are left to the model metadata.
@@ -888,26 +838,4 @@ pub fn sentencepiece_gguf_metadata(
         ));
     }
     Ok(m)
-}
-
-#[cfg(test)]
-mod stream_tests {
-    use super::Utf8Stream;
-
-    #[test]
-    fn holds_back_partial_characters() {
-        let text = "a中🦙b";
-        let bytes = text.as_bytes();
-        let mut s = Utf8Stream::new();
-        let mut out = String::new();
-        for b in bytes {
-            out.push_str(&s.push(&[*b]));
-        }
-        out.push_str(&s.finish());
-        assert_eq!(out, text);
-        let mut s = Utf8Stream::new();
-        assert_eq!(s.push(&[0xE4, 0xB8]), "");
-        assert_eq!(s.push(&[0xAD, b'x', 0xFF, b'y', 0xF0]), "中x\u{FFFD}y");
-        assert_eq!(s.finish(), "\u{FFFD}");
-    }
 }

@@ -14,6 +14,7 @@ pub(crate) mod scalar;
 use crate::quant::{interleave8, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
 use scalar::LegacyKind;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 /// An instruction-set level with its own kernels.
@@ -63,21 +64,57 @@ impl Isa {
 
     /// Every level this CPU can run, best last.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::NeonDot]
-            .into_iter()
-            .filter(|i| i.is_available())
-            .collect()
+        ALL.into_iter().filter(|i| i.is_available()).collect()
     }
 
-    /// The best level this CPU can run (detected once). `KILN_ISA=scalar` forces the reference.
+    /// The level every kernel of this process uses: the one set by [`Isa::use_in_process`],
+    /// else the best this CPU can run ([`Isa::detected`]).
     pub fn best() -> Isa {
+        match CHOSEN.load(Ordering::Relaxed) {
+            0 => Isa::detected(),
+            n => ALL[usize::from(n) - 1],
+        }
+    }
+
+    /// The best level this CPU can run (detected once).
+    pub fn detected() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            if std::env::var("KILN_ISA").is_ok_and(|v| v.eq_ignore_ascii_case("scalar")) {
-                return Isa::Scalar;
-            }
-            *Isa::available().last().unwrap_or(&Isa::Scalar)
-        })
+        *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Scalar))
+    }
+
+    /// Makes every kernel of this process run `isa` from now on (e.g. the scalar reference,
+    /// for comparisons). Process-wide because the kernels are free functions called from every
+    /// model; every level handles every weight layout, so models loaded before keep working.
+    pub fn use_in_process(isa: Isa) -> Result<(), IsaUnavailable> {
+        if !isa.is_available() {
+            return Err(IsaUnavailable(isa));
+        }
+        let n = ALL.iter().position(|&i| i == isa).unwrap_or(0) + 1;
+        CHOSEN.store(n as u8, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Every level, in the order [`CHOSEN`] numbers them (from 1).
+const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::NeonDot];
+
+/// The level [`Isa::use_in_process`] set (its index in [`ALL`] plus one), 0 = detect.
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// Asked for an instruction-set level this CPU cannot run.
+#[derive(Debug, thiserror::Error)]
+#[error("this CPU cannot run the {} kernels (it can run: {})", .0.name(), Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", "))]
+pub struct IsaUnavailable(pub Isa);
+
+impl std::str::FromStr for Isa {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Isa, String> {
+        ALL.into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = ALL.iter().map(|i| i.name()).collect();
+                format!("unknown kernel level {s:?} (one of: {})", names.join(", "))
+            })
     }
 }
 

@@ -18,6 +18,7 @@ pub mod chat;
 mod bpe;
 mod hf;
 mod pretok;
+mod sandbox;
 mod sentencepiece;
 mod spm;
 mod tiktoken;

@@ -144,7 +144,9 @@ fn checkpoint(numel: u64, data: &[u8], deflate: bool, declared: Option<u64>) -> 
 #[test]
 fn honest_crafted_checkpoints_load() {
     // The writer and pickle above are right: told the truth, the reader loads them.
-    let data: Vec<u8> = (0..4096u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..4096u32)
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
     assert_eq!(open(&checkpoint(4096, &data, false, None)), Ok(1));
     assert_eq!(open(&checkpoint(4096, &data, true, None)), Ok(1));
 }
@@ -175,5 +177,8 @@ fn a_deflated_member_that_inflates_to_less_or_more_is_refused() {
 fn a_stored_member_cannot_claim_more_than_the_file() {
     let data = vec![0u8; 4096];
     let e = open(&checkpoint(1 << 30, &data, false, Some(4 << 30))).unwrap_err();
-    assert!(e.contains("sizes differ") || e.contains("past the end"), "{e}");
+    assert!(
+        e.contains("sizes differ") || e.contains("past the end"),
+        "{e}"
+    );
 }

@@ -116,6 +116,10 @@ pub fn build_with(
     kv_type: Option<KvType>,
 ) -> Result<Box<dyn CausalLM>, ModelError> {
     let cfg = model.config.clone();
+    // A zero size would reach `chunks_exact(0)` in the layers; `kiln_formats::load` checks
+    // this too, but a LoadedModel can be built by hand.
+    cfg.validate()
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
     let numerics = Numerics::for_tensors(model.tensors.values().map(|t| &t.dtype));
     let kv_type = kv_type.unwrap_or_else(|| numerics.default_kv_type());
     let mut weights = Weights::new(model.tensors);

@@ -479,7 +479,12 @@ fn check_constants(source: &str, config: &TemplateConfig) -> Result<(), String> 
     use minijinja::machinery::{tokenize, Token};
     const MAX_MULS: usize = 8;
     let mut muls = 0;
-    for token in tokenize(source, false, config.syntax_config.clone(), config.ws_config) {
+    for token in tokenize(
+        source,
+        false,
+        config.syntax_config.clone(),
+        config.ws_config,
+    ) {
         match token.map_err(describe)?.0 {
             Token::Int(n) if n > MAX_SIZE_ARG as u64 => {
                 return Err(format!(

@@ -98,7 +98,10 @@ fn huge_repeats_and_size_arguments_are_refused() {
     assert_refused("{% set n = 50000 %}{{ 'abcd' * (n * n) }}", "limits");
     assert_refused("{% set n = 50000 %}{{ ([1] * (n * n))|length }}", "limits");
     assert_refused("{% set n = 50000 %}{{ 'a\\nb'|indent(n * n) }}", "limit");
-    assert_refused("{% set n = 50000 %}{{ [1, 2]|batch(n * n, 0)|list }}", "limit");
+    assert_refused(
+        "{% set n = 50000 %}{{ [1, 2]|batch(n * n, 0)|list }}",
+        "limit",
+    );
     assert_refused("{% set n = 50000 %}{{ [1, 2]|slice(n * n)|list }}", "limit");
     assert_refused("{{ messages|tojson(indent=100000) }}", "indent");
     assert_refused("{{ '%1000000000s'|format('x') }}", "limit");
@@ -161,7 +164,12 @@ fn ordinary_operators_still_work() {
 fn a_long_conversation_still_renders() {
     // 2 000 turns through a ChatML-style template stays well inside the step budget.
     let msgs: Vec<ChatMessage> = (0..2000)
-        .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, "some text here"))
+        .map(|i| {
+            ChatMessage::new(
+                if i % 2 == 0 { "user" } else { "assistant" },
+                "some text here",
+            )
+        })
         .collect();
     let out = render_chat_template(kiln_tokenizer::CHATML, &msgs, true, "", "").unwrap();
     assert_eq!(out.matches("<|im_start|>").count(), 2001);

@@ -127,7 +127,7 @@ impl ModelConfig {
                 return bad(format!("{what} is 0"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} attention heads cannot share {} kv heads (n_heads must be a multiple of n_kv_heads)",
                 self.n_heads, self.n_kv_heads

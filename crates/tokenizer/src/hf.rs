@@ -85,6 +85,26 @@ fn check_tokenizer_json(raw: &serde_json::Value) -> std::result::Result<(), Stri
             }
         }
     }
+    // BPE strips the continuing-subword prefix from each merge's second part by byte count.
+    if let Some(prefix) = raw
+        .pointer("/model/continuing_subword_prefix")
+        .and_then(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+    {
+        let merges = raw.pointer("/model/merges").and_then(|m| m.as_array());
+        for m in merges.into_iter().flatten() {
+            let second = match m {
+                serde_json::Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+                serde_json::Value::Array(a) => a.get(1).and_then(|b| b.as_str()),
+                _ => None,
+            };
+            if second.is_some_and(|b| !b.starts_with(prefix)) {
+                return Err(format!(
+                    "model: merge {m} does not continue with the continuing_subword_prefix {prefix:?}"
+                ));
+            }
+        }
+    }
     if let Some(pp) = raw.get("post_processor") {
         for p in components(pp, "processors") {
             if p.get("type").and_then(|t| t.as_str()) != Some("TemplateProcessing") {

@@ -146,7 +146,11 @@ fn fuzz(
     check: fn(&[u8]) -> bool,
 ) {
     let cases = env_u64("KILN_FUZZ_CASES", default_cases);
-    let seed = env_u64("KILN_FUZZ_SEED", 0x5EED_0F_C1A7) ^ target.len() as u64;
+    // Each target its own stream: the seed mixed with an FNV-1a hash of the target's name.
+    let name_hash = target.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+    });
+    let seed = env_u64("KILN_FUZZ_SEED", 0x0005_EED0_C1A7) ^ name_hash;
     let mut rng = Rng(seed | 1);
     let mut accepted = 0;
     for case in 0..cases {

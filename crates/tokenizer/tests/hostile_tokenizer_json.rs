@@ -81,3 +81,15 @@ fn special_token_ids_outside_the_vocabulary_are_refused() {
     .unwrap_err();
     assert!(e.contains("1000000"), "{e}");
 }
+
+#[test]
+fn merges_without_the_continuing_subword_prefix_are_refused() {
+    // Found by the fuzzing harness: the tokenizers crate slices each merge's second part by
+    // the prefix's length and panicked on a shorter one.
+    let e = load_edited("qwen2-tiny", |v| {
+        v["model"]["continuing_subword_prefix"] = json!("<unk>");
+    })
+    .map(|_| ())
+    .unwrap_err();
+    assert!(e.contains("continuing_subword_prefix"), "{e}");
+}

@@ -174,3 +174,34 @@ fn a_long_conversation_still_renders() {
     let out = render_chat_template(kiln_tokenizer::CHATML, &msgs, true, "", "").unwrap();
     assert_eq!(out.matches("<|im_start|>").count(), 2001);
 }
+
+#[test]
+fn real_templates_render_long_conversations_within_the_limits() {
+    // Every template in the test data that renders a short dialog renders a 1 000-message one
+    // too: the step and byte budgets leave real templates plenty of room.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let turn = |i: usize| {
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        ChatMessage::new(role, "A sentence of ordinary length, repeated in every turn.")
+    };
+    let mut rendered = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with("-chat-template.jinja") {
+            continue;
+        }
+        let t = std::fs::read_to_string(&path).unwrap();
+        let short: Vec<ChatMessage> = (0..2).map(turn).collect();
+        if render_chat_template(&t, &short, true, "<s>", "</s>").is_err() {
+            continue;
+        }
+        let long: Vec<ChatMessage> = (0..1001).map(turn).collect();
+        let start = Instant::now();
+        let out = render_chat_template(&t, &long, true, "<s>", "</s>")
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(out.matches("A sentence").count() >= 1001, "{}", path.display());
+        assert!(start.elapsed() < Duration::from_secs(5));
+        rendered += 1;
+    }
+    assert!(rendered >= 3, "only {rendered} templates rendered");
+}

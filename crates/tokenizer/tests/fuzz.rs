@@ -49,6 +49,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// Panics seen, including ones the library contains (kiln turns a `tokenizers` panic into an
+/// error, but each is a validation gap worth closing).
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::Relaxed);
+            default(info);
+        }));
+    });
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -153,7 +168,9 @@ fn fuzz(
     let seed = env_u64("KILN_FUZZ_SEED", 0x0005_EED0_C1A7) ^ name_hash;
     let mut rng = Rng(seed | 1);
     let mut accepted = 0;
+    count_panics();
     for case in 0..cases {
+        let panics_before = PANICS.load(Ordering::Relaxed);
         let input = gen(&mut rng);
         assert!(
             input.len() < 1 << 20,
@@ -176,6 +193,8 @@ fn fuzz(
             Ok(Err(_)) => Some("panicked"),
             Err(_) => Some("took over 5 s"),
         };
+        let contained = PANICS.load(Ordering::Relaxed) != panics_before;
+        let failure = failure.or(contained.then_some("panicked inside the library (contained)"));
         let largest = LARGEST.load(Ordering::Relaxed);
         let failure = failure.or((largest > MAX_ALLOCATION).then_some("allocated over 1 GiB"));
         if let Some(why) = failure {
@@ -516,10 +535,8 @@ fn fuzz_chat_templates() {
 #[test]
 fn regressions() {
     let dir = repo().join("tests/data/fuzz");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for e in entries {
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().to_string();
         let bytes = std::fs::read(&p).unwrap();
@@ -528,11 +545,20 @@ fn regressions() {
             "safetensors" => check_safetensors,
             "pth" => check_pth,
             "pickle" => check_pickle,
-            "tokenizer.json" | "tokenizer" => check_tokenizer_json,
+            "tokenizer" => check_tokenizer_json,
             "chat" => check_template,
             _ => continue,
         };
+        count_panics();
+        let before = PANICS.load(Ordering::Relaxed);
         let r = std::panic::catch_unwind(|| check(&bytes));
         assert!(r.is_ok(), "regression {name} panics again");
+        assert_eq!(
+            PANICS.load(Ordering::Relaxed),
+            before,
+            "regression {name} panics again inside the library"
+        );
+        checked += 1;
     }
+    assert!(checked > 0, "no regression cases in {}", dir.display());
 }

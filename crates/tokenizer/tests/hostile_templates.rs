@@ -182,7 +182,10 @@ fn real_templates_render_long_conversations_within_the_limits() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let turn = |i: usize| {
         let role = if i % 2 == 0 { "user" } else { "assistant" };
-        ChatMessage::new(role, "A sentence of ordinary length, repeated in every turn.")
+        ChatMessage::new(
+            role,
+            "A sentence of ordinary length, repeated in every turn.",
+        )
     };
     let mut rendered = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -199,7 +202,11 @@ fn real_templates_render_long_conversations_within_the_limits() {
         let start = Instant::now();
         let out = render_chat_template(&t, &long, true, "<s>", "</s>")
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(out.matches("A sentence").count() >= 1001, "{}", path.display());
+        assert!(
+            out.matches("A sentence").count() >= 1001,
+            "{}",
+            path.display()
+        );
         assert!(start.elapsed() < Duration::from_secs(5));
         rendered += 1;
     }

@@ -181,7 +181,11 @@ fn real_templates_render_long_conversations_within_the_limits() {
     // too: the step and byte budgets leave real templates plenty of room.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let turn = |i: usize| {
-        let role = if i.is_multiple_of(2) { "user" } else { "assistant" };
+        let role = if i.is_multiple_of(2) {
+            "user"
+        } else {
+            "assistant"
+        };
         ChatMessage::new(
             role,
             "A sentence of ordinary length, repeated in every turn.",

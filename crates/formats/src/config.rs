@@ -101,6 +101,111 @@ pub(crate) fn bounded(what: &str, v: usize, max: usize) -> crate::Result<usize> 
 }
 
 impl ModelConfig {
+    /// Checks what every forward pass relies on, whatever file the configuration came from
+    /// (GGUF, config.json, params.json): no zero sizes, heads that divide, finite positive
+    /// epsilons, rope bases and scales, a usable context, token ids inside the vocabulary.
+    /// Each error names the field.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |msg: String| Err(crate::FormatError::Invalid(format!("model config: {msg}")));
+        for (what, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            (
+                "intermediate_size (feed_forward_length)",
+                self.intermediate_size,
+            ),
+            ("n_layers (block_count)", self.n_layers),
+            ("n_heads (attention.head_count)", self.n_heads),
+            ("n_kv_heads (attention.head_count_kv)", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            (
+                "max_position_embeddings (context_length)",
+                self.max_position_embeddings,
+            ),
+        ] {
+            if v == 0 {
+                return bad(format!("{what} is 0"));
+            }
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(format!(
+                "{} attention heads cannot share {} kv heads (n_heads must be a multiple of n_kv_heads)",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        let positive = |what: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                bad(format!("{what} = {v} (must be a finite number above 0)"))
+            }
+        };
+        positive("rms_norm_eps", self.rms_norm_eps)?;
+        positive("rope_theta", self.rope_theta)?;
+        if let Some(t) = self.rope_local_theta {
+            positive("rope_local_base_freq", t)?;
+        }
+        match &self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => positive("rope_scaling.factor", *factor)?,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                if *original_max_position_embeddings == 0 {
+                    return bad("rope_scaling.original_max_position_embeddings is 0".into());
+                }
+            }
+            Some(RopeScaling::FreqFactors(f)) => {
+                if f.len() != self.head_dim / 2 {
+                    return bad(format!(
+                        "rope_freqs has {} values; head_dim {} needs {}",
+                        f.len(),
+                        self.head_dim,
+                        self.head_dim / 2
+                    ));
+                }
+                if let Some(v) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                    return bad(format!("rope_freqs holds {v} (must be finite and above 0)"));
+                }
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window is 0".into());
+        }
+        for (what, v) in [
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+        ] {
+            if let Some(v) = v {
+                positive(what, v)?;
+            }
+        }
+        let in_vocab = |what: &str, id: u32| {
+            if (id as usize) < self.vocab_size {
+                Ok(())
+            } else {
+                bad(format!(
+                    "{what} {id} is outside the vocabulary of {} tokens",
+                    self.vocab_size
+                ))
+            }
+        };
+        if let Some(b) = self.bos_token_id {
+            in_vocab("bos_token_id", b)?;
+        }
+        for &e in &self.eos_token_ids {
+            in_vocab("eos_token_id", e)?;
+        }
+        Ok(())
+    }
+
     /// The number of weights the tensors of this configuration hold (embedding, blocks, norms,
     /// biases, and the output matrix unless tied), computed from the shapes alone.
     pub fn n_params(&self) -> usize {

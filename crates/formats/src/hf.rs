@@ -43,6 +43,10 @@ pub fn load_dir(dir: &Path) -> Result<LoadedModel> {
     let generation = read_json_opt(&dir.join("generation_config.json"))?;
     let config = config_from_json(&config_json, generation.as_ref())
         .map_err(|e| crate::with_path(e, &config_path))?;
+    // Before the tensors are mapped by layer (`load` validates again for every format).
+    config
+        .validate()
+        .map_err(|e| crate::with_path(e, &config_path))?;
     let raw = read_safetensors_dir(dir)?;
     let tensors = canonical_tensors(&config, raw).map_err(|e| crate::with_path(e, dir))?;
     let tokenizer = if dir.join("tokenizer.json").is_file() {
@@ -289,6 +293,14 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<Option<RopeScaling>> {
 /// (global theta, global scaling, local theta) from `rope_parameters` (transformers 5; may be
 /// keyed by layer type) or `rope_theta` / `rope_scaling` / `rope_local_base_freq` (transformers 4).
 fn rope_config(c: &Cfg<'_>) -> Result<(f32, Option<RopeScaling>, Option<f32>)> {
+    match c.get("rope_parameters") {
+        None | Some(Value::Object(_)) => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "rope_parameters must be an object, not {other}"
+            )))
+        }
+    }
     if let Some(Value::Object(rp)) = c.get("rope_parameters") {
         let per_type = rp.contains_key("full_attention") || rp.contains_key("sliding_attention");
         let global = if per_type {
@@ -383,10 +395,16 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     } else {
         "silu"
     };
-    let act = c
-        .get("hidden_activation")
-        .or_else(|| c.get("hidden_act"))
-        .and_then(Value::as_str);
+    let act_key = if c.get("hidden_activation").is_some() {
+        "hidden_activation"
+    } else {
+        "hidden_act"
+    };
+    let act = match c.get(act_key) {
+        None => None,
+        Some(Value::String(a)) => Some(a.as_str()),
+        Some(other) => return Err(invalid(format!("{act_key} must be a string, not {other}"))),
+    };
     if let Some(a) = act.filter(|&a| a != want_act) {
         return Err(FormatError::Unsupported(format!(
             "{model_type} with activation {a:?} (expected {want_act:?})"

@@ -246,7 +246,10 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<LoadedModel> {
 
 /// Checks that every tensor the architecture needs is present with the shape the configuration
 /// implies (extra tensors, such as optional biases, are allowed).
+/// The configuration is validated first ([`ModelConfig::validate`]), so this is the one check
+/// every format passes through.
 pub fn validate_tensors(cfg: &ModelConfig, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    cfg.validate()?;
     let (d, hd) = (cfg.hidden_size, cfg.head_dim);
     let (q, kv, ff) = (cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.intermediate_size);
     let mut want: Vec<(String, Vec<usize>)> = vec![

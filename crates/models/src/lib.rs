@@ -132,6 +132,10 @@ pub fn build_with(
     opts: &BuildOptions,
 ) -> Result<Box<dyn CausalLM>, ModelError> {
     let cfg = model.config.clone();
+    // A zero size would reach `chunks_exact(0)` in the layers; `kiln_formats::load` checks
+    // this too, but a LoadedModel can be built by hand.
+    cfg.validate()
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
     let numerics = opts
         .numerics
         .unwrap_or_else(|| Numerics::for_tensors(model.tensors.values().map(|t| &t.dtype)));

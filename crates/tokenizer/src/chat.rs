@@ -126,6 +126,12 @@ fn py_json(
         ),
         None => (", ".to_string(), String::new()),
     };
+    if out.len() > crate::sandbox::MAX_VALUE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: the output is over the chat template size limit",
+        ));
+    }
     let close = match indent {
         Some(n) => format!("\n{}", " ".repeat(n * level)),
         None => String::new(),
@@ -197,15 +203,33 @@ fn py_json(
 fn tojson(v: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
+    // The indent is repeated at every nesting level; real templates use 2 or 4.
+    if indent.is_some_and(|n| n > 64) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: indent over 64 is not supported",
+        ));
+    }
     let mut out = String::new();
     py_json(&v, indent, 0, &mut out)?;
     Ok(Value::from_safe_string(out))
+}
+
+/// The functions and filters transformers gives chat templates.
+fn add_hf_globals(env: &mut Environment<'_>) {
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
 }
 
 /// Renders a Hugging Face chat template the way `transformers` does (Jinja with
 /// `trim_blocks` and `lstrip_blocks`, Python string methods such as `.strip()`,
 /// `raise_exception`, `strftime_now`), with `messages`, `add_generation_prompt`,
 /// `bos_token` and `eos_token` in scope.
+///
+/// The template is untrusted (it comes from the model file): it runs with a step budget, a
+/// recursion limit and a memory budget (see `sandbox`), and a template that exceeds them is
+/// an error for this render.
 pub fn render_chat_template(
     template: &str,
     messages: &[ChatMessage],
@@ -213,31 +237,14 @@ pub fn render_chat_template(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
-    let mut env = Environment::new();
-    env.set_trim_blocks(true);
-    env.set_lstrip_blocks(true);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", raise_exception);
-    env.add_function("strftime_now", strftime_now);
-    env.add_filter("tojson", tojson);
-    let err = |e: Error| {
-        let mut msg = format!("chat template: {e}");
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        TokenizerError::Invalid(msg)
-    };
-    env.add_template("chat", template).map_err(err)?;
-    let tmpl = env.get_template("chat").map_err(err)?;
-    tmpl.render(context! {
+    let ctx = context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
-    })
-    .map_err(err)
+    };
+    crate::sandbox::render_untrusted(template, ctx, add_hf_globals)
+        .map_err(|e| TokenizerError::Invalid(format!("chat template: {e}")))
 }
 
 /// Python's `str.strip()` (whitespace as `str.isspace` sees it).

@@ -42,11 +42,125 @@ fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// Runs a call into the `tokenizers` crate, turning a panic (it has a few on malformed
+/// tokenizer.json files) into an error.
+pub(crate) fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        TokenizerError::Invalid(format!("tokenizers crate failed in {what}: {msg}"))
+    })
+}
+
+/// The components of a `Sequence` (or the component itself).
+fn components<'a>(v: &'a serde_json::Value, list_key: &str) -> Vec<&'a serde_json::Value> {
+    match v.get("type").and_then(|t| t.as_str()) {
+        Some("Sequence") => v
+            .get(list_key)
+            .and_then(|l| l.as_array())
+            .map(|l| l.iter().flat_map(|c| components(c, list_key)).collect())
+            .unwrap_or_default(),
+        _ => vec![v],
+    }
+}
+
+/// Checks what the `tokenizers` crate accepts but then panics on: `Replace` steps with an
+/// empty pattern, and a `TemplateProcessing` naming a special token it does not define.
+fn check_tokenizer_json(raw: &serde_json::Value) -> std::result::Result<(), String> {
+    let empty_pattern = |c: &serde_json::Value| {
+        c.get("type").and_then(|t| t.as_str()) == Some("Replace")
+            && c.get("pattern").is_some_and(|p| {
+                ["String", "Regex"]
+                    .iter()
+                    .any(|k| p.get(k).and_then(|s| s.as_str()) == Some(""))
+            })
+    };
+    for (section, list_key) in [("normalizer", "normalizers"), ("decoder", "decoders")] {
+        if let Some(v) = raw.get(section) {
+            if components(v, list_key).into_iter().any(empty_pattern) {
+                return Err(format!("{section}: a Replace step has an empty pattern"));
+            }
+        }
+    }
+    // BPE strips the continuing-subword prefix from each merge's second part by byte count.
+    if let Some(prefix) = raw
+        .pointer("/model/continuing_subword_prefix")
+        .and_then(|p| p.as_str())
+        .filter(|p| !p.is_empty())
+    {
+        let merges = raw.pointer("/model/merges").and_then(|m| m.as_array());
+        for m in merges.into_iter().flatten() {
+            let second = match m {
+                serde_json::Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+                serde_json::Value::Array(a) => a.get(1).and_then(|b| b.as_str()),
+                _ => None,
+            };
+            if second.is_some_and(|b| !b.starts_with(prefix)) {
+                return Err(format!(
+                    "model: merge {m} does not continue with the continuing_subword_prefix {prefix:?}"
+                ));
+            }
+        }
+    }
+    if let Some(pp) = raw.get("post_processor") {
+        for p in components(pp, "processors") {
+            if p.get("type").and_then(|t| t.as_str()) != Some("TemplateProcessing") {
+                continue;
+            }
+            let defined = p.get("special_tokens").and_then(|m| m.as_object());
+            for which in ["single", "pair"] {
+                let steps = p.get(which).and_then(|s| s.as_array());
+                for step in steps.into_iter().flatten() {
+                    let Some(id) = step.pointer("/SpecialToken/id").and_then(|i| i.as_str()) else {
+                        continue;
+                    };
+                    if !defined.is_some_and(|d| d.contains_key(id)) {
+                        return Err(format!(
+                            "post_processor: the {which} template uses special token {id:?}, which its special_tokens do not define"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Special-token ids a `TemplateProcessing` inserts must be tokens of the vocabulary.
+fn check_template_ids(raw: &serde_json::Value, vocab: usize) -> std::result::Result<(), String> {
+    let Some(pp) = raw.get("post_processor") else {
+        return Ok(());
+    };
+    for p in components(pp, "processors") {
+        let tokens = p.get("special_tokens").and_then(|m| m.as_object());
+        for (name, t) in tokens.into_iter().flatten() {
+            let ids = t.get("ids").and_then(|i| i.as_array());
+            for id in ids.into_iter().flatten() {
+                if id.as_u64().is_none_or(|i| i >= vocab as u64) {
+                    return Err(format!(
+                        "post_processor: special token {name:?} has id {id}, outside the vocabulary of {vocab}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl HfModel {
     pub fn load(path: &Path) -> Result<HfModel> {
         let raw = read_json(path)?
             .ok_or_else(|| TokenizerError::Invalid(format!("{}: not found", path.display())))?;
-        let tk = tokenizers::Tokenizer::from_file(path)
+        check_tokenizer_json(&raw)
+            .map_err(|e| TokenizerError::Invalid(format!("{}: {e}", path.display())))?;
+        let tk = contained("loading tokenizer.json", || {
+            tokenizers::Tokenizer::from_file(path)
+        })?
+        .map_err(|e| TokenizerError::Invalid(format!("{}: {e}", path.display())))?;
+        check_template_ids(&raw, tk.get_vocab_size(true))
             .map_err(|e| TokenizerError::Invalid(format!("{}: {e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let config = read_json(&dir.join("tokenizer_config.json"))?;
@@ -95,11 +209,9 @@ impl HfModel {
         eos.retain(|id| seen.insert(*id));
 
         // Whether the post-processor prepends BOS: compare with and without special tokens.
-        let with = tk
-            .encode("a", true)
+        let with = contained("encode", || tk.encode("a", true))?
             .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
-        let without = tk
-            .encode("a", false)
+        let without = contained("encode", || tk.encode("a", false))?
             .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
         let adds_bos = match bos {
             Some(b) => with.get_ids().first() == Some(&b) && without.get_ids().first() != Some(&b),

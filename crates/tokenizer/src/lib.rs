@@ -18,6 +18,7 @@ pub mod chat;
 mod bpe;
 mod hf;
 mod pretok;
+mod sandbox;
 mod sentencepiece;
 mod spm;
 mod tiktoken;
@@ -422,9 +423,8 @@ impl Tokenizer {
         let want_bos = add_special && self.add_bos;
         match &self.model {
             Model::Hf(m) => {
-                let enc =
-                    m.tk.encode(text, add_special)
-                        .map_err(|e| invalid(format!("tokenizers: {e}")))?;
+                let enc = hf::contained("encode", || m.tk.encode(text, add_special))?
+                    .map_err(|e| invalid(format!("tokenizers: {e}")))?;
                 out.extend_from_slice(enc.get_ids());
             }
             Model::GgufSpm {
@@ -524,7 +524,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
         if let Model::Hf(m) = &self.model {
             if ids.iter().all(|&id| (id as usize) < self.vocab_size()) {
-                if let Ok(s) = m.tk.decode(ids, skip_special) {
+                if let Ok(Ok(s)) = hf::contained("decode", || m.tk.decode(ids, skip_special)) {
                     return s;
                 }
             }

@@ -101,7 +101,8 @@ def main():
         for name, data in files.items():
             need(sha256(data) == IDX_SHA[name], "%s sha256 mismatch" % name)
         for name, data in files.items():
-            part = os.path.join(out, name + ".gz.part")
+            # a name of its own, so a concurrent fetch into the same folder cannot clobber it
+            part = os.path.join(out, "%s.gz.%d.part" % (name, os.getpid()))
             with open(part, "wb") as f:
                 f.write(gzip.compress(data, compresslevel=9, mtime=0))
             os.replace(part, os.path.join(out, name + ".gz"))

@@ -21,12 +21,12 @@ while (($#)); do
 done
 ((${#models[@]})) || models=(gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b)
 
-bin=$(bash ../shared/scripts/build-llama-cpp.sh)
+bin=$(bash bench/build-llama-cpp.sh)
 cargo build --release -q -p kiln-cli
 kiln=target/release/kiln
 out=$(mktemp -d)
 for m in "${models[@]}"; do
-  file=$(bash ../shared/scripts/fetch-models.sh "$m" | tail -1)
+  file=$("$kiln" pull "$m")
   for ((pass = 1; pass <= passes; pass++)); do
     echo "== $m pass $pass" >&2
     /usr/bin/time -f %M -o "$out/$m.$pass.kiln.rss" \

@@ -11,7 +11,7 @@ completion of its own prompt (the same prompts for both servers) with `max_token
 `ignore_eos`. A level's tokens/s is all generated tokens over the level's wall time; TTFT is the
 median over clients of the time from sending the request to the first text chunk. The servers
 alternate level by level so that a change in machine load hits both. Without a llama-server
-binary (`bash ../shared/scripts/build-llama-cpp.sh` builds it) only kiln is measured.
+binary (`bash bench/build-llama-cpp.sh` builds it) only kiln is measured.
 Before each run it waits (--wait-quiet seconds at most) for the CPUs to be mostly idle, and
 prints how idle they were. Run it under `flock /tmp/kiln-bench.lock` where others benchmark too.
 """
@@ -175,13 +175,13 @@ def main():
     levels = [int(x) for x in a.levels.split(",")]
     llama_bin = a.llama_bin
     if llama_bin is None:
-        script = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "scripts",
-                              "build-llama-cpp.sh")
+        script = os.path.join(os.path.dirname(__file__), "build-llama-cpp.sh")
         if os.path.exists(script):
             r = subprocess.run(["bash", script], capture_output=True, text=True)
             llama_bin = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout else ""
         else:
-            llama_bin = f"{HOME}/.cache/kiln/anchors/llama.cpp-0c1e57098/bin"
+            llama_bin = os.path.join(os.environ.get("KILN_HOME") or f"{HOME}/.cache/kiln",
+                                     "anchors/llama.cpp-0c1e57098/bin")
     llama = os.path.join(llama_bin or "", "llama-server")
     have_llama = os.path.exists(llama)
     if not have_llama:

@@ -437,7 +437,7 @@ def build(spec, fixtures, out_root, self_check_results):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fixtures", default=os.path.normpath(os.path.join(ROOT, "..", "shared", "fixtures")))
+    ap.add_argument("--fixtures", default=os.path.join(ROOT, "tests", "data", "fixtures"))
     ap.add_argument("--out", default=os.path.join(ROOT, "crates", "engine", "tests", "data", "synthetic"))
     ap.add_argument("--only", action="append", help="model name (repeatable)")
     a = ap.parse_args()

@@ -23,7 +23,7 @@ Written from the documented semantics and transformers' modeling_llama / modelin
 modeling_gemma3 / masking_utils / modeling_rope_utils source (read, not copied).
 
 `python reference.py --self-check` re-computes the shared transformers goldens
-(../../../shared/fixtures/golden/{llama-mha,qwen2-tiny}.json, or --fixtures DIR) with this code and asserts
+(tests/data/fixtures/golden/{llama-mha,qwen2-tiny}.json, or --fixtures DIR) with this code and asserts
 last_logits / top5 values / token_logprobs within 2e-5 and greedy ids exactly, for both config forms.
 """
 
@@ -476,7 +476,7 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--self-check", action="store_true", help="reproduce the shared transformers goldens")
-    ap.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "fixtures")))
+    ap.add_argument("--fixtures", default=os.path.normpath(os.path.join(here, "..", "data", "fixtures")))
     ap.add_argument("--model", help="HF model dir: print top-5 at the last position for --ids")
     ap.add_argument("--config", default="config.json")
     ap.add_argument("--ids", help="comma separated token ids")

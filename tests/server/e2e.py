@@ -3,7 +3,7 @@
 
 Usage: e2e.py BASE_URL API_KEY KILN_BINARY MODEL_PATH
 The server must already run at BASE_URL (see run_e2e.sh). Expected values come from
-independent sources: llama.cpp's prompt token ids (shared/anchors) and `kiln complete`, whose
+independent sources: llama.cpp's prompt token ids (tests/data/anchors) and `kiln complete`, whose
 greedy output the server must reproduce exactly.
 """
 
@@ -16,7 +16,7 @@ import openai
 from openai import OpenAI
 
 BASE, KEY, KILN, MODEL_PATH = sys.argv[1:5]
-ANCHORS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "anchors",
+ANCHORS = os.path.join(os.path.dirname(__file__), "..", "data", "anchors",
                        "llama-cpp-0c1e57098.json")
 
 client = OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=300)

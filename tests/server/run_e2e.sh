@@ -3,14 +3,15 @@
 # and stops the server. Usage: tests/server/run_e2e.sh [MODEL]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MODEL="${1:-$HOME/.cache/kiln/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf}"
-if [ ! -f "$MODEL" ]; then
-    echo "run_e2e.sh: model $MODEL is missing (shared/scripts/fetch-models.sh fetches it)" >&2
-    exit 1
-fi
 python3 -c 'import openai' 2>/dev/null || python3 -m pip install --quiet openai
 cargo build --release -p kiln-cli
 KILN="$PWD/target/release/kiln"
+# Default: qwen2.5-coder-0.5b, pulled into $KILN_HOME/models on first use (prints its path).
+MODEL="${1:-$("$KILN" pull qwen2.5-coder-0.5b)}"
+if [ ! -e "$MODEL" ]; then
+    echo "run_e2e.sh: model $MODEL does not exist" >&2
+    exit 1
+fi
 PORT="${KILN_E2E_PORT:-18080}"
 KEY="e2e-$RANDOM$RANDOM"
 LOG="$(mktemp)"

@@ -4,14 +4,15 @@
 # stops the server. Usage: tests/server/run_load.sh [MODEL] [load.py options]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-MODEL="${1:-$HOME/.cache/kiln/models/gemma-3-270m-q4_k_m.gguf}"
-shift || true
-if [ ! -f "$MODEL" ]; then
-    echo "run_load.sh: model $MODEL is missing (shared/scripts/fetch-models.sh fetches it)" >&2
-    exit 1
-fi
 cargo build --release -p kiln-cli
 KILN="$PWD/target/release/kiln"
+# Default: gemma3-270m, pulled into $KILN_HOME/models on first use (prints its path).
+MODEL="${1:-$("$KILN" pull gemma3-270m)}"
+shift || true
+if [ ! -e "$MODEL" ]; then
+    echo "run_load.sh: model $MODEL does not exist" >&2
+    exit 1
+fi
 PORT="${KILN_LOAD_PORT:-18090}"
 KEY="load-$RANDOM$RANDOM"
 SLOTS=4

@@ -33,7 +33,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a model to GGUF or to a Hugging Face safetensors directory.
     Convert(tools::ConvertArgs),
-    /// Download a known model (default: gemma3-270m) into ~/.cache/kiln/models.
+    /// Download a known model (default: gemma3-270m) into $KILN_HOME/models (default
+    /// ~/.cache/kiln/models; KILN_MODELS overrides the folder).
     Pull(tools::PullArgs),
     /// Nielsen's MNIST network: train, eval, predict.
     Nn(nn_cmd::NnArgs),

@@ -13,7 +13,8 @@ pub struct NnArgs {
 
 #[derive(Subcommand, Debug)]
 enum NnCommand {
-    /// Train a network on MNIST (fetched into ~/.cache/kiln/mnist on first use)
+    /// Train a network on MNIST (fetched into $KILN_HOME/mnist, default ~/.cache/kiln/mnist, on
+    /// first use)
     Train(TrainArgs),
     /// Accuracy and cost of a saved model on MNIST
     Eval(EvalArgs),
@@ -86,7 +87,8 @@ struct TrainArgs {
     /// Draw accuracy and cost per epoch into an SVG file
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
-    /// MNIST directory (default ~/.cache/kiln/mnist; fetched there if absent)
+    /// MNIST directory (default $KILN_HOME/mnist, else ~/.cache/kiln/mnist; fetched there if
+    /// absent)
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Precision::F32)]

@@ -1,12 +1,12 @@
-//! The `kiln` binary end to end on the fixture models in ../shared/fixtures.
+//! The `kiln` binary end to end on the fixture models in tests/data/fixtures.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+fn test_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
 }
 
 fn kiln(args: &[&str]) -> Output {
@@ -17,7 +17,7 @@ fn kiln(args: &[&str]) -> Output {
 }
 
 fn golden(model: &str) -> Value {
-    let p = shared().join(format!("fixtures/golden/{model}.json"));
+    let p = test_data().join(format!("fixtures/golden/{model}.json"));
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
@@ -40,7 +40,7 @@ fn ids(v: &Value) -> Vec<u64> {
 
 #[test]
 fn complete_json_batch_with_echo_and_logprobs_matches_transformers() {
-    let dir = shared().join("fixtures/llama-mha");
+    let dir = test_data().join("fixtures/llama-mha");
     let g = golden("llama-mha");
     let (hello, qa) = (
         prompt(&g, "hello")["text"].as_str().unwrap(),
@@ -125,7 +125,7 @@ fn complete_json_batch_with_echo_and_logprobs_matches_transformers() {
 
 #[test]
 fn ignore_eos_and_tokenize() {
-    let dir = shared().join("fixtures/llama-mha");
+    let dir = test_data().join("fixtures/llama-mha");
     let g = golden("llama-mha");
     let qa = prompt(&g, "qa");
     let out = kiln(&[
@@ -164,7 +164,7 @@ fn ignore_eos_and_tokenize() {
 
 #[test]
 fn bad_input_gives_one_clear_line_and_nonzero_exit() {
-    let dir = shared().join("fixtures/llama-mha");
+    let dir = test_data().join("fixtures/llama-mha");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec![
@@ -217,7 +217,7 @@ fn bad_input_gives_one_clear_line_and_nonzero_exit() {
 #[test]
 fn chat_on_a_meta_checkpoint_uses_llama2_format() {
     use std::io::Write;
-    let dir = shared().join("fixtures/llama-mha/meta/mp2");
+    let dir = test_data().join("fixtures/llama-mha/meta/mp2");
     let d = dir.to_str().unwrap();
     let tokenize = |text: &str| -> Vec<u64> {
         let out = kiln(&["tokenize", "-m", d, "--json", text]);

@@ -1,12 +1,12 @@
-//! kiln against transformers' golden outputs for the tiny models in ../shared/fixtures.
+//! kiln against transformers' golden outputs for the tiny models in tests/data/fixtures.
 
 mod common;
 
 use common::*;
 
 fn check_dir(model: &str) {
-    let dir = shared().join("fixtures").join(model);
-    let golden = load_json(&shared().join(format!("fixtures/golden/{model}.json")));
+    let dir = test_data().join("fixtures").join(model);
+    let golden = load_json(&test_data().join(format!("fixtures/golden/{model}.json")));
     let engine = engine(&dir);
     check_against_golden(&engine, &golden, true);
     check_batch_independence(&engine, &golden);
@@ -26,7 +26,7 @@ fn qwen2_tiny_matches_transformers() {
 #[test]
 fn legacy_config_form_gives_the_same_results() {
     for model in ["llama-mha", "qwen2-tiny"] {
-        let src = shared().join("fixtures").join(model);
+        let src = test_data().join("fixtures").join(model);
         let tmp = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(&src).unwrap() {
             let entry = entry.unwrap();
@@ -35,16 +35,16 @@ fn legacy_config_form_gives_the_same_results() {
             }
         }
         std::fs::copy(
-            shared().join(format!("fixtures/legacy-configs/{model}.config.json")),
+            test_data().join(format!("fixtures/legacy-configs/{model}.config.json")),
             tmp.path().join("config.json"),
         )
         .unwrap();
-        let golden = load_json(&shared().join(format!("fixtures/golden/{model}.json")));
+        let golden = load_json(&test_data().join(format!("fixtures/golden/{model}.json")));
         check_against_golden(&engine(tmp.path()), &golden, true);
     }
 }
 
-/// Configurations the shared fixtures do not cover, with goldens from the independent numpy
+/// Configurations the tests/data fixtures do not cover, with goldens from the independent numpy
 /// reference in tests/reference (itself checked against transformers' goldens).
 fn check_synthetic(name: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,9 +93,9 @@ fn gemma3_local_and_global_layers_bf16() {
 /// directly) gives the same numbers as the Hugging Face directory.
 #[test]
 fn meta_checkpoints_match_transformers() {
-    let golden = load_json(&shared().join("fixtures/golden/llama-mha.json"));
+    let golden = load_json(&test_data().join("fixtures/golden/llama-mha.json"));
     for sub in ["meta", "meta/mp2"] {
-        let engine = engine(&shared().join("fixtures/llama-mha").join(sub));
+        let engine = engine(&test_data().join("fixtures/llama-mha").join(sub));
         check_against_golden(&engine, &golden, true);
     }
 }
@@ -105,8 +105,8 @@ fn meta_checkpoints_match_transformers() {
 #[test]
 fn converted_meta_checkpoint_gives_identical_logits() {
     use kiln_engine::convert::{convert, Target};
-    let src = shared().join("fixtures/llama-mha/meta/mp2");
-    let golden = load_json(&shared().join("fixtures/golden/llama-mha.json"));
+    let src = test_data().join("fixtures/llama-mha/meta/mp2");
+    let golden = load_json(&test_data().join("fixtures/golden/llama-mha.json"));
     let original = engine(&src);
     let tmp = tempfile::tempdir().unwrap();
     let gguf = tmp.path().join("llama-mha.gguf");

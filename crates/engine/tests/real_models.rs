@@ -1,38 +1,21 @@
-//! kiln against llama.cpp on the real GGUF models (../shared/anchors): prompt ids, the greedy
+//! kiln against llama.cpp on the real GGUF models (tests/data/anchors): prompt ids, the greedy
 //! 32-token continuation, first-token top-5 logprobs, and perplexity.
 //!
-//! The models are fetched by .ci/run into ~/.cache/kiln/models; a missing model fails the test.
+//! The models are pulled on first use into `$KILN_HOME/models` (default ~/.cache/kiln/models).
 
 mod common;
-
-use std::path::PathBuf;
 
 use common::*;
 use kiln_engine::{perplexity::perplexity, GenerateParams};
 use serde_json::Value;
 
-fn model_path(file: &str) -> PathBuf {
-    let dir = std::env::var_os("KILN_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/kiln/models")
-        });
-    let p = dir.join(file);
-    assert!(
-        p.exists(),
-        "{} is missing: run ../shared/scripts/fetch-models.sh (CI does)",
-        p.display()
-    );
-    p
-}
-
 fn anchor(name: &str) -> Value {
-    load_json(&shared().join("anchors/llama-cpp-0c1e57098.json"))["models"][name].clone()
+    load_json(&test_data().join("anchors/llama-cpp-0c1e57098.json"))["models"][name].clone()
 }
 
 fn check_greedy_and_logprobs(name: &str) {
     let a = anchor(name);
-    let engine = engine(&model_path(a["file"].as_str().unwrap()));
+    let engine = engine(&real_model(a["file"].as_str().unwrap()));
     let prompt = engine.tokenize(a["prompt"].as_str().unwrap()).unwrap();
     assert_eq!(prompt, ids(&a["prompt_token_ids"]), "{name}: prompt ids");
 
@@ -142,8 +125,8 @@ fn check_greedy_and_logprobs(name: &str) {
 
 fn check_perplexity(name: &str) {
     let a = anchor(name);
-    let engine = engine(&model_path(a["file"].as_str().unwrap()));
-    let text = std::fs::read_to_string(shared().join("data/ppl-text.txt")).unwrap();
+    let engine = engine(&real_model(a["file"].as_str().unwrap()));
+    let text = std::fs::read_to_string(test_data().join("ppl-text.txt")).unwrap();
     let tokens = engine.tokenize(&text).unwrap();
     let bos = if engine.tokenizer.adds_bos() {
         engine.tokenizer.bos_id()

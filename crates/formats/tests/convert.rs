@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
+        .join("../../tests/data/fixtures")
         .join(name)
 }
 
@@ -203,12 +203,12 @@ fn gguf_metadata_round_trip() {
 
 #[test]
 fn gguf_metadata_matches_what_llama_cpp_wrote_in_the_real_files() {
-    let home = PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kiln/models");
-    for (file, arch) in [
-        ("gemma-3-270m-q4_k_m.gguf", "gemma3"),
-        ("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", "qwen2"),
-    ] {
-        let m = load(&home.join(file)).unwrap();
+    for (name, arch) in [("gemma3-270m", "gemma3"), ("qwen2.5-coder-0.5b", "qwen2")] {
+        // Pulled through kiln's own `pull` code on first use.
+        let path =
+            kiln_pull::resolve_model(Some(name), true, &mut |p| eprintln!("pulling {name}: {p}"))
+                .unwrap_or_else(|e| panic!("pulling {name}: {e}"));
+        let m = load(&path).unwrap();
         let ours: BTreeMap<String, MetaValue> = gguf::metadata_from_config(&m.config)
             .unwrap()
             .into_iter()
@@ -218,17 +218,17 @@ fn gguf_metadata_matches_what_llama_cpp_wrote_in_the_real_files() {
             if k.starts_with(&format!("{arch}.")) || k == "general.architecture" {
                 let mine = ours
                     .get(k)
-                    .unwrap_or_else(|| panic!("{file}: {k} not written"));
+                    .unwrap_or_else(|| panic!("{name}: {k} not written"));
                 assert_eq!(
                     mine.as_f64().or(mine.as_str().map(|_| 0.0)),
                     v.as_f64().or(v.as_str().map(|_| 0.0)),
-                    "{file}: {k}"
+                    "{name}: {k}"
                 );
-                assert_eq!(mine.as_str(), v.as_str(), "{file}: {k}");
+                assert_eq!(mine.as_str(), v.as_str(), "{name}: {k}");
                 n += 1;
             }
         }
-        assert!(n >= 9, "{file}: only {n} keys compared");
+        assert!(n >= 9, "{name}: only {n} keys compared");
         assert_eq!(
             ours["tokenizer.ggml.bos_token_id"],
             m.metadata["tokenizer.ggml.bos_token_id"]

@@ -1,5 +1,5 @@
-//! Hugging Face directories: the shared fixtures (transformers 5.24 outputs, see
-//! shared/fixtures/README.md), Gemma 3 configs as transformers reads them
+//! Hugging Face directories: the fixtures in tests/data (transformers 5.24 outputs, see
+//! tests/data/fixtures/README.md), Gemma 3 configs as transformers reads them
 //! (tests/data/gen_hf_configs.py), shards, writers and hostile inputs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,12 +12,12 @@ use kiln_kernels::{DType, Storage, Tensor};
 use safetensors::SafeTensors;
 use serde_json::{json, Value};
 
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+fn test_data() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
 }
 
 fn fixture(name: &str) -> PathBuf {
-    shared().join("fixtures").join(name)
+    test_data().join("fixtures").join(name)
 }
 
 fn read_json(p: &Path) -> Value {

@@ -155,9 +155,9 @@ fn llama2_style_f32_vocab_from_embeddings_rope_freqs_ignored() {
 
 #[test]
 fn real_sentencepiece_model_is_recognised() {
-    // Tokenizer (a) of the shared fixtures: 512 pieces, bos 1, eos 2 (its README).
+    // Tokenizer (a) of the tests/data fixtures: 512 pieces, bos 1, eos 2 (its README).
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/llama-mha/tokenizer.model");
+        .join("../../tests/data/fixtures/llama-mha/tokenizer.model");
     assert_eq!(
         sniff_tokenizer(&p).unwrap(),
         TokenizerKind::SentencePiece {

@@ -1,5 +1,5 @@
-//! Meta checkpoints of the shared `llama-mha` fixture (made by transformers + Meta's own split,
-//! see shared/fixtures/README.md), checked against the Hugging Face copy of the same model.
+//! Meta checkpoints of the `llama-mha` fixture in tests/data (made by transformers + Meta's own split,
+//! see tests/data/fixtures/README.md), checked against the Hugging Face copy of the same model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use kiln_kernels::DType;
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures/llama-mha")
+        .join("../../tests/data/fixtures/llama-mha")
         .join(rel)
 }
 
@@ -35,7 +35,7 @@ fn hf_tensors() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
         .collect()
 }
 
-/// Undoes transformers' `permute` (shared/fixtures/README.md):
+/// Undoes transformers' `permute` (tests/data/fixtures/README.md):
 /// `w = hf.view(n_heads, 2, d1/n_heads/2, d2).transpose(1, 2).reshape(d1, d2)`.
 fn unpermute(hf: &[f32], n_heads: usize, d1: usize, d2: usize) -> Vec<f32> {
     let half = d1 / n_heads / 2;

@@ -17,9 +17,9 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn shared(rel: &str) -> PathBuf {
+fn test_data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared")
+        .join("../../tests/data")
         .join(rel)
 }
 
@@ -94,7 +94,7 @@ fn reads_dtypes_views_parameters_in_every_variant() {
 
 #[test]
 fn real_torch_save_file_is_zero_copy() {
-    let f = PthFile::open(&shared("fixtures/llama-mha/meta/consolidated.00.pth")).unwrap();
+    let f = PthFile::open(&test_data("fixtures/llama-mha/meta/consolidated.00.pth")).unwrap();
     assert_eq!(f.tensors().len(), 21);
     for name in f.tensors().keys() {
         let t = f.tensor(name).unwrap();
@@ -304,7 +304,7 @@ fn truncated_checkpoints_fail_cleanly() {
         );
     }
     // The real fixture, cut inside its last storage and inside its central directory.
-    let real = std::fs::read(shared("fixtures/llama-mha/meta/consolidated.00.pth")).unwrap();
+    let real = std::fs::read(test_data("fixtures/llama-mha/meta/consolidated.00.pth")).unwrap();
     for cut in [real.len() / 2, real.len() - 100, real.len() - 1] {
         std::fs::write(&p, &real[..cut]).unwrap();
         assert!(open_err(&p).contains("truncated"), "cut at {cut}");
@@ -342,7 +342,7 @@ fn corrupted_checkpoints_never_panic() {
     assert!(loaded > 0);
     // load_pth is the one-call form.
     assert_eq!(
-        load_pth(&shared("fixtures/llama-mha/meta/consolidated.00.pth"))
+        load_pth(&test_data("fixtures/llama-mha/meta/consolidated.00.pth"))
             .unwrap()
             .len(),
         21

@@ -1,5 +1,5 @@
-//! The real GGUF models (in ~/.cache/kiln/models on developer machines and CI, see
-//! shared/README.md) against what gguf-py reads from them (tests/data/real_gguf.expected.json).
+//! The real GGUF models (pulled on first use into `$KILN_HOME/models`, default
+//! ~/.cache/kiln/models) against what gguf-py reads from them (tests/data/real_gguf.expected.json).
 
 use std::path::PathBuf;
 
@@ -8,15 +8,16 @@ use kiln_kernels::ops::RopeStyle;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn model_path(name: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME");
-    let p = PathBuf::from(home).join(".cache/kiln/models").join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run ../shared/scripts/fetch-models.sh (see shared/README.md)",
-        p.display()
-    );
-    p
+/// The real model stored as `file`, pulled through kiln's own `pull` code when absent.
+fn model_path(file: &str) -> PathBuf {
+    let spec = kiln_pull::known_models()
+        .iter()
+        .find(|m| m.file == file)
+        .unwrap_or_else(|| panic!("{file} is not a model kiln can pull"));
+    kiln_pull::resolve_model(Some(spec.name), true, &mut |p| {
+        eprintln!("pulling {}: {p}", spec.name)
+    })
+    .unwrap_or_else(|e| panic!("pulling {}: {e}", spec.name))
 }
 
 fn expected(name: &str) -> Value {

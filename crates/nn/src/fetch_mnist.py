@@ -60,13 +60,24 @@ def values(a, typecode):
     return v
 
 
+# The float32 k/256 (0 <= k < 256) has a zero low 16 bits; its high 16 bits name k. Anything
+# else maps to 256, which bytes() refuses.
+K_OF_HIGH_HALF = [256] * 65536
+for _k in range(256):
+    K_OF_HIGH_HALF[struct.unpack("<I", struct.pack("<f", _k / 256))[0] >> 16] = _k
+
+
 def pixels(a):
     need(a.dtype.code == "f4", "pixels are not float32")
-    # every value is k/256 exactly; map() keeps the 55 million conversions at C speed
-    scaled = list(map((256.0).__mul__, values(a, "f")))
-    need(all(map(float.is_integer, scaled)), "a pixel is not k/256")
-    need(min(scaled) >= 0 and max(scaled) < 256, "pixel out of range")
-    return bytes(map(int, scaled))
+    # Every value must be k/256 exactly. Working on the 16-bit halves keeps the 55 million
+    # conversions in C (slicing, count, one map over a list lookup) instead of float objects.
+    halves = values(a, "H")
+    low, high = halves[0::2], halves[1::2]
+    need(low.count(0) == len(low), "a pixel is not k/256")
+    try:
+        return bytes(map(K_OF_HIGH_HALF.__getitem__, high))
+    except ValueError:
+        need(False, "a pixel is not k/256 with 0 <= k < 256")
 
 
 def labels(a):
@@ -101,9 +112,11 @@ def main():
         for name, data in files.items():
             need(sha256(data) == IDX_SHA[name], "%s sha256 mismatch" % name)
         for name, data in files.items():
-            part = os.path.join(out, name + ".gz.part")
+            # a name of its own, so a concurrent fetch into the same folder cannot clobber it
+            part = os.path.join(out, "%s.gz.%d.part" % (name, os.getpid()))
             with open(part, "wb") as f:
-                f.write(gzip.compress(data, compresslevel=9, mtime=0))
+                # level 1: level 9 took minutes on these long zero runs for ~2x smaller files
+                f.write(gzip.compress(data, compresslevel=1, mtime=0))
             os.replace(part, os.path.join(out, name + ".gz"))
             print("wrote", os.path.join(out, name + ".gz"), file=sys.stderr)
 

@@ -1,6 +1,7 @@
 //! MNIST: the IDX file reader (plain or gzip) and Nielsen's split (the first 50 000 training
 //! images train, the last 10 000 validate, t10k tests; pixels are byte/256, as in his
-//! `mnist.pkl.gz`), plus the one-time fetch into `~/.cache/kiln/mnist`.
+//! `mnist.pkl.gz`), plus the one-time fetch into `$KILN_HOME/mnist` (default
+//! `~/.cache/kiln/mnist`).
 
 use crate::{Dataset, Float, NnError};
 use flate2::read::GzDecoder;
@@ -29,11 +30,23 @@ pub struct Mnist<T> {
     pub test: Dataset<T>,
 }
 
-/// `~/.cache/kiln/mnist` (from `$HOME`).
+/// `$KILN_HOME/mnist` when `KILN_HOME` is set and non-empty, else `~/.cache/kiln/mnist`
+/// (kiln's download cache, as for models in `kiln_pull::kiln_home`).
 pub fn default_dir() -> Result<PathBuf, NnError> {
-    let home = std::env::var_os("HOME")
-        .ok_or_else(|| NnError::Invalid("HOME is not set; pass a data directory".into()))?;
-    Ok(PathBuf::from(home).join(".cache/kiln/mnist"))
+    default_dir_from(std::env::var_os("KILN_HOME"), std::env::var_os("HOME"))
+}
+
+fn default_dir_from(
+    kiln_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Result<PathBuf, NnError> {
+    match (kiln_home, home) {
+        (Some(k), _) if !k.is_empty() => Ok(PathBuf::from(k).join("mnist")),
+        (_, Some(h)) if !h.is_empty() => Ok(PathBuf::from(h).join(".cache/kiln/mnist")),
+        _ => Err(NnError::Invalid(
+            "neither KILN_HOME nor HOME is set; pass a data directory".into(),
+        )),
+    }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, NnError> {
@@ -200,18 +213,88 @@ pub fn fetch(dir: &Path) -> Result<(), NnError> {
     Ok(())
 }
 
-/// Fetches the data into `dir` unless it is already there.
+/// Fetches the data into `dir` unless it is already there. Safe to call concurrently (test
+/// threads, several processes): one caller fetches while holding `dir/.fetch.lock`, the others
+/// wait for it and then find the files. Each file appears whole (the fetch renames it into
+/// place), so the presence check needs no lock.
 pub fn ensure(dir: &Path) -> Result<(), NnError> {
     if is_present(dir) {
-        Ok(())
-    } else {
-        fetch(dir)
+        return Ok(());
     }
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| NnError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let lock_path = dir.join(".fetch.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(&lock_path))?;
+    match lock.lock() {
+        // Some network file systems have no locks: fetch unlocked, as before locking existed.
+        Err(e) if e.kind() != std::io::ErrorKind::Unsupported => {
+            return Err(io(&lock_path)(e));
+        }
+        _ => {}
+    }
+    if is_present(dir) {
+        return Ok(());
+    }
+    fetch(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_dir_prefers_kiln_home() {
+        let dir = |k: Option<&str>, h: Option<&str>| {
+            default_dir_from(k.map(Into::into), h.map(Into::into))
+        };
+        assert_eq!(
+            dir(Some("/k"), Some("/h")).unwrap(),
+            PathBuf::from("/k/mnist")
+        );
+        assert_eq!(
+            dir(Some(""), Some("/h")).unwrap(),
+            PathBuf::from("/h/.cache/kiln/mnist")
+        );
+        assert_eq!(
+            dir(None, Some("/h")).unwrap(),
+            PathBuf::from("/h/.cache/kiln/mnist")
+        );
+        assert!(dir(None, None).is_err());
+    }
+
+    /// A second `ensure` waits while another holds the folder's lock, and once the files are
+    /// there it returns without fetching (the empty stand-in files are left as they are).
+    #[test]
+    fn ensure_waits_for_a_running_fetch() {
+        let dir = std::env::temp_dir().join(format!("kiln-nn-ensure-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = std::fs::File::create(dir.join(".fetch.lock")).unwrap();
+        lock.lock().unwrap();
+        let waiter = {
+            let dir = dir.clone();
+            std::thread::spawn(move || ensure(&dir))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "ensure did not wait for the lock");
+        for name in FILES {
+            std::fs::write(dir.join(format!("{name}.gz")), b"").unwrap();
+        }
+        drop(lock);
+        waiter.join().unwrap().unwrap();
+        for name in FILES {
+            assert_eq!(std::fs::read(dir.join(format!("{name}.gz"))).unwrap(), b"");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn idx_header_checks() {

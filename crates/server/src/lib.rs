@@ -716,7 +716,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Renders the chat template (the model's, or ChatML) on a blocking thread with a deadline, so a
 /// slow or endless template cannot stall the async runtime (`/health` included). A template
 /// that fails or runs out of time is a 500: the template, not the request, is at fault.
-pub(crate) async fn render_chat(st: &AppState, messages: Vec<ChatMessage>) -> Result<String, ApiError> {
+pub(crate) async fn render_chat(
+    st: &AppState,
+    messages: Vec<ChatMessage>,
+) -> Result<String, ApiError> {
     let timeout = st.opts.template_timeout;
     let too_slow = || {
         ApiError::internal(format!(

@@ -1,5 +1,5 @@
 //! The real HTTP server over the tiny llama-mha fixture (a Hugging Face directory), checked
-//! against the transformers goldens in shared/fixtures/golden/llama-mha.json.
+//! against the transformers goldens in tests/data/fixtures/golden/llama-mha.json.
 
 mod common;
 
@@ -12,18 +12,18 @@ use kiln_engine::{Engine, EngineOptions};
 use kiln_server::{AppState, ServerOptions};
 use serde_json::{json, Value};
 
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures")
 }
 
 fn golden() -> Value {
-    let text = std::fs::read_to_string(shared().join("golden/llama-mha.json")).unwrap();
+    let text = std::fs::read_to_string(fixtures().join("golden/llama-mha.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 async fn start(slots: usize, prefill_chunk: usize) -> TestServer {
     let engine = Engine::load(
-        &shared().join("llama-mha"),
+        &fixtures().join("llama-mha"),
         &EngineOptions {
             threads: 1,
             context: None,

@@ -1,5 +1,5 @@
 //! GGUF vocabularies of the real models against llama.cpp (commit 0c1e57098):
-//! the anchor prompt ids (shared/anchors) and a corpus tokenized by `llama-tokenize`
+//! the anchor prompt ids (tests/data/anchors) and a corpus tokenized by `llama-tokenize`
 //! (tests/data/gguf_corpus_expected.json, made by tests/data/gen_gguf_corpus.sh).
 //! Absent model files fail the tests (CI fetches them).
 
@@ -11,8 +11,8 @@ use kiln_tokenizer::Tokenizer;
 const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 const QWEN: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
-fn load(file: &str) -> Option<Tokenizer> {
-    let p = common::model_path(file)?;
+fn load(file: &str) -> Tokenizer {
+    let p = common::model_path(file);
     let t = std::time::Instant::now();
     let meta = common::gguf_tokenizer_meta(&p);
     let t2 = std::time::Instant::now();
@@ -22,7 +22,7 @@ fn load(file: &str) -> Option<Tokenizer> {
         t2 - t,
         t2.elapsed()
     );
-    Some(tk)
+    tk
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -35,9 +35,9 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 #[test]
 fn anchor_prompt_ids() {
-    let anchors = common::read_json(&common::shared().join("anchors/llama-cpp-0c1e57098.json"));
+    let anchors = common::read_json(&common::test_data().join("anchors/llama-cpp-0c1e57098.json"));
     for (name, file) in [("gemma3-270m", GEMMA), ("qwen2.5-coder-0.5b", QWEN)] {
-        let Some(tk) = load(file) else { continue };
+        let tk = load(file);
         let m = &anchors["models"][name];
         let want = ids(&m["prompt_token_ids"]);
         let got = tk.encode(m["prompt"].as_str().unwrap(), true).unwrap();
@@ -54,38 +54,36 @@ fn anchor_prompt_ids() {
 
 #[test]
 fn special_tokens_and_flags() {
-    if let Some(g) = load(GEMMA) {
-        assert_eq!(g.vocab_size(), 262_144);
-        assert_eq!(g.bos_id(), Some(2));
-        assert!(g.adds_bos());
-        assert_eq!(g.eos_ids()[0], 1);
-        let eot = g.token_to_id("<end_of_turn>").unwrap();
-        assert!(g.eos_ids().contains(&eot));
-        assert!(g.is_special(2) && g.is_special(eot) && !g.is_special(107));
-        // Control tokens in the text are parsed; BOS is never doubled.
-        let ids = g
-            .encode("<bos><start_of_turn>user\nHi<end_of_turn>", true)
-            .unwrap();
-        assert_eq!(&ids[..2], &[2, g.token_to_id("<start_of_turn>").unwrap()]);
-        assert_eq!(*ids.last().unwrap(), eot);
-        assert_eq!(g.decode(&ids, true), "user\nHi");
-        assert_eq!(g.token_bytes(g.token_to_id("<0xE4>").unwrap()), vec![0xE4]);
-        assert_eq!(g.token_bytes(g.token_to_id("▁the").unwrap()), b" the");
-    }
-    if let Some(q) = load(QWEN) {
-        assert_eq!(q.vocab_size(), 151_936);
-        assert!(!q.adds_bos());
-        assert_eq!(q.eos_ids()[0], 151_645);
-        assert!(q.eos_ids().contains(&151_643));
-        assert!(q.chat_template().unwrap().contains("<|im_start|>"));
-        let ids = q.encode("<|im_start|>user\nhi<|im_end|>", true).unwrap();
-        assert_eq!(ids[0], 151_644);
-        assert_eq!(*ids.last().unwrap(), 151_645);
-        // Without special parsing the markers are text.
-        let plain = q.encode_with("<|im_start|>", true, false).unwrap();
-        assert!(plain.len() > 1 && !plain.contains(&151_644));
-        assert_eq!(q.token_bytes(q.token_to_id("Ġthe").unwrap()), b" the");
-    }
+    let g = load(GEMMA);
+    assert_eq!(g.vocab_size(), 262_144);
+    assert_eq!(g.bos_id(), Some(2));
+    assert!(g.adds_bos());
+    assert_eq!(g.eos_ids()[0], 1);
+    let eot = g.token_to_id("<end_of_turn>").unwrap();
+    assert!(g.eos_ids().contains(&eot));
+    assert!(g.is_special(2) && g.is_special(eot) && !g.is_special(107));
+    // Control tokens in the text are parsed; BOS is never doubled.
+    let ids = g
+        .encode("<bos><start_of_turn>user\nHi<end_of_turn>", true)
+        .unwrap();
+    assert_eq!(&ids[..2], &[2, g.token_to_id("<start_of_turn>").unwrap()]);
+    assert_eq!(*ids.last().unwrap(), eot);
+    assert_eq!(g.decode(&ids, true), "user\nHi");
+    assert_eq!(g.token_bytes(g.token_to_id("<0xE4>").unwrap()), vec![0xE4]);
+    assert_eq!(g.token_bytes(g.token_to_id("▁the").unwrap()), b" the");
+    let q = load(QWEN);
+    assert_eq!(q.vocab_size(), 151_936);
+    assert!(!q.adds_bos());
+    assert_eq!(q.eos_ids()[0], 151_645);
+    assert!(q.eos_ids().contains(&151_643));
+    assert!(q.chat_template().unwrap().contains("<|im_start|>"));
+    let ids = q.encode("<|im_start|>user\nhi<|im_end|>", true).unwrap();
+    assert_eq!(ids[0], 151_644);
+    assert_eq!(*ids.last().unwrap(), 151_645);
+    // Without special parsing the markers are text.
+    let plain = q.encode_with("<|im_start|>", true, false).unwrap();
+    assert!(plain.len() > 1 && !plain.contains(&151_644));
+    assert_eq!(q.token_bytes(q.token_to_id("Ġthe").unwrap()), b" the");
 }
 
 #[test]
@@ -101,7 +99,7 @@ fn corpus_matches_llama_tokenize() {
         .collect();
     assert!(texts.len() >= 200);
     for (name, file) in [("gemma3-270m", GEMMA), ("qwen2.5-coder-0.5b", QWEN)] {
-        let Some(tk) = load(file) else { continue };
+        let tk = load(file);
         let exp = expected["models"][name].as_array().unwrap();
         assert_eq!(exp.len(), texts.len());
         let mut failures = Vec::new();
@@ -144,9 +142,9 @@ fn corpus_matches_llama_tokenize() {
 fn long_text_is_fast_enough_and_roundtrips() {
     // 17 KB of English: must stay far from quadratic behaviour (asserted only for
     // correctness here; the time is printed).
-    let text = std::fs::read_to_string(common::shared().join("data/ppl-text.txt")).unwrap();
+    let text = std::fs::read_to_string(common::test_data().join("ppl-text.txt")).unwrap();
     for file in [GEMMA, QWEN] {
-        let Some(tk) = load(file) else { continue };
+        let tk = load(file);
         let t = std::time::Instant::now();
         let ids = tk.encode(&text, false).unwrap();
         eprintln!(
@@ -167,9 +165,7 @@ fn long_text_is_fast_enough_and_roundtrips() {
 #[test]
 fn qwen_corpus_matches_tokenizers_crate() {
     use kiln_formats::MetaValue;
-    let Some(p) = common::model_path(QWEN) else {
-        return;
-    };
+    let p = common::model_path(QWEN);
     let meta = common::gguf_tokenizer_meta(&p);
     let strs = |k: &str| -> Vec<String> {
         match &meta[k] {
@@ -244,7 +240,7 @@ fn qwen_corpus_matches_tokenizers_crate() {
 /// them; texts with two spaces in a row are left out here (llama.cpp's corpus covers them).
 #[test]
 fn gemma_corpus_matches_sentencepiece() {
-    let Some(tk) = load(GEMMA) else { return };
+    let tk = load(GEMMA);
     let exp = common::read_json(&common::data("gemma_spm_reference.json"));
     let corpus = common::read_json(&common::data("corpus.json"));
     let mut bad = Vec::new();

@@ -103,7 +103,7 @@ fn llama_vocab_equals_sentencepiece() {
 
 #[test]
 fn gpt2_vocab_equals_tokenizers_crate() {
-    let path = common::shared().join("fixtures/tokenizers/bytelevel-bpe-512/tokenizer.json");
+    let path = common::test_data().join("fixtures/tokenizers/bytelevel-bpe-512/tokenizer.json");
     let json = common::read_json(&path);
     let vocab = json["model"]["vocab"].as_object().unwrap();
     let mut tokens = vec![String::new(); 512];

@@ -1,5 +1,5 @@
 //! tokenizer.json through the `tokenizers` crate against transformers 5.24's ids
-//! (shared/fixtures/tokenizers/tokenizer_checks.json and the golden prompts).
+//! (tests/data/fixtures/tokenizers/tokenizer_checks.json and the golden prompts).
 
 mod common;
 
@@ -7,7 +7,7 @@ use kiln_formats::TokenizerSource;
 use kiln_tokenizer::Tokenizer;
 
 fn load(dir: &str) -> Tokenizer {
-    let p = common::shared()
+    let p = common::test_data()
         .join("fixtures/tokenizers")
         .join(dir)
         .join("tokenizer.json");
@@ -17,7 +17,7 @@ fn load(dir: &str) -> Tokenizer {
 fn check_strings(dir: &str) {
     let tk = load(dir);
     let checks =
-        common::read_json(&common::shared().join("fixtures/tokenizers/tokenizer_checks.json"));
+        common::read_json(&common::test_data().join("fixtures/tokenizers/tokenizer_checks.json"));
     let c = &checks[dir];
     assert_eq!(tk.vocab_size(), c["vocab_size"].as_u64().unwrap() as usize);
     assert_eq!(tk.bos_id(), Some(c["bos"][1].as_u64().unwrap() as u32));
@@ -85,9 +85,9 @@ fn bytelevel_bpe_512_matches_transformers() {
 fn golden_prompts_input_ids() {
     for model in ["llama-mha", "qwen2-tiny"] {
         let golden =
-            common::read_json(&common::shared().join(format!("fixtures/golden/{model}.json")));
+            common::read_json(&common::test_data().join(format!("fixtures/golden/{model}.json")));
         let tk = Tokenizer::from_source(&TokenizerSource::HfJson(
-            common::shared()
+            common::test_data()
                 .join("fixtures")
                 .join(model)
                 .join("tokenizer.json"),

@@ -37,7 +37,7 @@ impl Rng {
 }
 
 fn tokenizers() -> Vec<(String, Tokenizer)> {
-    let fx = common::shared().join("fixtures/tokenizers");
+    let fx = common::test_data().join("fixtures/tokenizers");
     let mut v = vec![
         (
             "spm json".to_string(),
@@ -60,12 +60,11 @@ fn tokenizers() -> Vec<(String, Tokenizer)> {
         "gemma-3-270m-q4_k_m.gguf",
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     ] {
-        if let Some(p) = common::model_path(f) {
-            v.push((
-                f.to_string(),
-                TokenizerSource::Gguf(common::gguf_tokenizer_meta(&p)),
-            ));
-        }
+        let p = common::model_path(f);
+        v.push((
+            f.to_string(),
+            TokenizerSource::Gguf(common::gguf_tokenizer_meta(&p)),
+        ));
     }
     v.into_iter()
         .map(|(n, s)| (n, Tokenizer::from_source(&s).unwrap()))

@@ -16,7 +16,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 fn spm() -> Tokenizer {
-    let p = common::shared().join("fixtures/tokenizers/spm-bpe-512/tokenizer.model");
+    let p = common::test_data().join("fixtures/tokenizers/spm-bpe-512/tokenizer.model");
     Tokenizer::from_source(&TokenizerSource::TokenizerModel(p)).unwrap()
 }
 
@@ -37,7 +37,7 @@ fn sentencepiece_fixture_strings() {
     assert_eq!(tk.eos_ids(), &[2]);
     assert!(tk.adds_bos());
     let checks =
-        common::read_json(&common::shared().join("fixtures/tokenizers/tokenizer_checks.json"));
+        common::read_json(&common::test_data().join("fixtures/tokenizers/tokenizer_checks.json"));
     let strings = checks["spm-bpe-512"]["strings"].as_array().unwrap();
     assert_eq!(strings.len(), 13);
     for s in strings {
@@ -171,7 +171,7 @@ fn format_detection_and_bad_input() {
     }
     // A truncated SentencePiece model is an error.
     let data =
-        std::fs::read(common::shared().join("fixtures/tokenizers/spm-bpe-512/tokenizer.model"))
+        std::fs::read(common::test_data().join("fixtures/tokenizers/spm-bpe-512/tokenizer.model"))
             .unwrap();
     assert!(Tokenizer::from_tokenizer_model_bytes(&data[..data.len() / 2]).is_err());
 }

@@ -1,5 +1,6 @@
-//! Helpers shared by the engine's integration tests: paths to the reference data and the
-//! comparison of kiln's outputs with golden files in the schema of ../shared/fixtures/golden.
+//! Helpers shared by the engine's integration tests: paths to the reference data, the real
+//! models (fetched on first use), and the comparison of kiln's outputs with golden files in the
+//! schema of tests/data/fixtures/golden.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -12,8 +13,22 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub fn shared() -> PathBuf {
-    repo_root().join("../shared")
+/// The repository's test data (tests/data; see its README for provenance).
+pub fn test_data() -> PathBuf {
+    repo_root().join("tests/data")
+}
+
+/// The real GGUF model stored as `file`, pulled through kiln's own `pull` code (sha256-checked,
+/// cached in `$KILN_HOME/models`) when it is not there yet.
+pub fn real_model(file: &str) -> PathBuf {
+    let spec = kiln_pull::known_models()
+        .iter()
+        .find(|m| m.file == file)
+        .unwrap_or_else(|| panic!("{file} is not a model kiln can pull"));
+    kiln_pull::resolve_model(Some(spec.name), true, &mut |p| {
+        eprintln!("pulling {}: {p}", spec.name)
+    })
+    .unwrap_or_else(|e| panic!("pulling {}: {e}", spec.name))
 }
 
 pub fn load_json(path: &Path) -> Value {

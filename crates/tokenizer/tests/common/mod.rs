@@ -8,24 +8,25 @@ use std::path::PathBuf;
 
 use kiln_formats::MetaValue;
 
-pub fn shared() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared"))
+pub fn test_data() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data"))
 }
 
 pub fn data(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")).join(name)
 }
 
-pub fn model_path(file: &str) -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    let p = PathBuf::from(home).join(".cache/kiln/models").join(file);
-    // Absent models fail the test: CI fetches them first (.ci/run).
-    assert!(
-        p.exists(),
-        "{} is missing: run ../shared/scripts/fetch-models.sh",
-        p.display()
-    );
-    Some(p)
+/// The real GGUF model stored as `file`, pulled through kiln's own `pull` code (sha256-checked,
+/// cached in `$KILN_HOME/models`) when it is not there yet; a failed pull fails the test.
+pub fn model_path(file: &str) -> PathBuf {
+    let spec = kiln_pull::known_models()
+        .iter()
+        .find(|m| m.file == file)
+        .unwrap_or_else(|| panic!("{file} is not a model kiln can pull"));
+    kiln_pull::resolve_model(Some(spec.name), true, &mut |p| {
+        eprintln!("pulling {}: {p}", spec.name)
+    })
+    .unwrap_or_else(|e| panic!("pulling {}: {e}", spec.name))
 }
 
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {

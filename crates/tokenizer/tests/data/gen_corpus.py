@@ -239,7 +239,7 @@ c += [
     "\n<eos>\n",
 ]
 # longer texts
-ppl = open(os.path.join(here, "../../../../../shared/data/ppl-text.txt"), encoding="utf-8").read()
+ppl = open(os.path.join(here, "../../../../tests/data/ppl-text.txt"), encoding="utf-8").read()
 c += [
     ppl[:400],
     ppl[1000:1800],

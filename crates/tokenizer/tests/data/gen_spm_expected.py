@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Expected ids of SentencePiece itself (python `sentencepiece` 0.2.1) for the fixture
-tokenizer.model (shared/fixtures/tokenizers/spm-bpe-512): every corpus.json string encoded
+tokenizer.model (tests/data/fixtures/tokenizers/spm-bpe-512): every corpus.json string encoded
 with `encode(text)` and BOS prepended (as Meta's `Tokenizer.encode(s, bos=True, eos=False)`
 does), plus SentencePiece's decode of those ids; and Llama 2 chat prompts formatted as Meta's
 `Llama.chat_completion` does (llama/generation.py of Llama 2 / Code Llama): each completed
@@ -15,7 +15,7 @@ import os
 import sentencepiece as spm
 
 here = os.path.dirname(os.path.abspath(__file__))
-model = os.path.join(here, "../../../../../shared/fixtures/tokenizers/spm-bpe-512/tokenizer.model")
+model = os.path.join(here, "../../../../tests/data/fixtures/tokenizers/spm-bpe-512/tokenizer.model")
 sp = spm.SentencePieceProcessor(model_file=model)
 bos, eos = sp.bos_id(), sp.eos_id()
 corpus = json.load(open(os.path.join(here, "corpus.json"), encoding="utf-8"))

@@ -2,7 +2,7 @@
 """A small tiktoken-format tokenizer.model (Llama 3 layout) and tiktoken's own ids for it.
 
 1. Trains byte-level BPE ranks with tiktoken's reference trainer
-   (`tiktoken._educational.bpe_train`, vocab 400, Llama 3 regex) on shared/data/ppl-text.txt.
+   (`tiktoken._educational.bpe_train`, vocab 400, Llama 3 regex) on tests/data/ppl-text.txt.
 2. Writes tiktoken-small.model: one "base64(bytes) rank" line per token, rank order.
 3. Builds `tiktoken.Encoding` with Llama 3.1's 256 special tokens appended after the ranks
    (<|begin_of_text|> = n, <|end_of_text|> = n+1, ... as Meta's tokenizer.py numbers them) and
@@ -19,7 +19,7 @@ from tiktoken._educational import bpe_train
 
 here = os.path.dirname(os.path.abspath(__file__))
 PAT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-text = open(os.path.join(here, "../../../../../shared/data/ppl-text.txt"), encoding="utf-8").read()
+text = open(os.path.join(here, "../../../../tests/data/ppl-text.txt"), encoding="utf-8").read()
 
 import contextlib, io
 with contextlib.redirect_stdout(io.StringIO()):

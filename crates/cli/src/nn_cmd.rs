@@ -147,7 +147,7 @@ fn data_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
     };
     if !mnist::is_present(&dir) {
         eprintln!("MNIST not found in {}; fetching it once", dir.display());
-        mnist::fetch(&dir)?;
+        mnist::ensure(&dir)?;
     }
     Ok(dir)
 }

@@ -31,6 +31,13 @@ pub enum Event {
         text: String,
         logprob: Option<TokenLogprob>,
     },
+    /// The echoed prompt with its logprobs, sent once its prefill is done and before its first
+    /// token; only for requests with both `echo` and `logprobs` (a stream echoes the prompt
+    /// with them, as the whole response does).
+    Prompt {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The finished result (same shape as [`crate::generate::generate`]'s).
     Done {
         completion: Completion,
@@ -238,6 +245,9 @@ impl<T> Batch<T> {
                 Part::Decode => Some(s.sample(vocab, &ctx, block, &mut lp)),
                 Part::Prefill(chunk) => s.prefilled(vocab, &ctx, chunk, block, &mut lp),
             };
+            if let Some((text, logprobs)) = s.echoed_prompt(part) {
+                emit(tag, Event::Prompt { text, logprobs });
+            }
             if let Some(Sampled { id, text, logprob }) = sampled {
                 generated += 1;
                 emit(tag, Event::Token { id, text, logprob });

@@ -717,6 +717,7 @@ mod tests {
         loop {
             match rx.recv_timeout(Duration::from_secs(60)).expect("event") {
                 Event::Token { text: t, .. } => text.push_str(&t),
+                Event::Prompt { .. } => {}
                 Event::Done {
                     completion,
                     cached_tokens,

@@ -384,6 +384,18 @@ impl Sequence {
         Some(self.sample(vocab, ctx, last, lp))
     }
 
+    /// After the prefill chunk that ends the prompt: the prompt's text and logprobs when they are
+    /// to be echoed with logprobs.
+    pub(crate) fn echoed_prompt(&self, part: Part) -> Option<(String, Vec<TokenLogprob>)> {
+        match part {
+            Part::Prefill(chunk) if chunk.end == self.prompt.len() => self
+                .prompt_logprobs
+                .as_ref()
+                .map(|lps| (self.prompt_text.clone(), lps.clone())),
+            _ => None,
+        }
+    }
+
     /// Samples the next token from `row`, records it (logprobs, text, stop conditions) and
     /// returns it with the text that became final.
     pub(crate) fn sample(

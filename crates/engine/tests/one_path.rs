@@ -211,6 +211,7 @@ fn check(name: &str) {
         let got = loop {
             match rx.recv_timeout(Duration::from_secs(120)).unwrap() {
                 Event::Token { text, .. } => streamed.push_str(&text),
+                Event::Prompt { .. } => {}
                 Event::Done { completion, .. } => break completion,
                 Event::Error(e) => panic!("request {i}: {e}"),
             }

@@ -248,7 +248,7 @@ async fn collect(mut rx: Events, n: usize) -> Result<Vec<Completion>, ApiError> 
                 done[i] = Some(completion);
                 left -= 1;
             }
-            Some((_, Event::Token { .. })) => {}
+            Some((_, Event::Token { .. } | Event::Prompt { .. })) => {}
             Some((_, Event::Error(e))) => return Err(ApiError::internal(e)),
             None => return Err(ApiError::internal("the engine stopped")),
         }
@@ -290,6 +290,9 @@ impl Writer {
             .enumerate()
             .filter_map(|(index, job)| match self.kind {
                 Kind::Text { echo: false } => None,
+                // With logprobs the prompt is echoed when its logprobs are known
+                // (`Event::Prompt`).
+                Kind::Text { echo: true } if job.params.logprobs.is_some() => None,
                 Kind::Text { echo: true } => {
                     let text = vocab.decode(&job.prompt, true);
                     (!text.is_empty()).then(|| {
@@ -314,6 +317,21 @@ impl Writer {
                 })),
             })
             .collect()
+    }
+
+    /// The echoed prompt with its logprobs (completions with `echo` and `logprobs`).
+    fn prompt(&self, index: usize, text: String, lps: &[TokenLogprob]) -> Chunk {
+        let mut logprobs = Logprobs::default();
+        for t in lps {
+            logprobs.push(self.st.vocab.as_ref(), t, false);
+        }
+        self.text(TextChoice {
+            index,
+            text,
+            logprobs: Some(logprobs),
+            finish_reason: None,
+            ids: None,
+        })
     }
 
     /// A generated token's chunk; none when it brings neither text nor logprobs.
@@ -459,6 +477,10 @@ fn stream(
                 Some((_, Event::Error(msg))) => {
                     s.pending.push_back(sse_error(ApiError::internal(msg)));
                     s.ended = true;
+                }
+                Some((i, Event::Prompt { text, logprobs })) => {
+                    let c = s.writer.prompt(i, text, &logprobs);
+                    s.pending.push_back(sse_json(&c));
                 }
                 Some((i, Event::Token { id, text, logprob })) => {
                     if let Some(c) = s.writer.token(i, id, &text, logprob.as_ref()) {

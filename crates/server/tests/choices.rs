@@ -194,3 +194,55 @@ async fn stream_non_stream_and_cli_json_agree_for_n_3() {
         "the prompt counts once for its three choices"
     );
 }
+
+/// `echo` with `logprobs`: the stream echoes the prompt with its logprobs (once the prefill has
+/// computed them), so the reassembled stream equals the whole response.
+#[tokio::test]
+async fn stream_echoes_the_prompt_with_its_logprobs() {
+    let s = start().await;
+    let c = reqwest::Client::new();
+    let body = json!({
+        "prompt": PROMPT, "n": N, "max_tokens": 4, "temperature": 0.9, "seed": SEED,
+        "logprobs": 2, "echo": true, "ignore_eos": true,
+    });
+    let r = c
+        .post(s.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let whole: Value = r.json().await.unwrap();
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let r = c
+        .post(s.url("/v1/completions"))
+        .json(&sbody)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut payloads = sse_payloads(&r.text().await.unwrap());
+    assert_eq!(payloads.pop().as_deref(), Some("[DONE]"));
+    let chunks: Vec<Value> = payloads
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    let (streamed, _) = reassemble(&chunks);
+    let choices = whole["choices"].as_array().unwrap();
+    let prompt_tokens = whole["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    for ch in choices {
+        let tokens = ch["logprobs"]["tokens"].as_array().unwrap();
+        assert_eq!(
+            tokens.len(),
+            prompt_tokens + 4,
+            "prompt and generated tokens"
+        );
+        assert!(
+            ch["logprobs"]["token_logprobs"][0].is_null(),
+            "nothing predicts the first"
+        );
+        assert!(ch["text"].as_str().unwrap().starts_with(PROMPT));
+    }
+    assert_eq!(choices, &streamed, "non-stream vs stream");
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Proves that a fresh clone is complete: clones the committed HEAD of this repository into an
-# empty temporary folder (nothing beside it, so no ../shared), points KILN_HOME at an empty folder,
+# empty temporary folder (nothing beside it: no reference folder next to the clone), points KILN_HOME at an empty folder,
 # and runs the README's test command there, which must fetch the models and MNIST it needs.
 # Uncommitted changes are not included. A cold build: about 15-20 minutes on 2 cores.
 #

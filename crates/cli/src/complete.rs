@@ -10,6 +10,7 @@ use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
 
 use crate::model_arg::ModelArgs;
 use crate::prompt::process_escapes;
+use crate::seed::seed_or_random;
 
 #[derive(Args, Debug)]
 pub struct CompleteArgs {
@@ -32,7 +33,12 @@ pub struct CompleteArgs {
     #[arg(short = 'n', long, default_value_t = 128, alias = "max-gen-len")]
     pub max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        alias = "temp",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
@@ -42,8 +48,9 @@ pub struct CompleteArgs {
     /// 0 = off.
     #[arg(long, default_value_t = 0.0)]
     pub min_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Sampling seed (default: a random one, shown by --verbose and in --json).
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -63,9 +70,13 @@ pub struct CompleteArgs {
     /// Keep going past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Print one OpenAI `text_completion` JSON object instead of streaming text.
+    /// Print one OpenAI `text_completion` JSON object (with the `seed` used) instead of
+    /// streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Print the seed used on stderr.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// Positions per sequence (prompt + generated); Meta: max_seq_len. Default: the model's.
     #[arg(short = 'c', long, alias = "max-seq-len", value_name = "N")]
     pub ctx_size: Option<usize>,
@@ -111,6 +122,10 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         .iter()
         .map(|t| engine.tokenize(t))
         .collect::<Result<Vec<_>, _>>()?;
+    let seed = seed_or_random(a.seed);
+    if a.verbose {
+        eprintln!("seed: {seed}");
+    }
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
@@ -122,7 +137,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             presence_penalty: a.presence_penalty,
             frequency_penalty: a.frequency_penalty,
             logit_bias: Vec::new(),
-            seed: a.seed,
+            seed,
         },
         stop,
         ignore_eos: a.ignore_eos,
@@ -152,7 +167,15 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             model: engine.name.clone(),
         };
         // One choice per prompt: each prompt's tokens count once in `usage`.
-        let obj = openai::text_completion(&header, &engine.tokenizer, &results, 1, a.echo);
+        let mut obj = serde_json::to_value(openai::text_completion(
+            &header,
+            &engine.tokenizer,
+            &results,
+            1,
+            a.echo,
+        ))?;
+        // kiln's addition: the seed, so that a sampled run can be repeated with --seed.
+        obj["seed"] = seed.into();
         writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?;
     } else if stream {
         writeln!(out)?;

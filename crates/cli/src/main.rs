@@ -6,6 +6,7 @@ mod complete;
 mod model_arg;
 mod nn_cmd;
 mod prompt;
+mod seed;
 mod serve;
 mod tools;
 

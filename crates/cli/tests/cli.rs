@@ -264,3 +264,49 @@ fn chat_on_a_meta_checkpoint_uses_llama2_format() {
         "EOS closes the first exchange"
     );
 }
+
+/// One sampled `kiln complete --json` run on the llama-mha fixture; `extra` adds flags.
+fn sampled_run(extra: &[&str]) -> Value {
+    let dir = test_data().join("fixtures/llama-mha");
+    let mut args = vec![
+        "complete",
+        "-m",
+        dir.to_str().unwrap(),
+        "--json",
+        "--ignore-eos",
+        "-n",
+        "40",
+        "--threads",
+        "1",
+        "--prompt",
+        "Hello",
+    ];
+    args.extend_from_slice(extra);
+    let out = kiln(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+#[test]
+fn the_seed_is_random_unless_given_and_a_given_seed_repeats() {
+    // At temperature 5 the fixture's distribution is nearly flat over its vocabulary, so two
+    // 40-token samples with different seeds are practically never equal.
+    let hot = ["--temperature", "5"];
+    let (a, b) = (sampled_run(&hot), sampled_run(&hot));
+    assert_ne!(a["seed"], b["seed"], "each run draws its own seed");
+    assert_ne!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    // The seed a run reports repeats it, through --seed and llama.cpp's -s and --temp.
+    let seed = a["seed"]
+        .as_u64()
+        .expect("--json reports the seed")
+        .to_string();
+    let c = sampled_run(&["--temperature", "5", "--seed", &seed]);
+    assert_eq!(c["seed"], a["seed"]);
+    assert_eq!(c["choices"][0]["text"], a["choices"][0]["text"]);
+    let d = sampled_run(&["-s", &seed, "--temp", "5"]);
+    assert_eq!(d["choices"][0]["text"], a["choices"][0]["text"]);
+}

@@ -242,3 +242,27 @@ fn serve_exits_on_sigterm_within_the_drain_deadline_despite_stuck_clients() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     drop((headers, body));
 }
+
+/// llama.cpp's `-ngl N` / `--gpu-layers N` is one flag (not `-n gl`), and refused with one
+/// clear line and exit status 2 until kiln has a GPU backend, never silently ignored.
+#[test]
+fn gpu_layers_are_refused_with_a_clear_message() {
+    for args in [
+        &["complete", "-ngl", "99", "--prompt", "x"][..],
+        &["complete", "-ngl=99", "--prompt", "x"],
+        &["chat", "--gpu-layers", "99"],
+        &["serve", "--n-gpu-layers", "10"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .output()
+            .expect("run kiln");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            "error: kiln has no GPU backend yet; -ngl/--gpu-layers cannot be honoured",
+            "{args:?}"
+        );
+    }
+}

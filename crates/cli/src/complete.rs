@@ -6,7 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
+use kiln_engine::sequence::Vocab;
+use kiln_engine::{
+    openai, Completion, EngineOptions, GenerateParams, SamplingParams, TokenLogprob,
+};
 
 use crate::model_arg::ModelArgs;
 use crate::prompt::process_escapes;
@@ -61,7 +64,8 @@ pub struct CompleteArgs {
     pub presence_penalty: f32,
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub frequency_penalty: f32,
-    /// Report logprobs of each token and this many alternatives.
+    /// Report logprobs of each token and this many alternatives (a table after the text, or in
+    /// the --json object).
     #[arg(long, value_name = "N")]
     pub logprobs: Option<usize>,
     /// Include the prompt (and its logprobs) in the output.
@@ -179,6 +183,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?;
     } else if stream {
         writeln!(out)?;
+        write_logprob_table(&mut out, &engine.tokenizer, &results[0])?;
     } else {
         for (i, r) in results.iter().enumerate() {
             let echo = if a.echo { r.prompt_text.as_str() } else { "" };
@@ -188,7 +193,58 @@ pub fn run(a: CompleteArgs) -> Result<()> {
                 r.finish_reason.as_str(),
                 r.text
             )?;
+            write_logprob_table(&mut out, &engine.tokenizer, r)?;
         }
+    }
+    Ok(())
+}
+
+/// With `--logprobs` and no `--json`: one row per token (the prompt's first with `--echo`), its
+/// logprob and the most likely alternatives. Token texts are quoted with escapes so that
+/// spaces and newlines stay visible (invalid UTF-8 as `bytes:\xNN`, as in --json); a first prompt token, which nothing predicts, shows `-`.
+fn write_logprob_table(out: &mut impl Write, vocab: &dyn Vocab, c: &Completion) -> Result<()> {
+    let Some(generated) = &c.logprobs else {
+        return Ok(());
+    };
+    let rows: Vec<&TokenLogprob> = c
+        .prompt_logprobs
+        .iter()
+        .flatten()
+        .chain(generated)
+        .collect();
+    let quoted = |id: u32, text: &str| {
+        // `bytes:\xNN` names are already escaped; quoting them again would double the `\`.
+        let name = openai::token_name(vocab, id, text);
+        if name.starts_with("bytes:") {
+            name
+        } else {
+            format!("{name:?}")
+        }
+    };
+    let width = rows
+        .iter()
+        .map(|t| quoted(t.id, &t.text).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("token".len());
+    writeln!(
+        out,
+        "{:<width$}  {:>9}  top alternatives",
+        "token", "logprob"
+    )?;
+    for t in rows {
+        let logprob = t.logprob.map_or("-".to_string(), |l| format!("{l:.4}"));
+        let top = t
+            .top
+            .iter()
+            .map(|(id, text, l)| format!("{} {l:.4}", quoted(*id, text)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            out,
+            "{:<width$}  {logprob:>9}  {top}",
+            quoted(t.id, &t.text)
+        )?;
     }
     Ok(())
 }

@@ -310,3 +310,60 @@ fn the_seed_is_random_unless_given_and_a_given_seed_repeats() {
     let d = sampled_run(&["-s", &seed, "--temp", "5"]);
     assert_eq!(d["choices"][0]["text"], a["choices"][0]["text"]);
 }
+
+/// `--logprobs` without `--json` prints a table after the text: one row per generated token
+/// with the logprob and alternatives that `--json` reports for the same greedy run.
+#[test]
+fn logprobs_without_json_print_a_per_token_table() {
+    let dir = test_data().join("fixtures/llama-mha");
+    let common = [
+        "complete",
+        "-m",
+        dir.to_str().unwrap(),
+        "--logprobs",
+        "2",
+        "-n",
+        "4",
+        "--ignore-eos",
+        "--threads",
+        "1",
+        "--prompt",
+        "Hello",
+    ];
+    let json = kiln(&[&common[..], &["--json"]].concat());
+    assert!(json.status.success());
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let text = kiln(&common);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let stdout = String::from_utf8(text.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("token") && l.contains("logprob"))
+        .expect("a table header after the text");
+    let rows = &lines[header + 1..];
+    assert_eq!(rows.len(), 4, "one row per generated token:\n{stdout}");
+    // Quoted with escapes, except the already escaped `bytes:\xNN` names.
+    let shown = |name: &str| {
+        if name.starts_with("bytes:") {
+            name.to_string()
+        } else {
+            format!("{name:?}")
+        }
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let token = lp["tokens"][i].as_str().unwrap();
+        assert!(row.starts_with(&shown(token)), "{row}");
+        let logprob = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(row.contains(&format!("{logprob:.4}")), "{row} vs {logprob}");
+        for (alt, l) in lp["top_logprobs"][i].as_object().unwrap() {
+            let cell = format!("{} {:.4}", shown(alt), l.as_f64().unwrap());
+            assert!(row.contains(&cell), "{row} lacks {cell}");
+        }
+    }
+}

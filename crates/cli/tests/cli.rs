@@ -367,3 +367,35 @@ fn logprobs_without_json_print_a_per_token_table() {
         }
     }
 }
+
+/// `kiln inspect` prints plain words, not Rust debug text (`Some(1)`, `Llama`): the
+/// architecture by its GGUF name, special tokens by text and id, from the fixtures' configs.
+#[test]
+fn inspect_prints_human_readable_text() {
+    for (model, arch, tokenizer) in [
+        (
+            "llama-mha",
+            "llama",
+            "512 tokens, bos <s> (1), eos </s> (2), adds bos",
+        ),
+        (
+            "qwen2-tiny",
+            "qwen2",
+            "512 tokens, bos <|begin_of_text|> (510), eos <|end_of_text|> (511)",
+        ),
+    ] {
+        let dir = test_data().join("fixtures").join(model);
+        let out = kiln(&["inspect", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(&format!("architecture: {arch}\n")), "{text}");
+        assert!(text.contains(tokenizer), "{text}");
+        for debug in ["Some(", "None", "[", "{", "\""] {
+            assert!(!text.contains(debug), "debug text {debug:?} in:\n{text}");
+        }
+    }
+}

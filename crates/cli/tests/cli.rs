@@ -399,3 +399,36 @@ fn inspect_prints_human_readable_text() {
         }
     }
 }
+
+/// `kiln chat --json` reports the seed of the session: a random one unless `-s` is given, and
+/// a given seed repeats the sampled replies.
+#[test]
+fn chat_seed_is_random_unless_given() {
+    use std::io::Write;
+    let dir = test_data().join("fixtures/llama-mha/meta/mp2");
+    let chat = |extra: &[&str]| -> Value {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["chat", "-m", dir.to_str().unwrap(), "--json", "-n", "30"])
+            .args(["--temp", "5", "-t", "1"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"Hello\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (a, b) = (chat(&[]), chat(&[]));
+    assert_ne!(a["seed"], b["seed"]);
+    let seed = a["seed"]
+        .as_u64()
+        .expect("--json reports the seed")
+        .to_string();
+    let c = chat(&["-s", &seed]);
+    assert_eq!(
+        c["choices"][0]["message"]["content"],
+        a["choices"][0]["message"]["content"]
+    );
+}

@@ -25,7 +25,7 @@ pub struct ChatArgs {
     #[arg(short = 'n', long, default_value_t = 512)]
     pub max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, alias = "temp", default_value_t = 0.0)]
+    #[arg(long, visible_alias = "temp", default_value_t = 0.0)]
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,

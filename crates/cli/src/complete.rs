@@ -38,7 +38,7 @@ pub struct CompleteArgs {
     /// 0 = greedy.
     #[arg(
         long,
-        alias = "temp",
+        visible_alias = "temp",
         default_value_t = 0.0,
         allow_hyphen_values = true
     )]

@@ -131,4 +131,27 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+
+    /// `-ngl` becomes `--gpu-layers` (also `-ngl=N`), but not as prompt text after `--`, and
+    /// `-n` stays `-n`.
+    #[test]
+    fn ngl_is_spelt_long_before_clap_reads_it() {
+        let args = [
+            "kiln", "complete", "-ngl", "9", "-ngl=9", "-n", "3", "--", "-ngl",
+        ];
+        let out = super::long_gpu_layers_flag(args.map(std::ffi::OsString::from));
+        let out: Vec<&str> = out.iter().map(|a| a.to_str().unwrap()).collect();
+        let want = [
+            "kiln",
+            "complete",
+            "--gpu-layers",
+            "9",
+            "--gpu-layers=9",
+            "-n",
+            "3",
+            "--",
+            "-ngl",
+        ];
+        assert_eq!(out, want);
+    }
 }

@@ -12,6 +12,7 @@ use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
 
 use crate::model_arg::ModelArgs;
 use crate::prompt::process_escapes;
+use crate::seed::seed_or_random;
 
 #[derive(Args, Debug)]
 pub struct ChatArgs {
@@ -23,12 +24,14 @@ pub struct ChatArgs {
     /// New tokens per reply at most.
     #[arg(short = 'n', long, default_value_t = 512)]
     pub max_tokens: usize,
-    #[arg(long, default_value_t = 0.0)]
+    /// 0 = greedy.
+    #[arg(long, visible_alias = "temp", default_value_t = 0.0)]
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Sampling seed (default: a random one, shown by --verbose and in --json).
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
     /// Positions per conversation (prompt + replies). Default: the model's.
     #[arg(short = 'c', long, value_name = "N")]
     pub ctx_size: Option<usize>,
@@ -37,9 +40,12 @@ pub struct ChatArgs {
     #[arg(long)]
     pub no_escape: bool,
     /// Print each turn as one OpenAI `chat.completion` JSON line (its choice with kiln's
-    /// prompt_token_ids and token_ids) instead of text.
+    /// prompt_token_ids and token_ids, and the `seed` used) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Print the seed used on stderr.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
@@ -60,12 +66,16 @@ pub fn run(a: ChatArgs) -> Result<()> {
         };
         history.push(ChatMessage::new("system", &s));
     }
+    let seed = seed_or_random(a.seed);
+    if a.verbose {
+        eprintln!("seed: {seed}");
+    }
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
             temperature: a.temperature,
             top_p: a.top_p,
-            seed: a.seed,
+            seed,
             ..Default::default()
         },
         ..Default::default()
@@ -115,7 +125,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
                 model: engine.name.clone(),
             };
             // No logprobs are asked for, so no end-of-sequence ids need leaving out of them.
-            let obj = openai::chat_completion(&header, &engine.tokenizer, &[], &r);
+            let mut obj =
+                serde_json::to_value(openai::chat_completion(&header, &engine.tokenizer, &[], &r))?;
+            obj["seed"] = seed.into();
             writeln!(out, "{}", serde_json::to_string(&obj)?)?;
         } else {
             writeln!(out)?;

@@ -6,10 +6,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
+use kiln_engine::sequence::Vocab;
+use kiln_engine::{
+    openai, Completion, EngineOptions, GenerateParams, SamplingParams, TokenLogprob,
+};
 
 use crate::model_arg::ModelArgs;
 use crate::prompt::process_escapes;
+use crate::seed::seed_or_random;
 
 #[derive(Args, Debug)]
 pub struct CompleteArgs {
@@ -32,7 +36,12 @@ pub struct CompleteArgs {
     #[arg(short = 'n', long, default_value_t = 128, alias = "max-gen-len")]
     pub max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        visible_alias = "temp",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
@@ -42,8 +51,9 @@ pub struct CompleteArgs {
     /// 0 = off.
     #[arg(long, default_value_t = 0.0)]
     pub min_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Sampling seed (default: a random one, shown by --verbose and in --json).
+    #[arg(short = 's', long)]
+    pub seed: Option<u64>,
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -54,7 +64,8 @@ pub struct CompleteArgs {
     pub presence_penalty: f32,
     #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub frequency_penalty: f32,
-    /// Report logprobs of each token and this many alternatives.
+    /// Report logprobs of each token and this many alternatives (a table after the text, or in
+    /// the --json object).
     #[arg(long, value_name = "N")]
     pub logprobs: Option<usize>,
     /// Include the prompt (and its logprobs) in the output.
@@ -63,9 +74,13 @@ pub struct CompleteArgs {
     /// Keep going past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Print one OpenAI `text_completion` JSON object instead of streaming text.
+    /// Print one OpenAI `text_completion` JSON object (with the `seed` used) instead of
+    /// streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Print the seed used on stderr.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// Positions per sequence (prompt + generated); Meta: max_seq_len. Default: the model's.
     #[arg(short = 'c', long, alias = "max-seq-len", value_name = "N")]
     pub ctx_size: Option<usize>,
@@ -111,6 +126,10 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         .iter()
         .map(|t| engine.tokenize(t))
         .collect::<Result<Vec<_>, _>>()?;
+    let seed = seed_or_random(a.seed);
+    if a.verbose {
+        eprintln!("seed: {seed}");
+    }
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
@@ -122,7 +141,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             presence_penalty: a.presence_penalty,
             frequency_penalty: a.frequency_penalty,
             logit_bias: Vec::new(),
-            seed: a.seed,
+            seed,
         },
         stop,
         ignore_eos: a.ignore_eos,
@@ -152,10 +171,19 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             model: engine.name.clone(),
         };
         // One choice per prompt: each prompt's tokens count once in `usage`.
-        let obj = openai::text_completion(&header, &engine.tokenizer, &results, 1, a.echo);
+        let mut obj = serde_json::to_value(openai::text_completion(
+            &header,
+            &engine.tokenizer,
+            &results,
+            1,
+            a.echo,
+        ))?;
+        // kiln's addition: the seed, so that a sampled run can be repeated with --seed.
+        obj["seed"] = seed.into();
         writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?;
     } else if stream {
         writeln!(out)?;
+        write_logprob_table(&mut out, &engine.tokenizer, &results[0])?;
     } else {
         for (i, r) in results.iter().enumerate() {
             let echo = if a.echo { r.prompt_text.as_str() } else { "" };
@@ -165,7 +193,58 @@ pub fn run(a: CompleteArgs) -> Result<()> {
                 r.finish_reason.as_str(),
                 r.text
             )?;
+            write_logprob_table(&mut out, &engine.tokenizer, r)?;
         }
+    }
+    Ok(())
+}
+
+/// With `--logprobs` and no `--json`: one row per token (the prompt's first with `--echo`), its
+/// logprob and the most likely alternatives. Token texts are quoted with escapes so that
+/// spaces and newlines stay visible (invalid UTF-8 as `bytes:\xNN`, as in --json); a first prompt token, which nothing predicts, shows `-`.
+fn write_logprob_table(out: &mut impl Write, vocab: &dyn Vocab, c: &Completion) -> Result<()> {
+    let Some(generated) = &c.logprobs else {
+        return Ok(());
+    };
+    let rows: Vec<&TokenLogprob> = c
+        .prompt_logprobs
+        .iter()
+        .flatten()
+        .chain(generated)
+        .collect();
+    let quoted = |id: u32, text: &str| {
+        // `bytes:\xNN` names are already escaped; quoting them again would double the `\`.
+        let name = openai::token_name(vocab, id, text);
+        if name.starts_with("bytes:") {
+            name
+        } else {
+            format!("{name:?}")
+        }
+    };
+    let width = rows
+        .iter()
+        .map(|t| quoted(t.id, &t.text).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("token".len());
+    writeln!(
+        out,
+        "{:<width$}  {:>9}  top alternatives",
+        "token", "logprob"
+    )?;
+    for t in rows {
+        let logprob = t.logprob.map_or("-".to_string(), |l| format!("{l:.4}"));
+        let top = t
+            .top
+            .iter()
+            .map(|(id, text, l)| format!("{} {l:.4}", quoted(*id, text)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            out,
+            "{:<width$}  {logprob:>9}  {top}",
+            quoted(t.id, &t.text)
+        )?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod complete;
 mod model_arg;
 mod nn_cmd;
 mod prompt;
+mod seed;
 mod serve;
 mod tools;
 
@@ -17,6 +18,44 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Model layers to offload to a GPU (llama.cpp's -ngl). kiln has no GPU backend yet, so
+    /// this is refused rather than ignored.
+    #[arg(
+        long = "gpu-layers",
+        alias = "n-gpu-layers",
+        global = true,
+        value_name = "N"
+    )]
+    gpu_layers: Option<String>,
+}
+
+/// The message for `-ngl`/`--gpu-layers`: refused, never silently ignored, so nobody believes
+/// they are running on a GPU.
+const NO_GPU: &str = "kiln has no GPU backend yet; -ngl/--gpu-layers cannot be honoured";
+
+/// llama.cpp's `-ngl N` is a multi-letter short flag, which clap cannot express (it reads
+/// `-ngl` as `-n gl`); it is spelt `--gpu-layers` before clap sees it. Arguments after `--`
+/// are left alone, as they are prompt text.
+fn long_gpu_layers_flag(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut after_dashes = false;
+    args.into_iter()
+        .map(|a| {
+            if after_dashes {
+                return a;
+            }
+            if a == "--" {
+                after_dashes = true;
+                return a;
+            }
+            match a.to_str() {
+                Some("-ngl") => "--gpu-layers".into(),
+                Some(s) if s.starts_with("-ngl=") => format!("--gpu-layers={}", &s[5..]).into(),
+                _ => a,
+            }
+        })
+        .collect()
 }
 
 #[derive(Subcommand)]
@@ -56,7 +95,12 @@ fn quiet_broken_pipe() {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(long_gpu_layers_flag(std::env::args_os()));
+    if cli.gpu_layers.is_some() {
+        // Exit status 2, as for any other unusable command line.
+        eprintln!("error: {NO_GPU}");
+        std::process::exit(2);
+    }
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_broken_pipe();
     }
@@ -86,5 +130,28 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// `-ngl` becomes `--gpu-layers` (also `-ngl=N`), but not as prompt text after `--`, and
+    /// `-n` stays `-n`.
+    #[test]
+    fn ngl_is_spelt_long_before_clap_reads_it() {
+        let args = [
+            "kiln", "complete", "-ngl", "9", "-ngl=9", "-n", "3", "--", "-ngl",
+        ];
+        let out = super::long_gpu_layers_flag(args.map(std::ffi::OsString::from));
+        let out: Vec<&str> = out.iter().map(|a| a.to_str().unwrap()).collect();
+        let want = [
+            "kiln",
+            "complete",
+            "--gpu-layers",
+            "9",
+            "--gpu-layers=9",
+            "-n",
+            "3",
+            "--",
+            "-ngl",
+        ];
+        assert_eq!(out, want);
     }
 }

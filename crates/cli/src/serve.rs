@@ -38,9 +38,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 2 << 20)]
     pub max_body: usize,
-    /// The model id clients use (default: the model's file name).
-    #[arg(long)]
-    pub alias: Option<String>,
+    /// Another name for the model in /v1/models (repeatable; the first one is the id responses
+    /// give, else the model's file name). Requests may name the model anything.
+    #[arg(long, value_name = "NAME")]
+    pub alias: Vec<String>,
     /// Seconds a client has to send a request's headers, and again its body (then 408).
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs)]
     pub read_timeout: f64,
@@ -108,7 +109,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         chat_template,
         &extra_eos,
         ServerOptions {
-            model_id: a.alias.clone().unwrap_or(name),
+            model_id: a.alias.first().cloned().unwrap_or_else(|| name.clone()),
+            aliases: a.alias.iter().skip(1).cloned().chain([name]).collect(),
             api_key: a.api_key.clone(),
             max_body_bytes: a.max_body,
             header_timeout: Duration::from_secs_f64(a.read_timeout),

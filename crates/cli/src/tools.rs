@@ -55,7 +55,7 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     let c = &loaded.config;
     println!("model:        {}", path.display());
     println!("format:       {}", loaded.format);
-    println!("architecture: {:?}", c.arch);
+    println!("architecture: {}", c.arch);
     println!(
         "sizes:        {} layers, hidden {}, ffn {}, {} q heads / {} kv heads, head dim {}, vocab {}",
         c.n_layers, c.hidden_size, c.intermediate_size, c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size
@@ -102,12 +102,28 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         );
     }
     let tokenizer = kiln_tokenizer::Tokenizer::from_source(&loaded.tokenizer)?;
+    // Each special token as its text and id, e.g. `<s> (1)`.
+    let named = |id: u32| match tokenizer.id_to_token(id) {
+        Some(t) => format!("{t} ({id})"),
+        None => id.to_string(),
+    };
+    let bos = tokenizer.bos_id().map_or("none".to_string(), named);
+    let eos = match tokenizer.eos_ids() {
+        [] => "none".to_string(),
+        ids => ids
+            .iter()
+            .map(|&id| named(id))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     println!(
-        "tokenizer:    {} tokens, bos {:?}, eos {:?}, adds bos: {}",
+        "tokenizer:    {} tokens, bos {bos}, eos {eos}, {} bos",
         tokenizer.vocab_size(),
-        tokenizer.bos_id(),
-        tokenizer.eos_ids(),
-        tokenizer.adds_bos()
+        if tokenizer.adds_bos() {
+            "adds"
+        } else {
+            "does not add"
+        }
     );
     println!(
         "chat template: {}",

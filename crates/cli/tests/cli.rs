@@ -264,3 +264,171 @@ fn chat_on_a_meta_checkpoint_uses_llama2_format() {
         "EOS closes the first exchange"
     );
 }
+
+/// One sampled `kiln complete --json` run on the llama-mha fixture; `extra` adds flags.
+fn sampled_run(extra: &[&str]) -> Value {
+    let dir = test_data().join("fixtures/llama-mha");
+    let mut args = vec![
+        "complete",
+        "-m",
+        dir.to_str().unwrap(),
+        "--json",
+        "--ignore-eos",
+        "-n",
+        "40",
+        "--threads",
+        "1",
+        "--prompt",
+        "Hello",
+    ];
+    args.extend_from_slice(extra);
+    let out = kiln(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+#[test]
+fn the_seed_is_random_unless_given_and_a_given_seed_repeats() {
+    // At temperature 5 the fixture's distribution is nearly flat over its vocabulary, so two
+    // 40-token samples with different seeds are practically never equal.
+    let hot = ["--temperature", "5"];
+    let (a, b) = (sampled_run(&hot), sampled_run(&hot));
+    assert_ne!(a["seed"], b["seed"], "each run draws its own seed");
+    assert_ne!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    // The seed a run reports repeats it, through --seed and llama.cpp's -s and --temp.
+    let seed = a["seed"]
+        .as_u64()
+        .expect("--json reports the seed")
+        .to_string();
+    let c = sampled_run(&["--temperature", "5", "--seed", &seed]);
+    assert_eq!(c["seed"], a["seed"]);
+    assert_eq!(c["choices"][0]["text"], a["choices"][0]["text"]);
+    let d = sampled_run(&["-s", &seed, "--temp", "5"]);
+    assert_eq!(d["choices"][0]["text"], a["choices"][0]["text"]);
+}
+
+/// `--logprobs` without `--json` prints a table after the text: one row per generated token
+/// with the logprob and alternatives that `--json` reports for the same greedy run.
+#[test]
+fn logprobs_without_json_print_a_per_token_table() {
+    let dir = test_data().join("fixtures/llama-mha");
+    let common = [
+        "complete",
+        "-m",
+        dir.to_str().unwrap(),
+        "--logprobs",
+        "2",
+        "-n",
+        "4",
+        "--ignore-eos",
+        "--threads",
+        "1",
+        "--prompt",
+        "Hello",
+    ];
+    let json = kiln(&[&common[..], &["--json"]].concat());
+    assert!(json.status.success());
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    let text = kiln(&common);
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let stdout = String::from_utf8(text.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.starts_with("token") && l.contains("logprob"))
+        .expect("a table header after the text");
+    let rows = &lines[header + 1..];
+    assert_eq!(rows.len(), 4, "one row per generated token:\n{stdout}");
+    // Quoted with escapes, except the already escaped `bytes:\xNN` names.
+    let shown = |name: &str| {
+        if name.starts_with("bytes:") {
+            name.to_string()
+        } else {
+            format!("{name:?}")
+        }
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let token = lp["tokens"][i].as_str().unwrap();
+        assert!(row.starts_with(&shown(token)), "{row}");
+        let logprob = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!(row.contains(&format!("{logprob:.4}")), "{row} vs {logprob}");
+        for (alt, l) in lp["top_logprobs"][i].as_object().unwrap() {
+            let cell = format!("{} {:.4}", shown(alt), l.as_f64().unwrap());
+            assert!(row.contains(&cell), "{row} lacks {cell}");
+        }
+    }
+}
+
+/// `kiln inspect` prints plain words, not Rust debug text (`Some(1)`, `Llama`): the
+/// architecture by its GGUF name, special tokens by text and id, from the fixtures' configs.
+#[test]
+fn inspect_prints_human_readable_text() {
+    for (model, arch, tokenizer) in [
+        (
+            "llama-mha",
+            "llama",
+            "512 tokens, bos <s> (1), eos </s> (2), adds bos",
+        ),
+        (
+            "qwen2-tiny",
+            "qwen2",
+            "512 tokens, bos <|begin_of_text|> (510), eos <|end_of_text|> (511)",
+        ),
+    ] {
+        let dir = test_data().join("fixtures").join(model);
+        let out = kiln(&["inspect", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(&format!("architecture: {arch}\n")), "{text}");
+        assert!(text.contains(tokenizer), "{text}");
+        for debug in ["Some(", "None", "[", "{", "\""] {
+            assert!(!text.contains(debug), "debug text {debug:?} in:\n{text}");
+        }
+    }
+}
+
+/// `kiln chat --json` reports the seed of the session: a random one unless `-s` is given, and
+/// a given seed repeats the sampled replies.
+#[test]
+fn chat_seed_is_random_unless_given() {
+    use std::io::Write;
+    let dir = test_data().join("fixtures/llama-mha/meta/mp2");
+    let chat = |extra: &[&str]| -> Value {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["chat", "-m", dir.to_str().unwrap(), "--json", "-n", "30"])
+            .args(["--temp", "5", "-t", "1"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"Hello\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (a, b) = (chat(&[]), chat(&[]));
+    assert_ne!(a["seed"], b["seed"]);
+    let seed = a["seed"]
+        .as_u64()
+        .expect("--json reports the seed")
+        .to_string();
+    let c = chat(&["-s", &seed]);
+    assert_eq!(
+        c["choices"][0]["message"]["content"],
+        a["choices"][0]["message"]["content"]
+    );
+}

@@ -242,3 +242,63 @@ fn serve_exits_on_sigterm_within_the_drain_deadline_despite_stuck_clients() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     drop((headers, body));
 }
+
+/// llama.cpp's `-ngl N` / `--gpu-layers N` is one flag (not `-n gl`), and refused with one
+/// clear line and exit status 2 until kiln has a GPU backend, never silently ignored.
+#[test]
+fn gpu_layers_are_refused_with_a_clear_message() {
+    for args in [
+        &["complete", "-ngl", "99", "--prompt", "x"][..],
+        &["complete", "-ngl=99", "--prompt", "x"],
+        &["chat", "--gpu-layers", "99"],
+        &["serve", "--n-gpu-layers", "10"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .output()
+            .expect("run kiln");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            "error: kiln has no GPU backend yet; -ngl/--gpu-layers cannot be honoured",
+            "{args:?}"
+        );
+    }
+}
+
+/// `kiln serve --alias` (repeatable): the first alias is the id, `/v1/models` lists every
+/// alias and the file name, and a request naming another model is served, not refused.
+#[test]
+fn serve_lists_aliases_and_serves_any_model_name() {
+    let (mut child, addr) = start_server(&["--alias", "local", "--alias", "tiny"]);
+    let request = |req: String| -> String {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    };
+    let models =
+        request("GET /v1/models HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".to_string());
+    let body = r#"{"model": "openai/whatever", "prompt": "Hi", "max_tokens": 2}"#;
+    let completion = request(format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+    let json_of =
+        |r: &str| -> Value { serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap() };
+    assert!(models.starts_with("HTTP/1.1 200"), "{models}");
+    let ids: Vec<String> = json_of(&models)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["local", "tiny", "llama-mha"]);
+    assert!(completion.starts_with("HTTP/1.1 200"), "{completion}");
+    assert_eq!(json_of(&completion)["model"], "local");
+}

@@ -183,14 +183,14 @@ fn engine_flags_and_their_environment_variables_are_checked() {
 fn inspect_describes_a_real_model() {
     let text = ok(&kiln(&["inspect", "gemma3-270m"]));
     for want in [
-        "architecture: Gemma3",
+        "architecture: gemma3",
         "18 layers, hidden 640, ffn 2048, 4 q heads / 1 kv heads, head dim 256, vocab 262144",
         "sliding win:  512 on 15 of 18 layers",
         "output:       tied to token_embd",
         "in 236 tensors",
         "F32:  109 tensors",
         "Q5_0:   81 tensors",
-        "eos [1, 106]",
+        "eos <eos> (1), <end_of_turn> (106)",
         "KV cache (f16)",
     ] {
         assert!(text.contains(want), "inspect lacks {want:?}:\n{text}");

@@ -90,7 +90,6 @@ fn tokenize(st: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 fn text_plan(st: &AppState, req: &CompletionRequest) -> Result<Plan, ApiError> {
-    st.check_model(&req.common.model)?;
     let params = req.params(st.fresh_seed())?;
     let n = req.common.n()?;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
@@ -121,7 +120,6 @@ fn text_plan(st: &AppState, req: &CompletionRequest) -> Result<Plan, ApiError> {
 }
 
 async fn chat_plan(st: &AppState, req: &ChatRequest) -> Result<Plan, ApiError> {
-    st.check_model(&req.common.model)?;
     let (mut params, max) = req.params(st.fresh_seed())?;
     let n = req.common.n()?;
     let messages = req.template_messages()?;

@@ -42,8 +42,11 @@ use crate::error::ApiError;
 /// Server settings that are not the scheduler's.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// The id clients use in `model` (and `/v1/models` lists).
+    /// The model's id: responses name it, and `/v1/models` lists it first.
     pub model_id: String,
+    /// More names `/v1/models` lists for the same model (`kiln serve --alias`). A request's
+    /// `model` needs not be any of them: with one model loaded every name means it.
+    pub aliases: Vec<String>,
     /// When set, every endpoint but `/health` wants `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// Request bodies larger than this get 413.
@@ -62,6 +65,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             model_id: "kiln".into(),
+            aliases: Vec::new(),
             api_key: None,
             max_body_bytes: 2 << 20,
             header_timeout: Duration::from_secs(30),
@@ -129,17 +133,25 @@ impl AppState {
         t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
-    fn check_model(&self, model: &Option<String>) -> Result<(), ApiError> {
-        match model {
-            None => Ok(()),
-            Some(m) if self.knows_model(m) => Ok(()),
-            Some(m) => Err(ApiError::unknown_model(m, &self.opts.model_id)),
-        }
+    /// Every name a `GET /v1/models/{id}` finds: the id and the aliases, each also with or
+    /// without `.gguf`.
+    fn known_model(&self, m: &str) -> Option<&str> {
+        self.model_names().find(|id| {
+            m == *id || m.strip_suffix(".gguf") == Some(id) || id.strip_suffix(".gguf") == Some(m)
+        })
     }
 
-    fn knows_model(&self, m: &str) -> bool {
-        let id = &self.opts.model_id;
-        m == id || m.strip_suffix(".gguf") == Some(id) || id.strip_suffix(".gguf") == Some(m)
+    /// The id, then the aliases, each once.
+    fn model_names(&self) -> impl Iterator<Item = &str> {
+        let id = self.opts.model_id.as_str();
+        std::iter::once(id).chain(
+            self.opts
+                .aliases
+                .iter()
+                .enumerate()
+                .filter(move |(i, a)| a.as_str() != id && !self.opts.aliases[..*i].contains(a))
+                .map(|(_, a)| a.as_str()),
+        )
     }
 }
 
@@ -491,9 +503,9 @@ async fn health(State(st): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-fn model_object(st: &AppState) -> openai::Model {
+fn model_object(st: &AppState, id: &str) -> openai::Model {
     openai::Model {
-        id: st.opts.model_id.clone(),
+        id: id.to_string(),
         object: "model",
         created: st.created,
         owned_by: "kiln".into(),
@@ -502,12 +514,13 @@ fn model_object(st: &AppState) -> openai::Model {
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {
-    Json(openai::ModelList::new(vec![model_object(&st)])).into_response()
+    let list = st.model_names().map(|id| model_object(&st, id)).collect();
+    Json(openai::ModelList::new(list)).into_response()
 }
 
 async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    if st.knows_model(&id) {
-        Json(model_object(&st)).into_response()
+    if let Some(name) = st.known_model(&id) {
+        Json(model_object(&st, name)).into_response()
     } else {
         ApiError::unknown_model(&id, &st.opts.model_id).into_response()
     }

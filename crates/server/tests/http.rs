@@ -353,16 +353,7 @@ async fn malformed_requests_get_400_never_5xx() {
         assert_eq!(st, 400, "{body} -> {v}");
         assert_error(&v, "invalid_request_error");
     }
-    // Unknown model: 404; unknown endpoint: 404 in the same shape.
-    let (st, v) = post(
-        &c,
-        &s.url("/v1/completions"),
-        &json!({"model": "gpt-9", "prompt": "a"}),
-    )
-    .await;
-    assert_eq!(st, 404);
-    assert_eq!(v["error"]["code"], "model_not_found");
-    assert_eq!(v["error"]["param"], "model");
+    // Unknown endpoint: 404 in the error shape.
     let (st, v) = post(&c, &s.url("/v2/nothing"), &json!({})).await;
     assert_eq!(st, 404);
     assert_error(&v, "invalid_request_error");
@@ -582,4 +573,60 @@ async fn shutdown_drains_open_streams() {
     );
     s.task.await.unwrap().unwrap();
     assert_eq!(s.state.scheduler.stats().finished, 1);
+}
+
+/// With one model loaded, any `model` value names it (as llama-server does; litellm sends
+/// `local` for `openai/local`); `/v1/models` lists the id and the `--alias` names, and
+/// `GET /v1/models/{id}` finds exactly those.
+#[tokio::test]
+async fn any_model_name_is_served_and_aliases_are_listed() {
+    let s = start_fake(
+        cfg(2, 8),
+        ServerOptions {
+            aliases: vec!["local".into(), "hash-model".into(), "gpt-4o".into()],
+            ..opts()
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let c = reqwest::Client::new();
+    for model in ["gpt-9", "openai/local", "local", ""] {
+        let body = json!({"model": model, "prompt": "ab", "max_tokens": 2, "temperature": 0});
+        let (st, v) = post(&c, &s.url("/v1/completions"), &body).await;
+        assert_eq!(st, 200, "{model}: {v}");
+        assert_eq!(v["model"], "hash-model");
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}],
+                          "max_tokens": 2});
+        let (st, v) = post(&c, &s.url("/v1/chat/completions"), &body).await;
+        assert_eq!(st, 200, "{model}: {v}");
+    }
+    let v: Value = c
+        .get(s.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    // The id first, each name once.
+    assert_eq!(ids, ["hash-model", "local", "gpt-4o"]);
+    for (id, found) in [
+        ("local", true),
+        ("gpt-4o", true),
+        ("hash-model.gguf", true),
+        ("gpt-9", false),
+    ] {
+        let r = c
+            .get(s.url(&format!("/v1/models/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status() == 200, found, "{id}");
+    }
 }

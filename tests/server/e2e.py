@@ -167,11 +167,15 @@ try:
     check("wrong key rejected", False)
 except openai.AuthenticationError:
     check("wrong key rejected", True)
+# One model is loaded, so any `model` value names it (as llama-server does; litellm sends
+# "openai/local"), while /v1/models/{id} knows only the listed names.
+r = client.completions.create(model="openai/local", prompt="x", max_tokens=1)
+check("any model name served", len(r.choices) == 1 and r.model == model, r.model)
 try:
-    client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
-    check("unknown model 404", False)
+    client.models.retrieve("no-such-model")
+    check("unknown model id 404", False)
 except openai.NotFoundError:
-    check("unknown model 404", True)
+    check("unknown model id 404", True)
 try:
     client.completions.create(model=model, prompt=[1] * 100_000, max_tokens=1)
     check("oversize prompt 400", False)

@@ -105,6 +105,33 @@ fn reassemble(chunks: &[Value]) -> (Vec<Value>, Value) {
     (choices, usage)
 }
 
+/// The whole response to `body`, then the chunks of the same request streamed (with usage when
+/// `include_usage`), checking the statuses and the closing `[DONE]`.
+async fn whole_and_streamed(
+    c: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    include_usage: bool,
+) -> (Value, Vec<Value>) {
+    let r = c.post(url).json(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let whole: Value = r.json().await.unwrap();
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    if include_usage {
+        sbody["stream_options"] = json!({"include_usage": true});
+    }
+    let r = c.post(url).json(&sbody).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut payloads = sse_payloads(&r.text().await.unwrap());
+    assert_eq!(payloads.pop().as_deref(), Some("[DONE]"));
+    let chunks = payloads
+        .iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect();
+    (whole, chunks)
+}
+
 #[tokio::test]
 async fn stream_non_stream_and_cli_json_agree_for_n_3() {
     let s = start().await;
@@ -113,31 +140,7 @@ async fn stream_non_stream_and_cli_json_agree_for_n_3() {
         "prompt": PROMPT, "n": N, "max_tokens": 8, "temperature": 0.9, "seed": SEED,
         "logprobs": 2, "ignore_eos": true,
     });
-    let r = c
-        .post(s.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let whole: Value = r.json().await.unwrap();
-
-    let mut sbody = body.clone();
-    sbody["stream"] = json!(true);
-    sbody["stream_options"] = json!({"include_usage": true});
-    let r = c
-        .post(s.url("/v1/completions"))
-        .json(&sbody)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let mut payloads = sse_payloads(&r.text().await.unwrap());
-    assert_eq!(payloads.pop().as_deref(), Some("[DONE]"));
-    let chunks: Vec<Value> = payloads
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect();
+    let (whole, chunks) = whole_and_streamed(&c, &s.url("/v1/completions"), &body, true).await;
     let (streamed, streamed_usage) = reassemble(&chunks);
 
     // What `kiln complete --json` does, one engine call per choice with the server's seeds.
@@ -205,29 +208,7 @@ async fn stream_echoes_the_prompt_with_its_logprobs() {
         "prompt": PROMPT, "n": N, "max_tokens": 4, "temperature": 0.9, "seed": SEED,
         "logprobs": 2, "echo": true, "ignore_eos": true,
     });
-    let r = c
-        .post(s.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let whole: Value = r.json().await.unwrap();
-    let mut sbody = body.clone();
-    sbody["stream"] = json!(true);
-    let r = c
-        .post(s.url("/v1/completions"))
-        .json(&sbody)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let mut payloads = sse_payloads(&r.text().await.unwrap());
-    assert_eq!(payloads.pop().as_deref(), Some("[DONE]"));
-    let chunks: Vec<Value> = payloads
-        .iter()
-        .map(|p| serde_json::from_str(p).unwrap())
-        .collect();
+    let (whole, chunks) = whole_and_streamed(&c, &s.url("/v1/completions"), &body, false).await;
     let (streamed, _) = reassemble(&chunks);
     let choices = whole["choices"].as_array().unwrap();
     let prompt_tokens = whole["usage"]["prompt_tokens"].as_u64().unwrap() as usize;

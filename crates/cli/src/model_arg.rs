@@ -158,6 +158,8 @@ pub fn show_progress(bar: &mut Option<indicatif::ProgressBar>, p: Progress) {
                 b.set_message("verifying sha256".to_string());
             }
         }
+        // Without this line a second pull waiting on the first looks hung.
+        Progress::Waiting { .. } => eprintln!("kiln: {p}"),
         _ => {}
     }
 }

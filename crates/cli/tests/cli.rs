@@ -432,3 +432,47 @@ fn chat_seed_is_random_unless_given() {
         a["choices"][0]["message"]["content"]
     );
 }
+
+/// A pull that waits on another pull's lock says so at once on stderr instead of looking hung.
+#[test]
+fn a_pull_waiting_on_another_says_so() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = std::env::temp_dir().join(format!("kiln-pull-wait-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = kiln_pull::find("gemma3-270m").unwrap();
+    let lock = std::fs::File::create(dir.join(format!(".{}.lock", spec.file))).unwrap();
+    lock.lock().unwrap();
+    // KILN_PYTHON=false: once the lock is free the download fails at once, downloading nothing.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["pull", "gemma3-270m"])
+        .env("KILN_MODELS", &dir)
+        .env("KILN_PYTHON", "false")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(120));
+    lock.unlock().unwrap();
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = first.expect("kiln pull printed nothing while it waited on the lock");
+    assert!(
+        first.contains("waiting for another pull"),
+        "first stderr line: {first}"
+    );
+    assert!(
+        !status.success(),
+        "the download should fail with KILN_PYTHON=false"
+    );
+}

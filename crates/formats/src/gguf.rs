@@ -1397,7 +1397,7 @@ pub fn metadata_from_config(cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)
             m.push((k("attention.sliding_window"), u(w)));
         }
     }
-    if cfg.rope_local_theta.is_some()
+    if (cfg.arch != Arch::Gemma3 && cfg.rope_local_theta.is_some())
         || (!matches!(cfg.arch, Arch::Gemma3 | Arch::Gemma2) && cfg.query_pre_attn_scalar.is_some())
     {
         return unsupported("a local rope base or query_pre_attn_scalar".into());

@@ -503,10 +503,12 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
         "gemma2" => (Arch::Gemma2, GEMMA2_DEFAULTS),
         "olmo2" => (Arch::Olmo2, OLMO2_DEFAULTS),
         "phi3" => (Arch::Phi3, PHI3_DEFAULTS),
-        other => return Err(FormatError::Unsupported(format!(
+        other => {
+            return Err(FormatError::Unsupported(format!(
             "model_type {other:?} (kiln reads llama, mistral, qwen2, qwen3, qwen3_moe, mixtral, \
                  gemma2, gemma3, gemma3_text, olmo2, phi3)"
-        ))),
+        )))
+        }
     };
     let mut layers = Vec::new();
     if let Some(Value::Object(t)) = top.get("text_config") {

@@ -966,8 +966,9 @@ pub fn config_from_gguf(
             Arch::Llama | Arch::Mistral | Arch::Mixtral => {
                 (RopeStyle::Interleaved, sliding, Vec::new(), None, None)
             }
-            // Phi-3 mini's window covers every layer, as Mistral's.
-            Arch::Phi3 => (RopeStyle::Half, sliding, Vec::new(), None, None),
+            // llama.cpp reads phi3.attention.sliding_window but attends without a window (its
+            // "Phi SWA is currently disabled"); kiln follows the engine GGUF files are made for.
+            Arch::Phi3 => (RopeStyle::Half, None, Vec::new(), None, None),
             Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Olmo2 => {
                 if let Some(w) = sliding.filter(|&w| w < max_position_embeddings) {
                     return Err(FormatError::Unsupported(format!(
@@ -979,9 +980,8 @@ pub fn config_from_gguf(
             Arch::Gemma2 => {
                 // llama.cpp: even layers use the window, odd ones are global; the attention scale
                 // is (n_embd / n_head)^-0.5 for the 46-layer 27B, head_dim^-0.5 otherwise.
-                let window = sliding.ok_or_else(|| {
-                    invalid("missing metadata key gemma2.attention.sliding_window")
-                })?;
+                // llama.cpp's default window for Gemma 2 is 4096.
+                let window = sliding.unwrap_or(4096);
                 let scalar = if n_layers == 46 {
                     hidden_size / n_heads
                 } else {
@@ -1038,7 +1038,15 @@ pub fn config_from_gguf(
                 )
             }
         };
-    let softcap = |k: &str| -> Result<Option<f32>> { Ok(m.opt_f32(k)?.filter(|&v| v > 0.0)) };
+    // llama.cpp soft-caps Gemma 2 always, at 50 (attention) and 30 (final) unless the file says.
+    let softcap_default = |k: &str| match (arch, k) {
+        (Arch::Gemma2, "attn_logit_softcapping") => Some(50.0),
+        (Arch::Gemma2, "final_logit_softcapping") => Some(30.0),
+        _ => None,
+    };
+    let softcap = |k: &str| -> Result<Option<f32>> {
+        Ok(m.opt_f32(k)?.or(softcap_default(k)).filter(|&v| v > 0.0))
+    };
     let n_experts = m.opt_usize("expert_count")?.unwrap_or(0);
     let moe = if n_experts > 0 {
         let n_used = m.usize("expert_used_count")?;
@@ -1361,6 +1369,7 @@ pub fn metadata_from_config(cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)
             }
             m.push((k("attention.sliding_window"), u(w)));
         }
+        // (llama.cpp ignores a phi3 window when reading; it is written as llama.cpp's converter does.)
         Arch::Mistral | Arch::Mixtral | Arch::Phi3 => {
             if let Some(w) = cfg.sliding_window {
                 if !cfg.sliding_layers.is_empty() && cfg.sliding_layers.iter().any(|&s| !s) {

@@ -132,3 +132,42 @@ fn bad_expert_configs_and_tensors_are_clear_errors() {
     let e = load_err(d.path());
     assert!(e.contains("short_factor has 2 values"), "{e}");
 }
+
+/// GGUF keys llama.cpp gives defaults: Gemma 2 without a window or soft-cap keys gets 4096,
+/// 50 and 30; a phi3 window is read but not used (llama.cpp's Phi SWA is disabled).
+#[test]
+fn gguf_defaults_follow_llama_cpp() {
+    use kiln_formats::{gguf, MetaValue};
+    let read = |model: &str, drop: &[&str], add: Vec<(String, MetaValue)>| {
+        let m = kiln_formats::load(&arch_fixture(model)).unwrap();
+        let (cfg, tensors) = gguf::gguf_tensors(&m.config, &m.tensors).unwrap();
+        let mut meta = gguf::metadata_from_config(&cfg).unwrap();
+        meta.retain(|(k, _)| !drop.iter().any(|d| k.ends_with(d)));
+        meta.extend(add);
+        let bytes = gguf::to_bytes(
+            meta.iter().map(|(k, v)| (k.as_str(), v)),
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        )
+        .unwrap();
+        let f = gguf::GgufFile::parse(kiln_kernels::Storage::from_vec(bytes)).unwrap();
+        gguf::config_from_gguf(&f, &f.tensor_map().unwrap()).unwrap()
+    };
+    let c = read(
+        "gemma2-tiny",
+        &[
+            "sliding_window",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+        ],
+        vec![],
+    );
+    assert_eq!(c.sliding_window, Some(4096));
+    assert_eq!(c.attn_logit_softcapping, Some(50.0));
+    assert_eq!(c.final_logit_softcapping, Some(30.0));
+    let c = read(
+        "phi3-tiny",
+        &[],
+        vec![("phi3.attention.sliding_window".into(), MetaValue::U32(2047))],
+    );
+    assert_eq!(c.sliding_window, None);
+}

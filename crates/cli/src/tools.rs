@@ -68,6 +68,36 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
             .map(|t| format!(", local {t}"))
             .unwrap_or_default()
     );
+    if let Some(m) = &c.moe {
+        println!(
+            "experts:      {} per layer, {} used per token, ffn {} each{}",
+            m.n_experts,
+            m.n_used,
+            m.expert_ffn,
+            if m.norm_topk {
+                ", weights renormalised"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(s) = &c.rope_scaling {
+        let what = match s {
+            kiln_formats::RopeScaling::Linear { factor } => format!("linear x{factor}"),
+            kiln_formats::RopeScaling::Llama3 { factor, .. } => format!("llama3 x{factor}"),
+            kiln_formats::RopeScaling::FreqFactors(_) => "frequency factors (rope_freqs)".into(),
+            kiln_formats::RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                ..
+            } => format!("yarn x{factor} from {original_max_position_embeddings}"),
+            kiln_formats::RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            } => format!("longrope, long factors past {original_max_position_embeddings}"),
+        };
+        println!("rope scaling: {what}");
+    }
     if let Some(w) = c.sliding_window {
         let n = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
         println!("sliding win:  {w} on {n} of {} layers", c.n_layers);

@@ -400,6 +400,32 @@ fn inspect_prints_human_readable_text() {
     }
 }
 
+/// `kiln inspect` names experts and rope scaling of the newer architectures' fixtures.
+#[test]
+fn inspect_shows_experts_and_rope_scaling() {
+    for (model, line) in [
+        (
+            "mixtral-tiny",
+            "experts:      4 per layer, 2 used per token, ffn 96 each, weights renormalised\n",
+        ),
+        (
+            "phi3-tiny",
+            "rope scaling: longrope, long factors past 128\n",
+        ),
+        ("qwen2-yarn-tiny", "rope scaling: yarn x4 from 64\n"),
+    ] {
+        let dir = test_data().join("fixtures/arch").join(model);
+        let out = kiln(&["inspect", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(line), "{model}: {text}");
+    }
+}
+
 /// `kiln chat --json` reports the seed of the session: a random one unless `-s` is given, and
 /// a given seed repeats the sampled replies.
 #[test]

@@ -567,6 +567,7 @@ mod tests {
             attn_logit_softcapping: None,
             bos_token_id: None,
             eos_token_ids: Vec::new(),
+            moe: None,
         }
     }
 

@@ -13,6 +13,21 @@ pub enum Arch {
     /// Gemma 3: q/k norms, pre+post norms, GELU-tanh gated MLP, scaled embeddings,
     /// interleaved sliding-window layers with their own rope base.
     Gemma3,
+    /// Llama block with per-head RMSNorm of queries and keys (no biases).
+    Qwen3,
+    /// Qwen3 attention with a mixture-of-experts MLP in every layer.
+    Qwen3Moe,
+    /// Llama block with a mixture-of-experts MLP.
+    Mixtral,
+    /// Gemma 3's block without q/k norms, with attention-logit soft-capping; alternating
+    /// sliding-window and global layers share one rope base.
+    Gemma2,
+    /// No pre-norms: RMSNorm after attention and after the MLP; q/k RMSNorm over the whole
+    /// projection.
+    Olmo2,
+    /// Llama block with fused qkv (`attn_qkv`) and gate/up (`ffn_up`, gate rows first)
+    /// projections; LongRoPE scaling.
+    Phi3,
 }
 
 impl Arch {
@@ -22,6 +37,12 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen3 => "qwen3",
+            Arch::Qwen3Moe => "qwen3moe",
+            Arch::Mixtral => "mixtral",
+            Arch::Gemma2 => "gemma2",
+            Arch::Olmo2 => "olmo2",
+            Arch::Phi3 => "phi3",
         }
     }
 }
@@ -47,6 +68,40 @@ pub enum RopeScaling {
     /// Per-frequency divisors: `inv_freq[i] /= factors[i]` (`head_dim / 2` values). This is how
     /// GGUF stores Llama 3.1 style scaling (llama.cpp's `rope_freqs.weight` tensor).
     FreqFactors(Vec<f32>),
+    /// YaRN (`rope_type: "yarn"`): frequencies between the `beta_fast` and `beta_slow`
+    /// rotation counts blended from interpolated (÷ `factor`) to extrapolated, and cos/sin
+    /// multiplied by `attention_factor`.
+    Yarn {
+        factor: f32,
+        original_max_position_embeddings: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        attention_factor: f32,
+        /// Round the blend's band edges to whole dimensions (transformers' `truncate`, default).
+        truncate: bool,
+    },
+    /// LongRoPE (Phi-3 `su`/`longrope`): per-frequency divisors, `short_factor` for positions
+    /// inside `original_max_position_embeddings` and `long_factor` past it, and cos/sin
+    /// multiplied by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f32>,
+        long_factor: Vec<f32>,
+        original_max_position_embeddings: usize,
+        attention_factor: f32,
+    },
+}
+
+/// Mixture-of-experts MLP: a router (`ffn_gate_inp`, `[n_experts, hidden]`) picks `n_used`
+/// experts per token by softmax probability; their SwiGLU outputs (`ffn_{gate,up,down}_exps`,
+/// one `[n_experts, ..]` tensor each) are summed with those probabilities, renormalised over
+/// the chosen experts when `norm_topk`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub n_experts: usize,
+    pub n_used: usize,
+    /// Rows of one expert's gate/up matrices.
+    pub expert_ffn: usize,
+    pub norm_topk: bool,
 }
 
 /// Everything the forward pass needs to know about a model's shape.
@@ -82,6 +137,8 @@ pub struct ModelConfig {
     pub attn_logit_softcapping: Option<f32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
+    /// The mixture of experts that replaces the dense MLP (Mixtral, Qwen3-MoE).
+    pub moe: Option<MoeConfig>,
 }
 
 /// Bounds on sizes read from files, so that a hostile file cannot make later arithmetic
@@ -161,6 +218,48 @@ impl ModelConfig {
                     return bad("rope_scaling.original_max_position_embeddings is 0".into());
                 }
             }
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                ..
+            }) => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.beta_fast", *beta_fast)?;
+                positive("rope_scaling.beta_slow", *beta_slow)?;
+                positive("rope_scaling.attention_factor", *attention_factor)?;
+                if *original_max_position_embeddings == 0 {
+                    return bad("rope_scaling.original_max_position_embeddings is 0".into());
+                }
+            }
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => {
+                positive("rope_scaling.attention_factor", *attention_factor)?;
+                if *original_max_position_embeddings == 0 {
+                    return bad("rope_scaling.original_max_position_embeddings is 0".into());
+                }
+                for (what, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if f.len() != self.head_dim / 2 {
+                        return bad(format!(
+                            "rope_scaling.{what} has {} values; head_dim {} needs {}",
+                            f.len(),
+                            self.head_dim,
+                            self.head_dim / 2
+                        ));
+                    }
+                    if let Some(v) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                        return bad(format!(
+                            "rope_scaling.{what} holds {v} (must be finite and above 0)"
+                        ));
+                    }
+                }
+            }
             Some(RopeScaling::FreqFactors(f)) => {
                 if f.len() != self.head_dim / 2 {
                     return bad(format!(
@@ -173,6 +272,14 @@ impl ModelConfig {
                 if let Some(v) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
                     return bad(format!("rope_freqs holds {v} (must be finite and above 0)"));
                 }
+            }
+        }
+        if let Some(m) = &self.moe {
+            if m.n_experts == 0 || m.n_used == 0 || m.n_used > m.n_experts || m.expert_ffn == 0 {
+                return bad(format!(
+                    "mixture of experts with {} experts, {} used per token, {} rows each",
+                    m.n_experts, m.n_used, m.expert_ffn
+                ));
             }
         }
         if self.sliding_window == Some(0) {
@@ -213,9 +320,15 @@ impl ModelConfig {
         let q = self.n_heads * hd;
         let kv = self.n_kv_heads * hd;
         let attn = d * q + 2 * d * kv + q * d;
-        let ffn = 3 * d * self.intermediate_size;
+        let ffn = match &self.moe {
+            Some(m) => m.n_experts * (3 * d * m.expert_ffn + d),
+            None => 3 * d * self.intermediate_size,
+        };
         let norms = match self.arch {
             Arch::Gemma3 => 4 * d + 2 * hd,
+            Arch::Gemma2 => 4 * d,
+            Arch::Qwen3 | Arch::Qwen3Moe => 2 * d + 2 * hd,
+            Arch::Olmo2 => 2 * d + q + kv,
             _ => 2 * d,
         };
         let bias = match self.arch {

@@ -16,8 +16,8 @@ use kiln_kernels::{interleave, DType, Layout, Storage, Tensor};
 use crate::resident::{read_file_resident, Residency};
 use crate::{
     config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
-    eog_token_ids, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result,
-    RopeScaling, TokenizerSource,
+    eog_token_ids, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, MoeConfig,
+    Result, RopeScaling, TokenizerSource,
 };
 
 pub const MAGIC: [u8; 4] = *b"GGUF";
@@ -745,9 +745,15 @@ pub fn config_from_gguf(
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
         "gemma3" => Arch::Gemma3,
+        "qwen3" => Arch::Qwen3,
+        "qwen3moe" => Arch::Qwen3Moe,
+        "gemma2" => Arch::Gemma2,
+        "olmo2" => Arch::Olmo2,
+        "phi3" => Arch::Phi3,
         other => {
             return Err(FormatError::Unsupported(format!(
-                "GGUF architecture {other:?} (kiln reads llama, mistral, qwen2, gemma3)"
+                "GGUF architecture {other:?} (kiln reads llama, mistral, qwen2, qwen3, qwen3moe, \
+                 gemma2, gemma3, olmo2, phi3)"
             )))
         }
     };
@@ -814,6 +820,33 @@ pub fn config_from_gguf(
 
     let mut rope_scaling = match m.opt_str(&m.key("rope.scaling.type")) {
         None | Some("none") => None,
+        Some("yarn") => {
+            let factor = m.opt_f32("rope.scaling.factor")?.ok_or_else(|| {
+                invalid(format!("{arch_name}: yarn rope scaling without a factor"))
+            })?;
+            let orig = m
+                .opt_usize("rope.scaling.original_context_length")?
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{arch_name}: yarn rope scaling without rope.scaling.original_context_length"
+                    ))
+                })?;
+            // ggml multiplies cos/sin by 1 + 0.1 ln(factor) (times an optional attn_factor).
+            let mscale = if factor > 1.0 {
+                1.0 + 0.1 * factor.ln()
+            } else {
+                1.0
+            };
+            let attn = m.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0);
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: orig,
+                beta_fast: m.opt_f32("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0),
+                beta_slow: m.opt_f32("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0),
+                attention_factor: mscale * attn,
+                truncate: true,
+            })
+        }
         Some("linear") => {
             let factor = m.opt_f32("rope.scaling.factor")?.ok_or_else(|| {
                 invalid(format!("{arch_name}: linear rope scaling without a factor"))
@@ -832,6 +865,35 @@ pub fn config_from_gguf(
                 rope_scaling = Some(RopeScaling::Linear { factor: f });
             }
         }
+    }
+    if let (Some(long), Some(short)) = (
+        tensors.get("rope_factors_long.weight"),
+        tensors.get("rope_factors_short.weight"),
+    ) {
+        let read = |t: &Tensor, name: &str| {
+            if t.dtype != DType::F32 || t.n_elements() != head_dim / 2 {
+                return Err(invalid(format!(
+                    "{name} must be F32 with {} values, found {} {:?}",
+                    head_dim / 2,
+                    t.dtype,
+                    t.shape
+                )));
+            }
+            Ok(t.to_f32_vec())
+        };
+        let orig = m
+            .opt_usize("rope.scaling.original_context_length")?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{arch_name}: rope_factors_long without rope.scaling.original_context_length"
+                ))
+            })?;
+        rope_scaling = Some(RopeScaling::LongRope {
+            short_factor: read(short, "rope_factors_short.weight")?,
+            long_factor: read(long, "rope_factors_long.weight")?,
+            original_max_position_embeddings: orig,
+            attention_factor: m.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0),
+        });
     }
     if let Some(t) = tensors.get("rope_freqs.weight") {
         if t.dtype != DType::F32 || t.n_elements() != head_dim / 2 {
@@ -901,10 +963,38 @@ pub fn config_from_gguf(
     let sliding = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
     let (rope_style, sliding_window, sliding_layers, rope_local_theta, query_pre_attn_scalar) =
         match arch {
-            Arch::Llama | Arch::Mistral => {
+            Arch::Llama | Arch::Mistral | Arch::Mixtral => {
                 (RopeStyle::Interleaved, sliding, Vec::new(), None, None)
             }
-            Arch::Qwen2 => (RopeStyle::Half, None, Vec::new(), None, None),
+            // llama.cpp reads phi3.attention.sliding_window but attends without a window (its
+            // "Phi SWA is currently disabled"); kiln follows the engine GGUF files are made for.
+            Arch::Phi3 => (RopeStyle::Half, None, Vec::new(), None, None),
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Olmo2 => {
+                if let Some(w) = sliding.filter(|&w| w < max_position_embeddings) {
+                    return Err(FormatError::Unsupported(format!(
+                        "{arch_name} with a sliding window of {w}"
+                    )));
+                }
+                (RopeStyle::Half, None, Vec::new(), None, None)
+            }
+            Arch::Gemma2 => {
+                // llama.cpp: even layers use the window, odd ones are global; the attention scale
+                // is (n_embd / n_head)^-0.5 for the 46-layer 27B, head_dim^-0.5 otherwise.
+                // llama.cpp's default window for Gemma 2 is 4096.
+                let window = sliding.unwrap_or(4096);
+                let scalar = if n_layers == 46 {
+                    hidden_size / n_heads
+                } else {
+                    head_dim
+                };
+                (
+                    RopeStyle::Half,
+                    Some(window),
+                    (0..n_layers).map(|il| il % 2 == 0).collect(),
+                    None,
+                    Some(scalar as f32),
+                )
+            }
             Arch::Gemma3 => {
                 // llama.cpp: pattern 6, layer il is global iff il % 6 == 5; local rope base 10 000.
                 let window = sliding.ok_or_else(|| {
@@ -948,13 +1038,50 @@ pub fn config_from_gguf(
                 )
             }
         };
-    let softcap = |k: &str| -> Result<Option<f32>> { Ok(m.opt_f32(k)?.filter(|&v| v > 0.0)) };
-    // GGUF Mistral files say `llama`; a sliding window is what makes the difference.
-    let arch = if arch == Arch::Llama && sliding_window.is_some() {
-        Arch::Mistral
-    } else {
-        arch
+    // llama.cpp soft-caps Gemma 2 always, at 50 (attention) and 30 (final) unless the file says.
+    let softcap_default = |k: &str| match (arch, k) {
+        (Arch::Gemma2, "attn_logit_softcapping") => Some(50.0),
+        (Arch::Gemma2, "final_logit_softcapping") => Some(30.0),
+        _ => None,
     };
+    let softcap = |k: &str| -> Result<Option<f32>> {
+        Ok(m.opt_f32(k)?.or(softcap_default(k)).filter(|&v| v > 0.0))
+    };
+    let n_experts = m.opt_usize("expert_count")?.unwrap_or(0);
+    let moe = if n_experts > 0 {
+        let n_used = m.usize("expert_used_count")?;
+        let expert_ffn = match m.opt_usize("expert_feed_forward_length")? {
+            Some(f) => f,
+            None => intermediate_size,
+        };
+        // llama.cpp renormalises the chosen experts' weights for Mixtral (llama) and Qwen3-MoE.
+        let norm_topk = match file.get(&m.key("expert_weights_norm")) {
+            Some(MetaValue::Bool(b)) => *b,
+            _ => true,
+        };
+        Some(MoeConfig {
+            n_experts: dim("expert_count", n_experts)?,
+            n_used,
+            expert_ffn: dim("expert_feed_forward_length", expert_ffn)?,
+            norm_topk,
+        })
+    } else {
+        None
+    };
+    // GGUF Mistral and Mixtral files say `llama`; a sliding window or experts make the difference.
+    let arch = match arch {
+        Arch::Llama if moe.is_some() => Arch::Mixtral,
+        Arch::Llama if sliding_window.is_some() => Arch::Mistral,
+        other => other,
+    };
+    if moe.is_some() && !matches!(arch, Arch::Mixtral | Arch::Qwen3Moe) {
+        return Err(FormatError::Unsupported(format!(
+            "{arch_name} with {n_experts} experts"
+        )));
+    }
+    if moe.is_none() && arch == Arch::Qwen3Moe {
+        return Err(invalid("qwen3moe without qwen3moe.expert_count"));
+    }
 
     Ok(ModelConfig {
         arch,
@@ -979,6 +1106,7 @@ pub fn config_from_gguf(
         attn_logit_softcapping: softcap("attn_logit_softcapping")?,
         bos_token_id,
         eos_token_ids,
+        moe,
     })
 }
 
@@ -1159,8 +1287,14 @@ where
 /// The rope layout GGUF files of an architecture use (llama.cpp's convention).
 pub fn gguf_rope_style(arch: Arch) -> RopeStyle {
     match arch {
-        Arch::Llama | Arch::Mistral => RopeStyle::Interleaved,
-        Arch::Qwen2 | Arch::Gemma3 => RopeStyle::Half,
+        Arch::Llama | Arch::Mistral | Arch::Mixtral => RopeStyle::Interleaved,
+        Arch::Qwen2
+        | Arch::Gemma3
+        | Arch::Qwen3
+        | Arch::Qwen3Moe
+        | Arch::Gemma2
+        | Arch::Olmo2
+        | Arch::Phi3 => RopeStyle::Half,
     }
 }
 
@@ -1170,9 +1304,14 @@ pub fn gguf_rope_style(arch: Arch) -> RopeStyle {
 /// layer pattern, local rope base or attention scale).
 pub fn metadata_from_config(cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)>> {
     let arch = match cfg.arch {
-        Arch::Llama | Arch::Mistral => "llama",
+        Arch::Llama | Arch::Mistral | Arch::Mixtral => "llama",
         Arch::Qwen2 => "qwen2",
         Arch::Gemma3 => "gemma3",
+        Arch::Qwen3 => "qwen3",
+        Arch::Qwen3Moe => "qwen3moe",
+        Arch::Gemma2 => "gemma2",
+        Arch::Olmo2 => "olmo2",
+        Arch::Phi3 => "phi3",
     };
     let u = |v: usize| MetaValue::U32(v as u32);
     let k = |s: &str| format!("{arch}.{s}");
@@ -1201,12 +1340,37 @@ pub fn metadata_from_config(cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)
         )))
     };
     match cfg.arch {
-        Arch::Llama | Arch::Qwen2 => {
+        Arch::Llama | Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe | Arch::Olmo2 => {
             if cfg.sliding_window.is_some() {
                 return unsupported("a sliding window".into());
             }
         }
-        Arch::Mistral => {
+        Arch::Gemma2 => {
+            let Some(w) = cfg.sliding_window else {
+                return unsupported("Gemma 2 without a sliding window".into());
+            };
+            let pattern: Vec<bool> = (0..cfg.n_layers).map(|il| il % 2 == 0).collect();
+            if cfg.sliding_layers != pattern {
+                return unsupported(format!(
+                    "the sliding layer pattern {:?}",
+                    cfg.sliding_layers
+                ));
+            }
+            let scalar = if cfg.n_layers == 46 {
+                cfg.hidden_size / cfg.n_heads
+            } else {
+                cfg.head_dim
+            };
+            if cfg.query_pre_attn_scalar.unwrap_or(scalar as f32) != scalar as f32 {
+                return unsupported(format!(
+                    "query_pre_attn_scalar {:?}",
+                    cfg.query_pre_attn_scalar
+                ));
+            }
+            m.push((k("attention.sliding_window"), u(w)));
+        }
+        // (llama.cpp ignores a phi3 window when reading; it is written as llama.cpp's converter does.)
+        Arch::Mistral | Arch::Mixtral | Arch::Phi3 => {
             if let Some(w) = cfg.sliding_window {
                 if !cfg.sliding_layers.is_empty() && cfg.sliding_layers.iter().any(|&s| !s) {
                     return unsupported("sliding windows on only some layers".into());
@@ -1242,14 +1406,77 @@ pub fn metadata_from_config(cfg: &ModelConfig) -> Result<Vec<(String, MetaValue)
             m.push((k("attention.sliding_window"), u(w)));
         }
     }
-    if cfg.arch != Arch::Gemma3
-        && (cfg.rope_local_theta.is_some() || cfg.query_pre_attn_scalar.is_some())
+    if (cfg.arch != Arch::Gemma3 && cfg.rope_local_theta.is_some())
+        || (!matches!(cfg.arch, Arch::Gemma3 | Arch::Gemma2) && cfg.query_pre_attn_scalar.is_some())
     {
         return unsupported("a local rope base or query_pre_attn_scalar".into());
     }
-    if let Some(RopeScaling::Linear { factor }) = cfg.rope_scaling {
-        m.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
-        m.push((k("rope.scaling.factor"), MetaValue::F32(factor)));
+    if let Some(moe) = &cfg.moe {
+        if !matches!(cfg.arch, Arch::Mixtral | Arch::Qwen3Moe) {
+            return unsupported("experts".into());
+        }
+        if !moe.norm_topk {
+            // llama.cpp renormalises the chosen experts' weights of both architectures.
+            return unsupported("experts without renormalised top-k weights".into());
+        }
+        m.push((k("expert_count"), u(moe.n_experts)));
+        m.push((k("expert_used_count"), u(moe.n_used)));
+        m.push((k("expert_feed_forward_length"), u(moe.expert_ffn)));
+    }
+    match &cfg.rope_scaling {
+        Some(RopeScaling::Linear { factor }) => {
+            m.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
+            m.push((k("rope.scaling.factor"), MetaValue::F32(*factor)));
+        }
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate,
+        }) => {
+            if !truncate {
+                return unsupported("YaRN without truncate".into());
+            }
+            let mscale = if *factor > 1.0 {
+                1.0 + 0.1 * factor.ln()
+            } else {
+                1.0
+            };
+            m.push((k("rope.scaling.type"), MetaValue::String("yarn".into())));
+            m.push((k("rope.scaling.factor"), MetaValue::F32(*factor)));
+            m.push((
+                k("rope.scaling.original_context_length"),
+                u(*original_max_position_embeddings),
+            ));
+            m.push((k("rope.scaling.yarn_beta_fast"), MetaValue::F32(*beta_fast)));
+            m.push((k("rope.scaling.yarn_beta_slow"), MetaValue::F32(*beta_slow)));
+            if (attention_factor / mscale - 1.0).abs() > 1e-6 {
+                m.push((
+                    k("rope.scaling.attn_factor"),
+                    MetaValue::F32(attention_factor / mscale),
+                ));
+            }
+        }
+        Some(RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        }) => {
+            if cfg.arch != Arch::Phi3 {
+                return unsupported("LongRoPE scaling".into());
+            }
+            m.push((
+                k("rope.scaling.original_context_length"),
+                u(*original_max_position_embeddings),
+            ));
+            m.push((
+                k("rope.scaling.attn_factor"),
+                MetaValue::F32(*attention_factor),
+            ));
+        }
+        _ => {}
     }
     if let Some(c) = cfg.final_logit_softcapping {
         m.push((k("final_logit_softcapping"), MetaValue::F32(c)));
@@ -1309,6 +1536,20 @@ pub fn gguf_tensors(
 ) -> Result<(ModelConfig, BTreeMap<String, Tensor>)> {
     let (mut cfg, mut out) =
         crate::layout::with_rope_style(cfg, tensors, gguf_rope_style(cfg.arch))?;
+    if let Some(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        ..
+    }) = &cfg.rope_scaling
+    {
+        for (name, f) in [
+            ("rope_factors_long.weight", long_factor),
+            ("rope_factors_short.weight", short_factor),
+        ] {
+            let t = Tensor::from_f32(vec![f.len()], f).map_err(|e| invalid(e.to_string()))?;
+            out.insert(name.into(), t);
+        }
+    }
     let factors = match &cfg.rope_scaling {
         Some(RopeScaling::FreqFactors(f)) => Some(f.clone()),
         Some(RopeScaling::Llama3 { .. }) => llama3_rope_factors(&cfg),

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::{
     config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
     gguf::map_file,
-    io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, Result, RopeScaling,
+    io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, MoeConfig, Result, RopeScaling,
     TokenizerSource,
 };
 
@@ -235,6 +235,60 @@ const QWEN2_DEFAULTS: &[(&str, f64)] = &[
     ("tie_word_embeddings", 0.0),
     ("max_window_layers", 28.0),
 ];
+const QWEN3_DEFAULTS: &[(&str, f64)] = &[
+    ("max_position_embeddings", 32_768.0),
+    ("rms_norm_eps", 1e-6),
+    ("rope_theta", 10_000.0),
+    ("tie_word_embeddings", 0.0),
+    ("max_window_layers", 28.0),
+];
+const QWEN3_MOE_DEFAULTS: &[(&str, f64)] = &[
+    ("max_position_embeddings", 32_768.0),
+    ("rms_norm_eps", 1e-6),
+    ("rope_theta", 10_000.0),
+    ("tie_word_embeddings", 0.0),
+    ("max_window_layers", 28.0),
+    ("num_experts_per_tok", 8.0),
+    ("num_experts", 128.0),
+    ("norm_topk_prob", 0.0),
+    ("decoder_sparse_step", 1.0),
+];
+const MIXTRAL_DEFAULTS: &[(&str, f64)] = &[
+    ("bos_token_id", 1.0),
+    ("eos_token_id", 2.0),
+    ("max_position_embeddings", 131_072.0),
+    ("rms_norm_eps", 1e-5),
+    ("rope_theta", 1_000_000.0),
+    ("tie_word_embeddings", 0.0),
+    ("num_experts_per_tok", 2.0),
+    ("num_local_experts", 8.0),
+];
+const GEMMA2_DEFAULTS: &[(&str, f64)] = &[
+    ("bos_token_id", 2.0),
+    ("eos_token_id", 1.0),
+    ("max_position_embeddings", 8192.0),
+    ("rms_norm_eps", 1e-6),
+    ("rope_theta", 10_000.0),
+    ("query_pre_attn_scalar", 256.0),
+    ("sliding_window", 4096.0),
+    ("final_logit_softcapping", 30.0),
+    ("attn_logit_softcapping", 50.0),
+    ("tie_word_embeddings", 1.0),
+];
+const OLMO2_DEFAULTS: &[(&str, f64)] = &[
+    ("max_position_embeddings", 2048.0),
+    ("rms_norm_eps", 1e-5),
+    ("rope_theta", 10_000.0),
+    ("tie_word_embeddings", 0.0),
+];
+const PHI3_DEFAULTS: &[(&str, f64)] = &[
+    ("bos_token_id", 1.0),
+    ("eos_token_id", 32_000.0),
+    ("max_position_embeddings", 4096.0),
+    ("rms_norm_eps", 1e-5),
+    ("rope_theta", 10_000.0),
+    ("tie_word_embeddings", 0.0),
+];
 const GEMMA3_DEFAULTS: &[(&str, f64)] = &[
     ("bos_token_id", 2.0),
     ("eos_token_id", 1.0),
@@ -255,7 +309,24 @@ const GEMMA3_DEFAULTS: &[(&str, f64)] = &[
     ("tie_word_embeddings", 1.0),
 ];
 
-fn parse_rope_scaling(v: Option<&Value>) -> Result<Option<RopeScaling>> {
+/// What [`parse_rope_scaling`] needs from the rest of config.json.
+#[derive(Clone, Copy)]
+struct RopeContext {
+    max_position_embeddings: usize,
+    /// Phi-3 keeps `original_max_position_embeddings` at the top level of config.json.
+    top_original: Option<usize>,
+}
+
+/// transformers' `get_mscale`: YaRN's attention factor for a scaling factor.
+fn yarn_mscale(scale: f32, mscale: f32) -> f32 {
+    if scale <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * scale.ln() + 1.0
+    }
+}
+
+fn parse_rope_scaling(v: Option<&Value>, rc: RopeContext) -> Result<Option<RopeScaling>> {
     let Some(Value::Object(m)) = v else {
         return match v {
             None | Some(Value::Null) => Ok(None),
@@ -273,8 +344,70 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<Option<RopeScaling>> {
             .map(|x| x as f32)
             .ok_or_else(|| invalid(format!("rope scaling {ty:?} lacks a numeric {k}")))
     };
+    let opt = |k: &str| m.get(k).and_then(Value::as_f64).map(|x| x as f32);
     match ty {
         "default" => Ok(None),
+        "yarn" => {
+            let orig = match opt("original_max_position_embeddings") {
+                Some(o) => o as usize,
+                None => rc.max_position_embeddings,
+            };
+            // transformers 5: `factor` as given; only without one, max / original.
+            let scale = match opt("factor") {
+                Some(f) => f,
+                None => rc.max_position_embeddings as f32 / orig.max(1) as f32,
+            };
+            let factor = scale;
+            let attention_factor = match (
+                opt("attention_factor"),
+                opt("mscale"),
+                opt("mscale_all_dim"),
+            ) {
+                (Some(a), _, _) => a,
+                (None, Some(ms), Some(all)) if ms != 0.0 && all != 0.0 => {
+                    yarn_mscale(scale, ms) / yarn_mscale(scale, all)
+                }
+                _ => yarn_mscale(scale, 1.0),
+            };
+            Ok(Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: orig,
+                beta_fast: opt("beta_fast").unwrap_or(32.0),
+                beta_slow: opt("beta_slow").unwrap_or(1.0),
+                attention_factor,
+                truncate: m.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+            }))
+        }
+        "longrope" | "su" => {
+            let list = |k: &str| -> Result<Vec<f32>> {
+                m.get(k)
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                    .ok_or_else(|| invalid(format!("rope scaling {ty:?} lacks a numeric list {k}")))
+            };
+            // transformers 5: a top-level original_max_position_embeddings (Phi-3) wins, then
+            // the one in the rope parameters, then max_position_embeddings; `factor` as given,
+            // else max / original.
+            let orig = rc
+                .top_original
+                .or(opt("original_max_position_embeddings").map(|o| o as usize))
+                .unwrap_or(rc.max_position_embeddings);
+            let scale = match opt("factor") {
+                Some(f) => f,
+                None => rc.max_position_embeddings as f32 / orig.max(1) as f32,
+            };
+            let attention_factor = match opt("attention_factor") {
+                Some(a) => a,
+                None if scale <= 1.0 => 1.0,
+                None => (1.0 + scale.ln() / (orig as f32).ln()).sqrt(),
+            };
+            Ok(Some(RopeScaling::LongRope {
+                short_factor: list("short_factor")?,
+                long_factor: list("long_factor")?,
+                original_max_position_embeddings: orig,
+                attention_factor,
+            }))
+        }
         "linear" => Ok(Some(RopeScaling::Linear {
             factor: num("factor")?,
         })),
@@ -292,7 +425,7 @@ fn parse_rope_scaling(v: Option<&Value>) -> Result<Option<RopeScaling>> {
 
 /// (global theta, global scaling, local theta) from `rope_parameters` (transformers 5; may be
 /// keyed by layer type) or `rope_theta` / `rope_scaling` / `rope_local_base_freq` (transformers 4).
-fn rope_config(c: &Cfg<'_>) -> Result<(f32, Option<RopeScaling>, Option<f32>)> {
+fn rope_config(c: &Cfg<'_>, rc: RopeContext) -> Result<(f32, Option<RopeScaling>, Option<f32>)> {
     match c.get("rope_parameters") {
         None | Some(Value::Object(_)) => {}
         Some(other) => {
@@ -314,10 +447,10 @@ fn rope_config(c: &Cfg<'_>) -> Result<(f32, Option<RopeScaling>, Option<f32>)> {
             .map(|t| t as f32)
             .or(c.opt_f32("rope_theta")?)
             .ok_or_else(|| invalid("rope_parameters without rope_theta"))?;
-        let scaling = parse_rope_scaling(global)?;
+        let scaling = parse_rope_scaling(global, rc)?;
         let local = if per_type {
             let l = rp.get("sliding_attention");
-            if parse_rope_scaling(l)?.is_some() {
+            if parse_rope_scaling(l, rc)?.is_some() {
                 return Err(FormatError::Unsupported(
                     "rope scaling on sliding-window layers".into(),
                 ));
@@ -331,7 +464,8 @@ fn rope_config(c: &Cfg<'_>) -> Result<(f32, Option<RopeScaling>, Option<f32>)> {
     let theta = c
         .opt_f32("rope_theta")?
         .ok_or_else(|| invalid("missing rope_theta"))?;
-    Ok((theta, parse_rope_scaling(c.get("rope_scaling"))?, None))
+    let scaling = parse_rope_scaling(c.get("rope_scaling"), rc)?;
+    Ok((theta, scaling, None))
 }
 
 fn token_ids(v: Option<&Value>, what: &str) -> Result<Vec<u32>> {
@@ -363,10 +497,17 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
         "mistral" => (Arch::Mistral, MISTRAL_DEFAULTS),
         "qwen2" => (Arch::Qwen2, QWEN2_DEFAULTS),
         "gemma3" | "gemma3_text" => (Arch::Gemma3, GEMMA3_DEFAULTS),
+        "qwen3" => (Arch::Qwen3, QWEN3_DEFAULTS),
+        "qwen3_moe" => (Arch::Qwen3Moe, QWEN3_MOE_DEFAULTS),
+        "mixtral" => (Arch::Mixtral, MIXTRAL_DEFAULTS),
+        "gemma2" => (Arch::Gemma2, GEMMA2_DEFAULTS),
+        "olmo2" => (Arch::Olmo2, OLMO2_DEFAULTS),
+        "phi3" => (Arch::Phi3, PHI3_DEFAULTS),
         other => {
             return Err(FormatError::Unsupported(format!(
-                "model_type {other:?} (kiln reads llama, mistral, qwen2, gemma3, gemma3_text)"
-            )))
+            "model_type {other:?} (kiln reads llama, mistral, qwen2, qwen3, qwen3_moe, mixtral, \
+                 gemma2, gemma3, gemma3_text, olmo2, phi3)"
+        )))
         }
     };
     let mut layers = Vec::new();
@@ -390,7 +531,7 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     )?;
     let intermediate_size = dim("intermediate_size", c.usize("intermediate_size")?)?;
     let vocab_size = bounded("vocab_size", c.usize("vocab_size")?, MAX_VOCAB)?;
-    let want_act = if arch == Arch::Gemma3 {
+    let want_act = if matches!(arch, Arch::Gemma3 | Arch::Gemma2) {
         "gelu_pytorch_tanh"
     } else {
         "silu"
@@ -443,7 +584,11 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     let max_position_embeddings = c
         .opt_usize("max_position_embeddings")?
         .ok_or_else(|| invalid("missing max_position_embeddings"))?;
-    let (rope_theta, rope_scaling, local_from_params) = rope_config(&c)?;
+    let rc = RopeContext {
+        max_position_embeddings,
+        top_original: c.opt_usize("original_max_position_embeddings")?,
+    };
+    let (rope_theta, rope_scaling, local_from_params) = rope_config(&c, rc)?;
     let tie_word_embeddings = c.opt_bool("tie_word_embeddings")?.unwrap_or(false);
 
     let layer_types: Option<Vec<bool>> = match c.get("layer_types") {
@@ -471,7 +616,23 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     let mut rope_local_theta = None;
     let mut query_pre_attn_scalar = None;
     let (sliding_window, sliding_layers) = match arch {
-        Arch::Llama => (None, Vec::new()),
+        Arch::Llama | Arch::Olmo2 => (None, Vec::new()),
+        Arch::Mixtral | Arch::Phi3 => {
+            // Mixtral and Phi-3 configs may name a window for every layer (as Mistral's);
+            // null or absent means none.
+            let w = c.opt_usize("sliding_window")?.filter(|&w| w > 0);
+            (w, Vec::new())
+        }
+        Arch::Gemma2 => {
+            let window = c.usize("sliding_window")?;
+            let layers = match layer_types {
+                Some(l) => l,
+                // transformers' Gemma 2: even layers slide, odd layers are global.
+                None => (0..n_layers).map(|i| i % 2 == 0).collect(),
+            };
+            query_pre_attn_scalar = c.opt_f32("query_pre_attn_scalar")?;
+            (Some(window), layers)
+        }
         Arch::Mistral => {
             // Absent means transformers' default 4096; null means no window.
             let absent = c.layers.iter().all(|m| !m.contains_key("sliding_window"));
@@ -482,7 +643,7 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
             };
             (w.filter(|&w| w > 0), Vec::new())
         }
-        Arch::Qwen2 => {
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe => {
             if c.opt_bool("use_sliding_window")?.unwrap_or(false) {
                 let window = c.opt_usize("sliding_window")?.filter(|&w| w > 0);
                 let layers = match layer_types {
@@ -534,6 +695,43 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
     }
 
     let softcap = |k: &str| -> Result<Option<f32>> { Ok(c.opt_f32(k)?.filter(|&v| v > 0.0)) };
+    let moe = match arch {
+        Arch::Mixtral => Some(MoeConfig {
+            n_experts: dim("num_local_experts", c.usize("num_local_experts")?)?,
+            n_used: c.usize("num_experts_per_tok")?,
+            expert_ffn: intermediate_size,
+            norm_topk: true,
+        }),
+        Arch::Qwen3Moe => {
+            let step = c.usize("decoder_sparse_step")?;
+            let dense = match c.get("mlp_only_layers") {
+                None | Some(Value::Null) => false,
+                Some(Value::Array(a)) => !a.is_empty(),
+                Some(other) => {
+                    return Err(invalid(format!("mlp_only_layers is not a list: {other}")))
+                }
+            };
+            if step != 1 || dense {
+                return Err(FormatError::Unsupported(
+                    "qwen3_moe with dense layers (decoder_sparse_step != 1 or mlp_only_layers)"
+                        .into(),
+                ));
+            }
+            // transformers 5 writes `num_local_experts` (its alias of `num_experts`).
+            let key = if c.get("num_local_experts").is_some() {
+                "num_local_experts"
+            } else {
+                "num_experts"
+            };
+            Some(MoeConfig {
+                n_experts: dim(key, c.usize(key)?)?,
+                n_used: c.usize("num_experts_per_tok")?,
+                expert_ffn: dim("moe_intermediate_size", c.usize("moe_intermediate_size")?)?,
+                norm_topk: c.opt_bool("norm_topk_prob")?.unwrap_or(false),
+            })
+        }
+        _ => None,
+    };
     let ids = |k: &str| -> Result<Vec<u32>> {
         let g = generation.and_then(|g| g.get(k)).filter(|v| !v.is_null());
         match g.or_else(|| c.get(k)) {
@@ -572,6 +770,7 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
         attn_logit_softcapping: softcap("attn_logit_softcapping")?,
         bos_token_id,
         eos_token_ids,
+        moe,
     })
 }
 
@@ -719,22 +918,27 @@ pub fn hf_to_canonical(name: &str, arch: Arch) -> Result<Option<String>> {
     if suffix != "weight" && suffix != "bias" {
         return Err(unknown());
     }
-    let gemma = arch == Arch::Gemma3;
+    let gemma = matches!(arch, Arch::Gemma3 | Arch::Gemma2);
+    let olmo = arch == Arch::Olmo2;
     let canon = match module {
         "self_attn.q_proj" => "attn_q",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
+        "self_attn.qkv_proj" if arch == Arch::Phi3 => "attn_qkv",
         "self_attn.o_proj" => "attn_output",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
+        "mlp.gate_up_proj" if arch == Arch::Phi3 => "ffn_up",
         "mlp.down_proj" => "ffn_down",
+        "mlp.gate" if matches!(arch, Arch::Qwen3Moe | Arch::Mixtral) => "ffn_gate_inp",
+        "block_sparse_moe.gate" if arch == Arch::Mixtral => "ffn_gate_inp",
         "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" if gemma => "post_attention_norm",
+        "post_attention_layernorm" if gemma || olmo => "post_attention_norm",
         "post_attention_layernorm" => "ffn_norm",
         "pre_feedforward_layernorm" if gemma => "ffn_norm",
-        "post_feedforward_layernorm" if gemma => "post_ffw_norm",
+        "post_feedforward_layernorm" if gemma || olmo => "post_ffw_norm",
         _ => return Err(unknown()),
     };
     Ok(Some(format!("blk.{layer}.{canon}.{suffix}")))
@@ -752,25 +956,36 @@ pub fn canonical_to_hf(name: &str, arch: Arch) -> Option<String> {
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, suffix) = rest.rsplit_once('.')?;
-    let gemma = arch == Arch::Gemma3;
+    let gemma = matches!(arch, Arch::Gemma3 | Arch::Gemma2);
+    let olmo = arch == Arch::Olmo2;
+    let phi3 = arch == Arch::Phi3;
     let hf = match module {
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
+        "attn_qkv" if phi3 => "self_attn.qkv_proj",
         "attn_output" => "self_attn.o_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" if phi3 => "mlp.gate_up_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        "ffn_gate_inp" if arch == Arch::Qwen3Moe => "mlp.gate",
+        "ffn_gate_inp" if arch == Arch::Mixtral => "block_sparse_moe.gate",
         "attn_norm" => "input_layernorm",
-        "post_attention_norm" if gemma => "post_attention_layernorm",
+        "post_attention_norm" if gemma || olmo => "post_attention_layernorm",
         "ffn_norm" if gemma => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
-        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
+        "post_ffw_norm" if gemma || olmo => "post_feedforward_layernorm",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+/// Gemma 2 and 3 store norm weights as `w'` with forward `x * (1 + w')`.
+fn is_gemma(arch: Arch) -> bool {
+    matches!(arch, Arch::Gemma3 | Arch::Gemma2)
 }
 
 fn is_norm(canonical: &str) -> bool {
@@ -790,7 +1005,11 @@ pub fn canonical_tensors(
     raw: BTreeMap<String, Tensor>,
 ) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
+    let mut experts = Experts::default();
     for (name, t) in raw {
+        if cfg.moe.is_some() && experts.take(&name, &t, cfg.n_layers)? {
+            continue;
+        }
         let Some(canon) = hf_to_canonical(&name, cfg.arch)? else {
             continue;
         };
@@ -805,7 +1024,7 @@ pub fn canonical_tensors(
         if canon == "output.weight" && cfg.tie_word_embeddings {
             continue;
         }
-        let t = if cfg.arch == Arch::Gemma3 && is_norm(&canon) {
+        let t = if is_gemma(cfg.arch) && is_norm(&canon) {
             shifted(&t, 1.0)?
         } else {
             t
@@ -814,7 +1033,166 @@ pub fn canonical_tensors(
             return Err(invalid(format!("two tensors map to {canon}")));
         }
     }
+    if cfg.moe.is_some() {
+        for (canon, t) in experts.merged(cfg)? {
+            if out.insert(canon.clone(), t).is_some() {
+                return Err(invalid(format!("two tensors map to {canon}")));
+            }
+        }
+    }
     Ok(out)
+}
+
+/// Which matrix of an expert's SwiGLU MLP a tensor holds.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum ExpertPart {
+    Gate,
+    Up,
+    Down,
+}
+
+/// Expert weights of a mixture-of-experts checkpoint, gathered by layer and merged into
+/// GGUF's `[n_experts, rows, cols]` tensors (`ffn_{gate,up,down}_exps`). Reads both the
+/// per-expert form (`block_sparse_moe.experts.E.w1` for Mixtral, `mlp.experts.E.gate_proj` for
+/// Qwen3-MoE) and transformers 5's fused form (`mlp.experts.gate_up_proj`, gate rows first,
+/// and `mlp.experts.down_proj`).
+#[derive(Default)]
+struct Experts {
+    single: BTreeMap<(usize, ExpertPart), BTreeMap<usize, Tensor>>,
+    fused: BTreeMap<(usize, ExpertPart), Tensor>,
+}
+
+impl Experts {
+    /// Takes `name` if it is an expert weight; errors on a malformed one.
+    fn take(&mut self, name: &str, t: &Tensor, n_layers: usize) -> Result<bool> {
+        let Some(rest) = name.strip_prefix("model.layers.") else {
+            return Ok(false);
+        };
+        let Some((layer, rest)) = rest.split_once('.') else {
+            return Ok(false);
+        };
+        let Ok(layer) = layer.parse::<usize>() else {
+            return Ok(false);
+        };
+        let rest = rest
+            .strip_prefix("block_sparse_moe.experts.")
+            .or_else(|| rest.strip_prefix("mlp.experts."));
+        let Some(rest) = rest else {
+            return Ok(false);
+        };
+        if layer >= n_layers {
+            return Err(invalid(format!(
+                "tensor {name} is for a layer past the {n_layers} configured"
+            )));
+        }
+        let bad = || FormatError::Unsupported(format!("unknown expert tensor {name}"));
+        match rest {
+            "gate_up_proj" | "down_proj" => {
+                if t.shape.len() != 3 {
+                    return Err(invalid(format!(
+                        "{name} has shape {:?}, expected 3-D",
+                        t.shape
+                    )));
+                }
+                let part = if rest == "down_proj" {
+                    ExpertPart::Down
+                } else {
+                    ExpertPart::Gate
+                };
+                self.fused.insert((layer, part), t.clone());
+            }
+            _ => {
+                let (e, what) = rest.split_once('.').ok_or_else(bad)?;
+                let e: usize = e.parse().map_err(|_| bad())?;
+                let part = match what {
+                    "w1.weight" | "gate_proj.weight" => ExpertPart::Gate,
+                    "w3.weight" | "up_proj.weight" => ExpertPart::Up,
+                    "w2.weight" | "down_proj.weight" => ExpertPart::Down,
+                    _ => return Err(bad()),
+                };
+                if t.shape.len() != 2 {
+                    return Err(invalid(format!(
+                        "{name} has shape {:?}, expected 2-D",
+                        t.shape
+                    )));
+                }
+                self.single
+                    .entry((layer, part))
+                    .or_default()
+                    .insert(e, t.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    /// The merged tensors, by canonical name.
+    fn merged(self, cfg: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
+        let moe = cfg.moe.as_ref().expect("called for MoE configs");
+        let n = moe.n_experts;
+        let mut out = Vec::new();
+        let canon = |l: usize, p: ExpertPart| {
+            let k = match p {
+                ExpertPart::Gate => "ffn_gate_exps",
+                ExpertPart::Up => "ffn_up_exps",
+                ExpertPart::Down => "ffn_down_exps",
+            };
+            format!("blk.{l}.{k}.weight")
+        };
+        for ((l, part), t) in self.fused {
+            match part {
+                ExpertPart::Down => out.push((canon(l, part), t)),
+                _ => {
+                    // [n, 2·ff, d] → gate [n, ff, d] and up [n, ff, d]
+                    let (e, rows, cols) = (t.shape[0], t.shape[1], t.shape[2]);
+                    if rows % 2 != 0 {
+                        return Err(invalid(format!(
+                            "layer {l}: fused gate_up_proj of shape {:?} has an odd row count",
+                            t.shape
+                        )));
+                    }
+                    let bytes = t.plain_bytes();
+                    let per_expert = bytes.len() / e.max(1);
+                    let half = per_expert / 2;
+                    let mut gate = Vec::with_capacity(bytes.len() / 2);
+                    let mut up = Vec::with_capacity(bytes.len() / 2);
+                    for x in bytes.chunks_exact(per_expert) {
+                        gate.extend_from_slice(&x[..half]);
+                        up.extend_from_slice(&x[half..]);
+                    }
+                    let shape = vec![e, rows / 2, cols];
+                    for (p, b) in [(ExpertPart::Gate, gate), (ExpertPart::Up, up)] {
+                        let t = Tensor::new(t.dtype, shape.clone(), Storage::from_vec(b))
+                            .map_err(|err| invalid(format!("layer {l} experts: {err}")))?;
+                        out.push((canon(l, p), t));
+                    }
+                }
+            }
+        }
+        for ((l, part), by_expert) in self.single {
+            if by_expert.len() != n || by_expert.keys().copied().ne(0..n) {
+                return Err(invalid(format!(
+                    "layer {l}: expert tensors for experts {:?}, the configuration has {n}",
+                    by_expert.keys().collect::<Vec<_>>()
+                )));
+            }
+            let first = by_expert[&0].clone();
+            let mut bytes = Vec::with_capacity(first.data.len() * n);
+            for t in by_expert.values() {
+                if t.shape != first.shape || t.dtype != first.dtype {
+                    return Err(invalid(format!(
+                        "layer {l}: experts of different shapes or types ({:?} {} vs {:?} {})",
+                        t.shape, t.dtype, first.shape, first.dtype
+                    )));
+                }
+                bytes.extend_from_slice(&t.plain_bytes());
+            }
+            let shape = vec![n, first.shape[0], first.shape[1]];
+            let t = Tensor::new(first.dtype, shape, Storage::from_vec(bytes))
+                .map_err(|err| invalid(format!("layer {l} experts: {err}")))?;
+            out.push((canon(l, part), t));
+        }
+        Ok(out)
+    }
 }
 
 /// The inverse of [`canonical_tensors`]: Hugging Face names, q/k rows in rotate-half layout,
@@ -826,13 +1204,20 @@ pub fn hf_tensors(
     let (_, tensors) = crate::layout::with_rope_style(cfg, tensors, RopeStyle::Half)?;
     let mut out = BTreeMap::new();
     for (name, t) in &tensors {
-        if name == "rope_freqs.weight" {
+        if name == "rope_freqs.weight"
+            || name == "rope_factors_long.weight"
+            || name == "rope_factors_short.weight"
+        {
+            continue;
+        }
+        if let Some(per_expert) = split_experts(name, t, cfg.arch)? {
+            out.extend(per_expert);
             continue;
         }
         let hf = canonical_to_hf(name, cfg.arch).ok_or_else(|| {
             FormatError::Unsupported(format!("tensor {name} has no Hugging Face name"))
         })?;
-        let t = if cfg.arch == Arch::Gemma3 && is_norm(name) {
+        let t = if is_gemma(cfg.arch) && is_norm(name) {
             shifted(t, -1.0)?
         } else {
             t.clone()
@@ -840,6 +1225,51 @@ pub fn hf_tensors(
         out.insert(hf, t);
     }
     Ok(out)
+}
+
+/// A merged expert tensor (`blk.N.ffn_{gate,up,down}_exps.weight`) as the per-expert tensors of
+/// the architecture's Hugging Face checkpoints; `None` for other tensors.
+fn split_experts(name: &str, t: &Tensor, arch: Arch) -> Result<Option<Vec<(String, Tensor)>>> {
+    let Some(rest) = name.strip_prefix("blk.") else {
+        return Ok(None);
+    };
+    let Some((layer, module)) = rest.split_once('.') else {
+        return Ok(None);
+    };
+    let part = match module {
+        "ffn_gate_exps.weight" => 0,
+        "ffn_up_exps.weight" => 1,
+        "ffn_down_exps.weight" => 2,
+        _ => return Ok(None),
+    };
+    let hf = |e: usize| match arch {
+        Arch::Mixtral => format!(
+            "model.layers.{layer}.block_sparse_moe.experts.{e}.{}.weight",
+            ["w1", "w3", "w2"][part]
+        ),
+        _ => format!(
+            "model.layers.{layer}.mlp.experts.{e}.{}.weight",
+            ["gate_proj", "up_proj", "down_proj"][part]
+        ),
+    };
+    if t.shape.len() != 3 {
+        return Err(invalid(format!(
+            "{name} has shape {:?}, expected 3-D",
+            t.shape
+        )));
+    }
+    let (n, rows, cols) = (t.shape[0], t.shape[1], t.shape[2]);
+    let bytes = t.plain_bytes();
+    let per = bytes.len() / n.max(1);
+    (0..n)
+        .map(|e| {
+            let b = Storage::from_vec(bytes[e * per..(e + 1) * per].to_vec());
+            let t = Tensor::new(t.dtype, vec![rows, cols], b)
+                .map_err(|err| invalid(format!("{name}: {err}")))?;
+            Ok((hf(e), t))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -922,8 +1352,34 @@ pub fn config_to_json(cfg: &ModelConfig) -> Result<Value> {
         Arch::Mistral => ("MistralForCausalLM", "mistral"),
         Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
         Arch::Gemma3 => ("Gemma3ForCausalLM", "gemma3_text"),
+        Arch::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        Arch::Qwen3Moe => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+        Arch::Mixtral => ("MixtralForCausalLM", "mixtral"),
+        Arch::Gemma2 => ("Gemma2ForCausalLM", "gemma2"),
+        Arch::Olmo2 => ("Olmo2ForCausalLM", "olmo2"),
+        Arch::Phi3 => ("Phi3ForCausalLM", "phi3"),
     };
     let mut rope = match &cfg.rope_scaling {
+        Some(RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate,
+        }) => json!({"rope_type": "yarn", "factor": factor,
+                   "original_max_position_embeddings": original_max_position_embeddings,
+                   "beta_fast": beta_fast, "beta_slow": beta_slow,
+                   "attention_factor": attention_factor, "truncate": truncate}),
+        Some(RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings,
+            attention_factor,
+        }) => json!({"rope_type": "longrope", "short_factor": short_factor,
+                   "long_factor": long_factor,
+                   "original_max_position_embeddings": original_max_position_embeddings,
+                   "attention_factor": attention_factor}),
         None => json!({"rope_type": "default"}),
         Some(RopeScaling::Linear { factor }) => json!({"rope_type": "linear", "factor": factor}),
         Some(RopeScaling::Llama3 {
@@ -975,7 +1431,42 @@ pub fn config_to_json(cfg: &ModelConfig) -> Result<Value> {
             })
             .collect::<Vec<_>>())
     };
+    if let Some(RopeScaling::LongRope {
+        original_max_position_embeddings,
+        ..
+    }) = &cfg.rope_scaling
+    {
+        v["original_max_position_embeddings"] = json!(original_max_position_embeddings);
+    }
+    if let Some(m) = &cfg.moe {
+        v["num_experts_per_tok"] = json!(m.n_used);
+        match cfg.arch {
+            Arch::Mixtral if m.norm_topk && m.expert_ffn == cfg.intermediate_size => {
+                v["num_local_experts"] = json!(m.n_experts);
+            }
+            Arch::Qwen3Moe => {
+                v["num_experts"] = json!(m.n_experts);
+                v["moe_intermediate_size"] = json!(m.expert_ffn);
+                v["norm_topk_prob"] = json!(m.norm_topk);
+                v["decoder_sparse_step"] = json!(1);
+                v["mlp_only_layers"] = json!([]);
+            }
+            _ => {
+                return Err(FormatError::Unsupported(format!(
+                    "{model_type} config.json with these experts"
+                )))
+            }
+        }
+    }
     match cfg.arch {
+        Arch::Gemma2 => {
+            v["hidden_activation"] = json!("gelu_pytorch_tanh");
+            v["rope_parameters"] = rope;
+            v["layer_types"] = layer_types(&cfg.sliding_layers);
+            v["sliding_window"] = json!(cfg.sliding_window);
+            v["query_pre_attn_scalar"] =
+                json!(cfg.query_pre_attn_scalar.unwrap_or(cfg.head_dim as f32));
+        }
         Arch::Gemma3 => {
             v["hidden_activation"] = json!("gelu_pytorch_tanh");
             let local = cfg.rope_local_theta.unwrap_or(cfg.rope_theta);
@@ -1003,10 +1494,12 @@ pub fn config_to_json(cfg: &ModelConfig) -> Result<Value> {
             v["rope_parameters"] = rope;
             match (cfg.arch, cfg.sliding_window) {
                 (_, None) => {}
-                (Arch::Mistral, Some(w)) if cfg.sliding_layers.iter().all(|&s| s) => {
+                (Arch::Mistral | Arch::Mixtral | Arch::Phi3, Some(w))
+                    if cfg.sliding_layers.iter().all(|&s| s) =>
+                {
                     v["sliding_window"] = json!(w)
                 }
-                (Arch::Qwen2, Some(w)) => {
+                (Arch::Qwen2 | Arch::Qwen3 | Arch::Qwen3Moe, Some(w)) => {
                     v["use_sliding_window"] = json!(true);
                     v["sliding_window"] = json!(w);
                     v["layer_types"] = layer_types(&cfg.sliding_layers);

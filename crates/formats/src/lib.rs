@@ -6,7 +6,9 @@
 //! Tensor names are canonical (GGUF's): `token_embd.weight`, `output_norm.weight`,
 //! `output.weight`, and per block `blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output,
 //! attn_q_norm, attn_k_norm, post_attention_norm, ffn_norm, ffn_gate, ffn_up, ffn_down,
-//! post_ffw_norm}.{weight,bias}`. Shapes are outermost-first (a linear layer is `[out, in]`).
+//! post_ffw_norm}.{weight,bias}`; Phi-3's fused `attn_qkv` and `ffn_up` (gate rows, then up
+//! rows); experts as `ffn_gate_inp` (the router) and GGUF's merged `ffn_{gate,up,down}_exps`
+//! (`[n_experts, rows, cols]`). Shapes are outermost-first (a linear layer is `[out, in]`).
 //! A GGUF file may also hold `rope_freqs.weight`; its values are copied into
 //! [`RopeScaling::FreqFactors`].
 //!
@@ -24,9 +26,14 @@
 //! `output_norm`, `lm_head` → `output`, and in `model.layers.N.`: `self_attn.{q,k,v}_proj` →
 //! `attn_{q,k,v}`, `self_attn.o_proj` → `attn_output`, `self_attn.{q,k}_norm` →
 //! `attn_{q,k}_norm`, `mlp.{gate,up,down}_proj` → `ffn_{gate,up,down}`, `input_layernorm` →
-//! `attn_norm`, and `post_attention_layernorm` → `ffn_norm` (Llama, Mistral, Qwen2) or, for
-//! Gemma 3, `post_attention_layernorm` → `post_attention_norm`, `pre_feedforward_layernorm` →
-//! `ffn_norm`, `post_feedforward_layernorm` → `post_ffw_norm`.
+//! `attn_norm`, and `post_attention_layernorm` → `ffn_norm` (Llama, Mistral, Qwen2, Qwen3,
+//! Phi-3, MoE) or, for Gemma 2/3 and OLMo 2, `post_attention_layernorm` → `post_attention_norm`,
+//! `post_feedforward_layernorm` → `post_ffw_norm` (and Gemma's `pre_feedforward_layernorm` →
+//! `ffn_norm`). Phi-3: `self_attn.qkv_proj` → `attn_qkv`, `mlp.gate_up_proj` → `ffn_up`.
+//! Experts: `block_sparse_moe.gate` / `mlp.gate` → `ffn_gate_inp`; Mixtral's
+//! `block_sparse_moe.experts.E.{w1,w3,w2}` and Qwen3-MoE's `mlp.experts.E.{gate,up,down}_proj`
+//! (or transformers 5's fused `mlp.experts.{gate_up_proj,down_proj}`) are merged into
+//! `ffn_{gate,up,down}_exps`.
 //!
 //! Tied output: `output.weight` is absent exactly when `config.tie_word_embeddings` is true;
 //! the output projection then uses `token_embd.weight`.
@@ -63,7 +70,7 @@ mod summary;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub use config::{Arch, ModelConfig, RopeScaling};
+pub use config::{Arch, ModelConfig, MoeConfig, RopeScaling};
 pub use gguf::GgufFile;
 pub use kiln_kernels::Tensor;
 pub use summary::{describe_gguf, short_value};
@@ -261,31 +268,69 @@ pub fn validate_tensors(cfg: &ModelConfig, tensors: &BTreeMap<String, Tensor>) -
     }
     for l in 0..cfg.n_layers {
         let b = |n: &str| format!("blk.{l}.{n}");
-        want.extend([
-            (b("attn_norm.weight"), vec![d]),
-            (b("attn_q.weight"), vec![q, d]),
-            (b("attn_k.weight"), vec![kv, d]),
-            (b("attn_v.weight"), vec![kv, d]),
-            (b("attn_output.weight"), vec![d, q]),
-            (b("ffn_norm.weight"), vec![d]),
-            (b("ffn_gate.weight"), vec![ff, d]),
-            (b("ffn_up.weight"), vec![ff, d]),
-            (b("ffn_down.weight"), vec![d, ff]),
-        ]);
-        if cfg.arch == Arch::Qwen2 {
+        if cfg.arch == Arch::Phi3 {
+            want.push((b("attn_qkv.weight"), vec![q + 2 * kv, d]));
+        } else {
             want.extend([
+                (b("attn_q.weight"), vec![q, d]),
+                (b("attn_k.weight"), vec![kv, d]),
+                (b("attn_v.weight"), vec![kv, d]),
+            ]);
+        }
+        want.push((b("attn_output.weight"), vec![d, q]));
+        if cfg.arch != Arch::Olmo2 {
+            want.extend([
+                (b("attn_norm.weight"), vec![d]),
+                (b("ffn_norm.weight"), vec![d]),
+            ]);
+        }
+        match (&cfg.moe, cfg.arch) {
+            (Some(m), _) => {
+                let (e, f) = (m.n_experts, m.expert_ffn);
+                want.extend([
+                    (b("ffn_gate_inp.weight"), vec![e, d]),
+                    (b("ffn_gate_exps.weight"), vec![e, f, d]),
+                    (b("ffn_up_exps.weight"), vec![e, f, d]),
+                    (b("ffn_down_exps.weight"), vec![e, d, f]),
+                ]);
+            }
+            (None, Arch::Phi3) => want.extend([
+                (b("ffn_up.weight"), vec![2 * ff, d]),
+                (b("ffn_down.weight"), vec![d, ff]),
+            ]),
+            (None, _) => want.extend([
+                (b("ffn_gate.weight"), vec![ff, d]),
+                (b("ffn_up.weight"), vec![ff, d]),
+                (b("ffn_down.weight"), vec![d, ff]),
+            ]),
+        }
+        match cfg.arch {
+            Arch::Qwen2 => want.extend([
                 (b("attn_q.bias"), vec![q]),
                 (b("attn_k.bias"), vec![kv]),
                 (b("attn_v.bias"), vec![kv]),
-            ]);
-        }
-        if cfg.arch == Arch::Gemma3 {
-            want.extend([
+            ]),
+            Arch::Gemma3 => want.extend([
                 (b("attn_q_norm.weight"), vec![hd]),
                 (b("attn_k_norm.weight"), vec![hd]),
                 (b("post_attention_norm.weight"), vec![d]),
                 (b("post_ffw_norm.weight"), vec![d]),
-            ]);
+            ]),
+            Arch::Gemma2 => want.extend([
+                (b("post_attention_norm.weight"), vec![d]),
+                (b("post_ffw_norm.weight"), vec![d]),
+            ]),
+            Arch::Qwen3 | Arch::Qwen3Moe => want.extend([
+                (b("attn_q_norm.weight"), vec![hd]),
+                (b("attn_k_norm.weight"), vec![hd]),
+            ]),
+            Arch::Olmo2 => want.extend([
+                (b("attn_q_norm.weight"), vec![q]),
+                (b("attn_k_norm.weight"), vec![kv]),
+                (b("post_attention_norm.weight"), vec![d]),
+                (b("post_ffw_norm.weight"), vec![d]),
+            ]),
+            Arch::Llama | Arch::Mistral | Arch::Mixtral | Arch::Phi3 => {}
         }
     }
     for (name, shape) in &want {

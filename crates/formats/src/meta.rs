@@ -669,6 +669,7 @@ pub fn load_meta_with_tokenizer(dir: &Path, tokenizer_path: Option<&Path>) -> Re
         attn_logit_softcapping: None,
         bos_token_id: bos,
         eos_token_ids: eos,
+        moe: None,
     };
 
     let mut metadata = BTreeMap::new();

@@ -723,11 +723,28 @@ fn config_variants_and_errors() {
     })
     .unwrap();
     assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+    // YaRN: transformers 5's defaults (beta 32 / 1, truncate, the original context =
+    // max_position_embeddings, attention factor 1 + 0.1 ln(factor)).
+    let c = with(&|v| {
+        v["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0})
+    })
+    .unwrap();
+    assert_eq!(
+        c.rope_scaling,
+        Some(RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: c.max_position_embeddings,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 1.0 + 0.1 * 4f32.ln(),
+            truncate: true,
+        })
+    );
     let e = with(&|v| {
-        v["rope_parameters"] = json!({"rope_type": "yarn", "rope_theta": 1.0, "factor": 4.0})
+        v["rope_parameters"] = json!({"rope_type": "dynamic", "rope_theta": 1.0, "factor": 4.0})
     })
     .unwrap_err();
-    assert!(e.to_string().contains("yarn"), "{e}");
+    assert!(e.to_string().contains("dynamic"), "{e}");
     let e = with(&|v| v["model_type"] = json!("gpt2")).unwrap_err();
     assert!(e.to_string().contains("gpt2"), "{e}");
     let e = with(&|v| {

@@ -12,10 +12,14 @@
 //! logits = Wembedᵀ · rmsnorm(x)        (output tied to the embedding)
 //! ```
 //! Norm weights arrive already as "multiply by this" (formats folds Gemma's `1 + w`).
+//!
+//! Gemma 2 is the same block without the q/k norms, with attention logits soft-capped
+//! (`cap · tanh(s / cap)`, in `layers::attention`), final logits soft-capped, and one rope base
+//! for local and global layers.
 
 use std::sync::Mutex;
 
-use kiln_formats::{ModelConfig, Tensor};
+use kiln_formats::{Arch, ModelConfig, Tensor};
 use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
@@ -33,8 +37,9 @@ struct Block {
     wq: Linear,
     wk: Linear,
     wv: Linear,
-    q_norm: Vec<f32>,
-    k_norm: Vec<f32>,
+    /// Gemma 3 only.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Linear,
     post_attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
@@ -90,6 +95,7 @@ impl Gemma3 {
         let (qd, kvd) = (cfg.n_heads * hd, cfg.n_kv_heads * hd);
         let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f32).sqrt();
         let embed = w.matrix_exact("token_embd.weight", cfg.vocab_size, d)?;
+        let gemma3 = cfg.arch == Arch::Gemma3;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let p = format!("blk.{l}");
@@ -98,8 +104,16 @@ impl Gemma3 {
                 wq: Linear::load(w, &format!("{p}.attn_q"), d)?,
                 wk: Linear::load(w, &format!("{p}.attn_k"), d)?,
                 wv: Linear::load(w, &format!("{p}.attn_v"), d)?,
-                q_norm: w.vector(&format!("{p}.attn_q_norm.weight"), hd)?,
-                k_norm: w.vector(&format!("{p}.attn_k_norm.weight"), hd)?,
+                q_norm: if gemma3 {
+                    Some(w.vector(&format!("{p}.attn_q_norm.weight"), hd)?)
+                } else {
+                    None
+                },
+                k_norm: if gemma3 {
+                    Some(w.vector(&format!("{p}.attn_k_norm.weight"), hd)?)
+                } else {
+                    None
+                },
                 wo: Linear::load(w, &format!("{p}.attn_output"), qd)?,
                 post_attn_norm: w.vector(&format!("{p}.post_attention_norm.weight"), d)?,
                 ffn_norm: w.vector(&format!("{p}.ffn_norm.weight"), d)?,
@@ -122,7 +136,11 @@ impl Gemma3 {
         } else {
             embed.clone()
         };
-        let local_theta = cfg.rope_local_theta.unwrap_or(DEFAULT_LOCAL_ROPE_THETA);
+        let local_theta = match cfg.rope_local_theta {
+            Some(t) => t,
+            None if gemma3 => DEFAULT_LOCAL_ROPE_THETA,
+            None => cfg.rope_theta,
+        };
         Ok(Gemma3 {
             embed_scale: (d as f32).sqrt(),
             rope_global: Rope::new(
@@ -188,12 +206,14 @@ impl CausalLM for Gemma3 {
             blk.wq.forward(pool, &s.n, n, &mut s.q);
             blk.wk.forward(pool, &s.n, n, &mut s.k);
             blk.wv.forward(pool, &s.n, n, &mut s.v);
-            for_each_row(pool, &mut s.q, hd, &|_, h| {
-                ops::rms_norm_inplace(h, &blk.q_norm, eps)
-            });
-            for_each_row(pool, &mut s.k, hd, &|_, h| {
-                ops::rms_norm_inplace(h, &blk.k_norm, eps)
-            });
+            if let (Some(qn), Some(kn)) = (&blk.q_norm, &blk.k_norm) {
+                for_each_row(pool, &mut s.q, hd, &|_, h| {
+                    ops::rms_norm_inplace(h, qn, eps)
+                });
+                for_each_row(pool, &mut s.k, hd, &|_, h| {
+                    ops::rms_norm_inplace(h, kn, eps)
+                });
+            }
             let rope = if blk.local {
                 &s.rope_local
             } else {

@@ -44,10 +44,137 @@ impl Linear {
     }
 }
 
+/// A mixture-of-experts SwiGLU MLP (Mixtral, Qwen3-MoE): the router's softmax picks each
+/// token's `n_used` most probable experts, whose outputs are summed with those
+/// probabilities (renormalised over the chosen experts when `norm_topk`).
+pub struct Moe {
+    /// `[n_experts, hidden]`.
+    router: Tensor,
+    /// Per expert: gate and up `[expert_ffn, hidden]`, down `[hidden, expert_ffn]`, views
+    /// into GGUF's merged `ffn_{gate,up,down}_exps` tensors.
+    gate: Vec<Tensor>,
+    up: Vec<Tensor>,
+    down: Vec<Tensor>,
+    n_used: usize,
+    norm_topk: bool,
+    ffn: usize,
+}
+
+/// Reusable buffers of [`Moe::forward`].
+#[derive(Default)]
+pub struct MoeScratch {
+    probs: Vec<f32>,
+    /// Per expert: (token row, weight) of the tokens routed to it.
+    routes: Vec<Vec<(usize, f32)>>,
+    xe: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    ye: Vec<f32>,
+}
+
+impl Moe {
+    /// Loads layer `prefix`'s router and merged expert tensors.
+    pub fn load(
+        w: &mut Weights,
+        prefix: &str,
+        hidden: usize,
+        moe: &kiln_formats::MoeConfig,
+    ) -> Result<Moe, ModelError> {
+        let (e, f) = (moe.n_experts, moe.expert_ffn);
+        let router = w.matrix_exact(&format!("{prefix}.ffn_gate_inp.weight"), e, hidden)?;
+        let split = |w: &mut Weights, name: &str, rows: usize, cols: usize| {
+            let name = format!("{prefix}.{name}.weight");
+            let t = w.tensor3(&name, e, rows, cols)?;
+            let per = t.data.len() / e;
+            (0..e)
+                .map(|i| {
+                    let bytes = t.data.slice(i * per, per).ok_or_else(|| {
+                        ModelError::Weights(format!("{name}: expert {i} lies outside the tensor"))
+                    })?;
+                    Tensor::new(t.dtype, vec![rows, cols], bytes)
+                        .map_err(|err| ModelError::Weights(format!("{name}: {err}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Moe {
+            router,
+            gate: split(w, "ffn_gate_exps", f, hidden)?,
+            up: split(w, "ffn_up_exps", f, hidden)?,
+            down: split(w, "ffn_down_exps", hidden, f)?,
+            n_used: moe.n_used,
+            norm_topk: moe.norm_topk,
+            ffn: f,
+        })
+    }
+
+    /// `x` holds `n` rows of `hidden` values; `out` receives the MLP's `n` output rows. Each
+    /// token's experts are summed in expert order, whatever its batch-mates, so a token's
+    /// result does not depend on the batch.
+    pub fn forward(
+        &self,
+        pool: &ThreadPool,
+        x: &[f32],
+        n: usize,
+        act: fn(&mut [f32], &[f32]),
+        s: &mut MoeScratch,
+        out: &mut Vec<f32>,
+    ) {
+        let ne = self.gate.len();
+        let d = x.len() / n.max(1);
+        s.probs.resize(n * ne, 0.0);
+        matmul(pool, &self.router, x, n, &mut s.probs);
+        s.routes.resize_with(ne, Vec::new);
+        s.routes.iter_mut().for_each(Vec::clear);
+        let mut chosen: Vec<usize> = Vec::with_capacity(ne);
+        for (t, p) in s.probs.chunks_exact_mut(ne).enumerate() {
+            ops::softmax(p);
+            // The n_used most probable experts; ties go to the lower index (as torch.topk).
+            chosen.clear();
+            chosen.extend(0..ne);
+            chosen.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            chosen.truncate(self.n_used);
+            let sum: f32 = chosen.iter().map(|&e| p[e]).sum();
+            for &e in &chosen {
+                let w = if self.norm_topk { p[e] / sum } else { p[e] };
+                s.routes[e].push((t, w));
+            }
+        }
+        out.clear();
+        out.resize(n * d, 0.0);
+        for e in 0..ne {
+            let routes = &s.routes[e];
+            if routes.is_empty() {
+                continue;
+            }
+            let m = routes.len();
+            s.xe.clear();
+            for &(t, _) in routes {
+                s.xe.extend_from_slice(&x[t * d..(t + 1) * d]);
+            }
+            s.gate.resize(m * self.ffn, 0.0);
+            s.up.resize(m * self.ffn, 0.0);
+            matmul(pool, &self.gate[e], &s.xe, m, &mut s.gate);
+            matmul(pool, &self.up[e], &s.xe, m, &mut s.up);
+            gated_rows(pool, &mut s.gate, &s.up, self.ffn, act);
+            s.ye.resize(m * d, 0.0);
+            matmul(pool, &self.down[e], &s.gate, m, &mut s.ye);
+            for (&(t, w), y) in routes.iter().zip(s.ye.chunks_exact(d)) {
+                for (o, v) in out[t * d..(t + 1) * d].iter_mut().zip(y) {
+                    *o += w * v;
+                }
+            }
+        }
+    }
+}
+
 /// Rotary embedding frequencies for one rope base.
 pub struct Rope {
     inv_freq: Vec<f32>,
     style: RopeStyle,
+    /// cos and sin are multiplied by this (YaRN's and LongRoPE's attention factor).
+    mscale: f32,
+    /// LongRoPE: positions from `.0` on use these frequencies (the long factors).
+    long: Option<(usize, Vec<f32>)>,
 }
 
 impl Rope {
@@ -58,11 +185,67 @@ impl Rope {
         style: RopeStyle,
     ) -> Rope {
         let half = head_dim / 2;
-        let mut inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+        let base: Vec<f32> = (0..half)
+            .map(|i| theta.powf((2 * i) as f32 / head_dim as f32))
             .collect();
+        let mut inv_freq: Vec<f32> = base.iter().map(|b| 1.0 / b).collect();
+        let mut mscale = 1.0;
+        let mut long = None;
         match scaling {
             None => {}
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate,
+            }) => {
+                // transformers' `_compute_yarn_parameters`: dimensions that turn fewer than
+                // `beta_slow` times over the original context are interpolated (÷ factor), more
+                // than `beta_fast` times extrapolated (kept), a linear ramp in between.
+                let dim = head_dim as f64;
+                let orig = *original_max_position_embeddings as f64;
+                let correction = |rotations: f64| {
+                    dim * (orig / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                        / (2.0 * (theta as f64).ln())
+                };
+                let (mut low, mut high) =
+                    (correction(*beta_fast as f64), correction(*beta_slow as f64));
+                if *truncate {
+                    low = low.floor();
+                    high = high.ceil();
+                }
+                let low = low.max(0.0) as f32;
+                let mut high = high.min(dim - 1.0) as f32;
+                if low == high {
+                    high += 0.001;
+                }
+                for (i, (f, b)) in inv_freq.iter_mut().zip(&base).enumerate() {
+                    let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extrapolate = 1.0 - ramp;
+                    let interpolated = 1.0 / (factor * b);
+                    *f = interpolated * (1.0 - extrapolate) + (1.0 / b) * extrapolate;
+                }
+                mscale = *attention_factor;
+            }
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => {
+                // transformers' `_compute_longrope_parameters`: the short factors inside the
+                // original context; kiln switches to the long factors per position past it
+                // (transformers recomputes the whole sequence with them; the two agree on
+                // every sequence that fits the original context).
+                let scaled = |ext: &[f32]| -> Vec<f32> {
+                    base.iter().zip(ext).map(|(b, e)| 1.0 / (e * b)).collect()
+                };
+                inv_freq = scaled(short_factor);
+                long = Some((*original_max_position_embeddings, scaled(long_factor)));
+                mscale = *attention_factor;
+            }
             Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
             Some(RopeScaling::FreqFactors(factors)) => {
                 inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d)
@@ -90,7 +273,12 @@ impl Rope {
                 }
             }
         }
-        Rope { inv_freq, style }
+        Rope {
+            inv_freq,
+            style,
+            mscale,
+            long,
+        }
     }
 
     /// Fills `table` with the angles of every token position of the batch, in row order:
@@ -104,7 +292,17 @@ impl Rope {
         for (seq, &n) in layout.n_tokens.iter().enumerate() {
             for pos in layout.start_pos[seq]..layout.start_pos[seq] + n {
                 if let Some(row) = rows.next() {
-                    ops::rope_angles(pos, &self.inv_freq, row);
+                    let freqs = match &self.long {
+                        Some((from, long)) if pos >= *from => long,
+                        _ => &self.inv_freq,
+                    };
+                    ops::rope_angles(pos, freqs, row);
+                    if self.mscale != 1.0 {
+                        for a in row.iter_mut() {
+                            a[0] *= self.mscale;
+                            a[1] *= self.mscale;
+                        }
+                    }
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! Forward passes of the Llama-family architectures.
 //!
 //! Invariant: an architecture's forward pass reads top to bottom in one file (`llama.rs` for
-//! Llama, Mistral and Qwen2; `gemma3.rs` for Gemma 3); what they share lives in `layers.rs`.
+//! Llama, Mistral, Qwen2, Qwen3, OLMo 2, Phi-3, Mixtral and Qwen3-MoE; `gemma3.rs` for Gemma 2
+//! and 3); what they share (attention, rope, the mixture of experts) lives in `layers.rs`.
 //! The KV cache belongs to the caller's sequence; a forward pass only appends to it.
 
 pub mod gemma3;
@@ -143,14 +144,21 @@ pub fn build_with(
     let n_threads = opts.threads.max(1);
     let mut weights = Weights::new(model.tensors);
     let m: Box<dyn CausalLM> = match cfg.arch {
-        Arch::Llama | Arch::Mistral | Arch::Qwen2 => Box::new(llama::Llama::new(
+        Arch::Llama
+        | Arch::Mistral
+        | Arch::Qwen2
+        | Arch::Qwen3
+        | Arch::Qwen3Moe
+        | Arch::Mixtral
+        | Arch::Olmo2
+        | Arch::Phi3 => Box::new(llama::Llama::new(
             cfg,
             &mut weights,
             n_threads,
             numerics,
             kv_type,
         )?),
-        Arch::Gemma3 => Box::new(gemma3::Gemma3::new(
+        Arch::Gemma3 | Arch::Gemma2 => Box::new(gemma3::Gemma3::new(
             cfg,
             &mut weights,
             n_threads,
@@ -199,6 +207,24 @@ impl Weights {
         if t.rows() != rows {
             return Err(ModelError::Weights(format!(
                 "tensor {name} has shape {:?}, expected [{rows}, {cols}]",
+                t.shape
+            )));
+        }
+        Ok(t)
+    }
+
+    /// A 3-D tensor of exactly `[n, rows, cols]` (merged expert weights).
+    pub fn tensor3(
+        &mut self,
+        name: &str,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Tensor, ModelError> {
+        let t = self.get(name)?;
+        if t.shape != [n, rows, cols] {
+            return Err(ModelError::Weights(format!(
+                "tensor {name} has shape {:?}, expected [{n}, {rows}, {cols}]",
                 t.shape
             )));
         }

@@ -1,36 +1,67 @@
-//! Llama, Mistral and Qwen2: the pre-norm decoder block with SwiGLU MLP.
+//! Llama, Mistral, Qwen2, Qwen3, OLMo 2, Phi-3, Mixtral and Qwen3-MoE: the decoder block with
+//! a SwiGLU MLP (or a mixture of SwiGLU experts).
 //!
 //! ```text
 //! x = embed(tokens)
 //! for each block:
-//!     h = x + Wo · attention(rope(Wq·n), rope(Wk·n), Wv·n)      where n = rmsnorm(x)
-//!     x = h + Wdown · (silu(Wgate·m) ⊙ Wup·m)                    where m = rmsnorm(h)
+//!     h = x + Wo · attention(rope(qn(Wq·n)), rope(kn(Wk·n)), Wv·n)   where n = rmsnorm(x)
+//!     x = h + Wdown · (silu(Wgate·m) ⊙ Wup·m)                         where m = rmsnorm(h)
 //! logits = Wout · rmsnorm(x)
 //! ```
-//! Qwen2 adds biases to q/k/v; Mistral limits attention to a sliding window; Llama 3.1 rescales
-//! rope frequencies. All of that comes from `ModelConfig` and the tensors present.
+//! The variants, all from `ModelConfig` and the tensors present:
+//! * Qwen2 adds biases to q/k/v; Mistral limits attention to a sliding window; Llama 3.1,
+//!   YaRN and LongRoPE rescale rope frequencies (`layers::Rope`).
+//! * Qwen3 / Qwen3-MoE: `qn`, `kn` are RMSNorms of each head (`attn_q_norm`, `head_dim` long).
+//! * OLMo 2: no norm before attention or the MLP (`n = x`, `m = h`); their outputs are
+//!   normed instead (`post_attention_norm`, `post_ffw_norm`) before the residual add; `qn`,
+//!   `kn` norm the whole projection (all heads together).
+//! * Phi-3: q, k, v come from one fused matrix (`attn_qkv`), gate and up likewise (`ffn_up`,
+//!   gate rows first).
+//! * Mixtral / Qwen3-MoE: the MLP is a mixture of experts (`layers::Moe`).
 
 use std::sync::Mutex;
 
-use kiln_formats::{ModelConfig, Tensor};
+use kiln_formats::{Arch, ModelConfig, Tensor};
 use kiln_kernels::{matmul, ops, ThreadPool};
 
 use crate::layers::{
-    advance_caches, attention, gated_rows, gather_rows, prepare_batch, rms_norm_rows, rope_batch,
-    store_kv, AttentionShape, BatchLayout, Linear, Rope, RopeTable,
+    advance_caches, attention, for_each_row, gated_rows, gather_rows, prepare_batch, rms_norm_rows,
+    rope_batch, store_kv, AttentionShape, BatchLayout, Linear, Moe, MoeScratch, Rope, RopeTable,
 };
 use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
 
+/// The query/key/value projections: three matrices, or Phi-3's one.
+enum Qkv {
+    Separate { wq: Linear, wk: Linear, wv: Linear },
+    Fused(Linear),
+}
+
+/// The MLP: gate and up apart, Phi-3's fused gate/up (gate rows first), or experts.
+enum Ffn {
+    Dense {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    FusedGateUp {
+        gate_up: Linear,
+        down: Linear,
+    },
+    Experts(Moe),
+}
+
 struct Block {
-    attn_norm: Vec<f32>,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// Absent for OLMo 2 (no pre-norms).
+    attn_norm: Option<Vec<f32>>,
+    qkv: Qkv,
+    /// RMSNorm of each head (`head_dim` long) or of the whole projection (OLMo 2).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Linear,
-    ffn_norm: Vec<f32>,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Option<Vec<f32>>,
+    ffn: Ffn,
+    post_ffw_norm: Option<Vec<f32>>,
     attn: AttentionShape,
 }
 
@@ -59,8 +90,10 @@ struct Scratch {
     o: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    fused: Vec<f32>,
     last: Vec<f32>,
     rope: RopeTable,
+    moe: MoeScratch,
 }
 
 impl Llama {
@@ -75,24 +108,84 @@ impl Llama {
         let (qd, kvd) = (cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim);
         let embed = w.matrix_exact("token_embd.weight", cfg.vocab_size, d)?;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
+        let ff = cfg.intermediate_size;
         for l in 0..cfg.n_layers {
             let p = format!("blk.{l}");
+            let name = |n: &str| format!("{p}.{n}.weight");
+            let norm = |w: &mut Weights, n: &str, len: usize| w.vector(&name(n), len);
+            let pre_norms = cfg.arch != Arch::Olmo2;
+            let qkv = if cfg.arch == Arch::Phi3 {
+                let f = Linear::load(w, &format!("{p}.attn_qkv"), d)?;
+                check_rows(&f, qd + 2 * kvd, &p)?;
+                Qkv::Fused(f)
+            } else {
+                let (wq, wk, wv) = (
+                    Linear::load(w, &format!("{p}.attn_q"), d)?,
+                    Linear::load(w, &format!("{p}.attn_k"), d)?,
+                    Linear::load(w, &format!("{p}.attn_v"), d)?,
+                );
+                check_rows(&wq, qd, &p)?;
+                check_rows(&wk, kvd, &p)?;
+                check_rows(&wv, kvd, &p)?;
+                Qkv::Separate { wq, wk, wv }
+            };
+            let (q_norm, k_norm) = match cfg.arch {
+                Arch::Qwen3 | Arch::Qwen3Moe => (
+                    Some(norm(w, "attn_q_norm", cfg.head_dim)?),
+                    Some(norm(w, "attn_k_norm", cfg.head_dim)?),
+                ),
+                Arch::Olmo2 => (
+                    Some(norm(w, "attn_q_norm", qd)?),
+                    Some(norm(w, "attn_k_norm", kvd)?),
+                ),
+                _ => (None, None),
+            };
+            let ffn = match (&cfg.moe, cfg.arch) {
+                (Some(moe), _) => Ffn::Experts(Moe::load(w, &p, d, moe)?),
+                (None, Arch::Phi3) => {
+                    let gate_up = Linear::load(w, &format!("{p}.ffn_up"), d)?;
+                    check_rows(&gate_up, 2 * ff, &p)?;
+                    let down = Linear::load(w, &format!("{p}.ffn_down"), ff)?;
+                    Ffn::FusedGateUp { gate_up, down }
+                }
+                (None, _) => {
+                    let gate = Linear::load(w, &format!("{p}.ffn_gate"), d)?;
+                    check_rows(&gate, ff, &p)?;
+                    let up = Linear::load(w, &format!("{p}.ffn_up"), d)?;
+                    check_rows(&up, ff, &p)?;
+                    let down = Linear::load(w, &format!("{p}.ffn_down"), ff)?;
+                    Ffn::Dense { gate, up, down }
+                }
+            };
             let block = Block {
-                attn_norm: w.vector(&format!("{p}.attn_norm.weight"), d)?,
-                wq: Linear::load(w, &format!("{p}.attn_q"), d)?,
-                wk: Linear::load(w, &format!("{p}.attn_k"), d)?,
-                wv: Linear::load(w, &format!("{p}.attn_v"), d)?,
+                attn_norm: if pre_norms {
+                    Some(norm(w, "attn_norm", d)?)
+                } else {
+                    None
+                },
+                qkv,
+                q_norm,
+                k_norm,
                 wo: Linear::load(w, &format!("{p}.attn_output"), qd)?,
-                ffn_norm: w.vector(&format!("{p}.ffn_norm.weight"), d)?,
-                gate: Linear::load(w, &format!("{p}.ffn_gate"), d)?,
-                up: Linear::load(w, &format!("{p}.ffn_up"), d)?,
-                down: Linear::load(w, &format!("{p}.ffn_down"), cfg.intermediate_size)?,
+                post_attn_norm: if pre_norms {
+                    None
+                } else {
+                    Some(norm(w, "post_attention_norm", d)?)
+                },
+                ffn_norm: if pre_norms {
+                    Some(norm(w, "ffn_norm", d)?)
+                } else {
+                    None
+                },
+                ffn,
+                post_ffw_norm: if pre_norms {
+                    None
+                } else {
+                    Some(norm(w, "post_ffw_norm", d)?)
+                },
                 attn: AttentionShape::from_config(&cfg, l, 1.0 / (cfg.head_dim as f32).sqrt()),
             };
-            check_rows(&block.wq, qd, &p)?;
-            check_rows(&block.wk, kvd, &p)?;
-            check_rows(&block.wv, kvd, &p)?;
-            check_rows(&block.gate, cfg.intermediate_size, &p)?;
+            check_rows(&block.wo, d, &p)?;
             blocks.push(block);
         }
         let final_norm = w.vector("output_norm.weight", d)?;
@@ -119,6 +212,23 @@ impl Llama {
             kv_type,
             scratch: Mutex::new(Scratch::default()),
         })
+    }
+}
+
+/// Splits rows of concatenated parts (`parts[i].1` values each) into one buffer per part.
+fn split_rows(fused: &[f32], parts: &mut [(&mut Vec<f32>, usize)]) {
+    let width: usize = parts.iter().map(|p| p.1).sum();
+    let n = fused.len() / width.max(1);
+    for (buf, w) in parts.iter_mut() {
+        buf.clear();
+        buf.reserve(n * *w);
+    }
+    for row in fused.chunks_exact(width) {
+        let mut at = 0;
+        for (buf, w) in parts.iter_mut() {
+            buf.extend_from_slice(&row[at..at + *w]);
+            at += *w;
+        }
     }
 }
 
@@ -163,12 +273,44 @@ impl CausalLM for Llama {
         }
 
         self.rope.fill_table(&layout, &mut s.rope);
+        let kvd = cfg.n_kv_heads * hd;
+        let eps = cfg.rms_norm_eps;
+        // libm's expf per element: these quantised models amplify last-bit differences,
+        // and the vectorised exp moves qwen2.5's greedy path off llama.cpp's.
+        let silu = ops::reference::silu_mul;
         for (l, blk) in self.blocks.iter().enumerate() {
             // Attention.
-            rms_norm_rows(pool, &s.x, &blk.attn_norm, cfg.rms_norm_eps, &mut s.n);
-            blk.wq.forward(pool, &s.n, n, &mut s.q);
-            blk.wk.forward(pool, &s.n, n, &mut s.k);
-            blk.wv.forward(pool, &s.n, n, &mut s.v);
+            let input = match &blk.attn_norm {
+                Some(w) => {
+                    rms_norm_rows(pool, &s.x, w, eps, &mut s.n);
+                    &s.n
+                }
+                None => &s.x,
+            };
+            match &blk.qkv {
+                Qkv::Separate { wq, wk, wv } => {
+                    wq.forward(pool, input, n, &mut s.q);
+                    wk.forward(pool, input, n, &mut s.k);
+                    wv.forward(pool, input, n, &mut s.v);
+                }
+                Qkv::Fused(f) => {
+                    f.forward(pool, input, n, &mut s.fused);
+                    split_rows(
+                        &s.fused,
+                        &mut [(&mut s.q, qd), (&mut s.k, kvd), (&mut s.v, kvd)],
+                    );
+                }
+            }
+            if let Some(w) = &blk.q_norm {
+                for_each_row(pool, &mut s.q, w.len(), &|_, h| {
+                    ops::rms_norm_inplace(h, w, eps)
+                });
+            }
+            if let Some(w) = &blk.k_norm {
+                for_each_row(pool, &mut s.k, w.len(), &|_, h| {
+                    ops::rms_norm_inplace(h, w, eps)
+                });
+            }
             rope_batch(pool, &s.rope, hd, &mut s.q, &mut s.k);
             store_kv(batch, &layout, l, &blk.attn, &s.k, &s.v);
             s.att.resize(n * qd, 0.0);
@@ -183,17 +325,38 @@ impl CausalLM for Llama {
                 &mut s.att,
             );
             blk.wo.forward(pool, &s.att, n, &mut s.o);
+            if let Some(w) = &blk.post_attn_norm {
+                for_each_row(pool, &mut s.o, d, &|_, r| ops::rms_norm_inplace(r, w, eps));
+            }
             s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
 
-            // Gated MLP.
-            rms_norm_rows(pool, &s.x, &blk.ffn_norm, cfg.rms_norm_eps, &mut s.n);
-            blk.gate.forward(pool, &s.n, n, &mut s.gate);
-            blk.up.forward(pool, &s.n, n, &mut s.up);
-            // libm's expf per element: these quantised models amplify last-bit differences,
-            // and the vectorised exp moves qwen2.5's greedy path off llama.cpp's.
-            let silu = ops::reference::silu_mul;
-            gated_rows(pool, &mut s.gate, &s.up, cfg.intermediate_size, silu);
-            blk.down.forward(pool, &s.gate, n, &mut s.o);
+            // MLP.
+            let input = match &blk.ffn_norm {
+                Some(w) => {
+                    rms_norm_rows(pool, &s.x, w, eps, &mut s.n);
+                    &s.n
+                }
+                None => &s.x,
+            };
+            match &blk.ffn {
+                Ffn::Dense { gate, up, down } => {
+                    gate.forward(pool, input, n, &mut s.gate);
+                    up.forward(pool, input, n, &mut s.up);
+                    gated_rows(pool, &mut s.gate, &s.up, cfg.intermediate_size, silu);
+                    down.forward(pool, &s.gate, n, &mut s.o);
+                }
+                Ffn::FusedGateUp { gate_up, down } => {
+                    let ff = cfg.intermediate_size;
+                    gate_up.forward(pool, input, n, &mut s.fused);
+                    split_rows(&s.fused, &mut [(&mut s.gate, ff), (&mut s.up, ff)]);
+                    gated_rows(pool, &mut s.gate, &s.up, ff, silu);
+                    down.forward(pool, &s.gate, n, &mut s.o);
+                }
+                Ffn::Experts(moe) => moe.forward(pool, input, n, silu, &mut s.moe, &mut s.o),
+            }
+            if let Some(w) = &blk.post_ffw_norm {
+                for_each_row(pool, &mut s.o, d, &|_, r| ops::rms_norm_inplace(r, w, eps));
+            }
             s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
         }
         advance_caches(batch);

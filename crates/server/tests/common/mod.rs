@@ -168,6 +168,7 @@ pub fn config(max_pos: usize) -> ModelConfig {
         attn_logit_softcapping: None,
         bos_token_id: None,
         eos_token_ids: Vec::new(),
+        moe: None,
     }
 }
 

@@ -196,7 +196,16 @@ if vb and isinstance(vb[0], str):  # an SDK that leaves base64 to the caller
     import base64
     import struct
     vb = [list(struct.unpack(f"<{len(base64.b64decode(b)) // 4}f", base64.b64decode(b))) for b in vb]
-check("embeddings float equals base64", vf == vb)
+
+
+def f32(v):
+    """JSON floats parse as doubles; the vectors are f32s: compare them as f32s."""
+    import struct
+    return list(struct.unpack(f"<{len(v)}f", struct.pack(f"<{len(v)}f", *v)))
+
+
+check("embeddings float equals base64", [f32(v) for v in vf] == [f32(v) for v in vb]
+      and len(vf) == 4 and len(vf[0]) > 100, (len(vf), len(vf[0]) if vf else 0))
 check("embeddings in order with usage", [d.index for d in ef.data] == [0, 1, 2, 3]
       and ef.usage.prompt_tokens > 0 and ef.usage.total_tokens == ef.usage.prompt_tokens, ef.usage)
 check("embeddings unit length", all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4 for v in vf))

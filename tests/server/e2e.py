@@ -182,5 +182,50 @@ try:
 except openai.BadRequestError as e:
     check("oversize prompt 400", "100000" in str(e), str(e))
 
+# Embeddings through the SDK: float and base64 (the SDK decodes it) give the same vectors, of
+# unit length; a paraphrase is closer than an unrelated sentence; `dimensions` is refused.
+import math
+
+texts = ["The cat sat on the mat.", "A cat was sitting on the rug.",
+         "The stock market fell sharply today.", "How do I reverse a list in Python?"]
+ef = client.embeddings.create(model="openai/local", input=texts, encoding_format="float")
+eb = client.embeddings.create(model=model, input=texts, encoding_format="base64")
+vf = [d.embedding for d in ef.data]
+vb = [d.embedding for d in eb.data]
+if vb and isinstance(vb[0], str):  # an SDK that leaves base64 to the caller
+    import base64
+    import struct
+    vb = [list(struct.unpack(f"<{len(base64.b64decode(b)) // 4}f", base64.b64decode(b))) for b in vb]
+
+
+def f32(v):
+    """JSON floats parse as doubles; the vectors are f32s: compare them as f32s."""
+    import struct
+    return list(struct.unpack(f"<{len(v)}f", struct.pack(f"<{len(v)}f", *v)))
+
+
+check("embeddings float equals base64", [f32(v) for v in vf] == [f32(v) for v in vb]
+      and len(vf) == 4 and len(vf[0]) > 100, (len(vf), len(vf[0]) if vf else 0))
+check("embeddings in order with usage", [d.index for d in ef.data] == [0, 1, 2, 3]
+      and ef.usage.prompt_tokens > 0 and ef.usage.total_tokens == ef.usage.prompt_tokens, ef.usage)
+check("embeddings unit length", all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4 for v in vf))
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+check("paraphrase closer than unrelated",
+      cos(vf[0], vf[1]) > max(cos(vf[0], vf[2]), cos(vf[0], vf[3])),
+      [cos(vf[0], vf[i]) for i in (1, 2, 3)])
+ids = client.embeddings.create(model=model, input=[prompt_ids], encoding_format="float")
+ids_text = client.embeddings.create(model=model, input=PROMPT, encoding_format="float")
+check("embeddings of token ids equal those of the text", ids.data[0].embedding == ids_text.data[0].embedding)
+try:
+    client.embeddings.create(model=model, input="x", dimensions=8)
+    check("embeddings dimensions 400", False)
+except openai.BadRequestError as e:
+    check("embeddings dimensions 400", "dimensions" in str(e), str(e))
+
 print(f"{passed} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release -p kiln-cli
 KILN="$PWD/target/release/kiln"
-# Default: gemma3-270m, pulled into $KILN_HOME/models on first use (prints its path).
+# Default: gemma3-270m (a base model: its chats use the built-in gemma template), pulled into $KILN_HOME/models on first use (prints its path).
 MODEL="${1:-$("$KILN" pull gemma3-270m)}"
 shift || true
 if [ ! -e "$MODEL" ]; then
@@ -21,7 +21,8 @@ MAX_BODY=65536
 ALIAS=load-model
 LOG="$(mktemp)"
 "$KILN" serve -m "$MODEL" --port "$PORT" --parallel "$SLOTS" --ctx-size "$CTX" --max-queue 1024 \
-    --max-body "$MAX_BODY" --alias "$ALIAS" --api-key "$KEY" >"$LOG" 2>&1 &
+    --max-body "$MAX_BODY" --alias "$ALIAS" --api-key "$KEY" \
+    --chat-template gemma >"$LOG" 2>&1 &
 PID=$!
 cleanup() {
     kill -TERM "$PID" 2>/dev/null || true

@@ -2,7 +2,9 @@
 
 mod bench;
 mod chat;
+mod chat_template;
 mod complete;
+mod embed;
 mod model_arg;
 mod nn_cmd;
 mod prompt;
@@ -10,7 +12,7 @@ mod seed;
 mod serve;
 mod tools;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// kiln: run Llama-family language models anywhere (GGUF, Hugging Face and Meta checkpoints).
 #[derive(Parser)]
@@ -62,8 +64,11 @@ fn long_gpu_layers_flag(
 enum Command {
     /// Complete one or more prompts (several prompts form one batch).
     Complete(complete::CompleteArgs),
-    /// Chat with a model in the terminal (its chat template, or Llama 2's format).
+    /// Chat with a model in the terminal (default: qwen2.5-coder-0.5b; /help for commands,
+    /// Ctrl-C stops a reply, Ctrl-D or /bye ends).
     Chat(chat::ChatArgs),
+    /// Embeddings of texts: the final hidden state, mean- or last-token-pooled, unit length.
+    Embed(embed::EmbedArgs),
     /// Show a model's architecture, sizes, tensor types, tokenizer and memory estimate.
     Inspect(tools::InspectArgs),
     /// Print the token ids of a text.
@@ -94,8 +99,18 @@ fn quiet_broken_pipe() {
     }
 }
 
+/// The command line definition: the derived one, with `kiln chat`'s own `-m` default.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("chat", |c| c.mut_arg("model", |m| m.help(chat::MODEL_HELP)))
+}
+
+fn parse(args: Vec<std::ffi::OsString>) -> Cli {
+    let matches = command().get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
-    let cli = Cli::parse_from(long_gpu_layers_flag(std::env::args_os()));
+    let cli = parse(long_gpu_layers_flag(std::env::args_os()));
     if cli.gpu_layers.is_some() {
         // Exit status 2, as for any other unusable command line.
         eprintln!("error: {NO_GPU}");
@@ -108,6 +123,7 @@ fn main() {
         Command::Complete(a) => complete::run(a),
         Command::Inspect(a) => tools::inspect(a),
         Command::Chat(a) => chat::run(a),
+        Command::Embed(a) => embed::run(a),
         Command::Tokenize(a) => tools::tokenize(a),
         Command::Perplexity(a) => tools::perplexity(a),
         Command::Serve(a) => serve::run(a),
@@ -128,8 +144,7 @@ mod tests {
     /// parse time; this runs those checks for every subcommand in any build.
     #[test]
     fn the_command_line_definition_is_consistent() {
-        use clap::CommandFactory;
-        super::Cli::command().debug_assert();
+        super::command().debug_assert();
     }
 
     /// `-ngl` becomes `--gpu-layers` (also `-ngl=N`), but not as prompt text after `--`, and

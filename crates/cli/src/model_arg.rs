@@ -83,6 +83,11 @@ impl ModelArgs {
 
     pub fn load(&self, opts: EngineOptions) -> Result<Engine> {
         let path = self.resolve()?;
+        self.load_path(&path, opts)
+    }
+
+    /// [`ModelArgs::load`] of an already resolved model path.
+    pub fn load_path(&self, path: &std::path::Path, opts: EngineOptions) -> Result<Engine> {
         let opts = self.engine.apply(EngineOptions {
             threads: self.threads,
             tokenizer_path: self.tokenizer_path.clone().or(opts.tokenizer_path),
@@ -92,7 +97,7 @@ impl ModelArgs {
         note_without_terminal(&msg);
         let bar = spinner(&msg);
         let engine =
-            Engine::load(&path, &opts).with_context(|| format!("cannot load {}", path.display()));
+            Engine::load(path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
         engine
     }

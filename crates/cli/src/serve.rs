@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
-use kiln_engine::{Engine, EngineOptions};
+use kiln_engine::{Engine, EngineOptions, Pooling};
 use kiln_server::{AppState, ServerOptions};
 
+use crate::chat_template;
 use crate::model_arg::ModelArgs;
 
 #[derive(Args, Debug)]
@@ -45,6 +46,15 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers, and again its body (then 408).
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs)]
     pub read_timeout: f64,
+    /// Chat template for /v1/chat/completions instead of the model's. Without either, chat
+    /// requests are refused (400); built-in names: chatml, llama2, llama3, gemma; or a Jinja
+    /// file.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub chat_template: Option<String>,
+    /// How /v1/embeddings pools a text's final hidden states: mean (every token, BOS
+    /// included) or last (the last token's, for models trained that way).
+    #[arg(long, value_name = "mean|last", default_value = "mean")]
+    pub pooling: Pooling,
     /// Seconds open requests get to finish after SIGTERM or Ctrl-C; then they are cut off.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = positive_secs)]
     pub drain_timeout: f64,
@@ -93,6 +103,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         limits,
         name,
     } = engine;
+    let chat_template =
+        chat_template::resolve(a.chat_template.as_deref(), chat_template, &tokenizer)?;
+    if chat_template.is_none() {
+        eprintln!(
+            "kiln serve: {name} has no chat template: /v1/chat/completions answers 400 (give --chat-template to format chats)"
+        );
+    }
     let extra_eos = model.config().eos_token_ids.clone();
     let cfg = SchedulerConfig {
         slots: a.parallel,
@@ -116,6 +133,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             header_timeout: Duration::from_secs_f64(a.read_timeout),
             body_timeout: Duration::from_secs_f64(a.read_timeout),
             drain_timeout: Duration::from_secs_f64(a.drain_timeout),
+            pooling: a.pooling,
             ..ServerOptions::default()
         },
     );

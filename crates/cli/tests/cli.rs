@@ -502,3 +502,89 @@ fn a_pull_waiting_on_another_says_so() {
         "the download should fail with KILN_PYTHON=false"
     );
 }
+/// A model without a chat template is a clear error in `kiln chat`, never a guessed format;
+/// `--chat-template chatml` formats the dialog with the built-in ChatML; an unknown name is an
+/// error that lists the built-in ones.
+#[test]
+fn chat_needs_a_template_or_chat_template() {
+    use std::io::Write;
+    let dir = test_data().join("fixtures/qwen2-tiny");
+    let d = dir.to_str().unwrap();
+    let chat = |extra: &[&str]| -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["chat", "-m", d, "--json", "-n", "4", "-t", "1"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"Hello\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = chat(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no chat template"), "{err}");
+    assert!(err.contains("--chat-template"), "{err}");
+    let out = chat(&["--chat-template", "no-such-template"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chatml, llama2, llama3, gemma"), "{err}");
+    let out = chat(&["--chat-template", "chatml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let turn: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = kiln(&[
+        "tokenize",
+        "-m",
+        d,
+        "--json",
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n",
+    ]);
+    assert!(want.status.success());
+    let want: Value = serde_json::from_slice(&want.stdout).unwrap();
+    assert_eq!(
+        ids(&turn["choices"][0]["prompt_token_ids"]),
+        ids(&want["ids"])
+    );
+}
+
+/// `kiln embed`: one unit-length vector of the hidden size per text; `--json` is the server's
+/// response object with the same vectors.
+#[test]
+fn embed_prints_unit_vectors() {
+    let dir = test_data().join("fixtures/llama-mha");
+    let d = dir.to_str().unwrap();
+    let out = kiln(&["embed", "-m", d, "-t", "1", "A cat.", "A dog."]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Vec<f64>> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for v in &lines {
+        assert_eq!(v.len(), 64);
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+    assert_ne!(lines[0], lines[1]);
+    let out = kiln(&["embed", "-m", d, "-t", "1", "--json", "A cat.", "A dog."]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["object"], "list");
+    for (i, want) in lines.iter().enumerate() {
+        let got: Vec<f64> = serde_json::from_value(v["data"][i]["embedding"].clone()).unwrap();
+        assert_eq!(&got, want);
+    }
+    let out = kiln(&["embed", "-m", d, "--pooling", "max", "x"]);
+    assert!(!out.status.success());
+}

@@ -114,6 +114,30 @@ pub fn generate(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Completion>, EngineError> {
+    let done = generate_until(
+        model,
+        tokenizer,
+        limits,
+        prompts,
+        params,
+        on_text,
+        &mut || false,
+    )?;
+    Ok(done.expect("never stopped"))
+}
+
+/// [`generate`] that asks `stop()` before every step (a forward pass: one token, or one prefill
+/// chunk) and, once it says yes, ends every sequence there and returns `Ok(None)`. The text
+/// already handed to `on_text` is all there is of the stopped replies (`kiln chat`'s Ctrl-C).
+pub fn generate_until(
+    model: &dyn CausalLM,
+    tokenizer: &Tokenizer,
+    limits: Limits,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(usize, &str),
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<Option<Vec<Completion>>, EngineError> {
     if prompts.len() > limits.max_batch {
         return Err(EngineError::Invalid(format!(
             "batch of {} prompts is larger than the maximum batch size {}",
@@ -144,6 +168,10 @@ pub fn generate(
     }
     let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
     while !batch.is_empty() {
+        if stop() {
+            batch.clear();
+            return Ok(None);
+        }
         let report = batch.step(model, tokenizer, &mut |&mut i, event| {
             if let Event::Token { text, .. } = event {
                 if !text.is_empty() {
@@ -155,8 +183,9 @@ pub fn generate(
             out[f.tag] = Some(f.completion);
         }
     }
-    Ok(out
-        .into_iter()
-        .map(|c| c.expect("every admitted prompt finishes"))
-        .collect())
+    Ok(Some(
+        out.into_iter()
+            .map(|c| c.expect("every admitted prompt finishes"))
+            .collect(),
+    ))
 }

@@ -14,6 +14,7 @@
 
 pub mod batch;
 pub mod convert;
+pub mod embed;
 pub mod generate;
 pub mod openai;
 pub mod perplexity;
@@ -28,6 +29,7 @@ use kiln_formats::{LoadOptions, TokenizerSource};
 use kiln_models::{BuildOptions, CausalLM};
 use kiln_tokenizer::Tokenizer;
 
+pub use embed::Pooling;
 pub use generate::{Completion, FinishReason, GenerateParams, Limits, TokenLogprob};
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
@@ -187,6 +189,51 @@ impl Engine {
             prompts,
             params,
             on_text,
+        )
+    }
+
+    /// The unit-length embeddings of tokenized inputs (see [`embed::embed`]), each within the
+    /// engine's context.
+    pub fn embed(
+        &self,
+        inputs: &[Vec<u32>],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let cfg = self.model.config();
+        for t in inputs {
+            embed::validate_input(t, self.limits.context, cfg.vocab_size)?;
+        }
+        inputs
+            .iter()
+            .map(|t| {
+                embed::embed(
+                    self.model.as_ref(),
+                    t,
+                    pooling,
+                    self.limits.context,
+                    self.limits.prefill_chunk,
+                )
+            })
+            .collect()
+    }
+
+    /// [`Engine::generate`] that stops between steps once `stop()` says so (then `Ok(None)`);
+    /// see [`generate::generate_until`].
+    pub fn generate_until(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(usize, &str),
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<Option<Vec<Completion>>, EngineError> {
+        generate::generate_until(
+            self.model.as_ref(),
+            &self.tokenizer,
+            self.limits,
+            prompts,
+            params,
+            on_text,
+            stop,
         )
     }
 }

@@ -435,8 +435,113 @@ impl ModelList {
     }
 }
 
+/// One vector of `/v1/embeddings`: floats, or (`encoding_format: "base64"`) the base64 of its
+/// little-endian f32 bytes.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// The `/v1/embeddings` response.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct EmbeddingList {
+    pub object: &'static str,
+    pub data: Vec<Embedding>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+impl EmbeddingList {
+    /// The response for `vectors` (in input order) from inputs of `prompt_tokens` tokens in
+    /// all; `base64` encodes each as OpenAI's `encoding_format: "base64"` does.
+    pub fn new(
+        model: String,
+        vectors: Vec<Vec<f32>>,
+        prompt_tokens: usize,
+        base64: bool,
+    ) -> EmbeddingList {
+        let data = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, v)| Embedding {
+                object: "embedding",
+                index,
+                embedding: if base64 {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    EmbeddingVector::Base64(base64_encode(&bytes))
+                } else {
+                    EmbeddingVector::Float(v)
+                },
+            })
+            .collect();
+        EmbeddingList {
+            object: "list",
+            data,
+            model,
+            usage: EmbeddingUsage {
+                prompt_tokens,
+                total_tokens: prompt_tokens,
+            },
+        }
+    }
+}
+
+/// Standard base64 (RFC 4648, with `=` padding).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    /// RFC 4648's test vectors (section 10).
+    #[test]
+    fn base64_is_rfc_4648() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(super::base64_encode(plain.as_bytes()), encoded);
+        }
+    }
+
     use super::*;
 
     /// Token 0 is "a"; 1 and 2 are lone bytes of a three-byte character (both decode to U+FFFD).

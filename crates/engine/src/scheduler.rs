@@ -23,6 +23,7 @@ use kiln_models::CausalLM;
 
 pub use crate::batch::Event;
 use crate::batch::{Batch, BatchConfig};
+use crate::embed::{self, Pooling};
 use crate::generate::GenerateParams;
 use crate::sequence::validate_request;
 pub use crate::sequence::Vocab;
@@ -108,6 +109,8 @@ struct Counters {
     busy_micros: AtomicU64,
     /// Requests submitted and not yet finished (queued + running).
     outstanding: AtomicUsize,
+    /// Embedding jobs submitted and not yet answered.
+    embeds_pending: AtomicUsize,
     running: AtomicUsize,
     ttft_micros_sum: AtomicU64,
     ttft_count: AtomicU64,
@@ -141,7 +144,19 @@ pub struct Stats {
 
 enum Msg {
     Submit(Pending),
+    Embed(EmbedJob),
     Shutdown,
+}
+
+/// Where an embedding job's result goes.
+pub type EmbedReply = Box<dyn FnOnce(Result<Vec<Vec<f32>>, EngineError>) + Send>;
+
+/// Inputs to embed, run by the engine thread between steps (it owns the model).
+struct EmbedJob {
+    inputs: Vec<Vec<u32>>,
+    pooling: Pooling,
+    reply: EmbedReply,
+    cancel: Arc<AtomicBool>,
 }
 
 struct Pending {
@@ -195,6 +210,9 @@ impl Scheduler {
             counters: counters.clone(),
             rx,
             queue: VecDeque::new(),
+            embeds: VecDeque::new(),
+            context: cfg.context,
+            prefill_chunk: cfg.prefill_chunk,
             batch,
             closing: false,
             window_start: Instant::now(),
@@ -249,6 +267,50 @@ impl Scheduler {
             .send(Msg::Submit(pending));
         if sent.is_err() {
             self.counters.outstanding.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(Ticket { cancel })
+    }
+
+    /// Queues inputs to embed ([`embed::embed`], each within the context); `reply` gets the
+    /// vectors in input order, or the error. The engine thread runs a job whole between two
+    /// steps of the running batch. Errors as [`Scheduler::submit`]'s; at most `max_queue` jobs
+    /// wait. Dropping the ticket before the job starts skips it.
+    pub fn embed(
+        &self,
+        inputs: Vec<Vec<u32>>,
+        pooling: Pooling,
+        reply: EmbedReply,
+    ) -> Result<Ticket, SubmitError> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if inputs.is_empty() {
+            return Err(EngineError::Invalid("no inputs to embed".into()).into());
+        }
+        for t in &inputs {
+            embed::validate_input(t, self.cfg.context, self.vocab_size)?;
+        }
+        let before = self.counters.embeds_pending.fetch_add(1, Ordering::SeqCst);
+        if before >= self.cfg.max_queue.max(1) {
+            self.counters.embeds_pending.fetch_sub(1, Ordering::SeqCst);
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(SubmitError::QueueFull { queued: before });
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = EmbedJob {
+            inputs,
+            pooling,
+            reply,
+            cancel: cancel.clone(),
+        };
+        let sent = self
+            .tx
+            .lock()
+            .map_err(|_| SubmitError::ShuttingDown)?
+            .send(Msg::Embed(job));
+        if sent.is_err() {
+            self.counters.embeds_pending.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::ShuttingDown);
         }
         Ok(Ticket { cancel })
@@ -338,6 +400,9 @@ struct EngineLoop {
     counters: Arc<Counters>,
     rx: mpsc::Receiver<Msg>,
     queue: VecDeque<Pending>,
+    embeds: VecDeque<EmbedJob>,
+    context: usize,
+    prefill_chunk: usize,
     batch: Batch<Client>,
     closing: bool,
     window_start: Instant,
@@ -348,7 +413,7 @@ impl EngineLoop {
     fn run(&mut self) {
         loop {
             // Take new messages; block only when there is nothing to do.
-            let idle = self.batch.is_empty() && self.queue.is_empty();
+            let idle = self.batch.is_empty() && self.queue.is_empty() && self.embeds.is_empty();
             if idle && self.closing {
                 break;
             }
@@ -363,6 +428,9 @@ impl EngineLoop {
             }
             self.drop_cancelled();
             self.admit();
+            if let Some(job) = self.embeds.pop_front() {
+                self.run_embed(job);
+            }
             if self.batch.is_empty() {
                 continue;
             }
@@ -391,8 +459,36 @@ impl EngineLoop {
     fn handle(&mut self, m: Msg) {
         match m {
             Msg::Submit(p) => self.queue.push_back(p),
+            Msg::Embed(j) => self.embeds.push_back(j),
             Msg::Shutdown => self.closing = true,
         }
+    }
+
+    /// Runs one embedding job whole (a panic in the model fails the job, not the engine).
+    fn run_embed(&mut self, job: EmbedJob) {
+        self.counters.embeds_pending.fetch_sub(1, Ordering::SeqCst);
+        if job.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let t0 = Instant::now();
+        let (model, pooling) = (self.model.as_ref(), job.pooling);
+        let (context, chunk) = (self.context, self.prefill_chunk);
+        let inputs = &job.inputs;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inputs
+                .iter()
+                .map(|t| embed::embed(model, t, pooling, context, chunk))
+                .collect::<Result<Vec<_>, _>>()
+        }))
+        .unwrap_or_else(|_| {
+            Err(EngineError::Invalid(
+                "internal error in the engine while embedding".into(),
+            ))
+        });
+        self.counters
+            .busy_micros
+            .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+        (job.reply)(result);
     }
 
     fn finish_request(&self, cancelled: bool) {

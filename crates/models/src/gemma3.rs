@@ -27,7 +27,7 @@ use crate::layers::{
     rope_batch, store_kv, AttentionShape, BatchLayout, Linear, Rope, RopeTable,
 };
 use crate::llama::check_rows;
-use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
+use crate::{CausalLM, Head, KvType, ModelError, Numerics, SeqInput, Weights};
 
 /// Gemma 3's local layers use this rope base when the file does not say (as llama.cpp does).
 const DEFAULT_LOCAL_ROPE_THETA: f32 = 10_000.0;
@@ -177,6 +177,26 @@ impl CausalLM for Gemma3 {
     }
 
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.pass(batch, logits, Head::Logits)
+    }
+
+    fn forward_hidden(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        hidden: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.pass(batch, hidden, Head::Hidden)
+    }
+}
+
+impl Gemma3 {
+    /// The forward pass; `head` picks what the wanted rows return.
+    fn pass(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        logits: &mut Vec<f32>,
+        head: Head,
+    ) -> Result<(), ModelError> {
         let cfg = &self.cfg;
         prepare_batch(batch, cfg.vocab_size, cfg.max_position_embeddings)?;
         let layout = BatchLayout::new(batch);
@@ -254,6 +274,10 @@ impl CausalLM for Gemma3 {
         gather_rows(&s.x, d, &layout.logit_rows, &mut s.last);
         rms_norm_rows(pool, &s.last, &self.final_norm, eps, &mut s.n);
         let m = layout.logit_rows.len();
+        if head == Head::Hidden {
+            logits.extend_from_slice(&s.n[..m * d]);
+            return Ok(());
+        }
         let start = logits.len();
         logits.resize(start + m * cfg.vocab_size, 0.0);
         matmul(pool, &self.output, &s.n, m, &mut logits[start..]);

@@ -344,6 +344,15 @@ pub enum Logits {
     All,
 }
 
+/// What a forward pass returns for the rows asked for: logits (`vocab_size` per row), or the
+/// final hidden states (`hidden_size` per row: after the final norm, before the output matrix;
+/// what embeddings are made of).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    Logits,
+    Hidden,
+}
+
 /// One sequence's part of a batched forward pass: its new tokens (placed at positions
 /// `cache.len()..`) and its cache.
 pub struct SeqInput<'a> {

@@ -16,7 +16,7 @@ use kiln_formats::{Arch, LoadedModel, ModelConfig, Tensor};
 use kiln_kernels::DType;
 
 pub use kv_cache::{HeadView, KvCache, KvType};
-pub use layers::{Logits, SeqInput};
+pub use layers::{Head, Logits, SeqInput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -110,6 +110,22 @@ pub trait CausalLM: Send + Sync {
     /// Runs every sequence's new tokens through the model (one batched pass) and appends the
     /// logits each sequence asked for to `logits`, in batch order (`vocab_size` per row).
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
+
+    /// [`CausalLM::forward`], but appends the final hidden states of the rows asked for
+    /// (`hidden_size` per row: after the final norm, before the output matrix) instead of
+    /// logits. Embeddings are pooled from these. An architecture that does not provide them
+    /// says so.
+    fn forward_hidden(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        hidden: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let _ = (batch, hidden);
+        Err(ModelError::Input(format!(
+            "the {} architecture does not return hidden states (embeddings)",
+            self.config().arch.name()
+        )))
+    }
 
     /// Threads the kernels use.
     fn n_threads(&self) -> usize;

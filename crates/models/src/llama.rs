@@ -28,7 +28,7 @@ use crate::layers::{
     advance_caches, attention, for_each_row, gated_rows, gather_rows, prepare_batch, rms_norm_rows,
     rope_batch, store_kv, AttentionShape, BatchLayout, Linear, Moe, MoeScratch, Rope, RopeTable,
 };
-use crate::{CausalLM, KvType, ModelError, Numerics, SeqInput, Weights};
+use crate::{CausalLM, Head, KvType, ModelError, Numerics, SeqInput, Weights};
 
 /// The query/key/value projections: three matrices, or Phi-3's one.
 enum Qkv {
@@ -256,6 +256,26 @@ impl CausalLM for Llama {
     }
 
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
+        self.pass(batch, logits, Head::Logits)
+    }
+
+    fn forward_hidden(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        hidden: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.pass(batch, hidden, Head::Hidden)
+    }
+}
+
+impl Llama {
+    /// The forward pass; `head` picks what the wanted rows return.
+    fn pass(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        logits: &mut Vec<f32>,
+        head: Head,
+    ) -> Result<(), ModelError> {
         let cfg = &self.cfg;
         prepare_batch(batch, cfg.vocab_size, cfg.max_position_embeddings)?;
         let layout = BatchLayout::new(batch);
@@ -365,6 +385,10 @@ impl CausalLM for Llama {
         gather_rows(&s.x, d, &layout.logit_rows, &mut s.last);
         rms_norm_rows(pool, &s.last, &self.final_norm, cfg.rms_norm_eps, &mut s.n);
         let m = layout.logit_rows.len();
+        if head == Head::Hidden {
+            logits.extend_from_slice(&s.n[..m * d]);
+            return Ok(());
+        }
         let start = logits.len();
         logits.resize(start + m * cfg.vocab_size, 0.0);
         matmul(pool, &self.output, &s.n, m, &mut logits[start..]);

@@ -123,7 +123,7 @@ async fn chat_plan(st: &AppState, req: &ChatRequest) -> Result<Plan, ApiError> {
     let (mut params, max) = req.params(st.fresh_seed())?;
     let n = req.common.n()?;
     let messages = req.template_messages()?;
-    // The same rendering as `kiln chat` (the tokenizer crate's), ChatML when the model has none,
+    // The same rendering as `kiln chat` (the tokenizer crate's; a 400 when there is no template),
     // off the async runtime and with a deadline (the template is the model file's code).
     let bos = st.vocab.bos_token();
     let text = crate::render_chat(st, messages).await?;
@@ -194,7 +194,7 @@ async fn run(st: Arc<AppState>, plan: Plan) -> Result<Response, ApiError> {
     })
 }
 
-fn submit_error(e: SubmitError) -> ApiError {
+pub(crate) fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::QueueFull { .. } => ApiError::busy(e.to_string()),
         SubmitError::ShuttingDown => {

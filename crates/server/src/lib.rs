@@ -2,7 +2,7 @@
 //! [`Scheduler`].
 //!
 //! Endpoints: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`,
-//! `GET /health`, `GET /metrics`. Streams are server-sent events as OpenAI sends them
+//! `POST /v1/embeddings`, `GET /health`, `GET /metrics`. Streams are server-sent events as OpenAI sends them
 //! (`data: {json}` chunks, then `data: [DONE]`). Errors have OpenAI's shape. Every choice
 //! carries kiln's `prompt_token_ids` and `token_ids`, as `kiln complete --json` does.
 //!
@@ -15,6 +15,7 @@
 
 pub mod api;
 mod completions;
+mod embeddings;
 pub mod error;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kiln_engine::openai;
 use kiln_engine::scheduler::{self, Scheduler, Vocab};
-use kiln_tokenizer::{render_chat_template, ChatMessage, CHATML};
+use kiln_engine::Pooling;
+use kiln_tokenizer::{builtin_chat_template_names, render_chat_template, ChatMessage};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -59,6 +61,8 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Longest a chat template may render (templates come from the model file: untrusted).
     pub template_timeout: Duration,
+    /// How `/v1/embeddings` pools a text's hidden states (`kiln serve --pooling`).
+    pub pooling: Pooling,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +76,7 @@ impl Default for ServerOptions {
             body_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             template_timeout: Duration::from_secs(10),
+            pooling: Pooling::default(),
         }
     }
 }
@@ -84,6 +89,8 @@ const TEMPLATE_RENDERS: usize = 4;
 pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     pub vocab: Arc<dyn Vocab>,
+    /// The template chat requests are rendered with (the model's, or `--chat-template`);
+    /// without one, chat requests are refused (400), never guessed.
     pub chat_template: Option<String>,
     pub opts: ServerOptions,
     eos: Vec<u32>,
@@ -171,6 +178,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(completions::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), guard))
@@ -283,9 +291,12 @@ pub async fn shutdown_signal() {
 async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let endpoint = match path.as_str() {
-        "/health" | "/metrics" | "/v1/models" | "/v1/completions" | "/v1/chat/completions" => {
-            path.clone()
-        }
+        "/health"
+        | "/metrics"
+        | "/v1/models"
+        | "/v1/completions"
+        | "/v1/chat/completions"
+        | "/v1/embeddings" => path.clone(),
         p if p.starts_with("/v1/models/") => "/v1/models/{id}".into(),
         _ => "other".into(),
     };
@@ -476,7 +487,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
-        "Unknown endpoint: this server has /v1/models, /v1/completions, /v1/chat/completions, /health and /metrics.",
+        "Unknown endpoint: this server has /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, /health and /metrics.",
     )
 }
 
@@ -726,13 +737,24 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Renders the chat template (the model's, or ChatML) on a blocking thread with a deadline, so a
-/// slow or endless template cannot stall the async runtime (`/health` included). A template
-/// that fails or runs out of time is a 500: the template, not the request, is at fault.
+/// Renders the chat template (the model's, or `--chat-template`'s) on a thread of its own with a
+/// deadline, so a slow or endless template cannot stall the async runtime (`/health` included).
+/// A template that fails or runs out of time is a 500: the template, not the request, is at
+/// fault. Without a template the request is a 400: no format is guessed.
 pub(crate) async fn render_chat(
     st: &AppState,
     messages: Vec<ChatMessage>,
 ) -> Result<String, ApiError> {
+    let Some(template) = st.chat_template.clone() else {
+        return Err(ApiError::invalid(format!(
+            "This model has no chat template, so chat requests cannot be formatted. Start kiln serve \
+             with --chat-template NAME (built in: {}) or --chat-template FILE (a Jinja template), \
+             or send the prompt as text to /v1/completions.",
+            builtin_chat_template_names()
+        ))
+        .param("messages")
+        .code("chat_template_missing"));
+    };
     let timeout = st.opts.template_timeout;
     let too_slow = || {
         ApiError::internal(format!(
@@ -745,10 +767,6 @@ pub(crate) async fn render_chat(
         .await
         .map_err(|_| too_slow())?
         .map_err(|_| ApiError::internal("the template renderer is closed"))?;
-    let template = st
-        .chat_template
-        .clone()
-        .unwrap_or_else(|| CHATML.to_string());
     let (bos, eos) = (st.vocab.bos_token(), st.vocab.eos_token());
     let (tx, rx) = tokio::sync::oneshot::channel();
     // A thread of its own, not the runtime's blocking pool: a runtime waits for its blocking

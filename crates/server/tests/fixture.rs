@@ -200,3 +200,50 @@ async fn sixteen_concurrent_requests_equal_sequential_ones() {
         }
     }
 }
+
+/// `/v1/embeddings` answers with the engine's embeddings (the same call `kiln embed` makes),
+/// as floats or as the base64 of their little-endian f32 bytes.
+#[tokio::test]
+async fn embeddings_are_the_engines_as_float_or_base64() {
+    let s = start(2, 8).await;
+    let c = reqwest::Client::new();
+    let texts = ["The quick brown fox.", "A slow green turtle, walking."];
+    let float = post(
+        &c,
+        &s.url("/v1/embeddings"),
+        &json!({"input": texts, "model": "anything", "encoding_format": "float"}),
+    )
+    .await;
+    let b64 = post(
+        &c,
+        &s.url("/v1/embeddings"),
+        &json!({"input": texts, "encoding_format": "base64"}),
+    )
+    .await;
+    let engine = Engine::load(
+        &fixtures().join("llama-mha"),
+        &EngineOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let inputs: Vec<Vec<u32>> = texts.iter().map(|t| engine.tokenize(t).unwrap()).collect();
+    let want = engine
+        .embed(&inputs, kiln_engine::Pooling::default())
+        .unwrap();
+    let tokens: usize = inputs.iter().map(Vec::len).sum();
+    assert_eq!(float["usage"]["prompt_tokens"], tokens);
+    assert_eq!(float["usage"]["total_tokens"], tokens);
+    for (i, w) in want.iter().enumerate() {
+        let got: Vec<f32> = serde_json::from_value(float["data"][i]["embedding"].clone()).unwrap();
+        assert_eq!(&got, w, "input {i}");
+        assert_eq!(got.len(), engine.model.config().hidden_size);
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(
+            b64["data"][i]["embedding"].as_str().unwrap(),
+            kiln_engine::openai::base64_encode(&bytes),
+            "input {i}"
+        );
+    }
+}

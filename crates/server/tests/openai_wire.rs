@@ -462,4 +462,21 @@ async fn every_response_and_chunk_has_openais_schema() {
     let (st, v) = get(&c, &s.url("/v1/models/other")).await;
     assert_eq!(st, 404);
     assert_valid(&defs, "ErrorResponse", &v);
+
+    let (st, v) = post(
+        &c,
+        &s.url("/v1/embeddings"),
+        &json!({"input": ["abc", "de"], "model": "any"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_valid(&defs, "CreateEmbeddingResponse", &v);
+    let (st, v) = post(
+        &c,
+        &s.url("/v1/embeddings"),
+        &json!({"input": "abc", "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert_valid(&defs, "ErrorResponse", &v);
 }

@@ -22,8 +22,46 @@ impl ChatMessage {
     }
 }
 
-/// ChatML, for models that ship no template (llama.cpp falls back to it too).
+/// ChatML (Qwen, many fine-tunes): `<|im_start|>role\ncontent<|im_end|>\n` per message.
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// Llama 2 chat: `<s>[INST] <<SYS>>\nsystem\n<</SYS>>\n\nuser [/INST] answer </s>`, the
+/// system message folded into the first user turn, each turn stripped (Meta's
+/// `chat_completion` layout).
+pub const LLAMA2: &str = "{% if messages and messages[0]['role'] == 'system' %}{% set sys = '<<SYS>>\n' + messages[0]['content'] + '\n<</SYS>>\n\n' %}{% set msgs = messages[1:] %}{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + ((sys if loop.first else '') + m['content']).strip() + ' [/INST]' }}{% elif m['role'] == 'assistant' %}{{ ' ' + m['content'].strip() + ' ' + eos_token }}{% else %}{{ raise_exception('llama2 chat: roles must be system (first), user or assistant') }}{% endif %}{% endfor %}";
+
+/// Llama 3 / 3.x instruct: `<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>`
+/// after `<|begin_of_text|>` (the tokenizer's BOS).
+pub const LLAMA3: &str = "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'].strip() + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+/// Gemma (2 and 3) instruct: `<start_of_turn>user\ncontent<end_of_turn>\n`, the assistant
+/// role named `model`, a system message prepended to the first user turn.
+pub const GEMMA: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'].strip() + '\n\n' %}{% set msgs = messages[1:] %}{% else %}{% set sys = '' %}{% set msgs = messages %}{% endif %}{% for m in msgs %}{% if m['role'] == 'assistant' %}{% set role = 'model' %}{% elif m['role'] == 'user' %}{% set role = 'user' %}{% else %}{{ raise_exception('gemma chat: roles must be system (first), user or assistant') }}{% endif %}{{ '<start_of_turn>' + role + '\n' + (sys if loop.first else '') + m['content'].strip() + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
+/// The built-in chat templates (`--chat-template NAME`), for models whose file has none.
+pub const BUILTIN_CHAT_TEMPLATES: [(&str, &str); 4] = [
+    ("chatml", CHATML),
+    ("llama2", LLAMA2),
+    ("llama3", LLAMA3),
+    ("gemma", GEMMA),
+];
+
+/// The built-in template called `name` (see [`BUILTIN_CHAT_TEMPLATES`]).
+pub fn builtin_chat_template(name: &str) -> Option<&'static str> {
+    BUILTIN_CHAT_TEMPLATES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, t)| *t)
+}
+
+/// The names of the built-in templates, comma-separated (for messages).
+pub fn builtin_chat_template_names() -> String {
+    BUILTIN_CHAT_TEMPLATES
+        .iter()
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn raise_exception(msg: String) -> std::result::Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))

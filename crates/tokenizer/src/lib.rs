@@ -35,7 +35,10 @@ use crate::sentencepiece::SpModel;
 use crate::tiktoken::Tiktoken;
 use crate::vocab::{attr, Frag, Vocab};
 
-pub use chat::{llama2_chat_prompt, render_chat_template, ChatMessage, CHATML};
+pub use chat::{
+    builtin_chat_template, builtin_chat_template_names, llama2_chat_prompt, render_chat_template,
+    ChatMessage, BUILTIN_CHAT_TEMPLATES, CHATML,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {

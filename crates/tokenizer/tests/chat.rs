@@ -3,7 +3,7 @@
 
 mod common;
 
-use kiln_tokenizer::{render_chat_template, ChatMessage};
+use kiln_tokenizer::{builtin_chat_template, render_chat_template, ChatMessage};
 
 fn template(name: &str) -> String {
     std::fs::read_to_string(common::data(&format!("{name}-chat-template.jinja"))).unwrap()
@@ -21,7 +21,7 @@ fn dialog(v: &serde_json::Value) -> Vec<ChatMessage> {
 fn templates_match_jinja2() {
     let exp = common::read_json(&common::data("chat_expected.json"));
     let cases = exp["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 50);
+    assert_eq!(cases.len(), 60);
     for c in cases {
         let name = c["template"].as_str().unwrap();
         let d = dialog(&exp["dialogs"][c["dialog"].as_str().unwrap()]);
@@ -74,4 +74,42 @@ fn syntax_errors_are_errors() {
         ""
     )
     .is_err());
+}
+
+/// kiln's built-in templates (`--chat-template NAME`, written for kiln) render what the model
+/// templates they stand for render under Python's Jinja2 (chat_expected.json), on every dialog
+/// those accept. ChatML is Qwen's template when a system message is given (Qwen adds a default
+/// one otherwise).
+#[test]
+fn builtin_templates_match_the_model_templates_they_stand_for() {
+    let exp = common::read_json(&common::data("chat_expected.json"));
+    let mut compared = 0;
+    for (builtin, reference) in [
+        ("llama2", "llama2"),
+        ("llama3", "llama3"),
+        ("gemma", "gemma3"),
+        ("chatml", "qwen2.5-coder"),
+    ] {
+        let t = builtin_chat_template(builtin).unwrap();
+        for c in exp["cases"].as_array().unwrap() {
+            let dname = c["dialog"].as_str().unwrap();
+            if c["template"] != reference || (builtin == "chatml" && dname != "system") {
+                continue;
+            }
+            let Some(want) = c["output"].as_str() else {
+                continue;
+            };
+            let d = dialog(&exp["dialogs"][dname]);
+            let agp = c["add_generation_prompt"].as_bool().unwrap();
+            let got = render_chat_template(t, &d, agp, "<s>", "</s>").unwrap();
+            assert_eq!(
+                got, want,
+                "{builtin} on {dname}, add_generation_prompt {agp}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "only {compared} renderings compared");
+    assert!(builtin_chat_template("ChatML").is_some());
+    assert!(builtin_chat_template("vicuna").is_none());
 }

@@ -19,6 +19,7 @@ ROOTS = [
     "ErrorResponse",
     "Model",
     "ListModelsResponse",
+    "CreateEmbeddingResponse",
 ]
 DROP = {"description", "example", "examples", "x-oaiMeta", "title", "deprecated"}
 

@@ -8,6 +8,7 @@ use kiln_formats::{Arch, ModelConfig};
 use kiln_kernels::ops::RopeStyle;
 use kiln_models::{CausalLM, Logits, ModelError, SeqInput};
 use kiln_server::{AppState, ServerOptions};
+use kiln_tokenizer::CHATML;
 
 pub const VOCAB: usize = 40;
 pub const EOS: u32 = 39;
@@ -98,6 +99,17 @@ impl CausalLM for HashModel {
             }
             s.cache.advance(n);
         }
+        Ok(())
+    }
+    /// The "hidden state" of a row is the first of its hash logits (`hidden_size` is 1).
+    fn forward_hidden(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        hidden: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let mut logits = Vec::new();
+        self.forward(batch, &mut logits)?;
+        hidden.extend(logits.chunks_exact(VOCAB).map(|row| row[0]));
         Ok(())
     }
     fn n_threads(&self) -> usize {
@@ -192,13 +204,14 @@ impl TestServer {
     }
 }
 
-/// Starts the server over the hash model on 127.0.0.1:0.
+/// Starts the server over the hash model on 127.0.0.1:0, with ChatML as its chat template
+/// (as `kiln serve --chat-template chatml`).
 pub async fn start_fake(
     cfg: SchedulerConfig,
     opts: ServerOptions,
     pace: std::time::Duration,
 ) -> TestServer {
-    start_fake_full(cfg, opts, pace, Arc::new(Letters), None).await
+    start_fake_full(cfg, opts, pace, Arc::new(Letters), Some(CHATML.into())).await
 }
 
 /// [`start_fake`] with another vocabulary over the same `VOCAB` ids.
@@ -208,10 +221,10 @@ pub async fn start_fake_vocab(
     pace: std::time::Duration,
     vocab: Arc<dyn Vocab>,
 ) -> TestServer {
-    start_fake_full(cfg, opts, pace, vocab, None).await
+    start_fake_full(cfg, opts, pace, vocab, Some(CHATML.into())).await
 }
 
-/// [`start_fake`] with a chat template (`None`: ChatML).
+/// [`start_fake`] with another chat template (`None`: none, so chat requests are refused).
 pub async fn start_fake_with_template(
     cfg: SchedulerConfig,
     opts: ServerOptions,

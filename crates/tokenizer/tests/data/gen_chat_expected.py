@@ -6,7 +6,8 @@ loopcontrols, `raise_exception`, `tojson`), and writes chat_expected.json.
 Templates: qwen2.5-coder-chat-template.jinja (tokenizer.chat_template of
 qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, extracted with gguf-py), gemma3-chat-template.jinja
 (Gemma 3 instruct's template; the gemma-3-270m base GGUF has none), llama2-chat-template.jinja
-(Llama 2 chat's hub template, uses `.strip()`), pycompat-chat-template.jinja (Python string
+(Llama 2 chat's hub template, uses `.strip()`), llama3-chat-template.jinja (Meta Llama 3
+8B Instruct's tokenizer_config.json chat_template; a reference for kiln's built-in `llama3`), pycompat-chat-template.jinja (Python string
 methods), tojson-chat-template.jinja (the `tojson` filter). Usage: python3 gen_chat_expected.py  (Jinja2 3.1.6)"""
 import json
 import os
@@ -50,7 +51,7 @@ dialogs = {
     ],
 }
 cases = []
-for name in ["qwen2.5-coder", "gemma3", "llama2", "pycompat", "tojson"]:
+for name in ["qwen2.5-coder", "gemma3", "llama2", "pycompat", "tojson", "llama3"]:
     src = open(os.path.join(here, f"{name}-chat-template.jinja"), encoding="utf-8").read()
     tmpl = env.from_string(src)
     for dname, msgs in dialogs.items():

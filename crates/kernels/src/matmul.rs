@@ -82,7 +82,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 interleave(0, 1);
             }
             let groups = &s.2[..n_groups * nb];
-            if n_groups >= 2 && isa == Isa::Avx2 && dot::has_u8_form(dtype) {
+            if n_groups >= 2 && isa.has_avx2() && dot::has_u8_form(dtype) {
                 let tail = |wr: &[u8], t: usize| {
                     dot::dot_q8_32_n(isa, dtype, wr, [&q[t * nb..(t + 1) * nb]])[0]
                 };
@@ -116,7 +116,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         ActKind::Q8K => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
             let n_groups = n / 8;
-            if n_groups >= 2 && isa == Isa::Avx2 && dot::has_u8_form(dtype) {
+            if n_groups >= 2 && isa.has_avx2() && dot::has_u8_form(dtype) {
                 // The 32-element sub-blocks of 8 tokens, interleaved: groups[g * nb + i].
                 let nb = cols / 32;
                 s.2.resize(n_groups * nb, BlockQ8x8::default());

@@ -111,12 +111,20 @@ unsafe fn legacy_g8_rows<const K: usize, const R: usize>(
             let q = unsigned_legacy(kind, wp.add(r * row_bytes + i * bb));
             _mm256_storeu_si256(tmp[r].as_mut_ptr() as *mut __m256i, q);
         }
-        let mut s = [_mm256_setzero_si256(); R];
+        // four chains per row (dword j to chain j % 4: see `u8_dots`)
+        let mut c = [[_mm256_setzero_si256(); R]; 4];
         for j in 0..8 {
             let yj = load(y.add(32 * j));
             for r in 0..R {
-                s[r] = dpbusd(s[r], bcast32(tmp[r].as_ptr().add(j)), yj);
+                c[j % 4][r] = dpbusd(c[j % 4][r], bcast32(tmp[r].as_ptr().add(j)), yj);
             }
+        }
+        let mut s = [_mm256_setzero_si256(); R];
+        for r in 0..R {
+            s[r] = _mm256_add_epi32(
+                _mm256_add_epi32(c[0][r], c[1][r]),
+                _mm256_add_epi32(c[2][r], c[3][r]),
+            );
         }
         // the offset times each token's sum, exactly (|Σa| <= 32 · 127)
         let corr = if shift != 0 {
@@ -174,59 +182,71 @@ pub(super) unsafe fn dot_u8_g16_rows_to<const K: usize, const R: usize>(
     u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
 }
 
-/// The exact `Σ u·a` of block `i` of `R` unpacked rows (`nb` blocks apart from `wp`) with `G`
-/// token groups, over the weight dwords `q0..q1`, added to `s`: per dword one broadcast per
-/// row and one `vpdpbusd` per (row, group).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn u8_dots<const R: usize, const G: usize>(
-    wp: *const BlockU8,
-    nb: usize,
-    g: &[*const BlockQ8x8; G],
-    i: usize,
-    q0: usize,
-    q1: usize,
-    s: &mut [[__m256i; R]; G],
-) {
-    for q in q0..q1 {
-        let mut y = [_mm256_setzero_si256(); G];
-        for k in 0..G {
-            y[k] = load((*g[k].add(i)).qs.as_ptr().add(32 * q) as *const u8);
-        }
-        for r in 0..R {
-            let wv = bcast32(((*wp.add(r * nb + i)).u.as_ptr() as *const u32).add(q));
-            for k in 0..G {
-                s[k][r] = dpbusd(s[k][r], wv, y[k]);
-            }
-        }
-    }
+/// `vpbroadcastd` of dword `$j` (a literal) of `$p`, the offset inside the instruction (as
+/// AVX2's `bcast32_at`: with a computed address LLVM spends an `lea` on each broadcast).
+macro_rules! bcast_at {
+    ($p:expr, $j:literal) => {{
+        let v: __m256i;
+        std::arch::asm!(
+            concat!("vpbroadcastd {v}, dword ptr [{p} + 4*", $j, "]"),
+            v = out(ymm_reg) v,
+            p = in(reg) $p,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        v
+    }};
 }
 
-/// [`u8_dots`] with the unsigned operand the activations (Q6_K's offset ones) and the signed
-/// one the weights.
+/// The exact `Σ u·a` of block `i` of `R` unpacked rows (`nb` blocks apart from `wp`) with `G`
+/// token groups, over the weight dwords of `PART` (0: dwords 0..4, 1: 4..8, 2: all 8): per
+/// dword one broadcast per row and one `vpdpbusd` per (row, group). Even and odd dwords go
+/// to separate chains, added at the end, so that fewer multiplies wait on the one before.
+/// `SIGNED_W` (Q6_K): the offset activations are the unsigned operand, the weights signed.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn u8_dots_signed_w<const R: usize, const G: usize>(
+unsafe fn u8_dots<const SIGNED_W: bool, const PART: usize, const R: usize, const G: usize>(
     wp: *const BlockU8,
     nb: usize,
     g: &[*const BlockQ8x8; G],
     i: usize,
-    q0: usize,
-    q1: usize,
-    s: &mut [[__m256i; R]; G],
-) {
-    for q in q0..q1 {
-        let mut y = [_mm256_setzero_si256(); G];
-        for k in 0..G {
-            y[k] = load((*g[k].add(i)).qs.as_ptr().add(32 * q) as *const u8);
-        }
-        for r in 0..R {
-            let wv = bcast32(((*wp.add(r * nb + i)).u.as_ptr() as *const u32).add(q));
+) -> [[__m256i; R]; G] {
+    let mut s = [[[_mm256_setzero_si256(); R]; G]; 2];
+    let mut u = [std::ptr::null::<u8>(); R];
+    for r in 0..R {
+        u[r] = (*wp.add(r * nb + i)).u.as_ptr();
+    }
+    macro_rules! step {
+        ($($q:literal),*) => {$(
+            let c = $q % 2;
+            let mut y = [_mm256_setzero_si256(); G];
             for k in 0..G {
-                s[k][r] = dpbusd(s[k][r], y[k], wv);
+                y[k] = load((*g[k].add(i)).qs.as_ptr().add(32 * $q) as *const u8);
             }
+            for r in 0..R {
+                let wv = bcast_at!(u[r], $q);
+                for k in 0..G {
+                    s[c][k][r] = if SIGNED_W {
+                        dpbusd(s[c][k][r], y[k], wv)
+                    } else {
+                        dpbusd(s[c][k][r], wv, y[k])
+                    };
+                }
+            }
+        )*};
+    }
+    if PART != 1 {
+        step!(0, 1, 2, 3);
+    }
+    if PART != 0 {
+        step!(4, 5, 6, 7);
+    }
+    let mut out = s[0];
+    for k in 0..G {
+        for r in 0..R {
+            out[k][r] = _mm256_add_epi32(s[0][k][r], s[1][k][r]);
         }
     }
+    out
 }
 
 /// `R` unpacked legacy rows × `G` interleaved token groups → `out[k][r]`: the block's exact
@@ -244,8 +264,7 @@ unsafe fn u8_tile<const K: usize, const R: usize, const G: usize, T>(
     let shift = offset_shift(kind);
     let mut acc = [[_mm256_setzero_ps(); R]; G];
     for i in 0..nb {
-        let mut s = [[_mm256_setzero_si256(); R]; G];
-        u8_dots::<R, G>(wp, nb, &g, i, 0, 8, &mut s);
+        let s = u8_dots::<false, 2, R, G>(wp, nb, &g, i);
         for k in 0..G {
             let ab = &*g[k].add(i);
             let da = _mm256_load_ps(ab.d.as_ptr());
@@ -314,8 +333,7 @@ unsafe fn u8k_tile<const R: usize, const G: usize, T>(
         let mut isum = [[_mm256_setzero_si256(); R]; G];
         for j in 0..8 {
             let i = 8 * sb + j;
-            let mut s = [[_mm256_setzero_si256(); R]; G];
-            u8_dots::<R, G>(wp, nb, &g, i, 0, 8, &mut s);
+            let s = u8_dots::<false, 2, R, G>(wp, nb, &g, i);
             for r in 0..R {
                 let sc = _mm256_set1_epi32((*wp.add(r * nb + i)).sc as i32);
                 for k in 0..G {
@@ -389,8 +407,11 @@ unsafe fn u8q6_tile<const R: usize, const G: usize, T>(
         for j in 0..8 {
             let i = 8 * sb + j;
             for half in 0..2 {
-                let mut s = [[_mm256_setzero_si256(); R]; G];
-                u8_dots_signed_w::<R, G>(wp, nb, &g, i, 4 * half, 4 * half + 4, &mut s);
+                let s = if half == 0 {
+                    u8_dots::<true, 0, R, G>(wp, nb, &g, i)
+                } else {
+                    u8_dots::<true, 1, R, G>(wp, nb, &g, i)
+                };
                 for r in 0..R {
                     let b = &*wp.add(r * nb + i);
                     let scale = if half == 0 { b.sc } else { b.mn } as i8 as i32;

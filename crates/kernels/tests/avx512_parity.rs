@@ -199,6 +199,11 @@ fn unpacked_tiles_match_avx2() {
         let a = dot_u8_g16_rows::<2>(Isa::Avx512, dtype, &u, g).map(|k| k.map(bits));
         let b = dot_u8_g16_rows::<2>(Isa::Avx2, dtype, &u, g).map(|k| k.map(bits));
         assert_eq!(a, b, "{dtype}: two groups, two rows");
+        // four rows (the AVX-512 prefill's widest tile): rows 0, 1 twice over
+        let u4 = [&u[..], &u[..]].concat();
+        let a = dot_u8_g16_rows::<4>(Isa::Avx512, dtype, &u4, g).map(|k| k.map(bits));
+        let b = dot_u8_g16_rows::<4>(Isa::Avx2, dtype, &u4, g).map(|k| k.map(bits));
+        assert_eq!(a, b, "{dtype}: two groups, four rows");
         let a = dot_u8_g16_rows::<1>(Isa::Avx512, dtype, &u[..nb], g).map(|k| k.map(bits));
         let b = dot_u8_g16_rows::<1>(Isa::Avx2, dtype, &u[..nb], g).map(|k| k.map(bits));
         assert_eq!(a, b, "{dtype}: two groups, one row");
@@ -216,7 +221,7 @@ fn matmul_matches_avx2_bit_for_bit() {
     let pool = ThreadPool::new(2);
     for dtype in QUANT_TYPES {
         let cols = if dtype.block_size() == 256 { 768 } else { 640 };
-        let rows = 37;
+        let rows = 39; // 4-, 2- and 1-row passes
         let plain = random_weights(&mut rng, dtype, rows * cols);
         let mut tensors =
             vec![Tensor::new(dtype, vec![rows, cols], Storage::from_vec(plain.clone())).unwrap()];
@@ -234,7 +239,7 @@ fn matmul_matches_avx2_bit_for_bit() {
             );
         }
         for w in &tensors {
-            for n in [1usize, 3, 8, 13, 16, 27, 40] {
+            for n in [1usize, 3, 8, 13, 16, 27, 40, 67] {
                 let x = rng.vec(n * cols);
                 let mut a = vec![f32::NAN; n * rows];
                 let mut b = vec![f32::NAN; n * rows];

@@ -179,7 +179,7 @@ pub(super) unsafe fn dot_u8_g16_rows_to<const K: usize, const R: usize>(
 ) {
     let nb = g[0].len();
     let g = [g[0].as_ptr(), g[1].as_ptr()];
-    u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
+    u8_tile::<K, R, 2, _>(w.as_ptr(), nb, g, |acc| scatter(acc, o, stride))
 }
 
 /// `vpbroadcastd` of dword `$j` (a literal) of `$p`, the offset inside the instruction (as
@@ -217,7 +217,8 @@ unsafe fn u8_dots<const SIGNED_W: bool, const PART: usize, const R: usize, const
     }
     macro_rules! step {
         ($($q:literal),*) => {$(
-            let c = $q % 2;
+            // (with 8 or more (row, group) pairs their chains are already enough)
+            let c = if R * G >= 8 { 0 } else { $q % 2 };
             let mut y = [_mm256_setzero_si256(); G];
             for k in 0..G {
                 y[k] = load((*g[k].add(i)).qs.as_ptr().add(32 * $q) as *const u8);
@@ -241,12 +242,46 @@ unsafe fn u8_dots<const SIGNED_W: bool, const PART: usize, const R: usize, const
         step!(4, 5, 6, 7);
     }
     let mut out = s[0];
-    for k in 0..G {
-        for r in 0..R {
-            out[k][r] = _mm256_add_epi32(s[0][k][r], s[1][k][r]);
+    if R * G < 8 {
+        for k in 0..G {
+            for r in 0..R {
+                out[k][r] = _mm256_add_epi32(s[0][k][r], s[1][k][r]);
+            }
         }
     }
     out
+}
+
+/// A tile's accumulators stored into a token-major output like AVX2's `tile_scatter`, with
+/// 4 rows as one 16-byte store per token (a 4 × 8 transpose in registers).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn scatter<const R: usize, const G: usize>(
+    acc: [[__m256; R]; G],
+    o: *mut f32,
+    stride: usize,
+) {
+    if R != 4 {
+        return tile_scatter(acc, o, stride);
+    }
+    for k in 0..G {
+        let base = o.add(8 * k * stride);
+        let a = &acc[k];
+        // (t0 r0, t0 r1, t1 r0, t1 r1 | t4 …, t5 …) and the same for rows 2, 3
+        let lo01 = _mm256_unpacklo_ps(a[0], a[1]);
+        let hi01 = _mm256_unpackhi_ps(a[0], a[1]);
+        let lo23 = _mm256_unpacklo_ps(a[2], a[3]);
+        let hi23 = _mm256_unpackhi_ps(a[2], a[3]);
+        // token t's 4 rows: t0 | t4, t1 | t5, t2 | t6, t3 | t7
+        let t04 = _mm256_shuffle_ps(lo01, lo23, 0b01_00_01_00);
+        let t15 = _mm256_shuffle_ps(lo01, lo23, 0b11_10_11_10);
+        let t26 = _mm256_shuffle_ps(hi01, hi23, 0b01_00_01_00);
+        let t37 = _mm256_shuffle_ps(hi01, hi23, 0b11_10_11_10);
+        for (v, t) in [(t04, 0), (t15, 1), (t26, 2), (t37, 3)] {
+            _mm_storeu_ps(base.add(t * stride), _mm256_castps256_ps128(v));
+            _mm_storeu_ps(base.add((t + 4) * stride), _mm256_extractf128_ps(v, 1));
+        }
+    }
 }
 
 /// `R` unpacked legacy rows × `G` interleaved token groups → `out[k][r]`: the block's exact
@@ -308,7 +343,7 @@ pub(super) unsafe fn dot_u8k_g16_rows_to<const R: usize>(
 ) {
     let nb = g[0].len();
     let g = [g[0].as_ptr(), g[1].as_ptr()];
-    u8k_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
+    u8k_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| scatter(acc, o, stride))
 }
 
 /// `R` unpacked Q4_K / Q5_K rows × `G` token groups → `out[k][r]`. Per sub-block, each
@@ -386,7 +421,7 @@ pub(super) unsafe fn dot_u8q6_g16_rows_to<const R: usize>(
 ) {
     let nb = g[0].len();
     let g = [g[0].as_ptr(), g[1].as_ptr()];
-    u8q6_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| tile_scatter(acc, o, stride))
+    u8q6_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| scatter(acc, o, stride))
 }
 
 /// `R` unpacked Q6_K rows × `G` token groups → `out[k][r]`: per 16 weights a `vpdpbusd` chain

@@ -817,3 +817,53 @@ pub(super) unsafe fn dot_q6_k_rows<const R: usize>(
     _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
 }
+
+/// The vector form of `scalar::repack_u8_q6_k` (Q6_K rows unpacked once per prefill chunk):
+/// the same bytes, scales and corrections.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn repack_u8_q6_k(w: &[u8], out: &mut [BlockU8]) {
+    let m4 = _mm256_set1_epi8(0xF);
+    let m30 = _mm256_set1_epi8(0x30);
+    let zero = _mm256_setzero_si256();
+    for (b, o) in w.chunks_exact(210).zip(out.chunks_exact_mut(8)) {
+        let b = b.as_ptr();
+        let d = f16(b.add(208));
+        for h in 0..2 {
+            let ql0 = load(b.add(64 * h));
+            let ql1 = load(b.add(64 * h + 32));
+            let qh = load(b.add(128 + 32 * h));
+            // q + 32 (0..63) of sub-blocks 4h + k: low nibble and bits 2k, 2k + 1 of qh at 4, 5
+            let u = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_and_si256(qh, m30),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                ),
+            ];
+            for (k, &uk) in u.iter().enumerate() {
+                let j = 4 * h + k;
+                let q = _mm256_sub_epi8(uk, _mm256_set1_epi8(32));
+                let ob = o.get_unchecked_mut(j);
+                _mm256_storeu_si256(ob.u.as_mut_ptr() as *mut __m256i, q);
+                // Σ (q + 32) per 8 bytes, exact; each half's Σ q takes 16 · 32 off
+                let s = _mm256_sad_epu8(uk, zero);
+                let s0 = _mm256_extract_epi64::<0>(s) + _mm256_extract_epi64::<1>(s) - 512;
+                let s1 = _mm256_extract_epi64::<2>(s) + _mm256_extract_epi64::<3>(s) - 512;
+                let (sc0, sc1) = (*b.add(192 + 2 * j) as i8, *b.add(193 + 2 * j) as i8);
+                (ob.d, ob.m, ob.sc, ob.mn) = (d, 0.0, sc0 as u8, sc1 as u8);
+                ob.corr = 128 * (sc0 as i32 * s0 as i32 + sc1 as i32 * s1 as i32);
+            }
+        }
+    }
+}

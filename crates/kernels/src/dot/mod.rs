@@ -452,7 +452,11 @@ pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
         "repack_u8: row and output lengths differ"
     );
     if dtype == DType::Q6_K {
-        // (scalar only: the loops vectorise, and a row is unpacked once per matmul)
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && isa.is_available() {
+            return unsafe { avx512::repack_u8_q6_k(w, out) };
+        }
+        // (elsewhere scalar: a row is unpacked once per matmul)
         return scalar::repack_u8_q6_k(w, out);
     }
     let five = dtype == DType::Q5_K;

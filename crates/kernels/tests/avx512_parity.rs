@@ -93,8 +93,7 @@ fn legacy_decode_and_tiles_match_avx2() {
                 .collect();
             let one = |isa| bits(dot_q8_32_x8(isa, dtype, &w[..rb], a8));
             assert_eq!(one(Isa::Avx512), one(Isa::Avx2), "{dtype} cols {cols}: x8");
-            let two =
-                |isa| dot_q8_32_g8_rows::<2>(isa, dtype, &w[..2 * rb], &g, a8).map(|r| bits(r));
+            let two = |isa| dot_q8_32_g8_rows::<2>(isa, dtype, &w[..2 * rb], &g, a8).map(bits);
             assert_eq!(
                 two(Isa::Avx512),
                 two(Isa::Avx2),
@@ -188,12 +187,12 @@ fn unpacked_tiles_match_avx2() {
             })
             .collect();
         let g = [&groups[0][..], &groups[1][..]];
-        for k in 0..2 {
-            let a = dot_u8_g8_rows::<2>(Isa::Avx512, dtype, &u, g[k]).map(bits);
-            let b = dot_u8_g8_rows::<2>(Isa::Avx2, dtype, &u, g[k]).map(bits);
+        for gk in g {
+            let a = dot_u8_g8_rows::<2>(Isa::Avx512, dtype, &u, gk).map(bits);
+            let b = dot_u8_g8_rows::<2>(Isa::Avx2, dtype, &u, gk).map(bits);
             assert_eq!(a, b, "{dtype}: one group, two rows");
-            let a = dot_u8_g8_rows::<1>(Isa::Avx512, dtype, &u[nb..], g[k]).map(bits);
-            let b = dot_u8_g8_rows::<1>(Isa::Avx2, dtype, &u[nb..], g[k]).map(bits);
+            let a = dot_u8_g8_rows::<1>(Isa::Avx512, dtype, &u[nb..], gk).map(bits);
+            let b = dot_u8_g8_rows::<1>(Isa::Avx2, dtype, &u[nb..], gk).map(bits);
             assert_eq!(a, b, "{dtype}: one group, one row");
         }
         let a = dot_u8_g16_rows::<2>(Isa::Avx512, dtype, &u, g).map(|k| k.map(bits));

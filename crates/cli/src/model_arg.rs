@@ -30,8 +30,8 @@ pub struct ModelArgs {
 /// (the CLI is the only place kiln reads the environment).
 #[derive(Args, Clone, Debug)]
 pub struct EngineFlags {
-    /// Kernel instruction-set level: scalar, avx2, neon or neon+dotprod (default: the best
-    /// this CPU runs).
+    /// Kernel instruction-set level: scalar, avx2, avx512 (AVX-512 F/BW/VL + VNNI), neon or
+    /// neon+dotprod (default: the best this CPU runs).
     #[arg(long, env = "KILN_ISA", value_name = "LEVEL")]
     pub isa: Option<Isa>,
     /// KV cache type: f16 or f32 (default: f16 for quantised weights, as llama.cpp; else f32).

@@ -41,7 +41,7 @@ pub const Q5_0_HIGH_BIT: [[u32; 2]; 4] = [[4, 6], [5, 7], [3, 1], [2, 0]];
 /// The layout the kernels of this process's level ([`Isa::best`]) want for a matrix of
 /// `dtype` and `shape`. (A loader asked to keep the file's order simply does not call this.)
 pub fn preferred(dtype: DType, shape: &[usize]) -> Layout {
-    if supports(Layout::Rows4, dtype, shape) && shape[0] >= 4 && Isa::best() == Isa::Avx2 {
+    if supports(Layout::Rows4, dtype, shape) && shape[0] >= 4 && Isa::best().has_avx2() {
         Layout::Rows4
     } else {
         Layout::Plain

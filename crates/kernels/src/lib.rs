@@ -7,7 +7,8 @@
 //!   gguf-py vectors, `tests/data/gen_quant_vectors.py`), and the 8-bit activation blocks
 //!   ([`quant::BlockQ8_32`] for the 32-element types, [`quant::BlockQ8K`] for the k-quants).
 //! - [`dot`]: integer dot products of one weight row with 1, 4 or 8 activation rows: a scalar
-//!   reference plus AVX2 (+FMA+F16C) and aarch64 NEON paths ([`Isa`], [`cpu_features`]).
+//!   reference plus AVX2 (+FMA+F16C), AVX-512 (F/BW/VL + VNNI, bit-identical to AVX2) and
+//!   aarch64 NEON paths ([`Isa`], [`cpu_features`]).
 //! - [`matmul()`]: `out = x · wᵀ` for `n` tokens. Activations are quantised once per call;
 //!   weight rows are handed out in chunks from an atomic counter; prefill multiplies each
 //!   weight block with 8 tokens at a time.

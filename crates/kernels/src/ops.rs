@@ -6,7 +6,7 @@
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn avx2() -> bool {
-    crate::dot::Isa::best() == crate::dot::Isa::Avx2
+    crate::dot::Isa::best().has_avx2()
 }
 
 /// `out = w * x / sqrt(mean(x²) + eps)`, accumulated in f32 like transformers.

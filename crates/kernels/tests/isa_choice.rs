@@ -28,3 +28,20 @@ fn a_chosen_level_applies_to_the_process_and_unavailable_ones_are_refused() {
     Isa::use_in_process(detected).unwrap();
     assert_eq!(Isa::best(), detected);
 }
+
+/// AVX-512 (F, BW, VL and VNNI) is chosen by itself where the CPU has it, and the AVX2 kernels
+/// can still be forced there for comparison (`--isa avx2`).
+#[test]
+fn avx512_is_auto_selected_where_the_cpu_has_it() {
+    assert_eq!("AVX512".parse::<Isa>(), Ok(Isa::Avx512));
+    if !Isa::Avx512.is_available() {
+        println!(
+            "avx512_is_auto_selected: this CPU has no AVX-512 F/BW/VL/VNNI; not checked ({})",
+            kiln_kernels::cpu_features()
+        );
+        return;
+    }
+    assert_eq!(Isa::detected(), Isa::Avx512);
+    assert!(Isa::Avx2.is_available());
+    assert_eq!(Isa::available().last(), Some(&Isa::Avx512));
+}

@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
+pub(super) unsafe fn f16(p: *const u8) -> f32 {
     // A zero-extending 16-bit load into a general register. Left to itself LLVM folds the load
     // into `vpinsrw`, which merges into whatever vector register it likes and so chains every
     // block on an unrelated accumulator (3x slower loops).
@@ -47,14 +47,14 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load(p: *const u8) -> __m256i {
+pub(super) unsafe fn load(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
 /// 16 bytes of nibbles -> 32 bytes: low nibbles in the first 16, high nibbles in the last 16.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles16(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles16(p: *const u8) -> __m256i {
     let x = _mm_loadu_si128(p as *const __m128i);
     let m = _mm_set1_epi8(0xF);
     let lo = _mm_and_si128(x, m);
@@ -65,7 +65,7 @@ unsafe fn nibbles16(p: *const u8) -> __m256i {
 /// 0xFF in byte i where bit i of `bits` is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bytes_from_bits(bits: u32) -> __m256i {
+pub(super) unsafe fn bytes_from_bits(bits: u32) -> __m256i {
     let x = _mm256_set1_epi32(bits as i32);
     #[rustfmt::skip]
     let shuf = _mm256_setr_epi8(
@@ -81,7 +81,7 @@ unsafe fn bytes_from_bits(bits: u32) -> __m256i {
 /// unsigned for Q4_1 / Q5_1.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn unpack_legacy(kind: LegacyKind, b: *const u8) -> __m256i {
+pub(super) unsafe fn unpack_legacy(kind: LegacyKind, b: *const u8) -> __m256i {
     match kind {
         LegacyKind::Q4_0 => _mm256_sub_epi8(nibbles16(b.add(2)), _mm256_set1_epi8(8)),
         LegacyKind::Q4_1 => nibbles16(b.add(4)),
@@ -116,7 +116,7 @@ pub(super) unsafe fn dot_legacy_n<const N: usize>(
     }
 }
 
-const LEGACY: [LegacyKind; 6] = [
+pub(super) const LEGACY: [LegacyKind; 6] = [
     LegacyKind::Q4_0,
     LegacyKind::Q4_1,
     LegacyKind::Q5_0,
@@ -255,7 +255,7 @@ unsafe fn legacy_rows<const K: usize, const R: usize>(
 /// hardware prefetcher already follows the stream; far software prefetches only compete with
 /// it). Rows back to back are read as 4 streams, which hides the pattern from the hardware,
 /// so there the next 4 rows are fetched while these are used.
-fn prefetch_ahead(wp: *const u8, step: usize, nb: usize, strides: Strides) -> *const u8 {
+pub(super) fn prefetch_ahead(wp: *const u8, step: usize, nb: usize, strides: Strides) -> *const u8 {
     const GROUPED_AHEAD: usize = 768;
     if strides.block == step {
         wp.wrapping_add(GROUPED_AHEAD)
@@ -267,7 +267,12 @@ fn prefetch_ahead(wp: *const u8, step: usize, nb: usize, strides: Strides) -> *c
 /// Four u16 at `p0..p3` in the low 4 lanes of a vector.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gather4_u16(p0: *const u8, p1: *const u8, p2: *const u8, p3: *const u8) -> __m128i {
+pub(super) unsafe fn gather4_u16(
+    p0: *const u8,
+    p1: *const u8,
+    p2: *const u8,
+    p3: *const u8,
+) -> __m128i {
     let lo = (p0 as *const u16).read_unaligned() as u32
         | ((p1 as *const u16).read_unaligned() as u32) << 16;
     let hi = (p2 as *const u16).read_unaligned() as u32
@@ -304,7 +309,7 @@ unsafe fn legacy_row_isum(kind: LegacyKind, b: *const u8, y: __m256i, ones: __m2
 /// [`nibbles16`] in three operations: one 16-byte broadcast load, a per-lane shift, a mask.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles32(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles32(p: *const u8) -> __m256i {
     let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
     let x = _mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4));
     _mm256_and_si256(x, _mm256_set1_epi8(0xF))
@@ -313,7 +318,7 @@ unsafe fn nibbles32(p: *const u8) -> __m256i {
 /// The sum of the 8 i32 lanes (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_i32(v: __m256i) -> i32 {
+pub(super) unsafe fn hsum_i32(v: __m256i) -> i32 {
     let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
@@ -356,7 +361,7 @@ pub(super) unsafe fn dot_legacy_g8(kind: LegacyKind, w: &[u8], g: &[BlockQ8x8]) 
 /// LLVM keeps the weights in a register and broadcasts with two lane-crossing shuffles each.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bcast32(p: *const u32) -> __m256i {
+pub(super) unsafe fn bcast32(p: *const u32) -> __m256i {
     let v: __m256i;
     std::arch::asm!(
         "vpbroadcastd {v}, dword ptr [{p}]",
@@ -614,7 +619,9 @@ pub(super) unsafe fn dot_u8_g16_rows_to<const K: usize, const R: usize>(
 /// A tile's accumulators as `out[k][r][t]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_out<const R: usize, const G: usize>(acc: [[__m256; R]; G]) -> [[[f32; 8]; R]; G] {
+pub(super) unsafe fn tile_out<const R: usize, const G: usize>(
+    acc: [[__m256; R]; G],
+) -> [[[f32; 8]; R]; G] {
     let mut out = [[[0.0f32; 8]; R]; G];
     for k in 0..G {
         for r in 0..R {
@@ -629,7 +636,7 @@ unsafe fn tile_out<const R: usize, const G: usize>(acc: [[__m256; R]; G]) -> [[[
 /// caller picking 32 floats out of a returned array instead stalls on store forwarding.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_scatter<const R: usize, const G: usize>(
+pub(super) unsafe fn tile_scatter<const R: usize, const G: usize>(
     acc: [[__m256; R]; G],
     o: *mut f32,
     stride: usize,
@@ -1153,7 +1160,7 @@ pub(super) unsafe fn dot_q6_k_n<const N: usize>(w: &[u8], a: [&[BlockQ8K]; N]) -
 /// form of `kscale_min`, which as scalar code costs the decode kernel more than the dots.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn kscale_min_v(p: *const u8) -> __m128i {
+pub(super) unsafe fn kscale_min_v(p: *const u8) -> __m128i {
     // dwords s0..4, s4..8, s8..12; the low bits of the result are
     // [s0..4 & 63, s8..12 & 15, s4..8 & 63, s8..12 >> 4 & 15]
     let x = _mm_loadu_si128(p as *const __m128i);
@@ -1175,7 +1182,7 @@ unsafe fn kscale_min_v(p: *const u8) -> __m128i {
 /// `vphaddd` (3 uops, 2 cycles each on Zen 3): in-lane transposes and adds.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum4(p: &[__m256i; 4]) -> __m128i {
+pub(super) unsafe fn sum4(p: &[__m256i; 4]) -> __m128i {
     // lanes (per 128-bit half): [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d
     let ab = _mm256_add_epi32(
         _mm256_unpacklo_epi32(p[0], p[1]),
@@ -1192,7 +1199,7 @@ unsafe fn sum4(p: &[__m256i; 4]) -> __m128i {
 /// [`sum4`] for vectors of 4 i32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum4_128(p: &[__m128i; 4]) -> __m128i {
+pub(super) unsafe fn sum4_128(p: &[__m128i; 4]) -> __m128i {
     let ab = _mm_add_epi32(
         _mm_unpacklo_epi32(p[0], p[1]),
         _mm_unpackhi_epi32(p[0], p[1]),
@@ -1209,7 +1216,7 @@ unsafe fn sum4_128(p: &[__m128i; 4]) -> __m128i {
 /// one vector would stall on store forwarding.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_pairs4(p: [*const u8; 4]) -> (__m128, __m128) {
+pub(super) unsafe fn f16_pairs4(p: [*const u8; 4]) -> (__m128, __m128) {
     // (no closures in these functions: they would not inherit the target features)
     let mut v = _mm_cvtsi32_si128((p[0] as *const i32).read_unaligned());
     v = _mm_insert_epi32::<1>(v, (p[1] as *const i32).read_unaligned());
@@ -1790,7 +1797,7 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// 5-bit weights as bytes: the low nibbles of `nibbles` with bit 4 of every byte of `high`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn five_bits(nibbles: __m256i, high: __m256i) -> __m256i {
+pub(super) unsafe fn five_bits(nibbles: __m256i, high: __m256i) -> __m256i {
     _mm256_or_si256(
         _mm256_and_si256(nibbles, _mm256_set1_epi8(0xF)),
         _mm256_and_si256(high, _mm256_set1_epi8(0x10)),

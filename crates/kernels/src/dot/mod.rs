@@ -7,6 +7,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub(crate) mod scalar;
@@ -24,6 +26,9 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (on top of AVX2): `vpdpbusd` / `vpdpwssd` kernels where
+    /// they help, the AVX2 kernels elsewhere; bit-identical results to [`Isa::Avx2`].
+    Avx512,
     /// aarch64 NEON (widening multiplies).
     Neon,
     /// aarch64 NEON with the dotprod extension (`sdot`).
@@ -35,6 +40,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
             Isa::NeonDot => "neon+dotprod",
         }
@@ -50,6 +56,14 @@ impl Isa {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[cfg(target_arch = "aarch64")]
@@ -60,6 +74,12 @@ impl Isa {
             #[allow(unreachable_patterns)]
             _ => false,
         }
+    }
+
+    /// Whether this is an x86-64 level that runs the AVX2 kernels (AVX2 itself, and AVX-512
+    /// wherever it has no kernel of its own). Says nothing about availability.
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
     }
 
     /// Every level this CPU can run, best last.
@@ -96,7 +116,7 @@ impl Isa {
 }
 
 /// Every level, in the order [`CHOSEN`] numbers them (from 1).
-const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Neon, Isa::NeonDot];
+const ALL: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDot];
 
 /// The level [`Isa::use_in_process`] set (its index in [`ALL`] plus one), 0 = detect.
 static CHOSEN: AtomicU8 = AtomicU8::new(0);
@@ -230,7 +250,7 @@ pub fn dot_q8_32_n<const N: usize>(
     check(dtype, w, a.iter().map(|r| r.len()), 32);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_n(kind, w, a) },
+        Isa::Avx2 | Isa::Avx512 if isa.is_available() => unsafe { avx2::dot_legacy_n(kind, w, a) },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if isa.is_available() => unsafe { neon::dot_legacy_n::<false, N>(kind, w, a) },
         #[cfg(target_arch = "aarch64")]
@@ -257,12 +277,16 @@ pub fn dot_q8_32_rows<const R: usize>(
     check(dtype, &w[..row_bytes], std::iter::once(a.len()), 32);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe {
+        Isa::Avx2 | Isa::Avx512 if isa.is_available() && R == 4 => unsafe {
             let strides = avx2::Strides {
                 row: row_bytes,
                 block: kind.block_bytes(),
             };
-            avx2::dot_legacy_rows::<R>(kind, w, strides, a)
+            if isa == Isa::Avx512 {
+                avx512::dot_legacy_rows::<R>(kind, w, strides, a)
+            } else {
+                avx2::dot_legacy_rows::<R>(kind, w, strides, a)
+            }
         },
         _ => std::array::from_fn(|r| {
             dot_q8_32_n(isa, dtype, &w[r * row_bytes..(r + 1) * row_bytes], [a])[0]
@@ -305,6 +329,8 @@ pub fn dot_q8_32_g8(
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => unsafe { avx512::dot_legacy_g8(kind, w, g) },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_legacy_g8(kind, w, g) },
         _ => {
             let _ = kind;
@@ -337,6 +363,10 @@ pub fn dot_q8_32_g8_rows<const R: usize>(
         g.len()
     );
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => unsafe {
+            avx512::dot_legacy_g8_rows::<R>(kind, w, row_bytes, g)
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
             avx2::dot_legacy_g8_rows::<R>(kind, w, row_bytes, g)
@@ -422,15 +452,23 @@ pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
         "repack_u8: row and output lengths differ"
     );
     if dtype == DType::Q6_K {
-        // (scalar only: the loops vectorise, and a row is unpacked once per matmul)
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && isa.is_available() {
+            return unsafe { avx512::repack_u8_q6_k(w, out) };
+        }
+        // (elsewhere scalar: a row is unpacked once per matmul)
         return scalar::repack_u8_q6_k(w, out);
     }
     let five = dtype == DType::Q5_K;
     match (isa, legacy_kind(dtype)) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, Some(kind)) if isa.is_available() => unsafe { avx2::repack_u8(kind, w, out) },
+        (Isa::Avx2 | Isa::Avx512, Some(kind)) if isa.is_available() => unsafe {
+            avx2::repack_u8(kind, w, out)
+        },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, None) if isa.is_available() => unsafe { avx2::repack_u8_k(five, w, out) },
+        (Isa::Avx2 | Isa::Avx512, None) if isa.is_available() => unsafe {
+            avx2::repack_u8_k(five, w, out)
+        },
         (_, Some(kind)) => scalar::repack_u8(kind, w, out),
         (_, None) => scalar::repack_u8_k(five, w, out),
     }
@@ -448,7 +486,9 @@ pub fn repack_u8_q5_0_group(isa: Isa, w: &[u8], out: &mut [BlockU8]) {
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::repack_u8_q5_0_group(w, out) },
+        Isa::Avx2 | Isa::Avx512 if isa.is_available() => unsafe {
+            avx2::repack_u8_q5_0_group(w, out)
+        },
         _ => {
             let mut rows = vec![0u8; w.len()];
             crate::interleave::q5_0_group_to_rows(w, &mut rows);
@@ -481,6 +521,17 @@ pub fn dot_u8_g8_rows<const R: usize>(
     let nb = g.len();
     check_u8_tile("dot_u8_g8_rows", dtype, R, w, nb);
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => unsafe {
+            match dtype {
+                DType::Q4_0 => avx512::dot_u8_g8_rows::<0, R>(w, g),
+                DType::Q4_1 => avx512::dot_u8_g8_rows::<1, R>(w, g),
+                DType::Q5_0 => avx512::dot_u8_g8_rows::<2, R>(w, g),
+                DType::Q5_1 => avx512::dot_u8_g8_rows::<3, R>(w, g),
+                DType::Q6_K => avx512::dot_u8q6_g8_rows::<R>(w, g),
+                _ => avx512::dot_u8k_g8_rows::<R>(w, g),
+            }
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
             match dtype {
@@ -536,6 +587,15 @@ pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
     check_u8_tile("dot_u8_g16_rows", dtype, R, w, nb);
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => match dtype {
+            DType::Q4_0 => avx512::dot_u8_g16_rows_to::<0, R>(w, g, o, stride),
+            DType::Q4_1 => avx512::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
+            DType::Q5_0 => avx512::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),
+            DType::Q5_1 => avx512::dot_u8_g16_rows_to::<3, R>(w, g, o, stride),
+            DType::Q4_K | DType::Q5_K => avx512::dot_u8k_g16_rows_to::<R>(w, g, o, stride),
+            _ => avx512::dot_u8q6_g16_rows_to::<R>(w, g, o, stride),
+        },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => match dtype {
             DType::Q4_0 => avx2::dot_u8_g16_rows_to::<0, R>(w, g, o, stride),
             DType::Q4_1 => avx2::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
@@ -573,17 +633,29 @@ pub fn dot_q8k_n<const N: usize>(
     check(dtype, w, a.iter().map(|r| r.len()), 256);
     match (isa, dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q2_K) if isa.is_available() => return unsafe { avx2::dot_q2_k_n(w, a) },
+        (Isa::Avx2 | Isa::Avx512, DType::Q2_K) if isa.is_available() => {
+            return unsafe { avx2::dot_q2_k_n(w, a) }
+        }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q3_K) if isa.is_available() => return unsafe { avx2::dot_q3_k_n(w, a) },
+        (Isa::Avx2 | Isa::Avx512, DType::Q3_K) if isa.is_available() => {
+            return unsafe { avx2::dot_q3_k_n(w, a) }
+        }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q8_K) if isa.is_available() => return unsafe { avx2::dot_q8_k_n(w, a) },
+        (Isa::Avx2 | Isa::Avx512, DType::Q8_K) if isa.is_available() => {
+            return unsafe { avx2::dot_q8_k_n(w, a) }
+        }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_K) if isa.is_available() => return unsafe { avx2::dot_q4_k_n(w, a) },
+        (Isa::Avx2 | Isa::Avx512, DType::Q4_K) if isa.is_available() => {
+            return unsafe { avx2::dot_q4_k_n(w, a) }
+        }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q5_K) if isa.is_available() => return unsafe { avx2::dot_q5_k_n(w, a) },
+        (Isa::Avx2 | Isa::Avx512, DType::Q5_K) if isa.is_available() => {
+            return unsafe { avx2::dot_q5_k_n(w, a) }
+        }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q6_K) if isa.is_available() => return unsafe { avx2::dot_q6_k_n(w, a) },
+        (Isa::Avx2 | Isa::Avx512, DType::Q6_K) if isa.is_available() => {
+            return unsafe { avx2::dot_q6_k_n(w, a) }
+        }
         #[cfg(target_arch = "aarch64")]
         (Isa::Neon, DType::Q4_K) if isa.is_available() => {
             return unsafe { neon::dot_q4_k_n::<false, N>(w, a) }
@@ -619,7 +691,9 @@ pub fn has_q8k_rows(isa: Isa, dtype: DType) -> bool {
     let _ = dtype;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => isa.is_available() && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K),
+        Isa::Avx2 | Isa::Avx512 => {
+            isa.is_available() && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+        }
         _ => false,
     }
 }
@@ -644,7 +718,7 @@ pub fn dot_q8k_rows<const R: usize>(isa: Isa, dtype: DType, w: &[u8], a: &[Block
             row: row_bytes,
             block: dtype.block_bytes(),
         };
-        return q8k_rows4(dtype, w, strides, a)[..R]
+        return q8k_rows4(isa, dtype, w, strides, a)[..R]
             .try_into()
             .expect("4 rows");
     }
@@ -661,10 +735,19 @@ struct Strides {
 }
 
 /// The AVX2 4-row k-quant decode kernels (callers check [`has_q8k_rows`]).
-fn q8k_rows4(dtype: DType, w: &[u8], strides: Strides, a: &[BlockQ8K]) -> [f32; 4] {
+fn q8k_rows4(isa: Isa, dtype: DType, w: &[u8], strides: Strides, a: &[BlockQ8K]) -> [f32; 4] {
     let _ = (w, &strides, a);
-    // SAFETY (all arms): `has_q8k_rows` said the CPU has AVX2; the callers checked the
-    // lengths of `w` and `a`.
+    // SAFETY (all arms): `has_q8k_rows` said the CPU has AVX2 (and AVX-512 where `isa` is
+    // that level); the callers checked the lengths of `w` and `a`.
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        return match dtype {
+            DType::Q4_K => unsafe { avx512::dot_q45_k_rows::<false, 4>(w, strides, a) },
+            DType::Q5_K => unsafe { avx512::dot_q45_k_rows::<true, 4>(w, strides, a) },
+            _ => unsafe { avx512::dot_q6_k_rows::<4>(w, strides, a) },
+        };
+    }
+    let _ = isa;
     match dtype {
         #[cfg(target_arch = "x86_64")]
         DType::Q4_K => unsafe { avx2::dot_q45_k_rows::<false, 4>(w, strides, a) },
@@ -687,6 +770,7 @@ pub fn dot_q8k_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8K]) -> [f32;
     if has_q8k_rows(isa, dtype) {
         let bb = dtype.block_bytes();
         return q8k_rows4(
+            isa,
             dtype,
             w,
             Strides {
@@ -712,15 +796,17 @@ pub fn dot_q8k_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32
     check(dtype, w, a.iter().map(|r| r.len()), 256);
     match (isa, dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q4_K) if isa.is_available() => unsafe {
+        (Isa::Avx2 | Isa::Avx512, DType::Q4_K) if isa.is_available() => unsafe {
             avx2::dot_q45_k_x8::<false>(w, a)
         },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q5_K) if isa.is_available() => unsafe {
+        (Isa::Avx2 | Isa::Avx512, DType::Q5_K) if isa.is_available() => unsafe {
             avx2::dot_q45_k_x8::<true>(w, a)
         },
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, DType::Q6_K) if isa.is_available() => unsafe { avx2::dot_q6_k_x8(w, a) },
+        (Isa::Avx2 | Isa::Avx512, DType::Q6_K) if isa.is_available() => unsafe {
+            avx2::dot_q6_k_x8(w, a)
+        },
         _ => {
             let [a0, a1, a2, a3, a4, a5, a6, a7] = a;
             let lo = dot_q8k_n(isa, dtype, w, [a0, a1, a2, a3]);
@@ -740,7 +826,7 @@ pub fn dot_float_n<const N: usize>(isa: Isa, dtype: DType, w: &[u8], x: [&[f32];
     check(dtype, w, x.iter().map(|r| r.len()), 1);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe { avx2::dot_float_n(dtype, w, x) },
+        Isa::Avx2 | Isa::Avx512 if isa.is_available() => unsafe { avx2::dot_float_n(dtype, w, x) },
         _ => std::array::from_fn(|t| scalar::dot_float(dtype, w, x[t])),
     }
 }
@@ -749,7 +835,7 @@ pub fn dot_float_n<const N: usize>(isa: Isa, dtype: DType, w: &[u8], x: [&[f32];
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot_f32: lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if Isa::best() == Isa::Avx2 {
+    if Isa::best().has_avx2() {
         return unsafe { avx2::dot_f32(a, b) };
     }
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -769,6 +855,18 @@ pub fn dot_q8_32_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8_32]) -> [
         "dot_q8_32_group4: group and activations differ in length"
     );
     match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => unsafe {
+            if dtype == DType::Q5_0 {
+                avx512::dot_q5_0_r4(w, a)
+            } else {
+                let strides = Strides {
+                    row: bb,
+                    block: 4 * bb,
+                };
+                avx512::dot_legacy_rows::<4>(kind, w, strides, a)
+            }
+        },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.is_available() => unsafe {
             if dtype == DType::Q5_0 {

@@ -62,7 +62,7 @@ pub fn round_f16(v: f32) -> f32 {
 pub fn quantize_q8_32(x: &[f32], out: &mut [BlockQ8_32]) {
     assert_eq!(x.len(), out.len() * 32, "quantize_q8_32: length mismatch");
     #[cfg(target_arch = "x86_64")]
-    if crate::dot::Isa::best() == crate::dot::Isa::Avx2 {
+    if crate::dot::Isa::best().has_avx2() {
         return unsafe { crate::ops_avx2::quantize_q8_32(x, out) };
     }
     quantize_q8_32_scalar(x, out)
@@ -92,7 +92,7 @@ pub fn quantize_q8_32_scalar(x: &[f32], out: &mut [BlockQ8_32]) {
 pub fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
     assert_eq!(x.len(), out.len() * 256, "quantize_q8_k: length mismatch");
     #[cfg(target_arch = "x86_64")]
-    if crate::dot::Isa::best() == crate::dot::Isa::Avx2 {
+    if crate::dot::Isa::best().has_avx2() {
         return unsafe { crate::ops_avx2::quantize_q8_k(x, out) };
     }
     quantize_q8_k_scalar(x, out)
@@ -169,7 +169,7 @@ impl BlockQ8x8 {
 /// Interleaves block `i` of 8 quantised rows (see [`BlockQ8x8`]).
 pub fn interleave8(a: [&BlockQ8_32; 8]) -> BlockQ8x8 {
     #[cfg(target_arch = "x86_64")]
-    if crate::dot::Isa::best() == crate::dot::Isa::Avx2 {
+    if crate::dot::Isa::best().has_avx2() {
         return unsafe { crate::ops_avx2::interleave8(a) };
     }
     interleave8_scalar(a)

@@ -9,12 +9,15 @@ use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
 use kiln_engine::{Engine, EngineOptions};
 use kiln_server::{AppState, ServerOptions};
 
-use crate::model_arg::ModelArgs;
+use crate::model_arg::{ModelArgs, SpecArgs};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Speculative decoding for every request (a request may send `"speculative": false`).
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Address to listen on (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -80,10 +83,12 @@ fn non_empty_key(s: &str) -> Result<String, String> {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let speculation = a.spec.speculation()?;
     let engine = a.model.load(EngineOptions {
         threads: 0,
         context: Some(a.ctx_size.unwrap_or(4096)),
         max_batch: a.parallel,
+        draft_model: a.spec.draft_path()?,
         ..Default::default()
     })?;
     let Engine {
@@ -92,6 +97,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         chat_template,
         limits,
         name,
+        draft,
     } = engine;
     let extra_eos = model.config().eos_token_ids.clone();
     let cfg = SchedulerConfig {
@@ -102,7 +108,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         prefix_cache: a.parallel,
     };
     let vocab = Arc::new(tokenizer);
-    let scheduler = Arc::new(Scheduler::start(model, vocab.clone(), cfg));
+    let scheduler = Arc::new(Scheduler::start_with_draft(
+        model,
+        draft,
+        vocab.clone(),
+        cfg,
+    )?);
     let state = AppState::new(
         scheduler,
         vocab,
@@ -116,6 +127,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             header_timeout: Duration::from_secs_f64(a.read_timeout),
             body_timeout: Duration::from_secs_f64(a.read_timeout),
             drain_timeout: Duration::from_secs_f64(a.drain_timeout),
+            speculation,
             ..ServerOptions::default()
         },
     );

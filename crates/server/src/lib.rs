@@ -32,6 +32,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kiln_engine::openai;
 use kiln_engine::scheduler::{self, Scheduler, Vocab};
+use kiln_engine::Speculation;
 use kiln_tokenizer::{render_chat_template, ChatMessage, CHATML};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -59,6 +60,10 @@ pub struct ServerOptions {
     pub drain_timeout: Duration,
     /// Longest a chat template may render (templates come from the model file: untrusted).
     pub template_timeout: Duration,
+    /// Speculative decoding for every request (`kiln serve --model-draft`, `--lookup-ngram`);
+    /// a request may turn it off (`"speculative": false`) or change the draft sizes
+    /// (llama-server's `speculative.n_max`, `speculative.n_min`, `speculative.p_min`).
+    pub speculation: Speculation,
 }
 
 impl Default for ServerOptions {
@@ -72,6 +77,7 @@ impl Default for ServerOptions {
             body_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             template_timeout: Duration::from_secs(10),
+            speculation: Speculation::off(),
         }
     }
 }
@@ -597,6 +603,31 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "counter",
         "Generated tokens.",
         one(s.generated_tokens.to_string()),
+    );
+    metric(
+        "kiln_draft_tokens_total",
+        "counter",
+        "Tokens drafted for speculative decoding and verified by the model.",
+        one(s.draft_tokens.to_string()),
+    );
+    metric(
+        "kiln_draft_tokens_accepted_total",
+        "counter",
+        "Drafted tokens the model accepted.",
+        one(s.draft_accepted.to_string()),
+    );
+    metric(
+        "kiln_draft_acceptance_rate",
+        "gauge",
+        "Accepted drafted tokens per drafted token since start (0 before any draft).",
+        one(format!(
+            "{}",
+            if s.draft_tokens > 0 {
+                s.draft_accepted as f64 / s.draft_tokens as f64
+            } else {
+                0.0
+            }
+        )),
     );
     metric(
         "kiln_engine_steps_total",

@@ -502,8 +502,13 @@ impl EngineLoop {
                 return;
             }
         };
+        // Counters first, so that a client who has its answer sees them updated.
+        let c = &self.counters;
+        c.draft_tokens
+            .fetch_add(report.drafted as u64, Ordering::Relaxed);
+        c.draft_accepted
+            .fetch_add(report.accepted as u64, Ordering::Relaxed);
         for f in report.finished {
-            // Counters first, so that a client who has its answer sees them updated.
             self.finish_request(false);
             self.counters.running.fetch_sub(1, Ordering::Relaxed);
             let mut client = f.tag;
@@ -517,10 +522,6 @@ impl EngineLoop {
         let c = &self.counters;
         c.steps.fetch_add(1, Ordering::Relaxed);
         c.generated_tokens.fetch_add(generated, Ordering::Relaxed);
-        c.draft_tokens
-            .fetch_add(report.drafted as u64, Ordering::Relaxed);
-        c.draft_accepted
-            .fetch_add(report.accepted as u64, Ordering::Relaxed);
         c.busy_micros
             .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.window_tokens += generated;

@@ -28,8 +28,9 @@ async fn start() -> TestServer {
         &EngineOptions {
             threads: 1,
             max_batch: 3,
-            // Another model with llama-mha's tokenizer (so its drafts are sometimes rejected).
-            draft_model: Some(root().join("crates/engine/tests/data/synthetic/gqa-tied")),
+            // The model as its own draft (every draft accepted; prompt lookup's drafts are
+            // mostly rejected): both outcomes go through the server's path.
+            draft_model: Some(root().join("tests/data/fixtures/llama-mha")),
             ..Default::default()
         },
     )

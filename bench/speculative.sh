@@ -29,8 +29,11 @@ while (($#)); do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-cargo build --release -q -p kiln-cli
-kiln=target/release/kiln
+# KILN=path/to/kiln uses that binary instead of building one.
+if [[ -z ${KILN:-} ]]; then
+  cargo build --release -q -p kiln-cli
+fi
+kiln=${KILN:-target/release/kiln}
 tfile=$("$kiln" pull "$target")
 dfile=$("$kiln" pull "$draft")
 out=$(mktemp -d)

@@ -11,7 +11,7 @@ use kiln_engine::{
     openai, Completion, EngineOptions, GenerateParams, SamplingParams, TokenLogprob,
 };
 
-use crate::model_arg::ModelArgs;
+use crate::model_arg::{ModelArgs, SpecArgs};
 use crate::prompt::process_escapes;
 use crate::seed::seed_or_random;
 
@@ -19,6 +19,8 @@ use crate::seed::seed_or_random;
 pub struct CompleteArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// A prompt (repeatable; all prompts run as one batch).
     #[arg(long = "prompt", value_name = "TEXT")]
     pub prompts: Vec<String>,
@@ -74,8 +76,8 @@ pub struct CompleteArgs {
     /// Keep going past end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
-    /// Print one OpenAI `text_completion` JSON object (with the `seed` used) instead of
-    /// streaming text.
+    /// Print one OpenAI `text_completion` JSON object (with the `seed` used and `timings`:
+    /// prompt and generation time, drafted and accepted tokens) instead of streaming text.
     #[arg(long)]
     pub json: bool,
     /// Print the seed used on stderr.
@@ -117,9 +119,11 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             .context("reading the prompt from stdin")?;
         texts.push(s);
     }
+    let speculation = a.spec.speculation()?;
     let engine = a.model.load(EngineOptions {
         context: a.ctx_size,
         max_batch: a.max_batch_size,
+        draft_model: a.spec.draft_path()?,
         ..Default::default()
     })?;
     let prompts = texts
@@ -147,6 +151,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         ignore_eos: a.ignore_eos,
         logprobs: a.logprobs,
         echo: a.echo,
+        speculation,
     };
 
     let stream = !a.json && prompts.len() == 1;
@@ -178,8 +183,10 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             1,
             a.echo,
         ))?;
-        // kiln's addition: the seed, so that a sampled run can be repeated with --seed.
+        // kiln's additions: the seed, so that a sampled run can be repeated with --seed, and
+        // the timings (in llama-server's names) with the drafts' acceptance.
         obj["seed"] = seed.into();
+        obj["timings"] = timings_json(&results);
         writeln!(out, "{}", serde_json::to_string_pretty(&obj)?)?;
     } else if stream {
         writeln!(out)?;
@@ -197,6 +204,33 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// llama-server's `timings` over the batch (for one prompt, that prompt's): prompt tokens
+/// computed and the time until the first token; generated tokens and the time from the first to
+/// the last; `predicted_per_second` counts the tokens after the first. `draft_n` tokens were
+/// drafted and verified, `draft_n_accepted` of them kept.
+fn timings_json(results: &[Completion]) -> serde_json::Value {
+    let max = |f: fn(&Completion) -> f64| results.iter().map(f).fold(0.0, f64::max);
+    let sum = |f: fn(&Completion) -> usize| results.iter().map(f).sum::<usize>();
+    let prompt_ms = max(|c| c.timings.prompt_seconds) * 1e3;
+    let predicted_ms = max(|c| c.timings.generate_seconds) * 1e3;
+    let prompt_n = sum(|c| c.timings.prompt_tokens);
+    let predicted_n = sum(|c| c.token_ids.len());
+    let draft_n = sum(|c| c.timings.draft_tokens);
+    let draft_n_accepted = sum(|c| c.timings.draft_accepted);
+    let per_second = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
+    serde_json::json!({
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_second": per_second(prompt_n, prompt_ms),
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_second": per_second(predicted_n.saturating_sub(results.len()), predicted_ms),
+        "draft_n": draft_n,
+        "draft_n_accepted": draft_n_accepted,
+        "acceptance_rate": (draft_n > 0).then(|| draft_n_accepted as f64 / draft_n as f64),
+    })
 }
 
 /// With `--logprobs` and no `--json`: one row per token (the prompt's first with `--echo`), its

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::builder::{BoolishValueParser, FalseyValueParser};
 use clap::{ArgAction, Args};
-use kiln_engine::{Engine, EngineOptions, Isa, KvType, Numerics, Residency};
+use kiln_engine::{Engine, EngineOptions, Isa, KvType, Numerics, Residency, Speculation};
 use kiln_pull::Progress;
 
 #[derive(Args, Clone, Debug)]
@@ -72,6 +72,64 @@ impl EngineFlags {
             interleave: opts.interleave && self.interleave,
             ..opts
         }
+    }
+}
+
+/// Speculative decoding (llama.cpp's names): a draft model and/or prompt lookup draft tokens
+/// that the model verifies several at a time. Greedy output is unchanged; sampled output keeps
+/// the model's distribution.
+#[derive(Args, Clone, Debug)]
+pub struct SpecArgs {
+    /// A draft model sharing the model's vocabulary (a file or a known model name), e.g.
+    /// qwen2.5-coder-0.5b for qwen2.5-coder-1.5b.
+    #[arg(long = "model-draft", alias = "md", value_name = "MODEL")]
+    pub model_draft: Option<String>,
+    /// Tokens drafted per step at most.
+    #[arg(long, alias = "draft", value_name = "N", default_value_t = Speculation::default().draft_max as u64,
+          value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_DRAFT as u64))]
+    pub draft_max: u64,
+    /// Shorter drafts are not verified (the step decodes one token).
+    #[arg(long, value_name = "N", default_value_t = Speculation::default().draft_min as u64,
+          value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_DRAFT as u64))]
+    pub draft_min: u64,
+    /// The draft model stops at a token it gives less than this probability.
+    #[arg(long, value_name = "P", default_value_t = Speculation::default().p_min, value_parser = unit_interval)]
+    pub draft_p_min: f32,
+    /// Prompt-lookup drafting: propose what followed the longest earlier match of the last N
+    /// tokens (then fewer) in the prompt and output (0 = off; no second model needed).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_NGRAM as u64))]
+    pub lookup_ngram: u64,
+}
+
+fn unit_interval(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        Ok(x) => Err(format!("must be in [0, 1], got {x}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl SpecArgs {
+    /// The requests' speculation settings.
+    pub fn speculation(&self) -> Result<Speculation> {
+        let s = Speculation {
+            draft_model: self.model_draft.is_some(),
+            draft_max: self.draft_max as usize,
+            draft_min: self.draft_min as usize,
+            p_min: self.draft_p_min,
+            lookup_ngram: self.lookup_ngram as usize,
+        };
+        s.validate().map_err(anyhow::Error::msg)?;
+        Ok(s)
+    }
+
+    /// The draft model's path (pulled on first use when it is a known name).
+    pub fn draft_path(&self) -> Result<Option<PathBuf>> {
+        self.model_draft
+            .as_deref()
+            .map(|m| resolve_model(Some(m)))
+            .transpose()
     }
 }
 

@@ -10,12 +10,15 @@ use kiln_engine::{Engine, EngineOptions, Pooling};
 use kiln_server::{AppState, ServerOptions};
 
 use crate::chat_template;
-use crate::model_arg::ModelArgs;
+use crate::model_arg::{ModelArgs, SpecArgs};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Speculative decoding for every request (a request may send `"speculative": false`).
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Address to listen on (loopback by default; use 0.0.0.0 to accept remote clients).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -90,10 +93,12 @@ fn non_empty_key(s: &str) -> Result<String, String> {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let speculation = a.spec.speculation()?;
     let engine = a.model.load(EngineOptions {
         threads: 0,
         context: Some(a.ctx_size.unwrap_or(4096)),
         max_batch: a.parallel,
+        draft_model: a.spec.draft_path()?,
         ..Default::default()
     })?;
     let Engine {
@@ -102,6 +107,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         chat_template,
         limits,
         name,
+        draft,
     } = engine;
     let chat_template =
         chat_template::resolve(a.chat_template.as_deref(), chat_template, &tokenizer)?;
@@ -119,7 +125,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         prefix_cache: a.parallel,
     };
     let vocab = Arc::new(tokenizer);
-    let scheduler = Arc::new(Scheduler::start(model, vocab.clone(), cfg));
+    let scheduler = Arc::new(Scheduler::start_with_draft(
+        model,
+        draft,
+        vocab.clone(),
+        cfg,
+    )?);
     let state = AppState::new(
         scheduler,
         vocab,
@@ -134,6 +145,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             body_timeout: Duration::from_secs_f64(a.read_timeout),
             drain_timeout: Duration::from_secs_f64(a.drain_timeout),
             pooling: a.pooling,
+            speculation,
             ..ServerOptions::default()
         },
     );

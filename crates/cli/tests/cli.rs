@@ -587,4 +587,64 @@ fn embed_prints_unit_vectors() {
     }
     let out = kiln(&["embed", "-m", d, "--pooling", "max", "x"]);
     assert!(!out.status.success());
+/// `kiln complete` with a draft model or prompt lookup: the goldens' greedy tokens, `timings`
+/// in `--json` with drafted and accepted counts; a draft with another vocabulary is refused.
+#[test]
+fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
+    let dir = test_data().join("fixtures/llama-mha");
+    let draft =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/data/synthetic/gqa-tied");
+    let g = golden("llama-mha");
+    let p = prompt(&g, "qa");
+    let text = p["text"].as_str().unwrap();
+    let base = [
+        "complete",
+        "-m",
+        dir.to_str().unwrap(),
+        "--json",
+        "-n",
+        "20",
+        "--ignore-eos",
+        "-t",
+        "2",
+    ];
+    for extra in [
+        vec![
+            "--model-draft",
+            draft.to_str().unwrap(),
+            "--draft-max",
+            "4",
+            "--draft-p-min",
+            "0",
+        ],
+        vec!["--lookup-ngram", "2", "--draft-max", "6"],
+    ] {
+        let mut args = base.to_vec();
+        args.extend(&extra);
+        args.extend(["--", text]);
+        let out = kiln(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            ids(&v["choices"][0]["token_ids"]),
+            ids(&p["greedy"]["new_ids_ignore_eos"]),
+            "{extra:?}"
+        );
+        let t = &v["timings"];
+        assert_eq!(t["predicted_n"], 20);
+        assert!(t["draft_n"].as_u64().unwrap() > 0, "{t}");
+        assert!(t["draft_n_accepted"].as_u64().unwrap() <= t["draft_n"].as_u64().unwrap());
+        assert!(t["predicted_ms"].as_f64().unwrap() >= 0.0);
+    }
+    let qwen = test_data().join("fixtures/qwen2-tiny");
+    let mut args = base.to_vec();
+    args.extend(["--model-draft", qwen.to_str().unwrap(), "--", text]);
+    let out = kiln(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vocabulary"), "{err}");
 }

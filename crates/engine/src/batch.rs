@@ -13,11 +13,13 @@
 //! prefix instead of recomputing it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use kiln_models::{CausalLM, KvCache, SeqInput};
 
 use crate::generate::{Completion, GenerateParams, TokenLogprob};
 use crate::sequence::{eos_ids, validate_request, Part, Sampled, Sequence, StepContext, Vocab};
+use crate::spec::Spec;
 use crate::EngineError;
 
 /// What happens to a request, in order: `Token`* then `Done` (or `Error`).
@@ -70,6 +72,9 @@ pub struct Finished<T> {
 pub struct StepReport<T> {
     /// Tokens sampled in this step.
     pub generated: usize,
+    /// Tokens drafted and verified in this step, and those of them the model kept.
+    pub drafted: usize,
+    pub accepted: usize,
     /// Sequences that ended in this step, in the order they were added.
     pub finished: Vec<Finished<T>>,
 }
@@ -82,6 +87,8 @@ pub struct Batch<T> {
     running: Vec<(T, Sequence)>,
     /// Finished caches with the tokens they hold, oldest first.
     pool: VecDeque<(Vec<u32>, KvCache)>,
+    /// The draft model for speculative decoding (its vocabulary is the model's).
+    draft: Option<Arc<dyn CausalLM>>,
 }
 
 impl<T> Batch<T> {
@@ -99,7 +106,33 @@ impl<T> Batch<T> {
             vocab_size: mc.vocab_size,
             running: Vec::new(),
             pool: VecDeque::new(),
+            draft: None,
         }
+    }
+
+    /// Drafts with `draft` for the requests that ask for it (see
+    /// [`crate::generate::Speculation`]). Its logits must be the model's width: checking that
+    /// the two tokenizers agree is the caller's part ([`crate::check_draft_vocab`]).
+    pub fn set_draft(
+        &mut self,
+        model: &dyn CausalLM,
+        draft: Option<Arc<dyn CausalLM>>,
+    ) -> Result<(), EngineError> {
+        if let Some(d) = &draft {
+            let (a, b) = (model.config().vocab_size, d.config().vocab_size);
+            if a != b {
+                return Err(EngineError::Invalid(format!(
+                    "the draft model's vocabulary ({b} tokens) is not the model's ({a})"
+                )));
+            }
+        }
+        self.draft = draft;
+        Ok(())
+    }
+
+    /// Whether a draft model is set.
+    pub fn has_draft(&self) -> bool {
+        self.draft.is_some()
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -163,8 +196,18 @@ impl<T> Batch<T> {
             }
             None => (model.new_cache(capacity), 0),
         };
+        let sp = &params.speculation;
+        let use_model = sp.draft_model && self.draft.is_some();
+        let spec = (sp.draft_max > 0 && (use_model || sp.lookup_ngram > 0)).then(|| {
+            let draft_cache = self
+                .draft
+                .as_ref()
+                .filter(|_| use_model)
+                .map(|d| d.new_cache(capacity));
+            Spec::new(sp.clone(), &params.sampling, draft_cache)
+        });
         self.running
-            .push((tag, Sequence::new(vocab, prompt, params, cache, fed)));
+            .push((tag, Sequence::new(vocab, prompt, params, cache, fed, spec)));
         Ok(fed)
     }
 
@@ -210,6 +253,60 @@ impl<T> Batch<T> {
             .map(|(_, s)| s.plan(&mut budget))
             .collect();
 
+        // Draft: prompt lookup at once; the draft model in batched rounds of one token.
+        let context = self.cfg.context;
+        let room = self
+            .draft
+            .as_ref()
+            .map_or(0, |d| d.config().max_position_embeddings);
+        let mut drafting: Vec<bool> = self
+            .running
+            .iter_mut()
+            .zip(&parts)
+            .map(|((_, s), part)| {
+                matches!(part, Some(Part::Decode)) && s.begin_draft(context, room)
+            })
+            .collect();
+        if let Some(draft) = &self.draft {
+            // The draft model computes the prompts beside the model (as llama.cpp's
+            // speculative example does), so that its first draft need not.
+            let mut inputs: Vec<SeqInput<'_>> = self
+                .running
+                .iter_mut()
+                .zip(&parts)
+                .filter_map(|((_, s), part)| part.and_then(|p| s.draft_prefill(p, room)))
+                .collect();
+            if !inputs.is_empty() {
+                draft.forward(&mut inputs, &mut Vec::new())?;
+            }
+            drop(inputs);
+            let mut dlogits = Vec::new();
+            while drafting.iter().any(|&d| d) {
+                dlogits.clear();
+                let mut inputs: Vec<SeqInput<'_>> = self
+                    .running
+                    .iter_mut()
+                    .zip(&drafting)
+                    .filter(|(_, d)| **d)
+                    .map(|((_, s), _)| s.spec_mut().model_input())
+                    .collect();
+                draft.forward(&mut inputs, &mut dlogits)?;
+                drop(inputs);
+                let mut rows = dlogits.chunks_exact(self.vocab_size);
+                for ((_, s), d) in self.running.iter_mut().zip(drafting.iter_mut()) {
+                    if *d {
+                        let row = rows.next().expect("one draft row per drafting sequence");
+                        *d = s.spec_mut().model_row(row);
+                    }
+                }
+            }
+        }
+        for ((_, s), part) in self.running.iter_mut().zip(&parts) {
+            if matches!(part, Some(Part::Decode)) {
+                s.end_draft();
+            }
+        }
+
         let mut logits = Vec::new();
         {
             let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
@@ -233,22 +330,34 @@ impl<T> Batch<T> {
         let mut row = 0;
         let mut lp = Vec::new();
         let mut generated = 0;
+        let (mut drafted, mut accepted) = (0, 0);
         for ((tag, s), part) in self.running.iter_mut().zip(&parts) {
             let Some(part) = *part else { continue };
             let rows = match part {
-                Part::Decode => 1,
+                Part::Decode => s.decode_rows(),
                 Part::Prefill(chunk) => chunk.rows(),
             };
             let block = &logits[row * vocab_size..(row + rows) * vocab_size];
             row += rows;
             let sampled = match part {
-                Part::Decode => Some(s.sample(vocab, &ctx, block, &mut lp)),
-                Part::Prefill(chunk) => s.prefilled(vocab, &ctx, chunk, block, &mut lp),
+                Part::Decode if rows > 1 => {
+                    let before = s.draft_counts();
+                    let out = s.verify(vocab, &ctx, block, &mut lp);
+                    let after = s.draft_counts();
+                    drafted += after.0 - before.0;
+                    accepted += after.1 - before.1;
+                    out
+                }
+                Part::Decode => vec![s.sample(vocab, &ctx, block, &mut lp)],
+                Part::Prefill(chunk) => s
+                    .prefilled(vocab, &ctx, chunk, block, &mut lp)
+                    .into_iter()
+                    .collect(),
             };
             if let Some((text, logprobs)) = s.echoed_prompt(part) {
                 emit(tag, Event::Prompt { text, logprobs });
             }
-            if let Some(Sampled { id, text, logprob }) = sampled {
+            for Sampled { id, text, logprob } in sampled {
                 generated += 1;
                 emit(tag, Event::Token { id, text, logprob });
             }
@@ -272,6 +381,8 @@ impl<T> Batch<T> {
         }
         Ok(StepReport {
             generated,
+            drafted,
+            accepted,
             finished,
         })
     }

@@ -7,6 +7,8 @@
 //! The types here are shared by every way of generating; the work is done by
 //! [`crate::sequence`] (one request) and [`crate::batch`] (one step of many).
 
+use std::sync::Arc;
+
 use kiln_models::CausalLM;
 use kiln_tokenizer::Tokenizer;
 
@@ -28,6 +30,112 @@ pub struct GenerateParams {
     pub logprobs: Option<usize>,
     /// Return the prompt too, with its tokens' logprobs when `logprobs` is set.
     pub echo: bool,
+    /// Speculative decoding: how tokens are drafted for the model to verify.
+    pub speculation: Speculation,
+}
+
+/// Speculative decoding for one request: a cheap source drafts tokens, the model checks them
+/// all in one forward pass, and the first it disagrees with is replaced by its own choice.
+/// Greedy output is the plain decoding's token for token; sampled output follows exactly the
+/// distribution plain sampling draws from (speculative sampling by rejection, Leviathan et al.
+/// 2023 / Chen et al. 2023), reproducibly for a seed but not the same draws as without drafts.
+///
+/// Two sources: the engine's draft model (when one is loaded and `draft_model` is set), and
+/// prompt lookup (`lookup_ngram > 0`: the continuation of an earlier occurrence of the last
+/// tokens, from the prompt or the text so far). When both are on, a lookup match is used and
+/// the draft model drafts when there is none.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Speculation {
+    /// Draft with the engine's draft model, when it has one.
+    pub draft_model: bool,
+    /// Tokens drafted per step at most (llama.cpp's `--draft-max`); 0 turns speculation off.
+    pub draft_max: usize,
+    /// Drafts shorter than this are not verified: the step decodes one token instead
+    /// (`--draft-min`).
+    pub draft_min: usize,
+    /// The draft model stops drafting at a token it gives less than this probability
+    /// (`--draft-p-min`).
+    pub p_min: f32,
+    /// Prompt lookup: match the last `lookup_ngram` tokens (then fewer, down to 1) earlier in
+    /// the sequence and draft what followed the longest match (0 = off).
+    pub lookup_ngram: usize,
+}
+
+impl Default for Speculation {
+    /// llama.cpp's defaults for the draft model (16, 0, 0.75); prompt lookup off.
+    fn default() -> Self {
+        Speculation {
+            draft_model: true,
+            draft_max: 16,
+            draft_min: 0,
+            p_min: 0.75,
+            lookup_ngram: 0,
+        }
+    }
+}
+
+impl Speculation {
+    /// Most tokens a request may draft per step, and the longest lookup n-gram.
+    pub const MAX_DRAFT: usize = 64;
+    pub const MAX_NGRAM: usize = 16;
+
+    /// No drafting at all.
+    pub fn off() -> Speculation {
+        Speculation {
+            draft_model: false,
+            lookup_ngram: 0,
+            ..Speculation::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.draft_max > Self::MAX_DRAFT {
+            return Err(format!(
+                "draft_max must be at most {}, got {}",
+                Self::MAX_DRAFT,
+                self.draft_max
+            ));
+        }
+        if self.draft_min > self.draft_max {
+            return Err(format!(
+                "draft_min ({}) must not exceed draft_max ({})",
+                self.draft_min, self.draft_max
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.p_min) {
+            return Err(format!("draft p_min must be in [0, 1], got {}", self.p_min));
+        }
+        if self.lookup_ngram > Self::MAX_NGRAM {
+            return Err(format!(
+                "lookup_ngram must be at most {}, got {}",
+                Self::MAX_NGRAM,
+                self.lookup_ngram
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a request's time went, and how its drafts fared.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// Prompt tokens computed (not taken from the prefix cache).
+    pub prompt_tokens: usize,
+    /// From admission to the first generated token (the prompt's prefill).
+    pub prompt_seconds: f64,
+    /// From the first generated token to the last.
+    pub generate_seconds: f64,
+    /// Tokens drafted and sent to the model for verification.
+    pub draft_tokens: usize,
+    /// Drafted tokens the model accepted.
+    pub draft_accepted: usize,
+}
+
+impl Timings {
+    /// Accepted drafts per drafted token (`None` without drafts).
+    pub fn acceptance_rate(&self) -> Option<f64> {
+        (self.draft_tokens > 0).then(|| self.draft_accepted as f64 / self.draft_tokens as f64)
+    }
 }
 
 impl Default for GenerateParams {
@@ -39,6 +147,7 @@ impl Default for GenerateParams {
             ignore_eos: false,
             logprobs: None,
             echo: false,
+            speculation: Speculation::default(),
         }
     }
 }
@@ -88,6 +197,8 @@ pub struct Completion {
     pub prompt_logprobs: Option<Vec<TokenLogprob>>,
     /// With `logprobs`: one entry per generated token.
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// Time spent and speculative drafts.
+    pub timings: Timings,
 }
 
 /// Limits that hold for every batch.
@@ -114,8 +225,23 @@ pub fn generate(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Completion>, EngineError> {
+    generate_with_draft(model, None, tokenizer, limits, prompts, params, on_text)
+}
+
+/// [`generate`] with a draft model for speculative decoding (see [`Speculation`]; its
+/// vocabulary must be the model's, [`crate::check_draft_vocab`]).
+pub fn generate_with_draft(
+    model: &dyn CausalLM,
+    draft: Option<Arc<dyn CausalLM>>,
+    tokenizer: &Tokenizer,
+    limits: Limits,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Completion>, EngineError> {
     let done = generate_until(
         model,
+        draft,
         tokenizer,
         limits,
         prompts,
@@ -126,11 +252,14 @@ pub fn generate(
     Ok(done.expect("never stopped"))
 }
 
-/// [`generate`] that asks `stop()` before every step (a forward pass: one token, or one prefill
-/// chunk) and, once it says yes, ends every sequence there and returns `Ok(None)`. The text
-/// already handed to `on_text` is all there is of the stopped replies (`kiln chat`'s Ctrl-C).
+/// [`generate_with_draft`] that asks `stop()` before every step (a forward pass: one token, or
+/// one prefill chunk) and, once it says yes, ends every sequence there and returns `Ok(None)`.
+/// The text already handed to `on_text` is all there is of the stopped replies (`kiln chat`'s
+/// Ctrl-C).
+#[allow(clippy::too_many_arguments)]
 pub fn generate_until(
     model: &dyn CausalLM,
+    draft: Option<Arc<dyn CausalLM>>,
     tokenizer: &Tokenizer,
     limits: Limits,
     prompts: &[Vec<u32>],
@@ -154,6 +283,7 @@ pub fn generate_until(
             prefix_cache: 0,
         },
     );
+    batch.set_draft(model, draft)?;
     // Refuse the whole batch before computing anything.
     for (i, p) in prompts.iter().enumerate() {
         batch.validate(p, params).map_err(|e| match e {

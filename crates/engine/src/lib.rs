@@ -21,16 +21,20 @@ pub mod perplexity;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
+pub mod spec;
 pub mod text;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_formats::{LoadOptions, TokenizerSource};
 use kiln_models::{BuildOptions, CausalLM};
 use kiln_tokenizer::Tokenizer;
 
 pub use embed::Pooling;
-pub use generate::{Completion, FinishReason, GenerateParams, Limits, TokenLogprob};
+pub use generate::{
+    Completion, FinishReason, GenerateParams, Limits, Speculation, Timings, TokenLogprob,
+};
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
 pub use kiln_formats::resident::Residency;
@@ -73,6 +77,9 @@ pub struct EngineOptions {
     pub residency: Option<Residency>,
     /// Rearrange quantised matrices into the kernels' preferred layout (off: the file's order).
     pub interleave: bool,
+    /// A draft model for speculative decoding (llama.cpp's `--model-draft`), loaded with the
+    /// same settings; its vocabulary must be the model's.
+    pub draft_model: Option<PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -87,6 +94,7 @@ impl Default for EngineOptions {
             kv_type: None,
             residency: None,
             interleave: true,
+            draft_model: None,
         }
     }
 }
@@ -99,6 +107,8 @@ pub struct Engine {
     pub limits: Limits,
     /// What the model was loaded from, for display.
     pub name: String,
+    /// The draft model for speculative decoding, when one was loaded.
+    pub draft: Option<Arc<dyn CausalLM>>,
 }
 
 impl Engine {
@@ -145,7 +155,26 @@ impl Engine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Engine::new(model, tokenizer, chat_template, opts, name))
+        let mut engine = Engine::new(model, tokenizer, chat_template, opts, name);
+        if let Some(d) = &opts.draft_model {
+            let loaded = kiln_formats::load_with(d, &load)?;
+            let draft_tokenizer = Tokenizer::from_source(&loaded.tokenizer)?;
+            let draft = kiln_models::build_with(loaded, &build)?;
+            check_draft_vocab(
+                engine.model.as_ref(),
+                &engine.tokenizer,
+                draft.as_ref(),
+                &draft_tokenizer,
+            )
+            .map_err(|e| match e {
+                EngineError::Invalid(m) => {
+                    EngineError::Invalid(format!("draft model {}: {m}", d.display()))
+                }
+                e => e,
+            })?;
+            engine.draft = Some(Arc::from(draft));
+        }
+        Ok(engine)
     }
 
     pub fn new(
@@ -167,6 +196,7 @@ impl Engine {
             chat_template,
             limits,
             name,
+            draft: None,
         }
     }
 
@@ -182,8 +212,9 @@ impl Engine {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(usize, &str),
     ) -> Result<Vec<Completion>, EngineError> {
-        generate::generate(
+        generate::generate_with_draft(
             self.model.as_ref(),
+            self.draft.clone(),
             &self.tokenizer,
             self.limits,
             prompts,
@@ -228,6 +259,7 @@ impl Engine {
     ) -> Result<Option<Vec<Completion>>, EngineError> {
         generate::generate_until(
             self.model.as_ref(),
+            self.draft.clone(),
             &self.tokenizer,
             self.limits,
             prompts,
@@ -236,4 +268,48 @@ impl Engine {
             stop,
         )
     }
+}
+
+/// Checks that a draft model can draft for `model`: the same number of logits, and tokenizers
+/// that agree on every token's bytes and on BOS and EOS (as llama.cpp's speculative example
+/// checks), so that a drafted id means the same text to both.
+pub fn check_draft_vocab(
+    model: &dyn CausalLM,
+    tokenizer: &Tokenizer,
+    draft: &dyn CausalLM,
+    draft_tokenizer: &Tokenizer,
+) -> Result<(), EngineError> {
+    let (a, b) = (model.config().vocab_size, draft.config().vocab_size);
+    if a != b {
+        return Err(EngineError::Invalid(format!(
+            "its vocabulary has {b} tokens, the model's {a}: a draft must share the model's vocabulary"
+        )));
+    }
+    let (ta, tb) = (tokenizer.vocab_size(), draft_tokenizer.vocab_size());
+    if ta != tb {
+        return Err(EngineError::Invalid(format!(
+            "its tokenizer has {tb} tokens, the model's {ta}: a draft must share the model's vocabulary"
+        )));
+    }
+    if tokenizer.bos_id() != draft_tokenizer.bos_id()
+        || tokenizer.eos_ids() != draft_tokenizer.eos_ids()
+    {
+        return Err(EngineError::Invalid(format!(
+            "its BOS/EOS tokens ({:?}/{:?}) are not the model's ({:?}/{:?}): a draft must share the model's vocabulary",
+            draft_tokenizer.bos_id(),
+            draft_tokenizer.eos_ids(),
+            tokenizer.bos_id(),
+            tokenizer.eos_ids()
+        )));
+    }
+    if let Some(id) =
+        (0..ta as u32).find(|&i| tokenizer.token_bytes(i) != draft_tokenizer.token_bytes(i))
+    {
+        return Err(EngineError::Invalid(format!(
+            "token {id} is {:?} in its tokenizer and {:?} in the model's: a draft must share the model's vocabulary",
+            String::from_utf8_lossy(&draft_tokenizer.token_bytes(id)),
+            String::from_utf8_lossy(&tokenizer.token_bytes(id)),
+        )));
+    }
+    Ok(())
 }

@@ -639,6 +639,7 @@ mod tests {
             finish_reason: crate::FinishReason::Length,
             prompt_logprobs: None,
             logprobs: None,
+            timings: Default::default(),
         }
     }
 

@@ -144,6 +144,7 @@ pub fn argmax(values: &[f32]) -> u32 {
 
 /// Per-sequence sampling state: its parameters, its random stream and the token counts the
 /// penalties look at.
+#[derive(Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
@@ -170,6 +171,98 @@ impl Sampler {
 
     /// Chooses the next token from raw logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if let Some(tok) = self.prepare(logits) {
+            return tok;
+        }
+        let c = &self.candidates;
+        let total: f64 = c.iter().map(|e| e.1 as f64).sum();
+        let mut r = self.rng.next_f64() * total;
+        for e in c.iter() {
+            r -= e.1 as f64;
+            if r < 0.0 {
+                return e.0;
+            }
+        }
+        c[c.len() - 1].0
+    }
+
+    /// The distribution [`Sampler::sample`] draws from, after every transform (bias,
+    /// penalties, temperature, top-k, top-p, min-p): `(token, probability)`, most likely first,
+    /// probabilities summing to 1. Greedy sampling is the one argmax token with probability 1.
+    /// Also returns how likely the most likely token is at temperature 1 after the penalties
+    /// (a draft's confidence; for sampling, the first probability).
+    pub fn distribution(&mut self, logits: &[f32]) -> (Vec<(u32, f64)>, f64) {
+        if let Some(tok) = self.prepare(logits) {
+            let w = &self.work;
+            let max = w[tok as usize];
+            let sum: f64 = w.iter().map(|&v| ((v - max) as f64).exp()).sum();
+            return (vec![(tok, 1.0)], 1.0 / sum);
+        }
+        let total: f64 = self.candidates.iter().map(|e| e.1 as f64).sum();
+        let dist: Vec<(u32, f64)> = self
+            .candidates
+            .iter()
+            .map(|e| (e.0, e.1 as f64 / total))
+            .collect();
+        let top = dist[0].1;
+        (dist, top)
+    }
+
+    /// Speculative sampling's verification of one drafted token (Leviathan et al. 2023; Chen et
+    /// al. 2023): `draft` was drawn from the proposal `q` (`(token, probability)`; a point mass
+    /// for prompt lookup or a greedy draft). With `p` the distribution [`Sampler::sample`] draws
+    /// from for `logits`, the draft is kept with probability `min(1, p(draft) / q(draft))`;
+    /// otherwise a token is drawn from `max(0, p − q)`, normalised. The token returned follows
+    /// `p` exactly, whatever `q` is. Greedy: the argmax, kept when it is the draft. Returns the
+    /// token and whether it is the draft, kept.
+    pub fn verify(&mut self, logits: &[f32], draft: u32, q: &[(u32, f64)]) -> (u32, bool) {
+        if let Some(tok) = self.prepare(logits) {
+            return (tok, tok == draft);
+        }
+        let total: f64 = self.candidates.iter().map(|e| e.1 as f64).sum();
+        let prob_q = |t: u32| q.iter().find(|e| e.0 == t).map_or(0.0, |e| e.1);
+        let pd = self
+            .candidates
+            .iter()
+            .find(|e| e.0 == draft)
+            .map_or(0.0, |e| e.1 as f64 / total);
+        let qd = prob_q(draft);
+        let u = self.rng.next_f64();
+        if qd > 0.0 && u * qd < pd {
+            return (draft, true);
+        }
+        // The residual max(0, p − q) over p's support (outside it p is 0).
+        let residual: Vec<(u32, f64)> = self
+            .candidates
+            .iter()
+            .map(|e| (e.0, (e.1 as f64 / total - prob_q(e.0)).max(0.0)))
+            .collect();
+        let sum: f64 = residual.iter().map(|e| e.1).sum();
+        let tok = if sum > 0.0 {
+            draw(&residual, sum, self.rng.next_f64())
+        } else {
+            // p ≤ q everywhere means p = q, where a rejection has probability 0; only rounding
+            // gets here. Draw from p.
+            let p: Vec<(u32, f64)> = self.candidates.iter().map(|e| (e.0, e.1 as f64)).collect();
+            draw(&p, total, self.rng.next_f64())
+        };
+        (tok, false)
+    }
+
+    /// Draws from a distribution given as `(token, probability)`, with this sampler's stream.
+    pub fn draw(&mut self, dist: &[(u32, f64)]) -> u32 {
+        let total = dist.iter().map(|e| e.1).sum();
+        draw(dist, total, self.rng.next_f64())
+    }
+
+    /// This sampler's penalty counts replaced by `other`'s (a draft follows its target).
+    pub fn copy_counts(&mut self, other: &Sampler) {
+        self.counts.clone_from(&other.counts);
+    }
+
+    /// Applies bias and penalties (into `work`); greedy returns the argmax, otherwise the
+    /// candidates (unnormalised weights, most likely first) are left in `candidates`.
+    fn prepare(&mut self, logits: &[f32]) -> Option<u32> {
         let p = &self.params;
         self.work.clear();
         self.work.extend_from_slice(logits);
@@ -193,7 +286,7 @@ impl Sampler {
             *v -= p.presence_penalty + p.frequency_penalty * count as f32;
         }
         if p.temperature == 0.0 {
-            return argmax(w);
+            return Some(argmax(w));
         }
 
         // Candidates sorted by logit; temperature, then top-k, top-p and min-p on the
@@ -233,16 +326,21 @@ impl Sampler {
             keep = keep.min(c.iter().take_while(|e| e.1 >= floor).count());
         }
         c.truncate(keep.max(1));
-        let total: f64 = c.iter().map(|e| e.1 as f64).sum();
-        let mut r = self.rng.next_f64() * total;
-        for e in c.iter() {
-            r -= e.1 as f64;
-            if r < 0.0 {
-                return e.0;
-            }
-        }
-        c[c.len() - 1].0
+        None
     }
+}
+
+/// The entry of `dist` (weights summing to `total`) that `u ∈ [0, 1)` falls on.
+fn draw(dist: &[(u32, f64)], total: f64, u: f64) -> u32 {
+    let mut r = u * total;
+    for e in dist {
+        r -= e.1;
+        if r < 0.0 {
+            return e.0;
+        }
+    }
+    // Rounding: the last token with any weight.
+    dist.iter().rev().find(|e| e.1 > 0.0).unwrap_or(&dist[0]).0
 }
 
 #[cfg(test)]

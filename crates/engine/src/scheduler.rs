@@ -105,6 +105,8 @@ struct Counters {
     prompt_tokens: AtomicU64,
     cached_prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
+    draft_tokens: AtomicU64,
+    draft_accepted: AtomicU64,
     steps: AtomicU64,
     busy_micros: AtomicU64,
     /// Requests submitted and not yet finished (queued + running).
@@ -129,6 +131,9 @@ pub struct Stats {
     pub prompt_tokens: u64,
     pub cached_prompt_tokens: u64,
     pub generated_tokens: u64,
+    /// Tokens drafted for speculative decoding and verified, and those the model kept.
+    pub draft_tokens: u64,
+    pub draft_accepted: u64,
     pub steps: u64,
     pub busy_seconds: f64,
     pub queued: usize,
@@ -143,7 +148,7 @@ pub struct Stats {
 }
 
 enum Msg {
-    Submit(Pending),
+    Submit(Box<Pending>),
     Embed(EmbedJob),
     Shutdown,
 }
@@ -183,6 +188,19 @@ impl Scheduler {
         vocab: Arc<dyn Vocab>,
         cfg: SchedulerConfig,
     ) -> Scheduler {
+        Scheduler::start_with_draft(model, None, vocab, cfg)
+            .expect("no draft model, nothing to check")
+    }
+
+    /// [`Scheduler::start`] with a draft model for the requests that speculate (see
+    /// [`crate::generate::Speculation`]); its vocabulary must be the model's
+    /// ([`crate::check_draft_vocab`]; here only the logits' width is checked).
+    pub fn start_with_draft(
+        model: Box<dyn CausalLM>,
+        draft: Option<Arc<dyn CausalLM>>,
+        vocab: Arc<dyn Vocab>,
+        cfg: SchedulerConfig,
+    ) -> Result<Scheduler, EngineError> {
         let cfg = SchedulerConfig {
             slots: cfg.slots.max(1),
             context: cfg
@@ -194,7 +212,7 @@ impl Scheduler {
         let vocab_size = model.config().vocab_size;
         let (tx, rx) = mpsc::channel();
         let counters = Arc::new(Counters::default());
-        let batch = Batch::new(
+        let mut batch = Batch::new(
             model.as_ref(),
             vocab.as_ref(),
             BatchConfig {
@@ -203,6 +221,7 @@ impl Scheduler {
                 prefix_cache: cfg.prefix_cache,
             },
         );
+        batch.set_draft(model.as_ref(), draft)?;
         let mut engine = EngineLoop {
             model,
             vocab,
@@ -222,14 +241,14 @@ impl Scheduler {
             .name("kiln-engine".into())
             .spawn(move || engine.run())
             .expect("spawning the engine thread");
-        Scheduler {
+        Ok(Scheduler {
             tx: Mutex::new(tx),
             counters,
             closing: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
             cfg,
             vocab_size,
-        }
+        })
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -264,7 +283,7 @@ impl Scheduler {
             .tx
             .lock()
             .map_err(|_| SubmitError::ShuttingDown)?
-            .send(Msg::Submit(pending));
+            .send(Msg::Submit(Box::new(pending)));
         if sent.is_err() {
             self.counters.outstanding.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::ShuttingDown);
@@ -338,6 +357,8 @@ impl Scheduler {
             prompt_tokens: c.prompt_tokens.load(Ordering::Relaxed),
             cached_prompt_tokens: c.cached_prompt_tokens.load(Ordering::Relaxed),
             generated_tokens: c.generated_tokens.load(Ordering::Relaxed),
+            draft_tokens: c.draft_tokens.load(Ordering::Relaxed),
+            draft_accepted: c.draft_accepted.load(Ordering::Relaxed),
             steps: c.steps.load(Ordering::Relaxed),
             busy_seconds: c.busy_micros.load(Ordering::Relaxed) as f64 / 1e6,
             queued: outstanding.saturating_sub(running),
@@ -458,7 +479,7 @@ impl EngineLoop {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Submit(p) => self.queue.push_back(p),
+            Msg::Submit(p) => self.queue.push_back(*p),
             Msg::Embed(j) => self.embeds.push_back(j),
             Msg::Shutdown => self.closing = true,
         }
@@ -577,8 +598,13 @@ impl EngineLoop {
                 return;
             }
         };
+        // Counters first, so that a client who has its answer sees them updated.
+        let c = &self.counters;
+        c.draft_tokens
+            .fetch_add(report.drafted as u64, Ordering::Relaxed);
+        c.draft_accepted
+            .fetch_add(report.accepted as u64, Ordering::Relaxed);
         for f in report.finished {
-            // Counters first, so that a client who has its answer sees them updated.
             self.finish_request(false);
             self.counters.running.fetch_sub(1, Ordering::Relaxed);
             let mut client = f.tag;

@@ -3,11 +3,14 @@
 //! sampler with its penalties and logit bias, stop strings, end-of-sequence tokens, prompt and
 //! generated logprobs, the finish reason and the final [`Completion`].
 
+use std::time::Instant;
+
 use kiln_models::{KvCache, Logits, SeqInput};
 use kiln_tokenizer::Tokenizer;
 
-use crate::generate::{Completion, FinishReason, GenerateParams, TokenLogprob};
+use crate::generate::{Completion, FinishReason, GenerateParams, Timings, TokenLogprob};
 use crate::sampler::{log_softmax, top_n, Sampler};
+use crate::spec::Spec;
 use crate::text::TextStream;
 use crate::EngineError;
 
@@ -83,6 +86,10 @@ pub fn validate_request(
     vocab_size: usize,
 ) -> Result<(), EngineError> {
     params.sampling.validate().map_err(EngineError::Invalid)?;
+    params
+        .speculation
+        .validate()
+        .map_err(EngineError::Invalid)?;
     if prompt.is_empty() {
         return Err(EngineError::Invalid(
             "the prompt is empty (no tokens)".into(),
@@ -240,6 +247,11 @@ pub(crate) struct Sequence {
     prompt_logprobs: Option<Vec<TokenLogprob>>,
     logprobs: Option<Vec<TokenLogprob>>,
     finish: Option<FinishReason>,
+    /// Speculative decoding, when the request drafts.
+    spec: Option<Spec>,
+    started: Instant,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
 }
 
 impl Sequence {
@@ -250,6 +262,7 @@ impl Sequence {
         params: GenerateParams,
         cache: KvCache,
         fed: usize,
+        spec: Option<Spec>,
     ) -> Sequence {
         let mut sampler = Sampler::new(params.sampling.clone());
         prompt.iter().for_each(|&t| sampler.observe(t));
@@ -276,6 +289,10 @@ impl Sequence {
             cached_tokens: fed,
             prompt,
             params,
+            spec,
+            started: Instant::now(),
+            first_token: None,
+            last_token: None,
         }
     }
 
@@ -305,9 +322,14 @@ impl Sequence {
         }))
     }
 
-    /// The model input for `part` (as planned by [`Sequence::plan`]).
+    /// The model input for `part` (as planned by [`Sequence::plan`]; a decoding sequence with
+    /// drafts feeds its last token and the drafts, and wants every row back).
     pub(crate) fn input(&mut self, part: Part) -> SeqInput<'_> {
         let (tokens, logits) = match part {
+            Part::Decode if self.drafts() > 0 => (
+                &self.spec.as_ref().expect("drafts come from a spec").verify[..],
+                Logits::All,
+            ),
             // A decoding sequence has sampled a token: prefill ends by sampling or finishing.
             Part::Decode => (
                 std::slice::from_ref(self.generated.last().expect("a sampled token")),
@@ -320,6 +342,115 @@ impl Sequence {
             cache: &mut self.cache,
             logits,
         }
+    }
+
+    /// Tokens drafted for this step's verification.
+    pub(crate) fn drafts(&self) -> usize {
+        self.spec.as_ref().map_or(0, |s| s.drafts.len())
+    }
+
+    /// Logits rows a decode step returns: one, or one per draft and one after them.
+    pub(crate) fn decode_rows(&self) -> usize {
+        1 + self.drafts()
+    }
+
+    /// Starts this step's draft (a decoding sequence). Prompt lookup drafts at once; `true`
+    /// when the draft model is to draft ([`Sequence::spec_mut`]'s rounds follow).
+    /// `model_room`: positions the draft model takes.
+    pub(crate) fn begin_draft(&mut self, context: usize, model_room: usize) -> bool {
+        let Some(spec) = self.spec.as_mut() else {
+            return false;
+        };
+        // Drafts fit the token budget with one token after them (the model's own), and the
+        // context: the last token and the drafts are stored.
+        let done = self.prompt.len() + self.generated.len();
+        let budget = (self
+            .params
+            .max_tokens
+            .saturating_sub(self.generated.len() + 1))
+        .min(context.saturating_sub(done));
+        let mut tokens = Vec::with_capacity(done);
+        tokens.extend_from_slice(&self.prompt);
+        tokens.extend_from_slice(&self.generated);
+        spec.begin(&tokens, &self.sampler, budget, model_room.min(context))
+    }
+
+    /// The draft model's input while the prompt is computed: the draft's cache catches up to
+    /// the end of the model's chunk (without logits), so that drafting starts at once when
+    /// generation does. `None` without a draft model or when it has no room for the prompt.
+    pub(crate) fn draft_prefill(&mut self, part: Part, room: usize) -> Option<SeqInput<'_>> {
+        let Part::Prefill(chunk) = part else {
+            return None;
+        };
+        let cache = self.spec.as_mut()?.cache_mut()?;
+        let from = cache.len();
+        if from >= chunk.end || chunk.end > room {
+            return None;
+        }
+        Some(SeqInput {
+            tokens: &self.prompt[from..chunk.end],
+            cache,
+            logits: Logits::None,
+        })
+    }
+
+    /// Drafted and accepted tokens so far.
+    pub(crate) fn draft_counts(&self) -> (usize, usize) {
+        self.spec
+            .as_ref()
+            .map_or((0, 0), |s| (s.drafted, s.accepted))
+    }
+
+    pub(crate) fn spec_mut(&mut self) -> &mut Spec {
+        self.spec.as_mut().expect("a drafting sequence")
+    }
+
+    /// Ends this step's draft: the verification input is ready.
+    pub(crate) fn end_draft(&mut self) {
+        let last = *self.generated.last().expect("a sampled token");
+        let len = self.prompt.len() + self.generated.len();
+        if let Some(spec) = self.spec.as_mut() {
+            spec.finish_draft(last, len);
+        }
+    }
+
+    /// Verifies this step's drafts against the model's rows (`block`: one row after the last
+    /// token, then one after each draft): each draft is kept or replaced as
+    /// [`Sampler::verify`] decides, up to the first replaced; when every draft is kept, one
+    /// more token is sampled from the last row. Each token is recorded as [`Sequence::sample`]
+    /// records it, from its own row, so logprobs, penalties, stop strings and limits see the
+    /// same sequence as plain decoding. Both caches are then cut back to the tokens kept.
+    pub(crate) fn verify(
+        &mut self,
+        vocab: &dyn Vocab,
+        ctx: &StepContext<'_>,
+        block: &[f32],
+        lp: &mut Vec<f32>,
+    ) -> Vec<Sampled> {
+        let spec = self.spec.as_mut().expect("drafts come from a spec");
+        let drafts = std::mem::take(&mut spec.drafts);
+        let proposals = std::mem::take(&mut spec.proposals);
+        spec.drafted += drafts.len();
+        let v = ctx.vocab_size;
+        let mut out = Vec::with_capacity(drafts.len() + 1);
+        for (i, row) in block.chunks_exact(v).enumerate() {
+            let (tok, kept) = match drafts.get(i) {
+                Some(&d) => self.sampler.verify(row, d, &proposals[i]),
+                None => (self.sampler.sample(row), false),
+            };
+            if kept {
+                self.spec.as_mut().expect("checked").accepted += 1;
+            }
+            out.push(self.record(vocab, ctx, tok, row, lp));
+            if !kept || self.finish.is_some() {
+                break;
+            }
+        }
+        // The model's cache holds every token but the last sampled one.
+        let held = self.prompt.len() + self.generated.len() - 1;
+        self.cache.truncate(held);
+        self.spec.as_mut().expect("checked").rolled_back(held);
+        out
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -406,6 +537,21 @@ impl Sequence {
         lp: &mut Vec<f32>,
     ) -> Sampled {
         let tok = self.sampler.sample(row);
+        self.record(vocab, ctx, tok, row, lp)
+    }
+
+    /// Records `tok`, chosen from `row`: logprobs, text, penalties and stop conditions.
+    fn record(
+        &mut self,
+        vocab: &dyn Vocab,
+        ctx: &StepContext<'_>,
+        tok: u32,
+        row: &[f32],
+        lp: &mut Vec<f32>,
+    ) -> Sampled {
+        let now = Instant::now();
+        self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
         let offset = self.prompt_chars + self.stream.char_len();
         let logprob = self.params.logprobs.map(|n| {
             log_softmax(row, lp);
@@ -421,7 +567,9 @@ impl Sequence {
         if eos_hit || self.stream.push(&vocab.token_bytes(tok)) {
             self.finish = Some(FinishReason::Stop);
         } else if self.generated.len() >= self.params.max_tokens
-            || self.cache.len() + 1 > ctx.context
+            // Feeding this token needs a position after the others (the cache holds all the
+            // tokens but this one; a verification's cache holds more for a moment).
+            || self.prompt.len() + self.generated.len() > ctx.context
         {
             self.finish = Some(FinishReason::Length);
         }
@@ -448,6 +596,19 @@ impl Sequence {
             finish_reason: self.finish.unwrap_or(FinishReason::Length),
             prompt_logprobs: self.prompt_logprobs.take(),
             logprobs: self.logprobs.take(),
+            timings: self.timings(),
+        }
+    }
+
+    fn timings(&self) -> Timings {
+        let first = self.first_token.unwrap_or_else(Instant::now);
+        let last = self.last_token.unwrap_or(first);
+        Timings {
+            prompt_tokens: self.prompt.len() - self.cached_tokens,
+            prompt_seconds: first.duration_since(self.started).as_secs_f64(),
+            generate_seconds: last.duration_since(first).as_secs_f64(),
+            draft_tokens: self.spec.as_ref().map_or(0, |s| s.drafted),
+            draft_accepted: self.spec.as_ref().map_or(0, |s| s.accepted),
         }
     }
 }

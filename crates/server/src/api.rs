@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use kiln_engine::{GenerateParams, SamplingParams};
+use kiln_engine::{GenerateParams, SamplingParams, Speculation};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -49,6 +49,15 @@ pub struct Common {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub ignore_eos: Option<bool>,
+    /// kiln: `false` turns the server's speculative decoding off for this request.
+    pub speculative: Option<bool>,
+    /// llama-server's per-request draft sizes.
+    #[serde(rename = "speculative.n_max")]
+    pub speculative_n_max: Option<i64>,
+    #[serde(rename = "speculative.n_min")]
+    pub speculative_n_min: Option<i64>,
+    #[serde(rename = "speculative.p_min")]
+    pub speculative_p_min: Option<f32>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -142,6 +151,28 @@ impl Common {
         Ok(n)
     }
 
+    /// The request's speculative decoding: the server's, unless the request turns it off or
+    /// changes the draft sizes.
+    pub fn speculation(&self, server: &Speculation) -> Result<Speculation, ApiError> {
+        if self.speculative == Some(false) {
+            return Ok(Speculation::off());
+        }
+        let mut s = server.clone();
+        if let Some(n) = non_negative(self.speculative_n_max, "speculative.n_max")? {
+            s.draft_max = n;
+        }
+        if let Some(n) = non_negative(self.speculative_n_min, "speculative.n_min")? {
+            s.draft_min = n;
+        }
+        if let Some(p) = self.speculative_p_min {
+            s.p_min = p;
+        }
+        s.validate().map_err(|e| {
+            ApiError::invalid(format!("speculative decoding: {e}")).param("speculative")
+        })?;
+        Ok(s)
+    }
+
     /// The generation parameters (without the token budget and logprobs, set per endpoint).
     /// `default_seed` is used when the request gives none.
     pub fn params(&self, default_seed: u64) -> Result<GenerateParams, ApiError> {
@@ -204,6 +235,7 @@ impl Common {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             logprobs: None,
             echo: false,
+            speculation: Speculation::off(),
         })
     }
 }

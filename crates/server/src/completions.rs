@@ -90,7 +90,8 @@ fn tokenize(st: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 fn text_plan(st: &AppState, req: &CompletionRequest) -> Result<Plan, ApiError> {
-    let params = req.params(st.fresh_seed())?;
+    let mut params = req.params(st.fresh_seed())?;
+    params.speculation = req.common.speculation(&st.opts.speculation)?;
     let n = req.common.n()?;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         PromptInput::Text(s) => vec![tokenize(st, s)?],
@@ -121,6 +122,7 @@ fn text_plan(st: &AppState, req: &CompletionRequest) -> Result<Plan, ApiError> {
 
 async fn chat_plan(st: &AppState, req: &ChatRequest) -> Result<Plan, ApiError> {
     let (mut params, max) = req.params(st.fresh_seed())?;
+    params.speculation = req.common.speculation(&st.opts.speculation)?;
     let n = req.common.n()?;
     let messages = req.template_messages()?;
     // The same rendering as `kiln chat` (the tokenizer crate's; a 400 when there is no template),

@@ -33,7 +33,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kiln_engine::openai;
 use kiln_engine::scheduler::{self, Scheduler, Vocab};
-use kiln_engine::Pooling;
+use kiln_engine::{Pooling, Speculation};
 use kiln_tokenizer::{builtin_chat_template_names, render_chat_template, ChatMessage};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -63,6 +63,10 @@ pub struct ServerOptions {
     pub template_timeout: Duration,
     /// How `/v1/embeddings` pools a text's hidden states (`kiln serve --pooling`).
     pub pooling: Pooling,
+    /// Speculative decoding for every request (`kiln serve --model-draft`, `--lookup-ngram`);
+    /// a request may turn it off (`"speculative": false`) or change the draft sizes
+    /// (llama-server's `speculative.n_max`, `speculative.n_min`, `speculative.p_min`).
+    pub speculation: Speculation,
 }
 
 impl Default for ServerOptions {
@@ -77,6 +81,7 @@ impl Default for ServerOptions {
             drain_timeout: Duration::from_secs(30),
             template_timeout: Duration::from_secs(10),
             pooling: Pooling::default(),
+            speculation: Speculation::off(),
         }
     }
 }
@@ -608,6 +613,31 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         "counter",
         "Generated tokens.",
         one(s.generated_tokens.to_string()),
+    );
+    metric(
+        "kiln_draft_tokens_total",
+        "counter",
+        "Tokens drafted for speculative decoding and verified by the model.",
+        one(s.draft_tokens.to_string()),
+    );
+    metric(
+        "kiln_draft_tokens_accepted_total",
+        "counter",
+        "Drafted tokens the model accepted.",
+        one(s.draft_accepted.to_string()),
+    );
+    metric(
+        "kiln_draft_acceptance_rate",
+        "gauge",
+        "Accepted drafted tokens per drafted token since start (0 before any draft).",
+        one(format!(
+            "{}",
+            if s.draft_tokens > 0 {
+                s.draft_accepted as f64 / s.draft_tokens as f64
+            } else {
+                0.0
+            }
+        )),
     );
     metric(
         "kiln_engine_steps_total",

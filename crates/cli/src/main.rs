@@ -6,6 +6,7 @@ mod complete;
 mod model_arg;
 mod nn_cmd;
 mod prompt;
+mod quantize;
 mod seed;
 mod serve;
 mod tools;
@@ -72,6 +73,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a model to GGUF or to a Hugging Face safetensors directory.
     Convert(tools::ConvertArgs),
+    /// Quantize a model (GGUF, Hugging Face or Meta) into a GGUF file: kiln quantize IN OUT TYPE.
+    Quantize(quantize::QuantizeArgs),
     /// Download a known model (default: gemma3-270m) into $KILN_HOME/models (default
     /// ~/.cache/kiln/models; KILN_MODELS overrides the folder).
     Pull(tools::PullArgs),
@@ -114,6 +117,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Pull(a) => tools::pull(a),
         Command::Convert(a) => tools::convert(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Nn(a) => nn_cmd::run(a),
     };
     if let Err(e) = result {

@@ -17,6 +17,7 @@ pub mod convert;
 pub mod generate;
 pub mod openai;
 pub mod perplexity;
+pub mod quantize;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

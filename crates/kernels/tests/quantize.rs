@@ -64,7 +64,11 @@ fn relative_rmse(dtype: DType, x: &[f32]) -> f32 {
     let q = quantized(dtype, x);
     let mut y = vec![0.0; x.len()];
     dequantize(dtype, &q, &mut y);
-    let err: f64 = x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let err: f64 = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
     let norm: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
     (err / norm).sqrt() as f32
 }
@@ -131,7 +135,10 @@ fn requantising_is_stable() {
         let mut z = vec![0.0; x.len()];
         dequantize(dtype, &quantized(dtype, &y), &mut z);
         for (a, b) in y.iter().zip(&z) {
-            assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-3), "{dtype}: {a} -> {b}");
+            assert!(
+                (a - b).abs() <= 1e-3 * a.abs().max(1e-3),
+                "{dtype}: {a} -> {b}"
+            );
         }
     }
 }

@@ -16,6 +16,7 @@
 pub mod chat;
 
 mod bpe;
+mod gguf_vocab;
 mod hf;
 mod pretok;
 mod sandbox;
@@ -36,6 +37,7 @@ use crate::tiktoken::Tiktoken;
 use crate::vocab::{attr, Frag, Vocab};
 
 pub use chat::{llama2_chat_prompt, render_chat_template, ChatMessage, CHATML};
+pub use gguf_vocab::hf_json_gguf_metadata;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {

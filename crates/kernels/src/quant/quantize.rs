@@ -349,13 +349,7 @@ fn pack_kscales(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 
 /// The shared part of Q4_K and Q5_K: fits the eight sub-blocks, stores `d`, `dmin` and the
 /// scales into `head` (4 + 12 bytes) and returns the levels against the stored scales.
-fn kquant_levels(
-    x: &[f32],
-    head: &mut [u8],
-    nmax: i32,
-    rmin: f32,
-    nstep: i32,
-) -> [u8; 256] {
+fn kquant_levels(x: &[f32], head: &mut [u8], nmax: i32, rmin: f32, nstep: i32) -> [u8; 256] {
     let mut l = [0u8; 256];
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
@@ -386,7 +380,11 @@ fn kquant_levels(
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -501,7 +499,14 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for (v, want) in [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (3.49, 3)] {
+        for (v, want) in [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+        ] {
             assert_eq!(nearest_int(v), want, "{v}");
         }
     }

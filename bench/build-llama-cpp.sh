@@ -3,15 +3,15 @@
 # package, which vendors llama.cpp. Used only to measure kiln against llama.cpp side by side.
 #
 #   build-llama-cpp.sh [--dest DIR]     -> prints the bin folder (llama-bench, llama-completion, llama-simple,
-#                                          llama-perplexity, llama-tokenize, llama-server, llama-cli)
+#                                          llama-perplexity, llama-tokenize, llama-server, llama-cli, llama-quantize)
 # About 17 minutes on 2 cores; idempotent (a finished build is reused).
 set -euo pipefail
 version=0.3.36                      # vendors llama.cpp commit 0c1e57098 (ggml 0.25.3)
 dest=${KILN_ANCHORS:-${KILN_HOME:-$HOME/.cache/kiln}/anchors}/llama.cpp-0c1e57098
 [[ ${1:-} == --dest ]] && dest=$2
 bin=$dest/bin
-targets=(llama-bench llama-completion llama-simple llama-perplexity llama-tokenize llama-server llama-cli)
-if [[ -x $bin/llama-server && -x $bin/llama-bench ]]; then echo "$bin"; exit 0; fi
+targets=(llama-bench llama-completion llama-simple llama-perplexity llama-tokenize llama-server llama-cli llama-quantize)
+if [[ -x $bin/llama-server && -x $bin/llama-bench && -x $bin/llama-quantize ]]; then echo "$bin"; exit 0; fi
 command -v cmake >/dev/null || { apt-get update -q && apt-get install -y -q cmake; } >&2
 src=$dest/src
 mkdir -p "$src"

@@ -72,12 +72,12 @@ pub fn convert_with(
     Ok(())
 }
 
+/// GGUF metadata in file order, and tensors by name.
+pub(crate) type GgufParts = (Vec<(String, MetaValue)>, BTreeMap<String, Tensor>);
+
 /// The GGUF metadata (model, `general.name` from `src`'s file name, vocabulary, chat
 /// template) and tensors (GGUF names and rope layout) of a loaded model.
-pub(crate) fn gguf_parts(
-    model: &LoadedModel,
-    src: &Path,
-) -> Result<(Vec<(String, MetaValue)>, BTreeMap<String, Tensor>), EngineError> {
+pub(crate) fn gguf_parts(model: &LoadedModel, src: &Path) -> Result<GgufParts, EngineError> {
     let (cfg, tensors) = gguf::gguf_tensors(&model.config, &model.tensors)?;
     let mut meta = gguf::metadata_from_config(&cfg)?;
     meta.push((

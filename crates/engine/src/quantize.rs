@@ -276,7 +276,7 @@ pub fn quantize(
     let is_gguf = model.format.starts_with("GGUF");
     // A GGUF file keeps its own metadata and tensors (already in GGUF's names and layout);
     // other formats are converted as `kiln convert` does.
-    let (mut meta, tensors): (Vec<(String, MetaValue)>, BTreeMap<String, Tensor>) = if is_gguf {
+    let (mut meta, tensors): crate::convert::GgufParts = if is_gguf {
         let meta = model
             .metadata
             .iter()

@@ -20,7 +20,6 @@
 //! which is written under a temporary name and renamed at the end: a failure or a
 //! cancellation leaves nothing at the output path.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use kiln_formats::{gguf, FormatError, MetaValue, Tensor};

@@ -20,7 +20,7 @@ while (($#)); do
 done
 ((${#types[@]})) || types=(Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K)
 
-bin=$(bash bench/build-llama-cpp.sh)
+bin=${LLAMA_BIN:-$(bash bench/build-llama-cpp.sh)}   # LLAMA_BIN: a folder with llama-quantize and llama-perplexity
 cargo build --release -q -p kiln-cli
 kiln=target/release/kiln
 text=tests/data/ppl-text.txt
@@ -49,5 +49,5 @@ for t in "${types[@]}"; do
   ks=$(stat -c %s "$out/k.gguf") ls=$(stat -c %s "$out/l.gguf")
   pk=$(ppl_llama "$out/k.gguf") pl=$(ppl_llama "$out/l.gguf") kk=$(ppl_kiln "$out/k.gguf")
   printf '%-8s %12d %12d %8.4f %12s %12s %10.4f %10s   (time kiln %ss, llama %ss)\n' "$t" "$ks" "$ls" \
-    "$(echo "$ks / $ls" | bc -l)" "$pk" "$pl" "$(echo "$pk / $pl" | bc -l)" "$kk" "$(cat "$out/kt")" "$(cat "$out/lt")"
+    "$(awk "BEGIN{print $ks/$ls}")" "$pk" "$pl" "$(awk "BEGIN{print $pk/$pl}")" "$kk" "$(cat "$out/kt")" "$(cat "$out/lt")"
 done

@@ -8,6 +8,7 @@ mod embed;
 mod model_arg;
 mod nn_cmd;
 mod prompt;
+mod quantize;
 mod seed;
 mod serve;
 mod tools;
@@ -77,6 +78,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a model to GGUF or to a Hugging Face safetensors directory.
     Convert(tools::ConvertArgs),
+    /// Quantize a model (GGUF, Hugging Face or Meta) into a GGUF file: kiln quantize IN OUT TYPE.
+    Quantize(quantize::QuantizeArgs),
     /// Download a known model (default: gemma3-270m) into $KILN_HOME/models (default
     /// ~/.cache/kiln/models; KILN_MODELS overrides the folder).
     Pull(tools::PullArgs),
@@ -130,6 +133,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Pull(a) => tools::pull(a),
         Command::Convert(a) => tools::convert(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Nn(a) => nn_cmd::run(a),
     };
     if let Err(e) = result {

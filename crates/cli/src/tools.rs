@@ -326,8 +326,12 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         a.model.display(),
         out.display()
     ));
-    let r = kiln_engine::convert::convert(&a.model, target, &out);
+    crate::quantize::cancel_on_interrupt();
+    let r = kiln_engine::convert::convert_with(&a.model, target, &out, &crate::quantize::cancelled);
     bar.finish_and_clear();
+    if crate::quantize::cancelled() {
+        anyhow::bail!("interrupted; nothing was written to {}", out.display());
+    }
     r?;
     println!("{}", out.display());
     Ok(())

@@ -18,6 +18,7 @@ pub mod embed;
 pub mod generate;
 pub mod openai;
 pub mod perplexity;
+pub mod quantize;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

@@ -1171,22 +1171,36 @@ fn put_value(out: &mut Vec<u8>, v: &MetaValue, key: &str) -> Result<()> {
 /// Writes a GGUF v3 file: the metadata in the order given, then the tensors in the order given,
 /// each padded to `general.alignment` (32 unless the metadata sets it), as gguf-py lays files out.
 /// Writes to a temporary file beside `path` and renames it, so a file that is mapped while it is
-/// replaced is never truncated under the mapping.
+/// replaced is never truncated under the mapping, and a failure leaves no partial file.
 pub fn write<'a, M, T>(path: &Path, metadata: M, tensors: T) -> Result<()>
 where
     M: IntoIterator<Item = (&'a str, &'a MetaValue)>,
     T: IntoIterator<Item = (&'a str, &'a Tensor)>,
 {
+    write_atomic(path, |w| write_to(w, metadata, tensors))
+}
+
+/// The temporary name [`write`] and [`write_streamed`] write to before renaming.
+pub fn temporary_path(path: &Path) -> std::path::PathBuf {
     let mut tmp_name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
     tmp_name.push(".kiln-tmp");
-    let tmp = path.with_file_name(tmp_name);
+    path.with_file_name(tmp_name)
+}
+
+/// Runs `body` on a buffered writer of [`temporary_path`]`(path)`, syncs the file and renames
+/// it to `path`; on any error the temporary file is removed and `path` is untouched.
+fn write_atomic(
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
+    let tmp = temporary_path(path);
     let result = (|| {
         let f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        write_to(&mut w, metadata, tensors)?;
+        body(&mut w)?;
         w.flush().map_err(|e| io_err(&tmp, e))?;
         w.into_inner()
             .map_err(|e| io_err(&tmp, e.into_error()))?
@@ -1200,15 +1214,60 @@ where
     result
 }
 
-/// [`write()`] into any writer (for example a `Vec<u8>`).
-pub fn write_to<'a, W, M, T>(mut w: W, metadata: M, tensors: T) -> Result<()>
+/// A tensor's header entry, for [`write_streamed`]: its data is produced later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    /// Outermost first, as [`Tensor::shape`].
+    pub shape: Vec<usize>,
+}
+
+/// Writes a GGUF v3 file whose tensors are produced one at a time: `produce(i)` returns the
+/// bytes of `specs[i]` (rows in file order), called in order, so that only one tensor's data is
+/// held at once. Temporary name and rename as [`write`]: an error from `produce` (a cancelled
+/// run, a failed quantisation) or from the disk leaves no file at `path`.
+pub fn write_streamed<'a, M>(
+    path: &Path,
+    metadata: M,
+    specs: &[TensorSpec],
+    produce: &mut dyn FnMut(usize) -> Result<Vec<u8>>,
+) -> Result<()>
 where
-    W: Write,
     M: IntoIterator<Item = (&'a str, &'a MetaValue)>,
-    T: IntoIterator<Item = (&'a str, &'a Tensor)>,
 {
-    let metadata: Vec<_> = metadata.into_iter().collect();
-    let tensors: Vec<_> = tensors.into_iter().collect();
+    write_atomic(path, |w| {
+        let metadata: Vec<_> = metadata.into_iter().collect();
+        let (head, alignment, sizes) = header(&metadata, specs)?;
+        let werr = |e: std::io::Error| invalid(format!("writing GGUF: {e}"));
+        w.write_all(&head).map_err(werr)?;
+        let zeros = vec![0u8; alignment];
+        for (i, spec) in specs.iter().enumerate() {
+            let data = produce(i)?;
+            if data.len() != sizes[i] {
+                return Err(invalid(format!(
+                    "tensor {:?}: {} bytes produced for {} of {}",
+                    spec.name,
+                    data.len(),
+                    sizes[i],
+                    spec.dtype
+                )));
+            }
+            w.write_all(&data).map_err(werr)?;
+            let n = data.len();
+            let pad = align_up(n, alignment).unwrap_or(n) - n;
+            w.write_all(&zeros[..pad]).map_err(werr)?;
+        }
+        Ok(())
+    })
+}
+
+/// The header (magic, counts, metadata, tensor infos, padding) of a file with these tensors,
+/// its alignment and each tensor's data size.
+fn header(
+    metadata: &[(&str, &MetaValue)],
+    specs: &[TensorSpec],
+) -> Result<(Vec<u8>, usize, Vec<usize>)> {
     let alignment = match metadata.iter().find(|(k, _)| *k == "general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some((_, MetaValue::U32(a))) if *a != 0 && a.is_power_of_two() => *a as usize,
@@ -1221,10 +1280,10 @@ where
     let mut head = Vec::new();
     head.extend_from_slice(&MAGIC);
     head.extend_from_slice(&3u32.to_le_bytes());
-    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(specs.len() as u64).to_le_bytes());
     head.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
     let mut keys = std::collections::HashSet::new();
-    for (k, v) in &metadata {
+    for (k, v) in metadata {
         if !keys.insert(*k) {
             return Err(invalid(format!("duplicate metadata key {k:?}")));
         }
@@ -1234,30 +1293,69 @@ where
     }
     let mut offset = 0usize;
     let mut names = std::collections::HashSet::new();
-    for (name, t) in &tensors {
-        if !names.insert(*name) {
+    let mut sizes = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let name = spec.name.as_str();
+        if !names.insert(name) {
             return Err(invalid(format!("duplicate tensor name {name:?}")));
         }
-        if t.shape.len() > MAX_DIMS {
+        if spec.shape.len() > MAX_DIMS {
             return Err(invalid(format!(
                 "tensor {name:?} has more than {MAX_DIMS} dimensions"
             )));
         }
-        // Re-check the invariant Tensor::new establishes (the fields are public).
-        Tensor::new(t.dtype, t.shape.clone(), t.data.clone())
-            .map_err(|e| invalid(format!("tensor {name:?}: {e}")))?;
+        let n = spec
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| invalid(format!("tensor {name:?}: size overflows")))?;
+        let cols = spec.shape.last().copied().unwrap_or(1);
+        let size = spec
+            .dtype
+            .bytes_for(n)
+            .filter(|_| cols % spec.dtype.block_size() == 0)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "tensor {name:?}: rows of {cols} are not whole {} blocks",
+                    spec.dtype
+                ))
+            })?;
         put_str(&mut head, name);
-        head.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
-        for &d in t.shape.iter().rev() {
+        head.extend_from_slice(&(spec.shape.len() as u32).to_le_bytes());
+        for &d in spec.shape.iter().rev() {
             head.extend_from_slice(&(d as u64).to_le_bytes());
         }
-        head.extend_from_slice(&t.dtype.ggml_id().to_le_bytes());
+        head.extend_from_slice(&spec.dtype.ggml_id().to_le_bytes());
         head.extend_from_slice(&(offset as u64).to_le_bytes());
-        offset =
-            align_up(offset + t.data.len(), alignment).ok_or_else(|| invalid("file too large"))?;
+        offset = align_up(offset + size, alignment).ok_or_else(|| invalid("file too large"))?;
+        sizes.push(size);
     }
     let padded = align_up(head.len(), alignment).ok_or_else(|| invalid("header too large"))?;
     head.resize(padded, 0);
+    Ok((head, alignment, sizes))
+}
+
+/// [`write()`] into any writer (for example a `Vec<u8>`).
+pub fn write_to<'a, W, M, T>(mut w: W, metadata: M, tensors: T) -> Result<()>
+where
+    W: Write,
+    M: IntoIterator<Item = (&'a str, &'a MetaValue)>,
+    T: IntoIterator<Item = (&'a str, &'a Tensor)>,
+{
+    let metadata: Vec<_> = metadata.into_iter().collect();
+    let tensors: Vec<_> = tensors.into_iter().collect();
+    let mut specs = Vec::with_capacity(tensors.len());
+    for (name, t) in &tensors {
+        // Re-check the invariant Tensor::new establishes (the fields are public).
+        Tensor::new(t.dtype, t.shape.clone(), t.data.clone())
+            .map_err(|e| invalid(format!("tensor {name:?}: {e}")))?;
+        specs.push(TensorSpec {
+            name: name.to_string(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        });
+    }
+    let (head, alignment, _) = header(&metadata, &specs)?;
     let werr = |e: std::io::Error| invalid(format!("writing GGUF: {e}"));
     w.write_all(&head).map_err(werr)?;
     let zeros = vec![0u8; alignment];

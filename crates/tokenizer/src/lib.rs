@@ -16,6 +16,7 @@
 pub mod chat;
 
 mod bpe;
+mod gguf_vocab;
 mod hf;
 mod pretok;
 mod sandbox;
@@ -39,6 +40,7 @@ pub use chat::{
     builtin_chat_template, builtin_chat_template_names, llama2_chat_prompt, render_chat_template,
     ChatMessage, BUILTIN_CHAT_TEMPLATES, CHATML,
 };
+pub use gguf_vocab::hf_json_gguf_metadata;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {

@@ -5,10 +5,12 @@ pub mod act;
 mod float;
 mod kquants;
 mod legacy;
+mod quantize;
 
 use crate::DType;
 
 pub use act::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
+pub use quantize::{can_quantize, quantize};
 
 /// Expands `src`, a whole number of `dtype` blocks, into `out` (one f32 per element).
 ///

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
 use kiln_formats::Arch;
-use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
+use kiln_tokenizer::ChatMessage;
 
 use crate::model_arg::ModelArgs;
 use crate::prompt::process_escapes;
@@ -97,16 +97,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
             continue;
         }
         history.push(ChatMessage::new("user", line));
-        let prompt = match &engine.chat_template {
-            Some(t) => {
-                let tk = &engine.tokenizer;
-                let text =
-                    render_chat_template(t, &history, true, &tk.bos_token(), &tk.eos_token())?;
-                engine.tokenizer.encode(&text, true)?
-            }
-            // Meta's chat_completion format, as the reference code builds it.
-            None => llama2_chat_prompt(&engine.tokenizer, &history)?,
-        };
+        // The model's chat template, or Meta's chat_completion format for a Llama checkpoint.
+        let prompt = engine.chat_prompt(&history)?;
         let r = engine.generate(std::slice::from_ref(&prompt), &params, &mut |_, t| {
             if interactive {
                 let _ = write!(out, "{t}");

@@ -114,6 +114,28 @@ pub fn generate(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Completion>, EngineError> {
+    generate_until(
+        model,
+        tokenizer,
+        limits,
+        prompts,
+        params,
+        on_text,
+        &mut || false,
+    )
+}
+
+/// [`generate`] that asks `cancelled()` before every step (one forward pass) and ends with
+/// [`EngineError::Cancelled`] when it answers true (an interrupt, a dropped stream).
+pub fn generate_until(
+    model: &dyn CausalLM,
+    tokenizer: &Tokenizer,
+    limits: Limits,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(usize, &str),
+    cancelled: &mut dyn FnMut() -> bool,
+) -> Result<Vec<Completion>, EngineError> {
     if prompts.len() > limits.max_batch {
         return Err(EngineError::Invalid(format!(
             "batch of {} prompts is larger than the maximum batch size {}",
@@ -144,6 +166,9 @@ pub fn generate(
     }
     let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
     while !batch.is_empty() {
+        if cancelled() {
+            return Err(EngineError::Cancelled);
+        }
         let report = batch.step(model, tokenizer, &mut |&mut i, event| {
             if let Event::Token { text, .. } = event {
                 if !text.is_empty() {

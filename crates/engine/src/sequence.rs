@@ -416,12 +416,13 @@ impl Sequence {
         }
         self.generated.push(tok);
         self.sampler.observe(tok);
-        // An end-of-sequence token adds no text; a stop string ends the text before it.
+        // An end-of-sequence token adds no text; a stop string ends the text before it. The
+        // prompt and the generated tokens together fill at most the context (Meta's max_seq_len).
         let eos_hit = !self.params.ignore_eos && ctx.eos.contains(&tok);
         if eos_hit || self.stream.push(&vocab.token_bytes(tok)) {
             self.finish = Some(FinishReason::Stop);
         } else if self.generated.len() >= self.params.max_tokens
-            || self.cache.len() + 1 > ctx.context
+            || self.cache.len() + 1 >= ctx.context
         {
             self.finish = Some(FinishReason::Length);
         }

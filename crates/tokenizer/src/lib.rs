@@ -35,7 +35,10 @@ use crate::sentencepiece::SpModel;
 use crate::tiktoken::Tiktoken;
 use crate::vocab::{attr, Frag, Vocab};
 
-pub use chat::{llama2_chat_prompt, render_chat_template, ChatMessage, CHATML};
+pub use chat::{
+    llama2_chat_prompt, llama2_chat_prompt_unchecked, llama2_special_tag, render_chat_template,
+    ChatMessage, CHATML,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {

@@ -27,7 +27,7 @@ use pyo3::types::PyBytes;
 fn engine_err(e: EngineError) -> PyErr {
     match e {
         EngineError::Cancelled => PyKeyboardInterrupt::new_err("generation cancelled"),
-        EngineError::Invalid(_) | EngineError::ContextLength { .. } => {
+        EngineError::Invalid(_) | EngineError::ContextLength { .. } | EngineError::Tokenizer(_) => {
             PyValueError::new_err(e.to_string())
         }
         e => PyRuntimeError::new_err(e.to_string()),

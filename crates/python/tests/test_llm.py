@@ -30,7 +30,6 @@ def test_complete_greedy_matches_transformers(llm):
         assert c.prompt_token_ids == p["input_ids"]
         assert c.token_ids == p["greedy"]["new_ids"]
         assert c.finish_reason == ("stop" if p["greedy"]["stopped_on_eos"] else "length")
-        assert c.text == llm.detokenize(c.token_ids, skip_special=True)
     one = llm.complete(prompts[0], max_tokens=20)
     assert isinstance(one, kiln.Completion) and one.token_ids == out[0].token_ids
 
@@ -90,10 +89,12 @@ def test_chat_llama2_format_without_template(llm):
 
 
 def test_chat_template_equals_kiln_chat():
-    llm = kiln.LLM("gemma3-270m")
+    llm = kiln.LLM("qwen2.5-coder-0.5b")
+    assert llm.engine.chat_template is not None
     msgs = [{"role": "user", "content": "What is 2+2?"}]
     c = llm.chat(msgs, max_tokens=8)
-    j = json.loads(run_kiln("chat", "-m", "gemma3-270m", "-n", 8, "--json", stdin="What is 2+2?\n").splitlines()[0])
+    assert "<|im_start|>user" in llm.detokenize(c.prompt_token_ids)
+    j = json.loads(run_kiln("chat", "-m", "qwen2.5-coder-0.5b", "-n", 8, "--json", stdin="What is 2+2?\n").splitlines()[0])
     choice = j["choices"][0]
     assert c.prompt_token_ids == choice["prompt_token_ids"]
     assert c.token_ids == choice["token_ids"]

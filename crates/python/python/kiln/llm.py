@@ -111,20 +111,22 @@ class LLM:
         return self.engine.context
 
     @overload
-    def complete(self, prompts: str, **sampling) -> Completion: ...
+    def complete(self, prompts: Union[str, Sequence[int]], **sampling) -> Completion: ...
     @overload
     def complete(self, prompts: List[Prompt], **sampling) -> List[Completion]: ...
 
     def complete(self, prompts, **sampling):
         """Completes one prompt (a ``Completion``) or a list of prompts, run as one batch (a
-        list of ``Completion``). A prompt is text (BOS added as the model wants) or token
-        ids. Each ``Completion`` has ``text``, ``token_ids`` (a final end-of-sequence token
+        list of ``Completion``). A prompt is text (BOS added as the model wants) or a list of
+        token ids (``[1, 2, 3]`` is one prompt, ``[[1, 2], [3]]`` two). Each ``Completion`` has ``text``, ``token_ids`` (a final end-of-sequence token
         included), ``prompt_token_ids``, ``finish_reason`` (``"stop"`` or ``"length"``),
         ``logprobs`` / ``prompt_logprobs`` (lists of ``TokenLogprob`` when asked) and
         ``seed``."""
         params = _params(**sampling)
-        if isinstance(prompts, str):
-            return self.engine.complete([prompts], params)[0]
+        if isinstance(prompts, str) or (
+            len(prompts) > 0 and all(isinstance(t, int) for t in prompts)
+        ):
+            return self.engine.complete([_prompt(prompts)], params)[0]
         return self.engine.complete([_prompt(p) for p in prompts], params)
 
     def stream(self, prompt: Prompt, **sampling) -> Stream:

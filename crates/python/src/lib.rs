@@ -569,16 +569,7 @@ struct PyNetwork {
 /// A data set from row-major f32 inputs (as bytes) and class labels; inputs that are all
 /// exact `byte / 256` values (MNIST pixels) are kept as bytes by the trainer.
 fn dataset(dim: usize, inputs: &[u8], labels: &[u8]) -> PyResult<Dataset<f32>> {
-    if inputs.len() % 4 != 0 {
-        return Err(PyValueError::new_err(
-            "inputs: not a whole number of float32 values",
-        ));
-    }
-    let x: Vec<f32> = inputs
-        .chunks_exact(4)
-        .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let d = Dataset::new(dim, x, labels.to_vec()).map_err(value_err)?;
+    let d = Dataset::new(dim, f32_vec(inputs)?, labels.to_vec()).map_err(value_err)?;
     Ok(d.with_bytes_if_exact())
 }
 
@@ -588,7 +579,7 @@ fn f32_bytes<'py>(py: Python<'py>, v: &[f32]) -> Bound<'py, PyBytes> {
 }
 
 fn f32_vec(b: &[u8]) -> PyResult<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(PyValueError::new_err(
             "not a whole number of float32 values",
         ));

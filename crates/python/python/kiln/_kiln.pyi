@@ -1,6 +1,8 @@
 """Type stubs of ``kiln._kiln``, the Rust extension (thin shells over kiln_engine / kiln_nn)."""
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
 
 __version__: str
 UNSAFE_ERROR: str
@@ -64,8 +66,8 @@ class Engine:
 
     def __init__(
         self,
-        model: Optional[str] = None,
-        tokenizer_path: Optional[str] = None,
+        model: Optional[Union[str, os.PathLike]] = None,
+        tokenizer_path: Optional[Union[str, os.PathLike]] = None,
         context: Optional[int] = None,
         max_batch: int = 64,
         threads: int = 0,
@@ -75,7 +77,7 @@ class Engine:
         mmap: bool = False,
     ) -> None: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     @property
     def name(self) -> str: ...
     @property
@@ -134,6 +136,6 @@ class Network:
         on_epoch: Callable[[int, Optional[int], int, float], None],
     ) -> List[Optional[int]]: ...
 
-def check_model_parallel_size(path: str, n: int) -> None: ...
-def resolve_model(model: Optional[str] = None) -> str: ...
-def load_mnist(data_dir: Optional[str] = None) -> List[Tuple[bytes, bytes]]: ...
+def check_model_parallel_size(path: Union[str, os.PathLike], n: int) -> None: ...
+def resolve_model(model: Optional[str] = None) -> Path: ...
+def load_mnist(data_dir: Optional[Union[str, os.PathLike]] = None) -> List[Tuple[bytes, bytes]]: ...

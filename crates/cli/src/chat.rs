@@ -294,7 +294,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
             &mut || STOP.load(Ordering::SeqCst),
         );
         let r = match result {
-            Ok(r) => r,
+            Ok(r) => Some(r),
+            Err(kiln_engine::EngineError::Cancelled) => None,
             Err(e) if terminal => {
                 history.pop();
                 eprintln!("\nerror: {e}");

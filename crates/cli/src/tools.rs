@@ -230,26 +230,15 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", a.file.display()))?;
     let engine = a.model.load(EngineOptions::default())?;
     let tokens = engine.tokenize(&text)?;
-    let bos = if engine.tokenizer.adds_bos() {
-        engine.tokenizer.bos_id()
-    } else {
-        None
-    };
     eprintln!(
         "{} tokens, {} chunks of {}",
         tokens.len(),
         tokens.len() / a.ctx,
         a.ctx
     );
-    let r = kiln_engine::perplexity::perplexity(
-        engine.model.as_ref(),
-        &tokens,
-        a.ctx,
-        bos,
-        |i, _, ppl| {
-            eprint!("[{}]{:.4},", i + 1, ppl);
-        },
-    )?;
+    let r = engine.perplexity(&tokens, a.ctx, |i, _, ppl| {
+        eprint!("[{}]{:.4},", i + 1, ppl);
+    })?;
     eprintln!();
     println!("Final estimate: PPL = {:.4} +/- {:.5}", r.ppl, r.stderr);
     Ok(())

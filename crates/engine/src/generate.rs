@@ -239,7 +239,7 @@ pub fn generate_with_draft(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Completion>, EngineError> {
-    let done = generate_until(
+    generate_until(
         model,
         draft,
         tokenizer,
@@ -248,14 +248,13 @@ pub fn generate_with_draft(
         params,
         on_text,
         &mut || false,
-    )?;
-    Ok(done.expect("never stopped"))
+    )
 }
 
-/// [`generate_with_draft`] that asks `stop()` before every step (a forward pass: one token, or
-/// one prefill chunk) and, once it says yes, ends every sequence there and returns `Ok(None)`.
-/// The text already handed to `on_text` is all there is of the stopped replies (`kiln chat`'s
-/// Ctrl-C).
+/// [`generate_with_draft`] that asks `cancelled()` before every step (one forward pass: one
+/// token, or one prefill chunk) and ends with [`EngineError::Cancelled`] when it answers true
+/// (an interrupt, a dropped stream, `kiln chat`'s Ctrl-C). The text already handed to
+/// `on_text` is all there is of the stopped replies.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_until(
     model: &dyn CausalLM,
@@ -265,8 +264,8 @@ pub fn generate_until(
     prompts: &[Vec<u32>],
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
-    stop: &mut dyn FnMut() -> bool,
-) -> Result<Option<Vec<Completion>>, EngineError> {
+    cancelled: &mut dyn FnMut() -> bool,
+) -> Result<Vec<Completion>, EngineError> {
     if prompts.len() > limits.max_batch {
         return Err(EngineError::Invalid(format!(
             "batch of {} prompts is larger than the maximum batch size {}",
@@ -298,9 +297,9 @@ pub fn generate_until(
     }
     let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
     while !batch.is_empty() {
-        if stop() {
+        if cancelled() {
             batch.clear();
-            return Ok(None);
+            return Err(EngineError::Cancelled);
         }
         let report = batch.step(model, tokenizer, &mut |&mut i, event| {
             if let Event::Token { text, .. } = event {
@@ -313,9 +312,8 @@ pub fn generate_until(
             out[f.tag] = Some(f.completion);
         }
     }
-    Ok(Some(
-        out.into_iter()
-            .map(|c| c.expect("every admitted prompt finishes"))
-            .collect(),
-    ))
+    Ok(out
+        .into_iter()
+        .map(|c| c.expect("every admitted prompt finishes"))
+        .collect())
 }

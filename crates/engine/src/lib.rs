@@ -16,6 +16,7 @@ pub mod batch;
 pub mod convert;
 pub mod embed;
 pub mod generate;
+pub mod meta;
 pub mod openai;
 pub mod perplexity;
 pub mod quantize;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 
 use kiln_formats::{LoadOptions, TokenizerSource};
 use kiln_models::{BuildOptions, CausalLM};
-use kiln_tokenizer::Tokenizer;
+use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage, Tokenizer};
 
 pub use embed::Pooling;
 pub use generate::{
@@ -54,6 +55,9 @@ pub enum EngineError {
     ContextLength { tokens: usize, context: usize },
     #[error("{0}")]
     Invalid(String),
+    /// The caller's cancel check answered true ([`generate::generate_until`]).
+    #[error("generation cancelled")]
+    Cancelled,
 }
 
 /// How to load a model.
@@ -249,15 +253,15 @@ impl Engine {
             .collect()
     }
 
-    /// [`Engine::generate`] that stops between steps once `stop()` says so (then `Ok(None)`);
-    /// see [`generate::generate_until`].
+    /// [`Engine::generate`] that asks `cancelled()` before every step and ends with
+    /// [`EngineError::Cancelled`] once it answers true; see [`generate::generate_until`].
     pub fn generate_until(
         &self,
         prompts: &[Vec<u32>],
         params: &GenerateParams,
         on_text: &mut dyn FnMut(usize, &str),
-        stop: &mut dyn FnMut() -> bool,
-    ) -> Result<Option<Vec<Completion>>, EngineError> {
+        cancelled: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<Completion>, EngineError> {
         generate::generate_until(
             self.model.as_ref(),
             self.draft.clone(),
@@ -266,8 +270,50 @@ impl Engine {
             prompts,
             params,
             on_text,
-            stop,
+            cancelled,
         )
+    }
+
+    /// A conversation as prompt ids: through the model's chat template (with the generation
+    /// prompt), or, for a Llama model without one, in Meta's Llama 2 `chat_completion` format
+    /// (`[INST]`, `<<SYS>>`, BOS and EOS per exchange).
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        match &self.chat_template {
+            Some(t) => {
+                let tk = &self.tokenizer;
+                let text =
+                    render_chat_template(t, messages, true, &tk.bos_token(), &tk.eos_token())?;
+                Ok(tk.encode(&text, true)?)
+            }
+            None if self.model.config().arch == kiln_formats::Arch::Llama => {
+                Ok(llama2_chat_prompt(&self.tokenizer, messages)?)
+            }
+            None => Err(EngineError::Invalid(
+                "this model has no chat template".into(),
+            )),
+        }
+    }
+
+    /// Perplexity of `tokens` (the text tokenized with [`Engine::tokenize`]) in chunks of
+    /// `ctx`, as llama-perplexity computes it: each chunk starts with BOS when the model adds
+    /// one. `on_chunk(i, n_chunks, running_ppl)` is called after every chunk.
+    pub fn perplexity(
+        &self,
+        tokens: &[u32],
+        ctx: usize,
+        on_chunk: impl FnMut(usize, usize, f64),
+    ) -> Result<perplexity::Perplexity, EngineError> {
+        let bos = if self.tokenizer.adds_bos() {
+            self.tokenizer.bos_id()
+        } else {
+            None
+        };
+        perplexity::perplexity(self.model.as_ref(), tokens, ctx, bos, on_chunk)
+    }
+
+    /// The tokens that end generation (the tokenizer's and the model config's).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        sequence::eos_ids(&self.tokenizer, &self.model.config().eos_token_ids)
     }
 }
 

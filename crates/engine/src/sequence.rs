@@ -562,14 +562,15 @@ impl Sequence {
         }
         self.generated.push(tok);
         self.sampler.observe(tok);
-        // An end-of-sequence token adds no text; a stop string ends the text before it.
+        // An end-of-sequence token adds no text; a stop string ends the text before it. The
+        // prompt and the generated tokens together fill at most the context (Meta's max_seq_len).
         let eos_hit = !self.params.ignore_eos && ctx.eos.contains(&tok);
         if eos_hit || self.stream.push(&vocab.token_bytes(tok)) {
             self.finish = Some(FinishReason::Stop);
         } else if self.generated.len() >= self.params.max_tokens
-            // Feeding this token needs a position after the others (the cache holds all the
-            // tokens but this one; a verification's cache holds more for a moment).
-            || self.prompt.len() + self.generated.len() > ctx.context
+            // Prompt and generated tokens fill the context (Meta's `total_len`); counted from the
+            // tokens, not the cache, which a verification pass holds longer for a moment.
+            || self.prompt.len() + self.generated.len() >= ctx.context
         {
             self.finish = Some(FinishReason::Length);
         }

@@ -295,18 +295,37 @@ fn py_strip(s: &str) -> &str {
 /// exchange encoded as `[INST] user [/INST] answer ` with BOS and EOS, then the last user
 /// turn as `[INST] user [/INST]` with BOS only.
 pub fn llama2_chat_prompt(tokenizer: &Tokenizer, dialog: &[ChatMessage]) -> Result<Vec<u32>> {
-    const B_INST: &str = "[INST]";
-    const E_INST: &str = "[/INST]";
+    if let Some(tag) = llama2_special_tag(dialog) {
+        return Err(TokenizerError::Invalid(format!(
+            "llama 2 chat: message contains the special tag {tag}"
+        )));
+    }
+    llama2_chat_prompt_unchecked(tokenizer, dialog)
+}
+
+const B_INST: &str = "[INST]";
+const E_INST: &str = "[/INST]";
+
+/// The first of Meta's special tags (`[INST]`, `[/INST]`, `<<SYS>>`, `<</SYS>>`) that a message
+/// of `dialog` contains (Meta's `chat_completion` calls such a request unsafe).
+pub fn llama2_special_tag(dialog: &[ChatMessage]) -> Option<&'static str> {
+    dialog.iter().find_map(|m| {
+        [B_INST, E_INST, "<<SYS>>", "<</SYS>>"]
+            .into_iter()
+            .find(|tag| m.content.contains(tag))
+    })
+}
+
+/// [`llama2_chat_prompt`] without refusing special tags in the messages: Meta's
+/// `chat_completion` encodes such a dialog and generates for it (and then answers its
+/// `UNSAFE_ERROR` instead of the text).
+pub fn llama2_chat_prompt_unchecked(
+    tokenizer: &Tokenizer,
+    dialog: &[ChatMessage],
+) -> Result<Vec<u32>> {
     const B_SYS: &str = "<<SYS>>\n";
     const E_SYS: &str = "\n<</SYS>>\n\n";
     let bad = |m: &str| TokenizerError::Invalid(format!("llama 2 chat: {m}"));
-    for m in dialog {
-        for tag in [B_INST, E_INST, "<<SYS>>", "<</SYS>>"] {
-            if m.content.contains(tag) {
-                return Err(bad(&format!("message contains the special tag {tag}")));
-            }
-        }
-    }
     let mut turns: Vec<ChatMessage> = dialog.to_vec();
     if turns.first().is_some_and(|m| m.role == "system") {
         if turns.len() < 2 {

@@ -8,7 +8,7 @@ use kiln_kernels::DType;
 use crate::GpuError;
 
 /// Where the forward pass runs: `auto` (a discrete GPU if there is one, else the CPU), `cpu`,
-/// or `gpu` / `gpu:N` (the best adapter, or adapter N of `kiln inspect --devices`' list).
+/// or `gpu` / `gpu:N` (the best adapter, or adapter N as `kiln inspect --devices` lists them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceChoice {
     #[default]
@@ -96,11 +96,10 @@ fn instance() -> wgpu::Instance {
 
 /// The adapters wgpu finds (Vulkan, Metal, DX12), in a stable order; empty without a driver.
 fn adapters(inst: &wgpu::Instance) -> Vec<wgpu::Adapter> {
-    let mut all = pollster::block_on(
-        inst.enumerate_adapters(
+    let mut all =
+        pollster::block_on(inst.enumerate_adapters(
             wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
-        ),
-    );
+        ));
     all.retain(|a| {
         let d = a.get_downlevel_capabilities();
         d.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
@@ -180,7 +179,9 @@ impl Gpu {
             DeviceChoice::Auto => all
                 .iter()
                 .position(|a| a.get_info().device_type == wgpu::DeviceType::DiscreteGpu),
-            DeviceChoice::Gpu(None) => (0..all.len()).min_by_key(|&i| rank(all[i].get_info().device_type)),
+            DeviceChoice::Gpu(None) => {
+                (0..all.len()).min_by_key(|&i| rank(all[i].get_info().device_type))
+            }
             DeviceChoice::Gpu(Some(n)) => {
                 if n >= all.len() {
                     return Err(GpuError::Device(format!(
@@ -195,7 +196,10 @@ impl Gpu {
             let why = if all.is_empty() {
                 "no GPU adapter or driver found".to_string()
             } else {
-                format!("no discrete GPU (adapters: {}; --device gpu uses one)", listed())
+                format!(
+                    "no discrete GPU (adapters: {}; --device gpu uses one)",
+                    listed()
+                )
             };
             return Ok(Placement {
                 gpu: None,
@@ -224,8 +228,8 @@ impl Gpu {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|e| GpuError::Device(format!("opening {}: {e}", adapter.get_info().name)))?;
-        let max_binding = u64::from(limits.max_storage_buffer_binding_size)
-            .min(limits.max_buffer_size);
+        let max_binding =
+            u64::from(limits.max_storage_buffer_binding_size).min(limits.max_buffer_size);
         Ok(Gpu {
             device,
             queue,

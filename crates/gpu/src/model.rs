@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 
 use kiln_formats::{Arch, LoadedModel, ModelConfig};
 use kiln_kernels::ops::RopeStyle;
-use kiln_models::layers::{advance_caches, prepare_batch, AttentionShape, BatchLayout, Rope, RopeTable};
+use kiln_models::layers::{
+    advance_caches, prepare_batch, AttentionShape, BatchLayout, Rope, RopeTable,
+};
 use kiln_models::{CausalLM, KvCache, KvType, ModelError, Numerics, SeqInput, Weights};
 
 use crate::cache::GpuKv;
@@ -31,7 +33,13 @@ struct Linear {
 }
 
 impl Linear {
-    fn load(gpu: &Gpu, w: &mut Weights, name: &str, cols: usize, rows: usize) -> Result<Linear, GpuError> {
+    fn load(
+        gpu: &Gpu,
+        w: &mut Weights,
+        name: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<Linear, GpuError> {
         let wname = format!("{name}.weight");
         let t = w.matrix_exact(&wname, rows, cols)?;
         let bias = w
@@ -107,7 +115,11 @@ fn logit_chunk(gpu: &Gpu, vocab: usize) -> usize {
 impl GpuLlama {
     /// Uploads a loaded model's weights. Llama, Mistral and Qwen2 only (Gemma 3 runs on the CPU
     /// for now); weight types outside the kernels' list are an error naming the tensor.
-    pub fn new(gpu: Arc<Gpu>, model: LoadedModel, kv_type: Option<KvType>) -> Result<GpuLlama, GpuError> {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        model: LoadedModel,
+        kv_type: Option<KvType>,
+    ) -> Result<GpuLlama, GpuError> {
         let cfg = model.config.clone();
         cfg.validate()
             .map_err(|e| ModelError::Weights(e.to_string()))?;
@@ -135,7 +147,11 @@ impl GpuLlama {
         for l in 0..cfg.n_layers {
             let p = format!("blk.{l}");
             let norm = |w: &mut Weights, name: &str| -> Result<wgpu::Buffer, GpuError> {
-                Ok(upload_f32(g, &w.vector(&format!("{p}.{name}.weight"), d)?, name))
+                Ok(upload_f32(
+                    g,
+                    &w.vector(&format!("{p}.{name}.weight"), d)?,
+                    name,
+                ))
             };
             blocks.push(Block {
                 attn_norm: norm(&mut w, "attn_norm")?,
@@ -157,8 +173,14 @@ impl GpuLlama {
         } else {
             None
         };
-        let rope = Rope::new(hd, cfg.rope_theta, cfg.rope_scaling.as_ref(), cfg.rope_style);
-        let mut weight_bytes = embed.memory_bytes() + output.as_ref().map_or(0, |o| o.memory_bytes());
+        let rope = Rope::new(
+            hd,
+            cfg.rope_theta,
+            cfg.rope_scaling.as_ref(),
+            cfg.rope_style,
+        );
+        let mut weight_bytes =
+            embed.memory_bytes() + output.as_ref().map_or(0, |o| o.memory_bytes());
         for b in &blocks {
             for m in [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down] {
                 weight_bytes += m.w.memory_bytes();
@@ -199,7 +221,11 @@ impl GpuLlama {
         let c = &self.cfg;
         let g = &*self.gpu;
         let f = |n: usize, name: &str| g.buffer((n * 4) as u64, name);
-        let (d, qd, kvd) = (c.hidden_size, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let (d, qd, kvd) = (
+            c.hidden_size,
+            c.n_heads * c.head_dim,
+            c.n_kv_heads * c.head_dim,
+        );
         s.bufs = Some(Bufs {
             x: f(rows * d, "x"),
             n: f(rows * d, "norm"),
@@ -287,14 +313,20 @@ impl GpuLlama {
             rec.rope(&b.q, &b.angles, n, nh, hd, halves);
             rec.rope(&b.k, &b.angles, n, nkv, hd, halves);
             for (si, kv) in caches.iter().enumerate() {
-                let (first, start, cnt) = (layout.first_row[si], layout.start_pos[si], layout.n_tokens[si]);
+                let (first, start, cnt) = (
+                    layout.first_row[si],
+                    layout.start_pos[si],
+                    layout.n_tokens[si],
+                );
                 if cnt == 0 {
                     continue;
                 }
                 let slot = kv.slot(l);
                 rec.store_kv(&slot, &b.k, &b.v, first, start, cnt);
                 let a = &blk.attn;
-                rec.attention(&slot, &b.q, nh, first, start, cnt, a.scale, a.softcap, a.window, &b.att);
+                rec.attention(
+                    &slot, &b.q, nh, first, start, cnt, a.scale, a.softcap, a.window, &b.att,
+                );
             }
             rec.matmul(&blk.wo.w, &b.att, 0, n, blk.wo.bias.as_ref(), &b.o, 0);
             rec.add(&b.x, &b.o, n * d);
@@ -313,7 +345,10 @@ impl GpuLlama {
         let output = self.output.as_ref().unwrap_or(&self.embed);
         let v = cfg.vocab_size;
         for rows in layout.logit_rows.chunks(chunk) {
-            let picked: Vec<u8> = rows.iter().flat_map(|&r| (r as u32).to_le_bytes()).collect();
+            let picked: Vec<u8> = rows
+                .iter()
+                .flat_map(|&r| (r as u32).to_le_bytes())
+                .collect();
             g.write(&b.picked, 0, &picked);
             let k = rows.len();
             let mut rec = Recorder::new(g);
@@ -379,6 +414,10 @@ impl CausalLM for GpuLlama {
 }
 
 /// Builds the GPU forward pass for a loaded model (see [`GpuLlama::new`]).
-pub fn build(gpu: Arc<Gpu>, model: LoadedModel, kv_type: Option<KvType>) -> Result<Box<dyn CausalLM>, GpuError> {
+pub fn build(
+    gpu: Arc<Gpu>,
+    model: LoadedModel,
+    kv_type: Option<KvType>,
+) -> Result<Box<dyn CausalLM>, GpuError> {
     Ok(Box::new(GpuLlama::new(gpu, model, kv_type)?))
 }

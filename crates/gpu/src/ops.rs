@@ -215,7 +215,7 @@ impl<'g> Recorder<'g> {
             ];
             let groups = match kind {
                 MatKind::Vector => {
-                    let [gx, gy] = grid(part.rows);
+                    let [gx, gy] = grid(part.rows.div_ceil(8));
                     [gx, gy, n.div_ceil(8) as u32]
                 }
                 MatKind::Tiled => [part.rows.div_ceil(32) as u32, n.div_ceil(32) as u32, 1],
@@ -231,7 +231,13 @@ impl<'g> Recorder<'g> {
     }
 
     /// `out[t] = row tokens[t] of table`, expanded to f32 (`n` tokens).
-    pub fn embed(&mut self, table: &GpuMatrix, tokens: &wgpu::Buffer, n: usize, out: &wgpu::Buffer) {
+    pub fn embed(
+        &mut self,
+        table: &GpuMatrix,
+        tokens: &wgpu::Buffer,
+        n: usize,
+        out: &wgpu::Buffer,
+    ) {
         let pipe = self.gpu.pipeline("embed", Some(table.dtype));
         let nq = table.cols.div_ceil(4);
         for part in &table.parts {
@@ -263,7 +269,14 @@ impl<'g> Recorder<'g> {
         }
     }
 
-    fn op(&mut self, entry: &'static str, params: Params, bufs: Vec<(u32, &wgpu::Buffer)>, groups: usize, per_row: bool) {
+    fn op(
+        &mut self,
+        entry: &'static str,
+        params: Params,
+        bufs: Vec<(u32, &wgpu::Buffer)>,
+        groups: usize,
+        per_row: bool,
+    ) {
         let pipe = self.gpu.pipeline(entry, None);
         let groups = if per_row { groups } else { groups.div_ceil(64) };
         let [gx, gy] = grid(groups);
@@ -271,7 +284,15 @@ impl<'g> Recorder<'g> {
     }
 
     /// `out = rmsnorm(x) · w` over `n` rows of `d`.
-    pub fn rms_norm(&mut self, x: &wgpu::Buffer, w: &wgpu::Buffer, eps: f32, n: usize, d: usize, out: &wgpu::Buffer) {
+    pub fn rms_norm(
+        &mut self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        eps: f32,
+        n: usize,
+        d: usize,
+        out: &wgpu::Buffer,
+    ) {
         let mut p = params(n, d);
         p[8] = eps.to_bits();
         self.op("rms_norm", p, vec![(1, x), (2, w), (3, out)], n, true);
@@ -279,11 +300,25 @@ impl<'g> Recorder<'g> {
 
     /// Rotates `n` rows of `heads` heads of `head_dim` in place by `table` (per row,
     /// `head_dim / 2` (cos, sin) pairs); `halves`: NeoX/Hugging Face pairing.
-    pub fn rope(&mut self, x: &wgpu::Buffer, table: &wgpu::Buffer, n: usize, heads: usize, head_dim: usize, halves: bool) {
+    pub fn rope(
+        &mut self,
+        x: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        n: usize,
+        heads: usize,
+        head_dim: usize,
+        halves: bool,
+    ) {
         let mut p = params(n, head_dim);
         p[2] = heads as u32;
         p[3] = halves as u32;
-        self.op("rope", p, vec![(1, x), (2, table)], n * heads * head_dim / 2, false);
+        self.op(
+            "rope",
+            p,
+            vec![(1, x), (2, table)],
+            n * heads * head_dim / 2,
+            false,
+        );
     }
 
     /// `x = act(x) ⊙ y` over `len` values (`gelu`: tanh-approximated GELU, else SiLU).
@@ -299,30 +334,75 @@ impl<'g> Recorder<'g> {
     }
 
     /// `out[j] = src[rows[j]]` for `n` rows of `d`.
-    pub fn gather(&mut self, src: &wgpu::Buffer, rows: &wgpu::Buffer, n: usize, d: usize, out: &wgpu::Buffer) {
-        self.op("gather", params(n, d), vec![(2, src), (3, out), (6, rows)], n * d, false);
+    pub fn gather(
+        &mut self,
+        src: &wgpu::Buffer,
+        rows: &wgpu::Buffer,
+        n: usize,
+        d: usize,
+        out: &wgpu::Buffer,
+    ) {
+        self.op(
+            "gather",
+            params(n, d),
+            vec![(2, src), (3, out), (6, rows)],
+            n * d,
+            false,
+        );
     }
 
     /// Stores the keys `k` and values `v` of one sequence's `n` new rows (batch rows
     /// `first_row..`, positions `start..`) into its cache buffers for one layer.
     #[allow(clippy::too_many_arguments)]
-    pub fn store_kv(&mut self, kv: &KvSlot<'_>, k: &wgpu::Buffer, v: &wgpu::Buffer, first_row: usize, start: usize, n: usize) {
+    pub fn store_kv(
+        &mut self,
+        kv: &KvSlot<'_>,
+        k: &wgpu::Buffer,
+        v: &wgpu::Buffer,
+        first_row: usize,
+        start: usize,
+        n: usize,
+    ) {
         let p = kv.params(first_row, start, n);
         let len = n * kv.n_kv_heads * kv.head_dim;
         let threads = if kv.f16 { len / 2 } else { len };
-        self.op("store_kv", p, vec![(1, k), (2, v), (4, kv.k), (5, kv.v)], threads, false);
+        self.op(
+            "store_kv",
+            p,
+            vec![(1, k), (2, v), (4, kv.k), (5, kv.v)],
+            threads,
+            false,
+        );
     }
 
     /// Causal attention of one sequence's `n` new rows over its cache (after `store_kv`):
     /// `q` and `out` hold rows of `heads · head_dim`.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(&mut self, kv: &KvSlot<'_>, q: &wgpu::Buffer, heads: usize, first_row: usize, start: usize, n: usize, scale: f32, softcap: Option<f32>, window: Option<usize>, out: &wgpu::Buffer) {
+    pub fn attention(
+        &mut self,
+        kv: &KvSlot<'_>,
+        q: &wgpu::Buffer,
+        heads: usize,
+        first_row: usize,
+        start: usize,
+        n: usize,
+        scale: f32,
+        softcap: Option<f32>,
+        window: Option<usize>,
+        out: &wgpu::Buffer,
+    ) {
         let mut p = kv.params(first_row, start, n);
         p[8] = scale.to_bits();
         p[9] = softcap.unwrap_or(0.0).to_bits();
         p[10] = heads as u32;
         p[11] = window.unwrap_or(0) as u32;
-        self.op("attention", p, vec![(1, q), (3, out), (4, kv.k), (5, kv.v)], n * heads, true);
+        self.op(
+            "attention",
+            p,
+            vec![(1, q), (3, out), (4, kv.k), (5, kv.v)],
+            n * heads,
+            true,
+        );
     }
 }
 
@@ -356,7 +436,8 @@ fn params(n: usize, d: usize) -> Params {
     p
 }
 
-/// Which matrix kernel: one workgroup per row (decode) or 32 × 32 tiles (prefill).
+/// Which matrix kernel: 8 rows per workgroup, 8 threads per row (decode), or 32 × 32 tiles
+/// (prefill).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatKind {
     Vector,

@@ -93,7 +93,11 @@ fn reference_matmul(w: &Tensor, x: &[f32], n: usize, bias: Option<&[f32]>) -> (V
         for t in 0..n {
             let xs = &x[t * cols..(t + 1) * cols];
             let s: f64 = row.iter().zip(xs).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let m: f64 = row.iter().zip(xs).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let m: f64 = row
+                .iter()
+                .zip(xs)
+                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                .sum();
             out[t * rows + r] = s as f32 + bias.map_or(0.0, |b| b[r]);
             mag[t * rows + r] = m as f32;
         }
@@ -148,7 +152,10 @@ fn matrix_kernels_match_the_scalar_reference_for_every_type() {
                         rec.matmul_with(kind, &gw, &xb, 0, n, bb.as_ref(), &ob, 2);
                         rec.submit();
                         let got = gpu.read_f32(&ob, (n + 2) * rows).unwrap();
-                        assert!(got[..2 * rows].iter().all(|&v| v == 7.0), "{t} {kind:?}: wrote outside its rows");
+                        assert!(
+                            got[..2 * rows].iter().all(|&v| v == 7.0),
+                            "{t} {kind:?}: wrote outside its rows"
+                        );
                         for i in 0..n * rows {
                             let err = (got[2 * rows + i] - want[i]).abs();
                             assert!(
@@ -182,7 +189,13 @@ fn matrices_split_across_buffers_give_the_same_results() {
     let n = 5;
     let x = upload_f32(&gpu, &rng.vec(n * cols), "x");
     let tokens: Vec<u32> = vec![0, 49, 7, 6, 13];
-    let tb = gpu.buffer_with(&tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<_>>(), "t");
+    let tb = gpu.buffer_with(
+        &tokens
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect::<Vec<_>>(),
+        "t",
+    );
     let mut outs = Vec::new();
     for m in [&whole, &split] {
         let o = gpu.buffer((n * rows * 4) as u64, "o");
@@ -191,7 +204,10 @@ fn matrices_split_across_buffers_give_the_same_results() {
         rec.matmul(m, &x, 0, n, None, &o, 0);
         rec.embed(m, &tb, n, &e);
         rec.submit();
-        outs.push((gpu.read_f32(&o, n * rows).unwrap(), gpu.read_f32(&e, n * cols).unwrap()));
+        outs.push((
+            gpu.read_f32(&o, n * rows).unwrap(),
+            gpu.read_f32(&e, n * cols).unwrap(),
+        ));
     }
     assert_eq!(outs[0], outs[1]);
     let mut row = vec![0.0; cols];
@@ -209,11 +225,21 @@ fn embedding_lookup_matches_the_scalar_dequantisation() {
     };
     let mut rng = Rng(5);
     for t in TYPES {
-        let cols = if t.is_quantized() { 2 * t.block_size() } else { 37 };
+        let cols = if t.is_quantized() {
+            2 * t.block_size()
+        } else {
+            37
+        };
         let w = random_tensor(t, 11, cols, &mut rng);
         let gw = GpuMatrix::upload(&gpu, &w, "w").unwrap();
         let tokens: Vec<u32> = vec![3, 10, 0, 3, 7];
-        let tb = gpu.buffer_with(&tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<_>>(), "t");
+        let tb = gpu.buffer_with(
+            &tokens
+                .iter()
+                .flat_map(|t| t.to_le_bytes())
+                .collect::<Vec<_>>(),
+            "t",
+        );
         let out = gpu.buffer((tokens.len() * cols * 4) as u64, "o");
         let mut rec = Recorder::new(&gpu);
         rec.embed(&gw, &tb, tokens.len(), &out);
@@ -223,7 +249,10 @@ fn embedding_lookup_matches_the_scalar_dequantisation() {
         for (i, &tok) in tokens.iter().enumerate() {
             w.dequantize_row(tok as usize, &mut row);
             for (j, (&a, &b)) in got[i * cols..(i + 1) * cols].iter().zip(&row).enumerate() {
-                assert!((a - b).abs() <= 1e-6 * b.abs() + 1e-7, "{t} token {tok} [{j}]: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs() + 1e-7,
+                    "{t} token {tok} [{j}]: {a} vs {b}"
+                );
             }
         }
     }
@@ -232,7 +261,10 @@ fn embedding_lookup_matches_the_scalar_dequantisation() {
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what} [{i}]: {a} vs {b}");
+        assert!(
+            (a - b).abs() <= tol * (1.0 + b.abs()),
+            "{what} [{i}]: {a} vs {b}"
+        );
     }
 }
 
@@ -255,13 +287,20 @@ fn row_operations_match_the_scalar_reference() {
     rec.submit();
     let mut want = vec![0.0; n * d];
     for r in 0..n {
-        ops::reference::rms_norm(&x[r * d..(r + 1) * d], &w, 1e-6, &mut want[r * d..(r + 1) * d]);
+        ops::reference::rms_norm(
+            &x[r * d..(r + 1) * d],
+            &w,
+            1e-6,
+            &mut want[r * d..(r + 1) * d],
+        );
     }
     close("rms_norm", &gpu.read_f32(&ob, n * d).unwrap(), &want, 1e-6);
 
     // rope: 3 heads of 10 per row, each row at its own position
     let (heads, hd) = (3, 10);
-    let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
+        .collect();
     let positions = [0usize, 1, 17, 300, 4095];
     let mut angles = vec![[0.0f32; 2]; n * hd / 2];
     for (r, &pos) in positions.iter().enumerate() {
@@ -280,12 +319,20 @@ fn row_operations_match_the_scalar_reference() {
                 ops::rope_rotate(head, &angles[r * hd / 2..(r + 1) * hd / 2], style);
             }
         }
-        close(&format!("rope {style:?}"), &gpu.read_f32(&qb, q.len()).unwrap(), &want, 1e-6);
+        close(
+            &format!("rope {style:?}"),
+            &gpu.read_f32(&qb, q.len()).unwrap(),
+            &want,
+            1e-6,
+        );
     }
 
     // gated activations and the residual add
     let len = 301;
-    let (g, u) = (rng.vec(len).iter().map(|v| v * 6.0).collect::<Vec<_>>(), rng.vec(len));
+    let (g, u) = (
+        rng.vec(len).iter().map(|v| v * 6.0).collect::<Vec<_>>(),
+        rng.vec(len),
+    );
     for gelu in [false, true] {
         let gb = upload_f32(&gpu, &g, "g");
         let ub = upload_f32(&gpu, &u, "u");
@@ -298,20 +345,34 @@ fn row_operations_match_the_scalar_reference() {
         } else {
             ops::reference::silu_mul(&mut want, &u);
         }
-        close(&format!("gated gelu={gelu}"), &gpu.read_f32(&gb, len).unwrap(), &want, 2e-6);
+        close(
+            &format!("gated gelu={gelu}"),
+            &gpu.read_f32(&gb, len).unwrap(),
+            &want,
+            2e-6,
+        );
     }
     let (a, b) = (rng.vec(len), rng.vec(len));
     let (ab, bb) = (upload_f32(&gpu, &a, "a"), upload_f32(&gpu, &b, "b"));
     let mut rec = Recorder::new(&gpu);
     rec.add(&ab, &bb, len);
     let rows: Vec<u32> = vec![4, 0, 2];
-    let rb = gpu.buffer_with(&rows.iter().flat_map(|r| r.to_le_bytes()).collect::<Vec<_>>(), "rows");
+    let rb = gpu.buffer_with(
+        &rows
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect::<Vec<_>>(),
+        "rows",
+    );
     let gathered = gpu.buffer((3 * d * 4) as u64, "gathered");
     rec.gather(&xb, &rb, 3, d, &gathered);
     rec.submit();
     let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
     assert_eq!(gpu.read_f32(&ab, len).unwrap(), want);
-    let want: Vec<f32> = rows.iter().flat_map(|&r| x[r as usize * d..(r as usize + 1) * d].to_vec()).collect();
+    let want: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| x[r as usize * d..(r as usize + 1) * d].to_vec())
+        .collect();
     assert_eq!(gpu.read_f32(&gathered, 3 * d).unwrap(), want);
 }
 
@@ -338,8 +399,12 @@ fn attention_matches_the_cpu_reference() {
             };
             // sequence 0: 4 cached positions, 3 new; sequence 1: 9 new
             let (pre, new) = ([4usize, 0], [3usize, 9]);
-            let mut cpu: Vec<KvCache> = (0..2).map(|_| KvCache::with_type(layers, nkv, hd, 16, kv_type)).collect();
-            let mut dev: Vec<GpuKv> = (0..2).map(|_| GpuKv::new(gpu.clone(), layers, nkv, hd, 16, kv_type)).collect();
+            let mut cpu: Vec<KvCache> = (0..2)
+                .map(|_| KvCache::with_type(layers, nkv, hd, 16, kv_type))
+                .collect();
+            let mut dev: Vec<GpuKv> = (0..2)
+                .map(|_| GpuKv::new(gpu.clone(), layers, nkv, hd, 16, kv_type))
+                .collect();
             let layer = 1;
             // the cached prefix: stored on both through each side's own store
             for s in 0..2 {
@@ -369,26 +434,54 @@ fn attention_matches_the_cpu_reference() {
             {
                 let (c0, c1) = cpu.split_at_mut(1);
                 let mut batch = [
-                    SeqInput { tokens: &tokens[0], cache: &mut c0[0], logits: Logits::None },
-                    SeqInput { tokens: &tokens[1], cache: &mut c1[0], logits: Logits::None },
+                    SeqInput {
+                        tokens: &tokens[0],
+                        cache: &mut c0[0],
+                        logits: Logits::None,
+                    },
+                    SeqInput {
+                        tokens: &tokens[1],
+                        cache: &mut c1[0],
+                        logits: Logits::None,
+                    },
                 ];
                 let layout = BatchLayout::new(&batch);
                 kiln_models::layers::store_kv(&mut batch, &layout, layer, &shape, &k, &v);
-                attention(&pool, &batch, &layout, layer, &shape, Numerics::Exact, &q, &mut want);
+                attention(
+                    &pool,
+                    &batch,
+                    &layout,
+                    layer,
+                    &shape,
+                    Numerics::Exact,
+                    &q,
+                    &mut want,
+                );
             }
-            let (qb, kb, vb) = (upload_f32(&gpu, &q, "q"), upload_f32(&gpu, &k, "k"), upload_f32(&gpu, &v, "v"));
+            let (qb, kb, vb) = (
+                upload_f32(&gpu, &q, "q"),
+                upload_f32(&gpu, &k, "k"),
+                upload_f32(&gpu, &v, "v"),
+            );
             let ob = gpu.buffer((total * nh * hd * 4) as u64, "o");
             let mut rec = Recorder::new(&gpu);
             let mut first = 0;
             for s in 0..2 {
                 let slot = dev[s].slot(layer);
                 rec.store_kv(&slot, &kb, &vb, first, pre[s], new[s]);
-                rec.attention(&slot, &qb, nh, first, pre[s], new[s], 0.3, softcap, window, &ob);
+                rec.attention(
+                    &slot, &qb, nh, first, pre[s], new[s], 0.3, softcap, window, &ob,
+                );
                 first += new[s];
             }
             rec.submit();
             let got = gpu.read_f32(&ob, total * nh * hd).unwrap();
-            close(&format!("attention {kv_type:?} window {window:?} cap {softcap:?}"), &got, &want, 1e-5);
+            close(
+                &format!("attention {kv_type:?} window {window:?} cap {softcap:?}"),
+                &got,
+                &want,
+                1e-5,
+            );
             dev.clear();
         }
     }

@@ -43,7 +43,7 @@ fn bias(r: u32) -> f32 {
     return select(0.0, B[p.row0 + r], p.bias != 0u);
 }
 
-// ---- decode: one workgroup per row, up to 8 tokens, the row read once for all of them ----
+// ---- decode: 8 rows per workgroup, 8 threads per row, up to 8 tokens per row read ----
 
 const MV_TOKENS: u32 = 8u;
 var<workgroup> red: array<f32, 512>;
@@ -51,7 +51,8 @@ var<workgroup> red: array<f32, 512>;
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) li: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let lane = li % 8u;
+    let row = (wid.x + wid.y * nwg.x) * 8u + li / 8u;
     let t0 = wid.z * MV_TOKENS;
     let nt = min(MV_TOKENS, p.n - t0);
     var acc: array<f32, 8>;
@@ -60,7 +61,7 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     if (row < p.rows) {
         let nq = (p.k + 3u) / 4u;
-        for (var q = li; q < nq; q += 64u) {
+        for (var q = lane; q < nq; q += 8u) {
             let w = dq4(row, q);
             for (var t = 0u; t < nt; t++) {
                 acc[t] += dot(w, xq(t0 + t, q));
@@ -71,16 +72,18 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         red[t * 64u + li] = acc[t];
     }
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (li < s) {
+    for (var s = 4u; s > 0u; s >>= 1u) {
+        if (lane < s) {
             for (var t = 0u; t < MV_TOKENS; t++) {
                 red[t * 64u + li] += red[t * 64u + li + s];
             }
         }
         workgroupBarrier();
     }
-    if (row < p.rows && li < nt) {
-        O[p.out_off + (t0 + li) * p.ostride + row] = red[li * 64u] + bias(row);
+    if (row < p.rows && lane == 0u) {
+        for (var t = 0u; t < nt; t++) {
+            O[p.out_off + (t0 + t) * p.ostride + row] = red[t * 64u + li] + bias(row);
+        }
     }
 }
 

@@ -129,7 +129,7 @@ impl GpuLlama {
                 cfg.arch.name()
             )));
         }
-        if cfg.head_dim > 256 || cfg.head_dim % 2 != 0 {
+        if cfg.head_dim > 256 || !cfg.head_dim.is_multiple_of(2) {
             return Err(GpuError::Unsupported(format!(
                 "head_dim {} (the GPU attention kernel takes even sizes up to 256)",
                 cfg.head_dim

@@ -354,6 +354,39 @@ mod tests {
         assert!("q8_0".parse::<KvType>().is_err());
     }
 
+    /// A device cache asks its store to grow (keeping `len`), reports the store's memory, and
+    /// refuses host reads and writes.
+    #[test]
+    fn a_device_cache_delegates_to_its_store() {
+        struct Fake(Vec<(usize, usize)>);
+        impl DeviceCache for Fake {
+            fn reserve(&mut self, capacity: usize, len: usize) {
+                self.0.push((capacity, len));
+            }
+            fn memory_bytes(&self) -> usize {
+                1234
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+            fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+                self
+            }
+        }
+        let mut c = KvCache::on_device(2, 1, 4, 8, KvType::F16, Box::new(Fake(Vec::new())));
+        c.advance(3);
+        c.reserve(4); // within capacity: nothing asked
+        c.reserve(20);
+        assert_eq!(c.capacity(), 20);
+        assert_eq!(c.memory_bytes(), 1234);
+        let fake = c.device().unwrap().as_any().downcast_ref::<Fake>().unwrap();
+        assert_eq!(fake.0, vec![(20, 3)]);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.store(0, 0, 3, &[0.0; 4], &[0.0; 4])
+        }));
+        assert!(caught.is_err(), "store on a device cache");
+    }
+
     #[test]
     #[should_panic(expected = "f16 cache")]
     fn head_refuses_an_f16_cache() {

@@ -100,11 +100,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "stddev_ts": sd,
                     "samples_ts": t.samples,
                     "peak_rss_bytes": peak,
+                    "device": engine.device,
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&arr)?);
     } else {
+        println!("{}", engine.device);
         println!("| model | size | threads | test | t/s |");
         println!("| --- | ---: | ---: | ---: | ---: |");
         for t in &tests {

@@ -21,8 +21,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Model layers to offload to a GPU (llama.cpp's -ngl). kiln has no GPU backend yet, so
-    /// this is refused rather than ignored.
+    /// Model layers to offload to a GPU (llama.cpp's -ngl). kiln does not split a model
+    /// between GPU and CPU yet (`--device gpu` runs every layer on the GPU), so this is refused
+    /// rather than ignored.
     #[arg(
         long = "gpu-layers",
         alias = "n-gpu-layers",
@@ -34,7 +35,7 @@ struct Cli {
 
 /// The message for `-ngl`/`--gpu-layers`: refused, never silently ignored, so nobody believes
 /// they are running on a GPU.
-const NO_GPU: &str = "kiln has no GPU backend yet; -ngl/--gpu-layers cannot be honoured";
+const NO_GPU: &str = "kiln does not split layers between GPU and CPU yet; -ngl/--gpu-layers cannot be honoured (--device gpu runs every layer on the GPU)";
 
 /// llama.cpp's `-ngl N` is a multi-letter short flag, which clap cannot express (it reads
 /// `-ngl` as `-n gl`); it is spelt `--gpu-layers` before clap sees it. Arguments after `--`

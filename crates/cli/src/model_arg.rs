@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::builder::{BoolishValueParser, FalseyValueParser};
 use clap::{ArgAction, Args};
-use kiln_engine::{Engine, EngineOptions, Isa, KvType, Numerics, Residency, Speculation};
+use kiln_engine::{
+    DeviceChoice, Engine, EngineOptions, Isa, KvType, Numerics, Residency, Speculation,
+};
 use kiln_pull::Progress;
 
 #[derive(Args, Clone, Debug)]
@@ -55,6 +57,17 @@ pub struct EngineFlags {
         hide_env = true
     )]
     pub interleave: bool,
+    /// Where the model runs: auto (a discrete GPU if there is one, else the CPU), cpu, gpu
+    /// (the best adapter, a software Vulkan driver such as lavapipe included) or gpu:N. The GPU
+    /// backend (wgpu: Vulkan, Metal, DX12) runs Llama, Mistral and Qwen2; without an adapter,
+    /// kiln says so in one line and runs on the CPU.
+    #[arg(
+        long,
+        env = "KILN_DEVICE",
+        value_name = "DEVICE",
+        default_value = "auto"
+    )]
+    pub device: DeviceChoice,
 }
 
 impl EngineFlags {
@@ -70,6 +83,7 @@ impl EngineFlags {
                 opts.residency
             },
             interleave: opts.interleave && self.interleave,
+            device: self.device,
             ..opts
         }
     }
@@ -157,7 +171,12 @@ impl ModelArgs {
         let engine =
             Engine::load(path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
-        engine
+        let engine = engine?;
+        // One line whenever the device was not simply the CPU asked for.
+        if opts.device != DeviceChoice::Cpu {
+            eprintln!("kiln: {}", engine.device);
+        }
+        Ok(engine)
     }
 }
 

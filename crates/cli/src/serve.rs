@@ -108,6 +108,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         limits,
         name,
         draft,
+        ..
     } = engine;
     let chat_template =
         chat_template::resolve(a.chat_template.as_deref(), chat_template, &tokenizer)?;

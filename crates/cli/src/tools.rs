@@ -13,6 +13,9 @@ pub struct InspectArgs {
     /// The model to describe (file, directory or known name).
     #[arg(value_name = "MODEL")]
     pub model: Option<String>,
+    /// List the GPU adapters (`--device gpu:N` numbers them) instead of describing a model.
+    #[arg(long)]
+    pub devices: bool,
 }
 
 #[derive(Args, Debug)]
@@ -49,6 +52,16 @@ fn at_least_4(s: &str) -> Result<usize, String> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
+    if a.devices {
+        let all = kiln_engine::list_adapters();
+        if all.is_empty() {
+            println!("no GPU adapter or driver found (models run on the CPU)");
+        }
+        for d in all {
+            println!("{d}");
+        }
+        return Ok(());
+    }
     let path = crate::model_arg::resolve_model(a.model.as_deref())?;
     let loaded =
         kiln_formats::load(&path).with_context(|| format!("cannot read {}", path.display()))?;

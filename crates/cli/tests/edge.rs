@@ -244,7 +244,8 @@ fn serve_exits_on_sigterm_within_the_drain_deadline_despite_stuck_clients() {
 }
 
 /// llama.cpp's `-ngl N` / `--gpu-layers N` is one flag (not `-n gl`), and refused with one
-/// clear line and exit status 2 until kiln has a GPU backend, never silently ignored.
+/// clear line and exit status 2 until kiln splits layers between GPU and CPU, never silently
+/// ignored.
 #[test]
 fn gpu_layers_are_refused_with_a_clear_message() {
     for args in [
@@ -261,7 +262,7 @@ fn gpu_layers_are_refused_with_a_clear_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             err.trim_end(),
-            "error: kiln has no GPU backend yet; -ngl/--gpu-layers cannot be honoured",
+            "error: kiln does not split layers between GPU and CPU yet; -ngl/--gpu-layers cannot be honoured (--device gpu runs every layer on the GPU)",
             "{args:?}"
         );
     }

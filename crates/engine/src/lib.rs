@@ -40,6 +40,8 @@ pub use generate::{
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
 pub use kiln_formats::resident::Residency;
+pub use kiln_gpu::context::list_adapters;
+pub use kiln_gpu::{AdapterSummary, DeviceChoice};
 pub use kiln_kernels::Isa;
 pub use kiln_models::{KvType, Numerics};
 
@@ -85,6 +87,11 @@ pub struct EngineOptions {
     /// A draft model for speculative decoding (llama.cpp's `--model-draft`), loaded with the
     /// same settings; its vocabulary must be the model's.
     pub draft_model: Option<PathBuf>,
+    /// Where the forward pass runs (`kiln_gpu::DeviceChoice`): the CPU by default; `Auto` takes
+    /// a discrete GPU when there is one, `Gpu` any adapter (a software one included). Without
+    /// an adapter, or under `Auto` for an architecture the GPU backend does not run, the model
+    /// runs on the CPU and [`Engine::device`] says why.
+    pub device: DeviceChoice,
 }
 
 impl Default for EngineOptions {
@@ -100,6 +107,7 @@ impl Default for EngineOptions {
             residency: None,
             interleave: true,
             draft_model: None,
+            device: DeviceChoice::Cpu,
         }
     }
 }
@@ -114,6 +122,9 @@ pub struct Engine {
     pub name: String,
     /// The draft model for speculative decoding, when one was loaded.
     pub draft: Option<Arc<dyn CausalLM>>,
+    /// Where the model runs, and why when it was not where `EngineOptions::device` asked
+    /// ("device: cpu (no GPU adapter or driver found)"): one line to show the user.
+    pub device: String,
 }
 
 impl Engine {
@@ -123,9 +134,12 @@ impl Engine {
         if let Some(isa) = opts.isa {
             Isa::use_in_process(isa).map_err(|e| EngineError::Invalid(e.to_string()))?;
         }
+        // The device first: the CPU's row interleaving is wasted work for a GPU's upload.
+        let placement =
+            kiln_gpu::Gpu::open(opts.device).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let load = LoadOptions {
             residency: opts.residency,
-            interleave: opts.interleave,
+            interleave: opts.interleave && placement.gpu.is_none(),
         };
         let mut loaded = kiln_formats::load_with(path, &load)?;
         if let Some(t) = &opts.tokenizer_path {
@@ -155,7 +169,23 @@ impl Engine {
             numerics: opts.numerics,
             kv_type: opts.kv_type,
         };
-        let model = kiln_models::build_with(loaded, &build)?;
+        let mut device = placement.note;
+        let model = match placement.gpu {
+            Some(gpu) => match kiln_gpu::GpuLlama::new(gpu, loaded, opts.kv_type) {
+                Ok(m) => Box::new(m) as Box<dyn CausalLM>,
+                Err(e @ kiln_gpu::GpuError::Unsupported(_))
+                    if opts.device == DeviceChoice::Auto =>
+                {
+                    // `auto` never fails for want of GPU support: the weights are loaded again
+                    // (the GPU build consumed them) and run on the CPU.
+                    device = format!("device: cpu ({e})");
+                    let loaded = kiln_formats::load_with(path, &load)?;
+                    kiln_models::build_with(loaded, &build)?
+                }
+                Err(e) => return Err(EngineError::Invalid(e.to_string())),
+            },
+            None => kiln_models::build_with(loaded, &build)?,
+        };
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -179,6 +209,7 @@ impl Engine {
             })?;
             engine.draft = Some(Arc::from(draft));
         }
+        engine.device = device;
         Ok(engine)
     }
 
@@ -202,6 +233,7 @@ impl Engine {
             limits,
             name,
             draft: None,
+            device: "device: cpu".into(),
         }
     }
 

@@ -79,6 +79,18 @@ impl Store {
     }
 }
 
+/// A cache kept by a backend outside host memory (a GPU's buffers): the backend that made it
+/// is the only one that reads or writes it; the cache only asks it to grow.
+pub trait DeviceCache: Send + Sync {
+    /// Makes room for `capacity` positions, keeping the first `len`.
+    fn reserve(&mut self, capacity: usize, len: usize);
+    /// Bytes held on the device.
+    fn memory_bytes(&self) -> usize;
+    /// For the backend to reach its own type.
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
 /// One head's keys and values for positions `0..end`, `head_dim` values per position.
 #[derive(Clone, Copy)]
 pub enum HeadView<'a> {
@@ -107,6 +119,8 @@ pub struct KvCache {
     kv_type: KvType,
     k: Store,
     v: Store,
+    /// Set for a cache on a device: `k` and `v` are then empty.
+    device: Option<Box<dyn DeviceCache>>,
 }
 
 impl KvCache {
@@ -132,7 +146,41 @@ impl KvCache {
             kv_type,
             k: Store::new(kv_type, size),
             v: Store::new(kv_type, size),
+            device: None,
         }
+    }
+
+    /// A cache whose keys and values live in a backend's device memory (`store` is made for
+    /// `capacity` positions). Only that backend reads and writes it; [`KvCache::store`] and
+    /// [`KvCache::view`] panic on it.
+    pub fn on_device(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        kv_type: KvType,
+        store: Box<dyn DeviceCache>,
+    ) -> KvCache {
+        KvCache {
+            n_layers,
+            n_kv_heads,
+            head_dim,
+            capacity,
+            len: 0,
+            kv_type,
+            k: Store::new(kv_type, 0),
+            v: Store::new(kv_type, 0),
+            device: Some(store),
+        }
+    }
+
+    /// The device store of a cache made by [`KvCache::on_device`].
+    pub fn device(&self) -> Option<&dyn DeviceCache> {
+        self.device.as_deref()
+    }
+
+    pub fn device_mut(&mut self) -> Option<&mut (dyn DeviceCache + 'static)> {
+        self.device.as_deref_mut()
     }
 
     /// Positions stored so far: the next token goes at position `len()`.
@@ -154,6 +202,9 @@ impl KvCache {
 
     /// Bytes held by this cache.
     pub fn memory_bytes(&self) -> usize {
+        if let Some(d) = &self.device {
+            return d.memory_bytes();
+        }
         (self.k.len() + self.v.len()) * self.kv_type.size()
     }
 
@@ -165,6 +216,11 @@ impl KvCache {
     /// Makes room for at least `capacity` positions, keeping what is stored.
     pub fn reserve(&mut self, capacity: usize) {
         if capacity <= self.capacity {
+            return;
+        }
+        if let Some(d) = &mut self.device {
+            d.reserve(capacity, self.len);
+            self.capacity = capacity;
             return;
         }
         let mut grown = KvCache::with_type(
@@ -195,6 +251,7 @@ impl KvCache {
     /// forward pass is filling new positions; `advance` then commits them). An f16 cache
     /// rounds them to nearest even.
     pub fn store(&mut self, layer: usize, head: usize, pos: usize, k: &[f32], v: &[f32]) {
+        assert!(self.device.is_none(), "KvCache::store on a device cache");
         assert!(k.len() == self.head_dim && v.len() == self.head_dim);
         let o = self.offset(layer, head, pos);
         self.k.write(o, k);
@@ -203,6 +260,7 @@ impl KvCache {
 
     /// Keys and values of `head` in `layer` for positions `0..end`, in the stored type.
     pub fn view(&self, layer: usize, head: usize, end: usize) -> HeadView<'_> {
+        assert!(self.device.is_none(), "KvCache::view on a device cache");
         let o = self.offset(layer, head, 0);
         let n = end * self.head_dim;
         match (&self.k, &self.v) {
@@ -294,6 +352,39 @@ mod tests {
         }
         assert_eq!("F16".parse::<KvType>(), Ok(KvType::F16));
         assert!("q8_0".parse::<KvType>().is_err());
+    }
+
+    /// A device cache asks its store to grow (keeping `len`), reports the store's memory, and
+    /// refuses host reads and writes.
+    #[test]
+    fn a_device_cache_delegates_to_its_store() {
+        struct Fake(Vec<(usize, usize)>);
+        impl DeviceCache for Fake {
+            fn reserve(&mut self, capacity: usize, len: usize) {
+                self.0.push((capacity, len));
+            }
+            fn memory_bytes(&self) -> usize {
+                1234
+            }
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+            fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+                self
+            }
+        }
+        let mut c = KvCache::on_device(2, 1, 4, 8, KvType::F16, Box::new(Fake(Vec::new())));
+        c.advance(3);
+        c.reserve(4); // within capacity: nothing asked
+        c.reserve(20);
+        assert_eq!(c.capacity(), 20);
+        assert_eq!(c.memory_bytes(), 1234);
+        let fake = c.device().unwrap().as_any().downcast_ref::<Fake>().unwrap();
+        assert_eq!(fake.0, vec![(20, 3)]);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.store(0, 0, 3, &[0.0; 4], &[0.0; 4])
+        }));
+        assert!(caught.is_err(), "store on a device cache");
     }
 
     #[test]

@@ -327,6 +327,14 @@ impl Default for RopeTable {
 }
 
 impl RopeTable {
+    /// `(cos, sin)` per (row, frequency), rows in batch order (what a device backend uploads).
+    pub fn angles(&self) -> &[[f32; 2]] {
+        &self.angles
+    }
+
+    pub fn style(&self) -> RopeStyle {
+        self.style
+    }
     /// Rotates every head of row `row`'s `x` (`n_heads × head_dim` values).
     pub fn apply(&self, x: &mut [f32], head_dim: usize, row: usize) {
         let angles = &self.angles[row * self.half..(row + 1) * self.half];

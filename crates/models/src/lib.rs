@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use kiln_formats::{Arch, LoadedModel, ModelConfig, Tensor};
 use kiln_kernels::DType;
 
-pub use kv_cache::{HeadView, KvCache, KvType};
+pub use kv_cache::{DeviceCache, HeadView, KvCache, KvType};
 pub use layers::{Head, Logits, SeqInput};
 
 #[derive(Debug, thiserror::Error)]

@@ -82,6 +82,16 @@ const TOL: f32 = 1e-4;
 /// Checks every prompt of a golden file: ids, last logits, top-5 at each position, echoed
 /// prompt logprobs, greedy continuations (with and without EOS), and the batch.
 pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bool) {
+    check_against_golden_within(engine, golden, check_tokenizer, TOL)
+}
+
+/// [`check_against_golden`] with logits and logprobs within `tol` (the GPU path: 1e-3).
+pub fn check_against_golden_within(
+    engine: &Engine,
+    golden: &Value,
+    check_tokenizer: bool,
+    tol: f32,
+) {
     for p in golden["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         let input_ids = ids(&p["input_ids"]);
@@ -99,7 +109,7 @@ pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bo
             .zip(got_last)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
-        assert!(max_diff < TOL, "{name}: last logits differ by {max_diff}");
+        assert!(max_diff < tol, "{name}: last logits differ by {max_diff}");
         for (pos, top) in p["top5"].as_array().unwrap().iter().enumerate() {
             let row = &logits[pos];
             let mut got: Vec<f32> = row.clone();
@@ -108,12 +118,12 @@ pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bo
                 let id = entry[0].as_u64().unwrap() as usize;
                 let v = entry[1].as_f64().unwrap() as f32;
                 assert!(
-                    (row[id] - v).abs() < TOL,
+                    (row[id] - v).abs() < tol,
                     "{name} pos {pos}: logit of {id} is {} not {v}",
                     row[id]
                 );
                 assert!(
-                    (got[k] - v).abs() < TOL,
+                    (got[k] - v).abs() < tol,
                     "{name} pos {pos}: top-{k} value {} not {v}",
                     got[k]
                 );
@@ -141,7 +151,7 @@ pub fn check_against_golden(engine: &Engine, golden: &Value, check_tokenizer: bo
         for (i, want) in floats(&p["token_logprobs"]).iter().enumerate() {
             let got = plp[i + 1].logprob.unwrap();
             assert!(
-                (got - want).abs() < TOL,
+                (got - want).abs() < tol,
                 "{name}: prompt logprob {i}: {got} vs {want}"
             );
         }

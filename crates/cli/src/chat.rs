@@ -10,6 +10,7 @@ use kiln_engine::{openai, EngineOptions, GenerateParams, SamplingParams};
 use kiln_formats::Arch;
 use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
 
+use crate::constraint_arg::ConstraintArgs;
 use crate::model_arg::ModelArgs;
 use crate::prompt::process_escapes;
 use crate::seed::seed_or_random;
@@ -46,6 +47,8 @@ pub struct ChatArgs {
     /// Print the seed used on stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
 }
 
 pub fn run(a: ChatArgs) -> Result<()> {
@@ -78,6 +81,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             seed,
             ..Default::default()
         },
+        constraint: a.constraint.constraint()?,
         ..Default::default()
     };
     let interactive = !a.json;

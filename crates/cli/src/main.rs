@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod complete;
+mod constraint_arg;
 mod model_arg;
 mod nn_cmd;
 mod prompt;

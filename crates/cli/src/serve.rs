@@ -92,6 +92,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         chat_template,
         limits,
         name,
+        ..
     } = engine;
     let extra_eos = model.config().eos_token_ids.clone();
     let cfg = SchedulerConfig {

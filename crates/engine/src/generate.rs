@@ -10,7 +10,10 @@
 use kiln_models::CausalLM;
 use kiln_tokenizer::Tokenizer;
 
+use std::sync::Arc;
+
 use crate::batch::{Batch, BatchConfig, Event};
+use crate::constraint::{Constraint, Grammars};
 use crate::sampler::SamplingParams;
 use crate::EngineError;
 
@@ -28,6 +31,8 @@ pub struct GenerateParams {
     pub logprobs: Option<usize>,
     /// Return the prompt too, with its tokens' logprobs when `logprobs` is set.
     pub echo: bool,
+    /// Limit the output to a JSON schema, a grammar or a regular expression.
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateParams {
@@ -39,6 +44,7 @@ impl Default for GenerateParams {
             ignore_eos: false,
             logprobs: None,
             echo: false,
+            constraint: None,
         }
     }
 }
@@ -114,6 +120,23 @@ pub fn generate(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Completion>, EngineError> {
+    let grammars = Arc::new(Grammars::new());
+    generate_with(
+        model, tokenizer, &grammars, limits, prompts, params, on_text,
+    )
+}
+
+/// [`generate`] with a grammar compiler kept between calls (building one for a vocabulary
+/// takes a moment; [`crate::Engine`] keeps its own).
+pub fn generate_with(
+    model: &dyn CausalLM,
+    tokenizer: &Tokenizer,
+    grammars: &Arc<Grammars>,
+    limits: Limits,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Completion>, EngineError> {
     if prompts.len() > limits.max_batch {
         return Err(EngineError::Invalid(format!(
             "batch of {} prompts is larger than the maximum batch size {}",
@@ -121,7 +144,7 @@ pub fn generate(
             limits.max_batch
         )));
     }
-    let mut batch = Batch::new(
+    let mut batch = Batch::with_grammars(
         model,
         tokenizer,
         BatchConfig {
@@ -129,7 +152,12 @@ pub fn generate(
             prefill_chunk: limits.prefill_chunk,
             prefix_cache: 0,
         },
+        grammars.clone(),
     );
+    // The constraint is compiled once for the whole batch.
+    let mut params = params.clone();
+    batch.compile(tokenizer, &mut params)?;
+    let params = &params;
     // Refuse the whole batch before computing anything.
     for (i, p) in prompts.iter().enumerate() {
         batch.validate(p, params).map_err(|e| match e {

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod batch;
+pub mod constraint;
 pub mod convert;
 pub mod generate;
 pub mod openai;
@@ -21,6 +22,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod sequence;
 pub mod text;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,7 @@ use kiln_formats::{LoadOptions, TokenizerSource};
 use kiln_models::{BuildOptions, CausalLM};
 use kiln_tokenizer::Tokenizer;
 
+pub use constraint::{Constraint, ConstraintSpec, Grammars};
 pub use generate::{Completion, FinishReason, GenerateParams, Limits, TokenLogprob};
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
@@ -97,6 +100,8 @@ pub struct Engine {
     pub limits: Limits,
     /// What the model was loaded from, for display.
     pub name: String,
+    /// Compiles constraints for this model's vocabulary (built on first use, then kept).
+    pub grammars: std::sync::Arc<Grammars>,
 }
 
 impl Engine {
@@ -165,6 +170,7 @@ impl Engine {
             chat_template,
             limits,
             name,
+            grammars: std::sync::Arc::new(Grammars::new()),
         }
     }
 
@@ -180,9 +186,10 @@ impl Engine {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(usize, &str),
     ) -> Result<Vec<Completion>, EngineError> {
-        generate::generate(
+        generate::generate_with(
             self.model.as_ref(),
             &self.tokenizer,
+            &self.grammars,
             self.limits,
             prompts,
             params,

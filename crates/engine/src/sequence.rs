@@ -6,6 +6,7 @@
 use kiln_models::{KvCache, Logits, SeqInput};
 use kiln_tokenizer::Tokenizer;
 
+use crate::constraint::Active;
 use crate::generate::{Completion, FinishReason, GenerateParams, TokenLogprob};
 use crate::sampler::{log_softmax, top_n, Sampler};
 use crate::text::TextStream;
@@ -22,6 +23,10 @@ pub trait Vocab: Send + Sync {
     /// Tokens the tokenizer says end generation (see [`eos_ids`] for the full set).
     fn eos_ids(&self) -> Vec<u32>;
     fn bos_id(&self) -> Option<u32>;
+    /// Control tokens (BOS, EOS, chat markers): never part of a constraint's text.
+    fn is_special(&self, _id: u32) -> bool {
+        false
+    }
     /// BOS as chat templates receive it (`bos_token`; empty when there is none).
     fn bos_token(&self) -> String {
         self.bos_id()
@@ -53,6 +58,9 @@ impl Vocab for Tokenizer {
     fn bos_id(&self) -> Option<u32> {
         Tokenizer::bos_id(self)
     }
+    fn is_special(&self, id: u32) -> bool {
+        Tokenizer::is_special(self, id)
+    }
     fn bos_token(&self) -> String {
         Tokenizer::bos_token(self)
     }
@@ -83,6 +91,13 @@ pub fn validate_request(
     vocab_size: usize,
 ) -> Result<(), EngineError> {
     params.sampling.validate().map_err(EngineError::Invalid)?;
+    if params.constraint.is_some() && params.ignore_eos {
+        return Err(EngineError::Invalid(
+            "ignore_eos cannot be combined with a constraint (response_format, grammar, regex): \
+             the constraint decides where the output ends"
+                .into(),
+        ));
+    }
     if prompt.is_empty() {
         return Err(EngineError::Invalid(
             "the prompt is empty (no tokens)".into(),
@@ -240,6 +255,8 @@ pub(crate) struct Sequence {
     prompt_logprobs: Option<Vec<TokenLogprob>>,
     logprobs: Option<Vec<TokenLogprob>>,
     finish: Option<FinishReason>,
+    /// The running constraint, if the request has one.
+    constraint: Option<Active>,
 }
 
 impl Sequence {
@@ -250,6 +267,7 @@ impl Sequence {
         params: GenerateParams,
         cache: KvCache,
         fed: usize,
+        constraint: Option<Active>,
     ) -> Sequence {
         let mut sampler = Sampler::new(params.sampling.clone());
         prompt.iter().for_each(|&t| sampler.observe(t));
@@ -271,6 +289,7 @@ impl Sequence {
             sampler,
             generated: Vec::new(),
             finish: None,
+            constraint,
             cache,
             fed,
             cached_tokens: fed,
@@ -320,6 +339,24 @@ impl Sequence {
             cache: &mut self.cache,
             logits,
         }
+    }
+
+    /// Whether the step running `part` ends with this sequence sampling a token.
+    pub(crate) fn samples_after(&self, part: Part) -> bool {
+        match part {
+            Part::Decode => true,
+            Part::Prefill(chunk) => chunk.end == self.prompt.len(),
+        }
+    }
+
+    /// Lends out the constraint (to compute its next mask on another thread during the
+    /// forward pass); give it back with [`Sequence::put_constraint`].
+    pub(crate) fn take_constraint(&mut self) -> Option<Active> {
+        self.constraint.take()
+    }
+
+    pub(crate) fn put_constraint(&mut self, c: Active) {
+        self.constraint = Some(c);
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -405,7 +442,36 @@ impl Sequence {
         row: &[f32],
         lp: &mut Vec<f32>,
     ) -> Sampled {
-        let tok = self.sampler.sample(row);
+        // A constraint limits the choice to the tokens its grammar allows next. A grammar with
+        // no way on (an llguidance error) ends the sequence with an end-of-sequence token.
+        let mut grammar_done = false;
+        let picked = self.constraint.as_mut().map(|c| match c.mask() {
+            Ok(mask) if mask.num_set() > 0 => {
+                Some(self.sampler.sample_masked(row, Some(mask.as_slice())))
+            }
+            _ => None,
+        });
+        let tok = match picked {
+            None => self.sampler.sample(row),
+            Some(Some(tok)) => {
+                let c = self.constraint.as_mut().expect("a constraint");
+                // A complete grammar allows only end-of-sequence tokens next, so the model
+                // ends as it would have (the same tokens as unconstrained greedy output); with
+                // no such token the sequence ends here.
+                grammar_done = match c.commit(tok) {
+                    Ok(complete) => complete && ctx.eos.is_empty(),
+                    Err(_) => true,
+                };
+                tok
+            }
+            Some(None) => {
+                grammar_done = true;
+                match ctx.eos.first() {
+                    Some(&e) => e,
+                    None => self.sampler.sample(row),
+                }
+            }
+        };
         let offset = self.prompt_chars + self.stream.char_len();
         let logprob = self.params.logprobs.map(|n| {
             log_softmax(row, lp);
@@ -418,7 +484,7 @@ impl Sequence {
         self.sampler.observe(tok);
         // An end-of-sequence token adds no text; a stop string ends the text before it.
         let eos_hit = !self.params.ignore_eos && ctx.eos.contains(&tok);
-        if eos_hit || self.stream.push(&vocab.token_bytes(tok)) {
+        if eos_hit || self.stream.push(&vocab.token_bytes(tok)) || grammar_done {
             self.finish = Some(FinishReason::Stop);
         } else if self.generated.len() >= self.params.max_tokens
             || self.cache.len() + 1 > ctx.context

@@ -35,7 +35,9 @@ use crate::sentencepiece::SpModel;
 use crate::tiktoken::Tiktoken;
 use crate::vocab::{attr, Frag, Vocab};
 
-pub use chat::{llama2_chat_prompt, render_chat_template, ChatMessage, CHATML};
+pub use chat::{
+    llama2_chat_prompt, render_chat_template, render_chat_template_with_tools, ChatMessage, CHATML,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {

@@ -224,12 +224,13 @@ class Paint(BaseModel):
 class Profile(BaseModel):
     username: str = Field(max_length=20)
     nickname: Optional[str] = Field(default=None, max_length=20)
-    age: Optional[int] = None
+    age: Optional[int] = Field(default=None, ge=13, le=120)
 
 
 class Rating(BaseModel):
     stars: int = Field(ge=1, le=5)
-    confidence: float = Field(ge=0, le=1)
+    confidence_percent: int = Field(ge=0, le=100)
+    recommended: bool
 
 
 SCHEMAS = [

@@ -195,12 +195,34 @@ pub struct Call {
     pub arguments: String,
 }
 
+/// One call object, `{"name": one of functions, "arguments": object or JSON text of one}`.
+fn read_call(body: &Value, functions: &[Function]) -> Option<Call> {
+    let name = body.get("name")?.as_str()?.to_string();
+    if !functions.iter().any(|f| f.name == name) {
+        return None;
+    }
+    let arguments = match body.get("arguments")? {
+        a @ Value::Object(_) => a.to_string(),
+        // Some models write the arguments as a JSON string, as OpenAI's wire format does.
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(a @ Value::Object(_)) => a.to_string(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(Call { name, arguments })
+}
+
 /// Reads the calls out of generated text: the text before the first `<tool_call>` (trimmed;
-/// `None` when empty) and every call. `None` when the text has no call, or a call that is not
-/// `{"name": string, "arguments": object}` (the text is then content, as written), or a name
-/// that is not one of `functions`.
+/// `None` when empty) and every call. A text that is nothing but one call object, without the
+/// tags (small models write that), is one call too. `None` when the text has no call, or a
+/// call that is not `{"name": string, "arguments": object}` (the text is then content, as
+/// written), or a name that is not one of `functions`.
 pub fn parse_calls(text: &str, functions: &[Function]) -> Option<(Option<String>, Vec<Call>)> {
-    let first = text.find(CALL_OPEN)?;
+    let Some(first) = text.find(CALL_OPEN) else {
+        let body: Value = serde_json::from_str(text.trim()).ok()?;
+        return Some((None, vec![read_call(&body, functions)?]));
+    };
     let content = text[..first].trim();
     let mut calls = Vec::new();
     let mut rest = &text[first..];
@@ -213,20 +235,7 @@ pub fn parse_calls(text: &str, functions: &[Function]) -> Option<(Option<String>
         // An unclosed last call (the budget ran out) is not a call.
         let end = rest[body_start..].find(CALL_CLOSE)? + body_start;
         let body: Value = serde_json::from_str(rest[body_start..end].trim()).ok()?;
-        let name = body.get("name")?.as_str()?.to_string();
-        if !functions.iter().any(|f| f.name == name) {
-            return None;
-        }
-        let arguments = match body.get("arguments")? {
-            a @ Value::Object(_) => a.to_string(),
-            // Some models write the arguments as a JSON string, as OpenAI's wire format does.
-            Value::String(s) => match serde_json::from_str::<Value>(s) {
-                Ok(a @ Value::Object(_)) => a.to_string(),
-                _ => return None,
-            },
-            _ => return None,
-        };
-        calls.push(Call { name, arguments });
+        calls.push(read_call(&body, functions)?);
         rest = &rest[end + CALL_CLOSE.len()..];
     }
     if !rest.trim().is_empty() {
@@ -236,8 +245,13 @@ pub fn parse_calls(text: &str, functions: &[Function]) -> Option<(Option<String>
 }
 
 /// How much of `text` can be shown as content while a stream runs: everything before a
-/// `<tool_call>`, less a tail that could still become one.
+/// `<tool_call>`, less a tail that could still become one; nothing while the text is a JSON
+/// object that could still be a bare call.
 pub fn streamable_prefix(text: &str) -> usize {
+    let t = text.trim_start();
+    if t.is_empty() || t.starts_with('{') {
+        return 0;
+    }
     if let Some(at) = text.find(CALL_OPEN) {
         return at;
     }
@@ -283,10 +297,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_call_object_is_a_call() {
+        let text = " {\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n";
+        let (content, calls) = parse_calls(text, &[weather()]).unwrap();
+        assert_eq!(content, None);
+        assert_eq!(calls[0].arguments, r#"{"city":"Paris"}"#);
+    }
+
+    #[test]
     fn text_that_is_not_a_valid_call_stays_text() {
         let f = [weather()];
         for text in [
             "no call here",
+            "{\"name\": \"get_weather\"}",
+            "{\"name\": \"other\", \"arguments\": {}}",
             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}",
             "<tool_call>\n{\"name\": \"other\", \"arguments\": {}}\n</tool_call>",
             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": 3}\n</tool_call>",
@@ -303,6 +327,7 @@ mod tests {
         assert_eq!(streamable_prefix("Hello <tool_call>\n{"), 6);
         assert_eq!(streamable_prefix("a < b"), 5);
         assert_eq!(streamable_prefix("x<"), 1);
+        assert_eq!(streamable_prefix("  {\"name\": 1"), 0);
     }
 
     #[test]

@@ -63,7 +63,8 @@ impl ConstraintSpec {
 /// runs its own copy of the compiled parser.
 pub struct Constraint {
     spec: ConstraintSpec,
-    compiled: Option<Matcher>,
+    /// Boxed: a parser is large, and requests travel through channels.
+    compiled: Option<Box<Matcher>>,
 }
 
 impl Constraint {
@@ -87,7 +88,7 @@ impl Clone for Constraint {
     fn clone(&self) -> Self {
         Constraint {
             spec: self.spec.clone(),
-            compiled: self.compiled.as_ref().map(Matcher::deep_clone),
+            compiled: self.compiled.as_ref().map(|m| Box::new(m.deep_clone())),
         }
     }
 }
@@ -204,7 +205,7 @@ impl Grammars {
                 c.spec.what()
             )));
         }
-        c.compiled = Some(matcher);
+        c.compiled = Some(Box::new(matcher));
         Ok(())
     }
 
@@ -222,7 +223,7 @@ impl Grammars {
             None => {
                 let mut c = c.clone();
                 self.compile(vocab, vocab_size, eos, &mut c)?;
-                c.compiled.expect("compiled above")
+                *c.compiled.expect("compiled above")
             }
         };
         Ok(Active {

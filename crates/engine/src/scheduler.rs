@@ -141,7 +141,7 @@ pub struct Stats {
 }
 
 enum Msg {
-    Submit(Pending),
+    Submit(Box<Pending>),
     Shutdown,
 }
 
@@ -269,7 +269,7 @@ impl Scheduler {
             .tx
             .lock()
             .map_err(|_| SubmitError::ShuttingDown)?
-            .send(Msg::Submit(pending));
+            .send(Msg::Submit(Box::new(pending)));
         if sent.is_err() {
             self.counters.outstanding.fetch_sub(1, Ordering::SeqCst);
             return Err(SubmitError::ShuttingDown);
@@ -413,7 +413,7 @@ impl EngineLoop {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Submit(p) => self.queue.push_back(p),
+            Msg::Submit(p) => self.queue.push_back(*p),
             Msg::Shutdown => self.closing = true,
         }
     }

@@ -227,5 +227,181 @@ try:
 except openai.BadRequestError as e:
     check("embeddings dimensions 400", "dimensions" in str(e), str(e))
 
+# Structured output: `parse` with pydantic models, 20 seeded sampled runs each. The output must
+# parse and validate every time (the SDK validates it against the model; a failure raises).
+from enum import Enum
+from typing import List, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+
+class Address(BaseModel):
+    street: str = Field(max_length=40)
+    city: str = Field(max_length=30)
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=30)
+    age: int = Field(ge=0, le=130)
+    address: Address
+
+
+class Item(BaseModel):
+    name: str = Field(max_length=24)
+    quantity: int = Field(ge=1, le=99)
+
+
+class Order(BaseModel):
+    items: List[Item] = Field(min_length=1, max_length=3)
+
+
+class Color(str, Enum):
+    red = "red"
+    green = "green"
+    blue = "blue"
+
+
+class Paint(BaseModel):
+    color: Color
+    finish: Literal["matte", "gloss"]
+
+
+class Profile(BaseModel):
+    username: str = Field(max_length=20)
+    nickname: Optional[str] = Field(default=None, max_length=20)
+    age: Optional[int] = Field(default=None, ge=13, le=120)
+
+
+class Rating(BaseModel):
+    stars: int = Field(ge=1, le=5)
+    confidence_percent: int = Field(ge=0, le=100)
+    recommended: bool
+
+
+SCHEMAS = [
+    (Person, "Invent a person with a name, an age and an address. Answer in JSON."),
+    (Order, "Invent a small grocery order as JSON."),
+    (Paint, "Pick a paint color and finish. Answer in JSON."),
+    (Profile, "Invent a user profile as JSON."),
+    (Rating, "Rate the movie Casablanca as JSON."),
+]
+for schema, question in SCHEMAS:
+    ok = 0
+    errors = []
+    for seed in range(20):
+        try:
+            r = client.beta.chat.completions.parse(
+                model=model, messages=[{"role": "user", "content": question}],
+                response_format=schema, temperature=0.8, seed=seed, max_tokens=160)
+            parsed = r.choices[0].message.parsed
+            if isinstance(parsed, schema):
+                ok += 1
+            else:
+                errors.append(r.choices[0].message.content)
+        except Exception as e:  # noqa: BLE001 - any failure counts
+            errors.append(repr(e)[:300])
+    check(f"parse {schema.__name__}: 20 of 20 sampled runs valid", ok == 20,
+          f"{ok}/20: {errors[:2]}")
+
+# json_object: any JSON object; the same text streamed.
+q = [{"role": "user", "content": "Describe a cat as a JSON object."}]
+r = client.chat.completions.create(model=model, messages=q, response_format={"type": "json_object"},
+                                   temperature=0, max_tokens=96)
+try:
+    obj = json.loads(r.choices[0].message.content)
+    check("json_object is an object", isinstance(obj, dict), r.choices[0].message.content)
+except ValueError:
+    check("json_object is an object", False, r.choices[0].message.content)
+text = ""
+for chunk in client.chat.completions.create(model=model, messages=q, response_format={"type": "json_object"},
+                                            temperature=0, max_tokens=96, stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+check("json_object stream equals non-stream", text == r.choices[0].message.content, text)
+
+# kiln's extensions on /v1/completions: a regex and a Lark grammar.
+r = client.completions.create(model=model, prompt="The year the first moon landing happened:", max_tokens=8,
+                              temperature=0.9, seed=3, extra_body={"regex": "[0-9]{4}"})
+check("regex holds", len(r.choices[0].text) == 4 and r.choices[0].text.isdigit(), r.choices[0].text)
+r = client.completions.create(model=model, prompt="Is water wet? Answer:", max_tokens=8, temperature=0.9, seed=3,
+                              extra_body={"grammar": 'start: " " ("yes" | "no")'})
+check("grammar holds", r.choices[0].text in (" yes", " no"), r.choices[0].text)
+
+# Errors: a schema the engine cannot compile, a malformed tools entry.
+try:
+    client.chat.completions.create(model=model, messages=q, max_tokens=8, response_format={
+        "type": "json_schema", "json_schema": {"name": "s", "schema": {
+            "type": "array", "items": {"type": "string"}, "uniqueItems": True}}})
+    check("uncompilable schema 400", False)
+except openai.BadRequestError as e:
+    check("uncompilable schema 400", "uniqueItems" in str(e) and e.body.get("param") == "response_format",
+          str(e))
+for bad in ([{"type": "function"}], [{"type": "function", "function": {"name": "no spaces allowed"}}],
+            [{"type": "retrieval", "function": {"name": "f"}}]):
+    try:
+        client.chat.completions.create(model=model, messages=q, max_tokens=8, tools=bad)
+        check(f"malformed tools 400 {bad}", False)
+    except openai.BadRequestError as e:
+        check(f"malformed tools 400 {bad}", e.status_code == 400 and e.body.get("type") ==
+              "invalid_request_error", str(e))
+
+# Tools: a weather function, called, answered, and the answer fed back; streamed and not.
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city"]}}}]
+QUESTION = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def weather_loop(stream, tool_choice):
+    messages = list(QUESTION)
+    if stream:
+        calls = {}
+        finish = None
+        for chunk in client.chat.completions.create(model=model, messages=messages, tools=TOOLS,
+                                                    tool_choice=tool_choice, temperature=0, max_tokens=96,
+                                                    stream=True):
+            if not chunk.choices:
+                continue
+            ch = chunk.choices[0]
+            finish = ch.finish_reason or finish
+            for tc in ch.delta.tool_calls or []:
+                c = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                c["id"] += tc.id or ""
+                c["name"] += (tc.function.name or "") if tc.function else ""
+                c["arguments"] += (tc.function.arguments or "") if tc.function else ""
+        calls = [calls[i] for i in sorted(calls)]
+    else:
+        r = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, tool_choice=tool_choice,
+                                           temperature=0, max_tokens=96)
+        finish = r.choices[0].finish_reason
+        calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+                 for c in r.choices[0].message.tool_calls or []]
+    label = f"tools ({'stream' if stream else 'whole'}, {tool_choice})"
+    check(f"{label}: a call", finish == "tool_calls" and len(calls) >= 1
+          and calls[0]["name"] == "get_weather", f"{finish} {calls}")
+    if not calls:
+        return
+    args = json.loads(calls[0]["arguments"])
+    check(f"{label}: arguments valid", isinstance(args.get("city"), str)
+          and args.get("unit", "celsius") in ("celsius", "fahrenheit"), args)
+    messages.append({"role": "assistant", "content": None, "tool_calls": [
+        {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        for c in calls]})
+    for c in calls:
+        messages.append({"role": "tool", "tool_call_id": c["id"],
+                         "content": json.dumps({"city": "Paris", "temperature_c": 23, "sky": "sunny"})})
+    r = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, temperature=0,
+                                       max_tokens=64)
+    m = r.choices[0].message
+    check(f"{label}: final answer", r.choices[0].finish_reason == "stop" and not m.tool_calls
+          and m.content and "23" in m.content, m)
+
+
+for stream in (False, True):
+    for choice in ("auto", "required", {"type": "function", "function": {"name": "get_weather"}}):
+        weather_loop(stream, choice)
+
 print(f"{passed} passed, {len(failures)} failed")
 sys.exit(1 if failures else 0)

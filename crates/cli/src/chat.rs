@@ -16,6 +16,7 @@ use kiln_engine::{openai, Engine, EngineOptions, GenerateParams, SamplingParams}
 use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
 
 use crate::chat_template;
+use crate::constraint_arg::ConstraintArgs;
 use crate::model_arg::{resolve_model, ModelArgs};
 use crate::prompt::process_escapes;
 use crate::seed::seed_or_random;
@@ -61,6 +62,8 @@ pub struct ChatArgs {
     /// per second), on stderr.
     #[arg(short = 'v', long)]
     pub verbose: bool,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
 }
 
 const HELP: &str = "\
@@ -219,6 +222,7 @@ pub fn run(a: ChatArgs) -> Result<()> {
             seed,
             ..Default::default()
         },
+        constraint: a.constraint.constraint()?,
         ..Default::default()
     };
     let interactive = !a.json;

@@ -11,6 +11,7 @@ use kiln_engine::{
     openai, Completion, EngineOptions, GenerateParams, SamplingParams, TokenLogprob,
 };
 
+use crate::constraint_arg::ConstraintArgs;
 use crate::model_arg::{ModelArgs, SpecArgs};
 use crate::prompt::process_escapes;
 use crate::seed::seed_or_random;
@@ -89,6 +90,8 @@ pub struct CompleteArgs {
     /// Prompts per batch at most (Meta: max_batch_size).
     #[arg(long, default_value_t = 64)]
     pub max_batch_size: usize,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
 }
 
 pub fn run(a: CompleteArgs) -> Result<()> {
@@ -152,6 +155,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
         logprobs: a.logprobs,
         echo: a.echo,
         speculation,
+        constraint: a.constraint.constraint()?,
     };
 
     let stream = !a.json && prompts.len() == 1;

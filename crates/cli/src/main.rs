@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod chat_template;
 mod complete;
+mod constraint_arg;
 mod embed;
 mod model_arg;
 mod nn_cmd;

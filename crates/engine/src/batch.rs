@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use kiln_models::{CausalLM, KvCache, SeqInput};
 
+use crate::constraint::{Active, Grammars};
 use crate::generate::{Completion, GenerateParams, TokenLogprob};
 use crate::sequence::{eos_ids, validate_request, Part, Sampled, Sequence, StepContext, Vocab};
 use crate::spec::Spec;
@@ -89,12 +90,24 @@ pub struct Batch<T> {
     pool: VecDeque<(Vec<u32>, KvCache)>,
     /// The draft model for speculative decoding (its vocabulary is the model's).
     draft: Option<Arc<dyn CausalLM>>,
+    /// Compiles the requests' constraints.
+    grammars: Arc<Grammars>,
 }
 
 impl<T> Batch<T> {
     /// An empty batch for `model`, whose end-of-sequence set is built from `vocab` and the
     /// model's config.
     pub fn new(model: &dyn CausalLM, vocab: &dyn Vocab, cfg: BatchConfig) -> Batch<T> {
+        Batch::with_grammars(model, vocab, cfg, Arc::new(Grammars::new()))
+    }
+
+    /// [`Batch::new`] with a grammar compiler for `model` and `vocab` shared with others.
+    pub fn with_grammars(
+        model: &dyn CausalLM,
+        vocab: &dyn Vocab,
+        cfg: BatchConfig,
+        grammars: Arc<Grammars>,
+    ) -> Batch<T> {
         let mc = model.config();
         Batch {
             cfg: BatchConfig {
@@ -107,6 +120,27 @@ impl<T> Batch<T> {
             running: Vec::new(),
             pool: VecDeque::new(),
             draft: None,
+            grammars,
+        }
+    }
+
+    /// The batch's grammar compiler.
+    pub fn grammars(&self) -> &Arc<Grammars> {
+        &self.grammars
+    }
+
+    /// Compiles the request's constraint, if it has one that is not compiled yet (a grammar
+    /// llguidance refuses is `EngineError::Invalid`, naming the problem). [`Batch::add`]
+    /// compiles what is not; compiling first lets a request be refused before it queues, and
+    /// `n` copies of a request share one compilation.
+    pub fn compile(
+        &self,
+        vocab: &dyn Vocab,
+        params: &mut GenerateParams,
+    ) -> Result<(), EngineError> {
+        match params.constraint.as_mut() {
+            Some(c) => self.grammars.compile(vocab, self.vocab_size, &self.eos, c),
+            None => Ok(()),
         }
     }
 
@@ -168,6 +202,10 @@ impl<T> Batch<T> {
         tag: T,
     ) -> Result<usize, EngineError> {
         self.validate(&prompt, &params)?;
+        let constraint = match &params.constraint {
+            Some(c) => Some(self.grammars.start(vocab, self.vocab_size, &self.eos, c)?),
+            None => None,
+        };
         let n = prompt.len();
         // Caches grow on demand; start with room for a moderate answer.
         let capacity = (n + params.max_tokens.min(512)).min(self.cfg.context);
@@ -206,8 +244,10 @@ impl<T> Batch<T> {
                 .map(|d| d.new_cache(capacity));
             Spec::new(sp.clone(), &params.sampling, draft_cache)
         });
-        self.running
-            .push((tag, Sequence::new(vocab, prompt, params, cache, fed, spec)));
+        self.running.push((
+            tag,
+            Sequence::new(vocab, prompt, params, cache, fed, spec, constraint),
+        ));
         Ok(fed)
     }
 
@@ -307,18 +347,52 @@ impl<T> Batch<T> {
             }
         }
 
+        // The constraints of the sequences that sample after this pass compute their masks on
+        // another thread while the forward pass runs.
+        let mut constrained: Vec<(usize, Active)> = Vec::new();
+        for (i, ((_, s), part)) in self.running.iter_mut().zip(&parts).enumerate() {
+            if let Some(part) = *part {
+                if s.samples_after(part) {
+                    if let Some(c) = s.take_constraint() {
+                        constrained.push((i, c));
+                    }
+                }
+            }
+        }
+
         let mut logits = Vec::new();
-        {
-            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(self.running.len());
-            for ((_, s), part) in self.running.iter_mut().zip(&parts) {
+        let running = &mut self.running;
+        let (forward, constrained) = std::thread::scope(|scope| {
+            let masks = (!constrained.is_empty()).then(|| {
+                scope.spawn(move || {
+                    for (_, c) in constrained.iter_mut() {
+                        c.prepare();
+                    }
+                    constrained
+                })
+            });
+            let mut inputs: Vec<SeqInput<'_>> = Vec::with_capacity(running.len());
+            for ((_, s), part) in running.iter_mut().zip(&parts) {
                 if let Some(part) = *part {
                     inputs.push(s.input(part));
                 }
             }
-            if !inputs.is_empty() {
-                model.forward(&mut inputs, &mut logits)?;
-            }
+            let forward = if inputs.is_empty() {
+                Ok(())
+            } else {
+                model.forward(&mut inputs, &mut logits)
+            };
+            drop(inputs);
+            let constrained = match masks {
+                Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                None => Vec::new(),
+            };
+            (forward, constrained)
+        });
+        for (i, c) in constrained {
+            self.running[i].1.put_constraint(c);
         }
+        forward?;
 
         // Hand every sequence its rows.
         let ctx = StepContext {

@@ -7,12 +7,14 @@
 //! The types here are shared by every way of generating; the work is done by
 //! [`crate::sequence`] (one request) and [`crate::batch`] (one step of many).
 
-use std::sync::Arc;
 
 use kiln_models::CausalLM;
 use kiln_tokenizer::Tokenizer;
 
+use std::sync::Arc;
+
 use crate::batch::{Batch, BatchConfig, Event};
+use crate::constraint::{Constraint, Grammars};
 use crate::sampler::SamplingParams;
 use crate::EngineError;
 
@@ -30,6 +32,8 @@ pub struct GenerateParams {
     pub logprobs: Option<usize>,
     /// Return the prompt too, with its tokens' logprobs when `logprobs` is set.
     pub echo: bool,
+    /// Limit the output to a JSON schema, a grammar or a regular expression.
+    pub constraint: Option<Constraint>,
     /// Speculative decoding: how tokens are drafted for the model to verify.
     pub speculation: Speculation,
 }
@@ -148,6 +152,7 @@ impl Default for GenerateParams {
             logprobs: None,
             echo: false,
             speculation: Speculation::default(),
+            constraint: None,
         }
     }
 }
@@ -225,7 +230,34 @@ pub fn generate(
     params: &GenerateParams,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Completion>, EngineError> {
-    generate_with_draft(model, None, tokenizer, limits, prompts, params, on_text)
+    let grammars = Arc::new(Grammars::new());
+    generate_with(
+        model, tokenizer, &grammars, limits, prompts, params, on_text,
+    )
+}
+
+/// [`generate`] with a grammar compiler kept between calls (building one for a vocabulary
+/// takes a moment; [`crate::Engine`] keeps its own).
+pub fn generate_with(
+    model: &dyn CausalLM,
+    tokenizer: &Tokenizer,
+    grammars: &Arc<Grammars>,
+    limits: Limits,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Completion>, EngineError> {
+    generate_until(
+        model,
+        None,
+        tokenizer,
+        grammars,
+        limits,
+        prompts,
+        params,
+        on_text,
+        &mut || false,
+    )
 }
 
 /// [`generate`] with a draft model for speculative decoding (see [`Speculation`]; its
@@ -243,6 +275,7 @@ pub fn generate_with_draft(
         model,
         draft,
         tokenizer,
+        &Arc::new(Grammars::new()),
         limits,
         prompts,
         params,
@@ -260,6 +293,7 @@ pub fn generate_until(
     model: &dyn CausalLM,
     draft: Option<Arc<dyn CausalLM>>,
     tokenizer: &Tokenizer,
+    grammars: &Arc<Grammars>,
     limits: Limits,
     prompts: &[Vec<u32>],
     params: &GenerateParams,
@@ -273,7 +307,7 @@ pub fn generate_until(
             limits.max_batch
         )));
     }
-    let mut batch = Batch::new(
+    let mut batch = Batch::with_grammars(
         model,
         tokenizer,
         BatchConfig {
@@ -281,8 +315,13 @@ pub fn generate_until(
             prefill_chunk: limits.prefill_chunk,
             prefix_cache: 0,
         },
+        grammars.clone(),
     );
     batch.set_draft(model, draft)?;
+    // The constraint is compiled once for the whole batch.
+    let mut params = params.clone();
+    batch.compile(tokenizer, &mut params)?;
+    let params = &params;
     // Refuse the whole batch before computing anything.
     for (i, p) in prompts.iter().enumerate() {
         batch.validate(p, params).map_err(|e| match e {

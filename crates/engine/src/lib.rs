@@ -13,6 +13,7 @@
 //! ```
 
 pub mod batch;
+pub mod constraint;
 pub mod convert;
 pub mod embed;
 pub mod generate;
@@ -25,6 +26,7 @@ pub mod scheduler;
 pub mod sequence;
 pub mod spec;
 pub mod text;
+pub mod tools;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use kiln_formats::{LoadOptions, TokenizerSource};
 use kiln_models::{BuildOptions, CausalLM};
 use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage, Tokenizer};
 
+pub use constraint::{Constraint, ConstraintSpec, Grammars};
 pub use embed::Pooling;
 pub use generate::{
     Completion, FinishReason, GenerateParams, Limits, Speculation, Timings, TokenLogprob,
@@ -125,6 +128,8 @@ pub struct Engine {
     /// Where the model runs, and why when it was not where `EngineOptions::device` asked
     /// ("device: cpu (no GPU adapter or driver found)"): one line to show the user.
     pub device: String,
+    /// Compiles constraints for this model's vocabulary (built on first use, then kept).
+    pub grammars: std::sync::Arc<Grammars>,
 }
 
 impl Engine {
@@ -234,6 +239,7 @@ impl Engine {
             name,
             draft: None,
             device: "device: cpu".into(),
+            grammars: std::sync::Arc::new(Grammars::new()),
         }
     }
 
@@ -249,14 +255,16 @@ impl Engine {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(usize, &str),
     ) -> Result<Vec<Completion>, EngineError> {
-        generate::generate_with_draft(
+        generate::generate_until(
             self.model.as_ref(),
             self.draft.clone(),
             &self.tokenizer,
+            &self.grammars,
             self.limits,
             prompts,
             params,
             on_text,
+            &mut || false,
         )
     }
 
@@ -298,6 +306,7 @@ impl Engine {
             self.model.as_ref(),
             self.draft.clone(),
             &self.tokenizer,
+            &self.grammars,
             self.limits,
             prompts,
             params,

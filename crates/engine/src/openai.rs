@@ -330,8 +330,38 @@ impl ChatLogprobs {
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct ChatMessage {
     pub role: &'static str,
-    pub content: String,
+    /// Null when the message is only tool calls.
+    pub content: Option<String>,
     pub refusal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+}
+
+/// A function call in an assistant message.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
+}
+
+/// A function call in a stream chunk's delta: kiln sends each call whole, in one chunk.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -358,8 +388,9 @@ pub fn chat_completion(
             index,
             message: ChatMessage {
                 role: "assistant",
-                content: c.text.clone(),
+                content: Some(c.text.clone()),
                 refusal: None,
+                tool_calls: None,
             },
             logprobs: c
                 .logprobs
@@ -380,6 +411,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]

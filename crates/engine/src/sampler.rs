@@ -142,6 +142,27 @@ pub fn argmax(values: &[f32]) -> u32 {
     best as u32
 }
 
+/// Sets the logits of the tokens not in `allowed` (see [`Sampler::sample_masked`]) to -inf.
+/// Returns whether any token is allowed.
+fn apply_mask(w: &mut [f32], allowed: &[u32]) -> bool {
+    let mut any = false;
+    for (i, chunk) in w.chunks_mut(32).enumerate() {
+        let bits = allowed.get(i).copied().unwrap_or(0);
+        if bits == u32::MAX && chunk.len() == 32 {
+            any = true;
+            continue;
+        }
+        for (j, v) in chunk.iter_mut().enumerate() {
+            if bits & (1 << j) == 0 {
+                *v = f32::NEG_INFINITY;
+            } else {
+                any = true;
+            }
+        }
+    }
+    any
+}
+
 /// Per-sequence sampling state: its parameters, its random stream and the token counts the
 /// penalties look at.
 #[derive(Clone)]
@@ -171,7 +192,16 @@ impl Sampler {
 
     /// Chooses the next token from raw logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if let Some(tok) = self.prepare(logits) {
+        self.sample_masked(logits, None)
+    }
+
+    /// Chooses the next token from raw logits among the tokens `allowed` (a bit set: token `i`
+    /// is bit `i % 32` of word `i / 32`; tokens past its end are not allowed) when given. The
+    /// others get a logit of -inf before anything else, so the penalties, temperature and
+    /// truncations apply to the allowed tokens only, and greedy picks the most likely allowed
+    /// token. With no allowed token at all, the most likely token is returned.
+    pub fn sample_masked(&mut self, logits: &[f32], allowed: Option<&[u32]>) -> u32 {
+        if let Some(tok) = self.prepare(logits, allowed) {
             return tok;
         }
         let c = &self.candidates;
@@ -192,7 +222,7 @@ impl Sampler {
     /// Also returns how likely the most likely token is at temperature 1 after the penalties
     /// (a draft's confidence; for sampling, the first probability).
     pub fn distribution(&mut self, logits: &[f32]) -> (Vec<(u32, f64)>, f64) {
-        if let Some(tok) = self.prepare(logits) {
+        if let Some(tok) = self.prepare(logits, None) {
             let w = &self.work;
             let max = w[tok as usize];
             let sum: f64 = w.iter().map(|&v| ((v - max) as f64).exp()).sum();
@@ -216,7 +246,7 @@ impl Sampler {
     /// `p` exactly, whatever `q` is. Greedy: the argmax, kept when it is the draft. Returns the
     /// token and whether it is the draft, kept.
     pub fn verify(&mut self, logits: &[f32], draft: u32, q: &[(u32, f64)]) -> (u32, bool) {
-        if let Some(tok) = self.prepare(logits) {
+        if let Some(tok) = self.prepare(logits, None) {
             return (tok, tok == draft);
         }
         let total: f64 = self.candidates.iter().map(|e| e.1 as f64).sum();
@@ -262,11 +292,16 @@ impl Sampler {
 
     /// Applies bias and penalties (into `work`); greedy returns the argmax, otherwise the
     /// candidates (unnormalised weights, most likely first) are left in `candidates`.
-    fn prepare(&mut self, logits: &[f32]) -> Option<u32> {
+    fn prepare(&mut self, logits: &[f32], allowed: Option<&[u32]>) -> Option<u32> {
         let p = &self.params;
         self.work.clear();
         self.work.extend_from_slice(logits);
         let w = &mut self.work;
+        if let Some(bits) = allowed {
+            if !apply_mask(w, bits) {
+                return Some(argmax(logits));
+            }
+        }
         for &(tok, bias) in &p.logit_bias {
             if let Some(v) = w.get_mut(tok as usize) {
                 *v += bias;
@@ -452,6 +487,32 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&logits), 1);
+    }
+
+    #[test]
+    fn a_mask_limits_greedy_and_sampled_choices() {
+        // 40 tokens: the mask spans two words; the best logit (token 3) is masked out.
+        let logits: Vec<f32> = (0..40)
+            .map(|i| if i == 3 { 9.0 } else { (i as f32).sin() })
+            .collect();
+        let allowed = [(1u32 << 5) | (1 << 20), 1 << (33 - 32)];
+        let mut s = Sampler::new(SamplingParams::default());
+        let best = [5usize, 20, 33]
+            .into_iter()
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap() as u32;
+        assert_eq!(s.sample_masked(&logits, Some(&allowed)), best);
+        assert_eq!(s.sample_masked(&logits, None), 3);
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 2.0,
+            seed: 5,
+            ..Default::default()
+        });
+        for _ in 0..300 {
+            assert!([5, 20, 33].contains(&s.sample_masked(&logits, Some(&allowed))));
+        }
+        // A mask that allows nothing falls back to the most likely token.
+        assert_eq!(s.sample_masked(&logits, Some(&[0, 0])), 3);
     }
 
     #[test]

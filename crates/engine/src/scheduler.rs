@@ -24,6 +24,7 @@ use kiln_models::CausalLM;
 pub use crate::batch::Event;
 use crate::batch::{Batch, BatchConfig};
 use crate::embed::{self, Pooling};
+use crate::constraint::Grammars;
 use crate::generate::GenerateParams;
 use crate::sequence::validate_request;
 pub use crate::sequence::Vocab;
@@ -179,6 +180,10 @@ pub struct Scheduler {
     thread: Mutex<Option<JoinHandle<()>>>,
     cfg: SchedulerConfig,
     vocab_size: usize,
+    /// For compiling constraints in the submitting thread (shared with the batch).
+    vocab: Arc<dyn Vocab>,
+    grammars: Arc<Grammars>,
+    eos: Vec<u32>,
 }
 
 impl Scheduler {
@@ -222,9 +227,11 @@ impl Scheduler {
             },
         );
         batch.set_draft(model.as_ref(), draft)?;
+        let grammars = batch.grammars().clone();
+        let eos = batch.eos().to_vec();
         let mut engine = EngineLoop {
             model,
-            vocab,
+            vocab: vocab.clone(),
             slots: cfg.slots,
             counters: counters.clone(),
             rx,
@@ -248,7 +255,22 @@ impl Scheduler {
             thread: Mutex::new(Some(thread)),
             cfg,
             vocab_size,
+            vocab,
+            grammars,
+            eos,
         })
+    }
+
+    /// Compiles the request's constraint (see [`Batch::compile`]); [`Scheduler::submit`]
+    /// compiles what is not compiled yet, in the calling thread. Compiling once before
+    /// submitting `n` copies of a request compiles it once.
+    pub fn compile(&self, params: &mut GenerateParams) -> Result<(), EngineError> {
+        match params.constraint.as_mut() {
+            Some(c) => self
+                .grammars
+                .compile(self.vocab.as_ref(), self.vocab_size, &self.eos, c),
+            None => Ok(()),
+        }
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -258,11 +280,12 @@ impl Scheduler {
     /// Checks a request and queues it. Errors: the prompt is empty, too long for the context,
     /// has an id outside the vocabulary or bad sampling parameters (`Invalid`); the queue is
     /// full; the scheduler is shutting down.
-    pub fn submit(&self, req: Request) -> Result<Ticket, SubmitError> {
+    pub fn submit(&self, mut req: Request) -> Result<Ticket, SubmitError> {
         if self.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
         self.validate(&req)?;
+        self.compile(&mut req.params)?;
         let limit = self.cfg.slots + self.cfg.max_queue;
         let before = self.counters.outstanding.fetch_add(1, Ordering::SeqCst);
         if before >= limit {

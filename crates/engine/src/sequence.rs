@@ -8,6 +8,7 @@ use std::time::Instant;
 use kiln_models::{KvCache, Logits, SeqInput};
 use kiln_tokenizer::Tokenizer;
 
+use crate::constraint::Active;
 use crate::generate::{Completion, FinishReason, GenerateParams, Timings, TokenLogprob};
 use crate::sampler::{log_softmax, top_n, Sampler};
 use crate::spec::Spec;
@@ -25,6 +26,10 @@ pub trait Vocab: Send + Sync {
     /// Tokens the tokenizer says end generation (see [`eos_ids`] for the full set).
     fn eos_ids(&self) -> Vec<u32>;
     fn bos_id(&self) -> Option<u32>;
+    /// Control tokens (BOS, EOS, chat markers): never part of a constraint's text.
+    fn is_special(&self, _id: u32) -> bool {
+        false
+    }
     /// BOS as chat templates receive it (`bos_token`; empty when there is none).
     fn bos_token(&self) -> String {
         self.bos_id()
@@ -55,6 +60,9 @@ impl Vocab for Tokenizer {
     }
     fn bos_id(&self) -> Option<u32> {
         Tokenizer::bos_id(self)
+    }
+    fn is_special(&self, id: u32) -> bool {
+        Tokenizer::is_special(self, id)
     }
     fn bos_token(&self) -> String {
         Tokenizer::bos_token(self)
@@ -90,6 +98,13 @@ pub fn validate_request(
         .speculation
         .validate()
         .map_err(EngineError::Invalid)?;
+    if params.constraint.is_some() && params.ignore_eos {
+        return Err(EngineError::Invalid(
+            "ignore_eos cannot be combined with a constraint (response_format, grammar, regex): \
+             the constraint decides where the output ends"
+                .into(),
+        ));
+    }
     if prompt.is_empty() {
         return Err(EngineError::Invalid(
             "the prompt is empty (no tokens)".into(),
@@ -252,6 +267,8 @@ pub(crate) struct Sequence {
     started: Instant,
     first_token: Option<Instant>,
     last_token: Option<Instant>,
+    /// The running constraint, if the request has one.
+    constraint: Option<Active>,
 }
 
 impl Sequence {
@@ -263,7 +280,9 @@ impl Sequence {
         cache: KvCache,
         fed: usize,
         spec: Option<Spec>,
+        constraint: Option<Active>,
     ) -> Sequence {
+        let has_constraint = constraint.is_some();
         let mut sampler = Sampler::new(params.sampling.clone());
         prompt.iter().for_each(|&t| sampler.observe(t));
         let prompt_text = if params.echo {
@@ -284,12 +303,15 @@ impl Sequence {
             sampler,
             generated: Vec::new(),
             finish: None,
+            constraint,
             cache,
             fed,
             cached_tokens: fed,
             prompt,
             params,
-            spec,
+            // A constrained sequence decodes plainly: drafts are not checked against its
+            // grammar, so verifying them could keep tokens the grammar forbids.
+            spec: if has_constraint { None } else { spec },
             started: Instant::now(),
             first_token: None,
             last_token: None,
@@ -441,7 +463,7 @@ impl Sequence {
             if kept {
                 self.spec.as_mut().expect("checked").accepted += 1;
             }
-            out.push(self.record(vocab, ctx, tok, row, lp));
+            out.push(self.record(vocab, ctx, tok, row, lp, false));
             if !kept || self.finish.is_some() {
                 break;
             }
@@ -451,6 +473,24 @@ impl Sequence {
         self.cache.truncate(held);
         self.spec.as_mut().expect("checked").rolled_back(held);
         out
+    }
+
+    /// Whether the step running `part` ends with this sequence sampling a token.
+    pub(crate) fn samples_after(&self, part: Part) -> bool {
+        match part {
+            Part::Decode => true,
+            Part::Prefill(chunk) => chunk.end == self.prompt.len(),
+        }
+    }
+
+    /// Lends out the constraint (to compute its next mask on another thread during the
+    /// forward pass); give it back with [`Sequence::put_constraint`].
+    pub(crate) fn take_constraint(&mut self) -> Option<Active> {
+        self.constraint.take()
+    }
+
+    pub(crate) fn put_constraint(&mut self, c: Active) {
+        self.constraint = Some(c);
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -536,11 +576,41 @@ impl Sequence {
         row: &[f32],
         lp: &mut Vec<f32>,
     ) -> Sampled {
-        let tok = self.sampler.sample(row);
-        self.record(vocab, ctx, tok, row, lp)
+        // A constraint limits the choice to the tokens its grammar allows next. A grammar with
+        // no way on (an llguidance error) ends the sequence with an end-of-sequence token.
+        let mut grammar_done = false;
+        let picked = self.constraint.as_mut().map(|c| match c.mask() {
+            Ok(mask) if mask.num_set() > 0 => {
+                Some(self.sampler.sample_masked(row, Some(mask.as_slice())))
+            }
+            _ => None,
+        });
+        let tok = match picked {
+            None => self.sampler.sample(row),
+            Some(Some(tok)) => {
+                let c = self.constraint.as_mut().expect("a constraint");
+                // A complete grammar allows only end-of-sequence tokens next, so the model
+                // ends as it would have (the same tokens as unconstrained greedy output); with
+                // no such token the sequence ends here.
+                grammar_done = match c.commit(tok) {
+                    Ok(complete) => complete && ctx.eos.is_empty(),
+                    Err(_) => true,
+                };
+                tok
+            }
+            Some(None) => {
+                grammar_done = true;
+                match ctx.eos.first() {
+                    Some(&e) => e,
+                    None => self.sampler.sample(row),
+                }
+            }
+        };
+        self.record(vocab, ctx, tok, row, lp, grammar_done)
     }
 
-    /// Records `tok`, chosen from `row`: logprobs, text, penalties and stop conditions.
+    /// Records `tok`, chosen from `row`: logprobs, text, penalties and stop conditions
+    /// (`grammar_done`: the constraint ends the sequence here).
     fn record(
         &mut self,
         vocab: &dyn Vocab,
@@ -548,6 +618,7 @@ impl Sequence {
         tok: u32,
         row: &[f32],
         lp: &mut Vec<f32>,
+        grammar_done: bool,
     ) -> Sampled {
         let now = Instant::now();
         self.first_token.get_or_insert(now);
@@ -565,7 +636,7 @@ impl Sequence {
         // An end-of-sequence token adds no text; a stop string ends the text before it. The
         // prompt and the generated tokens together fill at most the context (Meta's max_seq_len).
         let eos_hit = !self.params.ignore_eos && ctx.eos.contains(&tok);
-        if eos_hit || self.stream.push(&vocab.token_bytes(tok)) {
+        if eos_hit || self.stream.push(&vocab.token_bytes(tok)) || grammar_done {
             self.finish = Some(FinishReason::Stop);
         } else if self.generated.len() >= self.params.max_tokens
             // Prompt and generated tokens fill the context (Meta's `total_len`); counted from the

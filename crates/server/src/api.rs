@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 
-use kiln_engine::{GenerateParams, SamplingParams, Speculation};
+use kiln_engine::tools::{Function, ToolChoice};
+use kiln_engine::{Constraint, ConstraintSpec, GenerateParams, SamplingParams, Speculation};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -29,6 +31,36 @@ pub enum StopInput {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
+}
+
+/// `response_format`: free text, any JSON object, or JSON valid against a schema.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Absent: any JSON value.
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// kiln always holds the output to the schema, strict or not.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// OpenAI's names (functions, schemas): 1 to 64 of `a-z A-Z 0-9 _ -`.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Fields shared by both endpoints.
@@ -58,6 +90,11 @@ pub struct Common {
     pub speculative_n_min: Option<i64>,
     #[serde(rename = "speculative.p_min")]
     pub speculative_p_min: Option<f32>,
+    pub response_format: Option<ResponseFormat>,
+    /// kiln extension: a grammar in llguidance's Lark syntax the output must match.
+    pub grammar: Option<String>,
+    /// kiln extension: a regular expression the whole output must match.
+    pub regex: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -91,6 +128,67 @@ pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
+    /// An assistant message's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// A tool message's call.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct MessageToolCall {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub function: MessageFunctionCall,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct MessageFunctionCall {
+    pub name: String,
+    /// JSON text.
+    pub arguments: String,
+}
+
+/// An entry of `tools`.
+#[derive(Deserialize, Debug, Clone)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionSpec,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct FunctionSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `"none"`, `"auto"`, `"required"` or `{"type": "function", "function":
+/// {"name": ...}}`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum ToolChoiceInput {
+    Mode(String),
+    Named {
+        #[serde(rename = "type")]
+        kind: String,
+        function: NamedFunction,
+    },
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct NamedFunction {
+    pub name: String,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -100,8 +198,19 @@ pub struct ChatRequest {
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoiceInput>,
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub common: Common,
+}
+
+/// A chat request's tools, checked.
+#[derive(Clone, Debug)]
+pub struct ToolPlan {
+    pub functions: Vec<Function>,
+    pub choice: ToolChoice,
+    pub parallel: bool,
 }
 
 /// The message roles OpenAI's chat API knows.
@@ -173,6 +282,59 @@ impl Common {
         Ok(s)
     }
 
+    /// The constraint the request asks for (`response_format`, `grammar` or `regex`; at most
+    /// one of them), not compiled yet.
+    pub fn constraint(&self) -> Result<Option<Constraint>, ApiError> {
+        let mut specs = Vec::new();
+        match &self.response_format {
+            None | Some(ResponseFormat::Text) => {}
+            Some(ResponseFormat::JsonObject) => specs.push(ConstraintSpec::JsonObject),
+            Some(ResponseFormat::JsonSchema { json_schema }) => {
+                if !valid_name(&json_schema.name) {
+                    return Err(ApiError::invalid(format!(
+                        "`response_format.json_schema.name` must be 1 to 64 letters, digits, `_` or `-`, got {:?}",
+                        json_schema.name
+                    ))
+                    .param("response_format"));
+                }
+                let schema = json_schema
+                    .schema
+                    .clone()
+                    .unwrap_or(Value::Object(Default::default()));
+                if !(schema.is_object() || schema.is_boolean()) {
+                    return Err(ApiError::invalid(
+                        "`response_format.json_schema.schema` must be a JSON schema (an object)",
+                    )
+                    .param("response_format"));
+                }
+                specs.push(ConstraintSpec::JsonSchema(schema));
+            }
+        }
+        if let Some(g) = &self.grammar {
+            specs.push(ConstraintSpec::Lark(g.clone()));
+        }
+        if let Some(r) = &self.regex {
+            specs.push(ConstraintSpec::Regex(r.clone()));
+        }
+        if specs.len() > 1 {
+            return Err(ApiError::invalid(
+                "give at most one of `response_format` (json_object, json_schema), `grammar` and `regex`",
+            ));
+        }
+        Ok(specs.pop().map(Constraint::new))
+    }
+
+    /// The parameter a constraint came from, for error messages.
+    pub fn constraint_param(&self) -> &'static str {
+        if self.grammar.is_some() {
+            "grammar"
+        } else if self.regex.is_some() {
+            "regex"
+        } else {
+            "response_format"
+        }
+    }
+
     /// The generation parameters (without the token budget and logprobs, set per endpoint).
     /// `default_seed` is used when the request gives none.
     pub fn params(&self, default_seed: u64) -> Result<GenerateParams, ApiError> {
@@ -236,6 +398,7 @@ impl Common {
             logprobs: None,
             echo: false,
             speculation: Speculation::off(),
+            constraint: self.constraint()?,
         })
     }
 }
@@ -281,6 +444,96 @@ impl ChatRequest {
         Ok((p, max))
     }
 
+    /// `tools`, `tool_choice` and `parallel_tool_calls`, checked; `None` without tools.
+    pub fn tool_plan(&self) -> Result<Option<ToolPlan>, ApiError> {
+        let bad = |msg: String| ApiError::invalid(msg).param("tools");
+        let Some(tools) = &self.tools else {
+            return match &self.tool_choice {
+                None => Ok(None),
+                Some(ToolChoiceInput::Mode(m)) if m == "none" || m == "auto" => Ok(None),
+                Some(_) => {
+                    Err(ApiError::invalid("`tool_choice` needs `tools`").param("tool_choice"))
+                }
+            };
+        };
+        if tools.is_empty() {
+            return Err(bad(
+                "`tools` is empty: give at least one function or leave it out".into(),
+            ));
+        }
+        let mut functions: Vec<Function> = Vec::with_capacity(tools.len());
+        for (i, t) in tools.iter().enumerate() {
+            if t.kind != "function" {
+                return Err(bad(format!(
+                    "`tools[{i}].type` must be \"function\", got {:?}",
+                    t.kind
+                )));
+            }
+            let f = &t.function;
+            if !valid_name(&f.name) {
+                return Err(bad(format!(
+                    "`tools[{i}].function.name` must be 1 to 64 letters, digits, `_` or `-`, got {:?}",
+                    f.name
+                )));
+            }
+            if functions.iter().any(|g| g.name == f.name) {
+                return Err(bad(format!(
+                    "`tools` names the function {:?} twice",
+                    f.name
+                )));
+            }
+            let parameters = match &f.parameters {
+                None => serde_json::json!({"type": "object", "properties": {}}),
+                Some(p @ Value::Object(_)) => p.clone(),
+                Some(_) => {
+                    return Err(bad(format!(
+                        "`tools[{i}].function.parameters` must be a JSON schema (an object)"
+                    )))
+                }
+            };
+            functions.push(Function {
+                name: f.name.clone(),
+                description: f.description.clone(),
+                parameters,
+            });
+        }
+        let choice = match &self.tool_choice {
+            None => ToolChoice::Auto,
+            Some(ToolChoiceInput::Mode(m)) => match m.as_str() {
+                "none" => ToolChoice::None,
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "`tool_choice` must be \"none\", \"auto\", \"required\" or a named function, got {m:?}"
+                    ))
+                    .param("tool_choice"))
+                }
+            },
+            Some(ToolChoiceInput::Named { kind, function }) => {
+                if kind != "function" {
+                    return Err(ApiError::invalid(format!(
+                        "`tool_choice.type` must be \"function\", got {kind:?}"
+                    ))
+                    .param("tool_choice"));
+                }
+                if !functions.iter().any(|f| f.name == function.name) {
+                    return Err(ApiError::invalid(format!(
+                        "`tool_choice` names the function {:?}, which is not in `tools`",
+                        function.name
+                    ))
+                    .param("tool_choice"));
+                }
+                ToolChoice::Named(function.name.clone())
+            }
+        };
+        Ok(Some(ToolPlan {
+            functions,
+            choice,
+            parallel: self.parallel_tool_calls.unwrap_or(true),
+        }))
+    }
+
     /// The messages as plain text, for the template.
     pub fn template_messages(&self) -> Result<Vec<kiln_tokenizer::ChatMessage>, ApiError> {
         if self.messages.is_empty() {
@@ -316,9 +569,32 @@ impl ChatRequest {
                         s
                     }
                 };
+                // Templates write `arguments` with `tojson`: they get the object, as
+                // transformers' callers pass it (a string that is not JSON stays a string).
+                let tool_calls = m.tool_calls.as_ref().map(|calls| {
+                    Value::Array(
+                        calls
+                            .iter()
+                            .map(|c| {
+                                let args = serde_json::from_str::<Value>(&c.function.arguments)
+                                    .unwrap_or_else(|_| {
+                                        Value::String(c.function.arguments.clone())
+                                    });
+                                serde_json::json!({
+                                    "id": c.id,
+                                    "type": c.kind.as_deref().unwrap_or("function"),
+                                    "function": {"name": c.function.name, "arguments": args},
+                                })
+                            })
+                            .collect(),
+                    )
+                });
                 Ok(kiln_tokenizer::ChatMessage {
                     role: m.role.clone(),
                     content,
+                    tool_calls,
+                    tool_call_id: m.tool_call_id.clone(),
+                    name: m.name.clone(),
                 })
             })
             .collect()

@@ -14,14 +14,16 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use kiln_engine::openai::{
-    self, ChatChunkChoice, ChatDelta, ChatLogprobs, Logprobs, TextChoice, TokenIds,
+    self, ChatChunkChoice, ChatDelta, ChatLogprobs, FunctionCall, Logprobs, TextChoice, TokenIds,
+    ToolCall, ToolCallDelta,
 };
 use kiln_engine::scheduler::{self, Event, SubmitError, Ticket};
-use kiln_engine::{Completion, EngineError, GenerateParams, TokenLogprob};
+use kiln_engine::tools::{self as calls, ToolChoice};
+use kiln_engine::{Completion, Constraint, EngineError, GenerateParams, TokenLogprob};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::api::{ChatRequest, CompletionRequest, PromptInput};
+use crate::api::{ChatRequest, Common, CompletionRequest, PromptInput, ToolPlan};
 use crate::error::ApiError;
 use crate::{now, read_json, AppState};
 
@@ -68,6 +70,9 @@ struct Plan {
     jobs: Vec<Job>,
     stream: bool,
     include_usage: bool,
+    /// Chat requests with tools (and a `tool_choice` other than `none`): the output is read
+    /// for calls.
+    tools: Option<Arc<ToolPlan>>,
 }
 
 /// `n` jobs per prompt, the j-th with seed `seed + j`.
@@ -89,9 +94,18 @@ fn tokenize(st: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
         .map_err(|e| ApiError::invalid(format!("cannot tokenize the prompt: {e}")).param("prompt"))
 }
 
+/// Compiles the request's constraint once for all its choices: a grammar or schema the engine
+/// cannot compile is a 400 naming the problem.
+fn compile(st: &AppState, common: &Common, params: &mut GenerateParams) -> Result<(), ApiError> {
+    st.scheduler
+        .compile(params)
+        .map_err(|e| ApiError::invalid(e.to_string()).param(common.constraint_param()))
+}
+
 fn text_plan(st: &AppState, req: &CompletionRequest) -> Result<Plan, ApiError> {
     let mut params = req.params(st.fresh_seed())?;
     params.speculation = req.common.speculation(&st.opts.speculation)?;
+    compile(st, &req.common, &mut params)?;
     let n = req.common.n()?;
     let prompts: Vec<Vec<u32>> = match &req.prompt {
         PromptInput::Text(s) => vec![tokenize(st, s)?],
@@ -117,6 +131,7 @@ fn text_plan(st: &AppState, req: &CompletionRequest) -> Result<Plan, ApiError> {
         jobs: jobs(&prompts, &params, n),
         stream: req.common.stream(),
         include_usage: req.common.include_usage(),
+        tools: None,
     })
 }
 
@@ -125,10 +140,29 @@ async fn chat_plan(st: &AppState, req: &ChatRequest) -> Result<Plan, ApiError> {
     params.speculation = req.common.speculation(&st.opts.speculation)?;
     let n = req.common.n()?;
     let messages = req.template_messages()?;
+    // `tool_choice: none` leaves the tools out of the prompt.
+    let tools = req.tool_plan()?.filter(|t| t.choice != ToolChoice::None);
+    if let Some(t) = &tools {
+        // `required` or a named function: the output is held to the call syntax.
+        if let Some(spec) = calls::call_constraint(&t.functions, &t.choice, t.parallel) {
+            if params.constraint.is_some() {
+                return Err(ApiError::invalid(
+                    "`tool_choice` \"required\" or a named function cannot be combined with `response_format`, `grammar` or `regex`",
+                )
+                .param("tool_choice"));
+            }
+            params.constraint = Some(Constraint::new(spec));
+            st.scheduler
+                .compile(&mut params)
+                .map_err(|e| ApiError::invalid(e.to_string()).param("tools"))?;
+        }
+    }
+    compile(st, &req.common, &mut params)?;
     // The same rendering as `kiln chat` (the tokenizer crate's; a 400 when there is no template),
     // off the async runtime and with a deadline (the template is the model file's code).
     let bos = st.vocab.bos_token();
-    let text = crate::render_chat(st, messages).await?;
+    let functions = tools.as_ref().map(|t| t.functions.clone());
+    let text = crate::render_chat(st, messages, functions).await?;
     // The template writes BOS itself when the model wants one.
     let add_special = bos.is_empty() || !text.starts_with(&bos);
     let prompt = st
@@ -143,6 +177,7 @@ async fn chat_plan(st: &AppState, req: &ChatRequest) -> Result<Plan, ApiError> {
         jobs: jobs(&[prompt], &params, n),
         stream: req.common.stream(),
         include_usage: req.common.include_usage(),
+        tools: tools.map(Arc::new),
     })
 }
 
@@ -162,6 +197,7 @@ async fn run(st: Arc<AppState>, plan: Plan) -> Result<Response, ApiError> {
         kind: plan.kind,
         n: plan.n,
         include_usage: plan.include_usage,
+        tools: plan.tools.clone(),
     };
     // A stream opens with the echoed prompts (completions) or each choice's role (chat).
     let first = if plan.stream {
@@ -186,14 +222,42 @@ async fn run(st: Arc<AppState>, plan: Plan) -> Result<Response, ApiError> {
             echo,
         ))
         .into_response(),
-        Kind::Chat => Json(openai::chat_completion(
-            &writer.header,
-            vocab,
-            &st.eos,
-            &results,
-        ))
-        .into_response(),
+        Kind::Chat => {
+            let mut response = openai::chat_completion(&writer.header, vocab, &st.eos, &results);
+            if let Some(t) = &plan.tools {
+                for choice in &mut response.choices {
+                    let text = choice.message.content.as_deref().unwrap_or_default();
+                    if let Some((content, found)) = read_calls(&st, t, text) {
+                        choice.message.content = content;
+                        choice.message.tool_calls = Some(found);
+                        choice.finish_reason = "tool_calls";
+                    }
+                }
+            }
+            Json(response).into_response()
+        }
     })
+}
+
+/// The tool calls in a choice's text, with ids (only the first unless `parallel_tool_calls`),
+/// and the content before them.
+fn read_calls(st: &AppState, t: &ToolPlan, text: &str) -> Option<(Option<String>, Vec<ToolCall>)> {
+    let (content, mut found) = calls::parse_calls(text, &t.functions)?;
+    if !t.parallel {
+        found.truncate(1);
+    }
+    let found = found
+        .into_iter()
+        .map(|c| ToolCall {
+            id: st.new_id("call"),
+            kind: "function",
+            function: FunctionCall {
+                name: c.name,
+                arguments: c.arguments,
+            },
+        })
+        .collect();
+    Some((content, found))
 }
 
 pub(crate) fn submit_error(e: SubmitError) -> ApiError {
@@ -272,6 +336,7 @@ struct Writer {
     /// Choices per prompt.
     n: usize,
     include_usage: bool,
+    tools: Option<Arc<ToolPlan>>,
 }
 
 impl Writer {
@@ -310,6 +375,7 @@ impl Writer {
                     delta: ChatDelta {
                         role: Some("assistant"),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
                     logprobs: None,
                     finish_reason: None,
@@ -361,6 +427,7 @@ impl Writer {
                         delta: ChatDelta {
                             role: None,
                             content: Some(text.to_string()),
+                            tool_calls: None,
                         },
                         logprobs,
                         finish_reason: None,
@@ -371,9 +438,38 @@ impl Writer {
         }
     }
 
+    /// A chat choice's tool calls, all in one chunk.
+    fn tool_calls(&self, index: usize, found: Vec<ToolCall>) -> Chunk {
+        let deltas = found
+            .into_iter()
+            .enumerate()
+            .map(|(k, c)| ToolCallDelta {
+                index: k,
+                id: c.id,
+                kind: c.kind,
+                function: c.function,
+            })
+            .collect();
+        self.chat(ChatChunkChoice {
+            index,
+            delta: ChatDelta {
+                role: None,
+                content: None,
+                tool_calls: Some(deltas),
+            },
+            logprobs: None,
+            finish_reason: None,
+            ids: None,
+        })
+    }
+
     /// A choice's last chunk: its finish reason and kiln's token ids.
     fn done(&self, index: usize, c: &Completion) -> Chunk {
-        let finish_reason = Some(c.finish_reason.as_str());
+        self.done_as(index, c, c.finish_reason.as_str())
+    }
+
+    fn done_as(&self, index: usize, c: &Completion, reason: &'static str) -> Chunk {
+        let finish_reason = Some(reason);
         let ids = Some(TokenIds::of(c));
         match self.kind {
             Kind::Text { .. } => self.text(TextChoice {
@@ -432,6 +528,10 @@ struct StreamState {
     left: usize,
     usage: openai::Usage,
     ended: bool,
+    /// With tools: each choice's text so far, and how much of it was sent as content (text
+    /// that may open a tool call is held back until it is known not to).
+    held: Vec<String>,
+    shown: Vec<usize>,
 }
 
 /// Server-sent events: the chunks, the usage chunk when asked for, then `[DONE]`. An engine
@@ -451,6 +551,8 @@ fn stream(
         left: n_jobs,
         usage: openai::Usage::default(),
         ended: false,
+        held: vec![String::new(); n_jobs],
+        shown: vec![0; n_jobs],
     };
     let events = futures_util::stream::unfold(state, |mut s| async move {
         loop {
@@ -483,6 +585,16 @@ fn stream(
                     s.pending.push_back(sse_json(&c));
                 }
                 Some((i, Event::Token { id, text, logprob })) => {
+                    let text = if s.writer.tools.is_some() {
+                        let held = &mut s.held[i];
+                        held.push_str(&text);
+                        let upto = calls::streamable_prefix(held).max(s.shown[i]);
+                        let piece = held[s.shown[i]..upto].to_string();
+                        s.shown[i] = upto;
+                        piece
+                    } else {
+                        text
+                    };
                     if let Some(c) = s.writer.token(i, id, &text, logprob.as_ref()) {
                         s.pending.push_back(sse_json(&c));
                     }
@@ -490,8 +602,30 @@ fn stream(
                 Some((i, Event::Done { completion, .. })) => {
                     s.left -= 1;
                     s.usage.add(&completion, i % s.writer.n == 0);
-                    s.pending
-                        .push_back(sse_json(&s.writer.done(i, &completion)));
+                    let found = s
+                        .writer
+                        .tools
+                        .as_ref()
+                        .and_then(|t| read_calls(&s.writer.st, t, &completion.text));
+                    let done = match found {
+                        Some((_, found)) => {
+                            let c = s.writer.tool_calls(i, found);
+                            s.pending.push_back(sse_json(&c));
+                            s.writer.done_as(i, &completion, "tool_calls")
+                        }
+                        None => {
+                            // Held-back text that did not open a call is content after all.
+                            let rest = s.held[i].get(s.shown[i]..).unwrap_or_default();
+                            if s.writer.tools.is_some() && !rest.is_empty() {
+                                let rest = rest.to_string();
+                                if let Some(c) = s.writer.token(i, 0, &rest, None) {
+                                    s.pending.push_back(sse_json(&c));
+                                }
+                            }
+                            s.writer.done(i, &completion)
+                        }
+                    };
+                    s.pending.push_back(sse_json(&done));
                 }
             }
         }

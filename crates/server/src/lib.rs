@@ -33,8 +33,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use kiln_engine::openai;
 use kiln_engine::scheduler::{self, Scheduler, Vocab};
+use kiln_engine::tools::{fold_tools_into_messages, template_renders_tools, Function};
 use kiln_engine::{Pooling, Speculation};
-use kiln_tokenizer::{builtin_chat_template_names, render_chat_template, ChatMessage};
+use kiln_tokenizer::{builtin_chat_template_names, render_chat_template_with_tools, ChatMessage};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -774,6 +775,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub(crate) async fn render_chat(
     st: &AppState,
     messages: Vec<ChatMessage>,
+    functions: Option<Vec<Function>>,
 ) -> Result<String, ApiError> {
     let Some(template) = st.chat_template.clone() else {
         return Err(ApiError::invalid(format!(
@@ -798,6 +800,18 @@ pub(crate) async fn render_chat(
         .map_err(|_| too_slow())?
         .map_err(|_| ApiError::internal("the template renderer is closed"))?;
     let (bos, eos) = (st.vocab.bos_token(), st.vocab.eos_token());
+    // A template that renders tools gets them (and the calls and results in the history) as
+    // transformers passes them; for one that does not, they become text in the messages.
+    let (messages, tools) = if template_renders_tools(&template) {
+        let tools: Option<Vec<Value>> =
+            functions.map(|fs| fs.iter().map(Function::to_openai).collect());
+        (messages, tools)
+    } else {
+        (
+            fold_tools_into_messages(messages, functions.as_deref()),
+            None,
+        )
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     // A thread of its own, not the runtime's blocking pool: a runtime waits for its blocking
     // tasks when it shuts down, and an endless template would keep the server from exiting.
@@ -805,7 +819,14 @@ pub(crate) async fn render_chat(
         .name("kiln-template".into())
         .spawn(move || {
             let _permit = permit;
-            let _ = tx.send(render_chat_template(&template, &messages, true, &bos, &eos));
+            let _ = tx.send(render_chat_template_with_tools(
+                &template,
+                &messages,
+                tools.as_deref(),
+                true,
+                &bos,
+                &eos,
+            ));
         })
         .map_err(|e| ApiError::internal(format!("cannot start the template renderer: {e}")))?;
     match tokio::time::timeout_at(deadline, rx).await {

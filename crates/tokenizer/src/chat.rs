@@ -6,11 +6,22 @@ use minijinja::{context, Environment, Error, ErrorKind, Value};
 
 use crate::{Result, Tokenizer, TokenizerError};
 
-/// One chat turn.
+/// One chat turn. The tool fields are rendered only when set (as transformers passes
+/// OpenAI-style messages to templates).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls: `[{"id", "type": "function", "function": {"name",
+    /// "arguments"}}]`, `arguments` as a JSON object (templates write it with `tojson`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A `tool` turn's answer to this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A `tool` turn's function name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -18,6 +29,9 @@ impl ChatMessage {
         ChatMessage {
             role: role.to_string(),
             content: content.to_string(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -275,8 +289,30 @@ pub fn render_chat_template(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
+    render_chat_template_with_tools(
+        template,
+        messages,
+        None,
+        add_generation_prompt,
+        bos_token,
+        eos_token,
+    )
+}
+
+/// [`render_chat_template`] with `tools` in scope too (OpenAI's tool objects, `{"type":
+/// "function", "function": {"name", "description", "parameters"}}`, as transformers'
+/// `apply_chat_template(tools=...)` passes them); `None` renders `tools` as `none`.
+pub fn render_chat_template_with_tools(
+    template: &str,
+    messages: &[ChatMessage],
+    tools: Option<&[serde_json::Value]>,
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
     let ctx = context! {
         messages => messages,
+        tools => tools,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,

@@ -3,7 +3,9 @@
 
 mod common;
 
-use kiln_tokenizer::{builtin_chat_template, render_chat_template, ChatMessage};
+use kiln_tokenizer::{
+    builtin_chat_template, render_chat_template, render_chat_template_with_tools, ChatMessage,
+};
 
 fn template(name: &str) -> String {
     std::fs::read_to_string(common::data(&format!("{name}-chat-template.jinja"))).unwrap()
@@ -37,6 +39,44 @@ fn templates_match_jinja2() {
                 );
             }
         }
+    }
+}
+
+/// Tools, an assistant turn's tool calls and tool results render as transformers renders
+/// them (Jinja2 reference in chat_tools_expected.json).
+#[test]
+fn tools_and_tool_calls_match_jinja2() {
+    let exp = common::read_json(&common::data("chat_tools_expected.json"));
+    let msgs: Vec<ChatMessage> = exp["dialog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let mut c =
+                ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap());
+            c.tool_calls = m.get("tool_calls").cloned();
+            c.tool_call_id = m
+                .get("tool_call_id")
+                .and_then(|v| v.as_str())
+                .map(String::from);
+            c
+        })
+        .collect();
+    let tools: Vec<serde_json::Value> = exp["tools"].as_array().unwrap().clone();
+    let cases = exp["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for c in cases {
+        let with_tools = c["tools"].as_bool().unwrap();
+        let got = render_chat_template_with_tools(
+            &template("qwen2.5-coder"),
+            &msgs,
+            with_tools.then_some(tools.as_slice()),
+            true,
+            "",
+            "<|im_end|>",
+        )
+        .unwrap();
+        assert_eq!(got, c["output"].as_str().unwrap(), "tools: {with_tools}");
     }
 }
 

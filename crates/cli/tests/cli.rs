@@ -623,6 +623,30 @@ fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
         args.extend(&extra);
         args.extend(["--", text]);
         let out = kiln(&args);
+#[test]
+fn constraint_flags_hold_the_output_and_refusals_are_one_clear_error() {
+    let dir = test_data().join("fixtures/llama-mha");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "complete",
+            "-m",
+            dir.to_str().unwrap(),
+            "--json",
+            "-n",
+            "40",
+            "--threads",
+            "1",
+            "--temperature",
+            "1",
+            "-s",
+            "7",
+            "--prompt",
+            "Hello",
+        ];
+        args.extend_from_slice(extra);
+        kiln(&args)
+    };
+    let text = |out: Output| -> String {
         assert!(
             out.status.success(),
             "{}",
@@ -647,4 +671,14 @@ fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("vocabulary"), "{err}");
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    assert!(["yes", "no"].contains(&text(run(&["--regex", "(yes|no)"])).as_str()));
+    let schema = r#"{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false}"#;
+    let v: Value = serde_json::from_str(&text(run(&["--schema", schema]))).unwrap();
+    assert!(v["ok"].is_boolean(), "{v}");
+    let out = run(&["--schema", r#"{"type": "array", "uniqueItems": true}"#]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("uniqueItems"), "{err}");
 }

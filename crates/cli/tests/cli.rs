@@ -400,32 +400,6 @@ fn inspect_prints_human_readable_text() {
     }
 }
 
-/// `kiln inspect` names experts and rope scaling of the newer architectures' fixtures.
-#[test]
-fn inspect_shows_experts_and_rope_scaling() {
-    for (model, line) in [
-        (
-            "mixtral-tiny",
-            "experts:      4 per layer, 2 used per token, ffn 96 each, weights renormalised\n",
-        ),
-        (
-            "phi3-tiny",
-            "rope scaling: longrope, long factors past 128\n",
-        ),
-        ("qwen2-yarn-tiny", "rope scaling: yarn x4 from 64\n"),
-    ] {
-        let dir = test_data().join("fixtures/arch").join(model);
-        let out = kiln(&["inspect", dir.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert!(text.contains(line), "{model}: {text}");
-    }
-}
-
 /// `kiln chat --json` reports the seed of the session: a random one unless `-s` is given, and
 /// a given seed repeats the sampled replies.
 #[test]
@@ -502,6 +476,7 @@ fn a_pull_waiting_on_another_says_so() {
         "the download should fail with KILN_PYTHON=false"
     );
 }
+
 /// A model without a chat template is a clear error in `kiln chat`, never a guessed format;
 /// `--chat-template chatml` formats the dialog with the built-in ChatML; an unknown name is an
 /// error that lists the built-in ones.
@@ -587,6 +562,33 @@ fn embed_prints_unit_vectors() {
     }
     let out = kiln(&["embed", "-m", d, "--pooling", "max", "x"]);
     assert!(!out.status.success());
+}
+/// `kiln inspect` names experts and rope scaling of the newer architectures' fixtures.
+#[test]
+fn inspect_shows_experts_and_rope_scaling() {
+    for (model, line) in [
+        (
+            "mixtral-tiny",
+            "experts:      4 per layer, 2 used per token, ffn 96 each, weights renormalised\n",
+        ),
+        (
+            "phi3-tiny",
+            "rope scaling: longrope, long factors past 128\n",
+        ),
+        ("qwen2-yarn-tiny", "rope scaling: yarn x4 from 64\n"),
+    ] {
+        let dir = test_data().join("fixtures/arch").join(model);
+        let out = kiln(&["inspect", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(line), "{model}: {text}");
+    }
+}
+
 /// `kiln complete` with a draft model or prompt lookup: the goldens' greedy tokens, `timings`
 /// in `--json` with drafted and accepted counts; a draft with another vocabulary is refused.
 #[test]
@@ -623,6 +625,32 @@ fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
         args.extend(&extra);
         args.extend(["--", text]);
         let out = kiln(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            ids(&v["choices"][0]["token_ids"]),
+            ids(&p["greedy"]["new_ids_ignore_eos"]),
+            "{extra:?}"
+        );
+        let t = &v["timings"];
+        assert_eq!(t["predicted_n"], 20);
+        assert!(t["draft_n"].as_u64().unwrap() > 0, "{t}");
+        assert!(t["draft_n_accepted"].as_u64().unwrap() <= t["draft_n"].as_u64().unwrap());
+        assert!(t["predicted_ms"].as_f64().unwrap() >= 0.0);
+    }
+    let qwen = test_data().join("fixtures/qwen2-tiny");
+    let mut args = base.to_vec();
+    args.extend(["--model-draft", qwen.to_str().unwrap(), "--", text]);
+    let out = kiln(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vocabulary"), "{err}");
+}
+
 #[test]
 fn constraint_flags_hold_the_output_and_refusals_are_one_clear_error() {
     let dir = test_data().join("fixtures/llama-mha");
@@ -653,24 +681,6 @@ fn constraint_flags_hold_the_output_and_refusals_are_one_clear_error() {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(
-            ids(&v["choices"][0]["token_ids"]),
-            ids(&p["greedy"]["new_ids_ignore_eos"]),
-            "{extra:?}"
-        );
-        let t = &v["timings"];
-        assert_eq!(t["predicted_n"], 20);
-        assert!(t["draft_n"].as_u64().unwrap() > 0, "{t}");
-        assert!(t["draft_n_accepted"].as_u64().unwrap() <= t["draft_n"].as_u64().unwrap());
-        assert!(t["predicted_ms"].as_f64().unwrap() >= 0.0);
-    }
-    let qwen = test_data().join("fixtures/qwen2-tiny");
-    let mut args = base.to_vec();
-    args.extend(["--model-draft", qwen.to_str().unwrap(), "--", text]);
-    let out = kiln(&args);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("vocabulary"), "{err}");
         v["choices"][0]["text"].as_str().unwrap().to_string()
     };
     assert!(["yes", "no"].contains(&text(run(&["--regex", "(yes|no)"])).as_str()));

@@ -7,7 +7,6 @@
 //! The types here are shared by every way of generating; the work is done by
 //! [`crate::sequence`] (one request) and [`crate::batch`] (one step of many).
 
-
 use kiln_models::CausalLM;
 use kiln_tokenizer::Tokenizer;
 

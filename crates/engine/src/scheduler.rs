@@ -23,8 +23,8 @@ use kiln_models::CausalLM;
 
 pub use crate::batch::Event;
 use crate::batch::{Batch, BatchConfig};
-use crate::embed::{self, Pooling};
 use crate::constraint::Grammars;
+use crate::embed::{self, Pooling};
 use crate::generate::GenerateParams;
 use crate::sequence::validate_request;
 pub use crate::sequence::Vocab;

@@ -38,8 +38,8 @@ use crate::vocab::{attr, Frag, Vocab};
 
 pub use chat::{
     builtin_chat_template, builtin_chat_template_names, llama2_chat_prompt,
-    llama2_chat_prompt_unchecked, llama2_special_tag, render_chat_template, render_chat_template_with_tools, ChatMessage,
-    BUILTIN_CHAT_TEMPLATES, CHATML,
+    llama2_chat_prompt_unchecked, llama2_special_tag, render_chat_template,
+    render_chat_template_with_tools, ChatMessage, BUILTIN_CHAT_TEMPLATES, CHATML,
 };
 pub use gguf_vocab::hf_json_gguf_metadata;
 

@@ -54,6 +54,7 @@ impl MetaParams {
             ignore_eos: false,
             logprobs: self.logprobs.then_some(0),
             echo: self.echo,
+            ..Default::default()
         }
     }
 }
@@ -187,6 +188,7 @@ mod tests {
                 lp(8, Some(-4.0)),
                 lp(2, Some(-5.0)),
             ]),
+            timings: Default::default(),
         }
     }
 

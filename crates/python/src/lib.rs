@@ -211,6 +211,7 @@ impl PyParams {
                 ignore_eos,
                 logprobs,
                 echo,
+                ..Default::default()
             },
         })
     }
@@ -278,6 +279,7 @@ impl PyEngine {
             kv_type: parse_opt::<KvType>("cache_type", cache_type)?,
             residency: mmap.then_some(Residency::Mapped),
             interleave: true,
+            ..Default::default()
         };
         let arg = model.map(|p| p.to_string_lossy().into_owned());
         py.detach(move || {

@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use kiln_formats::{Arch, LoadedModel, ModelConfig};
+use kiln_formats::{Arch, LoadedModel, ModelConfig, RopeScaling};
 use kiln_kernels::ops::RopeStyle;
 use kiln_models::layers::{
     advance_caches, prepare_batch, AttentionShape, BatchLayout, Rope, RopeTable,
@@ -128,6 +128,16 @@ impl GpuLlama {
                 "the GPU backend runs Llama, Mistral and Qwen2 models; {} runs on the CPU (--device cpu)",
                 cfg.arch.name()
             )));
+        }
+        // YaRN and LongRoPE also scale cos/sin (and LongRoPE switches factors by position),
+        // which the GPU rope kernel does not: refuse rather than compute something else.
+        if matches!(
+            cfg.rope_scaling,
+            Some(RopeScaling::Yarn { .. } | RopeScaling::LongRope { .. })
+        ) {
+            return Err(GpuError::Unsupported(
+                "YaRN and LongRoPE rope scaling run on the CPU (--device cpu)".into(),
+            ));
         }
         if cfg.head_dim > 256 || !cfg.head_dim.is_multiple_of(2) {
             return Err(GpuError::Unsupported(format!(

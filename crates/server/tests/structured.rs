@@ -31,6 +31,10 @@ async fn start() -> TestServer {
         limits,
         ..
     } = engine;
+    // The fixture has no chat template: the chat requests here use the built-in ChatML, as
+    // `kiln serve --chat-template chatml` would.
+    let chat_template =
+        chat_template.or_else(|| kiln_tokenizer::builtin_chat_template("chatml").map(String::from));
     let extra_eos = model.config().eos_token_ids.clone();
     let vocab = Arc::new(tokenizer);
     let scheduler = Arc::new(Scheduler::start(

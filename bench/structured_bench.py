@@ -169,8 +169,11 @@ def main():
         rows = {}
         port = 18290
         with open(os.devnull, "w") as log:
+            # gemma3-270m is a base model without a chat template: kiln asks for one (llama-server
+            # falls back to ChatML by itself), so both format the chat as ChatML.
+            template = ["--chat-template", "chatml"] if name == "gemma3-270m" else []
             p = start([a.kiln, "serve", "-m", path, "--port", str(port), "--parallel", "1", "-t", str(a.threads),
-                       "--ctx-size", "1024"], port, log)
+                       "--ctx-size", "1024", "--device", "cpu"] + template, port, log)
             try:
                 rows["kiln"] = measure(port, a.tokens, a.reps, False)
             finally:

@@ -43,27 +43,12 @@ fn check_fixture(dir: &std::path::Path, golden: &std::path::Path, test: &str) {
 /// rounding: the GPU picks its matrix kernel by the pass's total rows, so batch-mates can
 /// change the summation order (unlike the CPU path, where results are bit-identical).
 fn check_batch_within(engine: &Engine, golden: &serde_json::Value) {
-    let prompts: Vec<Vec<u32>> = golden["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| ids(&p["input_ids"]))
-        .collect();
-    let params = GenerateParams {
-        max_tokens: 12,
-        ignore_eos: true,
-        logprobs: Some(2),
-        ..Default::default()
-    };
-    let together = engine.generate(&prompts, &params, &mut |_, _| {}).unwrap();
-    for (i, p) in prompts.iter().enumerate() {
-        let alone = engine
-            .generate(std::slice::from_ref(p), &params, &mut |_, _| {})
-            .unwrap();
-        assert_eq!(together[i].token_ids, alone[0].token_ids, "prompt {i}: ids");
+    let (together, alone) = common::batched_and_alone(engine, golden);
+    for (i, alone) in alone.iter().enumerate() {
+        assert_eq!(together[i].token_ids, alone.token_ids, "prompt {i}: ids");
         let (a, b) = (
             together[i].logprobs.as_ref().unwrap(),
-            alone[0].logprobs.as_ref().unwrap(),
+            alone.logprobs.as_ref().unwrap(),
         );
         for (x, y) in a.iter().zip(b) {
             let (x, y) = (x.logprob.unwrap(), y.logprob.unwrap());

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_engine::{Engine, EngineOptions, GenerateParams};
+use kiln_engine::{Completion, Engine, EngineOptions, GenerateParams};
 use kiln_models::{Logits, SeqInput};
 use serde_json::Value;
 
@@ -180,8 +180,9 @@ pub fn check_against_golden_within(
     }
 }
 
-/// The batched run equals each prompt run alone.
-pub fn check_batch_independence(engine: &Engine, golden: &Value) {
+/// The golden's prompts generated as one batch and each alone (12 tokens, EOS ignored, top-2
+/// logprobs): `(together, alone)`, one completion per prompt in each.
+pub fn batched_and_alone(engine: &Engine, golden: &Value) -> (Vec<Completion>, Vec<Completion>) {
     let prompts: Vec<Vec<u32>> = golden["prompts"]
         .as_array()
         .unwrap()
@@ -195,12 +196,24 @@ pub fn check_batch_independence(engine: &Engine, golden: &Value) {
         ..Default::default()
     };
     let together = engine.generate(&prompts, &params, &mut |_, _| {}).unwrap();
-    for (i, p) in prompts.iter().enumerate() {
-        let alone = engine
-            .generate(std::slice::from_ref(p), &params, &mut |_, _| {})
-            .unwrap();
+    let alone = prompts
+        .iter()
+        .map(|p| {
+            let mut one = engine
+                .generate(std::slice::from_ref(p), &params, &mut |_, _| {})
+                .unwrap();
+            one.remove(0)
+        })
+        .collect();
+    (together, alone)
+}
+
+/// The batched run equals each prompt run alone.
+pub fn check_batch_independence(engine: &Engine, golden: &Value) {
+    let (together, alone) = batched_and_alone(engine, golden);
+    for (i, alone) in alone.iter().enumerate() {
         assert_eq!(
-            together[i].token_ids, alone[0].token_ids,
+            together[i].token_ids, alone.token_ids,
             "prompt {i}: batch changed the ids"
         );
         let a: Vec<_> = together[i]
@@ -210,7 +223,7 @@ pub fn check_batch_independence(engine: &Engine, golden: &Value) {
             .iter()
             .map(|t| t.logprob)
             .collect();
-        let b: Vec<_> = alone[0]
+        let b: Vec<_> = alone
             .logprobs
             .as_ref()
             .unwrap()

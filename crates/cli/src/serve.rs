@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
+use kiln_engine::scheduler::SchedulerConfig;
 use kiln_engine::{Engine, EngineOptions, Pooling};
 use kiln_server::{AppState, ServerOptions};
 
@@ -117,7 +117,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
             "kiln serve: {name} has no chat template: /v1/chat/completions answers 400 (give --chat-template to format chats)"
         );
     }
-    let extra_eos = model.config().eos_token_ids.clone();
     let cfg = SchedulerConfig {
         slots: a.parallel,
         context: limits.context,
@@ -125,18 +124,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         prefill_chunk: a.prefill_chunk,
         prefix_cache: a.parallel,
     };
-    let vocab = Arc::new(tokenizer);
-    let scheduler = Arc::new(Scheduler::start_with_draft(
+    let state = AppState::start(
         model,
         draft,
-        vocab.clone(),
-        cfg,
-    )?);
-    let state = AppState::new(
-        scheduler,
-        vocab,
+        Arc::new(tokenizer),
         chat_template,
-        &extra_eos,
+        cfg,
         ServerOptions {
             model_id: a.alias.first().cloned().unwrap_or_else(|| name.clone()),
             aliases: a.alias.iter().skip(1).cloned().chain([name]).collect(),
@@ -149,7 +142,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             speculation,
             ..ServerOptions::default()
         },
-    );
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -32,9 +32,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kiln_engine::openai;
-use kiln_engine::scheduler::{self, Scheduler, Vocab};
+use kiln_engine::scheduler::{self, Scheduler, SchedulerConfig, Vocab};
 use kiln_engine::tools::{fold_tools_into_messages, template_renders_tools, Function};
-use kiln_engine::{Pooling, Speculation};
+use kiln_engine::{EngineError, Pooling, Speculation};
+use kiln_models::CausalLM;
 use kiln_tokenizer::{builtin_chat_template_names, render_chat_template_with_tools, ChatMessage};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -129,6 +130,29 @@ impl AppState {
             responses: Mutex::new(BTreeMap::new()),
             template_renders: Arc::new(Semaphore::new(TEMPLATE_RENDERS)),
         })
+    }
+
+    /// The state `kiln serve` runs: a continuous-batching [`Scheduler`] over `model` (with
+    /// `draft` for the requests that speculate), `vocab` for both, and the end-of-sequence ids
+    /// of the model's config added to the tokenizer's. Fails as
+    /// [`Scheduler::start_with_draft`] does (a draft whose vocabulary differs).
+    pub fn start(
+        model: Box<dyn CausalLM>,
+        draft: Option<Arc<dyn CausalLM>>,
+        vocab: Arc<dyn Vocab>,
+        chat_template: Option<String>,
+        cfg: SchedulerConfig,
+        opts: ServerOptions,
+    ) -> Result<Arc<AppState>, EngineError> {
+        let extra_eos = model.config().eos_token_ids.clone();
+        let scheduler = Scheduler::start_with_draft(model, draft, vocab.clone(), cfg)?;
+        Ok(AppState::new(
+            Arc::new(scheduler),
+            vocab,
+            chat_template,
+            &extra_eos,
+            opts,
+        ))
     }
 
     fn new_id(&self, prefix: &str) -> String {

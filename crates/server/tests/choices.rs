@@ -5,23 +5,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
-
-use common::{sse_payloads, start_state, TestServer};
-use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
+use common::{fixture, sse_payloads, start_engine, TestServer};
+use kiln_engine::scheduler::SchedulerConfig;
 use kiln_engine::{openai, Engine, EngineOptions, GenerateParams, SamplingParams};
-use kiln_server::{AppState, ServerOptions};
+use kiln_server::ServerOptions;
 use serde_json::{json, Value};
-
-const FIXTURE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/data/fixtures/llama-mha"
-);
 
 fn load() -> Engine {
     Engine::load(
-        Path::new(FIXTURE),
+        &fixture("llama-mha"),
         &EngineOptions {
             threads: 1,
             max_batch: 4,
@@ -32,37 +24,19 @@ fn load() -> Engine {
 }
 
 async fn start() -> TestServer {
-    let Engine {
-        model,
-        tokenizer,
-        chat_template,
-        limits,
-        ..
-    } = load();
-    let extra_eos = model.config().eos_token_ids.clone();
-    let vocab = Arc::new(tokenizer);
-    let scheduler = Arc::new(Scheduler::start(
-        model,
-        vocab.clone(),
-        SchedulerConfig {
-            slots: 4,
-            context: limits.context,
-            max_queue: 64,
-            prefill_chunk: limits.prefill_chunk,
-            prefix_cache: 4,
-        },
-    ));
-    let state = AppState::new(
-        scheduler,
-        vocab,
-        chat_template,
-        &extra_eos,
-        ServerOptions {
-            model_id: "llama-mha".into(),
-            ..Default::default()
-        },
-    );
-    start_state(state, Arc::new((Mutex::new(false), Condvar::new()))).await
+    let engine = load();
+    let cfg = SchedulerConfig {
+        slots: 4,
+        context: engine.limits.context,
+        max_queue: 64,
+        prefill_chunk: engine.limits.prefill_chunk,
+        prefix_cache: 4,
+    };
+    let opts = ServerOptions {
+        model_id: "llama-mha".into(),
+        ..Default::default()
+    };
+    start_engine(engine, cfg, opts).await
 }
 
 const PROMPT: &str = "The quick brown fox";

@@ -23,14 +23,6 @@ fn cfg() -> SchedulerConfig {
     }
 }
 
-fn opts() -> ServerOptions {
-    ServerOptions {
-        model_id: "hash-model".into(),
-        max_body_bytes: 64 * 1024,
-        ..ServerOptions::default()
-    }
-}
-
 fn addr(s: &TestServer) -> String {
     s.base.trim_start_matches("http://").to_string()
 }
@@ -129,7 +121,7 @@ async fn slow_headers_are_disconnected() {
         cfg(),
         ServerOptions {
             header_timeout: Duration::from_millis(400),
-            ..opts()
+            ..fake_opts()
         },
         Duration::ZERO,
     )
@@ -156,7 +148,7 @@ async fn slow_body_gets_408() {
         cfg(),
         ServerOptions {
             body_timeout: Duration::from_millis(400),
-            ..opts()
+            ..fake_opts()
         },
         Duration::ZERO,
     )
@@ -173,7 +165,7 @@ async fn slow_body_gets_408() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_read_errors_get_their_own_status() {
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     // A Content-Length longer than the body, then the client's write side closes: 400.
     let mut req = post_head("/v1/completions", "Content-Length: 100\r\n").into_bytes();
     req.extend_from_slice(br#"{"prompt": "abc"}"#);
@@ -206,7 +198,7 @@ async fn body_read_errors_get_their_own_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_closed_request_gets_its_reply() {
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     let body = json!({"prompt": [3, 1, 4], "max_tokens": 4, "temperature": 0}).to_string();
     let mut req = post_head(
         "/v1/completions",
@@ -232,7 +224,7 @@ async fn a_half_closed_client_gets_a_reply_that_takes_long() {
             context: 512,
             ..cfg()
         },
-        opts(),
+        fake_opts(),
         Duration::from_millis(2),
     )
     .await;
@@ -256,7 +248,7 @@ async fn a_half_closed_client_gets_a_reply_that_takes_long() {
 
 #[tokio::test]
 async fn wrong_method_is_405_in_openai_shape() {
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     let r = reqwest::Client::new()
         .get(s.url("/v1/chat/completions"))
         .send()
@@ -273,7 +265,7 @@ async fn wrong_method_is_405_in_openai_shape() {
 
 #[tokio::test]
 async fn unknown_role_is_400_naming_it() {
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     let r = reqwest::Client::new()
         .post(s.url("/v1/chat/completions"))
         .json(&json!({"messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 2}))
@@ -294,7 +286,7 @@ async fn unknown_role_is_400_naming_it() {
 async fn a_failing_template_is_a_500() {
     let s = start_fake_with_template(
         cfg(),
-        opts(),
+        fake_opts(),
         Duration::ZERO,
         Some("{% for m in messages %}{{ m.content | no_such_filter }}{% endfor %}".into()),
     )
@@ -330,7 +322,7 @@ async fn health_answers_during_hostile_template_requests() {
         cfg(),
         ServerOptions {
             template_timeout: Duration::from_millis(500),
-            ..opts()
+            ..fake_opts()
         },
         Duration::ZERO,
         Some(SLOW_TEMPLATE.into()),
@@ -398,7 +390,7 @@ async fn shutdown_closes_stuck_connections_at_the_drain_deadline() {
             header_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_millis(500),
-            ..opts()
+            ..fake_opts()
         },
         Duration::ZERO,
     )

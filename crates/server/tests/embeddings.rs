@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use common::*;
 use kiln_engine::scheduler::SchedulerConfig;
-use kiln_server::ServerOptions;
 use serde_json::{json, Value};
 
 fn cfg() -> SchedulerConfig {
@@ -20,25 +19,9 @@ fn cfg() -> SchedulerConfig {
     }
 }
 
-fn opts() -> ServerOptions {
-    ServerOptions {
-        model_id: "hash-model".into(),
-        max_body_bytes: 64 * 1024,
-        ..Default::default()
-    }
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = c.post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, v)
-}
-
 #[tokio::test]
 async fn embedding_requests_kiln_cannot_honour_are_400s() {
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let url = s.url("/v1/embeddings");
     let long = "a".repeat(33);
@@ -72,7 +55,7 @@ async fn embedding_requests_kiln_cannot_honour_are_400s() {
         (json!({"model": "x"}), "", "missing field `input`"),
     ];
     for (body, param, needle) in cases {
-        let (st, v) = post(&c, &url, &body).await;
+        let (st, v) = post_json(&c, &url, &body).await;
         assert_eq!(st, 400, "{body}: {v}");
         let e = &v["error"];
         assert_eq!(e["type"], "invalid_request_error", "{body}: {v}");
@@ -83,11 +66,11 @@ async fn embedding_requests_kiln_cannot_honour_are_400s() {
         assert!(msg.contains(needle), "{body}: {msg}");
     }
     let too_many: Vec<&str> = vec!["a"; 2049];
-    let (st, v) = post(&c, &url, &json!({"input": too_many})).await;
+    let (st, v) = post_json(&c, &url, &json!({"input": too_many})).await;
     assert_eq!(st, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("2048"));
     // Still answering well-formed requests, in input order, with usage.
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &url,
         &json!({"input": ["abc", "de", "z"], "user": "u1"}),
@@ -110,17 +93,17 @@ async fn embedding_requests_kiln_cannot_honour_are_400s() {
 
 #[tokio::test]
 async fn chat_without_a_template_is_a_400_not_a_guess() {
-    let s = start_fake_with_template(cfg(), opts(), Duration::ZERO, None).await;
+    let s = start_fake_with_template(cfg(), fake_opts(), Duration::ZERO, None).await;
     let c = reqwest::Client::new();
     let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
-    let (st, v) = post(&c, &s.url("/v1/chat/completions"), &body).await;
+    let (st, v) = post_json(&c, &s.url("/v1/chat/completions"), &body).await;
     assert_eq!(st, 400, "{v}");
     assert_eq!(v["error"]["code"], "chat_template_missing");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("--chat-template"), "{msg}");
     assert!(msg.contains("chatml, llama2, llama3, gemma"), "{msg}");
     // Completions still work.
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &s.url("/v1/completions"),
         &json!({"prompt": "hi", "max_tokens": 2}),

@@ -3,27 +3,15 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
-
-use common::{sse_payloads, start_state, TestServer};
-use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
+use common::{fixture, llama_mha_golden, sse_payloads, start_engine, TestServer};
+use kiln_engine::scheduler::SchedulerConfig;
 use kiln_engine::{Engine, EngineOptions};
-use kiln_server::{AppState, ServerOptions};
+use kiln_server::ServerOptions;
 use serde_json::{json, Value};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures")
-}
-
-fn golden() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("golden/llama-mha.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 async fn start(slots: usize, prefill_chunk: usize) -> TestServer {
     let engine = Engine::load(
-        &fixtures().join("llama-mha"),
+        &fixture("llama-mha"),
         &EngineOptions {
             threads: 1,
             context: None,
@@ -32,37 +20,18 @@ async fn start(slots: usize, prefill_chunk: usize) -> TestServer {
         },
     )
     .expect("loading the llama-mha fixture");
-    let Engine {
-        model,
-        tokenizer,
-        chat_template,
-        limits,
-        ..
-    } = engine;
-    let extra_eos = model.config().eos_token_ids.clone();
-    let vocab = Arc::new(tokenizer);
-    let scheduler = Arc::new(Scheduler::start(
-        model,
-        vocab.clone(),
-        SchedulerConfig {
-            slots,
-            context: limits.context,
-            max_queue: 64,
-            prefill_chunk,
-            prefix_cache: slots,
-        },
-    ));
-    let state = AppState::new(
-        scheduler,
-        vocab,
-        chat_template,
-        &extra_eos,
-        ServerOptions {
-            model_id: "llama-mha".into(),
-            ..Default::default()
-        },
-    );
-    start_state(state, Arc::new((Mutex::new(false), Condvar::new()))).await
+    let cfg = SchedulerConfig {
+        slots,
+        context: engine.limits.context,
+        max_queue: 64,
+        prefill_chunk,
+        prefix_cache: slots,
+    };
+    let opts = ServerOptions {
+        model_id: "llama-mha".into(),
+        ..Default::default()
+    };
+    start_engine(engine, cfg, opts).await
 }
 
 async fn post(c: &reqwest::Client, url: &str, body: &Value) -> Value {
@@ -79,7 +48,7 @@ fn ids(v: &Value) -> Vec<u32> {
 async fn echo_logprobs_equal_golden_prompt_logprobs() {
     let s = start(4, 8).await;
     let c = reqwest::Client::new();
-    let g = golden();
+    let g = llama_mha_golden();
     for p in g["prompts"].as_array().unwrap() {
         let v = post(
             &c,
@@ -110,7 +79,7 @@ async fn echo_logprobs_equal_golden_prompt_logprobs() {
 async fn greedy_equals_golden_stream_or_not() {
     let s = start(4, 8).await;
     let c = reqwest::Client::new();
-    let g = golden();
+    let g = llama_mha_golden();
     for p in g["prompts"].as_array().unwrap() {
         let greedy = &p["greedy"];
         for (ignore_eos, key) in [(true, "new_ids_ignore_eos"), (false, "new_ids")] {
@@ -149,7 +118,7 @@ async fn greedy_equals_golden_stream_or_not() {
 async fn sixteen_concurrent_requests_equal_sequential_ones() {
     let s = start(8, 16).await;
     let c = reqwest::Client::new();
-    let g = golden();
+    let g = llama_mha_golden();
     let texts: Vec<String> = g["prompts"]
         .as_array()
         .unwrap()
@@ -221,7 +190,7 @@ async fn embeddings_are_the_engines_as_float_or_base64() {
     )
     .await;
     let engine = Engine::load(
-        &fixtures().join("llama-mha"),
+        &fixture("llama-mha"),
         &EngineOptions {
             threads: 1,
             ..Default::default()

@@ -20,23 +20,6 @@ fn cfg(slots: usize, max_queue: usize) -> SchedulerConfig {
     }
 }
 
-fn opts() -> ServerOptions {
-    ServerOptions {
-        model_id: "hash-model".into(),
-        api_key: None,
-        max_body_bytes: 64 * 1024,
-        ..ServerOptions::default()
-    }
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = c.post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, v)
-}
-
 async fn post_stream(c: &reqwest::Client, url: &str, body: &Value) -> Vec<String> {
     let r = c.post(url).json(body).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -56,11 +39,11 @@ fn assert_error(v: &Value, kind: &str) {
 
 #[tokio::test]
 async fn completions_equal_reference_greedy_and_stream_equals_non_stream() {
-    let s = start_fake(cfg(4, 16), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(4, 16), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let prompt: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5];
     let body = json!({"model": "hash-model", "prompt": prompt, "max_tokens": 12, "temperature": 0});
-    let (st, v) = post(&c, &s.url("/v1/completions"), &body).await;
+    let (st, v) = post_json(&c, &s.url("/v1/completions"), &body).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "text_completion");
     let choice = &v["choices"][0];
@@ -115,11 +98,11 @@ impl DecodeAll for Letters {
 
 #[tokio::test]
 async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
-    let s = start_fake(cfg(3, 64), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(3, 64), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let url = s.url("/v1/completions");
     // A list of strings and a list of id lists: one choice per prompt, in order.
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &url,
         &json!({"prompt": ["abc", "hello world"], "max_tokens": 5, "temperature": 0}),
@@ -140,7 +123,7 @@ async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
         v["choices"][1]["token_ids"],
         json!(reference_greedy(&hello, 5))
     );
-    let (_, v2) = post(
+    let (_, v2) = post_json(
         &c,
         &url,
         &json!({"prompt": [[0, 1, 2], hello], "max_tokens": 5, "temperature": 0}),
@@ -151,8 +134,8 @@ async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
 
     // Seeds reproduce; n choices differ from each other.
     let sampled = json!({"prompt": "abc", "max_tokens": 16, "temperature": 1.0, "seed": 7, "n": 3, "ignore_eos": true});
-    let (_, a) = post(&c, &url, &sampled).await;
-    let (_, b) = post(&c, &url, &sampled).await;
+    let (_, a) = post_json(&c, &url, &sampled).await;
+    let (_, b) = post_json(&c, &url, &sampled).await;
     for i in 0..3 {
         assert_eq!(a["choices"][i]["token_ids"], b["choices"][i]["token_ids"]);
         assert_eq!(a["choices"][i]["index"], i);
@@ -161,7 +144,7 @@ async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
 
     // Echo with logprobs: the prompt's tokens come first, with the hash model's log-softmax.
     let p: Vec<u32> = vec![5, 6, 7, 8];
-    let (_, e) = post(
+    let (_, e) = post_json(
         &c,
         &url,
         &json!({"prompt": p, "max_tokens": 2, "temperature": 0, "echo": true, "logprobs": 2}),
@@ -184,7 +167,7 @@ async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
     }
 
     // A stop string cuts the text.
-    let (_, full) = post(
+    let (_, full) = post_json(
         &c,
         &url,
         &json!({"prompt": "abc", "max_tokens": 12, "temperature": 0, "ignore_eos": true}),
@@ -192,14 +175,14 @@ async fn prompt_forms_n_seed_echo_logprobs_and_stop() {
     .await;
     let text = full["choices"][0]["text"].as_str().unwrap().to_string();
     let stop = &text[4..6];
-    let (_, cut) = post(&c, &url, &json!({"prompt": "abc", "max_tokens": 12, "temperature": 0, "ignore_eos": true, "stop": stop})).await;
+    let (_, cut) = post_json(&c, &url, &json!({"prompt": "abc", "max_tokens": 12, "temperature": 0, "ignore_eos": true, "stop": stop})).await;
     assert_eq!(cut["choices"][0]["text"], &text[..text.find(stop).unwrap()]);
     assert_eq!(cut["choices"][0]["finish_reason"], "stop");
 }
 
 #[tokio::test]
 async fn chat_non_stream_and_stream() {
-    let s = start_fake(cfg(2, 8), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(2, 8), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let url = s.url("/v1/chat/completions");
     let body = json!({
@@ -210,7 +193,7 @@ async fn chat_non_stream_and_stream() {
         "logprobs": true,
         "top_logprobs": 2,
     });
-    let (st, v) = post(&c, &url, &body).await;
+    let (st, v) = post_json(&c, &url, &body).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["object"], "chat.completion");
     let ch = &v["choices"][0];
@@ -256,7 +239,7 @@ async fn chat_non_stream_and_stream() {
 
 #[tokio::test]
 async fn sixteen_concurrent_equal_sequential() {
-    let s = start_fake(cfg(4, 32), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(4, 32), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let url = s.url("/v1/completions");
     let bodies: Vec<Value> = (0..16u32)
@@ -270,13 +253,13 @@ async fn sixteen_concurrent_equal_sequential() {
         .collect();
     let mut sequential = Vec::new();
     for b in &bodies {
-        sequential.push(post(&c, &url, b).await.1["choices"][0].clone());
+        sequential.push(post_json(&c, &url, b).await.1["choices"][0].clone());
     }
     let handles: Vec<_> = bodies
         .iter()
         .map(|b| {
             let (c, url, b) = (c.clone(), url.clone(), b.clone());
-            tokio::spawn(async move { post(&c, &url, &b).await.1["choices"][0].clone() })
+            tokio::spawn(async move { post_json(&c, &url, &b).await.1["choices"][0].clone() })
         })
         .collect();
     for (h, seq) in handles.into_iter().zip(&sequential) {
@@ -291,7 +274,7 @@ async fn sixteen_concurrent_equal_sequential() {
 
 #[tokio::test]
 async fn malformed_requests_get_400_never_5xx() {
-    let s = start_fake(cfg(2, 8), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(2, 8), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     for path in ["/v1/completions", "/v1/chat/completions"] {
         let url = s.url(path);
@@ -337,7 +320,7 @@ async fn malformed_requests_get_400_never_5xx() {
         json!({"prompt": [-1]}),
         json!({"prompt": "abc", "presence_penalty": 5}),
     ] {
-        let (st, v) = post(&c, &url, &body).await;
+        let (st, v) = post_json(&c, &url, &body).await;
         assert_eq!(st, 400, "{body} -> {v}");
         assert_error(&v, "invalid_request_error");
     }
@@ -349,38 +332,38 @@ async fn malformed_requests_get_400_never_5xx() {
         json!({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}),
         json!({"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": -3}),
     ] {
-        let (st, v) = post(&c, &url, &body).await;
+        let (st, v) = post_json(&c, &url, &body).await;
         assert_eq!(st, 400, "{body} -> {v}");
         assert_error(&v, "invalid_request_error");
     }
     // Unknown endpoint: 404 in the error shape.
-    let (st, v) = post(&c, &s.url("/v2/nothing"), &json!({})).await;
+    let (st, v) = post_json(&c, &s.url("/v2/nothing"), &json!({})).await;
     assert_eq!(st, 404);
     assert_error(&v, "invalid_request_error");
 }
 
 #[tokio::test]
 async fn limits_prompt_too_long_body_too_large_queue_full() {
-    let s = start_fake(cfg(1, 1), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(1, 1), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let url = s.url("/v1/completions");
-    let (st, v) = post(&c, &url, &json!({"prompt": vec![1u32; 300]})).await;
+    let (st, v) = post_json(&c, &url, &json!({"prompt": vec![1u32; 300]})).await;
     assert_eq!(st, 400);
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("300") && msg.contains("256"), "{msg}");
     assert_eq!(v["error"]["code"], "context_length_exceeded");
 
     let big = json!({"prompt": "a".repeat(100_000)});
-    let (st, v) = post(&c, &url, &big).await;
+    let (st, v) = post_json(&c, &url, &big).await;
     assert_eq!(st, 413, "{v}");
     assert_error(&v, "invalid_request_error");
 
     // One slot, one queue place: with the engine held, a third request gets 503 + Retry-After.
     s.set_gate(true);
     let spawn = |c: reqwest::Client, url: String| {
-        tokio::spawn(
-            async move { post(&c, &url, &json!({"prompt": [1, 2], "max_tokens": 3})).await },
-        )
+        tokio::spawn(async move {
+            post_json(&c, &url, &json!({"prompt": [1, 2], "max_tokens": 3})).await
+        })
     };
     let a = spawn(c.clone(), url.clone());
     let b = spawn(c.clone(), url.clone());
@@ -403,7 +386,7 @@ async fn limits_prompt_too_long_body_too_large_queue_full() {
 
 #[tokio::test]
 async fn api_key_is_required_except_for_health() {
-    let mut o = opts();
+    let mut o = fake_opts();
     o.api_key = Some("sekret".into());
     let s = start_fake(cfg(1, 4), o, Duration::ZERO).await;
     let c = reqwest::Client::new();
@@ -455,7 +438,7 @@ async fn disconnect_mid_stream_frees_the_slot() {
             context: 4096,
             ..cfg(1, 4)
         },
-        opts(),
+        fake_opts(),
         Duration::from_millis(2),
     )
     .await;
@@ -476,7 +459,7 @@ async fn disconnect_mid_stream_frees_the_slot() {
     }
     drop(r);
     // The only slot is free again: another request runs to its end.
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &url,
         &json!({"prompt": "xyz", "max_tokens": 5, "ignore_eos": true}),
@@ -518,7 +501,7 @@ async fn disconnect_while_waiting_for_a_non_stream_answer_frees_the_slot() {
             context: 4096,
             ..cfg(1, 4)
         },
-        opts(),
+        fake_opts(),
         Duration::from_millis(2),
     )
     .await;
@@ -537,7 +520,7 @@ async fn disconnect_while_waiting_for_a_non_stream_answer_frees_the_slot() {
     assert!(r.is_err_and(|e| e.is_timeout()));
     // The only slot is free again: another request runs to its end.
     let c = reqwest::Client::new();
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &s.url("/v1/chat/completions"),
         &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "ignore_eos": true}),
@@ -552,7 +535,7 @@ async fn disconnect_while_waiting_for_a_non_stream_answer_frees_the_slot() {
 
 #[tokio::test]
 async fn shutdown_drains_open_streams() {
-    let mut s = start_fake(cfg(2, 4), opts(), Duration::from_millis(1)).await;
+    let mut s = start_fake(cfg(2, 4), fake_opts(), Duration::from_millis(1)).await;
     let c = reqwest::Client::new();
     let url = s.url("/v1/completions");
     let r = c
@@ -584,7 +567,7 @@ async fn any_model_name_is_served_and_aliases_are_listed() {
         cfg(2, 8),
         ServerOptions {
             aliases: vec!["local".into(), "hash-model".into(), "gpt-4o".into()],
-            ..opts()
+            ..fake_opts()
         },
         Duration::ZERO,
     )
@@ -592,12 +575,12 @@ async fn any_model_name_is_served_and_aliases_are_listed() {
     let c = reqwest::Client::new();
     for model in ["gpt-9", "openai/local", "local", ""] {
         let body = json!({"model": model, "prompt": "ab", "max_tokens": 2, "temperature": 0});
-        let (st, v) = post(&c, &s.url("/v1/completions"), &body).await;
+        let (st, v) = post_json(&c, &s.url("/v1/completions"), &body).await;
         assert_eq!(st, 200, "{model}: {v}");
         assert_eq!(v["model"], "hash-model");
         let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}],
                           "max_tokens": 2});
-        let (st, v) = post(&c, &s.url("/v1/chat/completions"), &body).await;
+        let (st, v) = post_json(&c, &s.url("/v1/chat/completions"), &body).await;
         assert_eq!(st, 200, "{model}: {v}");
     }
     let v: Value = c

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use kiln_engine::scheduler::{SchedulerConfig, Vocab};
-use kiln_server::ServerOptions;
 use serde_json::{json, Value};
 
 fn cfg() -> SchedulerConfig {
@@ -21,23 +20,6 @@ fn cfg() -> SchedulerConfig {
         prefill_chunk: 5,
         prefix_cache: 4,
     }
-}
-
-fn opts() -> ServerOptions {
-    ServerOptions {
-        model_id: "hash-model".into(),
-        api_key: None,
-        max_body_bytes: 64 * 1024,
-        ..Default::default()
-    }
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = c.post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, v)
 }
 
 async fn get(c: &reqwest::Client, url: &str) -> (u16, Value) {
@@ -85,13 +67,13 @@ fn assert_greedy_reads_greedy(logprobs: &Value, from: usize) {
 
 #[tokio::test]
 async fn greedy_tokens_read_as_greedy_in_completions_and_chat() {
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let prompts = vec![greedy_prompt(3, 9), greedy_prompt(17, 12)];
     let body = json!({
         "prompt": prompts, "echo": true, "logprobs": 1, "max_tokens": 1, "temperature": 0,
     });
-    let (st, v) = post(&c, &s.url("/v1/completions"), &body).await;
+    let (st, v) = post_json(&c, &s.url("/v1/completions"), &body).await;
     assert_eq!(st, 200, "{v}");
     for (ch, p) in v["choices"].as_array().unwrap().iter().zip(&prompts) {
         let lp = &ch["logprobs"];
@@ -124,7 +106,7 @@ async fn greedy_tokens_read_as_greedy_in_completions_and_chat() {
             "logprobs": true, "top_logprobs": 2, "stream": stream,
         })
     };
-    let (st, v) = post(&c, &s.url("/v1/chat/completions"), &chat(false)).await;
+    let (st, v) = post_json(&c, &s.url("/v1/chat/completions"), &chat(false)).await;
     assert_eq!(st, 200, "{v}");
     let mut entries: Vec<Value> = v["choices"][0]["logprobs"]["content"]
         .as_array()
@@ -175,10 +157,10 @@ impl Vocab for BytePieces {
 
 #[tokio::test]
 async fn tokens_with_the_same_text_keep_their_own_keys_and_bytes() {
-    let s = start_fake_vocab(cfg(), opts(), Duration::ZERO, Arc::new(BytePieces)).await;
+    let s = start_fake_vocab(cfg(), fake_opts(), Duration::ZERO, Arc::new(BytePieces)).await;
     let c = reqwest::Client::new();
     let body = json!({"prompt": [1, 2, 3], "logprobs": 20, "max_tokens": 4, "temperature": 0});
-    let (st, v) = post(&c, &s.url("/v1/completions"), &body).await;
+    let (st, v) = post_json(&c, &s.url("/v1/completions"), &body).await;
     assert_eq!(st, 200, "{v}");
     let lp = &v["choices"][0]["logprobs"];
     let mut byte_keys = 0;
@@ -195,7 +177,7 @@ async fn tokens_with_the_same_text_keep_their_own_keys_and_bytes() {
         "messages": [{"role": "user", "content": "abc"}], "max_tokens": 4, "temperature": 0,
         "logprobs": true, "top_logprobs": 20,
     });
-    let (st, v) = post(&c, &s.url("/v1/chat/completions"), &body).await;
+    let (st, v) = post_json(&c, &s.url("/v1/chat/completions"), &body).await;
     assert_eq!(st, 200, "{v}");
     let choice = &v["choices"][0];
     let ids: Vec<u32> = serde_json::from_value(choice["token_ids"].clone()).unwrap();
@@ -222,13 +204,13 @@ async fn tokens_with_the_same_text_keep_their_own_keys_and_bytes() {
 
 #[tokio::test]
 async fn usage_counts_a_prompt_once_however_many_choices() {
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
     let usage_of = |chunks: &[Value]| chunks.last().unwrap()["usage"].clone();
 
     let prompts = vec![vec![1u32, 2, 3], vec![4u32, 5, 6, 7, 8]];
     let body = json!({"prompt": prompts, "n": 2, "max_tokens": 3, "seed": 5, "ignore_eos": true});
-    let (st, v) = post(&c, &s.url("/v1/completions"), &body).await;
+    let (st, v) = post_json(&c, &s.url("/v1/completions"), &body).await;
     assert_eq!(st, 200, "{v}");
     let expect = json!({"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20});
     assert_eq!(v["usage"], expect);
@@ -242,7 +224,7 @@ async fn usage_counts_a_prompt_once_however_many_choices() {
         "messages": [{"role": "user", "content": "abc"}], "n": 3, "max_tokens": 2, "seed": 5,
         "ignore_eos": true,
     });
-    let (st, v) = post(&c, &s.url("/v1/chat/completions"), &body).await;
+    let (st, v) = post_json(&c, &s.url("/v1/chat/completions"), &body).await;
     assert_eq!(st, 200, "{v}");
     let prompt_len = v["choices"][0]["prompt_token_ids"]
         .as_array()
@@ -410,13 +392,13 @@ fn the_schema_check_rejects_what_openai_would_not_send() {
 async fn every_response_and_chunk_has_openais_schema() {
     let mut defs = schemas();
     as_openai_sends(&mut defs);
-    let s = start_fake(cfg(), opts(), Duration::ZERO).await;
+    let s = start_fake(cfg(), fake_opts(), Duration::ZERO).await;
     let c = reqwest::Client::new();
 
     let completion = json!({
         "prompt": ["abc", "de"], "n": 2, "max_tokens": 4, "logprobs": 2, "echo": true, "seed": 1,
     });
-    let (st, v) = post(&c, &s.url("/v1/completions"), &completion).await;
+    let (st, v) = post_json(&c, &s.url("/v1/completions"), &completion).await;
     assert_eq!(st, 200, "{v}");
     assert_valid(&defs, "CreateCompletionResponse", &v);
     let mut sbody = completion.clone();
@@ -432,7 +414,7 @@ async fn every_response_and_chunk_has_openais_schema() {
         "messages": [{"role": "user", "content": "abc"}], "n": 2, "max_tokens": 4,
         "logprobs": true, "top_logprobs": 2, "seed": 1,
     });
-    let (st, v) = post(&c, &s.url("/v1/chat/completions"), &chat).await;
+    let (st, v) = post_json(&c, &s.url("/v1/chat/completions"), &chat).await;
     assert_eq!(st, 200, "{v}");
     assert_valid(&defs, "CreateChatCompletionResponse", &v);
     let mut sbody = chat.clone();
@@ -451,7 +433,7 @@ async fn every_response_and_chunk_has_openais_schema() {
     assert_eq!(st, 200);
     assert_valid(&defs, "Model", &v);
 
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &s.url("/v1/completions"),
         &json!({"prompt": "a", "n": 0}),
@@ -463,7 +445,7 @@ async fn every_response_and_chunk_has_openais_schema() {
     assert_eq!(st, 404);
     assert_valid(&defs, "ErrorResponse", &v);
 
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &s.url("/v1/embeddings"),
         &json!({"input": ["abc", "de"], "model": "any"}),
@@ -471,7 +453,7 @@ async fn every_response_and_chunk_has_openais_schema() {
     .await;
     assert_eq!(st, 200, "{v}");
     assert_valid(&defs, "CreateEmbeddingResponse", &v);
-    let (st, v) = post(
+    let (st, v) = post_json(
         &c,
         &s.url("/v1/embeddings"),
         &json!({"input": "abc", "dimensions": 8}),

@@ -4,80 +4,44 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
-
-use common::{start_state, TestServer};
-use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
+use common::{fixture, llama_mha_golden, start_engine, TestServer};
+use kiln_engine::scheduler::SchedulerConfig;
 use kiln_engine::{Engine, EngineOptions, Speculation};
-use kiln_server::{AppState, ServerOptions};
+use kiln_server::ServerOptions;
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn golden() -> Value {
-    let path = root().join("tests/data/fixtures/golden/llama-mha.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 async fn start() -> TestServer {
     let engine = Engine::load(
-        &root().join("tests/data/fixtures/llama-mha"),
+        &fixture("llama-mha"),
         &EngineOptions {
             threads: 1,
             max_batch: 3,
             // The model as its own draft (every draft accepted; prompt lookup's drafts are
             // mostly rejected): both outcomes go through the server's path.
-            draft_model: Some(root().join("tests/data/fixtures/llama-mha")),
+            draft_model: Some(fixture("llama-mha")),
             ..Default::default()
         },
     )
     .expect("loading the fixtures");
-    let Engine {
-        model,
-        tokenizer,
-        chat_template,
-        limits,
-        draft,
-        ..
-    } = engine;
-    assert!(draft.is_some());
-    let extra_eos = model.config().eos_token_ids.clone();
-    let vocab = Arc::new(tokenizer);
-    let scheduler = Arc::new(
-        Scheduler::start_with_draft(
-            model,
-            draft,
-            vocab.clone(),
-            SchedulerConfig {
-                slots: 3,
-                context: limits.context,
-                max_queue: 64,
-                prefill_chunk: 8,
-                prefix_cache: 3,
-            },
-        )
-        .unwrap(),
-    );
-    let state = AppState::new(
-        scheduler,
-        vocab,
-        chat_template,
-        &extra_eos,
-        ServerOptions {
-            model_id: "llama-mha".into(),
-            speculation: Speculation {
-                draft_max: 4,
-                p_min: 0.0,
-                lookup_ngram: 2,
-                ..Speculation::default()
-            },
-            ..Default::default()
+    assert!(engine.draft.is_some());
+    let cfg = SchedulerConfig {
+        slots: 3,
+        context: engine.limits.context,
+        max_queue: 64,
+        prefill_chunk: 8,
+        prefix_cache: 3,
+    };
+    let opts = ServerOptions {
+        model_id: "llama-mha".into(),
+        speculation: Speculation {
+            draft_max: 4,
+            p_min: 0.0,
+            lookup_ngram: 2,
+            ..Speculation::default()
         },
-    );
-    start_state(state, Arc::new((Mutex::new(false), Condvar::new()))).await
+        ..Default::default()
+    };
+    start_engine(engine, cfg, opts).await
 }
 
 async fn drafted(c: &reqwest::Client, s: &TestServer) -> (u64, u64) {
@@ -107,7 +71,7 @@ async fn drafted(c: &reqwest::Client, s: &TestServer) -> (u64, u64) {
 async fn speculative_greedy_equals_golden_and_is_counted() {
     let s = start().await;
     let c = reqwest::Client::new();
-    let g = golden();
+    let g = llama_mha_golden();
     let mut before = drafted(&c, &s).await;
     assert_eq!(before, (0, 0));
     for p in g["prompts"].as_array().unwrap() {

@@ -5,66 +5,38 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
-
-use common::{sse_payloads, start_state, TestServer};
-use kiln_engine::scheduler::{Scheduler, SchedulerConfig};
+use common::{fixture, post_json, sse_payloads, start_engine, TestServer};
+use kiln_engine::scheduler::SchedulerConfig;
 use kiln_engine::{Engine, EngineOptions};
-use kiln_server::{AppState, ServerOptions};
+use kiln_server::ServerOptions;
 use serde_json::{json, Value};
 
 async fn start() -> TestServer {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/fixtures/llama-mha");
-    let engine = Engine::load(
-        &dir,
+    let mut engine = Engine::load(
+        &fixture("llama-mha"),
         &EngineOptions {
             threads: 1,
             ..Default::default()
         },
     )
     .expect("loading the llama-mha fixture");
-    let Engine {
-        model,
-        tokenizer,
-        chat_template,
-        limits,
-        ..
-    } = engine;
     // The fixture has no chat template: the chat requests here use the built-in ChatML, as
     // `kiln serve --chat-template chatml` would.
-    let chat_template =
-        chat_template.or_else(|| kiln_tokenizer::builtin_chat_template("chatml").map(String::from));
-    let extra_eos = model.config().eos_token_ids.clone();
-    let vocab = Arc::new(tokenizer);
-    let scheduler = Arc::new(Scheduler::start(
-        model,
-        vocab.clone(),
-        SchedulerConfig {
-            slots: 4,
-            context: limits.context,
-            max_queue: 64,
-            prefill_chunk: 64,
-            prefix_cache: 0,
-        },
-    ));
-    let state = AppState::new(
-        scheduler,
-        vocab,
-        chat_template,
-        &extra_eos,
-        ServerOptions {
-            model_id: "llama-mha".into(),
-            ..Default::default()
-        },
-    );
-    start_state(state, Arc::new((Mutex::new(false), Condvar::new()))).await
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
-    let r = c.post(url).json(body).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    engine.chat_template = engine
+        .chat_template
+        .or_else(|| kiln_tokenizer::builtin_chat_template("chatml").map(String::from));
+    let cfg = SchedulerConfig {
+        slots: 4,
+        context: engine.limits.context,
+        max_queue: 64,
+        prefill_chunk: 64,
+        prefix_cache: 0,
+    };
+    let opts = ServerOptions {
+        model_id: "llama-mha".into(),
+        ..Default::default()
+    };
+    start_engine(engine, cfg, opts).await
 }
 
 /// The chunks of a stream, parsed (without `[DONE]`).
@@ -97,7 +69,7 @@ async fn regex_grammar_and_schema_hold_on_both_endpoints() {
         body.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        let (st, v) = post(&c, &s.url("/v1/completions"), &body).await;
+        let (st, v) = post_json(&c, &s.url("/v1/completions"), &body).await;
         assert_eq!(st, 200, "{v}");
         let text = v["choices"][0]["text"].as_str().unwrap();
         assert!(["yes", "no", "A", "B and C"].contains(&text), "{text:?}");
@@ -116,7 +88,7 @@ async fn regex_grammar_and_schema_hold_on_both_endpoints() {
         let body = json!({"messages": [{"role": "user", "content": "JSON please"}], "max_tokens": 200,
             "temperature": 0.7, "seed": seed,
             "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": true}}});
-        let (st, v) = post(&c, &s.url("/v1/chat/completions"), &body).await;
+        let (st, v) = post_json(&c, &s.url("/v1/chat/completions"), &body).await;
         assert_eq!(st, 200, "{v}");
         let text = v["choices"][0]["message"]["content"].as_str().unwrap();
         let out: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
@@ -222,7 +194,7 @@ async fn refused_constraints_and_tools_are_400s_naming_the_problem() {
         } else {
             s.url("/v1/chat/completions")
         };
-        let (st, v) = post(&c, &url, &body).await;
+        let (st, v) = post_json(&c, &url, &body).await;
         assert_eq!(st, 400, "{body}: {v}");
         let e = &v["error"];
         assert_eq!(e["type"], "invalid_request_error", "{v}");

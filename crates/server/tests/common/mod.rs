@@ -1,14 +1,17 @@
 //! A test double for the model and tokenizer, and helpers to run the server on 127.0.0.1:0.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
-use kiln_engine::scheduler::{Scheduler, SchedulerConfig, Vocab};
+use kiln_engine::scheduler::{SchedulerConfig, Vocab};
+use kiln_engine::Engine;
 use kiln_formats::{Arch, ModelConfig};
 use kiln_kernels::ops::RopeStyle;
 use kiln_models::{CausalLM, Logits, ModelError, SeqInput};
 use kiln_server::{AppState, ServerOptions};
 use kiln_tokenizer::CHATML;
+use serde_json::Value;
 
 pub const VOCAB: usize = 40;
 pub const EOS: u32 = 39;
@@ -247,9 +250,45 @@ async fn start_fake_full(
         gate: gate.clone(),
         pace,
     };
-    let scheduler = Arc::new(Scheduler::start(Box::new(model), vocab.clone(), cfg));
-    let state = AppState::new(scheduler, vocab, chat_template, &[], opts);
+    let state = AppState::start(Box::new(model), None, vocab, chat_template, cfg, opts).unwrap();
     start_state(state, gate).await
+}
+
+/// The options the hash-model tests run with: the model id `hash-model`, 64 KiB bodies.
+pub fn fake_opts() -> ServerOptions {
+    ServerOptions {
+        model_id: "hash-model".into(),
+        max_body_bytes: 64 * 1024,
+        ..ServerOptions::default()
+    }
+}
+
+/// `tests/data/fixtures/<name>` of the repository.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/fixtures")
+        .join(name)
+}
+
+/// transformers' golden outputs for the llama-mha fixture (`golden/llama-mha.json`).
+pub fn llama_mha_golden() -> Value {
+    let text = std::fs::read_to_string(fixture("golden/llama-mha.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Starts the real server over a loaded engine (its model, draft, tokenizer and chat
+/// template), as `kiln serve` does, on 127.0.0.1:0.
+pub async fn start_engine(engine: Engine, cfg: SchedulerConfig, opts: ServerOptions) -> TestServer {
+    let Engine {
+        model,
+        tokenizer,
+        chat_template,
+        draft,
+        ..
+    } = engine;
+    let state = AppState::start(model, draft, Arc::new(tokenizer), chat_template, cfg, opts)
+        .expect("starting the scheduler");
+    start_state(state, Arc::new((Mutex::new(false), Condvar::new()))).await
 }
 
 pub async fn start_state(state: Arc<AppState>, gate: Arc<(Mutex<bool>, Condvar)>) -> TestServer {
@@ -266,6 +305,15 @@ pub async fn start_state(state: Arc<AppState>, gate: Arc<(Mutex<bool>, Condvar)>
         shutdown: Some(tx),
         task,
     }
+}
+
+/// POSTs `body` as JSON: the status and the response body, which must be JSON.
+pub async fn post_json(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let r = c.post(url).json(body).send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, v)
 }
 
 /// Reads a whole SSE body into its `data:` payloads.

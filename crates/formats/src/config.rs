@@ -157,6 +157,44 @@ pub(crate) fn bounded(what: &str, v: usize, max: usize) -> crate::Result<usize> 
     Ok(v)
 }
 
+/// The head dimension a file gives (`explicit`: GGUF `attention.key_length`, config.json
+/// `head_dim`) or implies (`hidden_size / n_heads`), after checking that the query heads share
+/// the kv heads evenly; it must be even and nonzero. `prefix` starts every message (GGUF: the
+/// architecture), `hidden` names the hidden size as the file does, and `bound` checks the
+/// dimension against [`MAX_DIM`] under the file's own key.
+pub(crate) fn checked_head_dim(
+    prefix: &str,
+    hidden: &str,
+    hidden_size: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    explicit: Option<usize>,
+    bound: impl Fn(usize) -> crate::Result<usize>,
+) -> crate::Result<usize> {
+    let invalid = |msg: String| Err(crate::FormatError::Invalid(format!("{prefix}{msg}")));
+    if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
+        return invalid(format!(
+            "{n_heads} attention heads cannot share {n_kv_heads} kv heads"
+        ));
+    }
+    let head_dim = match explicit {
+        Some(d) => d,
+        None if hidden_size.is_multiple_of(n_heads) => hidden_size / n_heads,
+        None => {
+            return invalid(format!(
+                "{hidden} {hidden_size} is not a multiple of {n_heads} heads"
+            ))
+        }
+    };
+    let head_dim = bound(head_dim)?;
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return invalid(format!(
+            "head dimension {head_dim} must be even and nonzero"
+        ));
+    }
+    Ok(head_dim)
+}
+
 impl ModelConfig {
     /// Checks what every forward pass relies on, whatever file the configuration came from
     /// (GGUF, config.json, params.json): no zero sizes, heads that divide, finite positive

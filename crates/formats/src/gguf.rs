@@ -15,7 +15,7 @@ use kiln_kernels::{interleave, DType, Layout, Storage, Tensor};
 
 use crate::resident::{read_file_resident, Residency};
 use crate::{
-    config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
+    config::{bounded, checked_head_dim, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
     eog_token_ids, io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, MoeConfig,
     Result, RopeScaling, TokenizerSource,
 };
@@ -774,26 +774,15 @@ pub fn config_from_gguf(
         m.opt_usize("attention.head_count_kv")?.unwrap_or(n_heads),
     )?;
     let intermediate_size = dim("feed_forward_length", m.usize("feed_forward_length")?)?;
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(invalid(format!(
-            "{arch_name}: {n_heads} attention heads cannot share {n_kv_heads} kv heads"
-        )));
-    }
-    let head_dim = match m.opt_usize("attention.key_length")? {
-        Some(d) => d,
-        None if hidden_size % n_heads == 0 => hidden_size / n_heads,
-        None => {
-            return Err(invalid(format!(
-                "{arch_name}: embedding length {hidden_size} is not a multiple of {n_heads} heads"
-            )))
-        }
-    };
-    let head_dim = dim("attention.key_length", head_dim)?;
-    if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(invalid(format!(
-            "{arch_name}: head dimension {head_dim} must be even and nonzero"
-        )));
-    }
+    let head_dim = checked_head_dim(
+        &format!("{arch_name}: "),
+        "embedding length",
+        hidden_size,
+        n_heads,
+        n_kv_heads,
+        m.opt_usize("attention.key_length")?,
+        |d| dim("attention.key_length", d),
+    )?;
     if let Some(v) = m.opt_usize("attention.value_length")? {
         if v != head_dim {
             return Err(FormatError::Unsupported(format!(

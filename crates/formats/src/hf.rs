@@ -12,7 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
 use crate::{
-    config::{bounded, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
+    config::{bounded, checked_head_dim, MAX_DIM, MAX_LAYERS, MAX_VOCAB},
     gguf::map_file,
     io_err, Arch, FormatError, LoadedModel, MetaValue, ModelConfig, MoeConfig, Result, RopeScaling,
     TokenizerSource,
@@ -551,26 +551,15 @@ pub fn config_from_json(config: &Value, generation: Option<&Value>) -> Result<Mo
             "{model_type} with activation {a:?} (expected {want_act:?})"
         )));
     }
-    if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(invalid(format!(
-            "{n_heads} attention heads cannot share {n_kv_heads} kv heads"
-        )));
-    }
-    let head_dim = match c.opt_usize("head_dim")? {
-        Some(d) => d,
-        None if hidden_size % n_heads == 0 => hidden_size / n_heads,
-        None => {
-            return Err(invalid(format!(
-                "hidden_size {hidden_size} is not a multiple of {n_heads} heads"
-            )))
-        }
-    };
-    let head_dim = dim("head_dim", head_dim)?;
-    if head_dim == 0 || head_dim % 2 != 0 {
-        return Err(invalid(format!(
-            "head dimension {head_dim} must be even and nonzero"
-        )));
-    }
+    let head_dim = checked_head_dim(
+        "",
+        "hidden_size",
+        hidden_size,
+        n_heads,
+        n_kv_heads,
+        c.opt_usize("head_dim")?,
+        |d| dim("head_dim", d),
+    )?;
     if let Some(p) = c.opt_f32("partial_rotary_factor")? {
         if p != 1.0 {
             return Err(FormatError::Unsupported(format!(

@@ -3,31 +3,16 @@
 # and stops the server. Usage: tests/server/run_e2e.sh [MODEL]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/server/serve_lib.sh
 python3 -c 'import openai' 2>/dev/null || python3 -m pip install --quiet openai
 cargo build --release -p kiln-cli
 KILN="$PWD/target/release/kiln"
 # Default: qwen2.5-coder-0.5b, pulled into $KILN_HOME/models on first use (prints its path).
 MODEL="${1:-$("$KILN" pull qwen2.5-coder-0.5b)}"
-if [ ! -e "$MODEL" ]; then
-    echo "run_e2e.sh: model $MODEL does not exist" >&2
-    exit 1
-fi
+check_model "$MODEL"
 PORT="${KILN_E2E_PORT:-18080}"
 KEY="e2e-$RANDOM$RANDOM"
-LOG="$(mktemp)"
-"$KILN" serve -m "$MODEL" --port "$PORT" --parallel 4 --ctx-size 2048 --api-key "$KEY" >"$LOG" 2>&1 &
-PID=$!
-cleanup() {
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-    rm -f "$LOG"
-}
-trap cleanup EXIT
-for _ in $(seq 1 600); do
-    if curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then break; fi
-    if ! kill -0 "$PID" 2>/dev/null; then cat "$LOG" >&2; exit 1; fi
-    sleep 0.5
-done
+start_server "$PORT" -m "$MODEL" --parallel 4 --ctx-size 2048 --api-key "$KEY"
 python3 tests/server/e2e.py "http://127.0.0.1:$PORT/v1" "$KEY" "$KILN" "$MODEL"
 # SIGTERM drains and exits cleanly.
 kill -TERM "$PID"

@@ -4,37 +4,21 @@
 # stops the server. Usage: tests/server/run_load.sh [MODEL] [load.py options]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. tests/server/serve_lib.sh
 cargo build --release -p kiln-cli
 KILN="$PWD/target/release/kiln"
 # Default: gemma3-270m (a base model: its chats use the built-in gemma template), pulled into $KILN_HOME/models on first use (prints its path).
 MODEL="${1:-$("$KILN" pull gemma3-270m)}"
 shift || true
-if [ ! -e "$MODEL" ]; then
-    echo "run_load.sh: model $MODEL does not exist" >&2
-    exit 1
-fi
+check_model "$MODEL"
 PORT="${KILN_LOAD_PORT:-18090}"
 KEY="load-$RANDOM$RANDOM"
 SLOTS=4
 CTX=256
 MAX_BODY=65536
 ALIAS=load-model
-LOG="$(mktemp)"
-"$KILN" serve -m "$MODEL" --port "$PORT" --parallel "$SLOTS" --ctx-size "$CTX" --max-queue 1024 \
-    --max-body "$MAX_BODY" --alias "$ALIAS" --api-key "$KEY" \
-    --chat-template gemma >"$LOG" 2>&1 &
-PID=$!
-cleanup() {
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
-    rm -f "$LOG"
-}
-trap cleanup EXIT
-for _ in $(seq 1 600); do
-    if curl -fs "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then break; fi
-    if ! kill -0 "$PID" 2>/dev/null; then cat "$LOG" >&2; exit 1; fi
-    sleep 0.5
-done
+start_server "$PORT" -m "$MODEL" --parallel "$SLOTS" --ctx-size "$CTX" --max-queue 1024 \
+    --max-body "$MAX_BODY" --alias "$ALIAS" --api-key "$KEY" --chat-template gemma
 status=0
 python3 tests/server/load.py "http://127.0.0.1:$PORT" "$KEY" "$PID" "$ALIAS" "$CTX" "$MAX_BODY" \
     --slots "$SLOTS" --exact "$@" || status=$?

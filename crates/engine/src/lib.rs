@@ -344,12 +344,24 @@ impl Engine {
         ctx: usize,
         on_chunk: impl FnMut(usize, usize, f64),
     ) -> Result<perplexity::Perplexity, EngineError> {
+        self.perplexity_until(tokens, ctx, on_chunk, || false)
+    }
+
+    /// [`Engine::perplexity`] that asks `cancelled` before every chunk and stops with
+    /// [`EngineError::Cancelled`] when it answers true.
+    pub fn perplexity_until(
+        &self,
+        tokens: &[u32],
+        ctx: usize,
+        on_chunk: impl FnMut(usize, usize, f64),
+        cancelled: impl FnMut() -> bool,
+    ) -> Result<perplexity::Perplexity, EngineError> {
         let bos = if self.tokenizer.adds_bos() {
             self.tokenizer.bos_id()
         } else {
             None
         };
-        perplexity::perplexity(self.model.as_ref(), tokens, ctx, bos, on_chunk)
+        perplexity::perplexity_until(self.model.as_ref(), tokens, ctx, bos, on_chunk, cancelled)
     }
 
     /// The tokens that end generation (the tokenizer's and the model config's).

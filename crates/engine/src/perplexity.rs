@@ -25,7 +25,20 @@ pub fn perplexity(
     tokens: &[u32],
     ctx: usize,
     bos: Option<u32>,
+    on_chunk: impl FnMut(usize, usize, f64),
+) -> Result<Perplexity, EngineError> {
+    perplexity_until(model, tokens, ctx, bos, on_chunk, || false)
+}
+
+/// [`perplexity`] that asks `cancelled` before every chunk and stops with
+/// [`EngineError::Cancelled`] when it answers true (Ctrl-C in the Python package).
+pub fn perplexity_until(
+    model: &dyn CausalLM,
+    tokens: &[u32],
+    ctx: usize,
+    bos: Option<u32>,
     mut on_chunk: impl FnMut(usize, usize, f64),
+    mut cancelled: impl FnMut() -> bool,
 ) -> Result<Perplexity, EngineError> {
     if ctx < 4 {
         return Err(EngineError::Invalid(format!(
@@ -49,6 +62,9 @@ pub fn perplexity(
     let mut lp = Vec::new();
     let mut cache = model.new_cache(ctx);
     for c in 0..n_chunks {
+        if cancelled() {
+            return Err(EngineError::Cancelled);
+        }
         chunk.clear();
         chunk.extend_from_slice(&tokens[c * ctx..(c + 1) * ctx]);
         if let Some(b) = bos {

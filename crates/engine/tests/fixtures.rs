@@ -141,3 +141,39 @@ fn converted_meta_checkpoint_gives_identical_logits() {
         all_logits(&engine(&gguf), &ids)
     );
 }
+
+/// `perplexity_until` asks before every chunk: a `true` stops it with `Cancelled`, and
+/// never answering `true` gives `perplexity`'s result.
+#[test]
+fn perplexity_until_stops_before_the_next_chunk() {
+    let engine = engine(&test_data().join("fixtures/llama-mha"));
+    let text = std::fs::read_to_string(test_data().join("ppl-text.txt")).unwrap();
+    let tokens = engine.tokenize(&text[..3000]).unwrap();
+    let whole = engine.perplexity(&tokens, 64, |_, _, _| {}).unwrap();
+    let mut asked = 0;
+    let until = engine
+        .perplexity_until(
+            &tokens,
+            64,
+            |_, _, _| {},
+            || {
+                asked += 1;
+                false
+            },
+        )
+        .unwrap();
+    assert_eq!(until.per_chunk, whole.per_chunk);
+    assert_eq!(asked, whole.per_chunk.len());
+    let chunks = std::cell::Cell::new(0);
+    let r = engine.perplexity_until(
+        &tokens,
+        64,
+        |_, _, _| chunks.set(chunks.get() + 1),
+        || chunks.get() == 2,
+    );
+    assert!(
+        matches!(r, Err(kiln_engine::EngineError::Cancelled)),
+        "{r:?}"
+    );
+    assert_eq!(chunks.get(), 2);
+}

@@ -42,6 +42,9 @@ pub enum NnError {
     Format { path: String, msg: String },
     #[error("fetching MNIST failed: {0}")]
     Fetch(String),
+    /// [`Network::train_until`]'s observer stopped the run.
+    #[error("training cancelled")]
+    Cancelled,
 }
 
 /// Labelled examples: `len()` rows of `dim()` inputs each, stored contiguously, and a class

@@ -4,6 +4,7 @@
 
 use crate::kernels::{Float, KernelKind};
 use crate::{Dataset, NnError, Rng};
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// The cost function minimised by SGD.
@@ -678,6 +679,22 @@ impl<T: Float> Network<T> {
         evaluation_data: Option<&Dataset<T>>,
         mut observer: impl FnMut(Event<'_>),
     ) -> Result<TrainReport, NnError> {
+        self.train_until(training_data, config, evaluation_data, |e| {
+            observer(e);
+            ControlFlow::Continue(())
+        })
+    }
+
+    /// [`Network::train`] that stops when `observer` answers `Break` (to a progress event,
+    /// about 200 an epoch, or an epoch's report): [`NnError::Cancelled`], with the weights
+    /// as the mini-batches done so far left them (Ctrl-C in the Python package).
+    pub fn train_until(
+        &mut self,
+        training_data: &Dataset<T>,
+        config: &SgdConfig,
+        evaluation_data: Option<&Dataset<T>>,
+        mut observer: impl FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<TrainReport, NnError> {
         self.check_data(training_data, "training")?;
         if let Some(e) = evaluation_data {
             self.check_data(e, "evaluation")?;
@@ -734,11 +751,14 @@ impl<T: Float> Network<T> {
                 }
                 self.step(&mut ws, training_data, batch, next, eta, decay);
                 if (b + 1) % tick == 0 || b + 1 == n_batches {
-                    observer(Event::Progress {
+                    let progress = Event::Progress {
                         epoch,
                         done: (b * mbs + batch.len()).min(n),
                         total: n,
-                    });
+                    };
+                    if observer(progress).is_break() {
+                        return Err(NnError::Cancelled);
+                    }
                 }
             }
             let train_seconds = t0.elapsed().as_secs_f64();
@@ -773,7 +793,9 @@ impl<T: Float> Network<T> {
                 }
             }
             er.eval_seconds = t1.elapsed().as_secs_f64();
-            observer(Event::Epoch(&er));
+            if observer(Event::Epoch(&er)).is_break() {
+                return Err(NnError::Cancelled);
+            }
             let acc = er.evaluation_accuracy;
             report.epochs.push(er);
             if config.early_stopping_n > 0 {

@@ -242,6 +242,40 @@ fn early_stopping_stops_when_accuracy_stalls() {
 }
 
 #[test]
+fn train_until_stops_when_the_observer_breaks() {
+    use std::ops::ControlFlow;
+    // 300 mini-batches an epoch: progress is reported every batch here (fewer than 200 a tick).
+    let data = toy_data(300, 5, 3, 4);
+    let mut net =
+        Network::<f64>::with_options(&[5, 4, 3], Init::Large, Cost::CrossEntropy, 5).unwrap();
+    let cfg = kiln_nn::SgdConfig::new(1000, 1, 0.5);
+    let mut progress = 0;
+    let r = net.train_until(&data, &cfg, Some(&data), |e| {
+        if let kiln_nn::Event::Progress { .. } = e {
+            progress += 1;
+        }
+        if progress == 7 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    assert!(matches!(r, Err(kiln_nn::NnError::Cancelled)), "{r:?}");
+    assert_eq!(progress, 7, "no event after the break");
+    // Breaking at an epoch's report stops before the next epoch.
+    let mut epochs = 0;
+    let r = net.train_until(&data, &cfg, None, |e| match e {
+        kiln_nn::Event::Epoch(_) => {
+            epochs += 1;
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    assert!(matches!(r, Err(kiln_nn::NnError::Cancelled)));
+    assert_eq!(epochs, 1);
+}
+
+#[test]
 fn byte_inputs_train_exactly_like_float_inputs() {
     let mut rng = Rng::new(12);
     let (n, dim) = (95, 33);

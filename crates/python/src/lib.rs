@@ -4,9 +4,11 @@
 //! `LLM` class and of network.py.
 //!
 //! The interpreter is released (`Python::detach`) while the engine computes; between
-//! generation steps the interpreter is briefly re-attached to check for signals, so Ctrl-C
-//! stops a long generation with `KeyboardInterrupt`.
+//! generation steps, perplexity chunks and `nn` SGD mini-batches (about 200 checks an epoch)
+//! the interpreter is briefly re-attached to check for signals, so Ctrl-C stops a long
+//! generation, perplexity run or training with `KeyboardInterrupt`.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -454,11 +456,14 @@ impl PyEngine {
     }
 
     /// Perplexity of `text` as llama-perplexity computes it: `(ppl, stderr, tokens_scored)`.
+    /// Signals are checked before every chunk (Ctrl-C stops it with `KeyboardInterrupt`).
     fn perplexity(&self, py: Python<'_>, text: &str, ctx: usize) -> PyResult<(f64, f64, usize)> {
         let engine = &self.engine;
         let tokens = engine.tokenize(text).map_err(engine_err)?;
-        let r = py.detach(|| engine.perplexity(&tokens, ctx, |_, _, _| {}));
-        let p = r.map_err(engine_err)?;
+        let mut check = SignalCheck::new();
+        let r =
+            py.detach(|| engine.perplexity_until(&tokens, ctx, |_, _, _| {}, || check.cancelled()));
+        let p = check.finish(r)?;
         Ok((p.ppl, p.stderr, p.tokens_scored))
     }
 }
@@ -726,28 +731,31 @@ impl PyNetwork {
         };
         let net = &mut self.net;
         let config = SgdConfig::new(epochs, mini_batch_size, eta);
+        // Signals are checked at every progress event (about 200 an epoch), so Ctrl-C stops
+        // training within a few mini-batches; an exception (KeyboardInterrupt, or one raised
+        // by `on_epoch`) stops it and is raised here.
         let mut raised: Option<PyErr> = None;
         let r = py.detach(|| {
-            net.train(&train, &config, test.as_ref(), |ev| {
-                if raised.is_some() {
-                    return;
-                }
-                if let Event::Epoch(e) = ev {
-                    let res = Python::attach(|py| {
-                        on_epoch
-                            .call1(
-                                py,
-                                (
-                                    e.epoch,
-                                    e.evaluation_accuracy,
-                                    e.n_evaluation,
-                                    e.train_seconds,
-                                ),
-                            )
-                            .map(|_| ())
-                    });
-                    if let Err(err) = res {
+            net.train_until(&train, &config, test.as_ref(), |ev| {
+                let res = Python::attach(|py| match ev {
+                    Event::Progress { .. } => py.check_signals(),
+                    Event::Epoch(e) => on_epoch
+                        .call1(
+                            py,
+                            (
+                                e.epoch,
+                                e.evaluation_accuracy,
+                                e.n_evaluation,
+                                e.train_seconds,
+                            ),
+                        )
+                        .map(|_| ()),
+                });
+                match res {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(err) => {
                         raised = Some(err);
+                        ControlFlow::Break(())
                     }
                 }
             })

@@ -164,3 +164,37 @@ def test_ctrl_c_stops_a_long_generation():
     p = subprocess.run([sys.executable, "-c", CTRL_C], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["complete interrupted", "stream interrupted", "after: length"]
+
+
+CTRL_C_PERPLEXITY = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    import kiln
+    llm = kiln.LLM("gemma3-270m", context=2048)
+    text = open(sys.argv[1]).read()
+    def interrupt():
+        time.sleep(2)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt).start()
+    try:
+        llm.perplexity(text * 1000, ctx=2048)
+        print("perplexity finished", flush=True)
+    except KeyboardInterrupt:
+        print("perplexity interrupted", flush=True)
+    print("after:", llm.perplexity(text[:3000], ctx=64).tokens_scored > 0, flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_perplexity():
+    # ppl-text.txt 1000 times over is about 1750 chunks of 2048 tokens: an hour or more on this
+    # model, far past the timeout. Ctrl-C two seconds in must end the call (before the next
+    # chunk) with KeyboardInterrupt, and the model must still answer afterwards.
+    p = subprocess.run(
+        [sys.executable, "-c", CTRL_C_PERPLEXITY, str(DATA / "ppl-text.txt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["perplexity interrupted", "after: True"]

@@ -6,6 +6,9 @@ import importlib.util
 import io
 import contextlib
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -111,3 +114,36 @@ def test_sgd_without_test_data_and_bad_data(capsys):
         net.SGD([(np.zeros((5, 1)), 0)], 1, 1, 0.5)
     with pytest.raises(ValueError):
         network.Network([784])
+
+
+CTRL_C_SGD = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    import numpy as np
+    from kiln import nn as network
+    rng = np.random.default_rng(0)
+    data = (rng.random((10000, 784), dtype=np.float32), rng.integers(0, 10, 10000))
+    net = network.Network([784, 30, 10])
+    def interrupt():
+        time.sleep(1)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt).start()
+    try:
+        net.SGD(data, 10**7, 10, 3.0)
+        print("SGD finished", flush=True)
+    except KeyboardInterrupt:
+        print("SGD interrupted", len(net.history) < 10**7, flush=True)
+    net.SGD(data, 1, 10, 3.0)
+    print("after:", len(net.history), flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_sgd():
+    # 10**7 epochs of 10 000 examples take days; Ctrl-C a second in must end SGD with
+    # KeyboardInterrupt (signals are checked about 200 times an epoch), and the network
+    # must still train afterwards.
+    p = subprocess.run([sys.executable, "-c", CTRL_C_SGD], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = [l for l in p.stdout.splitlines() if not l.startswith("Epoch ")]
+    assert lines == ["SGD interrupted True", "after: 1"], p.stdout[-2000:]

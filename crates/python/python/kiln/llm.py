@@ -155,5 +155,6 @@ class LLM:
         return self.engine.detokenize([int(i) for i in ids], skip_special)
 
     def perplexity(self, text: str, ctx: int = 512) -> Perplexity:
-        """Perplexity of ``text`` in chunks of ``ctx`` tokens, as ``kiln perplexity``."""
+        """Perplexity of ``text`` in chunks of ``ctx`` tokens, as ``kiln perplexity``.
+        Ctrl-C stops it before the next chunk (``KeyboardInterrupt``)."""
         return Perplexity(*self.engine.perplexity(text, ctx))

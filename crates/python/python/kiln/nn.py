@@ -157,7 +157,8 @@ class Network:
         ``Epoch j: correct / n_test`` after each epoch with test data (else ``Epoch j
         complete``), as network.py. ``self.history`` then holds one dict per epoch:
         ``epoch``, ``correct`` (None without test data) and ``train_seconds`` (the SGD
-        updates of that epoch, measured by the Rust trainer)."""
+        updates of that epoch, measured by the Rust trainer). Ctrl-C stops training within a
+        few mini-batches (``KeyboardInterrupt``; the weights keep the updates made so far)."""
         dim = self.sizes[0]
         x, y = _stacked(training_data, dim)
         tx = ty = None

@@ -60,7 +60,10 @@ pub struct EngineFlags {
     /// Where the model runs: auto (a discrete GPU if there is one, else the CPU), cpu, gpu
     /// (the best adapter, a software Vulkan driver such as lavapipe included) or gpu:N. The GPU
     /// backend (wgpu: Vulkan, Metal, DX12) runs Llama, Mistral and Qwen2; without an adapter,
-    /// kiln says so in one line and runs on the CPU.
+    /// kiln says so in one line and runs on the CPU. `auto` loads no GPU driver on a machine
+    /// without GPU hardware (Linux: no PCI display controller or GPU device node) and then
+    /// says nothing. KILN_GPU_PORTABLE=1 keeps the GPU kernels off the adapter's optional
+    /// features (f16, subgroups).
     #[arg(
         long,
         env = "KILN_DEVICE",
@@ -172,8 +175,9 @@ impl ModelArgs {
             Engine::load(path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
         let engine = engine?;
-        // One line whenever the device was not simply the CPU asked for.
-        if opts.device != DeviceChoice::Cpu {
+        // One line whenever the device was not simply the CPU asked for; `auto` on a machine
+        // without any GPU is the CPU as asked for.
+        if opts.device != DeviceChoice::Cpu && engine.device != kiln_engine::NO_GPU_NOTE {
             eprintln!("kiln: {}", engine.device);
         }
         Ok(engine)

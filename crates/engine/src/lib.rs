@@ -43,7 +43,7 @@ pub use generate::{
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
 pub use kiln_formats::resident::Residency;
-pub use kiln_gpu::context::list_adapters;
+pub use kiln_gpu::context::{list_adapters, may_have_gpu, NO_GPU_NOTE};
 pub use kiln_gpu::{AdapterSummary, DeviceChoice};
 pub use kiln_kernels::Isa;
 pub use kiln_models::{KvType, Numerics};

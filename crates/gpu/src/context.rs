@@ -167,9 +167,8 @@ impl Features {
         let info = adapter.get_info();
         let f16 = self.f16 && has.contains(wgpu::Features::SHADER_F16);
         // The reduction shuffles within groups of 8 invocations, so a subgroup must hold 8.
-        let subgroups = self.subgroups
-            && has.contains(wgpu::Features::SUBGROUP)
-            && info.subgroup_min_size >= 8;
+        let subgroups =
+            self.subgroups && has.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
         let mut req = wgpu::Features::empty();
         req.set(wgpu::Features::SHADER_F16, f16);
         req.set(wgpu::Features::SUBGROUP, subgroups);

@@ -33,7 +33,10 @@ fn gpu_variants(test: &str) -> Vec<Arc<Gpu>> {
         return Vec::new();
     };
     if !full.features.f16 {
-        eprintln!("{test}: the f16 path is not tested, {} has no shader-f16", full.adapter);
+        eprintln!(
+            "{test}: the f16 path is not tested, {} has no shader-f16",
+            full.adapter
+        );
     }
     if !full.features.subgroups {
         eprintln!(
@@ -41,7 +44,9 @@ fn gpu_variants(test: &str) -> Vec<Arc<Gpu>> {
             full.adapter
         );
     }
-    let portable = open(Features::PORTABLE).gpu.expect("the same adapter again");
+    let portable = open(Features::PORTABLE)
+        .gpu
+        .expect("the same adapter again");
     assert_eq!(portable.features, Features::PORTABLE);
     if full.features == Features::PORTABLE {
         vec![portable]

@@ -13,7 +13,8 @@
 # llama.cpp: LLAMA_CPP_BIN=DIR takes the llama-bench in DIR (a GPU build). Without it, llama.cpp
 # is built once (cached in $KILN_HOME/anchors/llama.cpp-0c1e57098-BACKEND) from the registry's
 # llama-cpp-python 0.3.36 source package, as bench/build-llama-cpp.sh builds the CPU anchor, with
-# -DGGML_VULKAN=ON (default; needs glslc and the Vulkan headers, apt-installed when missing) or
+# -DGGML_VULKAN=ON (default; needs glslc and the Vulkan and SPIR-V headers: Debian's glslc,
+# libvulkan-dev and spirv-headers, apt-installed when missing) or
 # -DGGML_CUDA=ON (--backend cuda; needs nvcc). LLAMA_CPP_SDIST=FILE uses that source package
 # file instead of downloading it; the CPU anchor's unpacked source is reused when present.
 # kiln: KILN_BIN=FILE takes that binary, else `cargo build --release -p kiln-cli`.
@@ -77,8 +78,12 @@ build_llama_gpu() {
   local flags=()
   case $backend in
     vulkan)
-      if ! command -v glslc >/dev/null || [[ ! -f /usr/include/vulkan/vulkan.h ]]; then
-        { apt-get install -y -q glslc libvulkan-dev || { apt-get update -q && apt-get install -y -q glslc libvulkan-dev; }; } >&2
+      # the shader compiler, the Vulkan headers and loader, and SPIR-V's headers (ggml-vulkan's
+      # CMake asks for SPIRV-Headers' package)
+      local pkgs=(glslc libvulkan-dev spirv-headers)
+      if ! command -v glslc >/dev/null || [[ ! -f /usr/include/vulkan/vulkan.h ]] ||
+        [[ ! -d /usr/include/spirv ]]; then
+        { apt-get install -y -q "${pkgs[@]}" || { apt-get update -q && apt-get install -y -q "${pkgs[@]}"; }; } >&2
       fi
       flags=(-DGGML_VULKAN=ON) ;;
     cuda) flags=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES:-native}") ;;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::builder::{BoolishValueParser, FalseyValueParser};
 use clap::{ArgAction, Args};
 use kiln_engine::{
-    DeviceChoice, Engine, EngineOptions, Isa, KvType, Numerics, Residency, Speculation,
+    DeviceChoice, Engine, EngineOptions, GpuFeatures, Isa, KvType, Numerics, Residency, Speculation,
 };
 use kiln_pull::Progress;
 
@@ -62,8 +62,7 @@ pub struct EngineFlags {
     /// backend (wgpu: Vulkan, Metal, DX12) runs Llama, Mistral and Qwen2; without an adapter,
     /// kiln says so in one line and runs on the CPU. `auto` loads no GPU driver on a machine
     /// without GPU hardware (Linux: no PCI display controller or GPU device node) and then
-    /// says nothing. KILN_GPU_PORTABLE=1 keeps the GPU kernels off the adapter's optional
-    /// features (f16, subgroups).
+    /// says nothing.
     #[arg(
         long,
         env = "KILN_DEVICE",
@@ -71,6 +70,10 @@ pub struct EngineFlags {
         default_value = "auto"
     )]
     pub device: DeviceChoice,
+    /// Keep the GPU kernels to their portable variants on any adapter: no subgroup reductions,
+    /// no f16 weight tiles (default: those the adapter offers; the device line names them).
+    #[arg(long, env = "KILN_GPU_PORTABLE", value_parser = FalseyValueParser::new())]
+    pub gpu_portable: bool,
 }
 
 impl EngineFlags {
@@ -87,6 +90,11 @@ impl EngineFlags {
             },
             interleave: opts.interleave && self.interleave,
             device: self.device,
+            gpu_features: if self.gpu_portable {
+                GpuFeatures::PORTABLE
+            } else {
+                opts.gpu_features
+            },
             ..opts
         }
     }

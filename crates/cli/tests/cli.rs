@@ -741,3 +741,41 @@ fn complete_with_the_default_device_prints_nothing_extra_without_a_gpu() {
         assert_eq!(auto.stdout, cpu.stdout);
     }
 }
+
+/// `--gpu-portable` reaches the device: the device line names the portable kernels (on an
+/// adapter offering f16 or subgroups the default line names those instead).
+#[test]
+fn gpu_portable_flag_selects_the_portable_kernels() {
+    if kiln_engine::list_adapters().is_empty() {
+        eprintln!(
+            "gpu_portable_flag: skipped, no GPU adapter (install mesa-vulkan-drivers for lavapipe)"
+        );
+        return;
+    }
+    let dir = test_data().join("fixtures/llama-mha");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "complete",
+            "-m",
+            dir.to_str().unwrap(),
+            "-n",
+            "2",
+            "-t",
+            "1",
+        ];
+        args.extend_from_slice(&["--device", "gpu"]);
+        args.extend_from_slice(extra);
+        args.push("Hello");
+        let out = kiln(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err.lines()
+            .find(|l| l.starts_with("kiln: device: gpu"))
+            .unwrap_or_else(|| panic!("no device line in {err}"))
+            .to_string()
+    };
+    let portable = run(&["--gpu-portable"]);
+    assert!(portable.ends_with("kernels: portable"), "{portable}");
+    let default = run(&[]);
+    assert!(default.contains(", kernels: "), "{default}");
+}

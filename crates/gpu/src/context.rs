@@ -150,16 +150,6 @@ impl Features {
         subgroups: false,
     };
 
-    /// [`Features::ALL`], or [`Features::PORTABLE`] when the environment sets
-    /// `KILN_GPU_PORTABLE` to anything but `0` or empty (to compare the two paths on one
-    /// adapter).
-    pub fn from_env() -> Features {
-        match std::env::var("KILN_GPU_PORTABLE") {
-            Ok(v) if !v.is_empty() && v != "0" => Features::PORTABLE,
-            _ => Features::ALL,
-        }
-    }
-
     /// The device features to request and the ones the kernels then use: those wanted that
     /// the adapter offers.
     fn offered(self, adapter: &wgpu::Adapter) -> (wgpu::Features, Features) {
@@ -255,13 +245,13 @@ impl Gpu {
     /// Opens the device `choice` asks for. `Ok(None)` placements run on the CPU: `cpu`, or
     /// `auto` without a discrete GPU, or `gpu` on a machine without any adapter (its note
     /// says so). `gpu:N` beyond the adapters found is an error, as is a device that fails to
-    /// open. The kernels use the features [`Features::from_env`] allows.
+    /// open. The kernels use every optional feature the adapter offers.
     pub fn open(choice: DeviceChoice) -> Result<Placement, GpuError> {
-        Gpu::open_with(choice, Features::from_env())
+        Gpu::open_with(choice, Features::ALL)
     }
 
-    /// [`Gpu::open`] with the optional features to use where the adapter offers them (tests
-    /// open one adapter twice, with and without them).
+    /// [`Gpu::open`] with the optional features to use where the adapter offers them
+    /// ([`Features::PORTABLE`]: none; tests open one adapter both ways).
     pub fn open_with(choice: DeviceChoice, wanted: Features) -> Result<Placement, GpuError> {
         if choice == DeviceChoice::Auto && !may_have_gpu() {
             return Ok(Placement {

@@ -4,7 +4,7 @@
 # prompt processing (pp) and generation (tg) tokens/s as kiln/llama.cpp ratios, with the adapter
 # each one used, the CPU and the load printed beside them. Not a test: run it on an idle machine.
 #
-#   bench/gpu-compare.sh [--backend vulkan|cuda] [-p 512] [-n 128] [-r 3] [--passes 2]
+#   bench/gpu-compare.sh [--backend cuda|vulkan] [-p 512] [-n 128] [-r 3] [--passes 2]
 #                        [--device gpu|gpu:N] [MODEL ...]
 #
 # MODEL: gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b (default: all three; `kiln pull`
@@ -13,10 +13,12 @@
 # llama.cpp: LLAMA_CPP_BIN=DIR takes the llama-bench in DIR (a GPU build). Without it, llama.cpp
 # is built once (cached in $KILN_HOME/anchors/llama.cpp-0c1e57098-BACKEND) from the registry's
 # llama-cpp-python 0.3.36 source package, as bench/build-llama-cpp.sh builds the CPU anchor, with
-# -DGGML_VULKAN=ON (default; needs glslc and the Vulkan and SPIR-V headers: Debian's glslc,
-# libvulkan-dev and spirv-headers, apt-installed when missing) or
-# -DGGML_CUDA=ON (--backend cuda; needs nvcc). LLAMA_CPP_SDIST=FILE uses that source package
-# file instead of downloading it; the CPU anchor's unpacked source is reused when present.
+# -DGGML_CUDA=ON (the default where nvcc is found; --backend cuda) or -DGGML_VULKAN=ON (the default
+# elsewhere; needs glslc and the Vulkan and SPIR-V headers: Debian's glslc, libvulkan-dev and
+# spirv-headers, apt-installed when missing; the headers must know VK_EXT_layer_settings, which
+# Debian 12's 1.3.239 do not: the script says so before building). CUDA_ARCHITECTURES (default
+# native) sets the CUDA build's targets. LLAMA_CPP_SDIST=FILE uses that source package file
+# instead of downloading it; the CPU anchor's unpacked source is reused when present.
 # kiln: KILN_BIN=FILE takes that binary, else `cargo build --release -p kiln-cli`.
 #
 # On a machine without internet (a lent GPU machine): everything must be brought along —
@@ -39,6 +41,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 np=512 ng=128 reps=3 passes=2 backend=vulkan device=gpu models=()
+command -v nvcc >/dev/null && backend=cuda
 while (($#)); do
   case $1 in
     -p) np=$2; shift 2 ;;
@@ -84,6 +87,15 @@ build_llama_gpu() {
       if ! command -v glslc >/dev/null || [[ ! -f /usr/include/vulkan/vulkan.h ]] ||
         [[ ! -d /usr/include/spirv ]]; then
         { apt-get install -y -q "${pkgs[@]}" || { apt-get update -q && apt-get install -y -q "${pkgs[@]}"; }; } >&2
+      fi
+      # this llama.cpp's ggml-vulkan.cpp uses VK_EXT_layer_settings, newer than some distributions'
+      # headers (Debian 12's 1.3.239 lacks it; its build then fails after the shaders)
+      if ! grep -q VK_EXT_layer_settings /usr/include/vulkan/vulkan_core.h 2>/dev/null; then
+        echo "llama.cpp's Vulkan backend needs Vulkan headers with VK_EXT_layer_settings (these" \
+          "are $(grep -m1 -o 'VK_HEADER_VERSION [0-9]*' /usr/include/vulkan/vulkan_core.h)):" \
+          "install newer ones (e.g. Debian 13's libvulkan-dev, or LunarG's SDK), use --backend cuda," \
+          "or point LLAMA_CPP_BIN at a GPU build of llama-bench" >&2
+        exit 1
       fi
       flags=(-DGGML_VULKAN=ON) ;;
     cuda) flags=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES:-native}") ;;

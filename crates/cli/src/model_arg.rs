@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::builder::{BoolishValueParser, FalseyValueParser};
 use clap::{ArgAction, Args};
 use kiln_engine::{
-    DeviceChoice, Engine, EngineOptions, Isa, KvType, Numerics, Residency, Speculation,
+    DeviceChoice, Engine, EngineOptions, GpuFeatures, Isa, KvType, Numerics, Residency, Speculation,
 };
 use kiln_pull::Progress;
 
@@ -60,7 +60,9 @@ pub struct EngineFlags {
     /// Where the model runs: auto (a discrete GPU if there is one, else the CPU), cpu, gpu
     /// (the best adapter, a software Vulkan driver such as lavapipe included) or gpu:N. The GPU
     /// backend (wgpu: Vulkan, Metal, DX12) runs Llama, Mistral and Qwen2; without an adapter,
-    /// kiln says so in one line and runs on the CPU.
+    /// kiln says so in one line and runs on the CPU. `auto` loads no GPU driver on a machine
+    /// without GPU hardware (Linux: no PCI display controller or GPU device node) and then
+    /// says nothing.
     #[arg(
         long,
         env = "KILN_DEVICE",
@@ -68,6 +70,10 @@ pub struct EngineFlags {
         default_value = "auto"
     )]
     pub device: DeviceChoice,
+    /// Keep the GPU kernels to their portable variants on any adapter: no subgroup reductions,
+    /// no f16 weight tiles (default: those the adapter offers; the device line names them).
+    #[arg(long, env = "KILN_GPU_PORTABLE", value_parser = FalseyValueParser::new())]
+    pub gpu_portable: bool,
 }
 
 impl EngineFlags {
@@ -84,6 +90,11 @@ impl EngineFlags {
             },
             interleave: opts.interleave && self.interleave,
             device: self.device,
+            gpu_features: if self.gpu_portable {
+                GpuFeatures::PORTABLE
+            } else {
+                opts.gpu_features
+            },
             ..opts
         }
     }
@@ -172,8 +183,9 @@ impl ModelArgs {
             Engine::load(path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
         let engine = engine?;
-        // One line whenever the device was not simply the CPU asked for.
-        if opts.device != DeviceChoice::Cpu {
+        // One line whenever the device was not simply the CPU asked for; `auto` on a machine
+        // without any GPU is the CPU as asked for.
+        if opts.device != DeviceChoice::Cpu && engine.device != kiln_engine::NO_GPU_NOTE {
             eprintln!("kiln: {}", engine.device);
         }
         Ok(engine)

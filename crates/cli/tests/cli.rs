@@ -692,3 +692,90 @@ fn constraint_flags_hold_the_output_and_refusals_are_one_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("uniqueItems"), "{err}");
 }
+
+/// The default `--device auto` on a machine without GPU hardware loads no GPU driver: the same
+/// output and the same stderr as `--device cpu` (no device line, none of the warnings a Vulkan
+/// driver prints, such as Mesa's about XDG_RUNTIME_DIR). Where a GPU may be present, auto may
+/// add exactly one `kiln: device:` line.
+#[test]
+fn complete_with_the_default_device_prints_nothing_extra_without_a_gpu() {
+    let dir = test_data().join("fixtures/llama-mha");
+    let run = |device: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.env_remove("KILN_DEVICE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .args([
+                "complete",
+                "-m",
+                dir.to_str().unwrap(),
+                "-n",
+                "6",
+                "-t",
+                "1",
+            ]);
+        if let Some(d) = device {
+            cmd.args(["--device", d]);
+        }
+        let out = cmd.arg("Hello").output().expect("run kiln");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let (auto, cpu) = (run(None), run(Some("cpu")));
+    let (a, c) = (
+        String::from_utf8_lossy(&auto.stderr),
+        String::from_utf8_lossy(&cpu.stderr),
+    );
+    if kiln_engine::may_have_gpu() {
+        eprintln!("default-device check: this machine may have a GPU, auto may add one line");
+        let extra: Vec<&str> = a.lines().filter(|l| !c.contains(l)).collect();
+        assert!(
+            extra.len() <= 1 && extra.iter().all(|l| l.starts_with("kiln: device:")),
+            "auto's stderr beyond --device cpu's: {extra:?}"
+        );
+    } else {
+        assert_eq!(a, c, "auto printed something --device cpu does not");
+        assert_eq!(auto.stdout, cpu.stdout);
+    }
+}
+
+/// `--gpu-portable` reaches the device: the device line names the portable kernels (on an
+/// adapter offering f16 or subgroups the default line names those instead).
+#[test]
+fn gpu_portable_flag_selects_the_portable_kernels() {
+    if kiln_engine::list_adapters().is_empty() {
+        eprintln!(
+            "gpu_portable_flag: skipped, no GPU adapter (install mesa-vulkan-drivers for lavapipe)"
+        );
+        return;
+    }
+    let dir = test_data().join("fixtures/llama-mha");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "complete",
+            "-m",
+            dir.to_str().unwrap(),
+            "-n",
+            "2",
+            "-t",
+            "1",
+        ];
+        args.extend_from_slice(&["--device", "gpu"]);
+        args.extend_from_slice(extra);
+        args.push("Hello");
+        let out = kiln(&args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err.lines()
+            .find(|l| l.starts_with("kiln: device: gpu"))
+            .unwrap_or_else(|| panic!("no device line in {err}"))
+            .to_string()
+    };
+    let portable = run(&["--gpu-portable"]);
+    assert!(portable.ends_with("kernels: portable"), "{portable}");
+    let default = run(&[]);
+    assert!(default.contains(", kernels: "), "{default}");
+}

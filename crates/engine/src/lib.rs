@@ -43,8 +43,8 @@ pub use generate::{
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
 pub use kiln_formats::resident::Residency;
-pub use kiln_gpu::context::list_adapters;
-pub use kiln_gpu::{AdapterSummary, DeviceChoice};
+pub use kiln_gpu::context::{list_adapters, may_have_gpu, NO_GPU_NOTE};
+pub use kiln_gpu::{AdapterSummary, DeviceChoice, Features as GpuFeatures};
 pub use kiln_kernels::Isa;
 pub use kiln_models::{KvType, Numerics};
 
@@ -95,6 +95,9 @@ pub struct EngineOptions {
     /// an adapter, or under `Auto` for an architecture the GPU backend does not run, the model
     /// runs on the CPU and [`Engine::device`] says why.
     pub device: DeviceChoice,
+    /// The GPU kernels' optional device features: all the adapter offers (subgroups,
+    /// `shader-f16`) by default; [`GpuFeatures::PORTABLE`] keeps to the portable kernels.
+    pub gpu_features: GpuFeatures,
 }
 
 impl Default for EngineOptions {
@@ -111,6 +114,7 @@ impl Default for EngineOptions {
             interleave: true,
             draft_model: None,
             device: DeviceChoice::Cpu,
+            gpu_features: GpuFeatures::ALL,
         }
     }
 }
@@ -140,8 +144,8 @@ impl Engine {
             Isa::use_in_process(isa).map_err(|e| EngineError::Invalid(e.to_string()))?;
         }
         // The device first: the CPU's row interleaving is wasted work for a GPU's upload.
-        let placement =
-            kiln_gpu::Gpu::open(opts.device).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let placement = kiln_gpu::Gpu::open_with(opts.device, opts.gpu_features)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let load = LoadOptions {
             residency: opts.residency,
             interleave: opts.interleave && placement.gpu.is_none(),

@@ -126,6 +126,96 @@ fn summary(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
     }
 }
 
+/// The optional device features the kernels use when an adapter offers them; the portable
+/// kernels (plain f32 arithmetic, workgroup-memory reductions) run everywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// `shader-f16`: the tiled matrix kernel keeps its weight tile in f16 (half the workgroup
+    /// memory; weights of F32/BF16 type keep f32 tiles, whose values f16 cannot hold).
+    pub f16: bool,
+    /// Subgroup operations (with subgroups of at least 8 invocations): the decode matrix kernel
+    /// reduces each row's partial sums with subgroup shuffles instead of workgroup memory.
+    pub subgroups: bool,
+}
+
+impl Features {
+    /// Every optional feature the adapter offers.
+    pub const ALL: Features = Features {
+        f16: true,
+        subgroups: true,
+    };
+    /// None: the portable kernels only.
+    pub const PORTABLE: Features = Features {
+        f16: false,
+        subgroups: false,
+    };
+
+    /// The device features to request and the ones the kernels then use: those wanted that
+    /// the adapter offers.
+    fn offered(self, adapter: &wgpu::Adapter) -> (wgpu::Features, Features) {
+        let has = adapter.features();
+        let info = adapter.get_info();
+        let f16 = self.f16 && has.contains(wgpu::Features::SHADER_F16);
+        // The reduction shuffles within groups of 8 invocations, so a subgroup must hold 8.
+        let subgroups =
+            self.subgroups && has.contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
+        let mut req = wgpu::Features::empty();
+        req.set(wgpu::Features::SHADER_F16, f16);
+        req.set(wgpu::Features::SUBGROUP, subgroups);
+        (req, Features { f16, subgroups })
+    }
+}
+
+impl std::fmt::Display for Features {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.f16, self.subgroups) {
+            (false, false) => f.write_str("portable"),
+            (true, false) => f.write_str("f16"),
+            (false, true) => f.write_str("subgroups"),
+            (true, true) => f.write_str("f16 + subgroups"),
+        }
+    }
+}
+
+/// Whether this machine may have a GPU at all, decided without loading a driver: on Linux a
+/// PCI display controller that is not a server's management or a virtual machine's display
+/// (ASPEED, Matrox, QEMU, Cirrus, VMware, virtio, QXL, Hyper-V), or an NVIDIA, DRM render,
+/// AMD KFD or WSL device node. Elsewhere (macOS, Windows: their drivers enumerate quietly and
+/// cheaply) always true. `auto` opens no Vulkan instance when this is false: loading the
+/// drivers (a software one such as lavapipe included) costs tens of MiB of resident memory and
+/// Mesa prints warnings, all for a CPU run.
+pub fn may_have_gpu() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let nodes = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    if nodes("/dev", "nvidia") || nodes("/dev/dri", "renderD") || nodes("/dev", "kfd") {
+        return true;
+    }
+    if std::path::Path::new("/dev/dxg").exists() {
+        return true;
+    }
+    const NOT_GPUS: [&str; 9] = [
+        "0x1a03", "0x102b", "0x1234", "0x1013", "0x15ad", "0x1af4", "0x1b36", "0x1414", "0x1de1",
+    ];
+    let Ok(devices) = std::fs::read_dir("/sys/bus/pci/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        let read = |f: &str| std::fs::read_to_string(d.path().join(f)).unwrap_or_default();
+        read("class").trim().starts_with("0x03") && !NOT_GPUS.contains(&read("vendor").trim())
+    })
+}
+
+/// The note of an `auto` placement on a machine where [`may_have_gpu`] found nothing: the
+/// CPU, as asked for by default, which the CLI does not announce.
+pub const NO_GPU_NOTE: &str = "device: cpu (no GPU found)";
+
 /// What [`Gpu::open`] decided: the device, if any, and a line to show the user.
 pub struct Placement {
     pub gpu: Option<Arc<Gpu>>,
@@ -138,6 +228,8 @@ pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub adapter: AdapterSummary,
+    /// The optional features the kernels use on this device.
+    pub features: Features,
     /// The largest buffer range one binding may cover (weights larger than this are split).
     pub max_binding: u64,
     pipelines: Mutex<HashMap<(&'static str, Option<DType>), Pipeline>>,
@@ -153,8 +245,20 @@ impl Gpu {
     /// Opens the device `choice` asks for. `Ok(None)` placements run on the CPU: `cpu`, or
     /// `auto` without a discrete GPU, or `gpu` on a machine without any adapter (its note
     /// says so). `gpu:N` beyond the adapters found is an error, as is a device that fails to
-    /// open.
+    /// open. The kernels use every optional feature the adapter offers.
     pub fn open(choice: DeviceChoice) -> Result<Placement, GpuError> {
+        Gpu::open_with(choice, Features::ALL)
+    }
+
+    /// [`Gpu::open`] with the optional features to use where the adapter offers them
+    /// ([`Features::PORTABLE`]: none; tests open one adapter both ways).
+    pub fn open_with(choice: DeviceChoice, wanted: Features) -> Result<Placement, GpuError> {
+        if choice == DeviceChoice::Auto && !may_have_gpu() {
+            return Ok(Placement {
+                gpu: None,
+                note: NO_GPU_NOTE.into(),
+            });
+        }
         if choice == DeviceChoice::Cpu {
             return Ok(Placement {
                 gpu: None,
@@ -206,19 +310,24 @@ impl Gpu {
                 note: format!("device: cpu ({why})"),
             });
         };
-        let gpu = Gpu::from_adapter(index, &all[index])?;
-        let note = format!("device: {}", gpu.adapter);
+        let gpu = Gpu::from_adapter(index, &all[index], wanted)?;
+        let note = format!("device: {}, kernels: {}", gpu.adapter, gpu.features);
         Ok(Placement {
             gpu: Some(Arc::new(gpu)),
             note,
         })
     }
 
-    fn from_adapter(index: usize, adapter: &wgpu::Adapter) -> Result<Gpu, GpuError> {
+    fn from_adapter(
+        index: usize,
+        adapter: &wgpu::Adapter,
+        wanted: Features,
+    ) -> Result<Gpu, GpuError> {
         let limits = adapter.limits();
+        let (required_features, features) = wanted.offered(adapter);
         let desc = wgpu::DeviceDescriptor {
             label: Some("kiln"),
-            required_features: wgpu::Features::empty(),
+            required_features,
             // Everything the adapter offers: the defaults cap buffers well below what model
             // weights need.
             required_limits: limits.clone(),
@@ -235,6 +344,7 @@ impl Gpu {
             device,
             queue,
             adapter: summary(index, adapter),
+            features,
             max_binding,
             pipelines: Mutex::new(HashMap::new()),
         })
@@ -248,7 +358,7 @@ impl Gpu {
             return p.clone();
         }
         let source = match dtype {
-            Some(t) => crate::ops::weight_shader(t),
+            Some(t) => crate::ops::weight_shader(t, self.features),
             None => include_str!("shaders/ops.wgsl").to_string(),
         };
         let module = self

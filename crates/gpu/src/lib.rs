@@ -21,7 +21,7 @@ pub mod model;
 pub mod ops;
 pub mod upload;
 
-pub use context::{AdapterSummary, DeviceChoice, Gpu, Placement};
+pub use context::{AdapterSummary, DeviceChoice, Features, Gpu, Placement};
 pub use model::GpuLlama;
 
 #[derive(Debug, thiserror::Error)]

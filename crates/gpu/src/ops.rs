@@ -6,19 +6,38 @@
 
 use kiln_kernels::DType;
 
-use crate::context::Pipeline;
+use crate::context::{Features, Pipeline};
 use crate::upload::GpuMatrix;
 use crate::{Gpu, GpuError};
 
-/// The WGSL of a weight type's module: its reader (`dq4`) and the matrix and embedding
-/// kernels over it.
-pub fn weight_shader(t: DType) -> String {
+/// The WGSL of a weight type's module: its readers (`dq4` for one quad, `mv_unit` for the
+/// decode kernel's unit of a block) and the matrix and embedding kernels over them, in the
+/// variant `features` select (f16 weight tiles, subgroup reductions; else the portable one).
+pub fn weight_shader(t: DType, features: Features) -> String {
     let mut defines = vec![t.name().to_ascii_uppercase()];
     if matches!(t, DType::Q4_K | DType::Q5_K) {
         defines.push("KSCALES".into());
     }
-    let mut out = preprocess(include_str!("shaders/dequant.wgsl"), &defines);
-    out.push_str(include_str!("shaders/matmul.wgsl"));
+    defines.push(if t.is_quantized() { "QUANT" } else { "FLOAT" }.into());
+    // f16 holds every F16 weight and every dequantized block weight (an f16 scale times a
+    // small integer, rounded once); F32 and BF16 values may lie outside its range.
+    let half = features.f16 && !matches!(t, DType::F32 | DType::BF16);
+    defines.push(if half { "HALF_TILES" } else { "FLOAT_TILES" }.into());
+    defines.push(
+        if features.subgroups {
+            "SUBGROUPS"
+        } else {
+            "NO_SUBGROUPS"
+        }
+        .into(),
+    );
+    let mut out = String::new();
+    if half {
+        out.push_str("enable f16;\n");
+    }
+    out.push_str(&preprocess(include_str!("shaders/dequant.wgsl"), &defines));
+    out.push_str(&preprocess(include_str!("shaders/matvec.wgsl"), &defines));
+    out.push_str(&preprocess(include_str!("shaders/matmul.wgsl"), &defines));
     out
 }
 

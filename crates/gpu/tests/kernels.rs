@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kiln_gpu::cache::GpuKv;
 use kiln_gpu::ops::{MatKind, Recorder};
 use kiln_gpu::upload::{upload_f32, GpuMatrix};
-use kiln_gpu::{DeviceChoice, Gpu};
+use kiln_gpu::{DeviceChoice, Features, Gpu};
 use kiln_kernels::ops::{self, RopeStyle};
 use kiln_kernels::{DType, Storage, Tensor, ThreadPool};
 use kiln_models::layers::{attention, AttentionShape, BatchLayout, Logits, SeqInput};
@@ -21,6 +21,38 @@ fn gpu(test: &str) -> Option<Arc<Gpu>> {
         eprintln!("{test}: skipped, no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
     }
     placement.gpu
+}
+
+/// The adapter opened twice: with every optional feature it offers (f16 weight tiles, subgroup
+/// reductions) and with the portable kernels only, so that both variants of every matrix
+/// kernel run against the reference on one adapter. A feature the adapter lacks is one line.
+fn gpu_variants(test: &str) -> Vec<Arc<Gpu>> {
+    let open = |f| Gpu::open_with(DeviceChoice::Gpu(None), f).expect("opening the GPU");
+    let Some(full) = open(Features::ALL).gpu else {
+        eprintln!("{test}: skipped, no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        return Vec::new();
+    };
+    if !full.features.f16 {
+        eprintln!(
+            "{test}: the f16 path is not tested, {} has no shader-f16",
+            full.adapter
+        );
+    }
+    if !full.features.subgroups {
+        eprintln!(
+            "{test}: the subgroup path is not tested, {} has no subgroups of 8 or more",
+            full.adapter
+        );
+    }
+    let portable = open(Features::PORTABLE)
+        .gpu
+        .expect("the same adapter again");
+    assert_eq!(portable.features, Features::PORTABLE);
+    if full.features == Features::PORTABLE {
+        vec![portable]
+    } else {
+        vec![full, portable]
+    }
 }
 
 /// A small deterministic generator (xorshift), so failures reproduce.
@@ -119,51 +151,62 @@ const TYPES: [DType; 11] = [
     DType::Q6_K,
 ];
 
-/// Both matrix kernels, every type, odd row and token counts, odd column counts for the float
-/// types, an odd number of blocks for the block types; with and without a bias; written at a
-/// row offset of the output.
+/// Both matrix kernels, in both variants (the adapter's optional features, the portable
+/// kernels), every type, odd row and token counts, odd column counts for the float types, one
+/// and several blocks per decode thread for the block types; with and without a bias; written
+/// at a row offset of the output.
 #[test]
 fn matrix_kernels_match_the_scalar_reference_for_every_type() {
-    let Some(gpu) = gpu("matrix_kernels") else {
-        return;
-    };
-    let mut rng = Rng(0x9e3779b97f4a7c15);
-    for t in TYPES {
-        let bs = t.block_size();
-        let col_choices: Vec<usize> = if t.is_quantized() {
-            vec![bs, 3 * bs]
-        } else {
-            vec![5, 37, 70]
-        };
-        for &cols in &col_choices {
-            for rows in [1, 7, 45] {
-                let w = random_tensor(t, rows, cols, &mut rng);
-                let gw = GpuMatrix::upload(&gpu, &w, "w").unwrap();
-                for n in [1, 3, 9, 33] {
-                    let x = rng.vec(n * cols);
-                    let bias = (n % 2 == 1).then(|| rng.vec(rows));
-                    let (want, mag) = reference_matmul(&w, &x, n, bias.as_deref());
-                    for kind in [MatKind::Vector, MatKind::Tiled] {
-                        // output at row 2 of a larger buffer: rows 0-1 must stay untouched
-                        let xb = upload_f32(&gpu, &x, "x");
-                        let ob = upload_f32(&gpu, &vec![7.0; (n + 2) * rows], "out");
-                        let bb = bias.as_ref().map(|b| upload_f32(&gpu, b, "bias"));
-                        let mut rec = Recorder::new(&gpu);
-                        rec.matmul_with(kind, &gw, &xb, 0, n, bb.as_ref(), &ob, 2);
-                        rec.submit();
-                        let got = gpu.read_f32(&ob, (n + 2) * rows).unwrap();
-                        assert!(
-                            got[..2 * rows].iter().all(|&v| v == 7.0),
-                            "{t} {kind:?}: wrote outside its rows"
-                        );
-                        for i in 0..n * rows {
-                            let err = (got[2 * rows + i] - want[i]).abs();
+    let variants = gpu_variants("matrix_kernels");
+    for gpu in &variants {
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        for t in TYPES {
+            let bs = t.block_size();
+            let col_choices: Vec<usize> = if !t.is_quantized() {
+                vec![5, 37, 70]
+            } else if bs == 32 {
+                vec![bs, 3 * bs, 9 * bs]
+            } else {
+                vec![bs, 3 * bs]
+            };
+            // f16 weight tiles round each dequantized weight once (2^-11 relative)
+            let half_tiles = gpu.features.f16 && !matches!(t, DType::F32 | DType::BF16);
+            for &cols in &col_choices {
+                for rows in [1, 7, 45] {
+                    let w = random_tensor(t, rows, cols, &mut rng);
+                    let gw = GpuMatrix::upload(gpu, &w, "w").unwrap();
+                    for n in [1, 3, 9, 33] {
+                        let x = rng.vec(n * cols);
+                        let bias = (n % 2 == 1).then(|| rng.vec(rows));
+                        let (want, mag) = reference_matmul(&w, &x, n, bias.as_deref());
+                        for kind in [MatKind::Vector, MatKind::Tiled] {
+                            let rel = if half_tiles && kind == MatKind::Tiled && t != DType::F16 {
+                                6e-4
+                            } else {
+                                1e-5
+                            };
+                            // output at row 2 of a larger buffer: rows 0-1 must stay untouched
+                            let xb = upload_f32(gpu, &x, "x");
+                            let ob = upload_f32(gpu, &vec![7.0; (n + 2) * rows], "out");
+                            let bb = bias.as_ref().map(|b| upload_f32(gpu, b, "bias"));
+                            let mut rec = Recorder::new(gpu);
+                            rec.matmul_with(kind, &gw, &xb, 0, n, bb.as_ref(), &ob, 2);
+                            rec.submit();
+                            let got = gpu.read_f32(&ob, (n + 2) * rows).unwrap();
+                            let f = gpu.features;
                             assert!(
-                                err <= 1e-5 * mag[i] + 1e-5,
-                                "{t} {kind:?} rows {rows} cols {cols} n {n} [{i}]: {} vs {}",
-                                got[2 * rows + i],
-                                want[i]
+                                got[..2 * rows].iter().all(|&v| v == 7.0),
+                                "{t} {kind:?} ({f}): wrote outside its rows"
                             );
+                            for i in 0..n * rows {
+                                let err = (got[2 * rows + i] - want[i]).abs();
+                                assert!(
+                                    err <= rel * mag[i] + 1e-5,
+                                    "{t} {kind:?} ({f}) rows {rows} cols {cols} n {n} [{i}]: {} vs {}",
+                                    got[2 * rows + i],
+                                    want[i]
+                                );
+                            }
                         }
                     }
                 }

@@ -43,16 +43,31 @@ fn bias(r: u32) -> f32 {
     return select(0.0, B[p.row0 + r], p.bias != 0u);
 }
 
-// ---- decode: 8 rows per workgroup, 8 threads per row, up to 8 tokens per row read ----
+// ---- decode: 8 rows per workgroup, 8 threads per row taking whole units (matvec.wgsl) in
+// turn, up to 8 tokens per row read; a row's 8 partial sums are reduced by subgroup shuffles
+// where the device has subgroups (of at least 8), else through workgroup memory ----
 
 const MV_TOKENS: u32 = 8u;
+#ifdef NO_SUBGROUPS
 var<workgroup> red: array<f32, 512>;
+#endif
 
 @compute @workgroup_size(64)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+#ifdef SUBGROUPS
+          @builtin(subgroup_id) sgid: u32, @builtin(subgroup_size) sgs: u32,
+          @builtin(subgroup_invocation_id) sgi: u32,
+#endif
           @builtin(local_invocation_index) li: u32) {
-    let lane = li % 8u;
-    let row = (wid.x + wid.y * nwg.x) * 8u + li / 8u;
+#ifdef SUBGROUPS
+    // numbered by subgroup, so that a row's 8 threads are 8 neighbours in one subgroup
+    let idx = sgid * sgs + sgi;
+#endif
+#ifdef NO_SUBGROUPS
+    let idx = li;
+#endif
+    let lane = idx % 8u;
+    let row = (wid.x + wid.y * nwg.x) * 8u + idx / 8u;
     let t0 = wid.z * MV_TOKENS;
     let nt = min(MV_TOKENS, p.n - t0);
     var acc: array<f32, 8>;
@@ -60,36 +75,54 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         acc[t] = 0.0;
     }
     if (row < p.rows) {
-        let nq = (p.k + 3u) / 4u;
-        for (var q = lane; q < nq; q += 8u) {
-            let w = dq4(row, q);
-            for (var t = 0u; t < nt; t++) {
-                acc[t] += dot(w, xq(t0 + t, q));
-            }
+        let nu = mv_units();
+        for (var u = lane; u < nu; u += 8u) {
+            mv_unit(row, u, t0, nt, &acc);
         }
     }
+#ifdef SUBGROUPS
     for (var t = 0u; t < MV_TOKENS; t++) {
-        red[t * 64u + li] = acc[t];
+        var v = acc[t];
+        v += subgroupShuffleXor(v, 4u);
+        v += subgroupShuffleXor(v, 2u);
+        v += subgroupShuffleXor(v, 1u);
+        acc[t] = v;
+    }
+#endif
+#ifdef NO_SUBGROUPS
+    for (var t = 0u; t < MV_TOKENS; t++) {
+        red[t * 64u + idx] = acc[t];
     }
     workgroupBarrier();
     for (var s = 4u; s > 0u; s >>= 1u) {
         if (lane < s) {
             for (var t = 0u; t < MV_TOKENS; t++) {
-                red[t * 64u + li] += red[t * 64u + li + s];
+                red[t * 64u + idx] += red[t * 64u + idx + s];
             }
         }
         workgroupBarrier();
     }
+    for (var t = 0u; t < MV_TOKENS; t++) {
+        acc[t] = red[t * 64u + idx];
+    }
+#endif
     if (row < p.rows && lane == 0u) {
         for (var t = 0u; t < nt; t++) {
-            O[p.out_off + (t0 + t) * p.ostride + row] = red[t * 64u + li] + bias(row);
+            O[p.out_off + (t0 + t) * p.ostride + row] = acc[t] + bias(row);
         }
     }
 }
 
-// ---- prefill: 32 rows × 32 tokens per workgroup, 4 × 4 outputs per thread, k in steps of 32 ----
+// ---- prefill: 32 rows × 32 tokens per workgroup, 4 × 4 outputs per thread, k in steps of 32;
+// the weight tile in f16 where the device has shader-f16 (weights of the types f16 holds) ----
 
-var<workgroup> ws: array<f32, 1056>; // 32 rows × 33
+#ifdef HALF_TILES
+alias WT = f16;
+#endif
+#ifdef FLOAT_TILES
+alias WT = f32;
+#endif
+var<workgroup> ws: array<WT, 1056>; // 32 rows × 33
 var<workgroup> xs: array<f32, 1056>; // 32 tokens × 33
 
 @compute @workgroup_size(64)
@@ -118,7 +151,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 x = xq(t0 + r, q0 + q);
             }
             for (var e = 0u; e < 4u; e++) {
-                ws[r * 33u + 4u * q + e] = w[e];
+                ws[r * 33u + 4u * q + e] = WT(w[e]);
                 xs[r * 33u + 4u * q + e] = x[e];
             }
         }
@@ -126,7 +159,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         for (var kk = 0u; kk < 32u; kk++) {
             var wr: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                wr[i] = ws[(tr + 8u * i) * 33u + kk];
+                wr[i] = f32(ws[(tr + 8u * i) * 33u + kk]);
             }
             for (var j = 0u; j < 4u; j++) {
                 let xv = xs[(tt + 8u * j) * 33u + kk];

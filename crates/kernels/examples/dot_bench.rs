@@ -147,10 +147,10 @@ fn main() {
 /// groups here carry arbitrary scales: only the speed is of interest.
 fn u8_tile(rng: &mut Rng, isa: Isa, dtype: DType, cols: usize) {
     let nb = cols / 32;
-    let w = random_weights(rng, dtype, 2 * cols);
-    let mut u = vec![BlockU8::default(); 2 * nb];
+    let w = random_weights(rng, dtype, 4 * cols);
+    let mut u = vec![BlockU8::default(); 4 * nb];
     for (r, ur) in u.chunks_exact_mut(nb).enumerate() {
-        repack_u8(isa, dtype, &w[r * w.len() / 2..(r + 1) * w.len() / 2], ur);
+        repack_u8(isa, dtype, &w[r * w.len() / 4..(r + 1) * w.len() / 4], ur);
     }
     let acts: Vec<Vec<BlockQ8_32>> = (0..8)
         .map(|_| {
@@ -163,12 +163,15 @@ fn u8_tile(rng: &mut Rng, isa: Isa, dtype: DType, cols: usize) {
         .map(|i| interleave8(std::array::from_fn(|t| &acts[t][i])))
         .collect();
     let r = rate(cols, 16, || {
-        black_box(dot_u8_g8_rows::<2>(isa, dtype, black_box(&u), &g));
+        black_box(dot_u8_g8_rows::<2>(isa, dtype, black_box(&u[..2 * nb]), &g));
     });
     let r16 = rate(cols, 32, || {
-        black_box(dot_u8_g16_rows::<2>(isa, dtype, black_box(&u), [&g, &g]));
+        black_box(dot_u8_g16_rows::<2>(isa, dtype, black_box(&u[..2 * nb]), [&g, &g]));
+    });
+    let r4x16 = rate(cols, 64, || {
+        black_box(dot_u8_g16_rows::<4>(isa, dtype, black_box(&u), [&g, &g]));
     });
     println!(
-        "{dtype}: unpacked 2 rows x 8 tokens {r:.1} GFLOP/s, 2 rows x 16 tokens {r16:.1} GFLOP/s"
+        "{dtype}: unpacked 2 rows x 8 tokens {r:.1} GFLOP/s, 2 rows x 16 tokens {r16:.1} GFLOP/s, 4 rows x 16 tokens {r4x16:.1} GFLOP/s"
     );
 }

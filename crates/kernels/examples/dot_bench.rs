@@ -1,5 +1,7 @@
 //! Cost of the dot kernels on cache-resident data (single thread, thread CPU time), in
 //! GFLOP/s (2 flops per weight × activation), for 1 activation row and for the prefill tile.
+//! `DOT_BENCH_COLS` sets the row length (default 2048): the unpacked tiles' 16 tokens of
+//! activations take 2 × cols / 32 blocks of 384 bytes, L1-resident only for short rows.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -35,7 +37,10 @@ fn rate(cols: usize, tokens: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let mut rng = Rng::new(1);
-    let cols = 2048;
+    let cols: usize = std::env::var("DOT_BENCH_COLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
     let isa = Isa::best();
     let only: Option<Vec<String>> = std::env::args()
         .nth(1)
@@ -166,7 +171,12 @@ fn u8_tile(rng: &mut Rng, isa: Isa, dtype: DType, cols: usize) {
         black_box(dot_u8_g8_rows::<2>(isa, dtype, black_box(&u[..2 * nb]), &g));
     });
     let r16 = rate(cols, 32, || {
-        black_box(dot_u8_g16_rows::<2>(isa, dtype, black_box(&u[..2 * nb]), [&g, &g]));
+        black_box(dot_u8_g16_rows::<2>(
+            isa,
+            dtype,
+            black_box(&u[..2 * nb]),
+            [&g, &g],
+        ));
     });
     let r4x16 = rate(cols, 64, || {
         black_box(dot_u8_g16_rows::<4>(isa, dtype, black_box(&u), [&g, &g]));

@@ -48,7 +48,7 @@ python3 - "$out" "$threads" "${models[@]}" <<'PY'
 import json, sys, statistics, glob, os
 out, threads, models = sys.argv[1], sys.argv[2], sys.argv[3:]
 for f in sorted(glob.glob(f"{out}/*.kiln.json"))[:1]:
-    print(f"kiln device: {json.load(open(f))[0].get('device', '?')}; threads {threads}")
+    print(f"kiln {json.load(open(f))[0].get('device', 'device: ?')}; threads {threads}")
 print(f"| model | test | kiln t/s | llama.cpp t/s | ratio | kiln peak RSS | llama.cpp peak RSS |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for m in models:

@@ -6,6 +6,8 @@
 #   bench/compare-llama-cpp.sh [-t THREADS] [-p 512] [-n 128] [-r 3] [--passes 2] [MODEL_NAME ...]
 #
 # MODEL_NAME: gemma3-270m qwen2.5-coder-0.5b qwen2.5-coder-1.5b (default: all three).
+# Prints the machine (nproc, CPU model and SIMD flags, kiln's kernel level, load average before
+# and after) beside the table: a ratio taken on a loaded machine says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=2 np=512 ng=128 reps=3 passes=2 models=()
@@ -16,6 +18,8 @@ while (($#)); do
     -n) ng=$2; shift 2 ;;
     -r) reps=$2; shift 2 ;;
     --passes) passes=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "compare-llama-cpp.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) models+=("$1"); shift ;;
   esac
 done
@@ -25,6 +29,7 @@ bin=$(bash bench/build-llama-cpp.sh)
 cargo build --release -q -p kiln-cli
 kiln=target/release/kiln
 out=$(mktemp -d)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for m in "${models[@]}"; do
   file=$("$kiln" pull "$m")
   for ((pass = 1; pass <= passes; pass++)); do
@@ -36,9 +41,14 @@ for m in "${models[@]}"; do
   done
 done
 
+echo "machine: nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma|f16c)' | sort | tr '\n' ' ')"
+echo "load average (1, 5, 15 min): before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 - "$out" "$threads" "${models[@]}" <<'PY'
 import json, sys, statistics, glob, os
 out, threads, models = sys.argv[1], sys.argv[2], sys.argv[3:]
+for f in sorted(glob.glob(f"{out}/*.kiln.json"))[:1]:
+    print(f"kiln {json.load(open(f))[0].get('device', 'device: ?')}; threads {threads}")
 print(f"| model | test | kiln t/s | llama.cpp t/s | ratio | kiln peak RSS | llama.cpp peak RSS |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for m in models:

@@ -1,5 +1,7 @@
 //! Cost of the dot kernels on cache-resident data (single thread, thread CPU time), in
 //! GFLOP/s (2 flops per weight × activation), for 1 activation row and for the prefill tile.
+//! `DOT_BENCH_COLS` sets the row length (default 2048): the unpacked tiles' 16 tokens of
+//! activations take 2 × cols / 32 blocks of 384 bytes, L1-resident only for short rows.
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -35,7 +37,10 @@ fn rate(cols: usize, tokens: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let mut rng = Rng::new(1);
-    let cols = 2048;
+    let cols: usize = std::env::var("DOT_BENCH_COLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
     let isa = Isa::best();
     let only: Option<Vec<String>> = std::env::args()
         .nth(1)
@@ -147,10 +152,10 @@ fn main() {
 /// groups here carry arbitrary scales: only the speed is of interest.
 fn u8_tile(rng: &mut Rng, isa: Isa, dtype: DType, cols: usize) {
     let nb = cols / 32;
-    let w = random_weights(rng, dtype, 2 * cols);
-    let mut u = vec![BlockU8::default(); 2 * nb];
+    let w = random_weights(rng, dtype, 4 * cols);
+    let mut u = vec![BlockU8::default(); 4 * nb];
     for (r, ur) in u.chunks_exact_mut(nb).enumerate() {
-        repack_u8(isa, dtype, &w[r * w.len() / 2..(r + 1) * w.len() / 2], ur);
+        repack_u8(isa, dtype, &w[r * w.len() / 4..(r + 1) * w.len() / 4], ur);
     }
     let acts: Vec<Vec<BlockQ8_32>> = (0..8)
         .map(|_| {
@@ -163,12 +168,20 @@ fn u8_tile(rng: &mut Rng, isa: Isa, dtype: DType, cols: usize) {
         .map(|i| interleave8(std::array::from_fn(|t| &acts[t][i])))
         .collect();
     let r = rate(cols, 16, || {
-        black_box(dot_u8_g8_rows::<2>(isa, dtype, black_box(&u), &g));
+        black_box(dot_u8_g8_rows::<2>(isa, dtype, black_box(&u[..2 * nb]), &g));
     });
     let r16 = rate(cols, 32, || {
-        black_box(dot_u8_g16_rows::<2>(isa, dtype, black_box(&u), [&g, &g]));
+        black_box(dot_u8_g16_rows::<2>(
+            isa,
+            dtype,
+            black_box(&u[..2 * nb]),
+            [&g, &g],
+        ));
+    });
+    let r4x16 = rate(cols, 64, || {
+        black_box(dot_u8_g16_rows::<4>(isa, dtype, black_box(&u), [&g, &g]));
     });
     println!(
-        "{dtype}: unpacked 2 rows x 8 tokens {r:.1} GFLOP/s, 2 rows x 16 tokens {r16:.1} GFLOP/s"
+        "{dtype}: unpacked 2 rows x 8 tokens {r:.1} GFLOP/s, 2 rows x 16 tokens {r16:.1} GFLOP/s, 4 rows x 16 tokens {r4x16:.1} GFLOP/s"
     );
 }

@@ -1,7 +1,8 @@
 //! `kiln chat` in a real terminal (a pseudo-terminal this test drives as a user would): the
 //! default model (qwen2.5-coder-0.5b, an instruct model, pulled on first use), `/help`, two turns
 //! that share a history, Ctrl-C in the middle of a reply (the reply stops, the chat goes on),
-//! another turn, the `--verbose` speed line after each reply, and `/bye`.
+//! another turn, the `--verbose` speed line after each reply (the second turn computing only its
+//! new tokens: the first's KV cache is kept), and `/bye`.
 #![cfg(unix)]
 
 use std::io::{Read, Write};
@@ -141,6 +142,14 @@ fn reply(t: &mut Terminal) -> String {
     r
 }
 
+/// The speed line's `prompt N new tokens (C cached)`.
+fn speed(reply: &str) -> Option<(usize, usize)> {
+    let rest = &reply[reply.rfind("[prompt ")? + "[prompt ".len()..];
+    let (new, rest) = rest.split_once(" new tokens (")?;
+    let (cached, _) = rest.split_once(" cached)")?;
+    Some((new.parse().ok()?, cached.parse().ok()?))
+}
+
 #[test]
 fn chat_in_a_terminal_two_turns_help_ctrl_c_and_bye() {
     // No -m: the default chat model. Pulling it on first use can take minutes.
@@ -161,6 +170,18 @@ fn chat_in_a_terminal_two_turns_help_ctrl_c_and_bye() {
     assert!(
         second.contains("Ada"),
         "the reply forgot the first turn:\n{second}"
+    );
+    // The first turn computed its whole prompt; the second reused the first's KV cache and
+    // computed only its new message (with the template's markers around it).
+    assert_eq!(
+        speed(&first),
+        Some((speed(&first).unwrap().0, 0)),
+        "{first}"
+    );
+    let (new, cached) = speed(&second).expect("a speed line");
+    assert!(
+        cached > speed(&first).unwrap().0 && new < 40,
+        "turn 2: {new} new, {cached} cached:\n{second}"
     );
 
     // Ctrl-C once the reply is under way (it has reached 3): the reply stops, the session does

@@ -263,6 +263,21 @@ fn chat_on_a_meta_checkpoint_uses_llama2_format() {
         Some(&2),
         "EOS closes the first exchange"
     );
+    // The second turn reuses the first's KV cache: its prompt tokens up to where they leave
+    // what the first turn computed (its prompt and reply, less the last token sampled) are
+    // reported as cached (OpenAI's usage.prompt_tokens_details), the rest as computed.
+    let first_ids = ids(&turns[0]["choices"][0]["prompt_token_ids"]);
+    let reply = ids(&turns[0]["choices"][0]["token_ids"]);
+    let computed: Vec<u64> = [&first_ids[..], &reply[..reply.len() - 1]].concat();
+    let shared = computed
+        .iter()
+        .zip(&second)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared >= first_ids.len() - 1, "{computed:?} {second:?}");
+    let cached = |t: &Value| t["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert_eq!(cached(&turns[0]), Some(0));
+    assert_eq!(cached(&turns[1]), Some(shared as u64));
 }
 
 /// One sampled `kiln complete --json` run on the llama-mha fixture; `extra` adds flags.

@@ -159,7 +159,7 @@ impl Input {
 }
 
 /// The conversation's prompt ids: the chat template's rendering, or Meta's format.
-fn prompt_ids(
+pub(crate) fn prompt_ids(
     engine: &Engine,
     template: Option<&str>,
     history: &[ChatMessage],
@@ -188,16 +188,12 @@ pub fn run(a: ChatArgs) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let template = chat_template::resolve(
+    let template = chat_template::for_chat(
         a.chat_template.as_deref(),
-        engine.chat_template.clone(),
-        &engine.tokenizer,
+        &engine,
+        &path,
+        "or use `kiln complete`",
     )?;
-    // Meta's checkpoints carry no template; their reference chat format is known.
-    let meta_checkpoint = path.join("params.json").is_file();
-    if template.is_none() && !meta_checkpoint {
-        return Err(chat_template::missing(&engine.name));
-    }
     let mut system = match &a.system {
         Some(s) if a.no_escape => Some(s.clone()),
         Some(s) => Some(process_escapes(s)?),

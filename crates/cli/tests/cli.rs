@@ -707,3 +707,87 @@ fn constraint_flags_hold_the_output_and_refusals_are_one_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("uniqueItems"), "{err}");
 }
+
+/// `kiln complete --chat` / `--chat-template` / `--system` formats each prompt as one user
+/// turn, as `kiln chat` formats its first turn (the same prompt ids); without a template it is
+/// the same clear error, never a guessed format.
+#[test]
+fn complete_chat_formats_prompts_as_kiln_chat_does() {
+    use std::io::Write;
+    let first_chat_turn = |d: &str, extra: &[&str], line: &str| -> Vec<u64> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["chat", "-m", d, "--json", "-n", "2", "-t", "1"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let turn: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids(&turn["choices"][0]["prompt_token_ids"])
+    };
+    let complete = |d: &str, extra: &[&str]| -> Output {
+        let mut args = vec!["complete", "-m", d, "--json", "-n", "2", "-t", "1"];
+        args.extend_from_slice(extra);
+        args.extend(["--prompt", "Hello", "--prompt", "Hi there"]);
+        kiln(&args)
+    };
+    let prompt_ids = |out: &Output, i: usize| -> Vec<u64> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids(&v["choices"][i]["prompt_token_ids"])
+    };
+    let qwen = test_data().join("fixtures/qwen2-tiny");
+    let q = qwen.to_str().unwrap();
+    for extra in [
+        &["--chat-template", "chatml"][..],
+        &["--chat-template", "chatml", "--system", "Be brief."],
+    ] {
+        let out = complete(q, extra);
+        assert_eq!(
+            prompt_ids(&out, 0),
+            first_chat_turn(q, extra, "Hello"),
+            "{extra:?}"
+        );
+        // Each prompt of the batch is its own conversation.
+        assert_eq!(
+            prompt_ids(&out, 1),
+            first_chat_turn(q, extra, "Hi there"),
+            "{extra:?}"
+        );
+    }
+    // No template: the same refusal as kiln chat's, with the way out for complete.
+    let out = complete(q, &["--chat"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no chat template") && err.contains("leave out --chat"),
+        "{err}"
+    );
+    // A Meta checkpoint: Meta's own format, as kiln chat formats it.
+    let meta = test_data().join("fixtures/llama-mha/meta/mp2");
+    let m = meta.to_str().unwrap();
+    assert_eq!(
+        prompt_ids(&complete(m, &["--chat"]), 0),
+        first_chat_turn(m, &[], "Hello")
+    );
+    // Without --chat the prompt is plain text.
+    assert_eq!(
+        prompt_ids(&complete(q, &[]), 0),
+        ids(&serde_json::from_slice::<Value>(
+            &kiln(&["tokenize", "-m", q, "--json", "Hello"]).stdout
+        )
+        .unwrap()["ids"])
+    );
+}

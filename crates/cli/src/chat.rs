@@ -2,7 +2,8 @@
 //! (or `--chat-template`, or Meta's Llama 2 `[INST]` format for Meta checkpoints without one).
 //!
 //! On a terminal the line is edited with rustyline (arrows, history of the session, Ctrl-R),
-//! lines starting with `/` are commands (`/help`), Ctrl-C stops the reply being written (what
+//! lines starting with `/` are commands (`/help`; `/save FILE` and `/load FILE` keep a
+//! conversation), the editor's history is kept in `$KILN_HOME/chat_history`, Ctrl-C stops the reply being written (what
 //! was shown of it stays in the conversation) and Ctrl-D or `/bye` ends the chat. Without a
 //! terminal (a pipe, `--json`) lines are read as they come, commands included.
 
@@ -10,7 +11,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_engine::{openai, Engine, EngineOptions, GenerateParams, SamplingParams};
 use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
@@ -71,6 +72,8 @@ const HELP: &str = "\
 /bye           end the chat (Ctrl-D too)
 /clear         forget the conversation (the system message stays)
 /system TEXT   set the system message (and forget the conversation)
+/save FILE     write the conversation to FILE (JSON: OpenAI's messages)
+/load FILE     continue the conversation saved in FILE
 //TEXT         send TEXT starting with one /
 Ctrl-C         stop the reply being written (what was shown of it stays in the conversation)";
 
@@ -82,6 +85,8 @@ enum Line {
     Bye,
     Clear,
     System(String),
+    Save(String),
+    Load(String),
     Unknown(String),
 }
 
@@ -98,6 +103,8 @@ fn parse_line(line: &str) -> Line {
         "bye" | "exit" | "quit" => Line::Bye,
         "clear" => Line::Clear,
         "system" => Line::System(arg.trim().to_string()),
+        "save" => Line::Save(arg.trim().to_string()),
+        "load" => Line::Load(arg.trim().to_string()),
         _ => Line::Unknown(name.to_string()),
     }
 }
@@ -122,6 +129,46 @@ fn catch_ctrl_c() {
     }
 }
 
+/// A conversation as `/save` writes it: OpenAI's `messages` (role and content), pretty JSON.
+fn save(path: &str, history: &[ChatMessage]) -> Result<()> {
+    anyhow::ensure!(!path.is_empty(), "/save needs a file name");
+    let json = serde_json::to_string_pretty(history)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("cannot write {path}"))
+}
+
+/// A conversation `/save` wrote (or any OpenAI `messages` array of system, user and assistant
+/// turns, the system message first): the system message and the whole history.
+fn load(path: &str) -> Result<(Option<String>, Vec<ChatMessage>)> {
+    anyhow::ensure!(!path.is_empty(), "/load needs a file name");
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{path}: not a JSON array of messages"))?;
+    let mut history = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let field = |k: &str| m.get(k).and_then(|v| v.as_str());
+        let (Some(role), Some(content)) = (field("role"), field("content")) else {
+            bail!("{path}: message {i} needs a string role and content");
+        };
+        match role {
+            "system" if i == 0 => {}
+            "user" | "assistant" => {}
+            "system" => bail!("{path}: message {i}: a system message must come first"),
+            r => bail!("{path}: message {i}: role {r:?} (system, user or assistant)"),
+        }
+        history.push(ChatMessage::new(role, content));
+    }
+    let system = history
+        .first()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.clone());
+    Ok((system, history))
+}
+
+/// The file the line editor keeps its history in, across sessions.
+fn history_file() -> std::path::PathBuf {
+    kiln_pull::kiln_home().join("chat_history")
+}
+
 /// Where lines come from: an editor on a terminal, else plain lines.
 enum Input {
     Editor(Box<rustyline::DefaultEditor>),
@@ -137,6 +184,13 @@ impl Input {
                     Ok(line) => {
                         if !line.trim().is_empty() {
                             let _ = ed.add_history_entry(line.as_str());
+                            // Kept across sessions; a history that cannot be written is no
+                            // reason to stop chatting.
+                            let file = history_file();
+                            if let Some(dir) = file.parent() {
+                                let _ = std::fs::create_dir_all(dir);
+                            }
+                            let _ = ed.append_history(&file);
                         }
                         return Ok(Some(line));
                     }
@@ -224,7 +278,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let interactive = !a.json;
     let terminal = interactive && std::io::stdin().is_terminal();
     let mut input = if terminal {
-        let ed = rustyline::DefaultEditor::new()?;
+        let mut ed = rustyline::DefaultEditor::new()?;
+        // Lines typed in earlier sessions (absent the first time).
+        let _ = ed.load_history(&history_file());
         eprintln!(
             "kiln chat: {}. /help lists the commands; Ctrl-C stops a reply, Ctrl-D or /bye ends.",
             engine.name
@@ -264,6 +320,26 @@ pub fn run(a: ChatArgs) -> Result<()> {
                     "(system message {}; conversation cleared)",
                     if system.is_some() { "set" } else { "removed" }
                 );
+                continue;
+            }
+            Line::Save(f) => {
+                match save(&f, &history) {
+                    Ok(()) => eprintln!("(conversation saved to {f})"),
+                    Err(e) if terminal => eprintln!("error: {e:#}"),
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            Line::Load(f) => {
+                match load(&f) {
+                    Ok((s, h)) => {
+                        eprintln!("(conversation loaded from {f}: {} messages)", h.len());
+                        system = s;
+                        history = h;
+                    }
+                    Err(e) if terminal => eprintln!("error: {e:#}"),
+                    Err(e) => return Err(e),
+                }
                 continue;
             }
             Line::Unknown(c) => {
@@ -402,6 +478,8 @@ mod tests {
         );
         assert_eq!(parse_line("/system"), Line::System(String::new()));
         assert_eq!(parse_line("/nope x"), Line::Unknown("nope".into()));
+        assert_eq!(parse_line("/save a b.json"), Line::Save("a b.json".into()));
+        assert_eq!(parse_line("/load  c.json "), Line::Load("c.json".into()));
         assert_eq!(
             parse_line("//etc/hosts?"),
             Line::Message("/etc/hosts?".into())

@@ -791,3 +791,71 @@ fn complete_chat_formats_prompts_as_kiln_chat_does() {
         .unwrap()["ids"])
     );
 }
+
+/// `kiln chat`'s `/save FILE` writes the conversation as OpenAI's messages and `/load FILE`
+/// continues it: the next turn's prompt is the one the unbroken chat had. A file that is not
+/// a conversation is a clear error.
+#[test]
+fn chat_save_and_load_continue_a_conversation() {
+    use std::io::Write;
+    let dir = test_data().join("fixtures/qwen2-tiny");
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("talk.json");
+    let f = file.to_str().unwrap();
+    let chat = |extra: &[&str], input: &str| -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["chat", "-m", d, "--json", "-n", "4", "-t", "1"])
+            .args(["--chat-template", "chatml"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let turns = |out: &Output| -> Vec<Value> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let system = ["--system", "Be brief."];
+    let whole = turns(&chat(&system, "Hello\nHow are you?\n"));
+    assert_eq!(whole.len(), 2);
+    let saved = turns(&chat(&system, &format!("Hello\n/save {f}\n")));
+    let messages: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let reply = saved[0]["choices"][0]["message"]["content"].clone();
+    assert_eq!(
+        messages,
+        serde_json::json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": reply},
+        ])
+    );
+    // A new chat, without --system: the loaded file brings it back.
+    let resumed = turns(&chat(&[], &format!("/load {f}\nHow are you?\n")));
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        ids(&resumed[0]["choices"][0]["prompt_token_ids"]),
+        ids(&whole[1]["choices"][0]["prompt_token_ids"])
+    );
+    std::fs::write(&file, r#"[{"role": "robot", "content": "x"}]"#).unwrap();
+    let out = chat(&[], &format!("/load {f}\nHi\n"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("role \"robot\""), "{err}");
+}

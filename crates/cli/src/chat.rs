@@ -2,7 +2,8 @@
 //! (or `--chat-template`, or Meta's Llama 2 `[INST]` format for Meta checkpoints without one).
 //!
 //! On a terminal the line is edited with rustyline (arrows, history of the session, Ctrl-R),
-//! lines starting with `/` are commands (`/help`), Ctrl-C stops the reply being written (what
+//! lines starting with `/` are commands (`/help`; `/save FILE` and `/load FILE` keep a
+//! conversation), the editor's history is kept in `$KILN_HOME/chat_history`, Ctrl-C stops the reply being written (what
 //! was shown of it stays in the conversation) and Ctrl-D or `/bye` ends the chat. Without a
 //! terminal (a pipe, `--json`) lines are read as they come, commands included.
 
@@ -10,7 +11,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_engine::{openai, Engine, EngineOptions, GenerateParams, SamplingParams};
 use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage};
@@ -71,6 +72,8 @@ const HELP: &str = "\
 /bye           end the chat (Ctrl-D too)
 /clear         forget the conversation (the system message stays)
 /system TEXT   set the system message (and forget the conversation)
+/save FILE     write the conversation to FILE (JSON: OpenAI's messages)
+/load FILE     continue the conversation saved in FILE
 //TEXT         send TEXT starting with one /
 Ctrl-C         stop the reply being written (what was shown of it stays in the conversation)";
 
@@ -82,6 +85,8 @@ enum Line {
     Bye,
     Clear,
     System(String),
+    Save(String),
+    Load(String),
     Unknown(String),
 }
 
@@ -98,6 +103,8 @@ fn parse_line(line: &str) -> Line {
         "bye" | "exit" | "quit" => Line::Bye,
         "clear" => Line::Clear,
         "system" => Line::System(arg.trim().to_string()),
+        "save" => Line::Save(arg.trim().to_string()),
+        "load" => Line::Load(arg.trim().to_string()),
         _ => Line::Unknown(name.to_string()),
     }
 }
@@ -122,6 +129,46 @@ fn catch_ctrl_c() {
     }
 }
 
+/// A conversation as `/save` writes it: OpenAI's `messages` (role and content), pretty JSON.
+fn save(path: &str, history: &[ChatMessage]) -> Result<()> {
+    anyhow::ensure!(!path.is_empty(), "/save needs a file name");
+    let json = serde_json::to_string_pretty(history)?;
+    std::fs::write(path, json + "\n").with_context(|| format!("cannot write {path}"))
+}
+
+/// A conversation `/save` wrote (or any OpenAI `messages` array of system, user and assistant
+/// turns, the system message first): the system message and the whole history.
+fn load(path: &str) -> Result<(Option<String>, Vec<ChatMessage>)> {
+    anyhow::ensure!(!path.is_empty(), "/load needs a file name");
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{path}: not a JSON array of messages"))?;
+    let mut history = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let field = |k: &str| m.get(k).and_then(|v| v.as_str());
+        let (Some(role), Some(content)) = (field("role"), field("content")) else {
+            bail!("{path}: message {i} needs a string role and content");
+        };
+        match role {
+            "system" if i == 0 => {}
+            "user" | "assistant" => {}
+            "system" => bail!("{path}: message {i}: a system message must come first"),
+            r => bail!("{path}: message {i}: role {r:?} (system, user or assistant)"),
+        }
+        history.push(ChatMessage::new(role, content));
+    }
+    let system = history
+        .first()
+        .filter(|m| m.role == "system")
+        .map(|m| m.content.clone());
+    Ok((system, history))
+}
+
+/// The file the line editor keeps its history in, across sessions.
+fn history_file() -> std::path::PathBuf {
+    kiln_pull::kiln_home().join("chat_history")
+}
+
 /// Where lines come from: an editor on a terminal, else plain lines.
 enum Input {
     Editor(Box<rustyline::DefaultEditor>),
@@ -137,6 +184,13 @@ impl Input {
                     Ok(line) => {
                         if !line.trim().is_empty() {
                             let _ = ed.add_history_entry(line.as_str());
+                            // Kept across sessions; a history that cannot be written is no
+                            // reason to stop chatting.
+                            let file = history_file();
+                            if let Some(dir) = file.parent() {
+                                let _ = std::fs::create_dir_all(dir);
+                            }
+                            let _ = ed.append_history(&file);
                         }
                         return Ok(Some(line));
                     }
@@ -159,7 +213,7 @@ impl Input {
 }
 
 /// The conversation's prompt ids: the chat template's rendering, or Meta's format.
-fn prompt_ids(
+pub(crate) fn prompt_ids(
     engine: &Engine,
     template: Option<&str>,
     history: &[ChatMessage],
@@ -188,16 +242,12 @@ pub fn run(a: ChatArgs) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let template = chat_template::resolve(
+    let template = chat_template::for_chat(
         a.chat_template.as_deref(),
-        engine.chat_template.clone(),
-        &engine.tokenizer,
+        &engine,
+        &path,
+        "or use `kiln complete`",
     )?;
-    // Meta's checkpoints carry no template; their reference chat format is known.
-    let meta_checkpoint = path.join("params.json").is_file();
-    if template.is_none() && !meta_checkpoint {
-        return Err(chat_template::missing(&engine.name));
-    }
     let mut system = match &a.system {
         Some(s) if a.no_escape => Some(s.clone()),
         Some(s) => Some(process_escapes(s)?),
@@ -228,7 +278,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     let interactive = !a.json;
     let terminal = interactive && std::io::stdin().is_terminal();
     let mut input = if terminal {
-        let ed = rustyline::DefaultEditor::new()?;
+        let mut ed = rustyline::DefaultEditor::new()?;
+        // Lines typed in earlier sessions (absent the first time).
+        let _ = ed.load_history(&history_file());
         eprintln!(
             "kiln chat: {}. /help lists the commands; Ctrl-C stops a reply, Ctrl-D or /bye ends.",
             engine.name
@@ -238,6 +290,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
     } else {
         Input::Plain(std::io::stdin().lock())
     };
+    // The conversation's KV cache, kept between turns: each turn computes only the tokens
+    // after what the previous turns left in it.
+    let mut session = engine.session()?;
     let mut out = std::io::stdout();
     let mut turn = 0;
     while let Some(line) = input.read()? {
@@ -253,16 +308,38 @@ pub fn run(a: ChatArgs) -> Result<()> {
             Line::Bye => break,
             Line::Clear => {
                 history = start_history(&system);
+                session.forget();
                 eprintln!("(conversation cleared)");
                 continue;
             }
             Line::System(s) => {
                 system = (!s.is_empty()).then_some(s);
                 history = start_history(&system);
+                session.forget();
                 eprintln!(
                     "(system message {}; conversation cleared)",
                     if system.is_some() { "set" } else { "removed" }
                 );
+                continue;
+            }
+            Line::Save(f) => {
+                match save(&f, &history) {
+                    Ok(()) => eprintln!("(conversation saved to {f})"),
+                    Err(e) if terminal => eprintln!("error: {e:#}"),
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            Line::Load(f) => {
+                match load(&f) {
+                    Ok((s, h)) => {
+                        eprintln!("(conversation loaded from {f}: {} messages)", h.len());
+                        system = s;
+                        history = h;
+                    }
+                    Err(e) if terminal => eprintln!("error: {e:#}"),
+                    Err(e) => return Err(e),
+                }
                 continue;
             }
             Line::Unknown(c) => {
@@ -284,7 +361,8 @@ pub fn run(a: ChatArgs) -> Result<()> {
         let start = Instant::now();
         let mut first_text: Option<Instant> = None;
         let mut shown = String::new();
-        let result = engine.generate_until(
+        let result = engine.session_generate(
+            &mut session,
             std::slice::from_ref(&prompt),
             &params,
             &mut |_, t| {
@@ -336,6 +414,9 @@ pub fn run(a: ChatArgs) -> Result<()> {
             let mut obj =
                 serde_json::to_value(openai::chat_completion(&header, &engine.tokenizer, &[], &r))?;
             obj["seed"] = seed.into();
+            // OpenAI's usage field for prompt tokens served from the cache (earlier turns).
+            obj["usage"]["prompt_tokens_details"] =
+                serde_json::json!({ "cached_tokens": prompt.len() - c.timings.prompt_tokens });
             writeln!(out, "{}", serde_json::to_string(&obj)?)?;
         } else {
             writeln!(out)?;
@@ -343,7 +424,14 @@ pub fn run(a: ChatArgs) -> Result<()> {
         if a.verbose {
             eprintln!(
                 "{}",
-                speed_line(prompt.len(), c.token_ids.len(), start, first_text, end)
+                speed_line(
+                    prompt.len(),
+                    c.timings.prompt_tokens,
+                    c.token_ids.len(),
+                    start,
+                    first_text,
+                    end
+                )
             );
         }
         history.push(ChatMessage::new("assistant", &c.text));
@@ -352,11 +440,13 @@ pub fn run(a: ChatArgs) -> Result<()> {
     Ok(())
 }
 
-/// `[prompt 42 tokens in 0.31 s, 135.5 t/s | reply 17 tokens in 0.52 s, 32.7 t/s]`: the prompt
-/// until the first text, the reply after it (its first token is counted with the prompt's
-/// pass, so the reply rate is over the tokens after the first).
+/// `[prompt 12 new tokens (140 cached) in 0.31 s, 38.7 t/s | reply 17 tokens in 0.52 s, 30.8
+/// t/s]`: the prompt's computed tokens (the rest came from the earlier turns' cache) until the
+/// first text, the reply after it (its first token is counted with the prompt's pass, so the
+/// reply rate is over the tokens after the first).
 fn speed_line(
     prompt: usize,
+    computed: usize,
     reply: usize,
     start: Instant,
     first: Option<Instant>,
@@ -366,8 +456,9 @@ fn speed_line(
     let (p, g) = ((first - start).as_secs_f64(), (end - first).as_secs_f64());
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     format!(
-        "[prompt {prompt} tokens in {p:.2} s, {:.1} t/s | reply {reply} tokens in {g:.2} s, {:.1} t/s]",
-        rate(prompt, p),
+        "[prompt {computed} new tokens ({} cached) in {p:.2} s, {:.1} t/s | reply {reply} tokens in {g:.2} s, {:.1} t/s]",
+        prompt - computed,
+        rate(computed, p),
         rate(reply.saturating_sub(1), g)
     )
 }
@@ -387,6 +478,8 @@ mod tests {
         );
         assert_eq!(parse_line("/system"), Line::System(String::new()));
         assert_eq!(parse_line("/nope x"), Line::Unknown("nope".into()));
+        assert_eq!(parse_line("/save a b.json"), Line::Save("a b.json".into()));
+        assert_eq!(parse_line("/load  c.json "), Line::Load("c.json".into()));
         assert_eq!(
             parse_line("//etc/hosts?"),
             Line::Message("/etc/hosts?".into())

@@ -50,11 +50,29 @@ pub fn resolve(
     Ok(Some(template))
 }
 
-/// The error for a model without a chat template.
-pub fn missing(model: &str) -> anyhow::Error {
+/// The error for a model without a chat template; `otherwise` ends it ("or use `kiln
+/// complete`").
+pub fn missing(model: &str, otherwise: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "{model} has no chat template (it may be a base model, not an instruct one): give \
-         --chat-template NAME (built in: {}) or --chat-template FILE, or use `kiln complete`",
+         --chat-template NAME (built in: {}) or --chat-template FILE, {otherwise}",
         builtin_chat_template_names()
     )
+}
+
+/// The template a chat with `engine` (loaded from `path`) is formatted with: `arg`, else the
+/// model's own; `None` for a Meta checkpoint without either (Meta's own `[INST]` format is
+/// used, [`crate::chat::prompt_ids`]); a clear error for any other model without one.
+pub fn for_chat(
+    arg: Option<&str>,
+    engine: &kiln_engine::Engine,
+    path: &Path,
+    otherwise: &str,
+) -> Result<Option<String>> {
+    let template = resolve(arg, engine.chat_template.clone(), &engine.tokenizer)?;
+    // Meta's checkpoints carry no template; their reference chat format is known.
+    if template.is_none() && !path.join("params.json").is_file() {
+        return Err(missing(&engine.name, otherwise));
+    }
+    Ok(template)
 }

@@ -10,7 +10,9 @@ use kiln_engine::sequence::Vocab;
 use kiln_engine::{
     openai, Completion, EngineOptions, GenerateParams, SamplingParams, TokenLogprob,
 };
+use kiln_tokenizer::ChatMessage;
 
+use crate::chat_template;
 use crate::constraint_arg::ConstraintArgs;
 use crate::model_arg::{ModelArgs, SpecArgs};
 use crate::prompt::process_escapes;
@@ -28,6 +30,18 @@ pub struct CompleteArgs {
     /// A prompt given without --prompt. With no prompt at all, stdin is read.
     #[arg(value_name = "PROMPT")]
     pub positional: Vec<String>,
+    /// Send each prompt as a user message, formatted by the model's chat template (or
+    /// --chat-template) with the assistant's turn opened, so that an instruct model answers it
+    /// (one turn; `kiln chat` for more). A model without a template needs --chat-template.
+    #[arg(long)]
+    pub chat: bool,
+    /// The chat template for --chat (implies it): a built-in name (chatml, llama2, llama3,
+    /// gemma) or a Jinja file (Hugging Face's chat_template format), instead of the model's.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub chat_template: Option<String>,
+    /// A system message before each prompt (implies --chat).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
     /// Read a prompt from this file, verbatim (repeatable).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -122,17 +136,48 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             .context("reading the prompt from stdin")?;
         texts.push(s);
     }
+    let system = a.system.as_ref().map(escape).transpose()?;
     let speculation = a.spec.speculation()?;
-    let engine = a.model.load(EngineOptions {
-        context: a.ctx_size,
-        max_batch: a.max_batch_size,
-        draft_model: a.spec.draft_path()?,
-        ..Default::default()
-    })?;
-    let prompts = texts
-        .iter()
-        .map(|t| engine.tokenize(t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let path = a.model.resolve()?;
+    let engine = a.model.load_path(
+        &path,
+        EngineOptions {
+            context: a.ctx_size,
+            max_batch: a.max_batch_size,
+            draft_model: a.spec.draft_path()?,
+            ..Default::default()
+        },
+    )?;
+    let chat = a.chat || a.chat_template.is_some() || system.is_some();
+    let prompts = if chat {
+        let template = chat_template::for_chat(
+            a.chat_template.as_deref(),
+            &engine,
+            &path,
+            "or leave out --chat",
+        )?;
+        let prompts = texts
+            .iter()
+            .map(|t| {
+                let mut messages: Vec<ChatMessage> = system
+                    .iter()
+                    .map(|s| ChatMessage::new("system", s))
+                    .collect();
+                messages.push(ChatMessage::new("user", t));
+                crate::chat::prompt_ids(&engine, template.as_deref(), &messages)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // What --echo shows is the formatted prompt.
+        for (t, p) in texts.iter_mut().zip(&prompts) {
+            *t = engine.tokenizer.decode(p, false);
+        }
+        prompts
+    } else {
+        texts
+            .iter()
+            .map(|t| engine.tokenize(t))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let seed = seed_or_random(a.seed);
     if a.verbose {
         eprintln!("seed: {seed}");

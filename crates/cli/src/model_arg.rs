@@ -74,12 +74,72 @@ pub struct EngineFlags {
     /// no f16 weight tiles (default: those the adapter offers; the device line names them).
     #[arg(long, env = "KILN_GPU_PORTABLE", value_parser = FalseyValueParser::new())]
     pub gpu_portable: bool,
+    /// llama.cpp's -ngl: model layers to run on the GPU. kiln runs all of a model's layers on
+    /// one device: 0 is --device cpu, the model's layer count or more (99, or `all`, as
+    /// llama.cpp users write it) is --device gpu; a count in between is refused (no GPU/CPU
+    /// split yet), as is one that contradicts --device.
+    #[arg(
+        long = "gpu-layers",
+        alias = "n-gpu-layers",
+        value_name = "N|all",
+        value_parser = parse_gpu_layers
+    )]
+    pub gpu_layers: Option<GpuLayers>,
+}
+
+/// `-ngl`'s value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuLayers {
+    Count(usize),
+    All,
+}
+
+fn parse_gpu_layers(s: &str) -> Result<GpuLayers, String> {
+    match s.trim() {
+        "all" => Ok(GpuLayers::All),
+        t => t.parse::<usize>().map(GpuLayers::Count).map_err(|_| {
+            format!(
+                "expected a layer count (0 = CPU, 99 = all layers on the GPU) or `all`, got {s:?}"
+            )
+        }),
+    }
 }
 
 impl EngineFlags {
+    /// Where `-ngl` and `--device` together put the model.
+    fn device(&self) -> Result<DeviceChoice> {
+        let gpu = match self.gpu_layers {
+            None => return Ok(self.device),
+            Some(GpuLayers::Count(0)) => false,
+            Some(_) => true,
+        };
+        match (gpu, self.device) {
+            (false, DeviceChoice::Auto | DeviceChoice::Cpu) => Ok(DeviceChoice::Cpu),
+            (true, DeviceChoice::Auto) => Ok(DeviceChoice::Gpu(None)),
+            (true, d @ DeviceChoice::Gpu(_)) => Ok(d),
+            (false, DeviceChoice::Gpu(_)) => Err(anyhow::anyhow!(
+                "-ngl 0 (no layers on the GPU) contradicts --device gpu"
+            )),
+            (true, DeviceChoice::Cpu) => Err(anyhow::anyhow!(
+                "-ngl asks for layers on the GPU, --device cpu for none"
+            )),
+        }
+    }
+
+    /// Refuses `-ngl N` for a model whose layers would not all be on the GPU with N.
+    fn check_gpu_layers(&self, engine: &Engine) -> Result<()> {
+        let layers = engine.model.config().n_layers;
+        match self.gpu_layers {
+            Some(GpuLayers::Count(n)) if n > 0 && n < layers => Err(anyhow::anyhow!(
+                "-ngl {n}: kiln does not split a model's layers between GPU and CPU yet; this model has {layers} layers: -ngl {layers} (or 99, or all) runs them all on the GPU, -ngl 0 on the CPU"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// `opts` with these settings applied.
-    pub fn apply(&self, opts: EngineOptions) -> EngineOptions {
-        EngineOptions {
+    pub fn apply(&self, opts: EngineOptions) -> Result<EngineOptions> {
+        Ok(EngineOptions {
             isa: self.isa.or(opts.isa),
             kv_type: self.cache_type.or(opts.kv_type),
             numerics: self.numerics.or(opts.numerics),
@@ -89,14 +149,14 @@ impl EngineFlags {
                 opts.residency
             },
             interleave: opts.interleave && self.interleave,
-            device: self.device,
+            device: self.device()?,
             gpu_features: if self.gpu_portable {
                 GpuFeatures::PORTABLE
             } else {
                 opts.gpu_features
             },
             ..opts
-        }
+        })
     }
 }
 
@@ -175,7 +235,7 @@ impl ModelArgs {
             threads: self.threads,
             tokenizer_path: self.tokenizer_path.clone().or(opts.tokenizer_path),
             ..opts
-        });
+        })?;
         let msg = format!("loading {}", path.display());
         note_without_terminal(&msg);
         let bar = spinner(&msg);
@@ -183,6 +243,7 @@ impl ModelArgs {
             Engine::load(path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
         let engine = engine?;
+        self.engine.check_gpu_layers(&engine)?;
         // One line whenever the device was not simply the CPU asked for; `auto` on a machine
         // without any GPU is the CPU as asked for.
         if opts.device != DeviceChoice::Cpu && engine.device != kiln_engine::NO_GPU_NOTE {

@@ -1,7 +1,9 @@
 //! `kiln chat` in a real terminal (a pseudo-terminal this test drives as a user would): the
 //! default model (qwen2.5-coder-0.5b, an instruct model, pulled on first use), `/help`, two turns
 //! that share a history, Ctrl-C in the middle of a reply (the reply stops, the chat goes on),
-//! another turn, the `--verbose` speed line after each reply, and `/bye`.
+//! another turn, the `--verbose` speed line after each reply (the second turn computing only its
+//! new tokens: the first's KV cache is kept), and `/bye`; then the line history kept in
+//! `$KILN_HOME/chat_history` recalled in a second session.
 #![cfg(unix)]
 
 use std::io::{Read, Write};
@@ -20,7 +22,7 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn spawn(args: &[&str]) -> Terminal {
+    fn spawn(args: &[&str], kiln_home: &std::path::Path) -> Terminal {
         let (mut master, mut slave) = (-1, -1);
         let size = libc::winsize {
             ws_row: 40,
@@ -45,6 +47,9 @@ impl Terminal {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(args)
             .env("TERM", "xterm-256color")
+            // A KILN_HOME of the test's own for the line history; the models stay where they are.
+            .env("KILN_MODELS", kiln_pull::models_dir())
+            .env("KILN_HOME", kiln_home)
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave));
@@ -141,10 +146,19 @@ fn reply(t: &mut Terminal) -> String {
     r
 }
 
+/// The speed line's `prompt N new tokens (C cached)`.
+fn speed(reply: &str) -> Option<(usize, usize)> {
+    let rest = &reply[reply.rfind("[prompt ")? + "[prompt ".len()..];
+    let (new, rest) = rest.split_once(" new tokens (")?;
+    let (cached, _) = rest.split_once(" cached)")?;
+    Some((new.parse().ok()?, cached.parse().ok()?))
+}
+
 #[test]
 fn chat_in_a_terminal_two_turns_help_ctrl_c_and_bye() {
     // No -m: the default chat model. Pulling it on first use can take minutes.
-    let mut t = Terminal::spawn(&["chat", "--verbose", "-n", "300", "-t", "2"]);
+    let home = tempfile::tempdir().unwrap();
+    let mut t = Terminal::spawn(&["chat", "--verbose", "-n", "300", "-t", "2"], home.path());
     t.expect("/help lists the commands", Duration::from_secs(900));
     t.expect(PROMPT, Duration::from_secs(60));
 
@@ -161,6 +175,18 @@ fn chat_in_a_terminal_two_turns_help_ctrl_c_and_bye() {
     assert!(
         second.contains("Ada"),
         "the reply forgot the first turn:\n{second}"
+    );
+    // The first turn computed its whole prompt; the second reused the first's KV cache and
+    // computed only its new message (with the template's markers around it).
+    assert_eq!(
+        speed(&first),
+        Some((speed(&first).unwrap().0, 0)),
+        "{first}"
+    );
+    let (new, cached) = speed(&second).expect("a speed line");
+    assert!(
+        cached > speed(&first).unwrap().0 && new < 40,
+        "turn 2: {new} new, {cached} cached:\n{second}"
     );
 
     // Ctrl-C once the reply is under way (it has reached 3): the reply stops, the session does
@@ -198,4 +224,27 @@ fn chat_in_a_terminal_two_turns_help_ctrl_c_and_bye() {
     };
     assert!(status.success(), "{status:?}\n{}", t.transcript());
     eprintln!("{}", t.transcript());
+    drop(t);
+
+    // The lines typed are kept in $KILN_HOME/chat_history for the next session, whose Up
+    // arrow brings back the last one (/bye, which ends it).
+    let kept = std::fs::read_to_string(home.path().join("chat_history")).unwrap();
+    assert!(
+        kept.contains("My name is Ada.") && kept.contains("/bye"),
+        "{kept}"
+    );
+    let mut t = Terminal::spawn(&["chat", "-t", "2"], home.path());
+    t.expect("/help lists the commands", Duration::from_secs(120));
+    t.expect(PROMPT, Duration::from_secs(60));
+    t.send("\x1b[A");
+    t.expect("/bye", Duration::from_secs(30));
+    t.send("\r");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while t.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "Up + Enter (/bye) did not end the chat"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

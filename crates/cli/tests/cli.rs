@@ -263,6 +263,21 @@ fn chat_on_a_meta_checkpoint_uses_llama2_format() {
         Some(&2),
         "EOS closes the first exchange"
     );
+    // The second turn reuses the first's KV cache: its prompt tokens up to where they leave
+    // what the first turn computed (its prompt and reply, less the last token sampled) are
+    // reported as cached (OpenAI's usage.prompt_tokens_details), the rest as computed.
+    let first_ids = ids(&turns[0]["choices"][0]["prompt_token_ids"]);
+    let reply = ids(&turns[0]["choices"][0]["token_ids"]);
+    let computed: Vec<u64> = [&first_ids[..], &reply[..reply.len() - 1]].concat();
+    let shared = computed
+        .iter()
+        .zip(&second)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared >= first_ids.len() - 1, "{computed:?} {second:?}");
+    let cached = |t: &Value| t["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64();
+    assert_eq!(cached(&turns[0]), Some(0));
+    assert_eq!(cached(&turns[1]), Some(shared as u64));
 }
 
 /// One sampled `kiln complete --json` run on the llama-mha fixture; `extra` adds flags.
@@ -778,4 +793,156 @@ fn gpu_portable_flag_selects_the_portable_kernels() {
     assert!(portable.ends_with("kernels: portable"), "{portable}");
     let default = run(&[]);
     assert!(default.contains(", kernels: "), "{default}");
+}
+
+/// `kiln complete --chat` / `--chat-template` / `--system` formats each prompt as one user
+/// turn, as `kiln chat` formats its first turn (the same prompt ids); without a template it is
+/// the same clear error, never a guessed format.
+#[test]
+fn complete_chat_formats_prompts_as_kiln_chat_does() {
+    use std::io::Write;
+    let first_chat_turn = |d: &str, extra: &[&str], line: &str| -> Vec<u64> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["chat", "-m", d, "--json", "-n", "2", "-t", "1"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let turn: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids(&turn["choices"][0]["prompt_token_ids"])
+    };
+    let complete = |d: &str, extra: &[&str]| -> Output {
+        let mut args = vec!["complete", "-m", d, "--json", "-n", "2", "-t", "1"];
+        args.extend_from_slice(extra);
+        args.extend(["--prompt", "Hello", "--prompt", "Hi there"]);
+        kiln(&args)
+    };
+    let prompt_ids = |out: &Output, i: usize| -> Vec<u64> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids(&v["choices"][i]["prompt_token_ids"])
+    };
+    let qwen = test_data().join("fixtures/qwen2-tiny");
+    let q = qwen.to_str().unwrap();
+    for extra in [
+        &["--chat-template", "chatml"][..],
+        &["--chat-template", "chatml", "--system", "Be brief."],
+    ] {
+        let out = complete(q, extra);
+        assert_eq!(
+            prompt_ids(&out, 0),
+            first_chat_turn(q, extra, "Hello"),
+            "{extra:?}"
+        );
+        // Each prompt of the batch is its own conversation.
+        assert_eq!(
+            prompt_ids(&out, 1),
+            first_chat_turn(q, extra, "Hi there"),
+            "{extra:?}"
+        );
+    }
+    // No template: the same refusal as kiln chat's, with the way out for complete.
+    let out = complete(q, &["--chat"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("has no chat template") && err.contains("leave out --chat"),
+        "{err}"
+    );
+    // A Meta checkpoint: Meta's own format, as kiln chat formats it.
+    let meta = test_data().join("fixtures/llama-mha/meta/mp2");
+    let m = meta.to_str().unwrap();
+    assert_eq!(
+        prompt_ids(&complete(m, &["--chat"]), 0),
+        first_chat_turn(m, &[], "Hello")
+    );
+    // Without --chat the prompt is plain text.
+    assert_eq!(
+        prompt_ids(&complete(q, &[]), 0),
+        ids(&serde_json::from_slice::<Value>(
+            &kiln(&["tokenize", "-m", q, "--json", "Hello"]).stdout
+        )
+        .unwrap()["ids"])
+    );
+}
+
+/// `kiln chat`'s `/save FILE` writes the conversation as OpenAI's messages and `/load FILE`
+/// continues it: the next turn's prompt is the one the unbroken chat had. A file that is not
+/// a conversation is a clear error.
+#[test]
+fn chat_save_and_load_continue_a_conversation() {
+    use std::io::Write;
+    let dir = test_data().join("fixtures/qwen2-tiny");
+    let d = dir.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("talk.json");
+    let f = file.to_str().unwrap();
+    let chat = |extra: &[&str], input: &str| -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["chat", "-m", d, "--json", "-n", "4", "-t", "1"])
+            .args(["--chat-template", "chatml"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let turns = |out: &Output| -> Vec<Value> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let system = ["--system", "Be brief."];
+    let whole = turns(&chat(&system, "Hello\nHow are you?\n"));
+    assert_eq!(whole.len(), 2);
+    let saved = turns(&chat(&system, &format!("Hello\n/save {f}\n")));
+    let messages: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let reply = saved[0]["choices"][0]["message"]["content"].clone();
+    assert_eq!(
+        messages,
+        serde_json::json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": reply},
+        ])
+    );
+    // A new chat, without --system: the loaded file brings it back.
+    let resumed = turns(&chat(&[], &format!("/load {f}\nHow are you?\n")));
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        ids(&resumed[0]["choices"][0]["prompt_token_ids"]),
+        ids(&whole[1]["choices"][0]["prompt_token_ids"])
+    );
+    std::fs::write(&file, r#"[{"role": "robot", "content": "x"}]"#).unwrap();
+    let out = chat(&[], &format!("/load {f}\nHi\n"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("role \"robot\""), "{err}");
 }

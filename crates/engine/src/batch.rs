@@ -461,6 +461,16 @@ impl<T> Batch<T> {
         })
     }
 
+    /// Drops the kept caches of the prefix pool.
+    pub fn forget(&mut self) {
+        self.pool.clear();
+    }
+
+    /// Positions held by the prefix pool's caches.
+    pub fn pooled_tokens(&self) -> usize {
+        self.pool.iter().map(|(t, _)| t.len()).sum()
+    }
+
     /// Keeps a finished sequence's cache, keyed by the tokens it holds, for prefix reuse.
     fn retire(&mut self, s: Sequence) {
         if self.cfg.prefix_cache == 0 {

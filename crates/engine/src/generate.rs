@@ -299,13 +299,6 @@ pub fn generate_until(
     on_text: &mut dyn FnMut(usize, &str),
     cancelled: &mut dyn FnMut() -> bool,
 ) -> Result<Vec<Completion>, EngineError> {
-    if prompts.len() > limits.max_batch {
-        return Err(EngineError::Invalid(format!(
-            "batch of {} prompts is larger than the maximum batch size {}",
-            prompts.len(),
-            limits.max_batch
-        )));
-    }
     let mut batch = Batch::with_grammars(
         model,
         tokenizer,
@@ -317,6 +310,32 @@ pub fn generate_until(
         grammars.clone(),
     );
     batch.set_draft(model, draft)?;
+    run_batch(
+        &mut batch, model, tokenizer, limits, prompts, params, on_text, cancelled,
+    )
+}
+
+/// Admits every prompt into `batch` and steps it until all are done. A cancelled run leaves
+/// its sequences' caches in the batch's prefix pool (they hold whole steps); a failed step
+/// drops them (they may hold half-written positions).
+#[allow(clippy::too_many_arguments)]
+fn run_batch(
+    batch: &mut Batch<usize>,
+    model: &dyn CausalLM,
+    tokenizer: &Tokenizer,
+    limits: Limits,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+    on_text: &mut dyn FnMut(usize, &str),
+    cancelled: &mut dyn FnMut() -> bool,
+) -> Result<Vec<Completion>, EngineError> {
+    if prompts.len() > limits.max_batch {
+        return Err(EngineError::Invalid(format!(
+            "batch of {} prompts is larger than the maximum batch size {}",
+            prompts.len(),
+            limits.max_batch
+        )));
+    }
     // The constraint is compiled once for the whole batch.
     let mut params = params.clone();
     batch.compile(tokenizer, &mut params)?;
@@ -331,12 +350,15 @@ pub fn generate_until(
         })?;
     }
     for (i, p) in prompts.iter().enumerate() {
-        batch.add(model, tokenizer, p.clone(), params.clone(), i)?;
+        if let Err(e) = batch.add(model, tokenizer, p.clone(), params.clone(), i) {
+            batch.remove_where(|_| true);
+            return Err(e);
+        }
     }
     let mut out: Vec<Option<Completion>> = vec![None; prompts.len()];
     while !batch.is_empty() {
         if cancelled() {
-            batch.clear();
+            batch.remove_where(|_| true);
             return Err(EngineError::Cancelled);
         }
         let report = batch.step(model, tokenizer, &mut |&mut i, event| {
@@ -345,7 +367,14 @@ pub fn generate_until(
                     on_text(i, &text);
                 }
             }
-        })?;
+        });
+        let report = match report {
+            Ok(r) => r,
+            Err(e) => {
+                batch.clear();
+                return Err(e);
+            }
+        };
         for f in report.finished {
             out[f.tag] = Some(f.completion);
         }
@@ -354,4 +383,75 @@ pub fn generate_until(
         .into_iter()
         .map(|c| c.expect("every admitted prompt finishes"))
         .collect())
+}
+
+/// Generation that keeps its KV caches from one call to the next, for a conversation whose
+/// every turn's prompt starts with the previous turn's prompt and reply (`kiln chat`): each
+/// call's prompt reuses the longest prefix it shares with what an earlier call computed, so a
+/// turn computes only its new tokens. It is the server's prefix cache ([`Batch`]'s pool of
+/// finished caches) kept between calls, and the results are [`generate`]'s for the same
+/// prompts. A stopped reply ([`EngineError::Cancelled`]) keeps what it computed too.
+pub struct Session {
+    batch: Batch<usize>,
+}
+
+impl Session {
+    /// A session over `model` that keeps the caches of its last `keep` sequences (at least 1).
+    pub fn new(
+        model: &dyn CausalLM,
+        draft: Option<Arc<dyn CausalLM>>,
+        tokenizer: &Tokenizer,
+        grammars: &Arc<Grammars>,
+        limits: Limits,
+        keep: usize,
+    ) -> Result<Session, EngineError> {
+        let mut batch = Batch::with_grammars(
+            model,
+            tokenizer,
+            BatchConfig {
+                context: limits.context,
+                prefill_chunk: limits.prefill_chunk,
+                prefix_cache: keep.max(1),
+            },
+            grammars.clone(),
+        );
+        batch.set_draft(model, draft)?;
+        Ok(Session { batch })
+    }
+
+    /// [`generate_until`] through the kept caches. `model` and `tokenizer` must be those the
+    /// session was made with. Each [`Completion::timings`] counts in `prompt_tokens` only the
+    /// prompt tokens that were computed (the rest came from the kept caches).
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_until(
+        &mut self,
+        model: &dyn CausalLM,
+        tokenizer: &Tokenizer,
+        limits: Limits,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(usize, &str),
+        cancelled: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<Completion>, EngineError> {
+        run_batch(
+            &mut self.batch,
+            model,
+            tokenizer,
+            limits,
+            prompts,
+            params,
+            on_text,
+            cancelled,
+        )
+    }
+
+    /// Forgets every kept cache (a new conversation).
+    pub fn forget(&mut self) {
+        self.batch.forget();
+    }
+
+    /// Positions held in kept caches.
+    pub fn kept_tokens(&self) -> usize {
+        self.batch.pooled_tokens()
+    }
 }

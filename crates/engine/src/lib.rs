@@ -38,7 +38,7 @@ use kiln_tokenizer::{llama2_chat_prompt, render_chat_template, ChatMessage, Toke
 pub use constraint::{Constraint, ConstraintSpec, Grammars};
 pub use embed::Pooling;
 pub use generate::{
-    Completion, FinishReason, GenerateParams, Limits, Speculation, Timings, TokenLogprob,
+    Completion, FinishReason, GenerateParams, Limits, Session, Speculation, Timings, TokenLogprob,
 };
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
@@ -311,6 +311,41 @@ impl Engine {
             self.draft.clone(),
             &self.tokenizer,
             &self.grammars,
+            self.limits,
+            prompts,
+            params,
+            on_text,
+            cancelled,
+        )
+    }
+
+    /// A [`Session`]: generation that keeps its KV caches between calls, so that a
+    /// conversation's next turn computes only its new tokens (`kiln chat`). Pass it to
+    /// [`Engine::session_generate`].
+    pub fn session(&self) -> Result<Session, EngineError> {
+        Session::new(
+            self.model.as_ref(),
+            self.draft.clone(),
+            &self.tokenizer,
+            &self.grammars,
+            self.limits,
+            1,
+        )
+    }
+
+    /// [`Engine::generate_until`] through a [`Session`] made by [`Engine::session`]: the
+    /// prompt reuses what the session's earlier calls computed of its prefix.
+    pub fn session_generate(
+        &self,
+        session: &mut Session,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(usize, &str),
+        cancelled: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<Completion>, EngineError> {
+        session.generate_until(
+            self.model.as_ref(),
+            &self.tokenizer,
             self.limits,
             prompts,
             params,

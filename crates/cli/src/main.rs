@@ -22,21 +22,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Model layers to offload to a GPU (llama.cpp's -ngl). kiln does not split a model
-    /// between GPU and CPU yet (`--device gpu` runs every layer on the GPU), so this is refused
-    /// rather than ignored.
-    #[arg(
-        long = "gpu-layers",
-        alias = "n-gpu-layers",
-        global = true,
-        value_name = "N"
-    )]
-    gpu_layers: Option<String>,
 }
-
-/// The message for `-ngl`/`--gpu-layers`: refused, never silently ignored, so nobody believes
-/// they are running on a GPU.
-const NO_GPU: &str = "kiln does not split layers between GPU and CPU yet; -ngl/--gpu-layers cannot be honoured (--device gpu runs every layer on the GPU)";
 
 /// llama.cpp's `-ngl N` is a multi-letter short flag, which clap cannot express (it reads
 /// `-ngl` as `-n gl`); it is spelt `--gpu-layers` before clap sees it. Arguments after `--`
@@ -116,11 +102,6 @@ fn parse(args: Vec<std::ffi::OsString>) -> Cli {
 
 fn main() {
     let cli = parse(long_gpu_layers_flag(std::env::args_os()));
-    if cli.gpu_layers.is_some() {
-        // Exit status 2, as for any other unusable command line.
-        eprintln!("error: {NO_GPU}");
-        std::process::exit(2);
-    }
     if !matches!(cli.command, Command::Serve(_)) {
         quiet_broken_pipe();
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::builder::{BoolishValueParser, FalseyValueParser};
 use clap::{ArgAction, Args};
 use kiln_engine::{
-    DeviceChoice, Engine, EngineOptions, Isa, KvType, Numerics, Residency, Speculation,
+    DeviceChoice, Engine, EngineOptions, GpuLayers, Isa, KvType, Numerics, Residency, Speculation,
 };
 use kiln_pull::Progress;
 
@@ -68,6 +68,49 @@ pub struct EngineFlags {
         default_value = "auto"
     )]
     pub device: DeviceChoice,
+    /// Layers to run on the GPU (llama.cpp's -ngl): N of the model's n_layers + 1 (its blocks
+    /// and the output layer, counted and ordered as llama.cpp does: the output layer first,
+    /// then blocks from the last; the rest and the token embedding run on the CPU), `auto` (as
+    /// many as fit in the device's memory) or `all`. Default: all with --device gpu (an error
+    /// naming the -ngl that fits when they do not); as many as fit with --device auto.
+    #[arg(
+        long = "gpu-layers",
+        alias = "n-gpu-layers",
+        env = "KILN_GPU_LAYERS",
+        value_name = "N"
+    )]
+    pub gpu_layers: Option<GpuLayers>,
+    /// Device memory the fit check may plan for, in bytes or with K/M/G (e.g. 512M). Default:
+    /// what the adapter reports (Vulkan). A testing aid for the fit check, and a way to leave
+    /// room for other programs on the GPU.
+    #[arg(long, env = "KILN_GPU_MEMORY", value_name = "BYTES", value_parser = parse_bytes)]
+    pub gpu_memory: Option<u64>,
+}
+
+/// `512M`, `4G`, `1048576`: a size in bytes (K, M, G and T are powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: a size in bytes, or with K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: a size in bytes, or with K, M, G or T"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{s:?}: a size above 0"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 impl EngineFlags {
@@ -84,6 +127,8 @@ impl EngineFlags {
             },
             interleave: opts.interleave && self.interleave,
             device: self.device,
+            gpu_layers: self.gpu_layers.unwrap_or(opts.gpu_layers),
+            gpu_memory: self.gpu_memory.or(opts.gpu_memory),
             ..opts
         }
     }

@@ -243,29 +243,68 @@ fn serve_exits_on_sigterm_within_the_drain_deadline_despite_stuck_clients() {
     drop((headers, body));
 }
 
-/// llama.cpp's `-ngl N` / `--gpu-layers N` is one flag (not `-n gl`), and refused with one
-/// clear line and exit status 2 until kiln splits layers between GPU and CPU, never silently
-/// ignored.
+/// llama.cpp's `-ngl N` / `--gpu-layers N` is one flag (not `-n gl`) on every command that
+/// loads a model: a count with `--device cpu` is refused with one clear line (never ignored),
+/// a value that is not a count, `auto` or `all` is a usage error, and `-ngl 0` runs on the CPU
+/// and says so. (`crates/cli/tests/gpu.rs` runs the splits themselves on an adapter.)
 #[test]
-fn gpu_layers_are_refused_with_a_clear_message() {
+fn gpu_layers_are_one_flag_and_checked() {
+    let m = fixture();
+    let text = data().join("ppl-text.txt").display().to_string();
     for args in [
-        &["complete", "-ngl", "99", "--prompt", "x"][..],
-        &["complete", "-ngl=99", "--prompt", "x"],
-        &["chat", "--gpu-layers", "99"],
-        &["serve", "--n-gpu-layers", "10"],
+        &[
+            "complete", "-m", &m, "-ngl", "99", "--device", "cpu", "--prompt", "x",
+        ][..],
+        &[
+            "complete", "-m", &m, "-ngl=99", "--device", "cpu", "--prompt", "x",
+        ],
+        &[
+            "perplexity",
+            "-m",
+            &m,
+            "--gpu-layers",
+            "2",
+            "--device",
+            "cpu",
+            "-f",
+            &text,
+        ],
+        &["bench", "-m", &m, "--n-gpu-layers", "1", "--device", "cpu"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(args)
-            .output()
-            .expect("run kiln");
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            err.trim_end(),
-            "error: kiln does not split layers between GPU and CPU yet; -ngl/--gpu-layers cannot be honoured (--device gpu runs every layer on the GPU)",
-            "{args:?}"
+        let out = run(args, &[]);
+        assert_clean_error(&out, "-ngl", &format!("{args:?}"));
+        assert_clean_error(
+            &out,
+            "--device cpu runs every layer on the CPU",
+            &format!("{args:?}"),
         );
     }
+    let out = run(
+        &["complete", "-m", &m, "-ngl", "lots", "--prompt", "x"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert_clean_error(
+        &out,
+        "a number of layers, `auto` (as many as fit) or `all`",
+        "-ngl lots",
+    );
+    let out = run(
+        &[
+            "complete", "-m", &m, "-ngl", "0", "--device", "gpu", "-n", "2", "--prompt", "x",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kiln: device: cpu (-ngl 0)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `kiln serve --alias` (repeatable): the first alias is the id, `/v1/models` lists every

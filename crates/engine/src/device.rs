@@ -154,3 +154,58 @@ pub(crate) fn check_cpu_layers(layers: GpuLayers, device: DeviceChoice) -> Resul
         _ => Ok(()),
     }
 }
+
+/// What `opts` would put on a GPU for `loaded`, computed without uploading anything
+/// (`kiln inspect --device gpu`).
+pub struct PlanReport {
+    /// The adapter, as `kiln inspect --devices` lists it.
+    pub adapter: String,
+    /// The memory the plan may use ([`EngineOptions::gpu_memory`] or the adapter's own).
+    pub memory: Option<u64>,
+    /// The device's largest binding (every buffer of a pass is bound whole).
+    pub max_binding: u64,
+    pub needs: Needs,
+    /// The layers `opts.gpu_layers` gets, or why the model does not fit.
+    pub decision: Result<kiln_gpu::Decision, String>,
+}
+
+/// The GPU plan of `loaded` under `opts` (`None`: `opts.device` runs on the CPU; the line
+/// says why).
+pub fn plan_report(
+    loaded: &LoadedModel,
+    opts: &EngineOptions,
+) -> Result<Result<PlanReport, String>, crate::EngineError> {
+    let placement =
+        Gpu::open(opts.device).map_err(|e| crate::EngineError::Invalid(e.to_string()))?;
+    let Some(gpu) = placement.gpu else {
+        return Ok(Err(placement.note));
+    };
+    let trained = loaded.config.max_position_embeddings;
+    let positions = opts.context.unwrap_or(trained).clamp(1, trained.max(1));
+    let rows = 512 + opts.max_batch;
+    let kv = opts.kv_type.unwrap_or_else(|| {
+        Numerics::for_tensors(loaded.tensors.values().map(|t| &t.dtype)).default_kv_type()
+    });
+    let needs = Needs::of(loaded, kv, positions, rows, gpu.max_binding)
+        .map_err(|e| crate::EngineError::Invalid(e.to_string()))?;
+    let memory = offered(&gpu, opts.gpu_memory);
+    let decision = decide(
+        &needs,
+        opts.gpu_layers,
+        memory,
+        gpu.max_binding,
+        opts.device == DeviceChoice::Auto,
+    );
+    Ok(Ok(PlanReport {
+        adapter: gpu.adapter.to_string(),
+        memory,
+        max_binding: gpu.max_binding,
+        needs,
+        decision,
+    }))
+}
+
+/// Device bytes of a sequence's KV cache (a split cache's device part; 0 on the CPU).
+pub fn cache_device_bytes(cache: &kiln_models::KvCache) -> usize {
+    kiln_gpu::device_cache_bytes(cache)
+}

@@ -46,6 +46,7 @@ pub use sampler::SamplingParams;
 pub use device::GpuUse;
 pub use kiln_formats::resident::Residency;
 pub use kiln_gpu::context::list_adapters;
+pub use kiln_gpu::plan as gpu_plan;
 pub use kiln_gpu::{AdapterSummary, DeviceChoice, GpuLayers};
 pub use kiln_kernels::Isa;
 pub use kiln_models::{KvType, Numerics};

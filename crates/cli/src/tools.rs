@@ -256,6 +256,11 @@ fn print_gpu_plan(loaded: &kiln_formats::LoadedModel, opts: &EngineOptions) -> R
         human(all.scratch)
     );
     match &r.decision {
+        Ok(d) if d.gpu_layers == 0 => println!(
+            "  -ngl {}: every layer on the CPU; {}",
+            opts.gpu_layers,
+            d.why.as_deref().unwrap_or("-ngl 0")
+        ),
         Ok(d) => {
             let u = n.usage(d.gpu_layers);
             println!(

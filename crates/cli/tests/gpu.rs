@@ -16,7 +16,9 @@ fn fixture() -> String {
 
 fn kiln(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(args).env_remove("KILN_GPU_LAYERS").env_remove("KILN_DEVICE");
+    c.args(args)
+        .env_remove("KILN_GPU_LAYERS")
+        .env_remove("KILN_DEVICE");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -62,14 +64,30 @@ fn ngl_splits_answer_as_the_full_offload_and_say_where_layers_run() {
     assert!(err.contains("kiln: device: gpu"), "{err}");
     assert!(!err.contains("layers"), "{err}");
     let (split, err) = run(&["-ngl", "2"], &[]);
-    assert!(err.contains("for 2 of 3 layers, 1 blocks on the CPU"), "{err}");
+    assert!(
+        err.contains("for 2 of 3 layers, 1 blocks on the CPU"),
+        "{err}"
+    );
     assert_eq!(token_ids(&split), token_ids(&full));
     let (env_split, err) = run(&[], &[("KILN_GPU_LAYERS", "1")]);
-    assert!(err.contains("for 1 of 3 layers, 2 blocks on the CPU"), "{err}");
+    assert!(
+        err.contains("for 1 of 3 layers, 2 blocks on the CPU"),
+        "{err}"
+    );
     assert_eq!(token_ids(&env_split), token_ids(&full));
 
     let out = kiln(
-        &["complete", "-m", &m, "--device", "gpu", "--gpu-memory", "1K", "--prompt", "x"],
+        &[
+            "complete",
+            "-m",
+            &m,
+            "--device",
+            "gpu",
+            "--gpu-memory",
+            "1K",
+            "--prompt",
+            "x",
+        ],
         &[],
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -99,7 +117,9 @@ fn inspect_and_bench_report_the_adapter_and_device_memory() {
 
     let (o, _) = ok(
         &kiln(
-            &["bench", "-m", &m, "--device", "gpu", "-ngl", "2", "-p", "8", "-n", "4", "-r", "1"],
+            &[
+                "bench", "-m", &m, "--device", "gpu", "-ngl", "2", "-p", "8", "-n", "4", "-r", "1",
+            ],
             &[],
         ),
         "bench",
@@ -108,18 +128,29 @@ fn inspect_and_bench_report_the_adapter_and_device_memory() {
         .lines()
         .find(|l| l.starts_with("gpu memory: 2 of 3 layers on gpu:"))
         .unwrap_or_else(|| panic!("{o}"));
-    assert!(line.contains("weights") && line.contains("KV cache"), "{line}");
+    assert!(
+        line.contains("weights") && line.contains("KV cache"),
+        "{line}"
+    );
     let (o, _) = ok(
         &kiln(
-            &["bench", "-m", &m, "--device", "gpu", "-p", "8", "-n", "4", "-r", "1", "--json"],
+            &[
+                "bench", "-m", &m, "--device", "gpu", "-p", "8", "-n", "4", "-r", "1", "--json",
+            ],
             &[],
         ),
         "bench --json",
     );
     let v: serde_json::Value = serde_json::from_str(&o).unwrap();
     let g = &v[0]["gpu"];
-    assert_eq!((g["gpu_layers"].as_u64(), g["layers"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (g["gpu_layers"].as_u64(), g["layers"].as_u64()),
+        (Some(3), Some(3))
+    );
     assert!(g["weight_bytes"].as_u64().unwrap() > 0, "{g}");
     // The fixture: 2 blocks × keys and values × 4 heads × 16 dims × (8 or more) positions × f32.
-    assert!(g["kv_cache_bytes"].as_u64().unwrap() >= 2 * 2 * 4 * 16 * 8 * 4, "{g}");
+    assert!(
+        g["kv_cache_bytes"].as_u64().unwrap() >= 2 * 2 * 4 * 16 * 8 * 4,
+        "{g}"
+    );
 }

@@ -67,14 +67,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let tokens: Vec<u32> = (0..a.n_prompt.iter().copied().max().unwrap_or(0).max(1) as u64)
         .map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) % vocab as u64) as u32)
         .collect();
+    // The largest KV cache a test held on the device.
+    let mut kv_device = 0;
     for t in tests.iter_mut() {
         // One warm-up pass, then the timed repetitions.
         for rep in 0..=a.repetitions {
-            let secs = if t.n_prompt > 0 {
+            let (secs, kv) = if t.n_prompt > 0 {
                 time_prompt(model, &tokens[..t.n_prompt])?
             } else {
                 time_generation(model, t.n_gen, tokens[0])?
             };
+            kv_device = kv_device.max(kv);
             if rep > 0 {
                 t.samples.push((t.n_prompt + t.n_gen) as f64 / secs);
             }
@@ -101,12 +104,34 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "samples_ts": t.samples,
                     "peak_rss_bytes": peak,
                     "device": engine.device,
+                    "gpu": engine.gpu.as_ref().map(|g| json!({
+                        "adapter": g.adapter,
+                        "gpu_layers": g.gpu_layers,
+                        "layers": g.layers,
+                        "weight_bytes": g.weight_bytes,
+                        "kv_cache_bytes": kv_device,
+                        "memory_bytes": g.memory,
+                    })),
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&arr)?);
     } else {
         println!("{}", engine.device);
+        if let Some(g) = &engine.gpu {
+            println!(
+                "gpu memory: {} of {} layers on {}: weights {:.1} MiB, KV cache {:.1} MiB (the largest cache of these tests){}",
+                g.gpu_layers,
+                g.layers,
+                g.adapter,
+                g.weight_bytes as f64 / 1048576.0,
+                kv_device as f64 / 1048576.0,
+                g.memory.map_or(String::new(), |m| format!(
+                    "; the device offers {:.1} MiB",
+                    m as f64 / 1048576.0
+                ))
+            );
+        }
         println!("| model | size | threads | test | t/s |");
         println!("| --- | ---: | ---: | ---: | ---: |");
         for t in &tests {
@@ -126,7 +151,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn time_prompt(model: &dyn CausalLM, tokens: &[u32]) -> Result<f64> {
+/// Seconds for the pass, and the device bytes of its KV cache.
+fn time_prompt(model: &dyn CausalLM, tokens: &[u32]) -> Result<(f64, usize)> {
     let mut cache = model.new_cache(tokens.len());
     let mut logits = Vec::new();
     let start = Instant::now();
@@ -136,10 +162,11 @@ fn time_prompt(model: &dyn CausalLM, tokens: &[u32]) -> Result<f64> {
         logits: Logits::Last,
     }];
     model.forward(&mut batch, &mut logits)?;
-    Ok(start.elapsed().as_secs_f64())
+    let secs = start.elapsed().as_secs_f64();
+    Ok((secs, kiln_engine::device::cache_device_bytes(&cache)))
 }
 
-fn time_generation(model: &dyn CausalLM, n: usize, first: u32) -> Result<f64> {
+fn time_generation(model: &dyn CausalLM, n: usize, first: u32) -> Result<(f64, usize)> {
     let mut cache = model.new_cache(n);
     let mut logits = Vec::new();
     let mut tok = first;
@@ -154,7 +181,8 @@ fn time_generation(model: &dyn CausalLM, n: usize, first: u32) -> Result<f64> {
         model.forward(&mut batch, &mut logits)?;
         tok = kiln_engine::sampler::argmax(&logits);
     }
-    Ok(start.elapsed().as_secs_f64())
+    let secs = start.elapsed().as_secs_f64();
+    Ok((secs, kiln_engine::device::cache_device_bytes(&cache)))
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {

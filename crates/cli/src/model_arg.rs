@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::builder::{BoolishValueParser, FalseyValueParser};
 use clap::{ArgAction, Args};
 use kiln_engine::{
-    DeviceChoice, Engine, EngineOptions, GpuFeatures, Isa, KvType, Numerics, Residency, Speculation,
+    DeviceChoice, Engine, EngineOptions, GpuFeatures, GpuLayers, Isa, KvType, Numerics, Residency,
+    Speculation,
 };
 use kiln_pull::Progress;
 
@@ -74,72 +75,55 @@ pub struct EngineFlags {
     /// no f16 weight tiles (default: those the adapter offers; the device line names them).
     #[arg(long, env = "KILN_GPU_PORTABLE", value_parser = FalseyValueParser::new())]
     pub gpu_portable: bool,
-    /// llama.cpp's -ngl: model layers to run on the GPU. kiln runs all of a model's layers on
-    /// one device: 0 is --device cpu, the model's layer count or more (99, or `all`, as
-    /// llama.cpp users write it) is --device gpu; a count in between is refused (no GPU/CPU
-    /// split yet), as is one that contradicts --device.
+    /// Layers to run on the GPU (llama.cpp's -ngl): N of the model's n_layers + 1 (its blocks
+    /// and the output layer, counted and ordered as llama.cpp does: the output layer first,
+    /// then blocks from the last; the rest and the token embedding run on the CPU), `auto` (as
+    /// many as fit in the device's memory) or `all`. Default: all with --device gpu (an error
+    /// naming the -ngl that fits when they do not); as many as fit with --device auto.
     #[arg(
         long = "gpu-layers",
         alias = "n-gpu-layers",
-        value_name = "N|all",
-        value_parser = parse_gpu_layers
+        env = "KILN_GPU_LAYERS",
+        value_name = "N"
     )]
     pub gpu_layers: Option<GpuLayers>,
+    /// Device memory the fit check may plan for, in bytes or with K/M/G (e.g. 512M). Default:
+    /// what the adapter reports (Vulkan). A testing aid for the fit check, and a way to leave
+    /// room for other programs on the GPU.
+    #[arg(long, env = "KILN_GPU_MEMORY", value_name = "BYTES", value_parser = parse_bytes)]
+    pub gpu_memory: Option<u64>,
 }
 
-/// `-ngl`'s value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuLayers {
-    Count(usize),
-    All,
-}
-
-fn parse_gpu_layers(s: &str) -> Result<GpuLayers, String> {
-    match s.trim() {
-        "all" => Ok(GpuLayers::All),
-        t => t.parse::<usize>().map(GpuLayers::Count).map_err(|_| {
-            format!(
-                "expected a layer count (0 = CPU, 99 = all layers on the GPU) or `all`, got {s:?}"
-            )
-        }),
+/// `512M`, `4G`, `1048576`: a size in bytes (K, M, G and T are powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: a size in bytes, or with K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: a size in bytes, or with K, M, G or T"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{s:?}: a size above 0"));
     }
+    Ok((n * mult as f64) as u64)
 }
 
 impl EngineFlags {
-    /// Where `-ngl` and `--device` together put the model.
-    fn device(&self) -> Result<DeviceChoice> {
-        let gpu = match self.gpu_layers {
-            None => return Ok(self.device),
-            Some(GpuLayers::Count(0)) => false,
-            Some(_) => true,
-        };
-        match (gpu, self.device) {
-            (false, DeviceChoice::Auto | DeviceChoice::Cpu) => Ok(DeviceChoice::Cpu),
-            (true, DeviceChoice::Auto) => Ok(DeviceChoice::Gpu(None)),
-            (true, d @ DeviceChoice::Gpu(_)) => Ok(d),
-            (false, DeviceChoice::Gpu(_)) => Err(anyhow::anyhow!(
-                "-ngl 0 (no layers on the GPU) contradicts --device gpu"
-            )),
-            (true, DeviceChoice::Cpu) => Err(anyhow::anyhow!(
-                "-ngl asks for layers on the GPU, --device cpu for none"
-            )),
-        }
-    }
-
-    /// Refuses `-ngl N` for a model whose layers would not all be on the GPU with N.
-    fn check_gpu_layers(&self, engine: &Engine) -> Result<()> {
-        let layers = engine.model.config().n_layers;
-        match self.gpu_layers {
-            Some(GpuLayers::Count(n)) if n > 0 && n < layers => Err(anyhow::anyhow!(
-                "-ngl {n}: kiln does not split a model's layers between GPU and CPU yet; this model has {layers} layers: -ngl {layers} (or 99, or all) runs them all on the GPU, -ngl 0 on the CPU"
-            )),
-            _ => Ok(()),
-        }
-    }
-
     /// `opts` with these settings applied.
-    pub fn apply(&self, opts: EngineOptions) -> Result<EngineOptions> {
-        Ok(EngineOptions {
+    pub fn apply(&self, opts: EngineOptions) -> EngineOptions {
+        EngineOptions {
             isa: self.isa.or(opts.isa),
             kv_type: self.cache_type.or(opts.kv_type),
             numerics: self.numerics.or(opts.numerics),
@@ -149,14 +133,16 @@ impl EngineFlags {
                 opts.residency
             },
             interleave: opts.interleave && self.interleave,
-            device: self.device()?,
+            device: self.device,
             gpu_features: if self.gpu_portable {
                 GpuFeatures::PORTABLE
             } else {
                 opts.gpu_features
             },
+            gpu_layers: self.gpu_layers.unwrap_or(opts.gpu_layers),
+            gpu_memory: self.gpu_memory.or(opts.gpu_memory),
             ..opts
-        })
+        }
     }
 }
 
@@ -243,7 +229,6 @@ impl ModelArgs {
             Engine::load(path, &opts).with_context(|| format!("cannot load {}", path.display()));
         bar.finish_and_clear();
         let engine = engine?;
-        self.engine.check_gpu_layers(&engine)?;
         // One line whenever the device was not simply the CPU asked for; `auto` on a machine
         // without any GPU is the CPU as asked for.
         if opts.device != DeviceChoice::Cpu && engine.device != kiln_engine::NO_GPU_NOTE {

@@ -16,6 +16,19 @@ pub struct InspectArgs {
     /// List the GPU adapters (`--device gpu:N` numbers them) instead of describing a model.
     #[arg(long)]
     pub devices: bool,
+    /// Also show what the model would use of this device (gpu, gpu:N or auto): the adapter,
+    /// its memory, and the weights, KV cache and scratch of the layers placed there.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<kiln_engine::DeviceChoice>,
+    /// Layers the plan puts on the GPU, as for `kiln complete` (N, auto or all).
+    #[arg(long = "gpu-layers", alias = "n-gpu-layers", value_name = "N")]
+    pub gpu_layers: Option<kiln_engine::GpuLayers>,
+    /// Positions of the KV cache the plan counts (default: the model's context).
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Device memory the plan may use (as `--gpu-memory` elsewhere).
+    #[arg(long, value_name = "BYTES", value_parser = crate::model_arg::parse_bytes)]
+    pub gpu_memory: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +215,68 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         kv_per_pos as f64 / 1024.0,
         (kv_per_pos * 4096) as f64 / 1048576.0
     );
+    if let Some(device) = a.device {
+        let opts = EngineOptions {
+            device,
+            gpu_layers: a.gpu_layers.unwrap_or_default(),
+            gpu_memory: a.gpu_memory,
+            context: a.ctx_size,
+            ..Default::default()
+        };
+        print_gpu_plan(&loaded, &opts)?;
+    }
+    Ok(())
+}
+
+/// The `gpu:` lines of `kiln inspect --device ...`.
+fn print_gpu_plan(loaded: &kiln_formats::LoadedModel, opts: &EngineOptions) -> Result<()> {
+    use kiln_engine::gpu_plan::human;
+    let r = match kiln_engine::device::plan_report(loaded, opts)? {
+        Ok(r) => r,
+        Err(cpu) => {
+            println!("gpu:          none ({cpu})");
+            return Ok(());
+        }
+    };
+    println!(
+        "gpu:          {}, memory {}, largest binding {}",
+        r.adapter,
+        r.memory.map_or("not reported".into(), human),
+        human(r.max_binding)
+    );
+    let n = &r.needs;
+    let all = n.usage(n.layers());
+    println!(
+        "  all {} layers: {} (weights {}, KV cache {} for {} positions, scratch {})",
+        n.layers(),
+        human(all.total()),
+        human(all.weights),
+        human(all.kv),
+        n.positions,
+        human(all.scratch)
+    );
+    match &r.decision {
+        Ok(d) if d.gpu_layers == 0 => println!(
+            "  -ngl {}: every layer on the CPU; {}",
+            opts.gpu_layers,
+            d.why.as_deref().unwrap_or("-ngl 0")
+        ),
+        Ok(d) => {
+            let u = n.usage(d.gpu_layers);
+            println!(
+                "  -ngl {}: {}/{} layers on the GPU, {} (weights {}, KV cache {}, scratch {}){}",
+                opts.gpu_layers,
+                d.gpu_layers,
+                n.layers(),
+                human(u.total()),
+                human(u.weights),
+                human(u.kv),
+                human(u.scratch),
+                d.why.as_ref().map_or(String::new(), |w| format!("; {w}"))
+            );
+        }
+        Err(e) => println!("  -ngl {}: {e}", opts.gpu_layers),
+    }
     Ok(())
 }
 

@@ -243,59 +243,68 @@ fn serve_exits_on_sigterm_within_the_drain_deadline_despite_stuck_clients() {
     drop((headers, body));
 }
 
-/// llama.cpp's `-ngl N` / `--gpu-layers N` is one flag (not `-n gl`). kiln runs all of a
-/// model's layers on one device, so `-ngl 0` is the CPU and `-ngl 99` / `-ngl all` (at least
-/// the model's layers) the GPU; a count that would split the model, a contradiction with
-/// `--device` or a bad value is one clear error, never silently ignored.
+/// llama.cpp's `-ngl N` / `--gpu-layers N` is one flag (not `-n gl`) on every command that
+/// loads a model: a count with `--device cpu` is refused with one clear line (never ignored),
+/// a value that is not a count, `auto` or `all` is a usage error, and `-ngl 0` runs on the CPU
+/// and says so. (`crates/cli/tests/gpu.rs` runs the splits themselves on an adapter.)
 #[test]
-fn gpu_layers_pick_the_device_or_are_refused_clearly() {
-    let d = fixture();
-    let run = |extra: &[&str]| -> Output {
-        let mut args = vec!["complete", "-m", &d, "-n", "3", "-t", "1", "--prompt", "x"];
-        args.extend_from_slice(extra);
-        let out = kiln().args(&args).output().expect("run kiln");
-        eprintln!("{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
-        out
-    };
-    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
-    // -ngl 0: the CPU, as asked (no device line).
-    let cpu = run(&["-ngl", "0"]);
-    assert!(cpu.status.success(), "{}", err(&cpu));
-    assert!(!err(&cpu).contains("device:"), "{}", err(&cpu));
-    // Every layer (this fixture has 2): the GPU, or with no adapter the line that says the CPU
-    // runs it.
-    for n in [&["-ngl", "99"][..], &["-ngl=2"], &["--n-gpu-layers", "all"]] {
-        let gpu = run(n);
-        assert!(gpu.status.success(), "{n:?}: {}", err(&gpu));
-        assert!(err(&gpu).contains("kiln: device: "), "{n:?}: {}", err(&gpu));
-    }
-    // A split: refused, naming the model's layer count.
-    let split = run(&["-ngl", "1"]);
-    assert_eq!(split.status.code(), Some(1));
-    assert!(
-        err(&split).contains("does not split a model's layers between GPU and CPU")
-            && err(&split).contains("this model has 2 layers"),
-        "{}",
-        err(&split)
-    );
-    for (extra, says) in [
-        (&["-ngl", "99", "--device", "cpu"][..], "--device cpu"),
-        (&["-ngl", "0", "--device", "gpu"], "--device gpu"),
+fn gpu_layers_are_one_flag_and_checked() {
+    let m = fixture();
+    let text = data().join("ppl-text.txt").display().to_string();
+    for args in [
+        &[
+            "complete", "-m", &m, "-ngl", "99", "--device", "cpu", "--prompt", "x",
+        ][..],
+        &[
+            "complete", "-m", &m, "-ngl=99", "--device", "cpu", "--prompt", "x",
+        ],
+        &[
+            "perplexity",
+            "-m",
+            &m,
+            "--gpu-layers",
+            "2",
+            "--device",
+            "cpu",
+            "-f",
+            &text,
+        ],
+        &["bench", "-m", &m, "--n-gpu-layers", "1", "--device", "cpu"],
     ] {
-        let out = run(extra);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}");
-        assert!(err(&out).contains(says), "{extra:?}: {}", err(&out));
+        let out = run(args, &[]);
+        assert_clean_error(&out, "-ngl", &format!("{args:?}"));
+        assert_clean_error(
+            &out,
+            "--device cpu runs every layer on the CPU",
+            &format!("{args:?}"),
+        );
     }
-    let bad = run(&["-ngl", "lots"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(
-        err(&bad).contains("expected a layer count"),
-        "{}",
-        err(&bad)
+    let out = run(
+        &["complete", "-m", &m, "-ngl", "lots", "--prompt", "x"],
+        &[],
     );
-    // A command that runs no model does not take it.
-    let out = kiln().args(["pull", "-ngl", "99"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    assert_clean_error(
+        &out,
+        "a number of layers, `auto` (as many as fit) or `all`",
+        "-ngl lots",
+    );
+    let out = run(
+        &[
+            "complete", "-m", &m, "-ngl", "0", "--device", "gpu", "-n", "2", "--prompt", "x",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("kiln: device: cpu (-ngl 0)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `kiln serve --alias` (repeatable): the first alias is the id, `/v1/models` lists every

@@ -15,6 +15,7 @@
 pub mod batch;
 pub mod constraint;
 pub mod convert;
+pub mod device;
 pub mod embed;
 pub mod generate;
 pub mod meta;
@@ -42,9 +43,11 @@ pub use generate::{
 };
 pub use sampler::SamplingParams;
 // The types of the load-time settings in [`EngineOptions`].
+pub use device::GpuUse;
 pub use kiln_formats::resident::Residency;
 pub use kiln_gpu::context::{list_adapters, may_have_gpu, NO_GPU_NOTE};
-pub use kiln_gpu::{AdapterSummary, DeviceChoice, Features as GpuFeatures};
+pub use kiln_gpu::plan as gpu_plan;
+pub use kiln_gpu::{AdapterSummary, DeviceChoice, Features as GpuFeatures, GpuLayers};
 pub use kiln_kernels::Isa;
 pub use kiln_models::{KvType, Numerics};
 
@@ -98,6 +101,15 @@ pub struct EngineOptions {
     /// The GPU kernels' optional device features: all the adapter offers (subgroups,
     /// `shader-f16`) by default; [`GpuFeatures::PORTABLE`] keeps to the portable kernels.
     pub gpu_features: GpuFeatures,
+    /// How many of the model's `n_layers + 1` layers (its blocks and the output layer) run on
+    /// the GPU, as llama.cpp's `-ngl` counts and orders them (the output layer first, then
+    /// blocks from the last; the rest and the embedding on the CPU). `All` (the default) is
+    /// an error when the model does not fit, except under `device: Auto`, which then runs as
+    /// many as fit (maybe none) and says why; `Fit` always does. `Count(0)` is the CPU.
+    pub gpu_layers: GpuLayers,
+    /// Caps the device memory the fit check plans for (default: what the adapter reports, on
+    /// Vulkan). A testing aid for the fit logic, and a way to leave room for other programs.
+    pub gpu_memory: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -115,6 +127,8 @@ impl Default for EngineOptions {
             draft_model: None,
             device: DeviceChoice::Cpu,
             gpu_features: GpuFeatures::ALL,
+            gpu_layers: GpuLayers::All,
+            gpu_memory: None,
         }
     }
 }
@@ -132,6 +146,8 @@ pub struct Engine {
     /// Where the model runs, and why when it was not where `EngineOptions::device` asked
     /// ("device: cpu (no GPU adapter or driver found)"): one line to show the user.
     pub device: String,
+    /// What the model holds on its GPU (`None` on the CPU).
+    pub gpu: Option<GpuUse>,
     /// Compiles constraints for this model's vocabulary (built on first use, then kept).
     pub grammars: std::sync::Arc<Grammars>,
 }
@@ -143,12 +159,22 @@ impl Engine {
         if let Some(isa) = opts.isa {
             Isa::use_in_process(isa).map_err(|e| EngineError::Invalid(e.to_string()))?;
         }
-        // The device first: the CPU's row interleaving is wasted work for a GPU's upload.
-        let placement = kiln_gpu::Gpu::open_with(opts.device, opts.gpu_features)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        device::check_cpu_layers(opts.gpu_layers, opts.device).map_err(EngineError::Invalid)?;
+        // The device first: the CPU's row interleaving is wasted work for a GPU's upload
+        // (unless some blocks may stay on the CPU).
+        let placement = if opts.gpu_layers == GpuLayers::Count(0) {
+            kiln_gpu::Placement {
+                gpu: None,
+                note: "device: cpu (-ngl 0)".into(),
+            }
+        } else {
+            kiln_gpu::Gpu::open_with(opts.device, opts.gpu_features)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?
+        };
+        let may_split = opts.gpu_layers != GpuLayers::All || opts.device == DeviceChoice::Auto;
         let load = LoadOptions {
             residency: opts.residency,
-            interleave: opts.interleave && placement.gpu.is_none(),
+            interleave: opts.interleave && (placement.gpu.is_none() || may_split),
         };
         let mut loaded = kiln_formats::load_with(path, &load)?;
         if let Some(t) = &opts.tokenizer_path {
@@ -179,9 +205,20 @@ impl Engine {
             kv_type: opts.kv_type,
         };
         let mut device = placement.note;
+        let mut gpu_use = None;
+        let trained = loaded.config.max_position_embeddings;
+        let positions = opts.context.unwrap_or(trained).clamp(1, trained.max(1));
         let model = match placement.gpu {
-            Some(gpu) => match kiln_gpu::GpuLlama::new(gpu, loaded, opts.kv_type) {
-                Ok(m) => Box::new(m) as Box<dyn CausalLM>,
+            Some(gpu) => match device::place(gpu, loaded, opts, &build, positions) {
+                Ok(device::Placed::Gpu { model, note, usage }) => {
+                    device = note;
+                    gpu_use = Some(usage);
+                    model
+                }
+                Ok(device::Placed::Cpu { loaded, why }) => {
+                    device = format!("device: cpu ({why})");
+                    kiln_models::build_with(*loaded, &build)?
+                }
                 Err(e @ kiln_gpu::GpuError::Unsupported(_))
                     if opts.device == DeviceChoice::Auto =>
                 {
@@ -219,6 +256,7 @@ impl Engine {
             engine.draft = Some(Arc::from(draft));
         }
         engine.device = device;
+        engine.gpu = gpu_use;
         Ok(engine)
     }
 
@@ -243,6 +281,7 @@ impl Engine {
             name,
             draft: None,
             device: "device: cpu".into(),
+            gpu: None,
             grammars: std::sync::Arc::new(Grammars::new()),
         }
     }

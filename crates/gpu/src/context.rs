@@ -216,6 +216,31 @@ pub fn may_have_gpu() -> bool {
 /// CPU, as asked for by default, which the CLI does not announce.
 pub const NO_GPU_NOTE: &str = "device: cpu (no GPU found)";
 
+/// The size of the adapter's largest device-local memory heap, where its backend reports one
+/// (Vulkan: `vkGetPhysicalDeviceMemoryProperties`). A software driver (lavapipe) reports the
+/// host's memory.
+#[cfg(not(target_vendor = "apple"))]
+fn adapter_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    // SAFETY: the hal adapter is only read (its instance and physical device handles), while
+    // `adapter` keeps it alive; nothing is destroyed or created through it.
+    let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+    let instance = hal.shared_instance().raw_instance();
+    // SAFETY: a query on a valid physical device of a live instance.
+    let props =
+        unsafe { instance.get_physical_device_memory_properties(hal.raw_physical_device()) };
+    props
+        .memory_heaps_as_slice()
+        .iter()
+        .filter(|h| h.flags.as_raw() & 1 != 0) // VK_MEMORY_HEAP_DEVICE_LOCAL_BIT
+        .map(|h| h.size)
+        .max()
+}
+
+#[cfg(target_vendor = "apple")]
+fn adapter_memory(_adapter: &wgpu::Adapter) -> Option<u64> {
+    None
+}
+
 /// What [`Gpu::open`] decided: the device, if any, and a line to show the user.
 pub struct Placement {
     pub gpu: Option<Arc<Gpu>>,
@@ -232,6 +257,9 @@ pub struct Gpu {
     pub features: Features,
     /// The largest buffer range one binding may cover (weights larger than this are split).
     pub max_binding: u64,
+    /// Device memory as the adapter reports it (its largest device-local Vulkan heap); `None`
+    /// where the backend does not say (Metal, DX12).
+    pub memory: Option<u64>,
     pipelines: Mutex<HashMap<(&'static str, Option<DType>), Pipeline>>,
 }
 
@@ -346,6 +374,7 @@ impl Gpu {
             adapter: summary(index, adapter),
             features,
             max_binding,
+            memory: adapter_memory(adapter),
             pipelines: Mutex::new(HashMap::new()),
         })
     }

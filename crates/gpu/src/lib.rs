@@ -9,6 +9,8 @@
 //! * [`GpuLlama`] is the Llama/Mistral/Qwen2 forward pass on the device, a
 //!   [`kiln_models::CausalLM`] like the CPU's, so the engine drives it unchanged. Weights,
 //!   activations and the KV cache stay on the device; only the logits asked for come back.
+//! * [`SplitModel`] splits a model between the CPU and the GPU as llama.cpp's `-ngl` does
+//!   ([`split`]); [`plan`] estimates each layer's device bytes and decides how many fit.
 //!
 //! Invariants: the CPU path is the reference (every kernel has a test against the kernels
 //! crate's scalar path); weights are uploaded in their quantized blocks (padded to 4-byte
@@ -19,10 +21,14 @@ pub mod cache;
 pub mod context;
 pub mod model;
 pub mod ops;
+pub mod plan;
+pub mod split;
 pub mod upload;
 
 pub use context::{AdapterSummary, DeviceChoice, Features, Gpu, Placement};
 pub use model::GpuLlama;
+pub use plan::{Decision, Needs, Usage};
+pub use split::{device_cache_bytes, GpuLayers, SplitModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {

@@ -95,7 +95,11 @@ struct Bufs {
 pub struct GpuLlama {
     gpu: Arc<Gpu>,
     cfg: ModelConfig,
-    embed: GpuMatrix,
+    /// The first block this model runs: 0, or where the CPU's part of a split model ends
+    /// (`crate::split`); such a back part takes the residual stream instead of tokens.
+    first: usize,
+    /// `None` only in a back part whose output matrix is its own.
+    embed: Option<GpuMatrix>,
     /// `None`: tied to the embedding.
     output: Option<GpuMatrix>,
     final_norm: wgpu::Buffer,
@@ -119,6 +123,19 @@ impl GpuLlama {
         gpu: Arc<Gpu>,
         model: LoadedModel,
         kv_type: Option<KvType>,
+    ) -> Result<GpuLlama, GpuError> {
+        GpuLlama::back(gpu, model, kv_type, 0)
+    }
+
+    /// The blocks from `first` on, the final norm and the output matrix: the device's part of
+    /// a split model (`first` = 0: the whole model, as [`GpuLlama::new`]). With `first` > 0 the
+    /// token embedding stays on the CPU (uploaded only when the output matrix is tied to it)
+    /// and passes start from the residual stream ([`GpuLlama::forward_from_residual`]).
+    pub fn back(
+        gpu: Arc<Gpu>,
+        model: LoadedModel,
+        kv_type: Option<KvType>,
+        first: usize,
     ) -> Result<GpuLlama, GpuError> {
         let cfg = model.config.clone();
         cfg.validate()
@@ -151,10 +168,20 @@ impl GpuLlama {
         let (qd, kvd, ffn) = (cfg.n_heads * hd, cfg.n_kv_heads * hd, cfg.intermediate_size);
         let mut w = Weights::new(model.tensors);
         let g = &*gpu;
+        if first > cfg.n_layers {
+            return Err(GpuError::Model(ModelError::Input(format!(
+                "the model has {} blocks; the GPU part cannot start at block {first}",
+                cfg.n_layers
+            ))));
+        }
         let embed_t = w.matrix_exact("token_embd.weight", cfg.vocab_size, d)?;
-        let embed = GpuMatrix::upload(g, &embed_t, "token_embd.weight")?;
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for l in 0..cfg.n_layers {
+        let embed = if first == 0 || !w.contains("output.weight") {
+            Some(GpuMatrix::upload(g, &embed_t, "token_embd.weight")?)
+        } else {
+            None
+        };
+        let mut blocks = Vec::with_capacity(cfg.n_layers - first);
+        for l in first..cfg.n_layers {
             let p = format!("blk.{l}");
             let norm = |w: &mut Weights, name: &str| -> Result<wgpu::Buffer, GpuError> {
                 Ok(upload_f32(
@@ -189,8 +216,8 @@ impl GpuLlama {
             cfg.rope_scaling.as_ref(),
             cfg.rope_style,
         );
-        let mut weight_bytes =
-            embed.memory_bytes() + output.as_ref().map_or(0, |o| o.memory_bytes());
+        let mut weight_bytes = embed.as_ref().map_or(0, |e| e.memory_bytes())
+            + output.as_ref().map_or(0, |o| o.memory_bytes());
         for b in &blocks {
             for m in [&b.wq, &b.wk, &b.wv, &b.wo, &b.gate, &b.up, &b.down] {
                 weight_bytes += m.w.memory_bytes();
@@ -201,6 +228,7 @@ impl GpuLlama {
         Ok(GpuLlama {
             gpu,
             cfg,
+            first,
             embed,
             output,
             final_norm,
@@ -257,7 +285,30 @@ impl GpuLlama {
         s.logit_rows = logit_rows;
     }
 
-    fn run(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), GpuError> {
+    /// The first block this model runs (0 unless it is the device's part of a split model).
+    pub fn first_block(&self) -> usize {
+        self.first
+    }
+
+    /// A pass of a split model's device part: `residual` holds the CPU part's residual stream
+    /// for every token of the batch (`hidden_size` per token, in batch order); the blocks from
+    /// [`GpuLlama::first_block`] on store into this model's caches, and the logits asked for
+    /// are appended to `logits`.
+    pub fn forward_from_residual(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        residual: &[f32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.run(batch, Some(residual), logits).map_err(model_error)
+    }
+
+    fn run(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        residual: Option<&[f32]>,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), GpuError> {
         let cfg = &self.cfg;
         prepare_batch(batch, cfg.vocab_size, cfg.max_position_embeddings)?;
         for s in batch.iter() {
@@ -314,7 +365,24 @@ impl GpuLlama {
             })
             .collect();
         let mut rec = Recorder::new(g);
-        rec.embed(&self.embed, &b.tokens, n, &b.x);
+        match (residual, &self.embed) {
+            (Some(x), _) => {
+                if x.len() != n * d {
+                    return Err(GpuError::Model(ModelError::Input(format!(
+                        "{} residual values for {n} tokens of width {d}",
+                        x.len()
+                    ))));
+                }
+                let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+                g.write(&b.x, 0, &bytes);
+            }
+            (None, Some(embed)) if self.first == 0 => rec.embed(embed, &b.tokens, n, &b.x),
+            (None, _) => {
+                return Err(GpuError::Model(ModelError::Input(
+                    "the GPU part of a split model takes the residual stream, not tokens".into(),
+                )))
+            }
+        }
         for (l, blk) in self.blocks.iter().enumerate() {
             rec.rms_norm(&b.x, &blk.attn_norm, cfg.rms_norm_eps, n, d, &b.n);
             rec.matmul(&blk.wq.w, &b.n, 0, n, blk.wq.bias.as_ref(), &b.q, 0);
@@ -352,7 +420,10 @@ impl GpuLlama {
         advance_caches(batch);
 
         // Logits for the rows asked for, `chunk` rows per readback.
-        let output = self.output.as_ref().unwrap_or(&self.embed);
+        let output = match (&self.output, &self.embed) {
+            (Some(o), _) | (None, Some(o)) => o,
+            (None, None) => unreachable!("the embedding is uploaded when the output is tied to it"),
+        };
         let v = cfg.vocab_size;
         for rows in layout.logit_rows.chunks(chunk) {
             let picked: Vec<u8> = rows
@@ -395,14 +466,14 @@ impl CausalLM for GpuLlama {
         let c = &self.cfg;
         let store = GpuKv::new(
             self.gpu.clone(),
-            c.n_layers,
+            self.blocks.len(),
             c.n_kv_heads,
             c.head_dim,
             capacity,
             self.kv_type,
         );
         KvCache::on_device(
-            c.n_layers,
+            self.blocks.len(),
             c.n_kv_heads,
             c.head_dim,
             capacity,
@@ -412,14 +483,18 @@ impl CausalLM for GpuLlama {
     }
 
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
-        self.run(batch, logits).map_err(|e| match e {
-            GpuError::Model(m) => m,
-            other => ModelError::Input(other.to_string()),
-        })
+        self.run(batch, None, logits).map_err(model_error)
     }
 
     fn n_threads(&self) -> usize {
         1
+    }
+}
+
+pub(crate) fn model_error(e: GpuError) -> ModelError {
+    match e {
+        GpuError::Model(m) => m,
+        other => ModelError::Input(other.to_string()),
     }
 }
 

@@ -24,6 +24,17 @@ pub fn supported(t: DType) -> bool {
     padding(t).is_some()
 }
 
+/// Device bytes of one row of `cols` weights of type `t` as [`GpuMatrix::upload`] lays it out
+/// (`None`: a type the kernels do not read), for estimating a model's size before uploading.
+pub fn device_row_bytes(t: DType, cols: usize) -> Option<usize> {
+    let (front, back) = padding(t)?;
+    Some(if t.is_quantized() {
+        cols / t.block_size() * (t.block_bytes() + front + back)
+    } else {
+        (cols / t.block_size() * t.block_bytes()).next_multiple_of(4)
+    })
+}
+
 /// One slice of a matrix's rows in one buffer (a matrix larger than one binding may cover is
 /// split by rows).
 pub struct Part {

@@ -187,6 +187,14 @@ impl CausalLM for Gemma3 {
     ) -> Result<(), ModelError> {
         self.pass(batch, hidden, Head::Hidden)
     }
+
+    fn forward_residual(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.pass(batch, out, Head::Residual)
+    }
 }
 
 impl Gemma3 {
@@ -270,6 +278,10 @@ impl Gemma3 {
             s.x.iter_mut().zip(&s.o2).for_each(|(x, o)| *x += o);
         }
         advance_caches(batch);
+        if head == Head::Residual {
+            logits.extend_from_slice(&s.x[..n * d]);
+            return Ok(());
+        }
 
         gather_rows(&s.x, d, &layout.logit_rows, &mut s.last);
         rms_norm_rows(pool, &s.last, &self.final_norm, eps, &mut s.n);

@@ -354,11 +354,14 @@ pub enum Logits {
 
 /// What a forward pass returns for the rows asked for: logits (`vocab_size` per row), or the
 /// final hidden states (`hidden_size` per row: after the final norm, before the output matrix;
-/// what embeddings are made of).
+/// what embeddings are made of), or the residual stream after the last block for every row of
+/// the batch (`hidden_size` per row, before the final norm: what the front of a split model
+/// hands to the device that runs the rest, see [`crate::build_front`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Head {
     Logits,
     Hidden,
+    Residual,
 }
 
 /// One sequence's part of a batched forward pass: its new tokens (placed at positions

@@ -127,6 +127,24 @@ pub trait CausalLM: Send + Sync {
         )))
     }
 
+    /// The front of a model split across devices ([`build_front`]): runs every sequence's new
+    /// tokens through the embedding and this model's blocks (storing their keys and values as
+    /// [`CausalLM::forward`] does) and appends the residual stream after the last block for
+    /// every row of the batch (`hidden_size` per token, in batch order, before the final norm)
+    /// to `out`, whatever `logits` each sequence asks for. An architecture that cannot be
+    /// split says so.
+    fn forward_residual(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let _ = (batch, out);
+        Err(ModelError::Input(format!(
+            "the {} architecture cannot be split between devices",
+            self.config().arch.name()
+        )))
+    }
+
     /// Threads the kernels use.
     fn n_threads(&self) -> usize;
 }
@@ -153,6 +171,38 @@ pub fn build_with(
     // this too, but a LoadedModel can be built by hand.
     cfg.validate()
         .map_err(|e| ModelError::Weights(e.to_string()))?;
+    build_arch(cfg, model, opts)
+}
+
+/// The first `blocks` blocks of a model (with its embedding), for a model split between the CPU
+/// and a device as llama.cpp's `-ngl` splits it: the CPU runs the embedding and blocks
+/// `0..blocks`, and hands the residual stream ([`CausalLM::forward_residual`]) to the device,
+/// which runs the rest. The model's configuration then says `blocks` layers (its caches hold
+/// those); `blocks` may be 0 (only the embedding). Numerics and the KV cache type follow the
+/// whole model's weights, as in [`build_with`].
+pub fn build_front(
+    model: LoadedModel,
+    opts: &BuildOptions,
+    blocks: usize,
+) -> Result<Box<dyn CausalLM>, ModelError> {
+    let mut cfg = model.config.clone();
+    cfg.validate()
+        .map_err(|e| ModelError::Weights(e.to_string()))?;
+    if blocks > cfg.n_layers {
+        return Err(ModelError::Input(format!(
+            "the front of a split model has at most {} blocks, not {blocks}",
+            cfg.n_layers
+        )));
+    }
+    cfg.n_layers = blocks;
+    build_arch(cfg, model, opts)
+}
+
+fn build_arch(
+    cfg: ModelConfig,
+    model: LoadedModel,
+    opts: &BuildOptions,
+) -> Result<Box<dyn CausalLM>, ModelError> {
     let numerics = opts
         .numerics
         .unwrap_or_else(|| Numerics::for_tensors(model.tensors.values().map(|t| &t.dtype)));

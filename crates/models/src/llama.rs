@@ -266,6 +266,14 @@ impl CausalLM for Llama {
     ) -> Result<(), ModelError> {
         self.pass(batch, hidden, Head::Hidden)
     }
+
+    fn forward_residual(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        self.pass(batch, out, Head::Residual)
+    }
 }
 
 impl Llama {
@@ -380,6 +388,10 @@ impl Llama {
             s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
         }
         advance_caches(batch);
+        if head == Head::Residual {
+            logits.extend_from_slice(&s.x[..n * d]);
+            return Ok(());
+        }
 
         // Logits only for the rows asked for.
         gather_rows(&s.x, d, &layout.logit_rows, &mut s.last);

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kiln_engine::meta::{self, MetaParams};
 use kiln_engine::{
-    Completion, Engine, EngineError, EngineOptions, GenerateParams, Isa, KvType, Numerics,
-    Residency, SamplingParams, TokenLogprob,
+    Completion, DeviceChoice, Engine, EngineError, EngineOptions, GenerateParams, GpuLayers, Isa,
+    KvType, Numerics, Residency, SamplingParams, TokenLogprob,
 };
 use kiln_nn::{mnist, Dataset, Event, Network, SgdConfig};
 use kiln_tokenizer::ChatMessage;
@@ -242,6 +242,24 @@ where
     .transpose()
 }
 
+/// `gpu_layers=`: a count (`12`) or `"auto"` / `"all"`, as `-ngl` takes them.
+#[derive(FromPyObject)]
+enum LayersArg {
+    Count(usize),
+    Name(String),
+}
+
+impl LayersArg {
+    fn parse(self) -> PyResult<GpuLayers> {
+        match self {
+            LayersArg::Count(n) => Ok(GpuLayers::Count(n)),
+            LayersArg::Name(s) => s
+                .parse::<GpuLayers>()
+                .map_err(|e| PyValueError::new_err(format!("gpu_layers: {e}"))),
+        }
+    }
+}
+
 impl PyEngine {
     fn prompt_ids(&self, p: Prompt) -> PyResult<Vec<u32>> {
         match p {
@@ -257,7 +275,8 @@ impl PyEngine {
     /// known model name (pulled into `$KILN_HOME/models` on first use; None: the default).
     #[new]
     #[pyo3(signature = (model=None, tokenizer_path=None, context=None, max_batch=64, threads=0,
-        isa=None, numerics=None, cache_type=None, mmap=false))]
+        isa=None, numerics=None, cache_type=None, mmap=false, device=None, gpu_layers=None,
+        gpu_memory=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -270,6 +289,9 @@ impl PyEngine {
         numerics: Option<&str>,
         cache_type: Option<&str>,
         mmap: bool,
+        device: Option<&str>,
+        gpu_layers: Option<LayersArg>,
+        gpu_memory: Option<u64>,
     ) -> PyResult<Self> {
         let opts = EngineOptions {
             threads,
@@ -281,6 +303,12 @@ impl PyEngine {
             kv_type: parse_opt::<KvType>("cache_type", cache_type)?,
             residency: mmap.then_some(Residency::Mapped),
             interleave: true,
+            device: parse_opt::<DeviceChoice>("device", device)?.unwrap_or(DeviceChoice::Cpu),
+            gpu_layers: gpu_layers
+                .map(LayersArg::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            gpu_memory,
             ..Default::default()
         };
         let arg = model.map(|p| p.to_string_lossy().into_owned());
@@ -301,6 +329,20 @@ impl PyEngine {
     #[getter]
     fn path(&self) -> PathBuf {
         self.path.clone()
+    }
+    /// Where the model runs, and why when it is not where `device` asked ("device: cpu (no GPU
+    /// adapter or driver found)", "device: gpu:0 ... for 13 of 25 layers, ...").
+    #[getter]
+    fn device(&self) -> String {
+        self.engine.device.clone()
+    }
+    /// `(offloaded layers, all layers, weight bytes on the device)` on a GPU, else None.
+    #[getter]
+    fn gpu_layers(&self) -> Option<(usize, usize, usize)> {
+        self.engine
+            .gpu
+            .as_ref()
+            .map(|g| (g.gpu_layers, g.layers, g.weight_bytes))
     }
     #[getter]
     fn name(&self) -> String {

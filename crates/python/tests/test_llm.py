@@ -198,3 +198,27 @@ def test_ctrl_c_stops_perplexity():
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["perplexity interrupted", "after: True"]
+
+
+def test_gpu_device_and_split_match_the_goldens():
+    """``device="gpu"`` (and ``gpu_layers``: the output layer and the last block on the GPU, the
+    first block on the CPU) give the transformers goldens' greedy ids and echoed prompt logprobs
+    within 1e-3, as the Rust GPU tests ask. Skipped, with the reason, where no GPU adapter
+    exists (CI installs lavapipe, a software Vulkan driver)."""
+    full = kiln.LLM(str(LLAMA_HF), device="gpu")
+    if not full.device.startswith("device: gpu"):
+        pytest.skip(f"no GPU adapter ({full.device})")
+    assert full.engine.gpu_layers[:2] == (3, 3)
+    split = kiln.LLM(str(LLAMA_HF), device="gpu", gpu_layers=2)
+    assert "for 2 of 3 layers, 1 blocks on the CPU" in split.device, split.device
+    assert split.engine.gpu_layers[:2] == (2, 3)
+    for llm in (full, split):
+        for p in GOLDEN["prompts"]:
+            c = llm.complete(p["input_ids"], max_tokens=20, logprobs=1, echo=True)
+            assert c.token_ids == p["greedy"]["new_ids"]
+            for t, want in zip(c.prompt_logprobs[1:], p["token_logprobs"]):
+                assert abs(t.logprob - want) < 1e-3
+    with pytest.raises(ValueError, match="gpu_layers"):
+        kiln.LLM(str(LLAMA_HF), device="gpu", gpu_layers="many")
+    with pytest.raises(ValueError, match="--device cpu runs every layer on the CPU"):
+        kiln.LLM(str(LLAMA_HF), device="cpu", gpu_layers=2)

@@ -75,9 +75,16 @@ class Engine:
         numerics: Optional[str] = None,
         cache_type: Optional[str] = None,
         mmap: bool = False,
+        device: Optional[str] = None,
+        gpu_layers: Optional[Union[int, str]] = None,
+        gpu_memory: Optional[int] = None,
     ) -> None: ...
     @property
     def path(self) -> Path: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def gpu_layers(self) -> Optional[Tuple[int, int, int]]: ...
     @property
     def name(self) -> str: ...
     @property

@@ -70,7 +70,9 @@ class LLM:
     on first use); None loads the default model. The options are ``EngineOptions``' fields:
     ``tokenizer_path``, ``context`` (positions per sequence), ``max_batch``, ``threads`` (0: one
     per core), ``isa`` (``scalar``, ``avx2``, ...), ``numerics`` (``exact`` or ``ggml``),
-    ``cache_type`` (``f16`` or ``f32``), ``mmap``.
+    ``cache_type`` (``f16`` or ``f32``), ``mmap``, ``device`` (``cpu``, the default; ``auto``,
+    ``gpu`` or ``gpu:N``), ``gpu_layers`` (``-ngl``: a count of the model's ``n_layers + 1``
+    layers, ``"auto"`` or ``"all"``), ``gpu_memory`` (bytes the fit check may plan for).
 
     Sampling keywords of ``complete``, ``stream`` and ``chat`` (those of ``kiln complete``):
     ``max_tokens=128, temperature=0.0`` (greedy), ``top_p=1.0, top_k=0, min_p=0.0, seed=None``
@@ -92,6 +94,9 @@ class LLM:
         numerics: Optional[str] = None,
         cache_type: Optional[str] = None,
         mmap: bool = False,
+        device: Optional[str] = None,
+        gpu_layers: Optional[Union[int, str]] = None,
+        gpu_memory: Optional[int] = None,
     ):
         self.engine = _kiln.Engine(
             None if model is None else str(model),
@@ -103,12 +108,20 @@ class LLM:
             numerics=numerics,
             cache_type=cache_type,
             mmap=mmap,
+            device=device,
+            gpu_layers=gpu_layers,
+            gpu_memory=gpu_memory,
         )
 
     @property
     def context(self) -> int:
         """Positions per sequence (prompt plus generated tokens)."""
         return self.engine.context
+
+    @property
+    def device(self) -> str:
+        """Where the model runs, and why when it is not where ``device`` asked."""
+        return self.engine.device
 
     @overload
     def complete(self, prompts: Union[str, Sequence[int]], **sampling) -> Completion: ...

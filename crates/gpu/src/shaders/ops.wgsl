@@ -328,7 +328,7 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 
 // X = gelu(X) ⊙ Y as ggml computes it on the CPU: X rounded to f16 and looked up in I, the
 // table of f16(gelu_tanh(x)) for every f16 bit pattern (two per word); at or beyond ±10 the
-// limits 0 and X.
+// limits 0 (not multiplied) and X.
 @compute @workgroup_size(64)
 fn gelu_ggml(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat(gid, nwg);
@@ -336,12 +336,12 @@ fn gelu_ggml(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
         return;
     }
     let x = X[i];
-    var act: f32;
     if (x <= -10.0) {
-        act = 0.0;
-    } else if (x >= 10.0) {
-        act = x;
-    } else {
+        X[i] = 0.0;
+        return;
+    }
+    var act = x;
+    if (x < 10.0) {
         let h = f16_bits(x);
         let w = I[h >> 1u];
         let pair = unpack2x16float(w);

@@ -59,8 +59,8 @@ pub struct EngineFlags {
     pub interleave: bool,
     /// Where the model runs: auto (a discrete GPU if there is one, else the CPU), cpu, gpu
     /// (the best adapter, a software Vulkan driver such as lavapipe included) or gpu:N. The GPU
-    /// backend (wgpu: Vulkan, Metal, DX12) runs Llama, Mistral and Qwen2; without an adapter,
-    /// kiln says so in one line and runs on the CPU.
+    /// backend (wgpu: Vulkan, Metal, DX12) runs every architecture kiln runs; without an
+    /// adapter, kiln says so in one line and runs on the CPU.
     #[arg(
         long,
         env = "KILN_DEVICE",

@@ -44,7 +44,7 @@ use kiln_models::layers::{
 use kiln_models::{CausalLM, KvCache, KvType, ModelError, Numerics, SeqInput, Weights};
 
 use crate::cache::GpuKv;
-use crate::ops::Recorder;
+use crate::ops::{MatKind, Recorder};
 use crate::upload::{upload_f32, GpuMatrix};
 use crate::{Gpu, GpuError};
 
@@ -277,6 +277,37 @@ pub struct GpuLlama {
 /// binding allows.
 fn logit_chunk(gpu: &Gpu, vocab: usize) -> usize {
     ((gpu.max_binding as usize / 4) / vocab.max(1)).clamp(1, 256)
+}
+
+/// Runs of consecutive rows that take one matrix kernel: `(kind, first row, rows)`. Each
+/// sequence's rows take the kernel its own row count picks ([`MatKind::for_rows`]), so a
+/// sequence's results never depend on its batch-mates (a decoding sequence keeps the
+/// matrix-vector kernel beside another's prefill); neighbours of one kind share a dispatch,
+/// since neither kernel's per-row sums depend on the other rows of a dispatch.
+fn runs(kinds: impl Iterator<Item = MatKind>) -> Vec<(MatKind, usize, usize)> {
+    let mut out: Vec<(MatKind, usize, usize)> = Vec::new();
+    for (row, kind) in kinds.enumerate() {
+        match out.last_mut() {
+            Some((k, _, n)) if *k == kind => *n += 1,
+            _ => out.push((kind, row, 1)),
+        }
+    }
+    out
+}
+
+/// `out = w · x (+ bias)` over every run of rows, each with its kernel.
+#[allow(clippy::too_many_arguments)]
+fn matmul_runs(
+    rec: &mut Recorder<'_>,
+    runs: &[(MatKind, usize, usize)],
+    w: &GpuMatrix,
+    x: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    out: &wgpu::Buffer,
+) {
+    for &(kind, row, n) in runs {
+        rec.matmul_with(kind, w, x, row, n, bias, out, row);
+    }
 }
 
 impl GpuLlama {
@@ -570,6 +601,12 @@ impl GpuLlama {
         let g = &*self.gpu;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (nh, nkv, ffn) = (cfg.n_heads, cfg.n_kv_heads, cfg.intermediate_size);
+        let seq_kind: Vec<MatKind> = layout
+            .n_tokens
+            .iter()
+            .map(|&t| MatKind::for_rows(t))
+            .collect();
+        let rows = runs(layout.row_seq.iter().map(|&s| seq_kind[s]));
         let eps = cfg.rms_norm_eps;
         let m = layout.logit_rows.len();
         let chunk = logit_chunk(g, cfg.vocab_size);
@@ -624,9 +661,30 @@ impl GpuLlama {
                 }
                 None => &b.x,
             };
-            rec.matmul(&blk.wq.w, input, 0, n, blk.wq.bias.as_ref(), &b.q, 0);
-            rec.matmul(&blk.wk.w, input, 0, n, blk.wk.bias.as_ref(), &b.k, 0);
-            rec.matmul(&blk.wv.w, input, 0, n, blk.wv.bias.as_ref(), &b.v, 0);
+            matmul_runs(
+                &mut rec,
+                &rows,
+                &blk.wq.w,
+                input,
+                blk.wq.bias.as_ref(),
+                &b.q,
+            );
+            matmul_runs(
+                &mut rec,
+                &rows,
+                &blk.wk.w,
+                input,
+                blk.wk.bias.as_ref(),
+                &b.k,
+            );
+            matmul_runs(
+                &mut rec,
+                &rows,
+                &blk.wv.w,
+                input,
+                blk.wv.bias.as_ref(),
+                &b.v,
+            );
             if let Some(qk) = &blk.qk_norm {
                 rec.rms_norm_inplace(&b.q, &qk.q, eps, n * nh * hd / qk.q_len, qk.q_len);
                 rec.rms_norm_inplace(&b.k, &qk.k, eps, n * nkv * hd / qk.k_len, qk.k_len);
@@ -654,7 +712,14 @@ impl GpuLlama {
                     &slot, &b.q, nh, first, start, cnt, a.scale, a.softcap, a.window, &b.att,
                 );
             }
-            rec.matmul(&blk.wo.w, &b.att, 0, n, blk.wo.bias.as_ref(), &b.o, 0);
+            matmul_runs(
+                &mut rec,
+                &rows,
+                &blk.wo.w,
+                &b.att,
+                blk.wo.bias.as_ref(),
+                &b.o,
+            );
             match &blk.post_attn_norm {
                 Some(w) => {
                     rec.rms_norm(&b.o, w, eps, n, d, &b.n);
@@ -673,20 +738,20 @@ impl GpuLlama {
             };
             match &blk.ffn {
                 Ffn::Dense { gate, up, down } => {
-                    rec.matmul(&gate.w, input, 0, n, gate.bias.as_ref(), &b.gate, 0);
-                    rec.matmul(&up.w, input, 0, n, up.bias.as_ref(), &b.up, 0);
+                    matmul_runs(&mut rec, &rows, &gate.w, input, gate.bias.as_ref(), &b.gate);
+                    matmul_runs(&mut rec, &rows, &up.w, input, up.bias.as_ref(), &b.up);
                     self.activate(&mut rec, &b.gate, &b.up, n * ffn);
-                    rec.matmul(&down.w, &b.gate, 0, n, down.bias.as_ref(), &b.o, 0);
+                    matmul_runs(&mut rec, &rows, &down.w, &b.gate, down.bias.as_ref(), &b.o);
                 }
                 Ffn::Experts(e) => {
                     let ne = e.gate.len();
-                    rec.matmul(&e.router, input, 0, n, None, &b.router, 0);
+                    matmul_runs(&mut rec, &rows, &e.router, input, None, &b.router);
                     rec.moe_route(&b.router, n, ne, e.n_used, e.norm_topk, &b.routes);
                     for i in 0..ne {
-                        rec.matmul(&e.gate[i], input, 0, n, None, &b.gate, 0);
-                        rec.matmul(&e.up[i], input, 0, n, None, &b.up, 0);
+                        matmul_runs(&mut rec, &rows, &e.gate[i], input, None, &b.gate);
+                        matmul_runs(&mut rec, &rows, &e.up[i], input, None, &b.up);
                         self.activate(&mut rec, &b.gate, &b.up, n * e.ffn);
-                        rec.matmul(&e.down[i], &b.gate, 0, n, None, &b.expert_out, 0);
+                        matmul_runs(&mut rec, &rows, &e.down[i], &b.gate, None, &b.expert_out);
                         rec.moe_acc(&b.o, &b.expert_out, &b.routes, n, d, ne, i, i == 0);
                     }
                 }
@@ -706,17 +771,18 @@ impl GpuLlama {
         // Logits for the rows asked for, `chunk` rows per readback.
         let output = self.output.as_ref().unwrap_or(&self.embed);
         let v = cfg.vocab_size;
-        for rows in layout.logit_rows.chunks(chunk) {
-            let picked: Vec<u8> = rows
+        for picked_rows in layout.logit_rows.chunks(chunk) {
+            let picked: Vec<u8> = picked_rows
                 .iter()
                 .flat_map(|&r| (r as u32).to_le_bytes())
                 .collect();
             g.write(&b.picked, 0, &picked);
-            let k = rows.len();
+            let k = picked_rows.len();
+            let out_runs = runs(picked_rows.iter().map(|&r| seq_kind[layout.row_seq[r]]));
             let mut rec = Recorder::new(g);
             rec.gather(&b.x, &b.picked, k, d, &b.last);
             rec.rms_norm(&b.last, &self.final_norm, eps, k, d, &b.last_n);
-            rec.matmul(output, &b.last_n, 0, k, None, &b.logits, 0);
+            matmul_runs(&mut rec, &out_runs, output, &b.last_n, None, &b.logits);
             rec.submit();
             let start = logits.len();
             logits.extend(g.read_f32(&b.logits, k * v)?);

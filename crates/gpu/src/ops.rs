@@ -167,12 +167,7 @@ impl<'g> Recorder<'g> {
         out: &wgpu::Buffer,
         out_row: usize,
     ) {
-        let kind = if n >= 16 {
-            MatKind::Tiled
-        } else {
-            MatKind::Vector
-        };
-        self.matmul_with(kind, w, x, x_row, n, bias, out, out_row)
+        self.matmul_with(MatKind::for_rows(n), w, x, x_row, n, bias, out, out_row)
     }
 
     /// [`Recorder::matmul`] with the kernel chosen by the caller (tests run both on every
@@ -527,6 +522,19 @@ fn params(n: usize, d: usize) -> Params {
 pub enum MatKind {
     Vector,
     Tiled,
+}
+
+impl MatKind {
+    /// The kernel for `rows` activation rows: matrix-vector below 16, tiled from 16. The two
+    /// sum in different orders, so a row's result depends on the kernel: the forward pass
+    /// picks it per sequence (by the sequence's own rows), never by the pass's total.
+    pub fn for_rows(rows: usize) -> MatKind {
+        if rows >= 16 {
+            MatKind::Tiled
+        } else {
+            MatKind::Vector
+        }
+    }
 }
 
 /// ggml's GELU table (`kiln_kernels::ops::gelu_f16_table`) packed two entries per word, for

@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use kiln_engine::{DeviceChoice, Engine, EngineOptions, GenerateParams};
+use kiln_models::{Logits, SeqInput};
 
 const GPU_TOL: f32 = 1e-3;
 
@@ -119,6 +120,62 @@ fn gpu_every_fixture_matches_transformers() {
         cases.len(),
         failed.join("\n")
     );
+}
+
+/// Continuous batching's common case: a decoding sequence's next-token logits are the same bit
+/// for bit whether it steps alone or beside another request's 20-token prefill (which takes the
+/// tiled matrix kernel while the decoding row keeps the matrix-vector one), on a dense model and
+/// a mixture of experts.
+#[test]
+fn gpu_decoding_beside_a_prefill_is_bit_identical_to_decoding_alone() {
+    for model in ["llama32-tiny", "qwen3moe-tiny"] {
+        let dir = test_data().join("fixtures/arch").join(model);
+        let Some(engine) = gpu_engine(&dir, &format!("gpu decode beside prefill {model}")) else {
+            return;
+        };
+        let m = &engine.model;
+        let vocab = m.config().vocab_size as u32;
+        let prompt: Vec<u32> = (0..7).map(|i| (i * 37 + 5) % vocab).collect();
+        let other: Vec<u32> = (0..20).map(|i| (i * 53 + 11) % vocab).collect();
+        let next = [(prompt[3] + 1) % vocab];
+        let step = |with_other: bool| -> Vec<f32> {
+            let mut cache = m.new_cache(16);
+            let mut out = Vec::new();
+            m.forward(
+                &mut [SeqInput {
+                    tokens: &prompt,
+                    cache: &mut cache,
+                    logits: Logits::None,
+                }],
+                &mut out,
+            )
+            .unwrap();
+            let mut other_cache = m.new_cache(32);
+            let mut batch = vec![SeqInput {
+                tokens: &next,
+                cache: &mut cache,
+                logits: Logits::Last,
+            }];
+            if with_other {
+                batch.push(SeqInput {
+                    tokens: &other,
+                    cache: &mut other_cache,
+                    logits: Logits::Last,
+                });
+            }
+            m.forward(&mut batch, &mut out).unwrap();
+            out.truncate(vocab as usize);
+            out
+        };
+        let (alone, beside) = (step(false), step(true));
+        assert!(
+            alone
+                .iter()
+                .zip(&beside)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{model}: a prefilling batch-mate changed the decoding row's logits"
+        );
+    }
 }
 
 /// `auto` keeps a CPU adapter (lavapipe) off and an architecture the GPU does not run on the

@@ -178,6 +178,31 @@ fn gpu_decoding_beside_a_prefill_is_bit_identical_to_decoding_alone() {
     }
 }
 
+/// Rope scaling past the original context, where the fixtures' goldens do not reach: 160
+/// positions of Phi-3's LongRoPE (the long factors from position 128 on), Qwen2's YaRN (factor 4
+/// over 64) and Llama 3.2's frequency ramp, every position's logits within 1e-3 of the CPU path.
+#[test]
+fn gpu_rope_scaling_past_the_original_context_follows_the_cpu() {
+    for model in ["phi3-tiny", "qwen2-yarn-tiny", "llama32-tiny"] {
+        let dir = test_data().join("fixtures/arch").join(model);
+        let Some(gpu) = gpu_engine(&dir, &format!("gpu long rope {model}")) else {
+            return;
+        };
+        let cpu = engine(&dir);
+        let vocab = cpu.model.config().vocab_size as u32;
+        let tokens: Vec<u32> = (0..160).map(|i| (i * 31 + 7) % vocab).collect();
+        let (want, got) = (all_logits(&cpu, &tokens), all_logits(&gpu, &tokens));
+        for (pos, (w, g)) in want.iter().zip(&got).enumerate() {
+            let d = w
+                .iter()
+                .zip(g)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(d < GPU_TOL, "{model} position {pos}: logits differ by {d}");
+        }
+    }
+}
+
 /// `auto` keeps a CPU adapter (lavapipe) off and an architecture the GPU does not run on the
 /// CPU; `cpu` never opens a device; an adapter index past the list is a clear error.
 #[test]

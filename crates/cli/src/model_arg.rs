@@ -60,10 +60,10 @@ pub struct EngineFlags {
     pub interleave: bool,
     /// Where the model runs: auto (a discrete GPU if there is one, else the CPU), cpu, gpu
     /// (the best adapter, a software Vulkan driver such as lavapipe included) or gpu:N. The GPU
-    /// backend (wgpu: Vulkan, Metal, DX12) runs Llama, Mistral and Qwen2; without an adapter,
-    /// kiln says so in one line and runs on the CPU. `auto` loads no GPU driver on a machine
-    /// without GPU hardware (Linux: no PCI display controller or GPU device node) and then
-    /// says nothing.
+    /// backend (wgpu: Vulkan, Metal, DX12) runs every architecture kiln runs; without an
+    /// adapter, kiln says so in one line and runs on the CPU. `auto` loads no GPU driver on a
+    /// machine without GPU hardware (Linux: no PCI display controller or GPU device node) and
+    /// then says nothing.
     #[arg(
         long,
         env = "KILN_DEVICE",

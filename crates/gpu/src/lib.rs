@@ -6,7 +6,8 @@
 //! * [`ops`] records the kernels (matrix products with the weights dequantized inside the
 //!   kernel, RMSNorm, rope, attention over a device KV cache, gated activations, residual adds,
 //!   embedding lookup) into a [`ops::Recorder`], which submits them as one command buffer.
-//! * [`GpuLlama`] is the Llama/Mistral/Qwen2 forward pass on the device, a
+//! * [`GpuLlama`] is the forward pass of every architecture (Llama, Mistral, Qwen2, Qwen3,
+//!   Gemma 2/3, OLMo 2, Phi-3, Mixtral, Qwen3-MoE) on the device, a
 //!   [`kiln_models::CausalLM`] like the CPU's, so the engine drives it unchanged. Weights,
 //!   activations and the KV cache stay on the device; only the logits asked for come back.
 //! * [`SplitModel`] splits a model between the CPU and the GPU as llama.cpp's `-ngl` does

@@ -186,12 +186,7 @@ impl<'g> Recorder<'g> {
         out: &wgpu::Buffer,
         out_row: usize,
     ) {
-        let kind = if n >= 16 {
-            MatKind::Tiled
-        } else {
-            MatKind::Vector
-        };
-        self.matmul_with(kind, w, x, x_row, n, bias, out, out_row)
+        self.matmul_with(MatKind::for_rows(n), w, x, x_row, n, bias, out, out_row)
     }
 
     /// [`Recorder::matmul`] with the kernel chosen by the caller (tests run both on every
@@ -315,6 +310,91 @@ impl<'g> Recorder<'g> {
         let mut p = params(n, d);
         p[8] = eps.to_bits();
         self.op("rms_norm", p, vec![(1, x), (2, w), (3, out)], n, true);
+    }
+
+    /// `x = rmsnorm(x) · w` in place over `n` rows of `d` (q/k norms: per head, or over a
+    /// whole projection).
+    pub fn rms_norm_inplace(
+        &mut self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        eps: f32,
+        n: usize,
+        d: usize,
+    ) {
+        let mut p = params(n, d);
+        p[8] = eps.to_bits();
+        self.op("rms_norm_inplace", p, vec![(1, x), (2, w)], n, true);
+    }
+
+    /// `x *= factor` over `len` values.
+    pub fn scale(&mut self, x: &wgpu::Buffer, factor: f32, len: usize) {
+        let mut p = params(1, len);
+        p[8] = factor.to_bits();
+        self.op("scale", p, vec![(1, x)], len, false);
+    }
+
+    /// `x = gelu(x) ⊙ y` over `len` values as ggml's CPU backend computes it: through `table`,
+    /// [`gelu_table`] on the device.
+    pub fn gelu_ggml(
+        &mut self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        len: usize,
+    ) {
+        self.op(
+            "gelu_ggml",
+            params(1, len),
+            vec![(1, x), (2, y), (6, table)],
+            len,
+            false,
+        );
+    }
+
+    /// Routing weights of a mixture of experts: `logits` holds `n` rows of `n_experts` router
+    /// outputs; `weights` receives, per token and expert, the softmax probability of its
+    /// `n_used` most probable experts (renormalised over them when `norm_topk`), 0 elsewhere.
+    pub fn moe_route(
+        &mut self,
+        logits: &wgpu::Buffer,
+        n: usize,
+        n_experts: usize,
+        n_used: usize,
+        norm_topk: bool,
+        weights: &wgpu::Buffer,
+    ) {
+        let mut p = params(n, n_experts);
+        p[2] = n_used as u32;
+        p[3] = norm_topk as u32;
+        self.op("moe_route", p, vec![(2, logits), (3, weights)], n, false);
+    }
+
+    /// `out[t] += weights[t][expert] · y[t]` over `n` rows of `d` where that weight is not 0
+    /// (`first`: set instead, zero for tokens the expert does not serve).
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_acc(
+        &mut self,
+        out: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        weights: &wgpu::Buffer,
+        n: usize,
+        d: usize,
+        n_experts: usize,
+        expert: usize,
+        first: bool,
+    ) {
+        let mut p = params(n, d);
+        p[2] = n_experts as u32;
+        p[3] = expert as u32;
+        p[4] = first as u32;
+        self.op(
+            "moe_acc",
+            p,
+            vec![(1, out), (2, y), (6, weights)],
+            n * d,
+            false,
+        );
     }
 
     /// Rotates `n` rows of `heads` heads of `head_dim` in place by `table` (per row,
@@ -461,6 +541,29 @@ fn params(n: usize, d: usize) -> Params {
 pub enum MatKind {
     Vector,
     Tiled,
+}
+
+impl MatKind {
+    /// The kernel for `rows` activation rows: matrix-vector below 16, tiled from 16. The two
+    /// sum in different orders, so a row's result depends on the kernel: the forward pass
+    /// picks it per sequence (by the sequence's own rows), never by the pass's total.
+    pub fn for_rows(rows: usize) -> MatKind {
+        if rows >= 16 {
+            MatKind::Tiled
+        } else {
+            MatKind::Vector
+        }
+    }
+}
+
+/// ggml's GELU table (`kiln_kernels::ops::gelu_f16_table`) packed two entries per word, for
+/// [`Recorder::gelu_ggml`].
+pub fn gelu_table(gpu: &Gpu) -> wgpu::Buffer {
+    let bytes: Vec<u8> = kiln_kernels::ops::gelu_f16_table()
+        .iter()
+        .flat_map(|h| h.to_le_bytes())
+        .collect();
+    gpu.buffer_with(&bytes, "gelu_table")
 }
 
 /// Checks that the device finished without a validation error (used after submits in

@@ -419,6 +419,131 @@ fn row_operations_match_the_scalar_reference() {
     assert_eq!(gpu.read_f32(&gathered, 3 * d).unwrap(), want);
 }
 
+/// The operations Gemma, Qwen3, OLMo 2 and the mixtures of experts add: in-place RMSNorm of
+/// each head (and of whole rows), the embedding scale, GELU through ggml's f16 table (bit for
+/// bit as the CPU's), and expert routing and accumulation against a CPU computation of
+/// `kiln_models::layers::Moe`'s rules (softmax, the top-k with ties to the lower index, weights
+/// renormalised or not, experts summed in order).
+#[test]
+fn gemma_and_expert_operations_match_the_cpu_reference() {
+    let Some(gpu) = gpu("gemma_and_expert_operations") else {
+        return;
+    };
+    let mut rng = Rng(23);
+    // q/k norms: per head (rows of head_dim), and over whole rows (OLMo 2)
+    for (rows, d) in [(5 * 3, 10), (4, 96)] {
+        let x = rng.vec(rows * d);
+        let w = rng.vec(d);
+        let (xb, wb) = (upload_f32(&gpu, &x, "x"), upload_f32(&gpu, &w, "w"));
+        let mut rec = Recorder::new(&gpu);
+        rec.rms_norm_inplace(&xb, &wb, 1e-6, rows, d);
+        rec.submit();
+        let mut want = vec![0.0; rows * d];
+        for r in 0..rows {
+            let span = r * d..(r + 1) * d;
+            ops::reference::rms_norm(&x[span.clone()], &w, 1e-6, &mut want[span]);
+        }
+        close(
+            &format!("rms_norm_inplace d={d}"),
+            &gpu.read_f32(&xb, rows * d).unwrap(),
+            &want,
+            1e-6,
+        );
+    }
+
+    let len = 333;
+    let x = rng.vec(len);
+    let xb = upload_f32(&gpu, &x, "x");
+    let mut rec = Recorder::new(&gpu);
+    rec.scale(&xb, 25.298_222, len);
+    rec.submit();
+    let want: Vec<f32> = x.iter().map(|v| v * 25.298_222).collect();
+    assert_eq!(gpu.read_f32(&xb, len).unwrap(), want, "scale");
+
+    // GELU through the table: inputs across ±12 (both limits), f16 halfway points, zeros
+    let mut g: Vec<f32> = rng.vec(4000).iter().map(|v| v * 12.0).collect();
+    g.extend([
+        10.0,
+        -10.0,
+        9.999,
+        -9.999,
+        0.0,
+        -0.0,
+        1.0 + 1.0 / 2048.0,
+        3.0e-8,
+    ]);
+    let u = rng.vec(g.len());
+    let (gb, ub) = (upload_f32(&gpu, &g, "g"), upload_f32(&gpu, &u, "u"));
+    let table = kiln_gpu::ops::gelu_table(&gpu);
+    let mut rec = Recorder::new(&gpu);
+    rec.gelu_ggml(&gb, &ub, &table, g.len());
+    rec.submit();
+    let mut want = g.clone();
+    ops::reference::gelu_tanh_mul_ggml(&mut want, &u);
+    let got = gpu.read_f32(&gb, g.len()).unwrap();
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "gelu_ggml [{i}] of {}: {a} vs {b}",
+            g[i]
+        );
+    }
+
+    // experts: 7 tokens, 6 experts, 2 or 3 used; token 0's two best logits tie
+    let (n, ne, d) = (7, 6, 20);
+    let mut logits: Vec<f32> = rng.vec(n * ne).iter().map(|v| v * 3.0).collect();
+    logits[..ne].copy_from_slice(&[0.5, 2.0, -1.0, 2.0, 0.1, 1.9]);
+    let outs: Vec<Vec<f32>> = (0..ne).map(|_| rng.vec(n * d)).collect();
+    for (n_used, norm_topk) in [(2, true), (3, false)] {
+        // the CPU's rules
+        let mut weights = vec![0.0f32; n * ne];
+        for t in 0..n {
+            let mut p = logits[t * ne..(t + 1) * ne].to_vec();
+            ops::reference::softmax(&mut p);
+            let mut order: Vec<usize> = (0..ne).collect();
+            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            order.truncate(n_used);
+            if t == 0 {
+                assert_eq!(&order[..2], &[1, 3], "the tie goes to the lower index");
+            }
+            let sum: f32 = order.iter().map(|&e| p[e]).sum();
+            for &e in &order {
+                weights[t * ne + e] = if norm_topk { p[e] / sum } else { p[e] };
+            }
+        }
+        let mut want = vec![0.0f32; n * d];
+        for (e, y) in outs.iter().enumerate() {
+            for t in 0..n {
+                let w = weights[t * ne + e];
+                if w != 0.0 {
+                    for i in 0..d {
+                        want[t * d + i] += w * y[t * d + i];
+                    }
+                }
+            }
+        }
+        let lb = upload_f32(&gpu, &logits, "router");
+        let routes = gpu.buffer((n * ne * 4) as u64, "routes");
+        let out = upload_f32(&gpu, &vec![f32::NAN; n * d], "out");
+        let ybs: Vec<_> = outs.iter().map(|y| upload_f32(&gpu, y, "y")).collect();
+        let mut rec = Recorder::new(&gpu);
+        rec.moe_route(&lb, n, ne, n_used, norm_topk, &routes);
+        for (e, yb) in ybs.iter().enumerate() {
+            rec.moe_acc(&out, yb, &routes, n, d, ne, e, e == 0);
+        }
+        rec.submit();
+        let what = format!("experts: {n_used} used, norm_topk {norm_topk}");
+        close(
+            &format!("{what}: routes"),
+            &gpu.read_f32(&routes, n * ne).unwrap(),
+            &weights,
+            1e-6,
+        );
+        close(&what, &gpu.read_f32(&out, n * d).unwrap(), &want, 1e-6);
+    }
+}
+
 /// Attention over a device cache against the models crate's CPU attention: two sequences in one
 /// batch (one continuing from a cached prefix), grouped-query heads, with and without a sliding
 /// window and a soft cap, over f32 and f16 caches (the f16 store rounds as the CPU cache does).

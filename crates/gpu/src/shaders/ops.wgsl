@@ -293,3 +293,136 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         }
     }
 }
+
+// X[row] = X[row] · rsqrt(mean(X[row]²) + eps) · Y in place, rows of d (a q/k norm: per head,
+// d = head_dim, or over the whole projection); one workgroup per row. f0: eps.
+@compute @workgroup_size(64)
+fn rms_norm_inplace(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) li: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= p.n) {
+        return;
+    }
+    let base = row * p.d;
+    var ss = 0.0;
+    for (var i = li; i < p.d; i += 64u) {
+        let v = X[base + i];
+        ss += v * v;
+    }
+    let total = reduce_sum(li, ss);
+    let scale = 1.0 / sqrt(total / f32(p.d) + p.f0);
+    for (var i = li; i < p.d; i += 64u) {
+        X[base + i] = X[base + i] * scale * Y[i];
+    }
+}
+
+// X *= f0 over n·d values (Gemma's embedding scale).
+@compute @workgroup_size(64)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat(gid, nwg);
+    if (i >= p.n * p.d) {
+        return;
+    }
+    X[i] *= p.f0;
+}
+
+// X = gelu(X) ⊙ Y as ggml computes it on the CPU: X rounded to f16 and looked up in I, the
+// table of f16(gelu_tanh(x)) for every f16 bit pattern (two per word); at or beyond ±10 the
+// limits 0 (not multiplied) and X.
+@compute @workgroup_size(64)
+fn gelu_ggml(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat(gid, nwg);
+    if (i >= p.n * p.d) {
+        return;
+    }
+    let x = X[i];
+    if (x <= -10.0) {
+        X[i] = 0.0;
+        return;
+    }
+    var act = x;
+    if (x < 10.0) {
+        let h = f16_bits(x);
+        let w = I[h >> 1u];
+        let pair = unpack2x16float(w);
+        act = select(pair.x, pair.y, (h & 1u) == 1u);
+    }
+    X[i] = act * Y[i];
+}
+
+// Mixture-of-experts routing, one thread per token: Y holds the router's n rows of d = n_experts
+// logits; O receives per token and expert the weight of that expert's output: the softmax
+// probability for the a = n_used most probable experts (ties to the lower index, as torch.topk),
+// divided by their sum when b = 1, and 0 for the others. At most 256 experts.
+@compute @workgroup_size(64)
+fn moe_route(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let t = flat(gid, nwg);
+    if (t >= p.n) {
+        return;
+    }
+    let ne = p.d;
+    let base = t * ne;
+    var mx = -3.0e38;
+    for (var e = 0u; e < ne; e++) {
+        mx = max(mx, Y[base + e]);
+    }
+    var sum = 0.0;
+    for (var e = 0u; e < ne; e++) {
+        let v = exp(Y[base + e] - mx);
+        O[base + e] = v;
+        sum += v;
+    }
+    let inv = 1.0 / sum;
+    for (var e = 0u; e < ne; e++) {
+        O[base + e] *= inv;
+    }
+    var chosen: array<u32, 8>;
+    for (var w = 0u; w < 8u; w++) {
+        chosen[w] = 0u;
+    }
+    var picked_sum = 0.0;
+    for (var k = 0u; k < p.a; k++) {
+        var best = ne;
+        var bv = -1.0;
+        for (var e = 0u; e < ne; e++) {
+            let taken = (chosen[e / 32u] >> (e % 32u)) & 1u;
+            if (taken == 0u && O[base + e] > bv) {
+                best = e;
+                bv = O[base + e];
+            }
+        }
+        if (best < ne) {
+            chosen[best / 32u] |= 1u << (best % 32u);
+            picked_sum += bv;
+        }
+    }
+    for (var e = 0u; e < ne; e++) {
+        let taken = (chosen[e / 32u] >> (e % 32u)) & 1u;
+        var w = 0.0;
+        if (taken == 1u) {
+            w = O[base + e];
+            if (p.b == 1u) {
+                w = w / picked_sum;
+            }
+        }
+        O[base + e] = w;
+    }
+}
+
+// One expert's part of the mixture: X[t] (+)= w[t] · Y[t] for the tokens routed to expert b
+// (w: I holds the routing weights, n rows of a = n_experts, as f32 bits); c = 1: the first
+// expert, which sets X (to 0 for tokens it does not serve) instead of adding. Rows of d.
+@compute @workgroup_size(64)
+fn moe_acc(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat(gid, nwg);
+    if (i >= p.n * p.d) {
+        return;
+    }
+    let t = i / p.d;
+    let w = bitcast<f32>(I[t * p.a + p.b]);
+    var prev = X[i];
+    if (p.c == 1u) {
+        prev = 0.0;
+    }
+    X[i] = select(prev, prev + w * Y[i], w != 0.0);
+}

@@ -14,6 +14,8 @@ mod neon;
 pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod small_avx2;
+#[cfg(target_arch = "x86_64")]
+mod small_avx512;
 
 use crate::quant::{interleave8, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
@@ -1000,8 +1002,17 @@ pub fn dot_q8k_rows4_n(
                 block: bb,
             }
         };
-        // SAFETY: `has_q8k_rows` said the CPU has AVX2; the shapes were checked above.
+        // SAFETY: `has_q8k_rows` said the CPU has AVX2 (and AVX-512 where `isa` is that
+        // level); the shapes were checked above.
         unsafe {
+            if isa == Isa::Avx512 {
+                match dtype {
+                    DType::Q4_K => small_avx512::q45_k_rows_n::<false>(w, strides, a, out),
+                    DType::Q5_K => small_avx512::q45_k_rows_n::<true>(w, strides, a, out),
+                    _ => small_avx512::q6_k_rows_n(w, strides, a, out),
+                }
+                return;
+            }
             match dtype {
                 DType::Q4_K => small_avx2::q45_k_rows_n::<false>(w, strides, a, out),
                 DType::Q5_K => small_avx2::q45_k_rows_n::<true>(w, strides, a, out),

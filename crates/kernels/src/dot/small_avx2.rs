@@ -328,7 +328,7 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
 
 /// `vpshufb` masks: for chunk `k`, i16 scale `2k` over the low lane and `2k + 1` over the
 /// high lane (of a half's 8 scales repeated in both lanes).
-const Q6_SHUF: [[u8; 32]; 4] = {
+pub(super) const Q6_SHUF: [[u8; 32]; 4] = {
     let mut m = [[0u8; 32]; 4];
     let mut k = 0;
     while k < 4 {
@@ -365,7 +365,10 @@ pub(super) unsafe fn q6_k_rows_n(
     let ahead = prefetch_ahead(wp, 4 * 210, nb, strides);
     let m4 = _mm256_set1_epi8(0xF);
     let m30 = _mm256_set1_epi8(0x30);
-    let shuf: [__m256i; 4] = std::array::from_fn(|k| load(Q6_SHUF[k].as_ptr()));
+    let mut shuf = [_mm256_setzero_si256(); 4];
+    for (k, s) in shuf.iter_mut().enumerate() {
+        *s = load(Q6_SHUF[k].as_ptr());
+    }
     let mut q = [[_mm256_setzero_si256(); 8]; 4];
     let mut scv = [[_mm256_setzero_si256(); 8]; 4];
     let mut sc16 = [_mm256_setzero_si256(); 4];

@@ -23,10 +23,8 @@ unsafe fn prefetch(ahead: *const u8, i: usize, step: usize) {
     }
 }
 
-/// One super-block of 4 Q4_K / Q5_K rows, unpacked once for every token.
+/// The per-row parts of one super-block of 4 Q4_K / Q5_K rows that every token uses.
 struct Q45Block {
-    /// Row r's sub-blocks 2j (`u[r][2j]`) and 2j + 1, as unsigned bytes.
-    u: [[__m256i; 8]; 4],
     /// Row r's sub-block scale k as both i16 halves of dword k.
     tbl: [[u32; 8]; 4],
     /// Row r's 8 mins as i16.
@@ -35,11 +33,13 @@ struct Q45Block {
     dmin: __m128,
 }
 
-/// Tokens `t0..t0 + T` of block `i` against the unpacked block `q`: the decode kernel's
-/// integer sums and float steps, per token.
+/// Tokens `t0..t0 + T` of block `i` (whose 4 rows start at `b0`, `rs` apart): the decode
+/// kernel's unpacking, shared by the `T` tokens, and its integer sums and float steps per token.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q45_tile<const T: usize>(
+unsafe fn q45_tile<const FIVE: bool, const T: usize>(
+    b0: *const u8,
+    rs: usize,
     q: &Q45Block,
     a: &[&[BlockQ8K]],
     t0: usize,
@@ -50,6 +50,8 @@ unsafe fn q45_tile<const T: usize>(
     for (k, b) in ab.iter_mut().enumerate() {
         *b = a.get_unchecked(t0 + k).get_unchecked(i);
     }
+    let m4 = _mm256_set1_epi8(0xF);
+    let bit4 = _mm256_set1_epi8(0x10);
     let mut isum = [[_mm256_setzero_si256(); 4]; T];
     for j in 0..4 {
         // (loops, not closures: those would not inherit this function's target features)
@@ -60,9 +62,23 @@ unsafe fn q45_tile<const T: usize>(
             y1[k] = load(ab[k].qs.as_ptr().add(64 * j + 32) as *const u8);
         }
         for r in 0..4 {
+            let b = b0.add(r * rs);
+            let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * j));
+            let mut lo = _mm256_and_si256(x, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            if FIVE {
+                let qh = load(b.add(16));
+                let (h0, h1) = match j {
+                    0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
+                    1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
+                    2 => (qh, _mm256_srli_epi16(qh, 1)),
+                    _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
+                };
+                lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
+            }
             let s1 = bcast32(q.tbl[r].as_ptr().add(2 * j));
             let s2 = bcast32(q.tbl[r].as_ptr().add(2 * j + 1));
-            let (lo, hi) = (q.u[r][2 * j], q.u[r][2 * j + 1]);
             for k in 0..T {
                 isum[k][r] = _mm256_dpwssd_epi32(isum[k][r], _mm256_maddubs_epi16(lo, y0[k]), s1);
                 isum[k][r] = _mm256_dpwssd_epi32(isum[k][r], _mm256_maddubs_epi16(hi, y1[k]), s2);
@@ -112,11 +128,8 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
     let mut acc = [_mm_setzero_ps(); MAX_N];
     let wp = w.as_ptr();
     let ahead = prefetch_ahead(wp, 4 * bb, nb, strides);
-    let m4 = _mm256_set1_epi8(0xF);
-    let bit4 = _mm256_set1_epi8(0x10);
     let zero = _mm_setzero_si128();
     let mut q = Q45Block {
-        u: [[_mm256_setzero_si256(); 8]; 4],
         tbl: [[0u32; 8]; 4],
         mins: [_mm_setzero_si128(); 4],
         d: _mm_setzero_ps(),
@@ -126,8 +139,7 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
         prefetch(ahead, i, 4 * bb);
         let b0 = wp.add(i * block_stride);
         for r in 0..4 {
-            let b = b0.add(r * rs);
-            let scm = kscale_min_v(b.add(4));
+            let scm = kscale_min_v(b0.add(r * rs + 4));
             q.mins[r] = _mm_unpackhi_epi8(scm, zero);
             let sc = _mm_unpacklo_epi8(scm, zero);
             _mm_storeu_si128(
@@ -138,41 +150,19 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
                 q.tbl[r].as_mut_ptr().add(4) as *mut __m128i,
                 _mm_unpackhi_epi16(sc, sc),
             );
-            let qh = if FIVE {
-                load(b.add(16))
-            } else {
-                _mm256_setzero_si256()
-            };
-            for j in 0..4 {
-                let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * j));
-                let mut lo = _mm256_and_si256(x, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-                if FIVE {
-                    let (h0, h1) = match j {
-                        0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
-                        1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
-                        2 => (qh, _mm256_srli_epi16(qh, 1)),
-                        _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
-                    };
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
-                }
-                q.u[r][2 * j] = lo;
-                q.u[r][2 * j + 1] = hi;
-            }
         }
         (q.d, q.dmin) = f16_pairs4([b0, b0.add(rs), b0.add(2 * rs), b0.add(3 * rs)]);
+        // tiles of 4 tokens (then 3, 2 or 1): the unpacking is shared within a tile
         let mut t = 0;
-        while t + 4 <= n {
-            q45_tile::<4>(&q, a, t, i, &mut acc);
+        while n - t >= 4 {
+            q45_tile::<FIVE, 4>(b0, rs, &q, a, t, i, &mut acc);
             t += 4;
         }
-        if t + 2 <= n {
-            q45_tile::<2>(&q, a, t, i, &mut acc);
-            t += 2;
-        }
-        if t < n {
-            q45_tile::<1>(&q, a, t, i, &mut acc);
+        match n - t {
+            3 => q45_tile::<FIVE, 3>(b0, rs, &q, a, t, i, &mut acc),
+            2 => q45_tile::<FIVE, 2>(b0, rs, &q, a, t, i, &mut acc),
+            1 => q45_tile::<FIVE, 1>(b0, rs, &q, a, t, i, &mut acc),
+            _ => {}
         }
     }
     for (t, o) in out.iter_mut().enumerate() {
@@ -307,16 +297,15 @@ pub(super) unsafe fn q6_k_rows_n(
         hd = _mm_insert_epi16::<3>(hd, p.byte_add(3 * rs).read_unaligned() as i32);
         q.d = _mm_cvtph_ps(hd);
         let mut t = 0;
-        while t + 4 <= n {
+        while n - t >= 4 {
             q6_tile::<4>(&q, a, t, i, &mut acc);
             t += 4;
         }
-        if t + 2 <= n {
-            q6_tile::<2>(&q, a, t, i, &mut acc);
-            t += 2;
-        }
-        if t < n {
-            q6_tile::<1>(&q, a, t, i, &mut acc);
+        match n - t {
+            3 => q6_tile::<3>(&q, a, t, i, &mut acc),
+            2 => q6_tile::<2>(&q, a, t, i, &mut acc),
+            1 => q6_tile::<1>(&q, a, t, i, &mut acc),
+            _ => {}
         }
     }
     for (t, o) in out.iter_mut().enumerate() {

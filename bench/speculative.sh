@@ -12,10 +12,11 @@
 #
 #   bench/speculative.sh [-t THREADS] [-n TOKENS] [--target NAME] [--draft NAME]
 #                        [--draft-max N] [--draft-p-min P] [--lookup-ngram N] [--lookup-max N]
+#                        [--no-llama] (kiln only: leave llama-speculative out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=2 n=128 target=qwen2.5-coder-1.5b draft=qwen2.5-coder-0.5b
-draft_max=8 p_min=0.75 ngram=4 lookup_max=12
+draft_max=8 p_min=0.75 ngram=4 lookup_max=12 no_llama=
 while (($#)); do
   case $1 in
     -t) threads=$2; shift 2 ;;
@@ -26,6 +27,7 @@ while (($#)); do
     --draft-p-min) p_min=$2; shift 2 ;;
     --lookup-ngram) ngram=$2; shift 2 ;;
     --lookup-max) lookup_max=$2; shift 2 ;;
+    --no-llama) no_llama=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -43,7 +45,9 @@ echo "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' '\n' |
 echo "threads $threads, -n $n, greedy; target $target, draft $draft (--draft-max $draft_max --draft-p-min $p_min); lookup --lookup-ngram $ngram --draft-max $lookup_max"
 anchors=${KILN_HOME:-$HOME/.cache/kiln}/anchors/llama.cpp-0c1e57098/bin
 spec_bin=""
-if [[ -x $anchors/llama-speculative ]]; then
+if [[ -n $no_llama ]]; then
+  echo "llama.cpp: left out (--no-llama)"
+elif [[ -x $anchors/llama-speculative ]]; then
   spec_bin=$anchors/llama-speculative
 else
   echo "llama.cpp: no llama-speculative in $anchors; its column is left out"

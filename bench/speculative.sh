@@ -12,10 +12,11 @@
 #
 #   bench/speculative.sh [-t THREADS] [-n TOKENS] [--target NAME] [--draft NAME]
 #                        [--draft-max N] [--draft-p-min P] [--lookup-ngram N] [--lookup-max N]
+#                        [--no-llama] (kiln only: leave llama-speculative out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=2 n=128 target=qwen2.5-coder-1.5b draft=qwen2.5-coder-0.5b
-draft_max=8 p_min=0.75 ngram=4 lookup_max=12
+draft_max=8 p_min=0.75 ngram=4 lookup_max=12 no_llama=
 while (($#)); do
   case $1 in
     -t) threads=$2; shift 2 ;;
@@ -26,6 +27,7 @@ while (($#)); do
     --draft-p-min) p_min=$2; shift 2 ;;
     --lookup-ngram) ngram=$2; shift 2 ;;
     --lookup-max) lookup_max=$2; shift 2 ;;
+    --no-llama) no_llama=1; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -37,12 +39,15 @@ kiln=${KILN:-target/release/kiln}
 tfile=$("$kiln" pull "$target")
 dfile=$("$kiln" pull "$draft")
 out=$(mktemp -d)
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), nproc $(nproc)"
+echo "load at start: $(uptime | sed 's/.*load average/load average/')"
 echo "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' '\n' | grep -E '^(avx|avx2|fma|f16c|avx512[a-z_]*|avx_vnni|amx[a-z_]*)$' | sort | xargs)"
 echo "threads $threads, -n $n, greedy; target $target, draft $draft (--draft-max $draft_max --draft-p-min $p_min); lookup --lookup-ngram $ngram --draft-max $lookup_max"
 anchors=${KILN_HOME:-$HOME/.cache/kiln}/anchors/llama.cpp-0c1e57098/bin
 spec_bin=""
-if [[ -x $anchors/llama-speculative ]]; then
+if [[ -n $no_llama ]]; then
+  echo "llama.cpp: left out (--no-llama)"
+elif [[ -x $anchors/llama-speculative ]]; then
   spec_bin=$anchors/llama-speculative
 else
   echo "llama.cpp: no llama-speculative in $anchors; its column is left out"
@@ -58,7 +63,7 @@ for f in bench/spec-prompts/*.txt; do
   fi
   if [[ -n $spec_bin ]]; then
     "$spec_bin" -m "$tfile" -md "$dfile" -f "$f" -n "$n" -t "$threads" -td "$threads" --temp 0 \
-      --draft-max "$draft_max" --draft-p-min "$p_min" -c 4096 -ngl 0 --no-warmup \
+      --spec-draft-n-max "$draft_max" --spec-draft-p-min "$p_min" -c 4096 -ngl 0 \
       >"$out/$p.llama.txt" 2>&1 || echo "llama-speculative failed on $p (see $out/$p.llama.txt)" >&2
   fi
 done
@@ -78,15 +83,17 @@ def llama(p):
         return None
     t = open(f).read()
     m = re.search(r"decoded\s+(\d+)\s+tokens in\s+([\d.]+)\s+seconds, speed:\s+([\d.]+)", t)
-    d = re.search(r"n_draft\s*=\s*(\d+)", t)
+    d = re.search(r"n_drafted\s*=\s*(\d+)", t)
     a = re.search(r"n_accept\s*=\s*(\d+)", t)
     if not m:
         return None
-    return float(m.group(3)), (int(a.group(1)) / int(d.group(1)) if a and d and int(d.group(1)) else None)
+    return (float(m.group(3)), (int(a.group(1)) / int(d.group(1)) if a and d and int(d.group(1)) else None),
+            int(m.group(1)), float(m.group(2)), (int(a.group(1)), int(d.group(1))) if a and d else (0, 0))
 prompts = sorted(os.path.basename(f)[:-len(".plain.json")] for f in glob.glob(f"{out}/*.plain.json"))
 print("| prompt | tokens | plain t/s | draft t/s | ratio | accepted | lookup t/s | ratio | accepted | llama-speculative t/s | accepted | same tokens |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-tot = {k: [0, 0.0] for k in ("plain", "draft", "lookup", "plain_edit")}
+tot = {k: [0, 0.0] for k in ("plain", "draft", "lookup", "plain_edit", "llama")}
+llama_acc = [0, 0]
 acc = {k: [0, 0] for k in ("draft", "lookup")}
 all_same = True
 for p in prompts:
@@ -112,6 +119,9 @@ for p in prompts:
                 f"{rate:.0%}" if rate is not None else "-"]
         same.append(txt == text and t["predicted_n"] == tp["predicted_n"])
     l = llama(p)
+    if l:
+        tot["llama"][0] += l[2]; tot["llama"][1] += l[3]
+        llama_acc[0] += l[4][0]; llama_acc[1] += l[4][1]
     row += [f"{l[0]:.2f}", f"{l[1]:.0%}" if l[1] is not None else "-"] if l else ["", ""]
     ok = all(same)
     all_same &= ok
@@ -126,5 +136,10 @@ print(f"all prompts: plain {rate('plain'):.2f} t/s, draft {rate('draft'):.2f} t/
 if tot["lookup"][1]:
     print(f"editing prompts: plain {rate('plain_edit'):.2f} t/s, lookup {rate('lookup'):.2f} t/s = {rate('lookup') / rate('plain_edit'):.2f}x, "
           f"acceptance {acc['lookup'][0]}/{acc['lookup'][1]} = {acc['lookup'][0] / max(acc['lookup'][1], 1):.0%}")
+if tot["llama"][1]:
+    print(f"llama-speculative (same files, prompts, --draft-max, --draft-p-min): {rate('llama'):.2f} t/s "
+          f"(decoded tokens over its decode time), acceptance {llama_acc[0]}/{llama_acc[1]} = "
+          f"{llama_acc[0] / max(llama_acc[1], 1):.0%}; kiln draft / llama-speculative = {rate('draft') / rate('llama'):.2f}x")
 print("tokens identical to plain decoding:", "yes, every run" if all_same else "NO")
 PY
+echo "load at end: $(uptime | sed 's/.*load average/load average/')"

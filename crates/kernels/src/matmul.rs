@@ -63,6 +63,18 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         ActKind::Q8_32 => with_scratch(|s| {
             let nb = cols / 32;
             let q = quantize_acts(pool, x, n, nb, &mut s.0, quantize_q8_32);
+            if is_small_batch(n) {
+                let grouped = w.layout == Layout::Rows4;
+                return drive_small(
+                    pool,
+                    w,
+                    q,
+                    nb,
+                    out,
+                    &|w4, a, o| dot::dot_q8_32_rows4_n(isa, dtype, w4, grouped, a, o),
+                    &|wr, a, _| dot::dot_q8_32_n(isa, dtype, wr, a),
+                );
+            }
             // Each group of 8 tokens, interleaved for the prefill tile: groups[g * nb + i].
             let n_groups = n / 8;
             s.2.resize(n_groups * nb, BlockQ8x8::default());
@@ -115,6 +127,18 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
         }),
         ActKind::Q8K => with_scratch(|s| {
             let q = quantize_acts(pool, x, n, cols / 256, &mut s.1, quantize_q8_k);
+            if is_small_batch(n) {
+                let grouped = w.layout == Layout::Rows4;
+                return drive_small(
+                    pool,
+                    w,
+                    q,
+                    cols / 256,
+                    out,
+                    &|w4, a, o| dot::dot_q8k_rows4_n(isa, dtype, w4, grouped, a, o),
+                    &|wr, a, _| dot::dot_q8k_n(isa, dtype, wr, a),
+                );
+            }
             let n_groups = n / 8;
             if n_groups >= 2 && isa.has_avx2() && dot::has_u8_form(dtype) {
                 // The 32-element sub-blocks of 8 tokens, interleaved: groups[g * nb + i].
@@ -362,6 +386,77 @@ fn drive<T: Sync>(
                 t += 1;
             }
         })
+    };
+    if rows * n * w.cols() < 32 * 1024 {
+        work(0, 1); // too small to be worth waking the pool
+    } else {
+        pool.run(&work);
+    }
+}
+
+/// Whether `n` tokens go through [`drive_small`]: the 2–15 tokens of a speculative
+/// verification (from 16 on, the prefill tiles take over).
+fn is_small_batch(n: usize) -> bool {
+    (2..16).contains(&n)
+}
+
+/// A small-batch kernel: (one 4-row decode group, the tokens' activation rows, one output per
+/// token).
+type SmallKernel<'k, T> = &'k (dyn Fn(&[u8], &[&[T]], &mut [[f32; 4]]) + Sync);
+
+/// Small batches (2–15 tokens, [`is_small_batch`]) of the quant types: scheduled like decode
+/// (guided runs of 4-row groups, read straight from the tensor's layout), each group
+/// multiplied with all the tokens by `k4` while its bytes are in L1, so the weights stream
+/// from memory once, as for one token. `k4` must be bit-identical, token by token, to the
+/// decode kernel (batch invariance); the last `rows % 4` rows take `k1`, as decode does.
+fn drive_small<T: Sync>(
+    pool: &ThreadPool,
+    w: &Tensor,
+    acts: &[T],
+    per_row: usize,
+    out: SendPtr<f32>,
+    k4: SmallKernel<T>,
+    k1: Kernel<T, 1>,
+) {
+    let rows = w.rows();
+    let n = acts.len() / per_row;
+    assert!(n <= dot::SMALL_BATCH_MAX, "drive_small: {n} tokens");
+    let empty: &[T] = &[];
+    let a: [&[T]; dot::SMALL_BATCH_MAX] = std::array::from_fn(|t| {
+        if t < n {
+            &acts[t * per_row..(t + 1) * per_row]
+        } else {
+            empty
+        }
+    });
+    let a = &a[..n];
+    let row_bytes = w.row_bytes();
+    let bytes = w.data.bytes();
+    let next = AtomicUsize::new(0);
+    let nt = pool.n_threads();
+    let work = |_: usize, _: usize| {
+        let mut res = [[0.0f32; 4]; dot::SMALL_BATCH_MAX];
+        while let Some(run) = claim_guided(&next, rows, nt) {
+            let mut r = run.start;
+            while r + 4 <= run.end {
+                k4(&bytes[r * row_bytes..(r + 4) * row_bytes], a, &mut res[..n]);
+                for (t, v) in res[..n].iter().enumerate() {
+                    for (k, &v) in v.iter().enumerate() {
+                        // SAFETY: every (token, row) pair is computed by exactly one run.
+                        unsafe { *out.get().add(t * rows + r + k) = v };
+                    }
+                }
+                r += 4;
+            }
+            for r in r..run.end {
+                let wr = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                for (t, &at) in a.iter().enumerate() {
+                    let v = k1(wr, [at], t)[0];
+                    // SAFETY: as above.
+                    unsafe { *out.get().add(t * rows + r) = v };
+                }
+            }
+        }
     };
     if rows * n * w.cols() < 32 * 1024 {
         work(0, 1); // too small to be worth waking the pool

@@ -12,6 +12,10 @@ mod avx512;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub(crate) mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod small_avx2;
+#[cfg(target_arch = "x86_64")]
+mod small_avx512;
 
 use crate::quant::{interleave8, BlockQ8K, BlockQ8_32, BlockQ8x8};
 use crate::DType;
@@ -884,5 +888,144 @@ pub fn dot_q8_32_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8_32]) -> [
             crate::interleave::group_to_rows(dtype, w, &mut rows);
             dot_q8_32_rows::<4>(isa, dtype, &rows, a)
         }
+    }
+}
+
+/// The most activation rows [`dot_q8_32_rows4_n`] and [`dot_q8k_rows4_n`] take in one call.
+pub const SMALL_BATCH_MAX: usize = 16;
+
+/// Checks a small-batch call's shapes: 4 rows of `nb` blocks in `w`, `a.len()` ≤
+/// [`SMALL_BATCH_MAX`] activation rows of `nb` blocks each, one output per token. Returns `nb`.
+fn check_small<T>(
+    what: &str,
+    dtype: DType,
+    w: &[u8],
+    a: &[&[T]],
+    out: &[[f32; 4]],
+    per_block: usize,
+) -> usize {
+    assert!(
+        a.len() <= SMALL_BATCH_MAX && out.len() == a.len(),
+        "{what}: {} tokens, {} outputs (at most {SMALL_BATCH_MAX})",
+        a.len(),
+        out.len()
+    );
+    assert!(w.len() % 4 == 0, "{what}: not 4 equal rows");
+    check(
+        dtype,
+        &w[..w.len() / 4],
+        a.iter().map(|r| r.len()),
+        per_block,
+    )
+}
+
+/// The small-batch kernel: `out[t][r] = w[r] · a[t]` for the 4 rows of a decode group of a
+/// 32-element quant type (`grouped`: a [`crate::interleave::Layout::Rows4`] group, else 4
+/// plain rows back to back) and `a.len()` ≤ [`SMALL_BATCH_MAX`] activation rows. Each weight
+/// block is read and unpacked once for all the tokens. Bit-identical, token by token, to the
+/// decode kernel ([`dot_q8_32_group4`] / [`dot_q8_32_rows`]) on that token alone.
+pub fn dot_q8_32_rows4_n(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    grouped: bool,
+    a: &[&[BlockQ8_32]],
+    out: &mut [[f32; 4]],
+) {
+    let kind = legacy_kind(dtype)
+        .unwrap_or_else(|| panic!("dot_q8_32_rows4_n: {dtype} is not a 32-element quant type"));
+    check_small("dot_q8_32_rows4_n", dtype, w, a, out, 32);
+    match isa {
+        // SAFETY: the CPU has AVX2 (checked), the shapes were checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 if isa.is_available() => unsafe {
+            let bb = kind.block_bytes();
+            if grouped && dtype == DType::Q5_0 {
+                small_avx2::q5_0_r4_n(w, a, out)
+            } else {
+                let strides = if grouped {
+                    Strides {
+                        row: bb,
+                        block: 4 * bb,
+                    }
+                } else {
+                    Strides {
+                        row: w.len() / 4,
+                        block: bb,
+                    }
+                };
+                small_avx2::legacy_rows_n(kind, w, strides, a, out)
+            }
+        },
+        _ => {
+            let _ = kind;
+            for (o, a) in out.iter_mut().zip(a) {
+                *o = if grouped {
+                    dot_q8_32_group4(isa, dtype, w, a)
+                } else {
+                    dot_q8_32_rows::<4>(isa, dtype, w, a)
+                };
+            }
+        }
+    }
+}
+
+/// [`dot_q8_32_rows4_n`] for the k-quants: bit-identical, token by token, to
+/// [`dot_q8k_group4`] / [`dot_q8k_rows`] on that token alone. Q4_K, Q5_K and Q6_K have
+/// kernels of their own on AVX2 / AVX-512; the other types and levels run the decode kernel
+/// once per token.
+pub fn dot_q8k_rows4_n(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    grouped: bool,
+    a: &[&[BlockQ8K]],
+    out: &mut [[f32; 4]],
+) {
+    assert_eq!(
+        act_kind(dtype),
+        ActKind::Q8K,
+        "dot_q8k_rows4_n: {dtype} is not a k-quant"
+    );
+    check_small("dot_q8k_rows4_n", dtype, w, a, out, 256);
+    #[cfg(target_arch = "x86_64")]
+    if has_q8k_rows(isa, dtype) {
+        let bb = dtype.block_bytes();
+        let strides = if grouped {
+            Strides {
+                row: bb,
+                block: 4 * bb,
+            }
+        } else {
+            Strides {
+                row: w.len() / 4,
+                block: bb,
+            }
+        };
+        // SAFETY: `has_q8k_rows` said the CPU has AVX2 (and AVX-512 where `isa` is that
+        // level); the shapes were checked above.
+        unsafe {
+            if isa == Isa::Avx512 {
+                match dtype {
+                    DType::Q4_K => small_avx512::q45_k_rows_n::<false>(w, strides, a, out),
+                    DType::Q5_K => small_avx512::q45_k_rows_n::<true>(w, strides, a, out),
+                    _ => small_avx512::q6_k_rows_n(w, strides, a, out),
+                }
+                return;
+            }
+            match dtype {
+                DType::Q4_K => small_avx2::q45_k_rows_n::<false>(w, strides, a, out),
+                DType::Q5_K => small_avx2::q45_k_rows_n::<true>(w, strides, a, out),
+                _ => small_avx2::q6_k_rows_n(w, strides, a, out),
+            }
+        }
+        return;
+    }
+    for (o, a) in out.iter_mut().zip(a) {
+        *o = if grouped {
+            dot_q8k_group4(isa, dtype, w, a)
+        } else {
+            dot_q8k_rows::<4>(isa, dtype, w, a)
+        };
     }
 }

@@ -221,7 +221,7 @@ impl ModelArgs {
             threads: self.threads,
             tokenizer_path: self.tokenizer_path.clone().or(opts.tokenizer_path),
             ..opts
-        })?;
+        });
         let msg = format!("loading {}", path.display());
         note_without_terminal(&msg);
         let bar = spinner(&msg);

@@ -503,25 +503,6 @@ fn q6_k(x: &[f32], y: &mut [u8]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_int_rounds_half_to_even() {
-        for (v, want) in [
-            (0.5, 0),
-            (1.5, 2),
-            (2.5, 2),
-            (-0.5, 0),
-            (-1.5, -2),
-            (3.49, 3),
-        ] {
-            assert_eq!(nearest_int(v), want, "{v}");
-        }
-    }
-}
-
 /// ggml's `best_index_int8` on the IQ4 grid: the index of the grid value nearest `x` (the
 /// upper one on a tie).
 fn iq4_index(x: f32) -> u8 {
@@ -623,4 +604,23 @@ fn iq4_xs(x: &[f32], y: &mut [u8]) {
         scales_h |= ((l >> 4) as u16) << (2 * j);
     }
     y[2..4].copy_from_slice(&scales_h.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for (v, want) in [
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+        ] {
+            assert_eq!(nearest_int(v), want, "{v}");
+        }
+    }
 }

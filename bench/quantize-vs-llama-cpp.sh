@@ -7,7 +7,7 @@
 #
 # MODEL_NAME: a model kiln can pull (default gemma3-270m). The published files are Q4_K_M, so
 # the common input is made first: `kiln quantize MODEL.gguf f16.gguf F16` (dequantised F16).
-# TYPE: default Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K.
+# TYPE: default Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K (also: Q4_1 Q5_0 Q5_1 Q4_K_S Q5_K_S IQ4_NL IQ4_XS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=2 ctx=256 model=gemma3-270m types=()
@@ -15,7 +15,7 @@ while (($#)); do
   case $1 in
     -t) threads=$2; shift 2 ;;
     -c) ctx=$2; shift 2 ;;
-    *) if [[ $model == gemma3-270m && ${#types[@]} -eq 0 && $1 != Q* && $1 != q* ]]; then model=$1; else types+=("$1"); fi; shift ;;
+    *) if [[ $model == gemma3-270m && ${#types[@]} -eq 0 && $1 != Q* && $1 != q* && $1 != IQ* && $1 != iq* ]]; then model=$1; else types+=("$1"); fi; shift ;;
   esac
 done
 ((${#types[@]})) || types=(Q8_0 Q4_0 Q4_K_M Q5_K_M Q6_K)

@@ -10,9 +10,10 @@ use kiln_engine::quantize::FileType;
 #[derive(Args, Debug)]
 #[command(
     after_help = "TYPE is one of Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K \
-F16 BF16 F32, with llama-quantize's per-tensor choices (the output matrix in Q6_K or Q8_0; \
-attn_v and ffn_down in Q6_K in some layers for the _M mixes; Q5_0/Q5_1/Q8_0 where rows are not \
-whole 256-blocks). An already-quantized input is dequantized first (with a warning). The file \
+IQ4_NL IQ4_XS F16 BF16 F32, with llama-quantize's per-tensor choices without an importance \
+matrix (the output matrix in Q6_K or Q8_0; attn_v and ffn_down in Q6_K in some layers for the \
+_M mixes, in Q5_K for IQ4_NL/IQ4_XS; Q5_0/Q5_1/Q8_0/IQ4_NL where rows are not whole \
+256-blocks). An already-quantized input is dequantized first (with a warning). The file \
 is written under a temporary name and appears at OUTPUT only when complete."
 )]
 pub struct QuantizeArgs {

@@ -11,9 +11,11 @@
 //!   Q8_0;
 //! * `Q4_K_M` / `Q5_K_M`: `attn_v` and `ffn_down` get Q6_K in the layers `use_more_bits`
 //!   picks (the first and last eighth, and every third layer between); `Q4_K_S`: `attn_v` of
-//!   the first 4 layers and `ffn_down` of the first eighth get Q5_K;
+//!   the first 4 layers and `ffn_down` of the first eighth get Q5_K; `IQ4_NL` / `IQ4_XS`:
+//!   `ffn_down` of the first eighth, and `attn_v` when 4 or more query heads share a kv head,
+//!   get Q5_K;
 //! * a tensor whose rows are not whole blocks falls back: Q4_K → Q5_0, Q5_K → Q5_1,
-//!   Q6_K → Q8_0, and F16 when even that does not fit (llama.cpp refuses rows that are not
+//!   Q6_K → Q8_0, IQ4_XS → IQ4_NL, and F16 when even that does not fit (llama.cpp refuses rows that are not
 //!   whole blocks of a 32-element type; kiln writes those in F16 too, with the same warning).
 //!
 //! Tensors are quantised one at a time (rows split over threads) and streamed into the file,
@@ -45,10 +47,12 @@ pub enum FileType {
     Q5_K_S,
     Q5_K_M,
     Q6_K,
+    IQ4_NL,
+    IQ4_XS,
 }
 
 impl FileType {
-    pub const ALL: [FileType; 13] = [
+    pub const ALL: [FileType; 15] = [
         FileType::Q4_0,
         FileType::Q4_1,
         FileType::Q5_0,
@@ -59,6 +63,8 @@ impl FileType {
         FileType::Q5_K_S,
         FileType::Q5_K_M,
         FileType::Q6_K,
+        FileType::IQ4_NL,
+        FileType::IQ4_XS,
         FileType::F16,
         FileType::BF16,
         FileType::F32,
@@ -79,6 +85,8 @@ impl FileType {
             FileType::Q5_K_S => "Q5_K_S",
             FileType::Q5_K_M => "Q5_K_M",
             FileType::Q6_K => "Q6_K",
+            FileType::IQ4_NL => "IQ4_NL",
+            FileType::IQ4_XS => "IQ4_XS",
         }
     }
 
@@ -104,6 +112,8 @@ impl FileType {
             FileType::Q5_K_S => 16,
             FileType::Q5_K_M => 17,
             FileType::Q6_K => 18,
+            FileType::IQ4_NL => 25,
+            FileType::IQ4_XS => 30,
             FileType::BF16 => 32,
         }
     }
@@ -122,6 +132,8 @@ impl FileType {
             FileType::Q4_K_S | FileType::Q4_K_M => DType::Q4_K,
             FileType::Q5_K_S | FileType::Q5_K_M => DType::Q5_K,
             FileType::Q6_K => DType::Q6_K,
+            FileType::IQ4_NL => DType::IQ4_NL,
+            FileType::IQ4_XS => DType::IQ4_XS,
         }
     }
 }
@@ -138,6 +150,8 @@ pub struct ModelShape {
     pub n_layers: usize,
     /// Whether the file has its own `output.weight` (else the embeddings are tied).
     pub has_output: bool,
+    /// Query heads per key/value head (llama.cpp's `n_gqa`).
+    pub n_gqa: usize,
 }
 
 /// Whether llama.cpp quantises a tensor of this name and shape at all.
@@ -197,6 +211,7 @@ pub fn tensor_type(
             match ftype {
                 FileType::Q4_K_M | FileType::Q5_K_M if use_more_bits(i, n) => t = DType::Q6_K,
                 FileType::Q4_K_S if i < 4 => t = DType::Q5_K,
+                FileType::IQ4_NL | FileType::IQ4_XS if model.n_gqa >= 4 => t = DType::Q5_K,
                 _ => {}
             }
         }
@@ -205,6 +220,7 @@ pub fn tensor_type(
         match ftype {
             FileType::Q4_K_M | FileType::Q5_K_M if use_more_bits(i, n) => t = DType::Q6_K,
             FileType::Q4_K_S if i < n / 8 => t = DType::Q5_K,
+            FileType::IQ4_NL | FileType::IQ4_XS if i < n / 8 => t = DType::Q5_K,
             _ => {}
         }
     }
@@ -214,6 +230,7 @@ pub fn tensor_type(
             DType::Q4_K => DType::Q5_0,
             DType::Q5_K => DType::Q5_1,
             DType::Q6_K => DType::Q8_0,
+            DType::IQ4_XS => DType::IQ4_NL,
             // (llama.cpp refuses these; kiln keeps the tensor in F16 instead)
             _ => DType::F16,
         };
@@ -297,6 +314,7 @@ pub fn quantize(
     let shape = ModelShape {
         n_layers: model.config.n_layers,
         has_output: tensors.contains_key("output.weight"),
+        n_gqa: model.config.n_heads / model.config.n_kv_heads.max(1),
     };
     let mut names: Vec<String> = tensors.keys().cloned().collect();
     file_order(&mut names);
@@ -401,11 +419,43 @@ mod tests {
         assert_eq!(got, [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23]);
     }
 
+    /// llama-quantize's IQ4_NL / IQ4_XS choices on gemma3-270m (18 layers, 4 query heads per
+    /// kv head, rows of 640 and 1024 in the blocks, 2048 in ffn_down; tied embeddings): what
+    /// its IQ4_XS file holds (IQ4_NL 72 tensors, IQ4_XS 34, Q5_1 18, Q5_K 2, Q8_0 1).
+    #[test]
+    fn iq4_choices() {
+        let m = ModelShape {
+            n_layers: 18,
+            has_output: false,
+            n_gqa: 4,
+        };
+        for (ftype, wide) in [
+            (FileType::IQ4_XS, DType::IQ4_XS),
+            (FileType::IQ4_NL, DType::IQ4_NL),
+        ] {
+            let ty = |name: &str, shape: &[usize]| tensor_type(ftype, name, shape, m).unwrap();
+            assert_eq!(ty("token_embd.weight", &[262144, 640]), Some(DType::Q8_0));
+            // rows of 640 are not whole 256-blocks: IQ4_XS falls back to IQ4_NL
+            assert_eq!(ty("blk.5.attn_q.weight", &[1024, 640]), Some(DType::IQ4_NL));
+            assert_eq!(ty("blk.5.ffn_up.weight", &[2048, 640]), Some(DType::IQ4_NL));
+            assert_eq!(ty("blk.5.attn_output.weight", &[640, 1024]), Some(wide));
+            assert_eq!(ty("blk.5.ffn_down.weight", &[640, 2048]), Some(wide));
+            // the first eighth's ffn_down and (n_gqa >= 4) every attn_v get Q5_K (640: Q5_1)
+            assert_eq!(ty("blk.1.ffn_down.weight", &[640, 2048]), Some(DType::Q5_K));
+            assert_eq!(ty("blk.2.ffn_down.weight", &[640, 2048]), Some(wide));
+            assert_eq!(ty("blk.9.attn_v.weight", &[256, 640]), Some(DType::Q5_1));
+            let mha = ModelShape { n_gqa: 1, ..m };
+            let v = tensor_type(ftype, "blk.9.attn_v.weight", &[256, 640], mha).unwrap();
+            assert_eq!(v, Some(DType::IQ4_NL));
+        }
+    }
+
     #[test]
     fn q4_k_m_choices() {
         let m = ModelShape {
             n_layers: 24,
             has_output: false,
+            n_gqa: 7,
         };
         let ty =
             |name: &str, shape: &[usize]| tensor_type(FileType::Q4_K_M, name, shape, m).unwrap();
@@ -423,6 +473,7 @@ mod tests {
         let untied = ModelShape {
             n_layers: 32,
             has_output: true,
+            n_gqa: 4,
         };
         let ty = |name: &str| tensor_type(FileType::Q4_K_M, name, &[4096, 4096], untied).unwrap();
         assert_eq!(ty("output.weight"), Some(DType::Q6_K));

@@ -23,6 +23,7 @@ fn q4_k_m_types_match_llama_quantize_on_real_files() {
         let shape = ModelShape {
             n_layers: m.config.n_layers,
             has_output: m.tensors.contains_key("output.weight"),
+            n_gqa: m.config.n_heads / m.config.n_kv_heads,
         };
         let mut by_name: Vec<String> = (0..m.config.n_layers).map(|i| i.to_string()).collect();
         by_name.sort();

@@ -56,7 +56,10 @@ pub fn supports(layout: Layout, dtype: DType, shape: &[usize]) -> bool {
         Layout::Rows4 => {
             use DType::*;
             shape.len() == 2
-                && matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K)
+                && matches!(
+                    dtype,
+                    Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS
+                )
         }
     }
 }

@@ -68,6 +68,7 @@ fn legacy_decode_and_tiles_match_avx2() {
         DType::Q5_1,
         DType::Q8_0,
         DType::Q8_1,
+        DType::IQ4_NL,
     ] {
         for cols in [32usize, 640, 4864] {
             let w = random_weights(&mut rng, dtype, 4 * cols);
@@ -109,7 +110,7 @@ fn kquant_decode_matches_avx2() {
         return;
     }
     let mut rng = Rng::new(103);
-    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS] {
         for cols in [256usize, 1536, 4864] {
             let w = random_weights(&mut rng, dtype, 4 * cols);
             let mut g = vec![0u8; w.len()];

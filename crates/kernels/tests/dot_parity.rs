@@ -241,6 +241,7 @@ fn eight_row_tile_matches_exact_dot() {
         DType::Q5_1,
         DType::Q8_0,
         DType::Q8_1,
+        DType::IQ4_NL,
     ] {
         for cols in [32usize, 896, 4864] {
             let w = random_weights(&mut rng, dtype, cols);
@@ -291,6 +292,7 @@ fn eight_row_kquant_tile_matches_exact_dot() {
         DType::Q5_K,
         DType::Q6_K,
         DType::Q8_K,
+        DType::IQ4_XS,
     ] {
         for cols in [256usize, 4864] {
             let w = random_weights(&mut rng, dtype, cols);

@@ -10,7 +10,7 @@ use kiln_kernels::quant::{quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32};
 use kiln_kernels::{DType, Storage, Tensor, ThreadPool};
 
 /// The types that have a 4-row group layout.
-const GROUPED: [DType; 8] = [
+const GROUPED: [DType; 10] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -19,6 +19,8 @@ const GROUPED: [DType; 8] = [
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
 ];
 
 /// `rows × cols` random weights, plain and rearranged into 4-row groups.

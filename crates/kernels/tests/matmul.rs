@@ -106,6 +106,8 @@ fn large_matmul_uses_the_pool_and_stays_correct() {
         DType::Q8_0,
         DType::Q5_0,
         DType::Q4_1,
+        DType::IQ4_NL,
+        DType::IQ4_XS,
     ] {
         check(dtype, 300, 1024, 1, 2, Isa::best(), &mut rng);
         check(dtype, 130, 1024, 6, 2, Isa::best(), &mut rng);

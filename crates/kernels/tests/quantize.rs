@@ -39,6 +39,48 @@ fn legacy_quantisers_match_gguf_py_bit_for_bit() {
     }
 }
 
+/// IQ4_NL and IQ4_XS against ggml's own quantisers (its `quantize_iq4_nl` / `quantize_iq4_xs`
+/// without an importance matrix, as llama-quantize runs them; vectors from
+/// tests/data/gen_iq4_quantize_vectors.sh). Every block was identical when the vectors were
+/// made; ggml built elsewhere may fuse its least-squares sums into multiply-adds, which can tip
+/// a near-tie between two candidate scales, so a block may differ: at most 1 in 32, and it
+/// must dequantise as close to the input as ggml's (within 2% of its squared error).
+#[test]
+fn iq4_quantisers_match_ggml() {
+    let input = f32s(&read("iq4_quantize.input"));
+    for dtype in [DType::IQ4_NL, DType::IQ4_XS] {
+        let want = read(&format!("{}.quantized", dtype.name()));
+        let got = quantized(dtype, &input);
+        assert_eq!(got.len(), want.len(), "{dtype}");
+        let (bs, bb) = (dtype.block_size(), dtype.block_bytes());
+        let mut differ = 0;
+        for (i, (g, w)) in got.chunks_exact(bb).zip(want.chunks_exact(bb)).enumerate() {
+            if g == w {
+                continue;
+            }
+            differ += 1;
+            let x = &input[i * bs..(i + 1) * bs];
+            let err = |b: &[u8]| {
+                let mut y = vec![0.0; bs];
+                dequantize(dtype, b, &mut y);
+                x.iter()
+                    .zip(&y)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+            };
+            assert!(
+                err(g) <= err(w) * 1.02 + 1e-12,
+                "{dtype} block {i}: error {} vs ggml's {}",
+                err(g),
+                err(w)
+            );
+        }
+        let n = got.len() / bb;
+        println!("{dtype}: {differ} of {n} blocks differ from ggml's");
+        assert!(differ * 32 <= n, "{dtype}: {differ} of {n} blocks differ");
+    }
+}
+
 /// Weight-like data: a smooth normal body with a few large outliers, and a row offset so that
 /// the asymmetric types' minimum matters.
 fn weights(n: usize, seed: u64) -> Vec<f32> {
@@ -89,6 +131,8 @@ fn round_trip_error_per_type() {
         (DType::Q4_K, 0.0940),
         (DType::Q4_0, 0.1420),
         (DType::Q4_1, 0.1000),
+        (DType::IQ4_NL, 0.1100),
+        (DType::IQ4_XS, 0.1120),
         (DType::F16, 0.0003),
         (DType::BF16, 0.0020),
     ];

@@ -97,7 +97,17 @@ pub(super) unsafe fn unpack_legacy(kind: LegacyKind, b: *const u8) -> __m256i {
         }
         LegacyKind::Q8_0 => load(b.add(2)),
         LegacyKind::Q8_1 => load(b.add(4)),
+        LegacyKind::IQ4_NL => _mm256_shuffle_epi8(iq4_table(), nibbles16(b.add(2))),
     }
+}
+
+/// [`crate::quant::IQ4_KVALUES`] in both 128-bit lanes: `vpshufb` with it turns 4-bit indices
+/// (one per byte) into the signed IQ4 grid values.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn iq4_table() -> __m256i {
+    let t = _mm_loadu_si128(crate::quant::IQ4_KVALUES.as_ptr() as *const __m128i);
+    _mm256_broadcastsi128_si256(t)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -113,16 +123,18 @@ pub(super) unsafe fn dot_legacy_n<const N: usize>(
         LegacyKind::Q5_1 => legacy_impl::<3, N>(w, a),
         LegacyKind::Q8_0 => legacy_impl::<4, N>(w, a),
         LegacyKind::Q8_1 => legacy_impl::<5, N>(w, a),
+        LegacyKind::IQ4_NL => legacy_impl::<6, N>(w, a),
     }
 }
 
-pub(super) const LEGACY: [LegacyKind; 6] = [
+pub(super) const LEGACY: [LegacyKind; 7] = [
     LegacyKind::Q4_0,
     LegacyKind::Q4_1,
     LegacyKind::Q5_0,
     LegacyKind::Q5_1,
     LegacyKind::Q8_0,
     LegacyKind::Q8_1,
+    LegacyKind::IQ4_NL,
 ];
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -173,6 +185,7 @@ pub(super) unsafe fn dot_legacy_rows<const R: usize>(
         LegacyKind::Q5_1 => legacy_rows::<3, R>(w, strides, a),
         LegacyKind::Q8_0 => legacy_rows::<4, R>(w, strides, a),
         LegacyKind::Q8_1 => legacy_rows::<5, R>(w, strides, a),
+        LegacyKind::IQ4_NL => legacy_rows::<6, R>(w, strides, a),
     }
 }
 
@@ -295,8 +308,11 @@ unsafe fn legacy_row_isum(kind: LegacyKind, b: *const u8, y: __m256i, ones: __m2
             _mm256_or_si256(nibbles32(b.add(at + 4)), hi)
         }
         _ => {
-            let at = if kind == LegacyKind::Q8_0 { 2 } else { 4 };
-            let q = load(b.add(at));
+            let q = match kind {
+                LegacyKind::IQ4_NL => _mm256_shuffle_epi8(iq4_table(), nibbles32(b.add(2))),
+                LegacyKind::Q8_0 => load(b.add(2)),
+                _ => load(b.add(4)),
+            };
             return _mm256_madd_epi16(
                 _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q)),
                 ones,
@@ -354,6 +370,7 @@ pub(super) unsafe fn dot_legacy_g8(kind: LegacyKind, w: &[u8], g: &[BlockQ8x8]) 
         LegacyKind::Q5_1 => legacy_g8::<3>(w, g),
         LegacyKind::Q8_0 => legacy_g8::<4>(w, g),
         LegacyKind::Q8_1 => legacy_g8::<5>(w, g),
+        LegacyKind::IQ4_NL => legacy_g8::<6>(w, g),
     }
 }
 
@@ -409,6 +426,7 @@ pub(super) unsafe fn dot_legacy_g8_rows<const R: usize>(
         LegacyKind::Q5_1 => legacy_g8_rows::<3, R>(wp, row_bytes, g),
         LegacyKind::Q8_0 => legacy_g8_rows::<4, R>(wp, row_bytes, g),
         LegacyKind::Q8_1 => legacy_g8_rows::<5, R>(wp, row_bytes, g),
+        LegacyKind::IQ4_NL => legacy_g8_rows::<6, R>(wp, row_bytes, g),
     }
 }
 
@@ -424,7 +442,11 @@ unsafe fn legacy_g8_rows<const K: usize, const R: usize>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); R];
     let mut tmp = [[0u32; 8]; R];
-    let is_q8 = matches!(kind, LegacyKind::Q8_0 | LegacyKind::Q8_1);
+    // signed weights (the sign trick): Q8 and the IQ4_NL grid (|v| <= 127)
+    let is_q8 = matches!(
+        kind,
+        LegacyKind::Q8_0 | LegacyKind::Q8_1 | LegacyKind::IQ4_NL
+    );
     // unsigned weights (offset `off` for the symmetric 4/5-bit types), or signed Q8
     let off = match kind {
         LegacyKind::Q4_0 => 8,

@@ -18,9 +18,9 @@
 //! Q5_0 (`q + 16`) already are.
 
 use super::avx2::{
-    bcast32, bytes_from_bits, f16, f16_pairs4, five_bits, gather4_u16, kscale_min_v, load,
-    nibbles16, nibbles32, prefetch_ahead, sum4, sum4_128, tile_out, tile_scatter, unpack_legacy,
-    Strides, LEGACY,
+    bcast32, bytes_from_bits, f16, f16_pairs4, five_bits, gather4_u16, iq4_table, kscale_min_v,
+    load, nibbles16, nibbles32, prefetch_ahead, sum4, sum4_128, tile_out, tile_scatter,
+    unpack_legacy, Strides, LEGACY,
 };
 use super::scalar::LegacyKind;
 use super::BlockU8;
@@ -40,9 +40,17 @@ fn offset_shift(kind: LegacyKind) -> i32 {
     match kind {
         LegacyKind::Q4_0 => 3,
         LegacyKind::Q5_0 => 4,
-        LegacyKind::Q8_0 | LegacyKind::Q8_1 => 7,
+        LegacyKind::Q8_0 | LegacyKind::Q8_1 | LegacyKind::IQ4_NL => 7,
         _ => 0,
     }
+}
+
+/// The IQ4 grid offset by 128 (`KVALUES[q] + 128`, 1..=241: unsigned bytes) in both 128-bit
+/// lanes, for `vpshufb`; the offset comes back out as Q8_0's does (`offset_shift`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn iq4_table_u8() -> __m256i {
+    _mm256_xor_si256(iq4_table(), _mm256_set1_epi8(0x80u8 as i8))
 }
 
 /// A legacy block's 32 weights as unsigned bytes `u = q + offset` (see `offset_shift`).
@@ -59,6 +67,7 @@ unsafe fn unsigned_legacy(kind: LegacyKind, b: *const u8) -> __m256i {
         LegacyKind::Q8_0 | LegacyKind::Q8_1 => {
             _mm256_xor_si256(unpack_legacy(kind, b), _mm256_set1_epi8(0x80u8 as i8))
         }
+        LegacyKind::IQ4_NL => _mm256_shuffle_epi8(iq4_table_u8(), nibbles16(b.add(2))),
         _ => unpack_legacy(kind, b),
     }
 }
@@ -90,6 +99,7 @@ pub(super) unsafe fn dot_legacy_g8_rows<const R: usize>(
         LegacyKind::Q5_1 => legacy_g8_rows::<3, R>(wp, row_bytes, g),
         LegacyKind::Q8_0 => legacy_g8_rows::<4, R>(wp, row_bytes, g),
         LegacyKind::Q8_1 => legacy_g8_rows::<5, R>(wp, row_bytes, g),
+        LegacyKind::IQ4_NL => legacy_g8_rows::<6, R>(wp, row_bytes, g),
     }
 }
 
@@ -495,6 +505,7 @@ pub(super) unsafe fn dot_legacy_rows<const R: usize>(
         LegacyKind::Q5_1 => legacy_rows::<3, R>(w, strides, a),
         LegacyKind::Q8_0 => legacy_rows::<4, R>(w, strides, a),
         LegacyKind::Q8_1 => legacy_rows::<5, R>(w, strides, a),
+        LegacyKind::IQ4_NL => legacy_rows::<6, R>(w, strides, a),
     }
 }
 
@@ -512,6 +523,7 @@ unsafe fn decode_unsigned(kind: LegacyKind, b: *const u8) -> __m256i {
             let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
             _mm256_or_si256(nibbles32(b.add(at + 4)), hi)
         }
+        LegacyKind::IQ4_NL => _mm256_shuffle_epi8(iq4_table_u8(), nibbles32(b.add(2))),
         _ => {
             let at = if kind == LegacyKind::Q8_0 { 2 } else { 4 };
             _mm256_xor_si256(load(b.add(at)), _mm256_set1_epi8(0x80u8 as i8))

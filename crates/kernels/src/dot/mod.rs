@@ -9,6 +9,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod iq4;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub(crate) mod scalar;
@@ -197,12 +199,20 @@ pub enum ActKind {
 pub fn act_kind(dtype: DType) -> ActKind {
     match dtype {
         DType::F32 | DType::F16 | DType::BF16 => ActKind::F32,
-        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::Q8_1 => {
-            ActKind::Q8_32
-        }
-        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::Q8_K => {
-            ActKind::Q8K
-        }
+        DType::Q4_0
+        | DType::Q4_1
+        | DType::Q5_0
+        | DType::Q5_1
+        | DType::Q8_0
+        | DType::Q8_1
+        | DType::IQ4_NL => ActKind::Q8_32,
+        DType::Q2_K
+        | DType::Q3_K
+        | DType::Q4_K
+        | DType::Q5_K
+        | DType::Q6_K
+        | DType::Q8_K
+        | DType::IQ4_XS => ActKind::Q8K,
     }
 }
 
@@ -214,6 +224,7 @@ fn legacy_kind(dtype: DType) -> Option<LegacyKind> {
         DType::Q5_1 => LegacyKind::Q5_1,
         DType::Q8_0 => LegacyKind::Q8_0,
         DType::Q8_1 => LegacyKind::Q8_1,
+        DType::IQ4_NL => LegacyKind::IQ4_NL,
         _ => return None,
     })
 }
@@ -660,6 +671,10 @@ pub fn dot_q8k_n<const N: usize>(
         (Isa::Avx2 | Isa::Avx512, DType::Q6_K) if isa.is_available() => {
             return unsafe { avx2::dot_q6_k_n(w, a) }
         }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2 | Isa::Avx512, DType::IQ4_XS) if isa.is_available() => {
+            return unsafe { iq4::dot_iq4_xs_n(w, a) }
+        }
         #[cfg(target_arch = "aarch64")]
         (Isa::Neon, DType::Q4_K) if isa.is_available() => {
             return unsafe { neon::dot_q4_k_n::<false, N>(w, a) }
@@ -684,6 +699,7 @@ pub fn dot_q8k_n<const N: usize>(
         DType::Q4_K => scalar::dot_q4_k,
         DType::Q5_K => scalar::dot_q5_k,
         DType::Q6_K => scalar::dot_q6_k,
+        DType::IQ4_XS => scalar::dot_iq4_xs,
         _ => scalar::dot_q8_k,
     };
     std::array::from_fn(|t| f(w, a[t]))
@@ -696,7 +712,11 @@ pub fn has_q8k_rows(isa: Isa, dtype: DType) -> bool {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512 => {
-            isa.is_available() && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+            isa.is_available()
+                && matches!(
+                    dtype,
+                    DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS
+                )
         }
         _ => false,
     }
@@ -748,6 +768,8 @@ fn q8k_rows4(isa: Isa, dtype: DType, w: &[u8], strides: Strides, a: &[BlockQ8K])
         return match dtype {
             DType::Q4_K => unsafe { avx512::dot_q45_k_rows::<false, 4>(w, strides, a) },
             DType::Q5_K => unsafe { avx512::dot_q45_k_rows::<true, 4>(w, strides, a) },
+            // (no AVX-512 kernel of its own: the AVX2 one)
+            DType::IQ4_XS => unsafe { iq4::dot_iq4_xs_rows::<4>(w, strides, a) },
             _ => unsafe { avx512::dot_q6_k_rows::<4>(w, strides, a) },
         };
     }
@@ -759,6 +781,8 @@ fn q8k_rows4(isa: Isa, dtype: DType, w: &[u8], strides: Strides, a: &[BlockQ8K])
         DType::Q5_K => unsafe { avx2::dot_q45_k_rows::<true, 4>(w, strides, a) },
         #[cfg(target_arch = "x86_64")]
         DType::Q6_K => unsafe { avx2::dot_q6_k_rows::<4>(w, strides, a) },
+        #[cfg(target_arch = "x86_64")]
+        DType::IQ4_XS => unsafe { iq4::dot_iq4_xs_rows::<4>(w, strides, a) },
         _ => unreachable!("no 4-row decode kernel for {dtype}"),
     }
 }
@@ -810,6 +834,10 @@ pub fn dot_q8k_x8(isa: Isa, dtype: DType, w: &[u8], a: [&[BlockQ8K]; 8]) -> [f32
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2 | Isa::Avx512, DType::Q6_K) if isa.is_available() => unsafe {
             avx2::dot_q6_k_x8(w, a)
+        },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2 | Isa::Avx512, DType::IQ4_XS) if isa.is_available() => unsafe {
+            iq4::dot_iq4_xs_n(w, a)
         },
         _ => {
             let [a0, a1, a2, a3, a4, a5, a6, a7] = a;

@@ -78,6 +78,13 @@ unsafe fn unpack_legacy(kind: LegacyKind, b: &[u8]) -> [int8x16_t; 2] {
             let p = b.as_ptr().add(off) as *const i8;
             [vld1q_s8(p), vld1q_s8(p.add(16))]
         }
+        LegacyKind::IQ4_NL => {
+            let t = vld1q_s8(crate::quant::IQ4_KVALUES.as_ptr());
+            let x = vld1q_u8(b.as_ptr().add(2));
+            let lo = vqtbl1q_s8(t, vandq_u8(x, vdupq_n_u8(0xF)));
+            let hi = vqtbl1q_s8(t, vshrq_n_u8(x, 4));
+            [lo, hi]
+        }
     }
 }
 

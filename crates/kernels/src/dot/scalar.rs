@@ -2,7 +2,9 @@
 //! activation row. Every SIMD path is tested against these.
 
 use super::BlockU8;
-use crate::quant::{f16_at, kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8};
+use crate::quant::{
+    f16_at, iq4_values, iq4_xs_scales, kscale_min, q3k_scales, BlockQ8K, BlockQ8_32, BlockQ8x8,
+};
 use crate::DType;
 
 fn idot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
@@ -43,6 +45,11 @@ fn legacy_q(dtype: LegacyKind, b: &[u8]) -> [i32; 32] {
                 q[l] = b[o + l] as i8 as i32;
             }
         }
+        LegacyKind::IQ4_NL => {
+            for (q, v) in q.iter_mut().zip(iq4_values(&b[2..18])) {
+                *q = v as i32;
+            }
+        }
     }
     q
 }
@@ -55,6 +62,9 @@ pub(crate) enum LegacyKind {
     Q5_1,
     Q8_0,
     Q8_1,
+    /// Q4_0's layout with the nibbles standing for `IQ4_KVALUES[q]`: signed, like Q8_0.
+    #[allow(non_camel_case_types)]
+    IQ4_NL,
 }
 
 impl LegacyKind {
@@ -66,6 +76,7 @@ impl LegacyKind {
             LegacyKind::Q5_1 => 24,
             LegacyKind::Q8_0 => 34,
             LegacyKind::Q8_1 => 36,
+            LegacyKind::IQ4_NL => 18,
         }
     }
     /// Whether the block has an f16 min after d (Q4_1, Q5_1).
@@ -330,6 +341,23 @@ pub(crate) fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
         // the canonical float step (one fused multiply-add, as the SIMD kernels and the
         // unpacked tiles finish a super-block)
         sum = (isum as f32).mul_add(d * ab.d, sum);
+    }
+    sum
+}
+
+/// Σ w·x for an IQ4_XS row against Q8_K activations: per super-block the exact integer sum
+/// Σ_j (ls_j - 32) · Σ KVALUES[q]·a, then the canonical fused multiply-add (as Q6_K).
+pub(crate) fn dot_iq4_xs(w: &[u8], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0f32;
+    for (b, ab) in w.chunks_exact(136).zip(a) {
+        let sc = iq4_xs_scales(b);
+        let mut isum = 0i32;
+        for j in 0..8 {
+            let v = iq4_values(&b[8 + 16 * j..24 + 16 * j]);
+            let s = idot(v.iter().map(|&v| v as i32), &ab.qs[32 * j..32 * j + 32]);
+            isum += sc[j] as i32 * s;
+        }
+        sum = (isum as f32).mul_add(f16_at(b, 0) * ab.d, sum);
     }
     sum
 }

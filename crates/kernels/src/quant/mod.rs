@@ -3,6 +3,7 @@
 
 pub mod act;
 mod float;
+mod iquants;
 mod kquants;
 mod legacy;
 mod quantize;
@@ -10,6 +11,8 @@ mod quantize;
 use crate::DType;
 
 pub use act::{interleave8, quantize_q8_32, quantize_q8_k, BlockQ8K, BlockQ8_32, BlockQ8x8};
+pub use iquants::KVALUES as IQ4_KVALUES;
+pub(crate) use iquants::{iq4_values, iq4_xs_scales};
 pub use quantize::{can_quantize, quantize};
 
 /// Expands `src`, a whole number of `dtype` blocks, into `out` (one f32 per element).
@@ -42,6 +45,8 @@ pub fn dequantize(dtype: DType, src: &[u8], out: &mut [f32]) {
         DType::Q5_K => kquants::dequant_q5_k,
         DType::Q6_K => kquants::dequant_q6_k,
         DType::Q8_K => kquants::dequant_q8_k,
+        DType::IQ4_NL => iquants::dequant_iq4_nl,
+        DType::IQ4_XS => iquants::dequant_iq4_xs,
     };
     for (b, o) in src.chunks_exact(bb).zip(out.chunks_exact_mut(bs)) {
         f(b, o);

@@ -16,6 +16,12 @@
 //!   19 candidate scales around `-32 / max`), 8-bit sub-block scales of an f16 `d`, values
 //!   re-quantised against the stored scales.
 //!
+//! * IQ4_NL / IQ4_XS (ggml's `quantize_iq4_nl` / `quantize_iq4_xs` without an importance
+//!   matrix): per 32-element sub-block a scale fitted by weighted least squares (weights `x²`)
+//!   over 15 candidate scales around `-127 / max`, each value mapped to its nearest grid value
+//!   ([`IQ4_KVALUES`](super::IQ4_KVALUES)); IQ4_NL stores that scale as the block's f16, IQ4_XS
+//!   6-bit multipliers of `d = -max_scale / 32` and re-maps the values against them.
+//!
 //! Rounding is ggml's `nearest_int` (round half to even through the 1.5·2²³ trick), so for
 //! the same input the blocks match llama.cpp's bit for bit up to its compiler's fused
 //! multiply-adds in the least-squares sums.
@@ -37,6 +43,8 @@ pub fn can_quantize(dtype: DType) -> bool {
             | DType::Q4_K
             | DType::Q5_K
             | DType::Q6_K
+            | DType::IQ4_NL
+            | DType::IQ4_XS
     )
 }
 
@@ -79,6 +87,8 @@ pub fn quantize(dtype: DType, src: &[f32], out: &mut [u8]) {
         DType::Q4_K => q4_k,
         DType::Q5_K => q5_k,
         DType::Q6_K => q6_k,
+        DType::IQ4_NL => iq4_nl,
+        DType::IQ4_XS => iq4_xs,
         other => panic!("quantize: no quantiser for {other}"),
     };
     let bs = dtype.block_size();
@@ -491,6 +501,109 @@ fn q6_k(x: &[f32], y: &mut [u8]) {
             qh[32 * c + i] = (a >> 4) | ((b >> 4) << 2) | ((cc >> 4) << 4) | ((dd >> 4) << 6);
         }
     }
+}
+
+/// ggml's `best_index_int8` on the IQ4 grid: the index of the grid value nearest `x` (the
+/// upper one on a tie).
+fn iq4_index(x: f32) -> u8 {
+    let v = &super::IQ4_KVALUES;
+    if x <= v[0] as f32 {
+        return 0;
+    }
+    if x >= v[15] as f32 {
+        return 15;
+    }
+    let (mut lo, mut hi) = (0usize, 15usize);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if x < v[mid] as f32 {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    if x - (v[hi - 1] as f32) < v[hi] as f32 - x {
+        (hi - 1) as u8
+    } else {
+        hi as u8
+    }
+}
+
+/// The scale of one 32-element IQ4 sub-block (0 for an all-but-zero one): the weighted
+/// least-squares fit (weights `x²`) of the grid values chosen at `max / 127`, improved by the
+/// best of the fits at the 15 scales `max / (i - 127)`, i = -7..=7.
+fn iq4_sub_scale(x: &[f32]) -> f32 {
+    const GROUP_MAX_EPS: f32 = 1e-15;
+    const NTRY: i32 = 7;
+    let k0 = super::IQ4_KVALUES[0] as f32;
+    let (max, amax) = signed_absmax(x);
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let fit = |id: f32| {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for &v in x {
+            let q = super::IQ4_KVALUES[iq4_index(id * v) as usize] as f32;
+            let w = v * v;
+            sumqx += w * q * v;
+            sumq2 += w * q * q;
+        }
+        (sumqx, sumq2)
+    };
+    let (sumqx, sumq2) = fit(1.0 / (-max / k0));
+    let mut d = sumqx / sumq2;
+    let mut best = d * sumqx;
+    for itry in -NTRY..=NTRY {
+        let (sumqx, sumq2) = fit((itry as f32 + k0) / max);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+/// 32 values as IQ4 nibbles against the scale `d` (its inverse, 0 for `d == 0`): the low
+/// nibbles hold elements 0..16, the high ones 16..32.
+fn iq4_pack(x: &[f32], d: f32, qs: &mut [u8]) {
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for j in 0..16 {
+        qs[j] = iq4_index(id * x[j]) | (iq4_index(id * x[j + 16]) << 4);
+    }
+}
+
+fn iq4_nl(x: &[f32], y: &mut [u8]) {
+    let d = iq4_sub_scale(x);
+    put_f16(&mut y[0..2], d);
+    iq4_pack(x, d, &mut y[2..18]);
+}
+
+fn iq4_xs(x: &[f32], y: &mut [u8]) {
+    let scales: [f32; 8] = std::array::from_fn(|j| iq4_sub_scale(&x[32 * j..32 * j + 32]));
+    let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
+    for &s in &scales {
+        if s.abs() > amax {
+            amax = s.abs();
+            max_scale = s;
+        }
+    }
+    let d = -max_scale / 32.0;
+    put_f16(&mut y[0..2], d);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut scales_h = 0u16;
+    y[4..8].fill(0);
+    for (j, &s) in scales.iter().enumerate() {
+        let l = nearest_int(id * s).clamp(-32, 31);
+        iq4_pack(
+            &x[32 * j..32 * j + 32],
+            d * l as f32,
+            &mut y[8 + 16 * j..24 + 16 * j],
+        );
+        let l = (l + 32) as u8;
+        y[4 + j / 2] |= (l & 0xF) << (4 * (j % 2));
+        scales_h |= ((l >> 4) as u16) << (2 * j);
+    }
+    y[2..4].copy_from_slice(&scales_h.to_le_bytes());
 }
 
 #[cfg(test)]

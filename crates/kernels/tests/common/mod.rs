@@ -70,7 +70,9 @@ pub fn random_weights(rng: &mut Rng, dtype: DType, n: usize) -> Vec<u8> {
         let s = 0.002 + 0.02 * rng.f32();
         let m = 0.002 + 0.02 * rng.f32();
         match dtype {
-            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => put_f16(b, 0, s),
+            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL => put_f16(b, 0, s),
+            // (sub-block scales up to ±32 times the grid's ±127: a smaller d)
+            DType::IQ4_XS => put_f16(b, 0, s / 16.0),
             DType::Q4_1 | DType::Q5_1 | DType::Q8_1 => {
                 put_f16(b, 0, s);
                 put_f16(b, 2, -m);
@@ -92,7 +94,7 @@ pub fn random_weights(rng: &mut Rng, dtype: DType, n: usize) -> Vec<u8> {
     out
 }
 
-pub const QUANT_TYPES: [DType; 12] = [
+pub const QUANT_TYPES: [DType; 14] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -105,6 +107,8 @@ pub const QUANT_TYPES: [DType; 12] = [
     DType::Q5_K,
     DType::Q6_K,
     DType::Q8_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
 ];
 
 /// CPU time the calling thread has run, in seconds (Linux `schedstat`; `None` elsewhere).

@@ -11,8 +11,8 @@ For every block type it writes into ./quant/:
   <TYPE>.input   (types gguf-py can quantize) the f32 input the blocks were quantized from
 
 Types gguf-py can quantize (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 BF16) are quantized from deterministic data;
-the k-quants (dequantize only in gguf-py) use random block bytes whose f16 scales are forced to
-finite values. gguf-py has neither Q8_1 nor Q8_K (activation-only types); their expected values
+the k-quants and IQ4_NL / IQ4_XS (dequantize only in gguf-py) use random block bytes whose f16
+scales are forced to finite values. gguf-py has neither Q8_1 nor Q8_K (activation-only types); their expected values
 are computed here from the ggml definition y = d * q with numpy.
 """
 import os
@@ -89,6 +89,20 @@ q = rng.integers(-127, 128, (N_BLOCKS, 256)).astype(np.int8)
 bs = q.astype(np.int16).reshape(N_BLOCKS, 16, 16).sum(axis=2).astype("<i2")
 b = np.concatenate([d.view(np.uint8).reshape(N_BLOCKS, 4), q.view(np.uint8), bs.view(np.uint8).reshape(N_BLOCKS, 32)], axis=1)
 write("Q8_K", b.reshape(-1), (d[:, None] * q.astype(np.float32)).reshape(-1))
+
+# IQ4_NL / IQ4_XS (non-linear 4-bit grids; dequantize only in gguf-py): random block bytes
+# whose f16 scale d is forced to a finite value, dequantized by gguf-py. (Appended after the
+# types above so that their random draws, and so their vectors, are unchanged.)
+IQ_LAYOUT = {  # type: (block bytes, offset of d, magnitude)
+    "IQ4_NL": (T.IQ4_NL, 18, 0, 0.002),
+    "IQ4_XS": (T.IQ4_XS, 136, 0, 0.0005),
+}
+for name, (qt, bb, off, mag) in IQ_LAYOUT.items():
+    b = rng.integers(0, 256, (N_BLOCKS, bb), dtype=np.uint8)
+    v = (rng.random(N_BLOCKS) * mag + mag / 10).astype(np.float32)
+    b[:, off:off + 2] = f16_bytes(v).reshape(N_BLOCKS, 2)
+    y = quants.dequantize(b.reshape(1, -1), qt)
+    write(name, b.reshape(-1), y.reshape(-1))
 
 # Real weight rows (first 2 rows of one tensor per type the test models use), if the model is
 # present: python3 gen_quant_vectors.py [path/to/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf]

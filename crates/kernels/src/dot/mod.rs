@@ -966,7 +966,8 @@ pub fn dot_q8_32_rows4_n(
     match isa {
         // SAFETY: the CPU has AVX2 (checked), the shapes were checked above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 if isa.is_available() => unsafe {
+        // (IQ4_NL has no small-batch kernel: it takes the per-token loop below.)
+        Isa::Avx2 | Isa::Avx512 if isa.is_available() && kind != LegacyKind::IQ4_NL => unsafe {
             let bb = kind.block_bytes();
             if grouped && dtype == DType::Q5_0 {
                 small_avx2::q5_0_r4_n(w, a, out)
@@ -1016,8 +1017,9 @@ pub fn dot_q8k_rows4_n(
         "dot_q8k_rows4_n: {dtype} is not a k-quant"
     );
     check_small("dot_q8k_rows4_n", dtype, w, a, out, 256);
+    // IQ4_XS has a 4-row decode kernel but no small-batch one: it takes the per-token loop.
     #[cfg(target_arch = "x86_64")]
-    if has_q8k_rows(isa, dtype) {
+    if has_q8k_rows(isa, dtype) && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K) {
         let bb = dtype.block_bytes();
         let strides = if grouped {
             Strides {

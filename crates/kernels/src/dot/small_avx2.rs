@@ -59,6 +59,7 @@ pub(super) unsafe fn legacy_rows_n(
         LegacyKind::Q5_1 => legacy_rows_n_k::<3>(w, strides, a, out),
         LegacyKind::Q8_0 => legacy_rows_n_k::<4>(w, strides, a, out),
         LegacyKind::Q8_1 => legacy_rows_n_k::<5>(w, strides, a, out),
+        LegacyKind::IQ4_NL => unreachable!("IQ4_NL takes the per-token loop (dot_q8_32_rows4_n)"),
     }
 }
 

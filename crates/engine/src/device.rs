@@ -130,6 +130,7 @@ pub(crate) fn place(
     if let Some(why) = d.why {
         note += &format!(" ({why})");
     }
+    note += &format!(", kernels: {}", gpu.features);
     Ok(Placed::Gpu {
         model,
         note,

@@ -199,6 +199,28 @@ pub(super) struct Strides {
     pub block: usize,
 }
 
+impl Strides {
+    /// A 4-row group of blocks of `block_bytes` each.
+    pub fn group4(block_bytes: usize) -> Strides {
+        Strides {
+            row: block_bytes,
+            block: 4 * block_bytes,
+        }
+    }
+
+    /// The 4 rows of `len` bytes: a 4-row group when `grouped`, else rows back to back.
+    pub fn four_rows(grouped: bool, block_bytes: usize, len: usize) -> Strides {
+        if grouped {
+            Strides::group4(block_bytes)
+        } else {
+            Strides {
+                row: len / 4,
+                block: block_bytes,
+            }
+        }
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn legacy_rows<const K: usize, const R: usize>(
     w: &[u8],

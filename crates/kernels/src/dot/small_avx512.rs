@@ -31,15 +31,17 @@ struct Q45Block {
     mins: [__m128i; 4],
     d: __m128,
     dmin: __m128,
+    /// Row r's weights of sub-blocks 2j and 2j + 1 (`w[r][j]`), unpacked to bytes once for
+    /// every tile.
+    w: [[[__m256i; 2]; 4]; 4],
 }
 
-/// Tokens `t0..t0 + T` of block `i` (whose 4 rows start at `b0`, `rs` apart): the decode
-/// kernel's unpacking, shared by the `T` tokens, and its integer sums and float steps per token.
+/// Tokens `t0..t0 + T` of block `i`: the decode kernel's integer sums over the weights `q`
+/// unpacked once for all tiles (Q5_K's fifth bit makes unpacking per tile cost ~25%), and its
+/// float steps per token.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q45_tile<const FIVE: bool, const T: usize>(
-    b0: *const u8,
-    rs: usize,
     q: &Q45Block,
     a: &[&[BlockQ8K]],
     t0: usize,
@@ -50,8 +52,6 @@ unsafe fn q45_tile<const FIVE: bool, const T: usize>(
     for (k, b) in ab.iter_mut().enumerate() {
         *b = a.get_unchecked(t0 + k).get_unchecked(i);
     }
-    let m4 = _mm256_set1_epi8(0xF);
-    let bit4 = _mm256_set1_epi8(0x10);
     let mut isum = [[_mm256_setzero_si256(); 4]; T];
     for j in 0..4 {
         // (loops, not closures: those would not inherit this function's target features)
@@ -62,21 +62,7 @@ unsafe fn q45_tile<const FIVE: bool, const T: usize>(
             y1[k] = load(ab[k].qs.as_ptr().add(64 * j + 32) as *const u8);
         }
         for r in 0..4 {
-            let b = b0.add(r * rs);
-            let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * j));
-            let mut lo = _mm256_and_si256(x, m4);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-            if FIVE {
-                let qh = load(b.add(16));
-                let (h0, h1) = match j {
-                    0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
-                    1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
-                    2 => (qh, _mm256_srli_epi16(qh, 1)),
-                    _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
-                };
-                lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
-                hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
-            }
+            let [lo, hi] = q.w[r][j];
             let s1 = bcast32(q.tbl[r].as_ptr().add(2 * j));
             let s2 = bcast32(q.tbl[r].as_ptr().add(2 * j + 1));
             for k in 0..T {
@@ -134,7 +120,10 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
         mins: [_mm_setzero_si128(); 4],
         d: _mm_setzero_ps(),
         dmin: _mm_setzero_ps(),
+        w: [[[_mm256_setzero_si256(); 2]; 4]; 4],
     };
+    let m4 = _mm256_set1_epi8(0xF);
+    let bit4 = _mm256_set1_epi8(0x10);
     for i in 0..nb {
         prefetch(ahead, i, 4 * bb);
         let b0 = wp.add(i * block_stride);
@@ -152,16 +141,36 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
             );
         }
         (q.d, q.dmin) = f16_pairs4([b0, b0.add(rs), b0.add(2 * rs), b0.add(3 * rs)]);
+        for r in 0..4 {
+            let b = b0.add(r * rs);
+            for j in 0..4 {
+                let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * j));
+                let mut lo = _mm256_and_si256(x, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+                if FIVE {
+                    let qh = load(b.add(16));
+                    let (h0, h1) = match j {
+                        0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
+                        1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
+                        2 => (qh, _mm256_srli_epi16(qh, 1)),
+                        _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
+                    };
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
+                }
+                q.w[r][j] = [lo, hi];
+            }
+        }
         // tiles of 4 tokens (then 3, 2 or 1): the unpacking is shared within a tile
         let mut t = 0;
         while n - t >= 4 {
-            q45_tile::<FIVE, 4>(b0, rs, &q, a, t, i, &mut acc);
+            q45_tile::<FIVE, 4>(&q, a, t, i, &mut acc);
             t += 4;
         }
         match n - t {
-            3 => q45_tile::<FIVE, 3>(b0, rs, &q, a, t, i, &mut acc),
-            2 => q45_tile::<FIVE, 2>(b0, rs, &q, a, t, i, &mut acc),
-            1 => q45_tile::<FIVE, 1>(b0, rs, &q, a, t, i, &mut acc),
+            3 => q45_tile::<FIVE, 3>(&q, a, t, i, &mut acc),
+            2 => q45_tile::<FIVE, 2>(&q, a, t, i, &mut acc),
+            1 => q45_tile::<FIVE, 1>(&q, a, t, i, &mut acc),
             _ => {}
         }
     }

@@ -760,7 +760,7 @@ fn a_restricted_output_layer_gives_the_first_logits_of_the_whole() {
 
 #[test]
 fn a_restricted_output_layer_of_a_real_model_gives_the_first_logits_of_the_whole() {
-    // qwen2.5-coder-0.5b: tied Q8_0 output matrix, rearranged in 4-row groups where the CPU
+    // qwen2.5-coder-0.5b: its own Q8_0 output matrix, rearranged in 4-row groups where the CPU
     // has AVX2 (a prefix of 1001 rows is then 1004).
     let qwen = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let grouped = kiln_engine::Isa::best().has_avx2();

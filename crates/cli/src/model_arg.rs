@@ -172,8 +172,8 @@ pub struct SpecArgs {
           value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_NGRAM as u64))]
     pub lookup_ngram: u64,
     /// How much of the vocabulary the draft model proposes from: its output layer computes
-    /// only the first N token ids (FR-Spec; BPE ids are ordered by frequency), which makes
-    /// each draft token cheaper. `full` (or 0): the whole vocabulary; `auto` (the default):
+    /// only the first N token ids (FR-Spec; BPE ids are ordered by frequency; N rounded up to
+    /// a multiple of 4 for an interleaved output matrix), which makes each draft token cheaper. `full` (or 0): the whole vocabulary; `auto` (the default):
     /// 32768 when the vocabulary has more than 65536 tokens, else full. The model still
     /// verifies over its whole vocabulary, so output is unchanged (greedy: token for token).
     #[arg(long, value_name = "N|auto|full", value_parser = parse_draft_vocab)]

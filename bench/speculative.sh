@@ -2,7 +2,9 @@
 # Speculative decoding on the committed code prompts (bench/spec-prompts: write a function,
 # continue a file, edit a given snippet), greedy, side by side in one run:
 #   plain     kiln's plain decoding of the target
-#   draft     the target with the draft model (--model-draft)
+#   draft     the target with the draft model (--model-draft), once per --draft-vocab value
+#             (comma-separated, e.g. full,65536,32768,16384: one column each, run in turn on
+#             each prompt; default: kiln's default)
 #   lookup    the target with prompt lookup alone (--lookup-ngram), on the editing prompts
 #   llama.cpp llama-speculative with the same files, prompts and draft sizes, when the anchor
 #             binaries have it
@@ -11,12 +13,13 @@
 # and whether every run's tokens equal plain decoding's. Not a test: run it on an idle machine.
 #
 #   bench/speculative.sh [-t THREADS] [-n TOKENS] [--target NAME] [--draft NAME]
-#                        [--draft-max N] [--draft-p-min P] [--lookup-ngram N] [--lookup-max N]
+#                        [--draft-max N] [--draft-p-min P] [--draft-vocab N,...]
+#                        [--lookup-ngram N] [--lookup-max N]
 #                        [--no-llama] (kiln only: leave llama-speculative out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=2 n=128 target=qwen2.5-coder-1.5b draft=qwen2.5-coder-0.5b
-draft_max=8 p_min=0.75 ngram=4 lookup_max=12 no_llama=
+draft_max=8 p_min=0.75 ngram=4 lookup_max=12 no_llama= draft_vocab=
 while (($#)); do
   case $1 in
     -t) threads=$2; shift 2 ;;
@@ -25,6 +28,7 @@ while (($#)); do
     --draft) draft=$2; shift 2 ;;
     --draft-max) draft_max=$2; shift 2 ;;
     --draft-p-min) p_min=$2; shift 2 ;;
+    --draft-vocab) draft_vocab=$2; shift 2 ;;
     --lookup-ngram) ngram=$2; shift 2 ;;
     --lookup-max) lookup_max=$2; shift 2 ;;
     --no-llama) no_llama=1; shift ;;
@@ -42,7 +46,8 @@ out=$(mktemp -d)
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), nproc $(nproc)"
 echo "load at start: $(uptime | sed 's/.*load average/load average/')"
 echo "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2 | tr ' ' '\n' | grep -E '^(avx|avx2|fma|f16c|avx512[a-z_]*|avx_vnni|amx[a-z_]*)$' | sort | xargs)"
-echo "threads $threads, -n $n, greedy; target $target, draft $draft (--draft-max $draft_max --draft-p-min $p_min); lookup --lookup-ngram $ngram --draft-max $lookup_max"
+echo "threads $threads, -n $n, greedy; target $target, draft $draft (--draft-max $draft_max --draft-p-min $p_min --draft-vocab ${draft_vocab:-default}); lookup --lookup-ngram $ngram --draft-max $lookup_max"
+IFS=, read -r -a vocabs <<<"${draft_vocab:-default}"
 anchors=${KILN_HOME:-$HOME/.cache/kiln}/anchors/llama.cpp-0c1e57098/bin
 spec_bin=""
 if [[ -n $no_llama ]]; then
@@ -57,7 +62,11 @@ for f in bench/spec-prompts/*.txt; do
   echo "== $p" >&2
   common=(complete -m "$tfile" -t "$threads" -n "$n" -f "$f" --json --seed 0)
   "$kiln" "${common[@]}" >"$out/$p.plain.json"
-  "$kiln" "${common[@]}" --model-draft "$dfile" --draft-max "$draft_max" --draft-p-min "$p_min" >"$out/$p.draft.json"
+  for v in "${vocabs[@]}"; do
+    dv=()
+    [[ $v == default ]] || dv=(--draft-vocab "$v")
+    "$kiln" "${common[@]}" --model-draft "$dfile" --draft-max "$draft_max" --draft-p-min "$p_min" "${dv[@]}" >"$out/$p.draft-$v.json"
+  done
   if [[ $p == *edit* ]]; then
     "$kiln" "${common[@]}" --lookup-ngram "$ngram" --draft-max "$lookup_max" >"$out/$p.lookup.json"
   fi
@@ -68,9 +77,10 @@ for f in bench/spec-prompts/*.txt; do
   fi
 done
 
-python3 - "$out" <<'PY'
+python3 - "$out" "${vocabs[@]}" <<'PY'
 import glob, json, os, re, sys
 out = sys.argv[1]
+drafts = [f"draft-{v}" for v in sys.argv[2:]]
 def load(p, kind):
     f = f"{out}/{p}.{kind}.json"
     if not os.path.exists(f):
@@ -90,11 +100,12 @@ def llama(p):
     return (float(m.group(3)), (int(a.group(1)) / int(d.group(1)) if a and d and int(d.group(1)) else None),
             int(m.group(1)), float(m.group(2)), (int(a.group(1)), int(d.group(1))) if a and d else (0, 0))
 prompts = sorted(os.path.basename(f)[:-len(".plain.json")] for f in glob.glob(f"{out}/*.plain.json"))
-print("| prompt | tokens | plain t/s | draft t/s | ratio | accepted | lookup t/s | ratio | accepted | llama-speculative t/s | accepted | same tokens |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-tot = {k: [0, 0.0] for k in ("plain", "draft", "lookup", "plain_edit", "llama")}
+head = "".join(f" {d} t/s | ratio | accepted |" for d in drafts)
+print(f"| prompt | tokens | plain t/s |{head} lookup t/s | ratio | accepted | llama-speculative t/s | accepted | same tokens |")
+print("| --- | ---: | ---: |" + " ---: | ---: | ---: |" * (len(drafts) + 1) + " ---: | ---: | --- |")
+tot = {k: [0, 0.0] for k in ("plain", "lookup", "plain_edit", "llama", *drafts)}
 llama_acc = [0, 0]
-acc = {k: [0, 0] for k in ("draft", "lookup")}
+acc = {k: [0, 0] for k in ("lookup", *drafts)}
 all_same = True
 for p in prompts:
     (tp, text) = load(p, "plain")
@@ -106,7 +117,7 @@ for p in prompts:
     add("plain", tp)
     if "edit" in p:
         add("plain_edit", tp)
-    for kind in ("draft", "lookup"):
+    for kind in (*drafts, "lookup"):
         r = load(p, kind)
         if r is None:
             row += ["", "", ""]
@@ -131,15 +142,16 @@ def rate(k):
     n, s = tot[k]
     return n / s if s else 0.0
 print()
-print(f"all prompts: plain {rate('plain'):.2f} t/s, draft {rate('draft'):.2f} t/s = {rate('draft') / rate('plain'):.2f}x, "
-      f"acceptance {acc['draft'][0]}/{acc['draft'][1]} = {acc['draft'][0] / max(acc['draft'][1], 1):.0%}")
+for d in drafts:
+    print(f"all prompts: plain {rate('plain'):.2f} t/s, {d} {rate(d):.2f} t/s = {rate(d) / rate('plain'):.2f}x, "
+          f"acceptance {acc[d][0]}/{acc[d][1]} = {acc[d][0] / max(acc[d][1], 1):.0%}")
 if tot["lookup"][1]:
     print(f"editing prompts: plain {rate('plain_edit'):.2f} t/s, lookup {rate('lookup'):.2f} t/s = {rate('lookup') / rate('plain_edit'):.2f}x, "
           f"acceptance {acc['lookup'][0]}/{acc['lookup'][1]} = {acc['lookup'][0] / max(acc['lookup'][1], 1):.0%}")
 if tot["llama"][1]:
     print(f"llama-speculative (same files, prompts, --draft-max, --draft-p-min): {rate('llama'):.2f} t/s "
           f"(decoded tokens over its decode time), acceptance {llama_acc[0]}/{llama_acc[1]} = "
-          f"{llama_acc[0] / max(llama_acc[1], 1):.0%}; kiln draft / llama-speculative = {rate('draft') / rate('llama'):.2f}x")
+          f"{llama_acc[0] / max(llama_acc[1], 1):.0%}; " + ", ".join(f"kiln {d} / llama-speculative = {rate(d) / rate('llama'):.2f}x" for d in drafts))
 print("tokens identical to plain decoding:", "yes, every run" if all_same else "NO")
 PY
 echo "load at end: $(uptime | sed 's/.*load average/load average/')"

@@ -145,6 +145,7 @@ pub fn run(a: CompleteArgs) -> Result<()> {
             context: a.ctx_size,
             max_batch: a.max_batch_size,
             draft_model: a.spec.draft_path()?,
+            draft_vocab: a.spec.draft_vocab()?,
             ..Default::default()
         },
     )?;

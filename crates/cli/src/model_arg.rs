@@ -4,12 +4,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::builder::{BoolishValueParser, FalseyValueParser};
 use clap::{ArgAction, Args};
 use kiln_engine::{
-    DeviceChoice, Engine, EngineOptions, GpuFeatures, GpuLayers, Isa, KvType, Numerics, Residency,
-    Speculation,
+    DeviceChoice, DraftVocab, Engine, EngineOptions, GpuFeatures, GpuLayers, Isa, KvType, Numerics,
+    Residency, Speculation,
 };
 use kiln_pull::Progress;
 
@@ -171,6 +171,17 @@ pub struct SpecArgs {
     #[arg(long, value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_NGRAM as u64))]
     pub lookup_ngram: u64,
+    /// How much of the vocabulary the draft model proposes from: its output layer computes
+    /// only the first N token ids (FR-Spec; BPE ids are ordered by frequency; N rounded up to
+    /// a multiple of 4 for an interleaved output matrix), which makes each draft token cheaper. `full` (or 0): the whole vocabulary; `auto` (the default):
+    /// 32768 when the vocabulary has more than 65536 tokens, else full. The model still
+    /// verifies over its whole vocabulary, so output is unchanged (greedy: token for token).
+    #[arg(long, value_name = "N|auto|full", value_parser = parse_draft_vocab)]
+    pub draft_vocab: Option<DraftVocab>,
+}
+
+fn parse_draft_vocab(s: &str) -> Result<DraftVocab, String> {
+    s.parse()
 }
 
 fn unit_interval(s: &str) -> Result<f32, String> {
@@ -193,6 +204,14 @@ impl SpecArgs {
         };
         s.validate().map_err(anyhow::Error::msg)?;
         Ok(s)
+    }
+
+    /// The draft model's vocabulary setting (`--draft-vocab` needs `--model-draft`).
+    pub fn draft_vocab(&self) -> Result<DraftVocab> {
+        match (self.draft_vocab, &self.model_draft) {
+            (Some(_), None) => bail!("--draft-vocab needs a draft model (--model-draft)"),
+            (v, _) => Ok(v.unwrap_or_default()),
+        }
     }
 
     /// The draft model's path (pulled on first use when it is a known name).

@@ -99,6 +99,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         context: Some(a.ctx_size.unwrap_or(4096)),
         max_batch: a.parallel,
         draft_model: a.spec.draft_path()?,
+        draft_vocab: a.spec.draft_vocab()?,
         ..Default::default()
     })?;
     let Engine {

@@ -635,6 +635,17 @@ fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
             "0",
         ],
         vec!["--lookup-ngram", "2", "--draft-max", "6"],
+        // The draft over the first half of the vocabulary.
+        vec![
+            "--model-draft",
+            draft.to_str().unwrap(),
+            "--draft-max",
+            "4",
+            "--draft-p-min",
+            "0",
+            "--draft-vocab",
+            "256",
+        ],
     ] {
         let mut args = base.to_vec();
         args.extend(&extra);
@@ -664,6 +675,39 @@ fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("vocabulary"), "{err}");
+    // A draft vocabulary past the vocabulary, not a number, or without a draft model.
+    for (extra, want) in [
+        (
+            vec![
+                "--model-draft",
+                draft.to_str().unwrap(),
+                "--draft-vocab",
+                "513",
+            ],
+            "draft vocabulary",
+        ),
+        (
+            vec![
+                "--model-draft",
+                draft.to_str().unwrap(),
+                "--draft-vocab",
+                "half",
+            ],
+            "--draft-vocab",
+        ),
+        (vec!["--draft-vocab", "256"], "--model-draft"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(&extra);
+        args.extend(["--", text]);
+        let out = kiln(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{extra:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]

@@ -145,8 +145,9 @@ impl<T> Batch<T> {
     }
 
     /// Drafts with `draft` for the requests that ask for it (see
-    /// [`crate::generate::Speculation`]). Its logits must be the model's width: checking that
-    /// the two tokenizers agree is the caller's part ([`crate::check_draft_vocab`]).
+    /// [`crate::generate::Speculation`]). Its vocabulary must be the model's (checking that
+    /// the two tokenizers agree is the caller's part, [`crate::check_draft_vocab`]); its
+    /// logits may cover a prefix of it ([`CausalLM::limit_logits`]).
     pub fn set_draft(
         &mut self,
         model: &dyn CausalLM,
@@ -320,6 +321,9 @@ impl<T> Batch<T> {
                 draft.forward(&mut inputs, &mut Vec::new())?;
             }
             drop(inputs);
+            // The draft's rows may cover only a prefix of the vocabulary
+            // ([`crate::DraftVocab`]): its proposals are then over those ids.
+            let width = draft.logit_rows();
             let mut dlogits = Vec::new();
             while drafting.iter().any(|&d| d) {
                 dlogits.clear();
@@ -332,7 +336,7 @@ impl<T> Batch<T> {
                     .collect();
                 draft.forward(&mut inputs, &mut dlogits)?;
                 drop(inputs);
-                let mut rows = dlogits.chunks_exact(self.vocab_size);
+                let mut rows = dlogits.chunks_exact(width);
                 for ((_, s), d) in self.running.iter_mut().zip(drafting.iter_mut()) {
                     if *d {
                         let row = rows.next().expect("one draft row per drafting sequence");

@@ -199,7 +199,8 @@ impl Scheduler {
 
     /// [`Scheduler::start`] with a draft model for the requests that speculate (see
     /// [`crate::generate::Speculation`]); its vocabulary must be the model's
-    /// ([`crate::check_draft_vocab`]; here only the logits' width is checked).
+    /// ([`crate::check_draft_vocab`]; here only the vocabulary sizes are checked). The
+    /// draft's logits may cover a prefix of the vocabulary ([`CausalLM::limit_logits`]).
     pub fn start_with_draft(
         model: Box<dyn CausalLM>,
         draft: Option<Arc<dyn CausalLM>>,

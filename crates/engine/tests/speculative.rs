@@ -14,10 +14,11 @@ use kiln_engine::generate::generate_with_draft;
 use kiln_engine::sampler::Sampler;
 use kiln_engine::scheduler::{Event, Request, Scheduler, SchedulerConfig};
 use kiln_engine::{
-    Completion, Engine, EngineError, EngineOptions, GenerateParams, SamplingParams, Speculation,
+    Completion, DraftVocab, Engine, EngineError, EngineOptions, GenerateParams, SamplingParams,
+    Speculation,
 };
 use kiln_formats::ModelConfig;
-use kiln_models::{CausalLM, KvType, ModelError, SeqInput};
+use kiln_models::{CausalLM, KvType, Logits, ModelError, SeqInput};
 
 fn fixture(name: &str) -> PathBuf {
     test_data().join("fixtures").join(name)
@@ -30,11 +31,17 @@ fn synthetic(name: &str) -> PathBuf {
 }
 
 fn load(path: &Path, draft: Option<&Path>) -> Engine {
+    load_vocab(path, draft, DraftVocab::default())
+}
+
+/// [`load`] with the draft's output layer over `draft_vocab`.
+fn load_vocab(path: &Path, draft: Option<&Path>, draft_vocab: DraftVocab) -> Engine {
     Engine::load(
         path,
         &EngineOptions {
             threads: 2,
             draft_model: draft.map(Path::to_path_buf),
+            draft_vocab,
             ..Default::default()
         },
     )
@@ -71,17 +78,31 @@ impl CausalLM for Perturbed {
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError> {
         let start = logits.len();
         self.0.forward(batch, logits)?;
-        let v = self.config().vocab_size;
+        let v = self.logit_rows();
         logits[start..].chunks_exact_mut(v).for_each(perturb);
         Ok(())
     }
     fn n_threads(&self) -> usize {
         self.0.n_threads()
     }
+    fn logit_rows(&self) -> usize {
+        self.0.logit_rows()
+    }
+    fn limit_logits(&mut self, rows: usize) -> Result<usize, ModelError> {
+        self.0.limit_logits(rows)
+    }
 }
 
 fn perturbed(path: &Path) -> Arc<dyn CausalLM> {
     Arc::new(Perturbed(load(path, None).model))
+}
+
+/// [`perturbed`] with its output layer restricted to the first `rows` ids (the proposal is
+/// then 0 outside them).
+fn perturbed_prefix(path: &Path, rows: usize) -> Arc<dyn CausalLM> {
+    let mut m = Perturbed(load(path, None).model);
+    assert_eq!(m.limit_logits(rows).unwrap(), rows);
+    Arc::new(m)
 }
 
 /// `engine.generate` with `draft` as the draft model.
@@ -598,8 +619,8 @@ fn sampled_speculation_is_reproducible_for_a_seed() {
 }
 
 /// Real models: qwen2.5-coder-0.5b drafting for itself (the degenerate case: every draft is
-/// the model's own greedy token) and prompt lookup on gemma3-270m and qwen2.5-coder-0.5b give
-/// plain decoding's tokens.
+/// the model's own greedy token; over its first 32768 ids, every draft the model's choice is
+/// in) and prompt lookup on gemma3-270m and qwen2.5-coder-0.5b give plain decoding's tokens.
 #[test]
 fn greedy_is_plain_decoding_on_real_models() {
     let code = "Rename the variable `total` to `sum` in this function:\n\n\
@@ -608,7 +629,7 @@ fn greedy_is_plain_decoding_on_real_models() {
     let qwen = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
     let gemma = real_model("gemma-3-270m-q4_k_m.gguf");
     for (model, draft) in [(&qwen, Some(&qwen)), (&gemma, None)] {
-        let engine = load(model, draft.map(PathBuf::as_path));
+        let engine = load_vocab(model, draft.map(PathBuf::as_path), DraftVocab::Full);
         let prompts = vec![
             engine.tokenize(code).unwrap(),
             engine.tokenize("def fibonacci(n):").unwrap(),
@@ -632,5 +653,269 @@ fn greedy_is_plain_decoding_on_real_models() {
                 assert_eq!(accepted, drafted, "{what}");
             }
         }
+        if draft.is_some() {
+            let part = load_vocab(
+                model,
+                draft.map(PathBuf::as_path),
+                DraftVocab::Prefix(32768),
+            );
+            assert_eq!(part.draft.as_ref().unwrap().logit_rows(), 32768);
+            let fast = part
+                .generate(&prompts, &greedy(48, spec(true, 0, 6, 0.0)), &mut |_, _| {})
+                .unwrap();
+            same(&plain, &fast, "itself as draft over 32768 ids");
+            let drafted: usize = fast.iter().map(|c| c.timings.draft_tokens).sum();
+            let accepted: usize = fast.iter().map(|c| c.timings.draft_accepted).sum();
+            eprintln!("itself as draft over 32768 ids: {accepted} of {drafted}");
+            // Every draft kept when every choice of the model is among the draft's ids.
+            let inside = plain.iter().flat_map(|c| &c.token_ids).all(|&t| t < 32768);
+            assert!(
+                accepted > 0 && (!inside || accepted == drafted),
+                "{accepted} of {drafted}"
+            );
+        }
     }
+}
+
+/// The logits rows of `tokens`: the first `prefill` computed in one pass (every row), the
+/// others decoded one at a time, as a draft computes them.
+fn logits_of(model: &dyn CausalLM, tokens: &[u32], prefill: usize) -> Vec<Vec<f32>> {
+    let width = model.logit_rows();
+    let mut cache = model.new_cache(tokens.len());
+    let mut out = Vec::new();
+    model
+        .forward(
+            &mut [SeqInput {
+                tokens: &tokens[..prefill],
+                cache: &mut cache,
+                logits: Logits::All,
+            }],
+            &mut out,
+        )
+        .unwrap();
+    for t in prefill..tokens.len() {
+        model
+            .forward(
+                &mut [SeqInput {
+                    tokens: &tokens[t..t + 1],
+                    cache: &mut cache,
+                    logits: Logits::Last,
+                }],
+                &mut out,
+            )
+            .unwrap();
+    }
+    assert_eq!(out.len(), tokens.len() * width);
+    out.chunks_exact(width).map(<[f32]>::to_vec).collect()
+}
+
+/// A model whose output layer is restricted to `rows` ids gives logits rows of that width
+/// (rounded up to whole 4-row groups when its output matrix is rearranged into them, which
+/// `grouped` says), equal bit for bit to the first ids of the whole model's, in prefill and
+/// in decode; the embedding stays whole (the prompt has ids past the prefix); the whole layer
+/// comes back when asked for.
+fn check_prefix_logits(path: &Path, rows: usize, grouped: bool) {
+    let full = load(path, None);
+    let mut part = load(path, None);
+    let vocab = full.model.config().vocab_size;
+    let width = part.model.limit_logits(rows).unwrap();
+    let want = if grouped { rows.div_ceil(4) * 4 } else { rows };
+    assert_eq!(width, want.min(vocab), "{}: {rows} rows", path.display());
+    assert_eq!(part.model.logit_rows(), width);
+    let tokens: Vec<u32> = (0..14).map(|i| ((i * 7919 + 5) % vocab) as u32).collect();
+    assert!(width == vocab || tokens.iter().any(|&t| t as usize >= width));
+    let a = logits_of(full.model.as_ref(), &tokens, 9);
+    let b = logits_of(part.model.as_ref(), &tokens, 9);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(y.len(), width);
+        let same = x[..width]
+            .iter()
+            .zip(y)
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(
+            same,
+            "{}: row {i} differs in its first {width} logits",
+            path.display()
+        );
+    }
+    assert_eq!(part.model.limit_logits(vocab).unwrap(), vocab);
+    assert_eq!(part.model.logit_rows(), vocab);
+    assert_eq!(logits_of(part.model.as_ref(), &tokens, 9), a);
+}
+
+#[test]
+fn a_restricted_output_layer_gives_the_first_logits_of_the_whole() {
+    // Untied (llama-mha), tied (qwen2-tiny, gqa-tied) and gemma3's model; plain f32 rows.
+    for dir in [
+        fixture("llama-mha"),
+        fixture("qwen2-tiny"),
+        synthetic("gqa-tied"),
+        synthetic("gemma3-tiny"),
+    ] {
+        for rows in [256, 101, 1, 512] {
+            check_prefix_logits(&dir, rows, false);
+        }
+    }
+}
+
+#[test]
+fn a_restricted_output_layer_of_a_real_model_gives_the_first_logits_of_the_whole() {
+    // qwen2.5-coder-0.5b: its own Q8_0 output matrix, rearranged in 4-row groups where the CPU
+    // has AVX2 (a prefix of 1001 rows is then 1004).
+    let qwen = real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let grouped = kiln_engine::Isa::best().has_avx2();
+    if !grouped {
+        eprintln!("no AVX2: the output matrix stays in plain rows; 4-row groups not exercised");
+    }
+    for rows in [32768, 1001] {
+        check_prefix_logits(&qwen, rows, grouped);
+    }
+}
+
+#[test]
+fn bad_draft_vocabularies_are_refused() {
+    for (s, want) in [
+        ("full", Some(DraftVocab::Full)),
+        ("0", Some(DraftVocab::Full)),
+        ("auto", Some(DraftVocab::Auto)),
+        ("32768", Some(DraftVocab::Prefix(32768))),
+        ("-3", None),
+        ("half", None),
+    ] {
+        assert_eq!(s.parse::<DraftVocab>().ok(), want, "{s}");
+    }
+    assert_eq!(DraftVocab::Auto.rows(151936).unwrap(), Some(32768));
+    assert_eq!(DraftVocab::Auto.rows(65536).unwrap(), None);
+    assert_eq!(DraftVocab::Prefix(512).rows(512).unwrap(), None);
+    for n in [0, 513] {
+        let e = Engine::load(
+            &fixture("llama-mha"),
+            &EngineOptions {
+                draft_model: Some(synthetic("gqa-tied")),
+                draft_vocab: DraftVocab::Prefix(n),
+                ..Default::default()
+            },
+        );
+        match e {
+            Err(EngineError::Invalid(m)) => assert!(m.contains("draft vocabulary"), "{m}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a draft vocabulary of {n} tokens was accepted"),
+        }
+    }
+    // A model that cannot restrict its output layer says so.
+    struct Opaque(Box<dyn CausalLM>);
+    impl CausalLM for Opaque {
+        fn config(&self) -> &ModelConfig {
+            self.0.config()
+        }
+        fn forward(&self, b: &mut [SeqInput<'_>], l: &mut Vec<f32>) -> Result<(), ModelError> {
+            self.0.forward(b, l)
+        }
+        fn n_threads(&self) -> usize {
+            1
+        }
+    }
+    let mut m = Opaque(load(&fixture("llama-mha"), None).model);
+    let e = m.limit_logits(256).unwrap_err().to_string();
+    assert!(e.contains("cannot restrict its output layer"), "{e}");
+    assert_eq!(m.logit_rows(), 512);
+    let mut m = load(&fixture("llama-mha"), None).model;
+    assert!(m.limit_logits(0).is_err());
+}
+
+/// Greedy decoding with a draft over the first half of the vocabulary equals plain decoding,
+/// with drafts kept and rejected, and with penalties and a logit bias towards an id the draft
+/// cannot propose.
+#[test]
+fn greedy_is_plain_decoding_with_a_draft_vocabulary_prefix() {
+    for (target, draft) in [
+        (fixture("llama-mha"), synthetic("gqa-tied")),
+        (fixture("qwen2-tiny"), fixture("qwen2-tiny")),
+    ] {
+        let engine = load_vocab(&target, Some(&draft), DraftVocab::Prefix(256));
+        assert_eq!(engine.draft.as_ref().unwrap().logit_rows(), 256);
+        let prompts: Vec<Vec<u32>> = PROMPTS
+            .iter()
+            .map(|p| engine.tokenize(p).unwrap())
+            .collect();
+        let mut variants = vec![greedy(40, Speculation::off())];
+        let mut biased = greedy(40, Speculation::off());
+        biased.sampling.logit_bias = vec![(300, 2.5), (400, 1.5), (7, -2.0)];
+        biased.sampling.repeat_penalty = 1.3;
+        biased.sampling.presence_penalty = 0.4;
+        variants.push(biased);
+        for params in variants {
+            let plain = engine.generate(&prompts, &params, &mut |_, _| {}).unwrap();
+            let past = plain
+                .iter()
+                .flat_map(|c| &c.token_ids)
+                .filter(|&&t| t >= 256)
+                .count();
+            assert!(past > 0, "no generated id lies past the draft's prefix");
+            for sp in [
+                spec(true, 0, 6, 0.0),
+                spec(true, 0, 16, 0.02),
+                spec(true, 2, 4, 0.0),
+            ] {
+                let mut p = params.clone();
+                p.speculation = sp.clone();
+                let fast = engine.generate(&prompts, &p, &mut |_, _| {}).unwrap();
+                same(&plain, &fast, &format!("{}, {sp:?}", target.display()));
+                let drafted: usize = fast.iter().map(|c| c.timings.draft_tokens).sum();
+                let accepted: usize = fast.iter().map(|c| c.timings.draft_accepted).sum();
+                eprintln!(
+                    "{}: {accepted} of {drafted} drafts accepted",
+                    target.display()
+                );
+                assert!(drafted > 0 && accepted <= drafted);
+                if target == draft && sp.lookup_ngram == 0 {
+                    // Itself as draft: kept where the model's choice is in the prefix, and
+                    // not where it is past it.
+                    assert!(
+                        accepted > 0 && accepted < drafted,
+                        "{accepted} of {drafted}"
+                    );
+                }
+                for (i, pr) in prompts.iter().enumerate() {
+                    let one = engine
+                        .generate(std::slice::from_ref(pr), &p, &mut |_, _| {})
+                        .unwrap();
+                    same(&plain[i..i + 1], &one, "alone");
+                }
+            }
+        }
+        // A draft near the model, restricted.
+        let near = perturbed_prefix(&target, 256);
+        let plain = engine
+            .generate(&prompts, &greedy(40, Speculation::off()), &mut |_, _| {})
+            .unwrap();
+        let fast = generate_drafting(&engine, &near, &prompts, &greedy(40, spec(true, 0, 5, 0.0)));
+        same(&plain, &fast, "perturbed restricted self-draft");
+    }
+}
+
+#[test]
+fn sampled_speculative_output_follows_the_model_with_a_draft_vocabulary_prefix() {
+    // llama-mha drafted for by its perturbed self over the first half of its vocabulary: the
+    // proposal is 0 for the other half, which the model still samples.
+    let engine = load(&fixture("llama-mha"), None);
+    let draft = perturbed_prefix(&fixture("llama-mha"), 256);
+    let sampling = SamplingParams {
+        temperature: 1.3,
+        top_k: 3,
+        presence_penalty: 0.3,
+        logit_bias: vec![(300, 1.0)],
+        ..Default::default()
+    };
+    let prompt = engine.tokenize("the cat sat on the mat. the cat").unwrap();
+    check_distribution(
+        &engine,
+        &draft,
+        prompt,
+        sampling,
+        spec(true, 0, 2, 0.0),
+        4,
+        3000,
+        true,
+    );
 }

@@ -99,6 +99,35 @@ impl Tensor {
         Cow::Owned(rows[(i - g) * rb..(i - g + 1) * rb].to_vec())
     }
 
+    /// The rows needed to hold `n` rows of this matrix as a prefix view: `n` itself, rounded up to
+    /// a whole 4-row group in [`Layout::Rows4`] (whose groups are contiguous blocks, the last
+    /// `rows % 4` rows plain), and at most [`Tensor::rows`].
+    pub fn prefix_rows(&self, n: usize) -> usize {
+        let rows = self.rows();
+        let n = match self.layout {
+            Layout::Plain => n,
+            Layout::Rows4 => n.div_ceil(4) * 4,
+        };
+        n.min(rows)
+    }
+
+    /// The first `n` rows of a matrix, sharing its bytes (no copy): the same kernels give the
+    /// same results for those rows, bit for bit. `n` must be a possible prefix in this layout
+    /// ([`Tensor::prefix_rows`] returns `n`) and at least 1.
+    pub fn row_prefix(&self, n: usize) -> Result<Tensor, KernelError> {
+        if self.shape.len() != 2 || n == 0 || self.prefix_rows(n) != n {
+            return Err(KernelError::Shape(format!(
+                "{} rows of a {} tensor of shape {:?} in layout {:?} are not a prefix view",
+                n, self.dtype, self.shape, self.layout
+            )));
+        }
+        let len = n * self.row_bytes();
+        let data = self.data.slice(0, len).ok_or_else(|| {
+            KernelError::Shape(format!("{n} rows do not fit in {} bytes", self.data.len()))
+        })?;
+        Tensor::with_layout(self.dtype, vec![n, self.cols()], data, self.layout)
+    }
+
     /// All the bytes with the rows in file order (what a file writer stores).
     pub fn plain_bytes(&self) -> Cow<'_, [u8]> {
         interleave::plain_bytes(self.layout, self.dtype, self.cols(), self.data.bytes())

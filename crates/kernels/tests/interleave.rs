@@ -197,3 +197,57 @@ fn taking_rows_apart_from_the_middle_of_a_group_is_refused() {
         &mut buf,
     );
 }
+
+/// A prefix of a matrix's rows (a draft model's output layer over the first token ids) is a
+/// view of the same bytes: in 4-row groups whole groups only, and its products are the whole
+/// matrix's first rows bit for bit, plain or grouped, on every level and batch size.
+#[test]
+fn a_row_prefix_multiplies_like_the_first_rows_of_the_whole() {
+    let mut rng = Rng::new(8);
+    let pool = ThreadPool::new(2);
+    let f32s = Tensor::from_f32(vec![37, 64], &rng.vec(37 * 64)).unwrap();
+    for dtype in GROUPED.into_iter().chain([DType::F32]) {
+        let cols = cols_for(dtype, 320);
+        let rows = 37;
+        let (plain, grouped) = if dtype == DType::F32 {
+            (f32s.clone(), f32s.clone())
+        } else {
+            pair(&mut rng, dtype, rows, cols)
+        };
+        let cols = plain.cols();
+        for w in [&plain, &grouped] {
+            let grouped = w.layout == Layout::Rows4;
+            assert_eq!(w.prefix_rows(5), if grouped { 8 } else { 5 });
+            assert_eq!(w.prefix_rows(35), if grouped { 36 } else { 35 });
+            assert_eq!(w.prefix_rows(99), rows);
+            assert!(w.row_prefix(0).is_err());
+            assert_eq!(w.row_prefix(5).is_err(), grouped, "{dtype}");
+            for k in [4, 20, 36, rows] {
+                let p = w.row_prefix(k).unwrap();
+                assert_eq!((p.rows(), p.cols(), p.layout), (k, cols, w.layout));
+                for i in 0..k {
+                    assert_eq!(p.row(i), w.row(i), "{dtype} row {i} of {k}");
+                }
+                for n in [1, 3, 16, 19] {
+                    let x = rng.vec(n * cols);
+                    for isa in Isa::available() {
+                        let mut whole = vec![0.0f32; n * rows];
+                        let mut part = vec![0.0f32; n * k];
+                        matmul_with(isa, &pool, w, &x, n, &mut whole);
+                        matmul_with(isa, &pool, &p, &x, n, &mut part);
+                        for t in 0..n {
+                            let a = &whole[t * rows..t * rows + k];
+                            let b = &part[t * k..(t + 1) * k];
+                            assert!(
+                                a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{dtype} {:?} {} {k} of {rows} rows, n={n}, token {t}",
+                                w.layout,
+                                isa.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

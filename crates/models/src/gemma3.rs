@@ -58,6 +58,8 @@ pub struct Gemma3 {
     blocks: Vec<Block>,
     final_norm: Vec<f32>,
     output: Tensor,
+    /// The first rows of `output` when [`CausalLM::limit_logits`] restricted it.
+    output_prefix: Option<Tensor>,
     rope_global: Rope,
     rope_local: Rope,
     pool: ThreadPool,
@@ -155,6 +157,7 @@ impl Gemma3 {
             blocks,
             final_norm,
             output,
+            output_prefix: None,
             pool: ThreadPool::new(n_threads),
             numerics,
             kv_type,
@@ -166,6 +169,17 @@ impl Gemma3 {
 impl CausalLM for Gemma3 {
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    fn logit_rows(&self) -> usize {
+        self.output_prefix
+            .as_ref()
+            .map_or(self.cfg.vocab_size, Tensor::rows)
+    }
+
+    fn limit_logits(&mut self, rows: usize) -> Result<usize, ModelError> {
+        self.output_prefix = crate::output_prefix(&self.output, rows)?;
+        Ok(self.logit_rows())
     }
 
     fn n_threads(&self) -> usize {
@@ -290,9 +304,10 @@ impl Gemma3 {
             logits.extend_from_slice(&s.n[..m * d]);
             return Ok(());
         }
+        let out_w = self.output_prefix.as_ref().unwrap_or(&self.output);
         let start = logits.len();
-        logits.resize(start + m * cfg.vocab_size, 0.0);
-        matmul(pool, &self.output, &s.n, m, &mut logits[start..]);
+        logits.resize(start + m * out_w.rows(), 0.0);
+        matmul(pool, out_w, &s.n, m, &mut logits[start..]);
         if let Some(cap) = cfg.final_logit_softcapping {
             logits[start..]
                 .iter_mut()

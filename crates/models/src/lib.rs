@@ -108,7 +108,8 @@ pub trait CausalLM: Send + Sync {
     }
 
     /// Runs every sequence's new tokens through the model (one batched pass) and appends the
-    /// logits each sequence asked for to `logits`, in batch order (`vocab_size` per row).
+    /// logits each sequence asked for to `logits`, in batch order ([`CausalLM::logit_rows`] per row:
+    /// `vocab_size` unless the output layer was restricted).
     fn forward(&self, batch: &mut [SeqInput<'_>], logits: &mut Vec<f32>) -> Result<(), ModelError>;
 
     /// [`CausalLM::forward`], but appends the final hidden states of the rows asked for
@@ -147,6 +148,46 @@ pub trait CausalLM: Send + Sync {
 
     /// Threads the kernels use.
     fn n_threads(&self) -> usize;
+
+    /// The width of the logits rows [`CausalLM::forward`] appends: the vocabulary, unless
+    /// [`CausalLM::limit_logits`] restricted the output layer.
+    fn logit_rows(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    /// Restricts the output layer to the first `rows` tokens of the vocabulary (a draft model
+    /// proposing only frequent tokens: BPE vocabularies are ordered by merge rank), so that
+    /// logits rows are that wide and cost that many output rows; `rows` at least the
+    /// vocabulary restores the whole layer. The width may be rounded up to what the output
+    /// matrix's layout can take as a prefix (whole 4-row groups); the width in use is
+    /// returned (and [`CausalLM::logit_rows`] from then on). Logits of the tokens kept are
+    /// the whole layer's, bit for bit. A model that cannot restrict its output says so.
+    fn limit_logits(&mut self, rows: usize) -> Result<usize, ModelError> {
+        let _ = rows;
+        Err(ModelError::Input(format!(
+            "this {} model cannot restrict its output layer to a prefix of the vocabulary \
+             (only CPU models can)",
+            self.config().arch.name()
+        )))
+    }
+}
+
+/// The output matrix of a CPU model restricted to its first `rows` rows ([`CausalLM::limit_logits`]):
+/// `None` for the whole matrix.
+pub(crate) fn output_prefix(output: &Tensor, rows: usize) -> Result<Option<Tensor>, ModelError> {
+    if rows == 0 {
+        return Err(ModelError::Input(
+            "the output layer cannot be restricted to 0 rows".into(),
+        ));
+    }
+    let n = output.prefix_rows(rows);
+    if n >= output.rows() {
+        return Ok(None);
+    }
+    output
+        .row_prefix(n)
+        .map(Some)
+        .map_err(|e| ModelError::Input(e.to_string()))
 }
 
 /// Builds the forward pass for a loaded model, with `n_threads` kernel threads, the

@@ -71,6 +71,8 @@ pub struct Llama {
     blocks: Vec<Block>,
     final_norm: Vec<f32>,
     output: Tensor,
+    /// The first rows of `output` when [`CausalLM::limit_logits`] restricted it.
+    output_prefix: Option<Tensor>,
     rope: Rope,
     pool: ThreadPool,
     numerics: Numerics,
@@ -206,6 +208,7 @@ impl Llama {
             blocks,
             final_norm,
             output,
+            output_prefix: None,
             rope,
             pool: ThreadPool::new(n_threads),
             numerics,
@@ -245,6 +248,17 @@ pub(crate) fn check_rows(l: &Linear, rows: usize, block: &str) -> Result<(), Mod
 impl CausalLM for Llama {
     fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    fn logit_rows(&self) -> usize {
+        self.output_prefix
+            .as_ref()
+            .map_or(self.cfg.vocab_size, Tensor::rows)
+    }
+
+    fn limit_logits(&mut self, rows: usize) -> Result<usize, ModelError> {
+        self.output_prefix = crate::output_prefix(&self.output, rows)?;
+        Ok(self.logit_rows())
     }
 
     fn n_threads(&self) -> usize {
@@ -401,9 +415,10 @@ impl Llama {
             logits.extend_from_slice(&s.n[..m * d]);
             return Ok(());
         }
+        let out_w = self.output_prefix.as_ref().unwrap_or(&self.output);
         let start = logits.len();
-        logits.resize(start + m * cfg.vocab_size, 0.0);
-        matmul(pool, &self.output, &s.n, m, &mut logits[start..]);
+        logits.resize(start + m * out_w.rows(), 0.0);
+        matmul(pool, out_w, &s.n, m, &mut logits[start..]);
         if let Some(cap) = cfg.final_logit_softcapping {
             logits[start..]
                 .iter_mut()

@@ -16,6 +16,8 @@
 //!   4-row groups), with the same results bit for bit as the file's layout.
 //! - [`ThreadPool`]: persistent workers parked between operations.
 //! - [`ops`]: rms_norm, softmax, SwiGLU/GeGLU gates, axpy, dot (AVX2 + scalar references).
+//! - [`exp`]: `e^x` bit-identical to glibc's `expf` (FMA build), scalar and AVX2 / AVX-512
+//!   slices; SiLU and the softmaxes use it.
 //!
 //! Benchmarks: `cargo run --release -p kiln-kernels --example matmul_bench -- 2 128` (per
 //! type and shape) or `-- 2 128 qwen` (every linear layer of a qwen2.5-0.5b forward pass);
@@ -32,6 +34,7 @@
 
 pub mod dot;
 pub mod dtype;
+pub mod exp;
 pub mod interleave;
 pub mod matmul;
 pub mod ops;

@@ -43,7 +43,9 @@ pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     reference::rms_norm_inplace(x, w, eps)
 }
 
-/// Numerically stable softmax in place.
+/// Numerically stable softmax in place. The AVX2 form sums in 8 lanes (so its result may
+/// differ from the reference's in the last bits); its `e^x` are glibc's `expf` (see
+/// [`crate::exp`]), the same as the reference's where libm is glibc's FMA build.
 pub fn softmax(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
@@ -191,6 +193,19 @@ pub fn axpy_f16(y: &mut [f32], a: f32, x: &[u16]) {
         return;
     }
     reference::axpy_f16(y, a, x)
+}
+
+/// `x[i] = e^x[i]`, bit-identical to libm's `expf` where that is glibc's FMA build (see
+/// [`crate::exp`]); the vector levels run [`crate::exp::expf`], the others libm.
+pub fn exp(x: &mut [f32]) {
+    crate::exp::exp_slice_at(crate::dot::Isa::best(), x)
+}
+
+/// `gate[i] = silu(gate[i]) · up[i]`: the f32 steps of [`reference::silu_mul`] with the
+/// vectorised [`crate::exp::expf`] (bit-identical to the reference where libm's `expf` is
+/// glibc's FMA build, as on x86-64 Linux).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    crate::exp::silu_mul_at(crate::dot::Isa::best(), gate, up)
 }
 
 pub fn silu(x: f32) -> f32 {

@@ -1,6 +1,8 @@
 //! AVX2 + FMA versions of the per-token element-wise operations (see `ops`). Callers check
 //! `Isa::Avx2.is_available()`.
 
+use crate::exp::expf;
+use crate::exp::x86::exp8_avx2;
 use std::arch::x86_64::*;
 
 #[inline]
@@ -19,42 +21,6 @@ unsafe fn hmax(v: __m256) -> f32 {
     let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
-}
-
-/// e^x for 8 lanes: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial, 2^n through
-/// the exponent bits. Relative error ~2e-7 for x in [-87, 88]; below that returns 0, above +inf.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-    let hi = _mm256_set1_ps(88.376_26);
-    let lo = _mm256_set1_ps(-87.336_55);
-    let xc = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    let n = _mm256_round_ps(
-        _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-    );
-    // r = x - n ln2, with ln2 split in two for precision
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), xc);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
-    let mut p = _mm256_set1_ps(1.0 / 720.0);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 120.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 24.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0 / 6.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
-    let e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-        23,
-    );
-    let y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    // exact limits outside the clamped range
-    let y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LT_OQ));
-    _mm256_blendv_ps(
-        y,
-        _mm256_set1_ps(f32::INFINITY),
-        _mm256_cmp_ps(x, hi, _CMP_GT_OQ),
-    )
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -134,14 +100,14 @@ pub(crate) unsafe fn softmax(x: &mut [f32]) {
     let mut sum = _mm256_setzero_ps();
     c = 0;
     while c + 8 <= n {
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(c)), mv));
+        let e = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(p.add(c)), mv));
         _mm256_storeu_ps(p.add(c), e);
         sum = _mm256_add_ps(sum, e);
         c += 8;
     }
     let mut s = hsum(sum);
     for v in &mut x[c..] {
-        *v = (*v - max).exp();
+        *v = expf(*v - max);
         s += *v;
     }
     let inv = _mm256_set1_ps(1.0 / s);

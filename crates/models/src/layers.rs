@@ -502,6 +502,8 @@ struct AttnScratch {
     /// Per key, the accumulator's rescale factor and the value's weight, per head.
     ms: [Vec<f32>; 2],
     vs: [Vec<f32>; 2],
+    /// Per key, whether it moved the running maximum, per head.
+    moved: [Vec<bool>; 2],
 }
 
 thread_local! {
@@ -681,7 +683,12 @@ fn attend_f16_ggml<const N: usize>(
     let hd = qh[0].len();
     let end = keys.len() / hd;
     let AttnScratch {
-        q16, tmp16, ms, vs, ..
+        q16,
+        tmp16,
+        ms,
+        vs,
+        moved,
+        ..
     } = scratch;
     // The queries rounded to f16 and widened back: f32 × f16 products of these are exactly the
     // f16 × f16 products, so the dot reads one f16 vector instead of two.
@@ -704,11 +711,20 @@ fn attend_f16_ggml<const N: usize>(
     }
     let mut state = [(); N].map(|_| OnlineSoftmax::new());
     for h in 0..N {
-        // `vs` holds the raw scores until each is replaced by its weight
+        // `vs` holds the raw scores, then each key's exponent (of its rescale if it moved the
+        // maximum, else of its weight), then its weight: every e^x in one slice call, each
+        // key's operations and the sum's order as in ggml's key-by-key loop.
+        moved[h].clear();
         for s in vs[h].iter_mut() {
-            let (m, v) = state[h].step(shape, *s);
+            let (e, m) = state[h].exponent(shape, *s);
+            moved[h].push(m);
+            *s = e;
+        }
+        ops::exp(&mut vs[h]);
+        for (v, &m) in vs[h].iter_mut().zip(&moved[h]) {
+            let (m, w) = state[h].add(*v, m);
             ms[h].push(m);
-            *s = v;
+            *v = w;
         }
     }
     let values = &values[lo * hd..end * hd];
@@ -744,9 +760,10 @@ impl OnlineSoftmax {
         }
     }
 
-    /// Takes raw score `s` (before scaling); returns `(ms, vs)`: the factor for the
-    /// accumulator (1 unless the maximum moved) and the weight of this key's value.
-    fn step(&mut self, shape: &AttentionShape, s: f32) -> (f32, f32) {
+    /// Takes raw score `s` (before scaling) and moves the maximum if `s` is above it; returns
+    /// the exponent of this key's factor and whether the maximum moved: then the factor is the
+    /// accumulator's rescale `e^(old − new)`, else the value's weight `e^(s − max)`.
+    fn exponent(&mut self, shape: &AttentionShape, s: f32) -> (f32, bool) {
         let mut s = match shape.softcap {
             Some(cap) => s * (shape.scale / cap),
             None => s * shape.scale,
@@ -754,14 +771,20 @@ impl OnlineSoftmax {
         if let Some(cap) = shape.softcap {
             s = cap * s.tanh();
         }
-        let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > self.max {
             let old = self.max;
             self.max = s;
-            ms = (old - self.max).exp();
+            (old - self.max, true)
         } else {
-            vs = (s - self.max).exp();
+            (s - self.max, false)
         }
+    }
+
+    /// Takes the factor `e` of [`OnlineSoftmax::exponent`]'s exponent into the weight sum;
+    /// returns `(ms, vs)`: the accumulator's rescale (1 unless the maximum moved) and the
+    /// weight of this key's value (1 if it moved the maximum).
+    fn add(&mut self, e: f32, moved: bool) -> (f32, f32) {
+        let (ms, vs) = if moved { (e, 1.0) } else { (1.0, e) };
         self.sum = self.sum * ms + vs;
         (ms, vs)
     }

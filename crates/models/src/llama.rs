@@ -317,9 +317,10 @@ impl Llama {
         self.rope.fill_table(&layout, &mut s.rope);
         let kvd = cfg.n_kv_heads * hd;
         let eps = cfg.rms_norm_eps;
-        // libm's expf per element: these quantised models amplify last-bit differences,
-        // and the vectorised exp moves qwen2.5's greedy path off llama.cpp's.
-        let silu = ops::reference::silu_mul;
+        // glibc's expf bit for bit (vectorised; libm itself at the scalar level): these
+        // quantised models amplify last-bit differences, and an approximate vector exp
+        // moves qwen2.5's greedy path off llama.cpp's.
+        let silu = ops::silu_mul;
         for (l, blk) in self.blocks.iter().enumerate() {
             // Attention.
             let input = match &blk.attn_norm {

@@ -57,9 +57,7 @@ pub struct Gemma3 {
     embed_scale: f32,
     blocks: Vec<Block>,
     final_norm: Vec<f32>,
-    output: Tensor,
-    /// The first rows of `output` when [`CausalLM::limit_logits`] restricted it.
-    output_prefix: Option<Tensor>,
+    output: crate::OutputLayer,
     rope_global: Rope,
     rope_local: Rope,
     pool: ThreadPool,
@@ -156,8 +154,7 @@ impl Gemma3 {
             embed,
             blocks,
             final_norm,
-            output,
-            output_prefix: None,
+            output: crate::OutputLayer::new(output),
             pool: ThreadPool::new(n_threads),
             numerics,
             kv_type,
@@ -172,13 +169,11 @@ impl CausalLM for Gemma3 {
     }
 
     fn logit_rows(&self) -> usize {
-        self.output_prefix
-            .as_ref()
-            .map_or(self.cfg.vocab_size, Tensor::rows)
+        self.output.logit_rows(self.cfg.vocab_size)
     }
 
     fn limit_logits(&mut self, rows: usize) -> Result<usize, ModelError> {
-        self.output_prefix = crate::output_prefix(&self.output, rows)?;
+        self.output.limit(rows)?;
         Ok(self.logit_rows())
     }
 
@@ -304,7 +299,7 @@ impl Gemma3 {
             logits.extend_from_slice(&s.n[..m * d]);
             return Ok(());
         }
-        let out_w = self.output_prefix.as_ref().unwrap_or(&self.output);
+        let out_w = self.output.matrix();
         let start = logits.len();
         logits.resize(start + m * out_w.rows(), 0.0);
         matmul(pool, out_w, &s.n, m, &mut logits[start..]);

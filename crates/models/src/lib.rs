@@ -172,22 +172,51 @@ pub trait CausalLM: Send + Sync {
     }
 }
 
-/// The output matrix of a CPU model restricted to its first `rows` rows ([`CausalLM::limit_logits`]):
-/// `None` for the whole matrix.
-pub(crate) fn output_prefix(output: &Tensor, rows: usize) -> Result<Option<Tensor>, ModelError> {
-    if rows == 0 {
-        return Err(ModelError::Input(
-            "the output layer cannot be restricted to 0 rows".into(),
-        ));
+/// A CPU model's output matrix, and its first rows when [`CausalLM::limit_logits`] restricted
+/// it (one piece of state and logic for every CPU model).
+pub(crate) struct OutputLayer {
+    whole: Tensor,
+    prefix: Option<Tensor>,
+}
+
+impl OutputLayer {
+    pub(crate) fn new(whole: Tensor) -> OutputLayer {
+        OutputLayer {
+            whole,
+            prefix: None,
+        }
     }
-    let n = output.prefix_rows(rows);
-    if n >= output.rows() {
-        return Ok(None);
+
+    /// The matrix the logits are computed with.
+    pub(crate) fn matrix(&self) -> &Tensor {
+        self.prefix.as_ref().unwrap_or(&self.whole)
     }
-    output
-        .row_prefix(n)
-        .map(Some)
-        .map_err(|e| ModelError::Input(e.to_string()))
+
+    /// [`CausalLM::logit_rows`] of a model whose vocabulary is `vocab_size`.
+    pub(crate) fn logit_rows(&self, vocab_size: usize) -> usize {
+        self.prefix.as_ref().map_or(vocab_size, Tensor::rows)
+    }
+
+    /// [`CausalLM::limit_logits`]: the first `rows` rows (whole 4-row groups in the
+    /// interleaved layout), or the whole matrix when that is no fewer.
+    pub(crate) fn limit(&mut self, rows: usize) -> Result<(), ModelError> {
+        if rows == 0 {
+            return Err(ModelError::Input(
+                "the output layer cannot be restricted to 0 rows".into(),
+            ));
+        }
+        let n = self.whole.prefix_rows(rows);
+        self.prefix = if n >= self.whole.rows() {
+            None
+        } else {
+            Some(
+                self.whole
+                    .row_prefix(n)
+                    .map_err(|e| ModelError::Input(e.to_string()))?,
+            )
+        };
+        Ok(())
+    }
 }
 
 /// Builds the forward pass for a loaded model, with `n_threads` kernel threads, the

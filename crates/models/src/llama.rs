@@ -70,9 +70,7 @@ pub struct Llama {
     embed: Tensor,
     blocks: Vec<Block>,
     final_norm: Vec<f32>,
-    output: Tensor,
-    /// The first rows of `output` when [`CausalLM::limit_logits`] restricted it.
-    output_prefix: Option<Tensor>,
+    output: crate::OutputLayer,
     rope: Rope,
     pool: ThreadPool,
     numerics: Numerics,
@@ -207,8 +205,7 @@ impl Llama {
             embed,
             blocks,
             final_norm,
-            output,
-            output_prefix: None,
+            output: crate::OutputLayer::new(output),
             rope,
             pool: ThreadPool::new(n_threads),
             numerics,
@@ -251,13 +248,11 @@ impl CausalLM for Llama {
     }
 
     fn logit_rows(&self) -> usize {
-        self.output_prefix
-            .as_ref()
-            .map_or(self.cfg.vocab_size, Tensor::rows)
+        self.output.logit_rows(self.cfg.vocab_size)
     }
 
     fn limit_logits(&mut self, rows: usize) -> Result<usize, ModelError> {
-        self.output_prefix = crate::output_prefix(&self.output, rows)?;
+        self.output.limit(rows)?;
         Ok(self.logit_rows())
     }
 
@@ -416,7 +411,7 @@ impl Llama {
             logits.extend_from_slice(&s.n[..m * d]);
             return Ok(());
         }
-        let out_w = self.output_prefix.as_ref().unwrap_or(&self.output);
+        let out_w = self.output.matrix();
         let start = logits.len();
         logits.resize(start + m * out_w.rows(), 0.0);
         matmul(pool, out_w, &s.n, m, &mut logits[start..]);

@@ -11,25 +11,7 @@ mod common;
 use kiln_kernels::ops;
 use std::hint::black_box;
 
-/// This thread's CPU time in seconds (0 where the clock is missing).
-fn cpu() -> f64 {
-    common::thread_cpu().unwrap_or(0.0)
-}
-
-/// Nanoseconds per call over >= 0.4 s of calls, as thread CPU time.
-fn ns_per_call(mut f: impl FnMut()) -> f64 {
-    f();
-    let start = std::time::Instant::now();
-    let t = cpu();
-    let mut iters = 0u64;
-    while start.elapsed().as_secs_f64() < 0.4 {
-        for _ in 0..10 {
-            f();
-        }
-        iters += 10;
-    }
-    (cpu() - t) * 1e9 / iters as f64
-}
+use common::ns_per_call;
 
 fn main() {
     // A program, like the CLI, may read the environment; the library does not.

@@ -13,24 +13,9 @@ use kiln_kernels::ops::reference;
 use kiln_kernels::Isa;
 use std::hint::black_box;
 
-/// This thread's CPU time in seconds (0 where the clock is missing).
-fn cpu() -> f64 {
-    common::thread_cpu().unwrap_or(0.0)
-}
-
-/// Nanoseconds per element over >= 0.4 s of calls on `n` elements, as thread CPU time.
-fn ns_per_elem(n: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let start = std::time::Instant::now();
-    let t = cpu();
-    let mut iters = 0u64;
-    while start.elapsed().as_secs_f64() < 0.4 {
-        for _ in 0..10 {
-            f();
-        }
-        iters += 10;
-    }
-    (cpu() - t) * 1e9 / iters as f64 / n as f64
+/// Nanoseconds per element of calls on `n` elements ([`common::ns_per_call`]).
+fn ns_per_elem(n: usize, f: impl FnMut()) -> f64 {
+    common::ns_per_call(f) / n as f64
 }
 
 fn main() {

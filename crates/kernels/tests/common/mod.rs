@@ -116,3 +116,20 @@ pub fn thread_cpu() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
 }
+
+/// Nanoseconds per call of `f` over >= 0.4 s of calls (after one warm-up call), as this
+/// thread's CPU time (0 where the clock is missing): the examples' timer for one-thread kernels.
+pub fn ns_per_call(mut f: impl FnMut()) -> f64 {
+    let cpu = || thread_cpu().unwrap_or(0.0);
+    f();
+    let start = std::time::Instant::now();
+    let t = cpu();
+    let mut iters = 0u64;
+    while start.elapsed().as_secs_f64() < 0.4 {
+        for _ in 0..10 {
+            f();
+        }
+        iters += 10;
+    }
+    (cpu() - t) * 1e9 / iters as f64
+}

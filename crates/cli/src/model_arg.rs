@@ -167,14 +167,17 @@ pub struct SpecArgs {
     #[arg(long, value_name = "P", default_value_t = Speculation::default().p_min, value_parser = unit_interval)]
     pub draft_p_min: f32,
     /// Prompt-lookup drafting: propose what followed the longest earlier match of the last N
-    /// tokens (then fewer) in the prompt and output (0 = off; no second model needed).
+    /// tokens (then fewer) in the prompt and output, at most as many tokens as the match is long
+    /// (0 = off; no second model needed; with --model-draft, the draft model drafts where lookup
+    /// finds nothing).
     #[arg(long, value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_NGRAM as u64))]
     pub lookup_ngram: u64,
     /// How much of the vocabulary the draft model proposes from: its output layer computes
     /// only the first N token ids (FR-Spec; BPE ids are ordered by frequency; N rounded up to
-    /// a multiple of 4 for an interleaved output matrix), which makes each draft token cheaper. `full` (or 0): the whole vocabulary; `auto` (the default):
-    /// 32768 when the vocabulary has more than 65536 tokens, else full. The model still
+    /// a multiple of 4 for an interleaved output matrix), which makes each draft token
+    /// cheaper. `full` (or 0): the whole vocabulary; `auto` (the default): 32768 when the
+    /// vocabulary has more than 65536 tokens, else full. The model still
     /// verifies over its whole vocabulary, so output is unchanged (greedy: token for token).
     #[arg(long, value_name = "N|auto|full", value_parser = parse_draft_vocab)]
     pub draft_vocab: Option<DraftVocab>,

@@ -1341,6 +1341,34 @@ pub(super) unsafe fn dot_q45_k_rows<const FIVE: bool, const R: usize>(
     out
 }
 
+/// Sub-blocks `2j` and `2j + 1` of a Q4_K / Q5_K super-block as bytes (0..=15, or 0..=31
+/// for Q5_K): `x` is the 32 nibble bytes at `qs + 32j`, `qh` Q5_K's 32 high-bit bytes (unused
+/// for Q4_K). Bits `2j` and `2j + 1` of every `qh` byte move to bit 4 (16-bit shifts: what
+/// crosses a byte boundary is masked off).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn unpack_q45<const FIVE: bool>(
+    x: __m256i,
+    qh: __m256i,
+    j: usize,
+) -> [__m256i; 2] {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut lo = _mm256_and_si256(x, m4);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+    if FIVE {
+        let bit4 = _mm256_set1_epi8(0x10);
+        let (h0, h1) = match j {
+            0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
+            1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
+            2 => (qh, _mm256_srli_epi16(qh, 1)),
+            _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
+        };
+        lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
+    }
+    [lo, hi]
+}
+
 /// Sub-blocks `2J` and `2J + 1` (64 weights) of the 4 rows' super-blocks at `b0 + r · rs`,
 /// added to `isum[r]`. A function per `J` so that the bit positions below are
 /// constants and every step is unrolled.
@@ -1353,28 +1381,13 @@ unsafe fn q45_rows_step<const FIVE: bool, const J: usize>(
     y: *const u8,
     isum: &mut [__m256i; 4],
 ) {
-    let m4 = _mm256_set1_epi8(0xF);
     let y0 = load(y.add(64 * J));
     let y1 = load(y.add(64 * J + 32));
     for r in 0..4 {
         let b = b0.add(r * rs);
-        let q = load(b.add(if FIVE { 48 } else { 16 } + 32 * J));
-        let mut lo = _mm256_and_si256(q, m4);
-        let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        if FIVE {
-            // bits 2J and 2J + 1 of every qh byte, moved to bit 4 (16-bit shifts: what
-            // crosses a byte boundary is masked off)
-            let qh = load(b.add(16));
-            let bit4 = _mm256_set1_epi8(0x10);
-            let (h0, h1) = match J {
-                0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
-                1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
-                2 => (qh, _mm256_srli_epi16(qh, 1)),
-                _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
-            };
-            lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
-            hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
-        }
+        let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * J));
+        let qh = if FIVE { load(b.add(16)) } else { x };
+        let [lo, hi] = unpack_q45::<FIVE>(x, qh, J);
         let s1 = bcast32(tbl[r].as_ptr().add(2 * J));
         let s2 = bcast32(tbl[r].as_ptr().add(2 * J + 1));
         let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), s1);

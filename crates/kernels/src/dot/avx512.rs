@@ -20,7 +20,7 @@
 use super::avx2::{
     bcast32, bytes_from_bits, f16, f16_pairs4, five_bits, gather4_u16, iq4_table, kscale_min_v,
     load, nibbles16, nibbles32, prefetch_ahead, sum4, sum4_128, tile_out, tile_scatter,
-    unpack_legacy, Strides, LEGACY,
+    unpack_legacy, unpack_q45, Strides, LEGACY,
 };
 use super::scalar::LegacyKind;
 use super::BlockU8;
@@ -701,26 +701,13 @@ unsafe fn q45_rows_step<const FIVE: bool, const J: usize>(
     y: *const u8,
     isum: &mut [__m256i; 4],
 ) {
-    let m4 = _mm256_set1_epi8(0xF);
     let y0 = load(y.add(64 * J));
     let y1 = load(y.add(64 * J + 32));
     for r in 0..4 {
         let b = b0.add(r * rs);
-        let q = load(b.add(if FIVE { 48 } else { 16 } + 32 * J));
-        let mut lo = _mm256_and_si256(q, m4);
-        let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        if FIVE {
-            let qh = load(b.add(16));
-            let bit4 = _mm256_set1_epi8(0x10);
-            let (h0, h1) = match J {
-                0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
-                1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
-                2 => (qh, _mm256_srli_epi16(qh, 1)),
-                _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
-            };
-            lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
-            hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
-        }
+        let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * J));
+        let qh = if FIVE { load(b.add(16)) } else { x };
+        let [lo, hi] = unpack_q45::<FIVE>(x, qh, J);
         let s1 = bcast32(tbl[r].as_ptr().add(2 * J));
         let s2 = bcast32(tbl[r].as_ptr().add(2 * J + 1));
         isum[r] = _mm256_dpwssd_epi32(isum[r], _mm256_maddubs_epi16(lo, y0), s1);

@@ -12,7 +12,7 @@
 
 use super::avx2::{
     bcast32, bytes_from_bits, f16_pairs4, five_bits, gather4_u16, kscale_min_v, load, nibbles32,
-    prefetch_ahead, sum4, sum4_128, Strides, LEGACY,
+    prefetch_ahead, sum4, sum4_128, unpack_q45, Strides, LEGACY,
 };
 use super::scalar::LegacyKind;
 use crate::quant::{BlockQ8K, BlockQ8_32};
@@ -247,8 +247,6 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
     let mut acc = [_mm_setzero_ps(); MAX_N];
     let wp = w.as_ptr();
     let ahead = prefetch_ahead(wp, 4 * bb, nb, strides);
-    let m4 = _mm256_set1_epi8(0xF);
-    let bit4 = _mm256_set1_epi8(0x10);
     let zero = _mm_setzero_si128();
     // u[r][2J], u[r][2J + 1]: row r's sub-blocks 2J and 2J + 1
     let mut u = [[_mm256_setzero_si256(); 8]; 4];
@@ -276,20 +274,8 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
                 _mm256_setzero_si256()
             };
             for j in 0..4 {
-                let q = load(b.add(if FIVE { 48 } else { 16 } + 32 * j));
-                let mut lo = _mm256_and_si256(q, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                if FIVE {
-                    // bits 2j and 2j + 1 of every qh byte, at bit 4
-                    let (h0, h1) = match j {
-                        0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
-                        1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
-                        2 => (qh, _mm256_srli_epi16(qh, 1)),
-                        _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
-                    };
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
-                }
+                let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * j));
+                let [lo, hi] = unpack_q45::<FIVE>(x, qh, j);
                 u[r][2 * j] = lo;
                 u[r][2 * j + 1] = hi;
             }

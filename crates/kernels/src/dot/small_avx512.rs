@@ -6,7 +6,7 @@
 //! token the same as the decode kernels': results are bit-identical to them.
 
 use super::avx2::{
-    bcast32, f16_pairs4, kscale_min_v, load, prefetch_ahead, sum4, sum4_128, Strides,
+    bcast32, f16_pairs4, kscale_min_v, load, prefetch_ahead, sum4, sum4_128, unpack_q45, Strides,
 };
 use super::small_avx2::{MAX_N, Q6_SHUF};
 use crate::quant::BlockQ8K;
@@ -122,8 +122,6 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
         dmin: _mm_setzero_ps(),
         w: [[[_mm256_setzero_si256(); 2]; 4]; 4],
     };
-    let m4 = _mm256_set1_epi8(0xF);
-    let bit4 = _mm256_set1_epi8(0x10);
     for i in 0..nb {
         prefetch(ahead, i, 4 * bb);
         let b0 = wp.add(i * block_stride);
@@ -143,22 +141,14 @@ pub(super) unsafe fn q45_k_rows_n<const FIVE: bool>(
         (q.d, q.dmin) = f16_pairs4([b0, b0.add(rs), b0.add(2 * rs), b0.add(3 * rs)]);
         for r in 0..4 {
             let b = b0.add(r * rs);
+            let qh = if FIVE {
+                load(b.add(16))
+            } else {
+                _mm256_setzero_si256()
+            };
             for j in 0..4 {
                 let x = load(b.add(if FIVE { 48 } else { 16 } + 32 * j));
-                let mut lo = _mm256_and_si256(x, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-                if FIVE {
-                    let qh = load(b.add(16));
-                    let (h0, h1) = match j {
-                        0 => (_mm256_slli_epi16(qh, 4), _mm256_slli_epi16(qh, 3)),
-                        1 => (_mm256_slli_epi16(qh, 2), _mm256_slli_epi16(qh, 1)),
-                        2 => (qh, _mm256_srli_epi16(qh, 1)),
-                        _ => (_mm256_srli_epi16(qh, 2), _mm256_srli_epi16(qh, 3)),
-                    };
-                    lo = _mm256_or_si256(lo, _mm256_and_si256(h0, bit4));
-                    hi = _mm256_or_si256(hi, _mm256_and_si256(h1, bit4));
-                }
-                q.w[r][j] = [lo, hi];
+                q.w[r][j] = unpack_q45::<FIVE>(x, qh, j);
             }
         }
         // tiles of 4 tokens (then 3, 2 or 1): the unpacking is shared within a tile

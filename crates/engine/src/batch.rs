@@ -294,7 +294,8 @@ impl<T> Batch<T> {
             .map(|(_, s)| s.plan(&mut budget))
             .collect();
 
-        // Draft: prompt lookup at once; the draft model in batched rounds of one token.
+        // Draft: prompt lookup at once; the draft model in batched rounds of one token (the
+        // first also checking lookup's proposal, when there is one).
         let context = self.cfg.context;
         let room = self
             .draft
@@ -336,11 +337,15 @@ impl<T> Batch<T> {
                     .collect();
                 draft.forward(&mut inputs, &mut dlogits)?;
                 drop(inputs);
-                let mut rows = dlogits.chunks_exact(width);
+                // Each drafting sequence's rows, in order: one, or (checking lookup's
+                // proposal) one per token fed.
+                let mut at = 0;
                 for ((_, s), d) in self.running.iter_mut().zip(drafting.iter_mut()) {
                     if *d {
-                        let row = rows.next().expect("one draft row per drafting sequence");
-                        *d = s.spec_mut().model_row(row);
+                        let spec = s.spec_mut();
+                        let end = at + spec.model_row_count() * width;
+                        *d = spec.model_rows(&dlogits[at..end], width);
+                        at = end;
                     }
                 }
             }

@@ -45,8 +45,10 @@ pub struct GenerateParams {
 ///
 /// Two sources: the engine's draft model (when one is loaded and `draft_model` is set), and
 /// prompt lookup (`lookup_ngram > 0`: the continuation of an earlier occurrence of the last
-/// tokens, from the prompt or the text so far). When both are on, a lookup match is used and
-/// the draft model drafts when there is none.
+/// tokens, from the prompt or the text so far). When both are on, the draft model checks
+/// lookup's proposal in one batched pass and keeps it up to the first token it would not have
+/// drafted itself, then drafts on from there (see [`crate::spec`]): greedy drafts are then the
+/// draft model's own, computed in fewer passes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Speculation {
     /// Draft with the engine's draft model, when it has one.

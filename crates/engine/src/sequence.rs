@@ -376,8 +376,9 @@ impl Sequence {
         1 + self.drafts()
     }
 
-    /// Starts this step's draft (a decoding sequence). Prompt lookup drafts at once; `true`
-    /// when the draft model is to draft ([`Sequence::spec_mut`]'s rounds follow).
+    /// Starts this step's draft (a decoding sequence). `true` when the draft model is to draft
+    /// ([`Sequence::spec_mut`]'s rounds follow; the first checks lookup's proposal, if any);
+    /// without the draft model prompt lookup drafts at once.
     /// `model_room`: positions the draft model takes.
     pub(crate) fn begin_draft(&mut self, context: usize, model_room: usize) -> bool {
         let Some(spec) = self.spec.as_mut() else {

@@ -5,6 +5,9 @@
 #   draft     the target with the draft model (--model-draft), once per --draft-vocab value
 #             (comma-separated, e.g. full,65536,32768,16384: one column each, run in turn on
 #             each prompt; default: kiln's default)
+#   draft+lookup  the target with the draft model checking prompt lookup's proposals
+#             (--model-draft with --lookup-ngram; the draft's --draft-max, --draft-p-min and
+#             default --draft-vocab), on every prompt
 #   lookup    the target with prompt lookup alone (--lookup-ngram), on the editing prompts
 #   llama.cpp llama-speculative with the same files, prompts and draft sizes, when the anchor
 #             binaries have it
@@ -67,6 +70,8 @@ for f in bench/spec-prompts/*.txt; do
     [[ $v == default ]] || dv=(--draft-vocab "$v")
     "$kiln" "${common[@]}" --model-draft "$dfile" --draft-max "$draft_max" --draft-p-min "$p_min" "${dv[@]}" >"$out/$p.draft-$v.json"
   done
+  "$kiln" "${common[@]}" --model-draft "$dfile" --draft-max "$draft_max" --draft-p-min "$p_min" \
+    --lookup-ngram "$ngram" >"$out/$p.both.json"
   if [[ $p == *edit* ]]; then
     "$kiln" "${common[@]}" --lookup-ngram "$ngram" --draft-max "$lookup_max" >"$out/$p.lookup.json"
   fi
@@ -101,11 +106,11 @@ def llama(p):
             int(m.group(1)), float(m.group(2)), (int(a.group(1)), int(d.group(1))) if a and d else (0, 0))
 prompts = sorted(os.path.basename(f)[:-len(".plain.json")] for f in glob.glob(f"{out}/*.plain.json"))
 head = "".join(f" {d} t/s | ratio | accepted |" for d in drafts)
-print(f"| prompt | tokens | plain t/s |{head} lookup t/s | ratio | accepted | llama-speculative t/s | accepted | same tokens |")
-print("| --- | ---: | ---: |" + " ---: | ---: | ---: |" * (len(drafts) + 1) + " ---: | ---: | --- |")
-tot = {k: [0, 0.0] for k in ("plain", "lookup", "plain_edit", "llama", *drafts)}
+print(f"| prompt | tokens | plain t/s |{head} draft+lookup t/s | ratio | accepted | lookup t/s | ratio | accepted | llama-speculative t/s | accepted | same tokens |")
+print("| --- | ---: | ---: |" + " ---: | ---: | ---: |" * (len(drafts) + 2) + " ---: | ---: | --- |")
+tot = {k: [0, 0.0] for k in ("plain", "lookup", "plain_edit", "llama", "both", "both_edit", "plain_other", "both_other", *drafts, *(d + "_edit" for d in drafts), *(d + "_other" for d in drafts))}
 llama_acc = [0, 0]
-acc = {k: [0, 0] for k in ("lookup", *drafts)}
+acc = {k: [0, 0] for k in ("lookup", "both", *drafts)}
 all_same = True
 for p in prompts:
     (tp, text) = load(p, "plain")
@@ -114,16 +119,18 @@ for p in prompts:
     def add(kind, t):
         tot[kind][0] += t["predicted_n"] - 1
         tot[kind][1] += t["predicted_ms"] / 1e3
+    part = "_edit" if "edit" in p else "_other"
     add("plain", tp)
-    if "edit" in p:
-        add("plain_edit", tp)
-    for kind in (*drafts, "lookup"):
+    add("plain" + part, tp)
+    for kind in (*drafts, "both", "lookup"):
         r = load(p, kind)
         if r is None:
             row += ["", "", ""]
             continue
         t, txt = r
         add(kind, t)
+        if kind != "lookup":
+            add(kind + part, t)
         acc[kind][0] += t["draft_n_accepted"]; acc[kind][1] += t["draft_n"]
         rate = t["acceptance_rate"]
         row += [f"{t['predicted_per_second']:.2f}", f"{t['predicted_per_second'] / tp['predicted_per_second']:.2f}x",
@@ -142,9 +149,12 @@ def rate(k):
     n, s = tot[k]
     return n / s if s else 0.0
 print()
-for d in drafts:
-    print(f"all prompts: plain {rate('plain'):.2f} t/s, {d} {rate(d):.2f} t/s = {rate(d) / rate('plain'):.2f}x, "
-          f"acceptance {acc[d][0]}/{acc[d][1]} = {acc[d][0] / max(acc[d][1], 1):.0%}")
+for d in (*drafts, "both"):
+    name = "draft+lookup" if d == "both" else d
+    print(f"all prompts: plain {rate('plain'):.2f} t/s, {name} {rate(d):.2f} t/s = {rate(d) / rate('plain'):.2f}x, "
+          f"acceptance {acc[d][0]}/{acc[d][1]} = {acc[d][0] / max(acc[d][1], 1):.0%}; "
+          f"editing prompts {rate(d + '_edit') / max(rate('plain_edit'), 1e-9):.2f}x, "
+          f"the others {rate(d + '_other') / max(rate('plain_other'), 1e-9):.2f}x")
 if tot["lookup"][1]:
     print(f"editing prompts: plain {rate('plain_edit'):.2f} t/s, lookup {rate('lookup'):.2f} t/s = {rate('lookup') / rate('plain_edit'):.2f}x, "
           f"acceptance {acc['lookup'][0]}/{acc['lookup'][1]} = {acc['lookup'][0] / max(acc['lookup'][1], 1):.0%}")

@@ -1,4 +1,5 @@
-//! Speculative decoding (a draft model, prompt lookup): greedy output is plain decoding's token
+//! Speculative decoding (a draft model, prompt lookup, the draft model checking lookup's
+//! proposals): greedy output is plain decoding's token
 //! for token (ids, logprobs, finish reasons; one prompt or a batch; through `generate()` and the
 //! scheduler), and sampled output follows the model's distribution exactly (chi-square over many
 //! seeded draws against the distribution computed from the model's logits). Runs the tiny
@@ -169,7 +170,11 @@ fn check_greedy_identity(target: &Path, draft: &Path) {
         ("draft model", spec(true, 0, 6, 0.0)),
         ("draft model, p_min 0.02", spec(true, 0, 16, 0.02)),
         ("prompt lookup", spec(false, 3, 8, 0.0)),
-        ("lookup then draft model", spec(true, 2, 4, 0.0)),
+        ("draft model checking lookup", spec(true, 2, 4, 0.0)),
+        (
+            "draft model checking lookup, p_min 0.02",
+            spec(true, 3, 16, 0.02),
+        ),
     ] {
         let batch = engine
             .generate(&prompts, &greedy(40, sp.clone()), &mut |_, _| {})
@@ -197,7 +202,7 @@ fn check_greedy_identity(target: &Path, draft: &Path) {
     let near = perturbed(target);
     for sp in [spec(true, 0, 5, 0.0), spec(true, 0, 16, 0.3)] {
         let p_min = sp.p_min;
-        let fast = generate_drafting(&engine, &near, &prompts, &greedy(40, sp));
+        let fast = generate_drafting(&engine, &near, &prompts, &greedy(40, sp.clone()));
         same(&plain, &fast, "perturbed self-draft");
         let drafted: usize = fast.iter().map(|c| c.timings.draft_tokens).sum();
         let accepted: usize = fast.iter().map(|c| c.timings.draft_accepted).sum();
@@ -207,6 +212,24 @@ fn check_greedy_identity(target: &Path, draft: &Path) {
                 accepted > 0 && accepted < drafted,
                 "{accepted} of {drafted}"
             );
+        }
+        // Checking lookup's proposals with the draft model changes how many passes drafting
+        // takes, not the greedy drafts: the draft's own choices, the same bit for bit in a
+        // batched pass (batch invariance), so the same drafts are verified and kept.
+        for n in [1, 3] {
+            let both = Speculation {
+                lookup_ngram: n,
+                ..sp.clone()
+            };
+            let checked = generate_drafting(&engine, &near, &prompts, &greedy(40, both));
+            same(&plain, &checked, "perturbed self-draft checking lookup");
+            for (i, (a, b)) in fast.iter().zip(&checked).enumerate() {
+                assert_eq!(
+                    (a.timings.draft_tokens, a.timings.draft_accepted),
+                    (b.timings.draft_tokens, b.timings.draft_accepted),
+                    "prompt {i}, p_min {p_min}, lookup {n}: the drafts differ"
+                );
+            }
         }
     }
     // Penalties and a context that ends generation: still the plain tokens.
@@ -578,9 +601,21 @@ fn sampled_speculative_output_follows_the_model() {
     check_distribution(
         &engine,
         &draft,
+        prompt.clone(),
+        sampling.clone(),
+        spec(false, 2, 2, 0.0),
+        3,
+        3000,
+        true,
+    );
+    // Both: lookup's proposal kept (as point masses) where the draft's most likely token is
+    // the proposed one, the draft's own draws from its distribution after that.
+    check_distribution(
+        &engine,
+        &draft,
         prompt,
         sampling,
-        spec(false, 2, 2, 0.0),
+        spec(true, 2, 2, 0.0),
         3,
         3000,
         true,
@@ -620,7 +655,8 @@ fn sampled_speculation_is_reproducible_for_a_seed() {
 
 /// Real models: qwen2.5-coder-0.5b drafting for itself (the degenerate case: every draft is
 /// the model's own greedy token; over its first 32768 ids, every draft the model's choice is
-/// in) and prompt lookup on gemma3-270m and qwen2.5-coder-0.5b give plain decoding's tokens.
+/// in; also checking lookup's proposals, batched) and prompt lookup on gemma3-270m and
+/// qwen2.5-coder-0.5b give plain decoding's tokens.
 #[test]
 fn greedy_is_plain_decoding_on_real_models() {
     let code = "Rename the variable `total` to `sum` in this function:\n\n\
@@ -640,7 +676,9 @@ fn greedy_is_plain_decoding_on_real_models() {
         let mut sps = vec![("prompt lookup", spec(false, 3, 10, 0.0))];
         if draft.is_some() {
             sps.push(("itself as draft", spec(true, 0, 6, 0.0)));
+            sps.push(("itself as draft checking lookup", spec(true, 3, 6, 0.0)));
         }
+        let mut counts = Vec::new();
         for (what, sp) in sps {
             let fast = engine
                 .generate(&prompts, &greedy(48, sp), &mut |_, _| {})
@@ -648,10 +686,16 @@ fn greedy_is_plain_decoding_on_real_models() {
             same(&plain, &fast, what);
             let drafted: usize = fast.iter().map(|c| c.timings.draft_tokens).sum();
             let accepted: usize = fast.iter().map(|c| c.timings.draft_accepted).sum();
+            eprintln!("{what}: {accepted} of {drafted}");
             assert!(accepted > 0, "{what}: {accepted} of {drafted}");
-            if what == "itself as draft" {
+            if what.starts_with("itself as draft") {
                 assert_eq!(accepted, drafted, "{what}");
+                counts.push(drafted);
             }
+        }
+        // The batched check of lookup's proposals drafts what the draft drafts one by one.
+        if let [alone, checked] = counts[..] {
+            assert_eq!(alone, checked, "itself as draft, with and without lookup");
         }
         if draft.is_some() {
             let part = load_vocab(

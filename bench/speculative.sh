@@ -2,12 +2,13 @@
 # Speculative decoding on the committed code prompts (bench/spec-prompts: write a function,
 # continue a file, edit a given snippet), greedy, side by side in one run:
 #   plain     kiln's plain decoding of the target
-#   draft     the target with the draft model (--model-draft), once per --draft-vocab value
+#   draft     the target with the draft model alone (--model-draft, --lookup-ngram 0), once per
+#             --draft-vocab value
 #             (comma-separated, e.g. full,65536,32768,16384: one column each, run in turn on
 #             each prompt; default: kiln's default)
 #   draft+lookup  the target with the draft model checking prompt lookup's proposals
-#             (--model-draft with --lookup-ngram; the draft's --draft-max, --draft-p-min and
-#             default --draft-vocab), on every prompt
+#             (--model-draft with --lookup-ngram, kiln's default with a draft model; the
+#             draft's --draft-max, --draft-p-min and default --draft-vocab), on every prompt
 #   lookup    the target with prompt lookup alone (--lookup-ngram), on the editing prompts
 #   llama.cpp llama-speculative with the same files, prompts and draft sizes, when the anchor
 #             binaries have it
@@ -68,7 +69,8 @@ for f in bench/spec-prompts/*.txt; do
   for v in "${vocabs[@]}"; do
     dv=()
     [[ $v == default ]] || dv=(--draft-vocab "$v")
-    "$kiln" "${common[@]}" --model-draft "$dfile" --draft-max "$draft_max" --draft-p-min "$p_min" "${dv[@]}" >"$out/$p.draft-$v.json"
+    "$kiln" "${common[@]}" --model-draft "$dfile" --draft-max "$draft_max" --draft-p-min "$p_min" "${dv[@]}" \
+      --lookup-ngram 0 >"$out/$p.draft-$v.json"
   done
   "$kiln" "${common[@]}" --model-draft "$dfile" --draft-max "$draft_max" --draft-p-min "$p_min" \
     --lookup-ngram "$ngram" >"$out/$p.both.json"

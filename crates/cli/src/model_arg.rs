@@ -168,11 +168,13 @@ pub struct SpecArgs {
     pub draft_p_min: f32,
     /// Prompt-lookup drafting: propose what followed the longest earlier match of the last N
     /// tokens (then fewer) in the prompt and output, at most as many tokens as the match is long
-    /// (0 = off; no second model needed; with --model-draft, the draft model drafts where lookup
-    /// finds nothing).
-    #[arg(long, value_name = "N", default_value_t = 0,
+    /// (0 = off; no second model needed). With --model-draft, the draft model checks each
+    /// proposal in one batched pass, keeps it up to the first token it would not have drafted
+    /// itself and drafts on from there: the same drafts in fewer draft passes. [default: 4 with
+    /// --model-draft, else 0]
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_NGRAM as u64))]
-    pub lookup_ngram: u64,
+    pub lookup_ngram: Option<u64>,
     /// How much of the vocabulary the draft model proposes from: its output layer computes
     /// only the first N token ids (FR-Spec; BPE ids are ordered by frequency; N rounded up to
     /// a multiple of 4 for an interleaved output matrix), which makes each draft token
@@ -203,7 +205,11 @@ impl SpecArgs {
             draft_max: self.draft_max as usize,
             draft_min: self.draft_min as usize,
             p_min: self.draft_p_min,
-            lookup_ngram: self.lookup_ngram as usize,
+            lookup_ngram: match self.lookup_ngram {
+                Some(n) => n as usize,
+                None if self.model_draft.is_some() => Speculation::DRAFT_LOOKUP_NGRAM,
+                None => 0,
+            },
         };
         s.validate().map_err(anyhow::Error::msg)?;
         Ok(s)
@@ -323,5 +329,41 @@ pub fn show_progress(bar: &mut Option<indicatif::ProgressBar>, p: Progress) {
         // Without this line a second pull waiting on the first looks hung.
         Progress::Waiting { .. } => eprintln!("kiln: {p}"),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        spec: SpecArgs,
+    }
+
+    fn lookup_ngram(args: &[&str]) -> usize {
+        let args = std::iter::once("kiln").chain(args.iter().copied());
+        Cli::try_parse_from(args)
+            .unwrap()
+            .spec
+            .speculation()
+            .unwrap()
+            .lookup_ngram
+    }
+
+    #[test]
+    fn prompt_lookup_is_on_with_a_draft_model_unless_told_otherwise() {
+        assert_eq!(lookup_ngram(&[]), 0);
+        assert_eq!(
+            lookup_ngram(&["--model-draft", "draft.gguf"]),
+            Speculation::DRAFT_LOOKUP_NGRAM
+        );
+        assert_eq!(
+            lookup_ngram(&["--model-draft", "draft.gguf", "--lookup-ngram", "0"]),
+            0
+        );
+        assert_eq!(lookup_ngram(&["--lookup-ngram", "3"]), 3);
     }
 }

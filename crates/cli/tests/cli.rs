@@ -626,12 +626,24 @@ fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
         "2",
     ];
     for extra in [
+        // With lookup's proposals checked by the draft (the default with a draft model).
         vec![
             "--model-draft",
             draft.to_str().unwrap(),
             "--draft-max",
             "4",
             "--draft-p-min",
+            "0",
+        ],
+        // The draft model alone.
+        vec![
+            "--model-draft",
+            draft.to_str().unwrap(),
+            "--draft-max",
+            "4",
+            "--draft-p-min",
+            "0",
+            "--lookup-ngram",
             "0",
         ],
         vec!["--lookup-ngram", "2", "--draft-max", "6"],

@@ -85,6 +85,12 @@ impl Speculation {
     /// Most tokens a request may draft per step, and the longest lookup n-gram.
     pub const MAX_DRAFT: usize = 64;
     pub const MAX_NGRAM: usize = 16;
+    /// The lookup n-gram `kiln complete` and `kiln serve` use with a draft model unless told
+    /// otherwise (`--lookup-ngram`): the draft checks lookup's proposals, which leaves its
+    /// drafts as they are and saves draft passes (on the committed code prompts, 26% of them;
+    /// BENCHMARKS.md). [`Speculation::default`] keeps lookup off, since without a draft model
+    /// it would turn speculation on.
+    pub const DRAFT_LOOKUP_NGRAM: usize = 4;
 
     /// No drafting at all.
     pub fn off() -> Speculation {

@@ -170,7 +170,7 @@ pub struct SpecArgs {
     /// tokens (then fewer) in the prompt and output, at most as many tokens as the match is long
     /// (0 = off; no second model needed). With --model-draft, the draft model checks each
     /// proposal in one batched pass, keeps it up to the first token it would not have drafted
-    /// itself and drafts on from there: the same drafts in fewer draft passes. [default: 4 with
+    /// itself and drafts on from there (greedy: the same drafts in fewer passes). [default: 4 with
     /// --model-draft, else 0]
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(0..=Speculation::MAX_NGRAM as u64))]

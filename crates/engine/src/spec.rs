@@ -93,8 +93,8 @@ enum Choice {
     Stop,
     /// The proposed token, which the draft would have chosen: drafted.
     Agreed,
-    /// The draft's own token: drafted.
-    Own(u32),
+    /// The draft's own token (the last of `drafts`): drafted.
+    Own,
 }
 
 /// The stream the draft samples from: distinct from the request's own, so that its draws and
@@ -208,7 +208,7 @@ impl Spec {
             let row = rows.next().expect("one row per draft round");
             return match self.choose(row, None) {
                 Choice::Stop => false,
-                Choice::Agreed | Choice::Own(_) => self.next_round(),
+                Choice::Agreed | Choice::Own => self.next_round(),
             };
         }
         // The rows after the sequence's last token and after each proposed token: the draft's
@@ -221,7 +221,7 @@ impl Spec {
             match self.choose(row, proposed.get(i).copied()) {
                 Choice::Agreed => continue,
                 Choice::Stop => break,
-                Choice::Own(_) => {
+                Choice::Own => {
                     // The proposal's tokens from here on are not drafts: out of the cache,
                     // which holds the drafts before this one (it is fed next).
                     self.hold_drafts(self.drafts.len() - 1);
@@ -257,7 +257,7 @@ impl Spec {
         self.sampler.observe(tok);
         self.drafts.push(tok);
         self.proposals.push(q);
-        Choice::Own(tok)
+        Choice::Own
     }
 
     /// After a draft of the draft's own: the next round feeds it, while the budget allows.

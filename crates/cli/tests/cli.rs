@@ -625,39 +625,27 @@ fn speculative_flags_keep_greedy_tokens_and_report_acceptance() {
         "-t",
         "2",
     ];
+    // The draft model, 4 tokens a step, every draft kept whatever its confidence; then more.
+    let with_draft = |more: &[&'static str]| {
+        let mut v = vec![
+            "--model-draft",
+            draft.to_str().unwrap(),
+            "--draft-max",
+            "4",
+            "--draft-p-min",
+            "0",
+        ];
+        v.extend(more);
+        v
+    };
     for extra in [
         // With lookup's proposals checked by the draft (the default with a draft model).
-        vec![
-            "--model-draft",
-            draft.to_str().unwrap(),
-            "--draft-max",
-            "4",
-            "--draft-p-min",
-            "0",
-        ],
+        with_draft(&[]),
         // The draft model alone.
-        vec![
-            "--model-draft",
-            draft.to_str().unwrap(),
-            "--draft-max",
-            "4",
-            "--draft-p-min",
-            "0",
-            "--lookup-ngram",
-            "0",
-        ],
+        with_draft(&["--lookup-ngram", "0"]),
         vec!["--lookup-ngram", "2", "--draft-max", "6"],
         // The draft over the first half of the vocabulary.
-        vec![
-            "--model-draft",
-            draft.to_str().unwrap(),
-            "--draft-max",
-            "4",
-            "--draft-p-min",
-            "0",
-            "--draft-vocab",
-            "256",
-        ],
+        with_draft(&["--draft-vocab", "256"]),
     ] {
         let mut args = base.to_vec();
         args.extend(&extra);

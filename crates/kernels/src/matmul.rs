@@ -94,7 +94,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 interleave(0, 1);
             }
             let groups = &s.2[..n_groups * nb];
-            if n_groups >= 2 && isa.has_avx2() && dot::has_u8_form(dtype) {
+            if n_groups >= 2 && dot::has_u8_tile(isa, dtype) {
                 let tail = |wr: &[u8], t: usize| {
                     dot::dot_q8_32_n(isa, dtype, wr, [&q[t * nb..(t + 1) * nb]])[0]
                 };
@@ -140,7 +140,7 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                 );
             }
             let n_groups = n / 8;
-            if n_groups >= 2 && isa.has_avx2() && dot::has_u8_form(dtype) {
+            if n_groups >= 2 && dot::has_u8_tile(isa, dtype) {
                 // The 32-element sub-blocks of 8 tokens, interleaved: groups[g * nb + i].
                 let nb = cols / 32;
                 s.2.resize(n_groups * nb, BlockQ8x8::default());
@@ -152,8 +152,9 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                                 std::array::from_fn(|t| &q[(8 * g + t) * (nb / 8) + b / 8]),
                                 b % 8,
                             );
-                            // (the Q6_K tiles take the activations offset: see dot::BlockU8)
-                            let v = if dtype == crate::DType::Q6_K {
+                            // (the Q6_K and IQ4_XS tiles take the activations offset: see
+                            // dot::BlockU8)
+                            let v = if matches!(dtype, DType::Q6_K | DType::IQ4_XS) {
                                 v.offset_by_128()
                             } else {
                                 v

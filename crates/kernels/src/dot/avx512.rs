@@ -412,18 +412,18 @@ unsafe fn u8k_tile<const R: usize, const G: usize, T>(
     finish(acc)
 }
 
-/// `R` unpacked Q6_K rows × 8 tokens whose activations are offset by 128.
+/// `R` unpacked Q6_K (`SPLIT`) or IQ4_XS rows × 8 tokens whose activations are offset by 128.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn dot_u8q6_g8_rows<const R: usize>(
+pub(super) unsafe fn dot_u8q6_g8_rows<const SPLIT: bool, const R: usize>(
     w: &[BlockU8],
     g: &[BlockQ8x8],
 ) -> [[f32; 8]; R] {
-    u8q6_tile::<R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
+    u8q6_tile::<SPLIT, R, 1, _>(w.as_ptr(), g.len(), [g.as_ptr()], |acc| tile_out(acc)[0])
 }
 
 /// [`dot_u8q6_g8_rows`] for two groups of 8 tokens, stored as AVX2's `dot_u8_g16_rows_to`.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn dot_u8q6_g16_rows_to<const R: usize>(
+pub(super) unsafe fn dot_u8q6_g16_rows_to<const SPLIT: bool, const R: usize>(
     w: &[BlockU8],
     g: [&[BlockQ8x8]; 2],
     o: *mut f32,
@@ -431,15 +431,17 @@ pub(super) unsafe fn dot_u8q6_g16_rows_to<const R: usize>(
 ) {
     let nb = g[0].len();
     let g = [g[0].as_ptr(), g[1].as_ptr()];
-    u8q6_tile::<R, 2, _>(w.as_ptr(), nb, g, |acc| scatter(acc, o, stride))
+    u8q6_tile::<SPLIT, R, 2, _>(w.as_ptr(), nb, g, |acc| scatter(acc, o, stride))
 }
 
-/// `R` unpacked Q6_K rows × `G` token groups → `out[k][r]`: per 16 weights a `vpdpbusd` chain
-/// of the offset activations (unsigned) with the 6-bit weights (signed) times that half's
-/// scale; `corr` takes the offset back out per super-block and the float step is AVX2's.
+/// `R` unpacked Q6_K / IQ4_XS rows × `G` token groups → `out[k][r]`: per 16 weights (Q6_K,
+/// `SPLIT`: a scale each) or 32 (IQ4_XS: one scale) a `vpdpbusd` chain of the offset
+/// activations (unsigned) with the weights (signed) times that scale; `corr` takes the offset
+/// back out per super-block and the float step is AVX2's (Q6_K) or the IQ4_XS kernels' (the
+/// same canonical step).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn u8q6_tile<const R: usize, const G: usize, T>(
+unsafe fn u8q6_tile<const SPLIT: bool, const R: usize, const G: usize, T>(
     wp: *const BlockU8,
     nb: usize,
     g: [*const BlockQ8x8; G],
@@ -451,11 +453,11 @@ unsafe fn u8q6_tile<const R: usize, const G: usize, T>(
         let mut corr = [0i32; R];
         for j in 0..8 {
             let i = 8 * sb + j;
-            for half in 0..2 {
-                let s = if half == 0 {
-                    u8_dots::<true, 0, R, G>(wp, nb, &g, i)
-                } else {
-                    u8_dots::<true, 1, R, G>(wp, nb, &g, i)
+            for half in 0..if SPLIT { 2 } else { 1 } {
+                let s = match (SPLIT, half) {
+                    (false, _) => u8_dots::<true, 2, R, G>(wp, nb, &g, i),
+                    (true, 0) => u8_dots::<true, 0, R, G>(wp, nb, &g, i),
+                    _ => u8_dots::<true, 1, R, G>(wp, nb, &g, i),
                 };
                 for r in 0..R {
                     let b = &*wp.add(r * nb + i);

@@ -9,6 +9,7 @@
 //! every shape is bit-identical to `scalar::dot_iq4_xs`.
 
 use super::avx2::{self, hsum_i32, iq4_table, nibbles16, nibbles32, prefetch_ahead, sum4, Strides};
+use super::BlockU8;
 use crate::quant::{iq4_xs_scales, BlockQ8K};
 use std::arch::x86_64::*;
 
@@ -99,4 +100,29 @@ pub(super) unsafe fn dot_iq4_xs_rows<const R: usize>(
     let mut out = [0.0f32; R];
     _mm_storeu_ps(out.as_mut_ptr(), acc);
     out
+}
+
+/// The vector form of `scalar::repack_u8_iq4_xs` (IQ4_XS rows unpacked once per prefill
+/// chunk): the same bytes, scales and corrections.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn repack_u8_iq4_xs(w: &[u8], out: &mut [BlockU8]) {
+    let table = iq4_table();
+    let zero = _mm256_setzero_si256();
+    for (b, o) in w.chunks_exact(BB).zip(out.chunks_exact_mut(8)) {
+        let sc = iq4_xs_scales(b);
+        let d = avx2::f16(b.as_ptr());
+        for (j, o) in o.iter_mut().enumerate() {
+            let v = _mm256_shuffle_epi8(table, nibbles16(b.as_ptr().add(8 + 16 * j)));
+            _mm256_storeu_si256(o.u.as_mut_ptr() as *mut __m256i, v);
+            // Σ (v + 128) per 8 bytes, exact; Σv takes 32 · 128 off
+            let s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(0x80u8 as i8)), zero);
+            let s = _mm256_extract_epi64::<0>(s)
+                + _mm256_extract_epi64::<1>(s)
+                + _mm256_extract_epi64::<2>(s)
+                + _mm256_extract_epi64::<3>(s)
+                - 4096;
+            (o.d, o.m, o.sc, o.mn) = (d, 0.0, sc[j] as u8, sc[j] as u8);
+            o.corr = 128 * sc[j] as i32 * s as i32;
+        }
+    }
 }

@@ -407,6 +407,10 @@ pub fn dot_q8_32_g8_rows<const R: usize>(
 /// at a time, so the tiles take the activations offset by 128 instead
 /// ([`BlockQ8x8::offset_by_128`]), unsigned, with the weights as the signed operand; `corr`
 /// takes the offset back out of each exact integer sum.
+///
+/// IQ4_NL is a legacy type with `off` 128: `u = v + 128` for the grid value `v` (1..=241).
+/// IQ4_XS takes Q6_K's form, one block per sub-block: `u` the grid values (i8 bits), `sc` and
+/// `mn` both the sub-block's scale `ls - 32`, `corr = 128·(ls - 32)·Σv`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BlockU8 {
@@ -426,8 +430,9 @@ impl BlockU8 {
             match dtype {
                 DType::Q4_0 => self.d * (u - 8.0),
                 DType::Q5_0 => self.d * (u - 16.0),
+                DType::IQ4_NL => self.d * (u - 128.0),
                 DType::Q4_K | DType::Q5_K => self.d * self.sc as f32 * u - self.m * self.mn as f32,
-                DType::Q6_K => {
+                DType::Q6_K | DType::IQ4_XS => {
                     let scale = if l < 16 { self.sc } else { self.mn } as i8 as f32;
                     self.d * scale * self.u[l] as i8 as f32
                 }
@@ -438,7 +443,8 @@ impl BlockU8 {
 }
 
 /// Whether `dtype` has the [`BlockU8`] prefill form (weights of at most 5 bits, so that four
-/// `maddubs` sums fit in i16; and Q6_K, with offset activations).
+/// `maddubs` sums fit in i16; Q6_K, with offset activations; and the IQ4 types, whose tiles
+/// need `vpdpbusd`: see [`has_u8_tile`]).
 pub fn has_u8_form(dtype: DType) -> bool {
     matches!(
         dtype,
@@ -449,7 +455,23 @@ pub fn has_u8_form(dtype: DType) -> bool {
             | DType::Q4_K
             | DType::Q5_K
             | DType::Q6_K
+            | DType::IQ4_NL
+            | DType::IQ4_XS
     )
+}
+
+/// Whether prefill at `isa` multiplies `dtype` in its unpacked form ([`BlockU8`]). The IQ4
+/// grid (|v| <= 127) offset to unsigned bytes, or taken with offset activations, overflows
+/// `maddubs`' i16 pairs, so AVX2 keeps the 8-token tiles for it; `vpdpbusd` sums to i32.
+pub fn has_u8_tile(isa: Isa, dtype: DType) -> bool {
+    let iq4 = matches!(dtype, DType::IQ4_NL | DType::IQ4_XS);
+    has_u8_form(dtype)
+        && isa.is_available()
+        && if iq4 {
+            isa == Isa::Avx512
+        } else {
+            isa.has_avx2()
+        }
 }
 
 /// Unpacks one weight row of a type with [`has_u8_form`] into `out` (one block per 32
@@ -473,6 +495,13 @@ pub fn repack_u8(isa: Isa, dtype: DType, w: &[u8], out: &mut [BlockU8]) {
         }
         // (elsewhere scalar: a row is unpacked once per matmul)
         return scalar::repack_u8_q6_k(w, out);
+    }
+    if dtype == DType::IQ4_XS {
+        #[cfg(target_arch = "x86_64")]
+        if isa.has_avx2() && isa.is_available() {
+            return unsafe { iq4::repack_u8_iq4_xs(w, out) };
+        }
+        return scalar::repack_u8_iq4_xs(w, out);
     }
     let five = dtype == DType::Q5_K;
     match (isa, legacy_kind(dtype)) {
@@ -517,10 +546,14 @@ pub fn repack_u8_q5_0_group(isa: Isa, w: &[u8], out: &mut [BlockU8]) {
 
 /// Checks the shapes every unpacked tile relies on: `R` rows of `nb` blocks, whole
 /// super-blocks for the k-quants.
+#[inline(always)]
 fn check_u8_tile(what: &str, dtype: DType, rows: usize, w: &[BlockU8], nb: usize) {
     assert!(has_u8_form(dtype), "{what}: {dtype} has no unpacked form");
     assert_eq!(w.len(), rows * nb, "{what}: not {rows} rows of {nb} blocks");
-    let kquant = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
+    let kquant = matches!(
+        dtype,
+        DType::Q4_K | DType::Q5_K | DType::Q6_K | DType::IQ4_XS
+    );
     assert!(!kquant || nb % 8 == 0, "{what}: partial super-block");
 }
 
@@ -543,12 +576,14 @@ pub fn dot_u8_g8_rows<const R: usize>(
                 DType::Q4_1 => avx512::dot_u8_g8_rows::<1, R>(w, g),
                 DType::Q5_0 => avx512::dot_u8_g8_rows::<2, R>(w, g),
                 DType::Q5_1 => avx512::dot_u8_g8_rows::<3, R>(w, g),
-                DType::Q6_K => avx512::dot_u8q6_g8_rows::<R>(w, g),
+                DType::IQ4_NL => avx512::dot_u8_g8_rows::<6, R>(w, g),
+                DType::Q6_K => avx512::dot_u8q6_g8_rows::<true, R>(w, g),
+                DType::IQ4_XS => avx512::dot_u8q6_g8_rows::<false, R>(w, g),
                 _ => avx512::dot_u8k_g8_rows::<R>(w, g),
             }
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => unsafe {
+        Isa::Avx2 if isa.is_available() && has_u8_tile(isa, dtype) => unsafe {
             match dtype {
                 DType::Q4_0 => avx2::dot_u8_g8_rows::<0, R>(w, g),
                 DType::Q4_1 => avx2::dot_u8_g8_rows::<1, R>(w, g),
@@ -607,11 +642,13 @@ pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
             DType::Q4_1 => avx512::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
             DType::Q5_0 => avx512::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),
             DType::Q5_1 => avx512::dot_u8_g16_rows_to::<3, R>(w, g, o, stride),
+            DType::IQ4_NL => avx512::dot_u8_g16_rows_to::<6, R>(w, g, o, stride),
             DType::Q4_K | DType::Q5_K => avx512::dot_u8k_g16_rows_to::<R>(w, g, o, stride),
-            _ => avx512::dot_u8q6_g16_rows_to::<R>(w, g, o, stride),
+            DType::IQ4_XS => avx512::dot_u8q6_g16_rows_to::<false, R>(w, g, o, stride),
+            _ => avx512::dot_u8q6_g16_rows_to::<true, R>(w, g, o, stride),
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() => match dtype {
+        Isa::Avx2 if isa.is_available() && has_u8_tile(isa, dtype) => match dtype {
             DType::Q4_0 => avx2::dot_u8_g16_rows_to::<0, R>(w, g, o, stride),
             DType::Q4_1 => avx2::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
             DType::Q5_0 => avx2::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),

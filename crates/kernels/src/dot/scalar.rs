@@ -90,6 +90,7 @@ pub(crate) fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
     let off = match kind {
         LegacyKind::Q4_0 => 8,
         LegacyKind::Q5_0 => 16,
+        LegacyKind::IQ4_NL => 128,
         _ => 0,
     };
     for (b, o) in w.chunks_exact(kind.block_bytes()).zip(out) {
@@ -148,6 +149,24 @@ pub(crate) fn repack_u8_q6_k(w: &[u8], out: &mut [BlockU8]) {
     }
 }
 
+/// Unpacks an IQ4_XS row into [`BlockU8`]s, one per 32-element sub-block, in Q6_K's form
+/// (see its docs).
+pub(crate) fn repack_u8_iq4_xs(w: &[u8], out: &mut [BlockU8]) {
+    for (b, o) in w.chunks_exact(136).zip(out.chunks_exact_mut(8)) {
+        let d = f16_at(b, 0);
+        let sc = iq4_xs_scales(b);
+        for (j, o) in o.iter_mut().enumerate() {
+            let v = iq4_values(&b[8 + 16 * j..24 + 16 * j]);
+            for (u, &v) in o.u.iter_mut().zip(&v) {
+                *u = v as u8;
+            }
+            let sum: i32 = v.iter().map(|&v| v as i32).sum();
+            (o.d, o.m, o.sc, o.mn) = (d, 0.0, sc[j] as u8, sc[j] as u8);
+            o.corr = 128 * sc[j] as i32 * sum;
+        }
+    }
+}
+
 /// Σ w·x of an unpacked row with one token (`t`) of interleaved activation blocks, in the
 /// canonical order (per block, or per super-block for the k-quants: the exact integer dot,
 /// then one fused multiply-add per scale).
@@ -160,7 +179,7 @@ pub(crate) fn dot_u8_g8(dtype: DType, w: &[BlockU8], g: &[BlockQ8x8], t: usize) 
     };
     let mut acc = 0.0f32;
     match dtype {
-        DType::Q6_K => {
+        DType::Q6_K | DType::IQ4_XS => {
             // activations offset by 128 (`BlockQ8x8::offset_by_128`): take the offset back out
             for (wb, gb) in w.chunks_exact(8).zip(g.chunks_exact(8)) {
                 let mut isum = 0i32;
@@ -195,6 +214,7 @@ pub(crate) fn dot_u8_g8(dtype: DType, w: &[BlockU8], g: &[BlockQ8x8], t: usize) 
             let off = match dtype {
                 DType::Q4_0 => 8,
                 DType::Q5_0 => 16,
+                DType::IQ4_NL => 128,
                 _ => 0,
             };
             for (b, ab) in w.iter().zip(g) {

@@ -165,11 +165,18 @@ fn unpacked_tiles_match_avx2() {
         // the extremes: the largest unpacked value in the first blocks of row 0
         let max = match dtype {
             DType::Q4_0 | DType::Q4_1 | DType::Q4_K => 15,
-            DType::Q6_K => 0xE0, // -32, the most negative 6-bit weight
+            DType::Q6_K => 0xE0,   // -32, the most negative 6-bit weight
+            DType::IQ4_NL => 1,    // -127 + 128, the grid's largest magnitude
+            DType::IQ4_XS => 0x81, // -127
             _ => 31,
         };
         for b in u.iter_mut().take(nb / 2) {
             b.u = [max; 32];
+            if matches!(dtype, DType::Q6_K | DType::IQ4_XS) {
+                // keep the form whole: the offset's share of the new weights
+                let q = max as i8 as i32;
+                b.corr = 128 * 16 * q * (b.sc as i8 as i32 + b.mn as i8 as i32);
+            }
         }
         let groups: Vec<Vec<_>> = (0..2)
             .map(|k| {
@@ -178,7 +185,7 @@ fn unpacked_tiles_match_avx2() {
                 (0..nb)
                     .map(|i| {
                         let b = interleave8(std::array::from_fn(|t| &qs[t][i]));
-                        if dtype == DType::Q6_K {
+                        if matches!(dtype, DType::Q6_K | DType::IQ4_XS) {
                             b.offset_by_128()
                         } else {
                             b

@@ -477,8 +477,17 @@ fn unpacked_two_group_tile_matches_one_group() {
         let row_bytes = w.len() / 2;
         // groups from 32-element activation blocks: the tiles read only the interleaved
         // values, per-block sums and scales, whatever the weight type
+        // (the Q6_K and IQ4_XS tiles take the activations offset by 128, see `BlockU8`)
+        let offset = matches!(dtype, DType::Q6_K | DType::IQ4_XS);
         let groups: Vec<Vec<_>> = (0..2)
-            .map(|_| interleaved_group(std::array::from_fn(|_| rng.vec(cols))))
+            .map(|_| {
+                let g = interleaved_group(std::array::from_fn(|_| rng.vec(cols)));
+                if offset {
+                    g.iter().map(|b| b.offset_by_128()).collect()
+                } else {
+                    g
+                }
+            })
             .collect();
         let g = [&groups[0][..], &groups[1][..]];
         for isa in Isa::available() {

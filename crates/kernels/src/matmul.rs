@@ -6,8 +6,9 @@
 //! finish together. Decode (`n == 1`) streams every weight byte exactly once, in long runs of
 //! rows per thread that shrink towards the end (guided scheduling). Prefill (`n > 1`)
 //! walks a cache-sized chunk of rows across all tokens, so weights are read from memory once and
-//! the loop is compute-bound; the types of at most 5 bits unpack the chunk once and multiply it
-//! 2 rows × 16 tokens at a time (see `drive_u8`), the others use 8-token tiles.
+//! the loop is compute-bound; the types with an unpacked form (at most 5 bits, Q6_K, and on
+//! AVX-512 the IQ4 types) unpack the chunk once and multiply it 2 or 4 rows × 16 tokens at a
+//! time (see `drive_u8`), the others use 8-token tiles.
 
 use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
 use crate::interleave::{plain_rows, Layout};
@@ -513,7 +514,7 @@ thread_local! {
     static UNPACKED: RefCell<Vec<BlockU8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Prefill for the types of at most 5 bits (`dot::has_u8_form`): each thread unpacks a chunk
+/// Prefill for the types with an unpacked form (`dot::has_u8_tile`): each thread unpacks a chunk
 /// of rows once ([`BlockU8`]) and multiplies it with every 8-token group, two groups per pass
 /// where it can (`dot::dot_u8_g16_rows_to`); leftover tokens use `tail`, the plain one-token
 /// kernel on the packed rows.

@@ -7,8 +7,8 @@
 //! rows per thread that shrink towards the end (guided scheduling). Prefill (`n > 1`)
 //! walks a cache-sized chunk of rows across all tokens, so weights are read from memory once and
 //! the loop is compute-bound; the types with an unpacked form (at most 5 bits, Q6_K, and on
-//! AVX-512 the IQ4 types) unpack the chunk once and multiply it 2 or 4 rows × 16 tokens at a
-//! time (see `drive_u8`), the others use 8-token tiles.
+//! AVX-512 Q8_0 and the IQ4 types) unpack the chunk once and multiply it 2 or 4 rows × 16
+//! tokens at a time (see `drive_u8`), the others use 8-token tiles.
 
 use crate::dot::{self, act_kind, ActKind, BlockU8, Isa};
 use crate::interleave::{plain_rows, Layout};

@@ -167,6 +167,7 @@ fn unpacked_tiles_match_avx2() {
             DType::Q4_0 | DType::Q4_1 | DType::Q4_K => 15,
             DType::Q6_K => 0xE0,   // -32, the most negative 6-bit weight
             DType::IQ4_NL => 1,    // -127 + 128, the grid's largest magnitude
+            DType::Q8_0 => 1,      // -127 + 128
             DType::IQ4_XS => 0x81, // -127
             _ => 31,
         };

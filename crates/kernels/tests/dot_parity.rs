@@ -373,7 +373,7 @@ fn unpacked_prefill_rows_match_exact_dot() {
         .into_iter()
         .filter(|&d| has_u8_form(d))
         .collect();
-    assert_eq!(types.len(), 9);
+    assert_eq!(types.len(), 10);
     for dtype in types {
         let cols = 1024;
         let nb = cols / 32;

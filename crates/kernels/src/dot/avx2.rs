@@ -560,8 +560,8 @@ pub(super) unsafe fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) 
                 let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
                 _mm256_or_si256(nibbles16(b.add(6)), hi)
             }
-            // the grid value + 128, unsigned
-            LegacyKind::IQ4_NL => {
+            // the value (Q8_0) or grid value + 128, unsigned
+            LegacyKind::Q8_0 | LegacyKind::IQ4_NL => {
                 _mm256_xor_si256(unpack_legacy(kind, b), _mm256_set1_epi8(0x80u8 as i8))
             }
             _ => unpack_legacy(kind, b),

@@ -408,7 +408,8 @@ pub fn dot_q8_32_g8_rows<const R: usize>(
 /// ([`BlockQ8x8::offset_by_128`]), unsigned, with the weights as the signed operand; `corr`
 /// takes the offset back out of each exact integer sum.
 ///
-/// IQ4_NL is a legacy type with `off` 128: `u = v + 128` for the grid value `v` (1..=241).
+/// Q8_0 and IQ4_NL are legacy types with `off` 128: `u = q + 128` for Q8_0's value, `v + 128`
+/// for IQ4_NL's grid value.
 /// IQ4_XS takes Q6_K's form, one block per sub-block: `u` the grid values (i8 bits), `sc` and
 /// `mn` both the sub-block's scale `ls - 32`, `corr = 128·(ls - 32)·Σv`.
 #[repr(C)]
@@ -430,7 +431,7 @@ impl BlockU8 {
             match dtype {
                 DType::Q4_0 => self.d * (u - 8.0),
                 DType::Q5_0 => self.d * (u - 16.0),
-                DType::IQ4_NL => self.d * (u - 128.0),
+                DType::Q8_0 | DType::IQ4_NL => self.d * (u - 128.0),
                 DType::Q4_K | DType::Q5_K => self.d * self.sc as f32 * u - self.m * self.mn as f32,
                 DType::Q6_K | DType::IQ4_XS => {
                     let scale = if l < 16 { self.sc } else { self.mn } as i8 as f32;
@@ -443,8 +444,8 @@ impl BlockU8 {
 }
 
 /// Whether `dtype` has the [`BlockU8`] prefill form (weights of at most 5 bits, so that four
-/// `maddubs` sums fit in i16; Q6_K, with offset activations; and the IQ4 types, whose tiles
-/// need `vpdpbusd`: see [`has_u8_tile`]).
+/// `maddubs` sums fit in i16; Q6_K, with offset activations; and Q8_0 and the IQ4 types, whose
+/// tiles need `vpdpbusd`: see [`has_u8_tile`]).
 pub fn has_u8_form(dtype: DType) -> bool {
     matches!(
         dtype,
@@ -455,19 +456,21 @@ pub fn has_u8_form(dtype: DType) -> bool {
             | DType::Q4_K
             | DType::Q5_K
             | DType::Q6_K
+            | DType::Q8_0
             | DType::IQ4_NL
             | DType::IQ4_XS
     )
 }
 
-/// Whether prefill at `isa` multiplies `dtype` in its unpacked form ([`BlockU8`]). The IQ4
-/// grid (|v| <= 127) offset to unsigned bytes, or taken with offset activations, overflows
-/// `maddubs`' i16 pairs, so AVX2 keeps the 8-token tiles for it; `vpdpbusd` sums to i32.
+/// Whether prefill at `isa` multiplies `dtype` in its unpacked form ([`BlockU8`]). Q8_0's
+/// values and the IQ4 grid (|v| <= 127) offset to unsigned bytes, or taken with offset
+/// activations, overflow `maddubs`' i16 pairs, so AVX2 keeps the 8-token tiles for them;
+/// `vpdpbusd` sums to i32.
 pub fn has_u8_tile(isa: Isa, dtype: DType) -> bool {
-    let iq4 = matches!(dtype, DType::IQ4_NL | DType::IQ4_XS);
+    let wide = matches!(dtype, DType::Q8_0 | DType::IQ4_NL | DType::IQ4_XS);
     has_u8_form(dtype)
         && isa.is_available()
-        && if iq4 {
+        && if wide {
             isa == Isa::Avx512
         } else {
             isa.has_avx2()
@@ -576,6 +579,7 @@ pub fn dot_u8_g8_rows<const R: usize>(
                 DType::Q4_1 => avx512::dot_u8_g8_rows::<1, R>(w, g),
                 DType::Q5_0 => avx512::dot_u8_g8_rows::<2, R>(w, g),
                 DType::Q5_1 => avx512::dot_u8_g8_rows::<3, R>(w, g),
+                DType::Q8_0 => avx512::dot_u8_g8_rows::<4, R>(w, g),
                 DType::IQ4_NL => avx512::dot_u8_g8_rows::<6, R>(w, g),
                 DType::Q6_K => avx512::dot_u8q6_g8_rows::<true, R>(w, g),
                 DType::IQ4_XS => avx512::dot_u8q6_g8_rows::<false, R>(w, g),
@@ -642,6 +646,7 @@ pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
             DType::Q4_1 => avx512::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
             DType::Q5_0 => avx512::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),
             DType::Q5_1 => avx512::dot_u8_g16_rows_to::<3, R>(w, g, o, stride),
+            DType::Q8_0 => avx512::dot_u8_g16_rows_to::<4, R>(w, g, o, stride),
             DType::IQ4_NL => avx512::dot_u8_g16_rows_to::<6, R>(w, g, o, stride),
             DType::Q4_K | DType::Q5_K => avx512::dot_u8k_g16_rows_to::<R>(w, g, o, stride),
             DType::IQ4_XS => avx512::dot_u8q6_g16_rows_to::<false, R>(w, g, o, stride),

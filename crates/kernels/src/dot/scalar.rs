@@ -90,7 +90,7 @@ pub(crate) fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
     let off = match kind {
         LegacyKind::Q4_0 => 8,
         LegacyKind::Q5_0 => 16,
-        LegacyKind::IQ4_NL => 128,
+        LegacyKind::Q8_0 | LegacyKind::IQ4_NL => 128,
         _ => 0,
     };
     for (b, o) in w.chunks_exact(kind.block_bytes()).zip(out) {
@@ -214,7 +214,7 @@ pub(crate) fn dot_u8_g8(dtype: DType, w: &[BlockU8], g: &[BlockQ8x8], t: usize) 
             let off = match dtype {
                 DType::Q4_0 => 8,
                 DType::Q5_0 => 16,
-                DType::IQ4_NL => 128,
+                DType::Q8_0 | DType::IQ4_NL => 128,
                 _ => 0,
             };
             for (b, ab) in w.iter().zip(g) {

@@ -153,9 +153,8 @@ pub fn matmul_with(isa: Isa, pool: &ThreadPool, w: &Tensor, x: &[f32], n: usize,
                                 std::array::from_fn(|t| &q[(8 * g + t) * (nb / 8) + b / 8]),
                                 b % 8,
                             );
-                            // (the Q6_K and IQ4_XS tiles take the activations offset: see
-                            // dot::BlockU8)
-                            let v = if matches!(dtype, DType::Q6_K | DType::IQ4_XS) {
+                            // (some tiles take the activations offset: see dot::BlockU8)
+                            let v = if dot::u8_offset_acts(dtype) {
                                 v.offset_by_128()
                             } else {
                                 v

@@ -10,7 +10,8 @@ mod common;
 use common::{random_weights, Rng, QUANT_TYPES};
 use kiln_kernels::dot::{
     dot_q8_32_g8_rows, dot_q8_32_group4, dot_q8_32_rows, dot_q8_32_x8, dot_q8k_group4,
-    dot_q8k_rows, dot_u8_g16_rows, dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8, Isa,
+    dot_q8k_rows, dot_u8_g16_rows, dot_u8_g8_rows, has_u8_form, repack_u8, u8_offset_acts, BlockU8,
+    Isa,
 };
 use kiln_kernels::interleave::{self, rows_to_group, Layout};
 use kiln_kernels::matmul::matmul_with;
@@ -173,7 +174,7 @@ fn unpacked_tiles_match_avx2() {
         };
         for b in u.iter_mut().take(nb / 2) {
             b.u = [max; 32];
-            if matches!(dtype, DType::Q6_K | DType::IQ4_XS) {
+            if u8_offset_acts(dtype) {
                 // keep the form whole: the offset's share of the new weights
                 let q = max as i8 as i32;
                 b.corr = 128 * 16 * q * (b.sc as i8 as i32 + b.mn as i8 as i32);
@@ -186,7 +187,7 @@ fn unpacked_tiles_match_avx2() {
                 (0..nb)
                     .map(|i| {
                         let b = interleave8(std::array::from_fn(|t| &qs[t][i]));
-                        if matches!(dtype, DType::Q6_K | DType::IQ4_XS) {
+                        if u8_offset_acts(dtype) {
                             b.offset_by_128()
                         } else {
                             b

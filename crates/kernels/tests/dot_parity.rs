@@ -467,7 +467,8 @@ fn unpacked_prefill_rows_match_exact_dot() {
 #[test]
 fn unpacked_two_group_tile_matches_one_group() {
     use kiln_kernels::dot::{
-        dot_u8_g16_rows, dot_u8_g16_rows_to, dot_u8_g8_rows, has_u8_form, repack_u8, BlockU8,
+        dot_u8_g16_rows, dot_u8_g16_rows_to, dot_u8_g8_rows, has_u8_form, repack_u8,
+        u8_offset_acts, BlockU8,
     };
     let mut rng = Rng::new(29);
     for dtype in QUANT_TYPES.into_iter().filter(|&d| has_u8_form(d)) {
@@ -477,8 +478,8 @@ fn unpacked_two_group_tile_matches_one_group() {
         let row_bytes = w.len() / 2;
         // groups from 32-element activation blocks: the tiles read only the interleaved
         // values, per-block sums and scales, whatever the weight type
-        // (the Q6_K and IQ4_XS tiles take the activations offset by 128, see `BlockU8`)
-        let offset = matches!(dtype, DType::Q6_K | DType::IQ4_XS);
+        // (some tiles take the activations offset by 128, see `BlockU8`)
+        let offset = u8_offset_acts(dtype);
         let groups: Vec<Vec<_>> = (0..2)
             .map(|_| {
                 let g = interleaved_group(std::array::from_fn(|_| rng.vec(cols)));

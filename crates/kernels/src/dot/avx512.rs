@@ -34,14 +34,13 @@ unsafe fn dpbusd(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, w, y)
 }
 
-/// How far a legacy type's weights were shifted to make them unsigned, as a left shift of
-/// the activations' sum (`Σ q·a = Σ u·a - (Σa << shift)`); 0: no offset (Q4_1 / Q5_1).
+/// How far a legacy type's weights were shifted to make them unsigned
+/// ([`LegacyKind::unsigned_offset`], a power of two), as a left shift of the activations' sum
+/// (`Σ q·a = Σ u·a - (Σa << shift)`); 0: no offset (Q4_1 / Q5_1).
 fn offset_shift(kind: LegacyKind) -> i32 {
-    match kind {
-        LegacyKind::Q4_0 => 3,
-        LegacyKind::Q5_0 => 4,
-        LegacyKind::Q8_0 | LegacyKind::Q8_1 | LegacyKind::IQ4_NL => 7,
-        _ => 0,
+    match kind.unsigned_offset() {
+        0 => 0,
+        off => off.trailing_zeros() as i32,
     }
 }
 

@@ -462,6 +462,12 @@ pub fn has_u8_form(dtype: DType) -> bool {
     )
 }
 
+/// Whether the unpacked tiles of `dtype` take the activations offset by 128
+/// ([`BlockQ8x8::offset_by_128`]): Q6_K and IQ4_XS, whose weights are the signed operand.
+pub fn u8_offset_acts(dtype: DType) -> bool {
+    matches!(dtype, DType::Q6_K | DType::IQ4_XS)
+}
+
 /// Whether prefill at `isa` multiplies `dtype` in its unpacked form ([`BlockU8`]). Q8_0's
 /// values and the IQ4 grid (|v| <= 127) offset to unsigned bytes, or taken with offset
 /// activations, overflow `maddubs`' i16 pairs, so AVX2 keeps the 8-token tiles for them;
@@ -587,7 +593,7 @@ pub fn dot_u8_g8_rows<const R: usize>(
             }
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() && has_u8_tile(isa, dtype) => unsafe {
+        Isa::Avx2 if has_u8_tile(isa, dtype) => unsafe {
             match dtype {
                 DType::Q4_0 => avx2::dot_u8_g8_rows::<0, R>(w, g),
                 DType::Q4_1 => avx2::dot_u8_g8_rows::<1, R>(w, g),
@@ -653,7 +659,7 @@ pub unsafe fn dot_u8_g16_rows_to<const R: usize>(
             _ => avx512::dot_u8q6_g16_rows_to::<true, R>(w, g, o, stride),
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if isa.is_available() && has_u8_tile(isa, dtype) => match dtype {
+        Isa::Avx2 if has_u8_tile(isa, dtype) => match dtype {
             DType::Q4_0 => avx2::dot_u8_g16_rows_to::<0, R>(w, g, o, stride),
             DType::Q4_1 => avx2::dot_u8_g16_rows_to::<1, R>(w, g, o, stride),
             DType::Q5_0 => avx2::dot_u8_g16_rows_to::<2, R>(w, g, o, stride),

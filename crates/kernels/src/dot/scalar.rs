@@ -83,16 +83,21 @@ impl LegacyKind {
     pub fn has_min(self) -> bool {
         matches!(self, LegacyKind::Q4_1 | LegacyKind::Q5_1)
     }
+    /// What makes the block's values unsigned bytes, `u = q + offset`, in the unpacked form
+    /// ([`BlockU8`]) and the `vpdpbusd` kernels: 0 for Q4_1 / Q5_1, whose values are unsigned.
+    pub fn unsigned_offset(self) -> i32 {
+        match self {
+            LegacyKind::Q4_0 => 8,
+            LegacyKind::Q5_0 => 16,
+            LegacyKind::Q8_0 | LegacyKind::Q8_1 | LegacyKind::IQ4_NL => 128,
+            LegacyKind::Q4_1 | LegacyKind::Q5_1 => 0,
+        }
+    }
 }
 
-/// Unpacks a 4/5-bit legacy row into [`BlockU8`]s (see its docs for the form).
+/// Unpacks a legacy row (4/5-bit, Q8_0, IQ4_NL) into [`BlockU8`]s (see its docs for the form).
 pub(crate) fn repack_u8(kind: LegacyKind, w: &[u8], out: &mut [BlockU8]) {
-    let off = match kind {
-        LegacyKind::Q4_0 => 8,
-        LegacyKind::Q5_0 => 16,
-        LegacyKind::Q8_0 | LegacyKind::IQ4_NL => 128,
-        _ => 0,
-    };
+    let off = kind.unsigned_offset();
     for (b, o) in w.chunks_exact(kind.block_bytes()).zip(out) {
         let q = legacy_q(kind, b);
         for (u, &v) in o.u.iter_mut().zip(&q) {
@@ -211,12 +216,7 @@ pub(crate) fn dot_u8_g8(dtype: DType, w: &[BlockU8], g: &[BlockQ8x8], t: usize) 
             }
         }
         _ => {
-            let off = match dtype {
-                DType::Q4_0 => 8,
-                DType::Q5_0 => 16,
-                DType::Q8_0 | DType::IQ4_NL => 128,
-                _ => 0,
-            };
+            let off = super::legacy_kind(dtype).map_or(0, LegacyKind::unsigned_offset);
             for (b, ab) in w.iter().zip(g) {
                 let isum = idot(b, ab) - off * ab.sum[t];
                 acc = (isum as f32).mul_add(b.d * ab.d[t], acc);
